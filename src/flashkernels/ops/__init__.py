@@ -1,0 +1,1 @@
+"""Operators: one sub-package per op (api, reference, kernels, launch, autograd)."""

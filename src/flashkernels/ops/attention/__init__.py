@@ -1,0 +1,1 @@
+"""Flash attention: public API in api.py, the PyTorch specification in reference.py."""

@@ -1,0 +1,1 @@
+"""@triton.jit code for attention; imports triton."""

@@ -1,0 +1,301 @@
+"""Flash attention backward: @triton.jit code only.
+
+Three kernels, no atomics (so the backward is deterministic):
+  * ``attn_bwd_preprocess_kernel``: Delta[b, h, m] = sum_d dO * O (fp32).
+  * ``attn_bwd_dkdv_kernel``: one program owns BLOCK_N keys of one (batch, kv head); it loops
+    over the query heads of its GQA group and over query blocks, recomputing
+    P = exp2(S * log2e - lse * log2e), and accumulates dV += P^T dO and dK += dS^T Q in fp32.
+  * ``attn_bwd_dq_kernel``: one program owns BLOCK_M queries of one (batch, query head) and
+    loops over key blocks: dQ += dS K.
+with dS = P * (dP - Delta), dP = dO V^T. dK and dQ are multiplied by the softmax scale at the end.
+
+As in the forward, blocks are split into an unmasked phase and a masked phase (causal diagonal,
+end of the sequence). Rows whose lse is -inf (fully masked) use +inf instead so P = 0 exactly.
+Query rows past seqlen_q load zeros for Q and dO and +inf for lse, so they add nothing.
+"""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit(do_not_specialize=["num_heads", "seqlen_q"])
+def attn_bwd_preprocess_kernel(
+    Out, DOut, Delta,
+    stride_ob, stride_oh, stride_om,
+    stride_dob, stride_doh, stride_dom,
+    num_heads, seqlen_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // num_heads).to(tl.int64)
+    off_h = (pid_bh % num_heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None].to(tl.int64) * stride_om
+                + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DOut + off_b * stride_dob + off_h * stride_doh + offs_m[:, None].to(tl.int64) * stride_dom
+                 + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               CHECK_ROWS: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile, masking rows past n_rows and padded head-dim columns."""
+    if CHECK_ROWS:
+        return tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    elif HEAD_DIM != BLOCK_D:
+        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk, dv, k, v,
+    Q, DO, Mask, Lse, Delta,
+    m_start, m_stop,
+    offs_n, offs_r, offs_d,
+    seqlen_q, seqlen_k, causal_offset, qk_scale,
+    stride_qm, stride_dom, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Q, DO, Mask point at row 0 of this (b, h); Lse/Delta at this (b, h)'s row 0.
+    # Transposed scores: sT[n, m], so P^T needs no transpose for dV += P^T dO.
+    for start_m in range(m_start, m_stop, BLOCK_M):
+        rows = start_m + offs_r
+        start_64 = tl.cast(start_m, tl.int64)
+        q = _load_rows(Q + start_64 * stride_qm + offs_r[:, None] * stride_qm + offs_d[None, :],
+                       rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
+        do = _load_rows(DO + start_64 * stride_dom + offs_r[:, None] * stride_dom + offs_d[None, :],
+                        rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
+        lse = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
+        delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
+        sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        if MASK_KIND != 0:
+            mptrs = Mask + start_64 * stride_mm + offs_r[None, :] * stride_mm \
+                + offs_n[:, None].to(tl.int64) * stride_mn
+            mok = (rows[None, :] < seqlen_q) & (offs_n[:, None] < seqlen_k)
+            if MASK_KIND == 1:
+                mv = tl.load(mptrs, mask=mok, other=0)
+                sT = tl.where(mv != 0, sT, float("-inf"))
+            else:
+                mv = tl.load(mptrs, mask=mok, other=0.0)
+                sT = sT + mv.to(tl.float32) * LOG2E
+        pT = tl.math.exp2(sT - lse[None, :])
+        if MASKED:
+            valid = offs_n[:, None] < seqlen_k
+            if IS_CAUSAL:
+                valid = valid & (offs_n[:, None] <= rows[None, :] + causal_offset)
+            pT = tl.where(valid, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["num_heads", "num_kv_heads", "group", "seqlen_q", "seqlen_k",
+                               "causal_offset"])
+def attn_bwd_dkdv_kernel(
+    Q, K, V, Mask, DO, Lse, Delta, DK, DV,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_dob, stride_doh, stride_dom,
+    stride_dkb, stride_dkh, stride_dkn,
+    stride_dvb, stride_dvh, stride_dvn,
+    num_heads, num_kv_heads, group, seqlen_q, seqlen_k, causal_offset,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid: (cdiv(seqlen_k, BLOCK_N), B * num_kv_heads). Writes dK, dV of its key block."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // num_kv_heads).to(tl.int64)
+    off_hk = (pid_bh % num_kv_heads).to(tl.int64)
+    n0 = pid_n * BLOCK_N
+    n0_64 = n0.to(tl.int64)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+
+    k = _load_rows(K + off_b * stride_kb + off_hk * stride_kh + n0_64 * stride_kn
+                   + offs_c[:, None] * stride_kn + offs_d[None, :],
+                   offs_n, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = _load_rows(V + off_b * stride_vb + off_hk * stride_vh + n0_64 * stride_vn
+                   + offs_c[:, None] * stride_vn + offs_d[None, :],
+                   offs_n, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * LOG2E
+
+    # Query ranges: [m_lo, m_full) cut by the causal diagonal (masked), [m_full, seqlen_q) not.
+    if IS_CAUSAL:
+        m_lo = tl.maximum(n0 - causal_offset, 0) // BLOCK_M * BLOCK_M
+        m_full = tl.maximum(n0 + BLOCK_N - 1 - causal_offset, 0)
+        m_full = (m_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        m_full = tl.maximum(tl.minimum(m_full, seqlen_q), m_lo)
+    else:
+        m_lo = n0 * 0
+        m_full = n0 * 0
+    # A key block that runs past seqlen_k needs the key mask on every query block.
+    m_full = tl.where(n0 + BLOCK_N > seqlen_k, seqlen_q, m_full)
+
+    for g in range(0, group):
+        off_h = off_hk * group + g
+        q_base = Q + off_b * stride_qb + off_h * stride_qh
+        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        m_base = Mask
+        if MASK_KIND != 0:
+            m_base = Mask + off_b * stride_mb + off_h * stride_mh
+        row_base = (off_b * num_heads + off_h) * seqlen_q
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+            m_lo, m_full, offs_n, offs_r, offs_d,
+            seqlen_q, seqlen_k, causal_offset, qk_scale,
+            stride_qm, stride_dom, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+        )
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+            m_full, seqlen_q, offs_n, offs_r, offs_d,
+            seqlen_q, seqlen_k, causal_offset, qk_scale,
+            stride_qm, stride_dom, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+        )
+
+    dk = dk * sm_scale
+    ok = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(DK + off_b * stride_dkb + off_hk * stride_dkh + n0_64 * stride_dkn
+             + offs_c[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=ok)
+    tl.store(DV + off_b * stride_dvb + off_hk * stride_dvh + n0_64 * stride_dvn
+             + offs_c[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dq_inner(
+    dq, q, do, lse, delta,
+    K, V, Mask,
+    n_start, n_stop,
+    rows, offs_c, offs_d,
+    seqlen_q, seqlen_k, causal_offset, qk_scale,
+    stride_kn, stride_vn, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # K, V point at key 0 of this (b, kv head); Mask at (row block start, key 0).
+    for start_n in range(n_start, n_stop, BLOCK_N):
+        cols = start_n + offs_c
+        start_64 = tl.cast(start_n, tl.int64)
+        k = _load_rows(K + start_64 * stride_kn + offs_c[:, None] * stride_kn + offs_d[None, :],
+                       cols, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = _load_rows(V + start_64 * stride_vn + offs_c[:, None] * stride_vn + offs_d[None, :],
+                       cols, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASK_KIND != 0:
+            mptrs = Mask + start_64 * stride_mn + offs_c[None, :] * stride_mn
+            mok = (rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k)
+            if MASK_KIND == 1:
+                mv = tl.load(mptrs, mask=mok, other=0)
+                s = tl.where(mv != 0, s, float("-inf"))
+            else:
+                mv = tl.load(mptrs, mask=mok, other=0.0)
+                s = s + mv.to(tl.float32) * LOG2E
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            valid = cols[None, :] < seqlen_k
+            if IS_CAUSAL:
+                valid = valid & (cols[None, :] <= rows[:, None] + causal_offset)
+            p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset"])
+def attn_bwd_dq_kernel(
+    Q, K, V, Mask, DO, Lse, Delta, DQ,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_dob, stride_doh, stride_dom,
+    stride_dqb, stride_dqh, stride_dqm,
+    num_heads, group, seqlen_q, seqlen_k, causal_offset,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid: (cdiv(seqlen_q, BLOCK_M), B * num_heads). Writes dQ of its query block."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // num_heads).to(tl.int64)
+    off_h = (pid_bh % num_heads).to(tl.int64)
+    off_hk = off_h // group
+    m0 = pid_m * BLOCK_M
+    m0_64 = m0.to(tl.int64)
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_M)
+    offs_c = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+
+    q = _load_rows(Q + off_b * stride_qb + off_h * stride_qh + m0_64 * stride_qm
+                   + offs_r[:, None] * stride_qm + offs_d[None, :],
+                   rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = _load_rows(DO + off_b * stride_dob + off_h * stride_doh + m0_64 * stride_dom
+                    + offs_r[:, None] * stride_dom + offs_d[None, :],
+                    rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
+    row_base = pid_bh.to(tl.int64) * seqlen_q
+    lse = tl.load(Lse + row_base + rows, mask=rows < seqlen_q, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
+    delta = tl.load(Delta + row_base + rows, mask=rows < seqlen_q, other=0.0)
+    qk_scale = sm_scale * LOG2E
+
+    if IS_CAUSAL:
+        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
+        n_full = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
+        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
+        n_full = tl.minimum(n_full, n_end)
+    else:
+        n_end = seqlen_k
+        n_full = seqlen_k // BLOCK_N * BLOCK_N
+
+    k_base = K + off_b * stride_kb + off_hk * stride_kh
+    v_base = V + off_b * stride_vb + off_hk * stride_vh
+    m_base = Mask
+    if MASK_KIND != 0:
+        m_base = Mask + off_b * stride_mb + off_h * stride_mh + m0_64 * stride_mm + offs_r[:, None] * stride_mm
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = _dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, m_base, 0, n_full,
+        rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+        stride_kn, stride_vn, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+    )
+    dq = _dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_end,
+        rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+        stride_kn, stride_vn, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+    )
+    dq = dq * sm_scale
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + m0_64 * stride_dqm
+             + offs_r[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM))

@@ -1,0 +1,167 @@
+"""Flash attention forward: @triton.jit code only.
+
+One program computes BLOCK_M query rows of one (batch, query head) against all the keys it may
+see, with an online softmax in fp32 in the log2 domain (``log2(e)`` folded into the scale so the
+exponent is a bare ``exp2``). Tensors are addressed through explicit strides in the (B, H, S, D)
+index order, so (B, S, H, D) inputs, sliced and transposed views need no copy.
+
+Key blocks are visited in two phases so that the common case carries no masking:
+  1. blocks every row of this query block fully sees (no causal cut, inside Sk): no mask work;
+  2. the blocks cut by the causal diagonal or by the end of the keys: masked.
+A user mask (bool or float, any broadcast strides) applies in both phases.
+
+Fully masked rows keep ``m = -inf`` and ``l = 0``; the exponent is taken against 0 instead of
+-inf so no NaN appears, and they finish as output 0, lse -inf.
+"""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_i, m_i, q,
+    k_ptrs, v_ptrs, mask_ptrs,
+    n_start, n_stop,
+    offs_m, offs_n, offs_d,
+    seqlen_q, seqlen_k, causal_offset, qk_scale,
+    stride_kn, stride_vn, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # k_ptrs point at (d, n) of key block n_start, v_ptrs at (n, d); advanced each step.
+    for start_n in range(n_start, n_stop, BLOCK_N):
+        cols = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs, mask=(cols[None, :] < seqlen_k) & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        elif HEAD_DIM != BLOCK_D:
+            k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
+            mv = tl.load(mask_ptrs, mask=(offs_m[:, None] < seqlen_q) & (cols[None, :] < seqlen_k), other=0)
+            s = tl.where(mv != 0, s, float("-inf"))
+        elif MASK_KIND == 2:  # float mask: added to the scores
+            mv = tl.load(mask_ptrs, mask=(offs_m[:, None] < seqlen_q) & (cols[None, :] < seqlen_k), other=0.0)
+            s = s + mv.to(tl.float32) * LOG2E
+        if MASKED:
+            valid = cols[None, :] < seqlen_k
+            if IS_CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + causal_offset)
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(cols[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        elif HEAD_DIM != BLOCK_D:
+            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+        if MASK_KIND != 0:
+            mask_ptrs += BLOCK_N * stride_mn
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset"])
+def attn_fwd_kernel(
+    Q, K, V, Mask, Out, Lse,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    num_heads, group, seqlen_q, seqlen_k, causal_offset,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
+
+    Grid: (cdiv(seqlen_q, BLOCK_M), B * num_heads). Lse is contiguous (B, num_heads, seqlen_q).
+    MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // num_heads).to(tl.int64)
+    off_h = (pid_bh % num_heads).to(tl.int64)
+    off_hk = off_h // group
+    m0 = pid_m * BLOCK_M
+    m0_64 = m0.to(tl.int64)
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < seqlen_q
+
+    # int64 bases: B*H*S*D may pass 2^31; offsets inside a tile stay small.
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + m0_64 * stride_qm \
+        + offs_r[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+    qk_scale = sm_scale * LOG2E
+
+    # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
+    if IS_CAUSAL:
+        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
+        n_full = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
+        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
+        n_full = tl.minimum(n_full, n_end)
+    else:
+        n_end = seqlen_k
+        n_full = seqlen_k // BLOCK_N * BLOCK_N
+
+    k_base = K + off_b * stride_kb + off_hk * stride_kh
+    v_base = V + off_b * stride_vb + off_hk * stride_vh
+    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    mask_ptrs = Mask
+    if MASK_KIND != 0:
+        mask_ptrs = Mask + off_b * stride_mb + off_h * stride_mh + m0_64 * stride_mm \
+            + offs_r[:, None] * stride_mm + offs_n[None, :] * stride_mn
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, 0, n_full,
+        offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+        stride_kn, stride_vn, stride_mn,
+        HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+    )
+    if n_full < n_end:
+        n_full_64 = n_full.to(tl.int64)
+        k_ptrs += n_full_64 * stride_kn
+        v_ptrs += n_full_64 * stride_vn
+        if MASK_KIND != 0:
+            mask_ptrs += n_full_64 * stride_mn
+        acc, l_i, m_i = _fwd_inner(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, n_full, n_end,
+            offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+            stride_kn, stride_vn, stride_mn,
+            HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+        )
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
+
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + m0_64 * stride_om \
+        + offs_r[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    lse_ptrs = Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m
+    tl.store(lse_ptrs, lse, mask=row_ok)

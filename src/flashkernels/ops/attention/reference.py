@@ -1,0 +1,110 @@
+"""Attention in plain PyTorch: the specification, and the path used on CPUs.
+
+    out = softmax(q @ k^T * scale + bias) @ v          lse = logsumexp(q @ k^T * scale + bias)
+
+over tensors laid out (B, H, S, D). ``bias`` holds the float mask, ``-inf`` where a bool mask is
+False, and ``-inf`` above the causal diagonal. The diagonal is aligned top-left (query i sees keys
+j <= i, as torch's SDPA) or bottom-right (query i sees keys j <= i + Sk - Sq, as flash-attn).
+
+A row whose keys are all masked gives output 0 and lse -inf (never NaN), and zero gradients.
+
+Queries are processed in chunks so that no (Sq, Sk) matrix is ever materialised whole: the
+largest intermediate is ``chunk x Sk`` per head. Autograd works through it (the chunk's
+probabilities are then kept for backward, as any autograd-through-softmax would).
+
+This module imports nothing from the kernels: it is what they are tested against.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Bytes allowed for one chunk of scores (per call, all heads together); 256 MiB keeps
+# Sq = Sk = 16384, D = 64 (one head) within a few hundred MB on a CPU.
+CHUNK_BYTES = 256 * 2**20
+
+
+def causal_offset(seqlen_q: int, seqlen_k: int, align: str) -> int:
+    """Query i may attend key j iff j <= i + offset."""
+    if align == "top_left":
+        return 0
+    if align == "bottom_right":
+        return seqlen_k - seqlen_q
+    raise ValueError(f"causal_align: expected 'top_left' or 'bottom_right', got {align!r}")
+
+
+def default_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types (as the kernels accumulate), the input's own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+    causal_align: str = "top_left",
+    mask: torch.Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention. Returns ``(out, lse)``.
+
+    Args:
+        q: (B, Hq, Sq, D). k: (B, Hkv, Sk, D). v: (B, Hkv, Sk, Dv). Hq must be a multiple of Hkv
+            (each group of Hq // Hkv query heads shares one key/value head: GQA, MQA).
+        scale: multiplies q @ k^T; default 1 / sqrt(D).
+        causal, causal_align: see the module docstring.
+        mask: bool (True = attend) or float (added to the scores), broadcastable to
+            (B, Hq, Sq, Sk).
+        compute_dtype: dtype of the arithmetic; default float32 for half inputs, else the
+            input dtype. Passing the input's half dtype gives the "same precision" result that
+            the test policy compares kernel error against.
+    Returns:
+        out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (natural log; float64 when
+        computing in float64).
+    """
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    cdt = compute_dtype or default_compute_dtype(q.dtype)
+    lse_dtype = torch.float64 if cdt == torch.float64 else torch.float32
+    group = Hq // Hkv
+    kc = k.to(cdt).repeat_interleave(group, dim=1) if group > 1 else k.to(cdt)
+    vc = v.to(cdt).repeat_interleave(group, dim=1) if group > 1 else v.to(cdt)
+    offset = causal_offset(Sq, Sk, causal_align)
+
+    if Sk == 0 or Sq == 0 or B == 0:
+        out = q.new_zeros(B, Hq, Sq, v.shape[-1])
+        return out, torch.full((B, Hq, Sq), -math.inf, dtype=lse_dtype, device=q.device)
+
+    per_row = max(1, B * Hq * Sk * torch.finfo(cdt).bits // 8)
+    chunk = max(1, min(Sq, chunk_bytes // per_row))
+    outs, lses = [], []
+    for start in range(0, Sq, chunk):
+        stop = min(Sq, start + chunk)
+        s = torch.matmul(q[:, :, start:stop].to(cdt), kc.transpose(-1, -2)) * scale
+        if mask is not None:
+            m = mask.expand(B, Hq, Sq, Sk)[:, :, start:stop]
+            if m.dtype == torch.bool:
+                s = s.masked_fill(~m, -math.inf)
+            else:
+                s = s + m.to(cdt)
+        if causal:
+            rows = torch.arange(start, stop, device=q.device)[:, None]
+            cols = torch.arange(Sk, device=q.device)[None, :]
+            s = s.masked_fill(cols > rows + offset, -math.inf)
+        row_max = s.amax(dim=-1, keepdim=True).detach()
+        row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
+        p = torch.exp(s - row_max)
+        denom = p.sum(dim=-1, keepdim=True)
+        empty = denom == 0
+        o = torch.matmul(p.to(vc.dtype), vc) / torch.where(empty, torch.ones_like(denom), denom)
+        lse = torch.where(empty, torch.full_like(denom, -math.inf), row_max + torch.log(denom))
+        outs.append(o.to(q.dtype))
+        lses.append(lse.squeeze(-1).to(lse_dtype))
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
