@@ -16,7 +16,7 @@ Query rows past seqlen_q load zeros for Q and dO and +inf for lse, so they add n
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit(do_not_specialize=["num_heads", "seqlen_q"])

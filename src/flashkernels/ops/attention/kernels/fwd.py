@@ -16,38 +16,40 @@ Fully masked rows keep ``m = -inf`` and ``l = 0``; the exponent is taken against
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q,
-    k_ptrs, v_ptrs, mask_ptrs,
+    K_blk, V_blk, M_blk,
     n_start, n_stop,
     offs_m, offs_n, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
-    stride_kn, stride_vn, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # k_ptrs point at (d, n) of key block n_start, v_ptrs at (n, d); advanced each step.
+    # K_blk: block pointer over K^T (d, n), V_blk over V (n, d), both at key block n_start.
+    # Block pointers keep one scalar base + offsets instead of a pointer per element: a
+    # tensor of pointers costs 2 registers an element and spilled (ptxas, sm_90a, D=64).
     for start_n in range(n_start, n_stop, BLOCK_N):
         cols = start_n + offs_n
         if MASKED:
-            k = tl.load(k_ptrs, mask=(cols[None, :] < seqlen_k) & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            k = tl.load(K_blk, boundary_check=(0, 1), padding_option="zero")
         elif HEAD_DIM != BLOCK_D:
-            k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+            k = tl.load(K_blk, boundary_check=(0,), padding_option="zero")
         else:
-            k = tl.load(k_ptrs)
+            k = tl.load(K_blk)
         s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-        if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
-            mv = tl.load(mask_ptrs, mask=(offs_m[:, None] < seqlen_q) & (cols[None, :] < seqlen_k), other=0)
-            s = tl.where(mv != 0, s, float("-inf"))
-        elif MASK_KIND == 2:  # float mask: added to the scores
-            mv = tl.load(mask_ptrs, mask=(offs_m[:, None] < seqlen_q) & (cols[None, :] < seqlen_k), other=0.0)
-            s = s + mv.to(tl.float32) * LOG2E
+        if MASK_KIND != 0:
+            mv = tl.load(M_blk, boundary_check=(0, 1), padding_option="zero")
+            if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
+                s = tl.where(mv != 0, s, float("-inf"))
+            else:  # float mask: added to the scores
+                s = s + mv.to(tl.float32) * LOG2E
+            M_blk = tl.advance(M_blk, (0, BLOCK_N))
         if MASKED:
             valid = cols[None, :] < seqlen_k
             if IS_CAUSAL:
@@ -59,17 +61,15 @@ def _fwd_inner(
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
-            v = tl.load(v_ptrs, mask=(cols[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            v = tl.load(V_blk, boundary_check=(0, 1), padding_option="zero")
         elif HEAD_DIM != BLOCK_D:
-            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+            v = tl.load(V_blk, boundary_check=(1,), padding_option="zero")
         else:
-            v = tl.load(v_ptrs)
+            v = tl.load(V_blk)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-        if MASK_KIND != 0:
-            mask_ptrs += BLOCK_N * stride_mn
+        K_blk = tl.advance(K_blk, (0, BLOCK_N))
+        V_blk = tl.advance(V_blk, (BLOCK_N, 0))
     return acc, l_i, m_i
 
 
@@ -126,33 +126,37 @@ def attn_fwd_kernel(
 
     k_base = K + off_b * stride_kb + off_hk * stride_kh
     v_base = V + off_b * stride_vb + off_hk * stride_vh
-    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-    mask_ptrs = Mask
+    K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
+                              offsets=(0, 0), block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+    V_blk = tl.make_block_ptr(v_base, shape=(seqlen_k, HEAD_DIM), strides=(stride_vn, 1),
+                              offsets=(0, 0), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    M_blk = K_blk
     if MASK_KIND != 0:
-        mask_ptrs = Mask + off_b * stride_mb + off_h * stride_mh + m0_64 * stride_mm \
-            + offs_r[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        M_blk = tl.make_block_ptr(Mask + off_b * stride_mb + off_h * stride_mh, shape=(seqlen_q, seqlen_k),
+                                  strides=(stride_mm, stride_mn), offsets=(m0, 0),
+                                  block_shape=(BLOCK_M, BLOCK_N), order=(1, 0))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, 0, n_full,
+        acc, l_i, m_i, q, K_blk, V_blk, M_blk, 0, n_full,
         offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-        stride_kn, stride_vn, stride_mn,
         HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
     )
     if n_full < n_end:
-        n_full_64 = n_full.to(tl.int64)
-        k_ptrs += n_full_64 * stride_kn
-        v_ptrs += n_full_64 * stride_vn
+        K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
+                                  offsets=(0, n_full), block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+        V_blk = tl.make_block_ptr(v_base, shape=(seqlen_k, HEAD_DIM), strides=(stride_vn, 1),
+                                  offsets=(n_full, 0), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
         if MASK_KIND != 0:
-            mask_ptrs += n_full_64 * stride_mn
+            M_blk = tl.make_block_ptr(Mask + off_b * stride_mb + off_h * stride_mh, shape=(seqlen_q, seqlen_k),
+                                      strides=(stride_mm, stride_mn), offsets=(m0, n_full),
+                                      block_shape=(BLOCK_M, BLOCK_N), order=(1, 0))
         acc, l_i, m_i = _fwd_inner(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, n_full, n_end,
+            acc, l_i, m_i, q, K_blk, V_blk, M_blk, n_full, n_end,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            stride_kn, stride_vn, stride_mn,
             HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
         )
 

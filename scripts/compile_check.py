@@ -1,0 +1,109 @@
+"""Compile the attention kernels for sm_90 on any machine (no GPU needed) and report resources.
+
+    PYTHONPATH=src python scripts/compile_check.py [--dims 64,128,256] [--dtypes bf16,fp16,fp32]
+
+For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
+launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
+and shared memory. Catches compile errors and register spills before any GPU time is spent.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from flashkernels.ops.attention import launch
+from flashkernels.ops.attention.kernels.bwd import (attn_bwd_dkdv_kernel, attn_bwd_dq_kernel,
+                                                    attn_bwd_preprocess_kernel)
+from flashkernels.ops.attention.kernels.fwd import attn_fwd_kernel
+
+H100_SMEM = 232448
+TORCH_TO_TT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def signature(fn, dtype_tt, mask_tt, consts):
+    sig = {}
+    for i, name in enumerate(fn.arg_names):
+        if fn.params[i].is_constexpr:
+            sig[name] = "constexpr"
+        elif name in ("Lse", "Delta"):
+            sig[name] = "*fp32"
+        elif name == "Mask":
+            sig[name] = mask_tt
+        elif name[0].isupper():
+            sig[name] = f"*{dtype_tt}"
+        elif name == "sm_scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def ptxas_report(ptx: str) -> str:
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "k.ptx")
+        open(p, "w").write(ptx)
+        r = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", p, "-o", os.path.join(d, "k.cubin")],
+                           capture_output=True, text=True)
+    txt = r.stdout + r.stderr
+    regs = re.search(r"Used (\d+) registers", txt)
+    spill = re.search(r"(\d+) bytes spill stores", txt)
+    return f"regs {regs.group(1) if regs else '?':>3}  spill {spill.group(1) if spill else '?':>4}B"
+
+
+def compile_one(fn, dtype, mask_kind, consts, cfg):
+    mask_tt = {0: f"*{TORCH_TO_TT[dtype]}", 1: "*u8", 2: f"*{TORCH_TO_TT[dtype]}"}[mask_kind]
+    sig = signature(fn, TORCH_TO_TT[dtype], mask_tt, consts)
+    names = fn.arg_names
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return out.metadata.shared, ptxas_report(out.asm["ptx"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", default="64,128,256")
+    ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument("--causal", default="1")
+    ap.add_argument("--mask", default="0", help="mask kinds: 0 none, 1 bool, 2 float")
+    args = ap.parse_args()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dev = torch.device("cuda", 0)
+    launch._smem_limit.cache_clear()
+    launch._smem_limit = lambda idx: H100_SMEM  # what an H100 reports
+    bad = 0
+    for dname in args.dtypes.split(","):
+        dtype = dtypes[dname]
+        for d in map(int, args.dims.split(",")):
+            bd = launch.block_d(d)
+            fcfg = launch.fwd_config(d, dtype, dev)
+            kvcfg, qcfg = launch.bwd_configs(d, dtype, dev)
+            prec = launch.dot_precision(dtype, False)
+            for causal in map(bool, map(int, args.causal.split(","))):
+                for mk in map(int, args.mask.split(",")):
+                    base = dict(HEAD_DIM=d, BLOCK_D=bd, IS_CAUSAL=causal, MASK_KIND=mk, DOT_PRECISION=prec)
+                    for name, fn, cfg in (("fwd", attn_fwd_kernel, fcfg), ("dkdv", attn_bwd_dkdv_kernel, kvcfg),
+                                          ("dq", attn_bwd_dq_kernel, qcfg)):
+                        consts = dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+                        tag = f"{name:5s} {dname} D={d:<3} causal={int(causal)} mask={mk} {tuple(cfg)}"
+                        try:
+                            smem, rep = compile_one(fn, dtype, mk, consts, cfg)
+                            flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
+                            print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
+                            bad += bool(flag)
+                        except Exception as e:  # report and go on
+                            bad += 1
+                            print(f"{tag:60s} FAILED: {str(e)[-1500:]}", flush=True)
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

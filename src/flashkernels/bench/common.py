@@ -1,0 +1,112 @@
+"""Shared benchmark plumbing: the timer, the environment stamp, the CSV writer.
+
+Timing follows ``triton.testing.do_bench`` with ``return_mode="median"`` (CUDA events around
+each repetition, the L2 cache flushed between them), the method the anchors in
+``shared/ANCHORS.md`` were measured with, so numbers compare.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+CSV_COLUMNS = (
+    "op", "provider", "dtype", "batch", "heads_q", "heads_kv", "seqlen_q", "seqlen_k",
+    "head_dim", "causal", "mode", "ms", "tflops", "gbps", "peak_mem_mb",
+    "gpu", "torch", "triton", "git_sha",
+)
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def do_bench_median(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median milliseconds of ``fn()`` over ``rep_ms`` of repetitions after ``warmup_ms``."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def _repo_root() -> Path:
+    # src/flashkernels/bench/common.py -> repository root (three levels above the package).
+    return Path(__file__).resolve().parents[3]
+
+
+@functools.lru_cache(maxsize=None)
+def git_sha() -> str:
+    """The commit the code came from: ``FLASHKERNELS_GIT_SHA`` if set, else ``git rev-parse``
+    (``+dirty`` when src/ has uncommitted changes), else ``src-<hash>`` of the package's .py
+    files, so a copy of the tree without .git (the GPU machine gets one) still names its code."""
+    env = os.environ.get("FLASHKERNELS_GIT_SHA")
+    if env:
+        return env
+    root = _repo_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode == 0 and sha.stdout.strip():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+            return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    h = hashlib.sha1()
+    pkg = Path(__file__).resolve().parents[1]
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(str(p.relative_to(pkg)).encode())
+        h.update(p.read_bytes())
+    return "src-" + h.hexdigest()[:12]
+
+
+def environment() -> dict:
+    """gpu / torch / triton / git_sha stamp written on every CSV row."""
+    from .._backend import triton_version
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"gpu": gpu, "torch": torch.__version__, "triton": triton_version() or "none",
+            "git_sha": git_sha()}
+
+
+class CsvSink:
+    """Appends rows to a CSV file (header written when the file is new or empty), one flush per
+    row so that a run cut short by a timeout keeps every row it measured."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path else None
+        self._fh = None
+        self._writer = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._fh = open(self.path, "a", newline="")
+            self._writer = csv.DictWriter(self._fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            if new:
+                self._writer.writeheader()
+                self._fh.flush()
+
+    def write(self, row: dict) -> None:
+        if self._writer is None:
+            return
+        self._writer.writerow({k: _fmt(row.get(k)) for k in CSV_COLUMNS})
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _fmt(x):
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    if isinstance(x, bool):
+        return int(x)
+    return "" if x is None else x
