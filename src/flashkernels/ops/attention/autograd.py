@@ -1,36 +1,42 @@
-"""autograd.Function over the attention custom ops (kept outside them, so torch.compile traces
-both the forward and the backward op into its graph)."""
+"""Autograd for the attention custom ops, registered with ``torch.library.register_autograd``.
+
+The ops stay pure (no autograd inside them), so torch.compile traces the forward and the
+backward op into its graphs, and ``torch.ops.flashkernels.attn_fwd`` is differentiable when
+called directly (what ``torch.library.opcheck`` checks).
+
+lse is differentiable too: d lse / d scores = P, so an incoming dlse folds into the backward's
+row term, dS = P * (dP - (Delta - dlse)).
+"""
 from __future__ import annotations
 
 import torch
 
-from . import launch
+from . import launch  # registers torch.ops.flashkernels.attn_fwd / attn_bwd
 
 
-class FlashAttention(torch.autograd.Function):
-    """out, lse = attention(q, k, v); gradients for q, k, v (lse is not differentiable)."""
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32 = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+    ctx.args = (scale, causal, causal_offset, bshd, allow_tf32)
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32):
-        out, lse = torch.ops.flashkernels.attn_fwd(q, k, v, mask, scale, causal, causal_offset,
-                                                   bshd, allow_tf32)
-        ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.args = (scale, causal, causal_offset, bshd, allow_tf32)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
 
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        if dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        dq, dk, dv = torch.ops.flashkernels.attn_bwd(dout, q, k, v, out, lse, mask, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    elif dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    dq, dk, dv = torch.ops.flashkernels.attn_bwd(dout, q, k, v, out, lse, dlse, mask, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+torch.library.register_autograd("flashkernels::attn_fwd", _backward, setup_context=_setup_context)
 
 
 def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32):
     """Returns (out, lse) through the Triton kernels, differentiable in q, k, v."""
-    return FlashAttention.apply(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32)
+    return torch.ops.flashkernels.attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32)
 
 
 __all__ = ["flash_attention", "launch"]

@@ -1,8 +1,8 @@
 """Launchers for the attention kernels, registered as torch.library custom ops.
 
 ``torch.ops.flashkernels.attn_fwd`` and ``torch.ops.flashkernels.attn_bwd`` are ``triton_op``s:
-torch.compile sees through them (``wrap_triton``) with no graph break, and autograd lives one
-layer up (autograd.py), outside the ops.
+torch.compile sees through them (``wrap_triton``) with no graph break, and autograd is
+registered one layer up (autograd.py), outside the ops.
 
 Both take q/k/v indexed (B, H, S, D) with any strides whose last one is 1, so (B, S, H, D)
 inputs arrive as transposed views, not copies. ``bshd=True`` allocates outputs (and gradients)
@@ -156,10 +156,11 @@ def attn_fwd(
 @triton_op("flashkernels::attn_bwd", mutates_args=())
 def attn_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-    lse: torch.Tensor, mask: Optional[torch.Tensor],
+    lse: torch.Tensor, dlse: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flash attention backward: (dq, dk, dv) shaped and laid out like q, k, v's (B, H, S, D)."""
+    """Flash attention backward: (dq, dk, dv) shaped and laid out like q, k, v's (B, H, S, D).
+    ``dlse`` (B, Hq, Sq) or None is the gradient arriving at lse."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
@@ -181,6 +182,8 @@ def attn_bwd(
         do.stride(0), do.stride(1), do.stride(2),
         H, Sq, HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=pre_m,
     )
+    if dlse is not None:  # d lse / d scores = P: fold it into the row term
+        delta = delta - dlse.float()
     wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(Sk, kv_cfg.block_n), B * Hkv)](
         q, k, v, m, do, lse, delta, dk, dv, scale,
         q.stride(0), q.stride(1), q.stride(2),
