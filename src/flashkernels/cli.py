@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -212,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "On a GPU: the compiled Triton kernels, fp16/bf16/fp32, causal, masks, GQA, medium\n"
                     "shapes. On a CPU: the reference path, and the Triton kernels through Triton's\n"
                     "interpreter on small fp32/fp16 shapes (TRITON_INTERPRET=1 is set automatically;\n"
-                    "about a minute on 2 cores).\n\nExit code 1 if any comparison fails.")
+                    "about 20 s on 2 cores).\n\nExit code 1 if any comparison fails.")
     pc.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="where to run (default: the GPU if there is one, else the CPU)")
     pc.add_argument("--backend", choices=("all", "triton", "reference"), default="all",

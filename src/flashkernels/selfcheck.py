@@ -166,10 +166,13 @@ def _compare(case: Case, mode: str, out, ref, pt, dtype, factor: float, target: 
     mag = fin.abs().max().item() if fin.numel() else 0.0
     err = _max_err(out, ref)
     pt_err = _max_err(pt, ref)
+    if not math.isfinite(pt_err):  # an infinite bound would pass anything: fail instead
+        return Row(case, mode, err, math.inf, False, "the same-precision reference is not finite")
     bound = factor * pt_err + _ulp_at(mag, dtype)
     if target is not None:
         bound = min(bound, target)
-    return Row(case, mode, err, bound, err <= bound)
+    note = "" if math.isfinite(err) else "NaN/inf, or wrong where the reference is not finite"
+    return Row(case, mode, err, bound, err <= bound, note)
 
 
 # --------------------------------------------------------------------------------------- run

@@ -248,7 +248,8 @@ def plot(results: list[tuple[Shape, str, list[dict]]], path: str, title: str) ->
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception as exc:
-        return f"matplotlib is not importable ({type(exc).__name__}: {exc})"
+        return (f"matplotlib is not importable ({type(exc).__name__}: {exc}); draw it elsewhere with "
+                f"`flashkernels bench attention --from-csv CSV --plot PNG`")
     panels: dict[tuple, dict[str, list[tuple[int, float]]]] = {}
     for s, mode, rows in results:
         if s.gqa:
@@ -292,16 +293,21 @@ def plot(results: list[tuple[Shape, str, list[dict]]], path: str, title: str) ->
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"a few shapes: head dim {QUICK_HEAD_DIMS[0]}, seqlens "
-                        f"{', '.join(map(str, QUICK_SEQLENS))}, causal and not, fwd and bwd (~1-2 min)")
+                        f"{', '.join(map(str, QUICK_SEQLENS))}, causal and not, fwd and bwd (a few minutes, mostly "
+                        f"FlexAttention compiles)")
     p.add_argument("--csv", metavar="PATH", help="append one row per measurement to this CSV file")
     p.add_argument("--plot", metavar="PATH", help="draw TFLOP/s against seqlen to this PNG (needs matplotlib)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="input dtype (default bf16)")
+    p.add_argument("--from-csv", metavar="PATH",
+                   help="measure nothing: print the table (and --plot) of the rows in this CSV; "
+                        "works without a GPU")
     p.add_argument("--providers", metavar="LIST",
                    help=f"comma-separated subset of {','.join(PROVIDERS + OPTIONAL_PROVIDERS)} "
                         f"(default: {','.join(PROVIDERS)})")
     p.add_argument("--seqlens", metavar="LIST", help="comma-separated sequence lengths (batch = 16384 / seqlen)")
     p.add_argument("--head-dims", metavar="LIST", help="comma-separated head dims (heads = 2048 / head dim)")
-    p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
+    p.add_argument("--causal", choices=("both", "yes", "no"), default="both",
+                   help="causal shapes, non-causal ones, or both (default)")
     p.add_argument("--modes", metavar="LIST", default="fwd,bwd", help="fwd, bwd or fwd,bwd (default)")
     p.add_argument("--no-gqa", action="store_true", help="leave out the GQA shape (full runs only)")
     p.add_argument("--warmup", type=float, default=25, metavar="MS", help="do_bench warm-up in ms (default 25)")
@@ -314,7 +320,44 @@ def _ints(text: str | None, default) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+def load_csv(path: str, dtype: str | None = None) -> list[tuple[Shape, str, list[dict]]]:
+    """Results grouped as :func:`format_table` and :func:`plot` take them, from a CSV this
+    command wrote (the last row wins where a (shape, mode, provider) repeats)."""
+    import csv
+
+    groups: dict[tuple[Shape, str], dict[str, dict]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r.get("op") != "attention" or (dtype and r.get("dtype") != dtype):
+                continue
+            s = Shape(int(r["batch"]), int(r["heads_q"]), int(r["heads_kv"]), int(r["seqlen_q"]),
+                      int(r["seqlen_k"]), int(r["head_dim"]), r["causal"] in ("1", "True", "true"))
+            row = dict(r, ms=float(r["ms"]), tflops=float(r["tflops"]))
+            groups.setdefault((s, r["mode"]), {})[r["provider"]] = row
+    return [(s, mode, list(rows.values())) for (s, mode), rows in groups.items()]
+
+
+def report_csv(args: argparse.Namespace) -> int:
+    """``--from-csv``: the table and plot of an earlier run, with no GPU needed."""
+    results = load_csv(args.from_csv, args.dtype)
+    if not results:
+        print(f"--from-csv: no attention rows in {args.from_csv}", file=sys.stderr)
+        return 2
+    present = {r["provider"] for _, _, rows in results for r in rows}
+    providers = [p for p in PROVIDERS + OPTIONAL_PROVIDERS if p in present]
+    print(format_table(results, providers))
+    if args.plot:
+        first = results[0][2][0]
+        why = plot(results, args.plot, f"flashkernels attention, {first.get('dtype')}, {first.get('gpu')}, "
+                                       f"torch {first.get('torch')}, triton {first.get('triton')}, "
+                                       f"{first.get('git_sha')}")
+        print(f"plot: {why}" if why else f"plot written to {args.plot}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "from_csv", None):
+        return report_csv(args)
     if not torch.cuda.is_available():
         print("flashkernels bench: needs a CUDA GPU; none is visible to torch "
               f"(torch {torch.__version__}). Use `flashkernels check` on a CPU.", file=sys.stderr)
@@ -325,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
         print("flashkernels bench: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels.",
               file=sys.stderr)
         return 2
+    args.dtype = args.dtype or "bf16"
     providers = [p.strip() for p in (args.providers or ",".join(PROVIDERS)).split(",") if p.strip()]
     bad = [p for p in providers if p not in PROVIDERS + OPTIONAL_PROVIDERS]
     if bad:

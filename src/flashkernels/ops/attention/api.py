@@ -26,6 +26,14 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd):
     # Any strides work except a non-unit last one (the kernels assume unit-stride rows).
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     from .autograd import flash_attention  # imports triton: only once the Triton backend is chosen
+    from .launch import kernels_interpreted
+
+    if kernels_interpreted() != (q.device.type == "cpu"):
+        raise RuntimeError(
+            f"backend='triton' cannot run on {q.device.type} tensors: Triton was imported "
+            f"{'with' if kernels_interpreted() else 'without'} TRITON_INTERPRET=1, and it reads the variable "
+            "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
+            "the kernels on CPU tensors, and leave it unset for CUDA tensors")
 
     offset = causal_offset(q.shape[2], k.shape[2], causal_align) if causal else 0
     return flash_attention(q, k, v, mask, float(scale), bool(causal), offset, bshd,

@@ -214,5 +214,20 @@ def attn_bwd(
     return dq, dk, dv
 
 
+def kernels_interpreted() -> bool:
+    """True when the kernels were decorated under TRITON_INTERPRET=1 (they then run on CPU
+    tensors only). Triton reads the variable once, when ``triton.language`` is first imported."""
+    import triton.language.standard as tl_standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    ours = isinstance(attn_fwd_kernel, InterpretedFunction)
+    if ours != isinstance(tl_standard.sum, InterpretedFunction):  # Triton's own @jit helpers
+        raise RuntimeError(
+            "TRITON_INTERPRET changed between the first import of triton and the import of the "
+            "flashkernels kernels, so interpreted and compiled functions are mixed; set (or unset) "
+            "it before anything imports triton")
+    return ours
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b

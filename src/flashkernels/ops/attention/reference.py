@@ -79,7 +79,8 @@ def attention_reference(
     offset = causal_offset(Sq, Sk, causal_align)
 
     if Sk == 0 or Sq == 0 or B == 0:
-        out = q.new_zeros(B, Hq, Sq, v.shape[-1])
+        # Empty products keep the autograd graph: zeros (Sk = 0) or an empty result, zero grads.
+        out = torch.matmul(torch.matmul(q.to(cdt), kc.transpose(-1, -2)), vc).to(q.dtype)
         return out, torch.full((B, Hq, Sq), -math.inf, dtype=lse_dtype, device=q.device)
 
     per_row = max(1, B * Hq * Sk * torch.finfo(cdt).bits // 8)

@@ -1,0 +1,90 @@
+"""Time candidate block configs of the attention kernels on the GPU (one device call).
+
+    PYTHONPATH=src python3 scripts/tune_attention.py [--dims 64,128,256] [--seqlen 4096]
+
+FA3-paper shapes (B*S = 16384 tokens, Hq*D = 2048), bf16, causal and not. For each head dim it
+times every forward candidate and every (dK/dV, dQ) backward candidate by swapping the config
+functions of launch.py, checks each against the default config's output, and prints TFLOP/s.
+Rows go to $OUT/tune.jsonl when OUT is set.
+"""
+import argparse
+import json
+import os
+
+import torch
+from triton.testing import do_bench
+
+from flashkernels.ops.attention import autograd as fk_autograd  # noqa: F401 (registers autograd)
+from flashkernels.ops.attention import launch
+from flashkernels.ops.attention.launch import Config
+
+FWD = [Config(128, 64, 8, 3), Config(128, 128, 8, 3), Config(128, 64, 4, 3), Config(64, 64, 4, 3),
+       Config(128, 32, 4, 3), Config(128, 64, 8, 2), Config(64, 32, 4, 2), Config(64, 64, 8, 2)]
+BWD_KV = [Config(32, 128, 8, 3), Config(64, 64, 8, 3), Config(32, 64, 4, 3), Config(64, 128, 8, 2),
+          Config(16, 64, 8, 2), Config(32, 64, 8, 2), Config(16, 128, 8, 2)]
+BWD_Q = [Config(128, 32, 8, 3), Config(128, 64, 8, 3), Config(64, 64, 4, 3), Config(64, 32, 4, 3),
+         Config(64, 16, 8, 2), Config(64, 32, 8, 2), Config(128, 16, 8, 2)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", default="64,128,256")
+    ap.add_argument("--seqlen", type=int, default=4096)
+    ap.add_argument("--causal", default="0,1")
+    args = ap.parse_args()
+    log = open(os.path.join(os.environ["OUT"], "tune.jsonl"), "a") if os.environ.get("OUT") else None
+    default_fwd, default_bwd = launch.fwd_config, launch.bwd_configs
+    S = args.seqlen
+    for D in map(int, args.dims.split(",")):
+        H, B = 2048 // D, 16384 // S
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        do = torch.randn_like(q)
+        for causal in map(bool, map(int, args.causal.split(","))):
+            flops = 4 * B * H * S * S * D / (2 if causal else 1)
+            call = (q, k, v, None, D ** -0.5, causal, 0, False, False)
+            launch.fwd_config, launch.bwd_configs = default_fwd, default_bwd
+            ref_o, ref_lse = torch.ops.flashkernels.attn_fwd(*call)
+            ref_g = torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
+            fwd_cands = [c for c in FWD if not (D > 128 and c.block_m * c.block_n > 64 * 64)]
+            for cfg in fwd_cands:
+                launch.fwd_config = lambda *a, cfg=cfg: cfg
+                try:
+                    o, lse = torch.ops.flashkernels.attn_fwd(*call)
+                    err = (o.float() - ref_o.float()).abs().max().item()
+                    ms = do_bench(lambda: torch.ops.flashkernels.attn_fwd(*call), warmup=25, rep=100,
+                                  return_mode="median")
+                    row = dict(kind="fwd", D=D, S=S, causal=causal, cfg=tuple(cfg), ms=ms,
+                               tflops=flops / ms / 1e9, err=err)
+                except Exception as e:  # out of resources, say
+                    row = dict(kind="fwd", D=D, S=S, causal=causal, cfg=tuple(cfg), error=repr(e)[-200:])
+                print(json.dumps(row), flush=True)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+            launch.fwd_config = default_fwd
+            # The dK/dV and dQ kernels run one after the other, so their times add: sweep each
+            # with the other at its default.
+            kv0, q0 = default_bwd(D, q.dtype, q.device)
+            pairs = [(kv, q0) for kv in BWD_KV] + [(kv0, qc) for qc in BWD_Q if qc != q0]
+            for kv, qc in pairs:
+                if D > 128 and (kv.block_m * kv.block_n > 32 * 64 or qc.block_m * qc.block_n > 64 * 32):
+                    continue
+                launch.bwd_configs = lambda *a, kv=kv, qc=qc: (kv, qc)
+                bwd = lambda: torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
+                try:
+                    g = bwd()
+                    err = max((a.float() - b.float()).abs().max().item() for a, b in zip(g, ref_g))
+                    ms = do_bench(bwd, warmup=25, rep=100, return_mode="median")
+                    row = dict(kind="bwd", D=D, S=S, causal=causal, kv=tuple(kv), q=tuple(qc), ms=ms,
+                               tflops=2.5 * flops / ms / 1e9, err=err)
+                except Exception as e:
+                    row = dict(kind="bwd", D=D, S=S, causal=causal, kv=tuple(kv), q=tuple(qc),
+                               error=repr(e)[-200:])
+                print(json.dumps(row), flush=True)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+            launch.bwd_configs = default_bwd
+
+
+if __name__ == "__main__":
+    main()
