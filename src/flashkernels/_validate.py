@@ -71,9 +71,11 @@ def check_mask(mask, name: str, target: tuple[int, int, int, int], q: torch.Tens
                         f"scores), got {mask.dtype}")
     if mask.device != q.device:
         raise ValueError(f"{name}: expected device {q.device} (as the query), got {mask.device}")
-    ok = mask.dim() <= 4 and all(
-        m in (1, t) for m, t in zip(reversed(mask.shape), reversed(target))
-    )
+    # A plain loop: torch.compile (2.11) mis-traced the generator form of this check.
+    ok = mask.dim() <= 4
+    for m, t in zip(reversed(mask.shape), reversed(target)):
+        if m != 1 and m != t:
+            ok = False
     if not ok:
         raise ValueError(f"{name}: expected a shape broadcastable to (B, Hq, Sq, Sk) = {target}, "
                          f"got {tuple(mask.shape)}")

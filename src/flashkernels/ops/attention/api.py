@@ -10,7 +10,9 @@ from ..._validate import KERNEL_DTYPES, check_dropout, check_mask, check_qkv, ch
 from .reference import attention_reference, causal_offset
 
 
+@torch.compiler.assume_constant_result  # Dynamo cannot trace the precision getters
 def _allow_tf32() -> bool:
+    """Whether torch lets fp32 matmuls use TF32; the kernels follow the same setting."""
     return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
 
 
@@ -26,12 +28,12 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd):
     # Any strides work except a non-unit last one (the kernels assume unit-stride rows).
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     from .autograd import flash_attention  # imports triton: only once the Triton backend is chosen
-    from .launch import kernels_interpreted
+    from .launch import KERNELS_INTERPRETED
 
-    if kernels_interpreted() != (q.device.type == "cpu"):
+    if KERNELS_INTERPRETED != (q.device.type == "cpu"):
         raise RuntimeError(
             f"backend='triton' cannot run on {q.device.type} tensors: Triton was imported "
-            f"{'with' if kernels_interpreted() else 'without'} TRITON_INTERPRET=1, and it reads the variable "
+            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the variable "
             "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
             "the kernels on CPU tensors, and leave it unset for CUDA tensors")
 

@@ -66,14 +66,15 @@ def fwd_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Confi
     if device.type != "cuda":  # interpreter: small, unequal blocks hit every masked branch
         return Config(32, 16, 4, 1)
     bd = block_d(head_dim)
-    # First picks, from ptxas spill reports on sm_90a (scripts/compile_check.py); tuned in
-    # the speed issue. 8 warps at BLOCK_M=128 kept D=64 free of spills where 4 warps spilled.
-    if bd <= 128:
+    # Measured on an H100 (bf16, FA3-paper shapes at S=4096, scripts/tune_attention.py; table in
+    # docs/perf-notes.md): (128, 64, 8 warps, 3 stages) led at D=64 and 128 (424 and 465 TF/s);
+    # at D=256 (64, 32, 4, 2) ran 404 TF/s where (64, 64, 8, 2) ran 245.
+    if dtype == torch.float32:  # twice the bytes a tile; picked for no spills (ptxas, sm_90a)
+        cfg = Config(64, 32, 8, 2) if bd <= 128 else Config(32, 16, 4, 2)
+    elif bd <= 128:
         cfg = Config(128, 64, 8, 3)
     else:
-        cfg = Config(64, 64, 8, 2)
-    if dtype == torch.float32:
-        cfg = Config(cfg.block_m // 2 if bd > 64 else cfg.block_m, cfg.block_n // 2, cfg.num_warps, 2)
+        cfg = Config(64, 32, 4, 2)
     elt = dtype.itemsize
     return _fit(cfg, lambda bm, bn, st: elt * bd * (bm + 2 * bn * st), _smem_limit(device.index or 0), True)
 
@@ -84,15 +85,19 @@ def bwd_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> tupl
     if device.type != "cuda":
         return Config(16, 32, 4, 1), Config(32, 16, 4, 1)
     bd = block_d(head_dim)
-    if bd <= 64:
-        kv, q = Config(32, 128, 8, 3), Config(128, 64, 8, 3)
+    # Measured as the forward (bf16, S=4096, H100): the dK/dV and dQ kernels were swept one at a
+    # time with the other fixed, their times adding.
+    if dtype == torch.float32:  # picked for (almost) no spills (ptxas, sm_90a), not timed
+        if bd <= 128:
+            kv, q = Config(16, 64, 8, 2), Config(64, 32, 8, 2)
+        else:
+            kv, q = Config(16, 32, 8, 2), Config(32, 16, 4, 2)
+    elif bd <= 64:
+        kv, q = Config(32, 64, 4, 3), Config(128, 64, 8, 3)
     elif bd <= 128:
-        kv, q = Config(32, 128, 8, 3), Config(128, 32, 8, 3)
+        kv, q = Config(64, 128, 8, 2), Config(128, 64, 8, 3)
     else:
-        kv, q = Config(16, 64, 8, 2), Config(64, 16, 8, 2)
-    if dtype == torch.float32:
-        kv = Config(kv.block_m, kv.block_n // 2, kv.num_warps, 2)
-        q = Config(q.block_m // 2, q.block_n, q.num_warps, 2)
+        kv, q = Config(32, 64, 8, 2), Config(64, 32, 4, 3)
     elt = dtype.itemsize
     limit = _smem_limit(device.index or 0)
     kv = _fit(kv, lambda bm, bn, st: elt * bd * (2 * bn + 2 * bm * st), limit, False)
@@ -110,9 +115,9 @@ def _mask_args(mask: Optional[torch.Tensor], shape: tuple[int, int, int, int], d
     if mask is None:
         return dummy, (0, 0, 0, 0), 0
     m = mask.expand(shape)
-    if m.dtype == torch.bool:
-        return m.view(torch.uint8), m.stride(), 1
-    return m, m.stride(), 2
+    # bool goes in as is (Triton loads torch.bool as i1); a .view(torch.uint8) here broke
+    # Inductor's lowering under torch.compile (aten.view.dtype on bool).
+    return m, m.stride(), 1 if m.dtype == torch.bool else 2
 
 
 def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.Tensor) -> torch.Tensor:
@@ -137,7 +142,7 @@ def attn_fwd(
         return out, lse.fill_(-math.inf)
     cfg = fwd_config(D, q.dtype, q.device)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
-    grid = (triton_cdiv(Sq, cfg.block_m), B * H)
+    grid = (triton_cdiv(Sq, cfg.block_m) * B * H,)
     wrap_triton(attn_fwd_kernel)[grid](
         q, k, v, m, out, lse, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -176,7 +181,7 @@ def attn_bwd(
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     pre_m = 64 if q.device.type == "cuda" else 32
-    wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m), B * H)](
+    wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
         out, do, delta,
         out.stride(0), out.stride(1), out.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
@@ -184,7 +189,7 @@ def attn_bwd(
     )
     if dlse is not None:  # d lse / d scores = P: fold it into the row term
         delta = delta - dlse.float()
-    wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(Sk, kv_cfg.block_n), B * Hkv)](
+    wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(Sk, kv_cfg.block_n) * B * Hkv,)](
         q, k, v, m, do, lse, delta, dk, dv, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -198,7 +203,7 @@ def attn_bwd(
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
     )
-    wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(Sq, q_cfg.block_m), B * H)](
+    wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(Sq, q_cfg.block_m) * B * H,)](
         q, k, v, m, do, lse, delta, dq, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -214,7 +219,7 @@ def attn_bwd(
     return dq, dk, dv
 
 
-def kernels_interpreted() -> bool:
+def _kernels_interpreted() -> bool:
     """True when the kernels were decorated under TRITON_INTERPRET=1 (they then run on CPU
     tensors only). Triton reads the variable once, when ``triton.language`` is first imported."""
     import triton.language.standard as tl_standard
@@ -227,6 +232,11 @@ def kernels_interpreted() -> bool:
             "flashkernels kernels, so interpreted and compiled functions are mixed; set (or unset) "
             "it before anything imports triton")
     return ours
+
+
+# Decided once, at import: a plain bool that torch.compile can read (isinstance on a kernel
+# object inside a traced function is a graph break).
+KERNELS_INTERPRETED = _kernels_interpreted()
 
 
 def triton_cdiv(a: int, b: int) -> int:

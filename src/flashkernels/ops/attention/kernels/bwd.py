@@ -27,8 +27,9 @@ def attn_bwd_preprocess_kernel(
     num_heads, seqlen_q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    num_m = tl.cdiv(seqlen_q, BLOCK_M)
+    pid_m = tl.program_id(0) % num_m
+    pid_bh = tl.program_id(0) // num_m
     off_b = (pid_bh // num_heads).to(tl.int64)
     off_h = (pid_bh % num_heads).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,9 +121,10 @@ def attn_bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid: (cdiv(seqlen_k, BLOCK_N), B * num_kv_heads). Writes dK, dV of its key block."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads,). Writes dK, dV of its key block."""
+    num_n = tl.cdiv(seqlen_k, BLOCK_N)
+    pid_n = tl.program_id(0) % num_n
+    pid_bh = tl.program_id(0) // num_n
     off_b = (pid_bh // num_kv_heads).to(tl.int64)
     off_hk = (pid_bh % num_kv_heads).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -140,6 +142,7 @@ def attn_bwd_dkdv_kernel(
                    offs_n, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
     qk_scale = sm_scale * LOG2E
 
     # Query ranges: [m_lo, m_full) cut by the causal diagonal (masked), [m_full, seqlen_q) not.
@@ -243,9 +246,10 @@ def attn_bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid: (cdiv(seqlen_q, BLOCK_M), B * num_heads). Writes dQ of its query block."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,). Writes dQ of its query block."""
+    num_m = tl.cdiv(seqlen_q, BLOCK_M)
+    pid_m = tl.program_id(0) % num_m
+    pid_bh = tl.program_id(0) // num_m
     off_b = (pid_bh // num_heads).to(tl.int64)
     off_h = (pid_bh % num_heads).to(tl.int64)
     off_hk = off_h // group
@@ -266,6 +270,7 @@ def attn_bwd_dq_kernel(
     lse = tl.load(Lse + row_base + rows, mask=rows < seqlen_q, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
     delta = tl.load(Delta + row_base + rows, mask=rows < seqlen_q, other=0.0)
+    sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
     qk_scale = sm_scale * LOG2E
 
     if IS_CAUSAL:

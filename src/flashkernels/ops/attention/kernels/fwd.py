@@ -90,11 +90,14 @@ def attn_fwd_kernel(
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
-    Grid: (cdiv(seqlen_q, BLOCK_M), B * num_heads). Lse is contiguous (B, num_heads, seqlen_q).
+    Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,), query blocks of one head adjacent (they
+    share K and V in L2); one axis because CUDA caps grid axes 1 and 2 at 65535.
+    Lse is contiguous (B, num_heads, seqlen_q).
     MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
     """
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    num_m = tl.cdiv(seqlen_q, BLOCK_M)
+    pid_m = tl.program_id(0) % num_m
+    pid_bh = tl.program_id(0) // num_m
     off_b = (pid_bh // num_heads).to(tl.int64)
     off_h = (pid_bh % num_heads).to(tl.int64)
     off_hk = off_h // group
@@ -112,7 +115,7 @@ def attn_fwd_kernel(
         + offs_r[:, None] * stride_qm + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
-    qk_scale = sm_scale * LOG2E
+    qk_scale = tl.cast(sm_scale, tl.float32) * LOG2E  # torch.compile passes the scale as fp64
 
     # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
     if IS_CAUSAL:
