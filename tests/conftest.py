@@ -17,42 +17,6 @@ if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
-def _fix_interpreter_for_numpy_2_4():
-    """Triton 3.6's interpreter turns a scalar tensor into a Python int with ``int(ndarray)``;
-    NumPy >= 2.4 raises TypeError for 1-element arrays of ndim 1, so any ``range(a, b)`` with a
-    computed bound fails (triton-lang/triton#9171, fixed upstream by squeezing). Patch the same
-    way until the installed Triton carries the fix."""
-    import warnings
-
-    import numpy as np
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            int(np.array([1]))
-        return  # this NumPy still converts, nothing to fix
-    except TypeError:
-        pass
-    try:
-        from triton.runtime import interpreter
-    except Exception:  # no triton: the triton tests will say so themselves
-        return
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_flashkernels_fix", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched._flashkernels_fix = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _fix_interpreter_for_numpy_2_4()
-
-
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "no_poison: leave the kernels' output allocations alone (torch.compile, opcheck)")

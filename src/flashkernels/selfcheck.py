@@ -297,31 +297,10 @@ def run(device: torch.device, backends: tuple[str, ...] = ("triton", "reference"
 
 
 def interpreter_compat() -> None:
-    """Triton 3.6's interpreter turns scalar tensors into Python ints with ``int(ndarray)``, which
-    NumPy >= 2.4 may refuse for 1-element 1-d arrays (triton-lang/triton#9171). When this NumPy
-    refuses, patch the conversion the way upstream fixed it (the test suite's conftest does the
-    same). No effect otherwise."""
-    import numpy as np
+    """Make the interpreter work with this NumPy (see flashkernels._interpreter)."""
+    from ._interpreter import fix_numpy_scalar_conversion
 
-    try:
-        int(np.array([1]))
-        return
-    except TypeError:
-        pass
-    try:
-        from triton.runtime import interpreter
-    except Exception:
-        return
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_flashkernels_fix", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched._flashkernels_fix = True
-    interpreter._patch_lang_tensor = patched
+    fix_numpy_scalar_conversion()
 
 
 def triton_imported() -> bool:

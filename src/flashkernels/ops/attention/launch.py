@@ -237,6 +237,10 @@ def _kernels_interpreted() -> bool:
 # Decided once, at import: a plain bool that torch.compile can read (isinstance on a kernel
 # object inside a traced function is a graph break).
 KERNELS_INTERPRETED = _kernels_interpreted()
+if KERNELS_INTERPRETED:
+    from ..._interpreter import fix_numpy_scalar_conversion
+
+    fix_numpy_scalar_conversion()
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -1,0 +1,37 @@
+"""Compatibility of Triton's CPU interpreter (TRITON_INTERPRET=1) with the installed NumPy.
+
+Triton 3.6's interpreter turns a scalar tensor into a Python int with ``int(ndarray)``; NumPy
+2.4 raises TypeError for 1-element arrays of ndim 1, so a kernel loop ``range(a, b)`` with a
+computed bound fails (triton-lang/triton#9171, fixed upstream by squeezing the array). The
+kernels' launchers call :func:`fix_numpy_scalar_conversion` when the interpreter is on, so a user
+of the interpreter gets working kernels whatever NumPy they have. CI pins numpy<2.4 as well.
+"""
+from __future__ import annotations
+
+import warnings
+
+
+def fix_numpy_scalar_conversion() -> None:
+    """Patch the interpreter's scalar conversion the way upstream fixed it, when this NumPy
+    refuses ``int()`` of a 1-element array; no effect otherwise (and idempotent)."""
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            int(np.array([1]))
+        return  # this NumPy still converts: nothing to fix
+    except TypeError:
+        pass
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_flashkernels_fix", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    patched._flashkernels_fix = True
+    interpreter._patch_lang_tensor = patched
