@@ -41,7 +41,7 @@ def seed(request):
 
 class _PoisoningTorch:
     """Stands in for ``torch`` inside the kernel launchers: every ``torch.empty`` they allocate
-    (out, lse, dq, dk, dv, delta) comes back filled with NaN, so an element a kernel fails to
+    (attention's out, lse, dq, dk, dv, delta; the norm's and GLUs' outputs) comes back filled with NaN, so an element a kernel fails to
     write shows up as NaN in the result instead of as stale memory that happens to look right."""
 
     def __getattr__(self, name):
@@ -55,15 +55,22 @@ class _PoisoningTorch:
         return t
 
 
+LAUNCH_MODULES = ("flashkernels.ops.attention.launch", "flashkernels.ops.rms_norm.launch",
+                  "flashkernels.ops.swiglu.launch")
+
+
 @pytest.fixture(autouse=True)
 def poison_kernel_outputs(request, monkeypatch):
+    """Every op's launcher allocates its outputs through a NaN-filling ``torch``."""
     if request.node.get_closest_marker("no_poison"):
         yield
         return
-    try:
-        from flashkernels.ops.attention import launch
-    except Exception:  # no triton here: nothing launches
-        yield
-        return
-    monkeypatch.setattr(launch, "torch", _PoisoningTorch())
+    import importlib
+
+    for name in LAUNCH_MODULES:
+        try:
+            launch = importlib.import_module(name)
+        except ImportError:  # no triton here: nothing launches
+            continue
+        monkeypatch.setattr(launch, "torch", _PoisoningTorch())
     yield

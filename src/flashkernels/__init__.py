@@ -3,6 +3,9 @@
 Importing this package does not import Triton; the kernels load on first use.
 """
 from .ops.attention.api import flash_attn_func, scaled_dot_product_attention
+from .ops.rms_norm.api import rms_norm
+from .ops.swiglu.api import geglu, swiglu
 
 __version__ = "0.1.0"
-__all__ = ["scaled_dot_product_attention", "flash_attn_func", "__version__"]
+__all__ = ["scaled_dot_product_attention", "flash_attn_func", "rms_norm", "swiglu", "geglu",
+           "__version__"]

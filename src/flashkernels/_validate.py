@@ -90,3 +90,21 @@ def check_dropout(p, name: str = "dropout_p") -> None:
     if p is None or (isinstance(p, (int, float)) and p == 0):
         return
     raise NotImplementedError(f"{name}: dropout is not supported yet (expected 0.0, got {p!r})")
+
+
+def require_float_dtype(x: torch.Tensor, name: str) -> None:
+    """``x`` is float16, bfloat16, float32 (the kernels) or float64 (the reference path)."""
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
+def require_like(t, name: str, like: torch.Tensor, like_name: str, *, shape=None) -> None:
+    """``t`` is a tensor with ``like``'s device and dtype, and shape ``shape`` (default: like's)."""
+    require_tensor(t, name)
+    shape = tuple(like.shape) if shape is None else tuple(shape)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if t.device != like.device:
+        raise ValueError(f"{name}: expected device {like.device} (as {like_name}), got {t.device}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name}: expected dtype {like.dtype} (as {like_name}), got {t.dtype}")

@@ -1,0 +1,47 @@
+"""Autograd for the RMSNorm custom ops, registered with ``torch.library.register_autograd``.
+
+The ops stay pure, so torch.compile traces forward and backward ops into its graphs. With a
+residual, h = x + residual feeds both the norm and the caller, so the gradient reaching h is
+dh + d(norm)/dh, and it is the gradient of both x and residual (two copies, see the kernel).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import launch  # registers torch.ops.flashkernels.rms_norm_fwd / rms_norm_bwd
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, residual, eps, offset, mode = inputs
+    y, h, rstd = output
+    ctx.save_for_backward(h if residual is not None else x, weight, rstd)
+    ctx.has_residual = residual is not None
+    ctx.offset = offset
+
+
+def _unit_last_stride(t):
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _backward(ctx, dy, dh, drstd):
+    xn, weight, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(xn)
+    dh = dh if ctx.has_residual else None
+    dx, dw, dr = torch.ops.flashkernels.rms_norm_bwd(
+        _unit_last_stride(dy), xn, weight, rstd, _unit_last_stride(dh), ctx.offset, ctx.has_residual)
+    # dr holds dx's values in its own memory: returning dx twice would give two leaves one .grad
+    return (dx, dw if weight is not None else None, dr if ctx.has_residual else None,
+            None, None, None)
+
+
+torch.library.register_autograd("flashkernels::rms_norm_fwd", _backward, setup_context=_setup_context)
+
+
+def rms_norm_rows(x, weight, residual, eps, offset, mode):
+    """(y, h, rstd) for (M, N) rows through the Triton kernels, differentiable in x, weight,
+    residual."""
+    return torch.ops.flashkernels.rms_norm_fwd(x, weight, residual, eps, offset, mode)
+
+
+__all__ = ["rms_norm_rows", "launch"]

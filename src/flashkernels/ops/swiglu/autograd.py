@@ -1,0 +1,29 @@
+"""Autograd for the gated-activation custom ops (``torch.library.register_autograd``)."""
+from __future__ import annotations
+
+import torch
+
+from . import launch  # registers torch.ops.flashkernels.glu_fwd / glu_bwd
+
+
+def _setup_context(ctx, inputs, output):
+    gate, up, act = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.act = act
+
+
+def _backward(ctx, dout):
+    gate, up = ctx.saved_tensors
+    dg, du = torch.ops.flashkernels.glu_bwd(dout.contiguous(), gate, up, ctx.act)
+    return dg, du, None
+
+
+torch.library.register_autograd("flashkernels::glu_fwd", _backward, setup_context=_setup_context)
+
+
+def gated_activation(gate, up, act: int):
+    """act(gate) * up through the Triton kernels, differentiable in gate and up."""
+    return torch.ops.flashkernels.glu_fwd(gate, up, act)
+
+
+__all__ = ["gated_activation", "launch"]
