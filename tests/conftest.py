@@ -56,7 +56,7 @@ class _PoisoningTorch:
 
 
 LAUNCH_MODULES = ("flashkernels.ops.attention.launch", "flashkernels.ops.rms_norm.launch",
-                  "flashkernels.ops.swiglu.launch")
+                  "flashkernels.ops.swiglu.launch", "flashkernels.ops.rope.launch")
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
     flashkernels info [--json]        what was detected, and which backend each op picks, and why
     flashkernels check                every attention kernel on this machine vs float64 math
     flashkernels bench attention      flashkernels vs SDPA flash/cuDNN/efficient and FlexAttention
+    flashkernels memory ...           peak extra memory of attention, naive vs flashkernels
 
 Also runs as ``python -m flashkernels``. Exit codes: 0 success, 1 a check failed (or our kernel
 failed in a benchmark), 2 usage error or nothing to do on this machine (``bench`` on a CPU).
@@ -180,6 +181,32 @@ def cmd_bench_attention(args: argparse.Namespace) -> int:
     return attention.run(args)
 
 
+# --------------------------------------------------------------------------------------- memory
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .ops.attention.memory import attention_memory
+
+    try:
+        m = attention_memory(args.batch, args.heads, args.seqlen, args.head_dim, kv_heads=args.kv_heads,
+                             seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal)
+    except ValueError as exc:
+        print(f"flashkernels memory: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2))
+        return 0
+    print(f"attention memory: B={m.batch} Hq={m.heads} Hkv={m.kv_heads} Sq={m.seqlen_q} Sk={m.seqlen_k} "
+          f"D={m.head_dim} {m.dtype}{' causal' if m.causal else ''}; peak bytes beyond q, k, v (and grad_out)")
+    print(f"  {'':9s} {'naive (SDPA math)':>18s} {'flashkernels':>14s} {'reduction':>10s}")
+    for name, naive, ours, red in (("forward", m.naive_forward, m.flash_forward, m.forward_reduction_pct),
+                                   ("backward", m.naive_backward, m.flash_backward, m.backward_reduction_pct)):
+        print(f"  {name:9s} {_fmt_bytes(naive):>18s} {_fmt_bytes(ours):>14s} {red:9.1f}%")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -234,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench_attention.add_arguments(pa)
     pa.set_defaults(func=cmd_bench_attention)
     pb.set_defaults(func=lambda a: (pb.print_help(), 2)[1])
+
+    pm = sub.add_parser(
+        "memory", formatter_class=fmt, help="peak extra memory of attention, naive vs flashkernels",
+        description="Estimate the peak extra bytes (beyond q, k, v and grad_out) of attention forward "
+                    "and backward for naive attention (torch SDPA's math backend) and for flashkernels, "
+                    "and the reduction in percent. Arithmetic only: runs anywhere, allocates nothing. "
+                    "Formulas: flashkernels.ops.attention.memory.")
+    for flag, hlp in (("--batch", "batch size B"), ("--heads", "query heads Hq"),
+                      ("--seqlen", "query length Sq"), ("--head-dim", "head dim D")):
+        pm.add_argument(flag, type=int, required=True, help=hlp)
+    pm.add_argument("--kv-heads", type=int, default=None, help="key/value heads Hkv (default: --heads)")
+    pm.add_argument("--seqlen-k", type=int, default=None, help="key length Sk (default: --seqlen)")
+    pm.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="bf16", help="default bf16")
+    pm.add_argument("--causal", action="store_true", help="causal attention")
+    pm.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    pm.set_defaults(func=cmd_memory)
     return p
 
 

@@ -133,6 +133,9 @@ def _flex_compiled(flex_attention, s: Shape):
     # otherwise make later shapes fall back to the unfused path without saying so.
     if _FLEX["shape"] != s:
         torch._dynamo.reset()
+        # The bwd timing replays backward over one retained graph; compiled backwards with
+        # donated buffers refuse retain_graph (seen on the H100, torch 2.11), so keep them off.
+        torch._functorch.config.donated_buffer = False
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
         _FLEX["shape"] = s
     return _FLEX["fn"]

@@ -1,4 +1,5 @@
-"""Thin ``torch.nn`` modules over the functional API (``flashkernels.rms_norm``, ``swiglu``).
+"""Thin ``torch.nn`` modules over the functional API (``flashkernels.rms_norm``, ``swiglu``,
+``apply_rotary_emb``).
 
 The backend follows the functional calls: ``$FLASHKERNELS_BACKEND``, else "auto" (Triton on a
 CUDA GPU, PyTorch on a CPU).
@@ -9,9 +10,10 @@ import torch
 from torch import nn
 
 from ..ops.rms_norm.api import rms_norm
+from ..ops.rope.api import apply_rotary_emb
 from ..ops.swiglu.api import swiglu
 
-__all__ = ["RMSNorm", "SwiGLUMLP"]
+__all__ = ["RMSNorm", "RotaryEmbedding", "SwiGLUMLP"]
 
 
 class RMSNorm(nn.Module):
@@ -56,3 +58,33 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x):
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding with the standard frequencies, applied with
+    :func:`flashkernels.apply_rotary_emb` (flash-attn layout, x (B, S, H, D)).
+
+    ``inv_freq[j] = base ** (-2j / dim)`` for j < dim / 2; the tables ``cos[p, j] = cos(p *
+    inv_freq[j])`` and ``sin`` (max_seqlen, dim / 2) are built in float64, stored as float32
+    buffers (not saved in the state dict) and cast to x's dtype on use. ``forward(x,
+    seqlen_offsets=0)`` rotates the first ``dim`` dims of each head (``interleaved`` picks the
+    pair layout) and returns a new tensor.
+    """
+
+    def __init__(self, dim: int, max_seqlen: int = 2048, base: float = 10000.0, interleaved: bool = False,
+                 device=None):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"dim: expected an even rotary dim >= 2, got {dim}")
+        self.dim, self.max_seqlen, self.base, self.interleaved = dim, max_seqlen, base, interleaved
+        inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+        angles = torch.outer(torch.arange(max_seqlen, dtype=torch.float64, device=device), inv_freq)
+        self.register_buffer("cos_cached", angles.cos().float(), persistent=False)
+        self.register_buffer("sin_cached", angles.sin().float(), persistent=False)
+
+    def forward(self, x, seqlen_offsets=0):
+        return apply_rotary_emb(x, self.cos_cached.to(x.dtype), self.sin_cached.to(x.dtype),
+                                self.interleaved, seqlen_offsets)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, max_seqlen={self.max_seqlen}, base={self.base}, interleaved={self.interleaved}"

@@ -187,8 +187,8 @@ def attn_bwd(
         do.stride(0), do.stride(1), do.stride(2),
         H, Sq, HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=pre_m,
     )
-    if dlse is not None:  # d lse / d scores = P: fold it into the row term
-        delta = delta - dlse.float()
+    if dlse is not None:  # d lse / d scores = P: fold it into the row term (in place: no copy)
+        delta.sub_(dlse)
     wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(Sk, kv_cfg.block_n) * B * Hkv,)](
         q, k, v, m, do, lse, delta, dk, dv, scale,
         q.stride(0), q.stride(1), q.stride(2),

@@ -1,0 +1,1 @@
+"""Rotary position embedding (RoPE): public API in api.py, the specification in reference.py."""
