@@ -1,0 +1,223 @@
+"""flashkernels.integrations.transformers.apply on tiny Llama-family models (random weights, no
+download): logits and a few training steps against the eager model, under the tolerance policy
+(ref = the eager model in float64, pt = the eager model in the test dtype)."""
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import flashkernels.integrations.transformers as fk_hf  # noqa: E402
+from helpers import assert_close_policy  # noqa: E402
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=128, head_dim=16, max_position_embeddings=64)
+B, S = 2, 17
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models are tiny: one intra-op thread. With two on a busy 2-core CI machine the OpenMP
+    threads spin against each other and these tests take 5x longer."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+ARCHS = [("Llama", {}), ("Qwen2", {}), ("Qwen3", {}), ("Mistral", {"sliding_window": None}), ("Gemma", {})]
+
+
+def _arch_params():
+    out = []
+    for name, extra in ARCHS:
+        present = hasattr(transformers, f"{name}ForCausalLM")
+        out.append(pytest.param(name, extra, id=name,
+                                marks=pytest.mark.skipif(not present, reason=f"no {name} in this transformers")))
+    return out
+
+
+def build(name, extra=None, *, seed=0, **overrides):
+    """An eager float32 model with random weights (norm weights perturbed off their init)."""
+    cfg_cls = getattr(transformers, f"{name}Config")
+    model_cls = getattr(transformers, f"{name}ForCausalLM")
+    torch.manual_seed(seed)
+    cfg = cfg_cls(**{**TINY, **(extra or {}), **overrides}, attn_implementation="eager")
+    model = model_cls(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def trio(model, backend="reference"):
+    """(out = patched copy, pt = eager test dtype, ref = eager float64)."""
+    out = fk_hf.apply(copy.deepcopy(model), backend=backend)
+    return out, model, copy.deepcopy(model).double()
+
+
+def inputs(seed=1, padded=None):
+    """(input_ids, attention_mask): no mask, or "right" / "left" padding of 5 and 3 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, TINY["vocab_size"], (B, S), generator=g)
+    if padded is None:
+        return ids, None
+    mask = torch.ones(B, S, dtype=torch.long)
+    for b, n in enumerate((5, 3)):
+        if padded == "right":
+            mask[b, S - n:] = 0
+        else:
+            mask[b, :n] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name,extra", _arch_params())
+@pytest.mark.parametrize("padded", [None, "right"], ids=["full", "padded"])
+def test_logits_match_eager(name, extra, padded):
+    out_m, pt_m, ref_m = trio(build(name, extra))
+    assert out_m.config._attn_implementation == fk_hf.ATTENTION_NAME
+    assert pt_m.config._attn_implementation == "eager"  # the copy was patched, not the original
+    ids, mask = inputs(padded=padded)
+    with torch.no_grad():
+        logits = [m(ids, attention_mask=mask).logits for m in (out_m, pt_m, ref_m)]
+    assert_close_policy(*logits, dtype=torch.float32, name=f"{name} logits")
+
+
+@pytest.mark.parametrize("name,extra", _arch_params())
+def test_left_padding_matches_eager(name, extra):
+    """Left padding leaves query rows that see no key: flashkernels gives 0 there, eager a
+    uniform average (and its float64 run NaN, as it takes the softmax of -inf rows in float32),
+    so the real tokens are compared with the float32 eager model at the fp32 target."""
+    out_m, pt_m, _ = trio(build(name, extra))
+    ids, mask = inputs(padded="left")
+    with torch.no_grad():
+        out, pt = (m(ids, attention_mask=mask).logits for m in (out_m, pt_m))
+    keep = mask.bool()
+    assert out.isfinite().all()
+    torch.testing.assert_close(out[keep], pt[keep], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,extra", _arch_params())
+def test_training_losses_match_eager(name, extra):
+    models = trio(build(name, extra))
+    ids, _ = inputs(seed=2)
+    losses = []
+    for m in models:
+        m.train()
+        torch.manual_seed(123)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        run = []
+        for _ in range(3):
+            loss = m(ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.append(loss.detach())
+        losses.append(torch.stack(run))
+    # The losses after a step depend on the gradients: the gradient factor of the policy.
+    assert_close_policy(*losses, factor=3.0, dtype=torch.float32, name=f"{name} losses")
+
+
+def _count(monkeypatch, module, attr, counts):
+    fn = getattr(module, attr)
+
+    def counted(*a, **k):
+        counts[attr] = counts.get(attr, 0) + 1
+        return fn(*a, **k)
+
+    monkeypatch.setattr(module, attr, counted)
+
+
+def test_patched_model_calls_flashkernels_and_others_do_not(monkeypatch):
+    counts = {}
+    for attr in ("rms_norm", "swiglu", "geglu", "scaled_dot_product_attention", "_fk_apply_rotary_pos_emb"):
+        _count(monkeypatch, fk_hf, attr, counts)
+    model = build("Llama")
+    other = copy.deepcopy(model)
+    other_sdpa = copy.deepcopy(model)
+    other_sdpa.set_attn_implementation("sdpa")
+    patched = fk_hf.apply(copy.deepcopy(model), backend="reference")
+    ids, _ = inputs()
+    with torch.no_grad():
+        other(ids)
+        other_sdpa(ids)
+    assert counts == {}, "an unpatched model of the same class went through flashkernels"
+    with torch.no_grad():
+        patched(ids)
+    L = TINY["num_hidden_layers"]
+    assert counts == {"rms_norm": 2 * L + 1, "swiglu": L, "scaled_dot_product_attention": L,
+                      "_fk_apply_rotary_pos_emb": L}
+    # deepcopy of a patched model: the copy's patched forwards use the copy's weights
+    clone = copy.deepcopy(patched)
+    with torch.no_grad():
+        clone.model.norm.weight.add_(1.0)
+        assert not torch.equal(clone(ids).logits, patched(ids).logits)
+
+
+def test_gemma_uses_geglu_and_gemma_norm(monkeypatch):
+    counts = {}
+    for attr in ("swiglu", "geglu"):
+        _count(monkeypatch, fk_hf, attr, counts)
+    patched = fk_hf.apply(build("Gemma"), backend="reference")
+    norm = patched.model.norm
+    assert norm._flashkernels_norm == ("eps", 1.0, "gemma")
+    with torch.no_grad():
+        patched(inputs()[0])
+    assert counts == {"geglu": TINY["num_hidden_layers"]}
+
+
+def test_unsupported_raise_clearly():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64,
+                                                                n_positions=32))
+    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel"):
+        fk_hf.apply(gpt2)
+    with pytest.raises(NotImplementedError, match="MistralForCausalLM.*sliding"):
+        fk_hf.apply(build("Mistral", {"sliding_window": 8}))
+    if hasattr(transformers, "Qwen2ForCausalLM"):
+        with pytest.raises(NotImplementedError, match="Qwen2ForCausalLM.*sliding"):
+            fk_hf.apply(build("Qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}))
+    with pytest.raises(ValueError, match="backend"):
+        fk_hf.apply(build("Llama"), backend="cuda")
+
+
+def test_attention_dropout_in_training_raises():
+    model = fk_hf.apply(build("Llama", attention_dropout=0.1), backend="reference")
+    ids, _ = inputs()
+    with torch.no_grad():
+        model(ids)  # eval: dropout is 0
+    model.train()
+    with pytest.raises(NotImplementedError, match="dropout"):
+        model(ids)
+
+
+def test_triton_kernels_are_called(monkeypatch):
+    """backend="triton" (through the interpreter on CPU): every op launches its Triton kernel,
+    forward and backward, and the result matches the eager model."""
+    from flashkernels import _backend
+
+    reason = _backend.triton_unavailable_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    from flashkernels.ops.attention import autograd as att
+    from flashkernels.ops.rms_norm import autograd as rms
+    from flashkernels.ops.rope import autograd as rope
+    from flashkernels.ops.swiglu import autograd as glu
+
+    counts = {}
+    for mod, attr in ((att, "flash_attention"), (rms, "rms_norm_rows"), (rope, "rope_qk"), (glu, "gated_activation")):
+        _count(monkeypatch, mod, attr, counts)
+    out_m, pt_m, ref_m = trio(build("Llama", num_hidden_layers=1), backend="triton")
+    ids = inputs()[0][:, :9]
+    results = []
+    for m in (out_m, pt_m, ref_m):
+        loss = m(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), m.model.embed_tokens.weight.grad, m.model.layers[0].mlp.gate_proj.weight.grad))
+    assert counts == {"rms_norm_rows": 3, "rope_qk": 1, "flash_attention": 1, "gated_activation": 1}
+    (lo, *go), (lp, *gp), (lr, *gr) = results
+    assert_close_policy(lo, lr, lp, dtype=torch.float32, name="loss")
+    for name, o, p, r in zip(("d embed", "d gate_proj"), go, gp, gr):
+        assert_close_policy(o, r, p, factor=3.0, dtype=torch.float32, name=name)
