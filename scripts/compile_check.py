@@ -1,6 +1,7 @@
 """Compile the attention kernels for sm_90 on any machine (no GPU needed) and report resources.
 
     PYTHONPATH=src python scripts/compile_check.py [--dims 64,128,256] [--dtypes bf16,fp16,fp32]
+        [--causal 0,1] [--mask 0,1,2] [--window 0,1] [--softcap 0,1]
 
 For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
@@ -38,7 +39,7 @@ def signature(fn, dtype_tt, mask_tt, consts):
             sig[name] = mask_tt
         elif name[0].isupper():
             sig[name] = f"*{dtype_tt}"
-        elif name == "sm_scale":
+        elif name in ("sm_scale", "softcap"):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
@@ -74,6 +75,9 @@ def main():
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--causal", default="1")
     ap.add_argument("--mask", default="0", help="mask kinds: 0 none, 1 bool, 2 float")
+    ap.add_argument("--window", default="0", help="HAS_WINDOW values (sliding window; with causal=1 "
+                    "the launcher passes IS_CAUSAL=0, so that pair is skipped)")
+    ap.add_argument("--softcap", default="0", help="HAS_SOFTCAP values")
     args = ap.parse_args()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dev = torch.device("cuda", 0)
@@ -87,21 +91,27 @@ def main():
             fcfg = launch.fwd_config(d, dtype, dev)
             kvcfg, qcfg = launch.bwd_configs(d, dtype, dev)
             prec = launch.dot_precision(dtype, False)
-            for causal in map(bool, map(int, args.causal.split(","))):
-                for mk in map(int, args.mask.split(",")):
-                    base = dict(HEAD_DIM=d, BLOCK_D=bd, IS_CAUSAL=causal, MASK_KIND=mk, DOT_PRECISION=prec)
-                    for name, fn, cfg in (("fwd", attn_fwd_kernel, fcfg), ("dkdv", attn_bwd_dkdv_kernel, kvcfg),
-                                          ("dq", attn_bwd_dq_kernel, qcfg)):
-                        consts = dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-                        tag = f"{name:5s} {dname} D={d:<3} causal={int(causal)} mask={mk} {tuple(cfg)}"
-                        try:
-                            smem, rep = compile_one(fn, dtype, mk, consts, cfg)
-                            flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
-                            print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
-                            bad += bool(flag)
-                        except Exception as e:  # report and go on
-                            bad += 1
-                            print(f"{tag:60s} FAILED: {str(e)[-1500:]}", flush=True)
+            flags = [(c, mk, w, sc) for c in map(bool, map(int, args.causal.split(",")))
+                     for mk in map(int, args.mask.split(",")) for w in map(bool, map(int, args.window.split(",")))
+                     for sc in map(bool, map(int, args.softcap.split(","))) if not (c and w)]
+            for causal, mk, window, softcap in flags:
+                base = dict(HEAD_DIM=d, BLOCK_D=bd, IS_CAUSAL=causal, MASK_KIND=mk, DOT_PRECISION=prec)
+                if window or softcap:  # flags off: the kernels' defaults, exactly as before
+                    base.update(HAS_WINDOW=window, HAS_SOFTCAP=softcap)
+                for name, fn, cfg in (("fwd", attn_fwd_kernel, fcfg), ("dkdv", attn_bwd_dkdv_kernel, kvcfg),
+                                      ("dq", attn_bwd_dq_kernel, qcfg)):
+                    consts = dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+                    tag = f"{name:5s} {dname} D={d:<3} causal={int(causal)} mask={mk} {tuple(cfg)}"
+                    if window or softcap:
+                        tag += f" win={int(window)} cap={int(softcap)}"
+                    try:
+                        smem, rep = compile_one(fn, dtype, mk, consts, cfg)
+                        flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
+                        print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
+                        bad += bool(flag)
+                    except Exception as e:  # report and go on
+                        bad += 1
+                        print(f"{tag:60s} FAILED: {str(e)[-1500:]}", flush=True)
     sys.exit(1 if bad else 0)
 
 

@@ -42,7 +42,7 @@ def main():
         do = torch.randn_like(q)
         for causal in map(bool, map(int, args.causal.split(","))):
             flops = 4 * B * H * S * S * D / (2 if causal else 1)
-            call = (q, k, v, None, D ** -0.5, causal, 0, False, False)
+            call = (q, k, v, None, D ** -0.5, causal, 0, False, False, -1, -1, 0.0)
             launch.fwd_config, launch.bwd_configs = default_fwd, default_bwd
             ref_o, ref_lse = torch.ops.flashkernels.attn_fwd(*call)
             ref_g = torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])

@@ -161,8 +161,9 @@ def kernel_lse(case: Case, q, k, v, mask):
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     scale = case.scale if case.scale is not None else 1.0 / math.sqrt(case.D)
     offset = 0  # sdpa: top-left
+    # ..., scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap
     _, lse = torch.ops.flashkernels.attn_fwd(q.detach(), k.detach(), v.detach(), mask, scale,
-                                             case.causal, offset, False, False)
+                                             case.causal, offset, False, False, -1, -1, 0.0)
     return lse
 
 

@@ -223,16 +223,29 @@ def test_dropout(api, backend, nothing_runs):
         run(api, q, k, v, backend=backend, dropout_p=0.1)
 
 
-@pytest.mark.parametrize("kw,arg", [
-    (dict(window_size=(16, 0)), r"window_size.*\(16, 0\)"),
-    (dict(window_size=(-1, 4)), r"window_size.*\(-1, 4\)"),
-    (dict(softcap=30.0), r"softcap.*30"),
-    (dict(alibi_slopes=torch.ones(4)), r"alibi_slopes"),
-], ids=["window-left", "window-right", "softcap", "alibi"])
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-def test_flash_attn_func_unsupported_features(kw, arg, backend, nothing_runs):
+def test_flash_attn_func_unsupported_features(backend, nothing_runs):
     q, k, v = qkv("fa")
-    with pytest.raises(NotImplementedError, match=arg):
+    with pytest.raises(NotImplementedError, match=r"alibi_slopes"):
+        FA(q, k, v, backend=backend, alibi_slopes=torch.ones(4))
+
+
+@pytest.mark.parametrize("kw,arg", [
+    (dict(window_size=(16,)), r"window_size.*pair.*\(16,\)"),
+    (dict(window_size=(1, 2, 3)), r"window_size.*pair.*\(1, 2, 3\)"),
+    (dict(window_size=(-2, 0)), r"window_size.*>= -1.*\(-2, 0\)"),
+    (dict(window_size=(1.5, 2)), r"window_size.*ints.*\(1\.5, 2\)"),
+    (dict(window_size=(True, 2)), r"window_size.*ints.*\(True, 2\)"),
+    (dict(window_size=4), r"window_size.*pair.*got 4"),
+    (dict(softcap=-1.0), r"softcap.*>= 0.*-1\.0"),
+    (dict(softcap=float("nan")), r"softcap.*finite.*nan"),
+    (dict(softcap="30"), r"softcap.*'30'"),
+], ids=["window-short", "window-long", "window-below-minus-1", "window-float", "window-bool",
+        "window-scalar", "softcap-negative", "softcap-nan", "softcap-str"])
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_flash_attn_func_bad_window_softcap(kw, arg, backend, nothing_runs):
+    q, k, v = qkv("fa")
+    with pytest.raises(ValueError, match=arg):
         FA(q, k, v, backend=backend, **kw)
 
 

@@ -103,7 +103,7 @@ def _op_args(bshd, mask_kind, dtype=bf16, B=2, Hq=4, Hkv=2, Sq=100, Sk=130, D=64
     elif mask_kind == "float":
         mask = torch.randn(1, Hq, Sq, Sk, device="cuda")
     offset = Sk - Sq if (causal and bshd) else 0
-    return q, k, v, mask, 1.0 / math.sqrt(D), causal, offset, bshd, False
+    return q, k, v, mask, 1.0 / math.sqrt(D), causal, offset, bshd, False, -1, -1, 0.0
 
 
 OPCHECK = [(False, None, False, False), (True, None, True, True), (False, "bool", False, False),
@@ -114,9 +114,10 @@ OPCHECK = [(False, None, False, False), (True, None, True, True), (False, "bool"
 @pytest.mark.parametrize("bshd,mask_kind,causal,with_dlse", OPCHECK,
                          ids=lambda x: str(x))
 def test_opcheck_attn_fwd_and_bwd(bshd, mask_kind, causal, with_dlse):
-    """attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32) -> (out, lse);
-    attn_bwd(do, q, k, v, out, lse, dlse, mask, scale, causal, causal_offset, bshd, allow_tf32)
-    -> (dq, dk, dv)."""
+    """attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, window_left,
+    window_right, softcap) -> (out, lse);
+    attn_bwd(do, q, k, v, out, lse, dlse, mask, scale, causal, causal_offset, bshd, allow_tf32,
+    window_left, window_right, softcap) -> (dq, dk, dv)."""
     args = _op_args(bshd, mask_kind, causal=causal)
     torch.library.opcheck(torch.ops.flashkernels.attn_fwd.default, args)
     q, k, v, mask, *rest = args

@@ -16,11 +16,36 @@ def _allow_tf32() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
 
 
-def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd):
+def _check_window(window_size):
+    """(left, right) as ints >= -1, or ValueError naming window_size."""
+    try:
+        pair = tuple(window_size)
+    except TypeError:
+        pair = None
+    if (pair is None or len(pair) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in pair)):
+        raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1 (-1 = unbounded), "
+                         f"got {window_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_softcap(softcap):
+    """softcap as a float >= 0 (0 = off), or ValueError naming softcap."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) \
+            or softcap < 0:
+        raise ValueError(f"softcap: expected a finite number >= 0 (0 = off), got {softcap!r}")
+    return float(softcap)
+
+
+def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, window_size=(-1, -1),
+               softcap=0.0):
     """(out, lse) for (B, H, S, D)-indexed views q, k, v, on the backend that ``backend`` resolves to."""
     choice = _backend.resolve(q.device, backend, dtype_ok=q.dtype in KERNEL_DTYPES, dtype=q.dtype)
     if choice.backend == "reference":
-        return attention_reference(q, k, v, scale=scale, causal=causal, causal_align=causal_align, mask=mask)
+        return attention_reference(q, k, v, scale=scale, causal=causal, causal_align=causal_align, mask=mask,
+                                   window_size=window_size, softcap=softcap)
     if mask is not None and mask.requires_grad and torch.is_grad_enabled():
         raise NotImplementedError(
             "attn_mask: a float mask that requires grad is not supported by the Triton backend yet "
@@ -37,9 +62,11 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd):
             "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
             "the kernels on CPU tensors, and leave it unset for CUDA tensors")
 
-    offset = causal_offset(q.shape[2], k.shape[2], causal_align) if causal else 0
+    windowed = tuple(window_size) != (-1, -1)
+    offset = causal_offset(q.shape[2], k.shape[2], causal_align) if (causal or windowed) else 0
     return flash_attention(q, k, v, mask, float(scale), bool(causal), offset, bshd,
-                           q.dtype == torch.float32 and _allow_tf32())
+                           q.dtype == torch.float32 and _allow_tf32(),
+                           int(window_size[0]), int(window_size[1]), float(softcap))
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -87,7 +114,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     backend=None):
     """Drop-in for ``flash_attn.flash_attn_func``.
 
-    ``out = softmax(q @ k^T * softmax_scale + causal_bias) @ v``
+    ``out = softmax(cap(q @ k^T * softmax_scale) + bias) @ v`` with ``cap(s) = softcap *
+    tanh(s / softcap)`` (identity when softcap = 0) and ``bias`` -inf outside the causal /
+    sliding window, 0 inside.
 
     Args:
         q: (B, Sq, Hq, D). k, v: (B, Sk, Hkv, D) with Hq a multiple of Hkv (GQA / MQA).
@@ -95,10 +124,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         softmax_scale: default 1 / sqrt(D).
         causal: query i attends keys j <= i + Sk - Sq (aligned bottom-right, as flash-attn);
             query rows that see no key give 0.
+        window_size: (left, right) ints >= -1: query i attends keys j with
+            i + Sk - Sq - left <= j <= i + Sk - Sq + right; -1 = unbounded on that side. With
+            causal, right is 0. Key blocks outside the window are skipped, not masked.
+        softcap: > 0 caps the scaled scores, ``softcap * tanh(scores / softcap)``; 0 = off.
         deterministic: accepted; the backward is always deterministic (no atomics).
         return_attn_probs: also return the softmax log-sum-exp, as flash-attn does.
-        dropout_p, window_size, softcap, alibi_slopes: not supported yet; anything but the
-            default raises NotImplementedError.
+        dropout_p, alibi_slopes: not supported yet; anything but the default raises
+            NotImplementedError.
         backend: "auto", "triton" or "reference" (see ``scaled_dot_product_attention``).
     Returns:
         out (B, Sq, Hq, D); with ``return_attn_probs``, ``(out, softmax_lse, None)`` where
@@ -107,18 +140,15 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     check_qkv(q, k, v, ("q", "k", "v"), "BSHD")
     check_dropout(dropout_p)
     check_scale(softmax_scale, "softmax_scale")
-    if tuple(window_size) != (-1, -1):
-        raise NotImplementedError(f"window_size: sliding-window attention is not supported yet "
-                                  f"(expected (-1, -1), got {tuple(window_size)})")
-    if softcap not in (0, 0.0, None):
-        raise NotImplementedError(f"softcap: score soft-capping is not supported yet (expected 0.0, got {softcap!r})")
+    window_size = _check_window(window_size)
+    softcap = _check_softcap(softcap)
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported yet (expected None)")
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D) if softmax_scale is None else float(softmax_scale)
     out, lse = _attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=None,
                           causal=bool(causal), causal_align="bottom_right", scale=scale,
-                          backend=backend, bshd=True)
+                          backend=backend, bshd=True, window_size=window_size, softcap=softcap)
     out = out.transpose(1, 2)
     if return_attn_probs:
         return out, lse.float(), None

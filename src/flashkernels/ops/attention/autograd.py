@@ -15,13 +15,13 @@ from . import launch  # registers torch.ops.flashkernels.attn_fwd / attn_bwd
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32 = inputs
+    q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, *features = inputs
     out, lse = output
     # Unused output gradients arrive as None, not as zeros: most callers never touch lse, and a
     # materialised zero dlse cost 4 bytes a row plus a subtraction.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.args = (scale, causal, causal_offset, bshd, allow_tf32)
+    ctx.args = (scale, causal, causal_offset, bshd, allow_tf32, *features)  # window_left/right, softcap
 
 
 def _backward(ctx, dout, dlse):
@@ -31,15 +31,19 @@ def _backward(ctx, dout, dlse):
     elif dout.stride(-1) != 1:
         dout = dout.contiguous()
     dq, dk, dv = torch.ops.flashkernels.attn_bwd(dout, q, k, v, out, lse, dlse, mask, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None
+    # None for mask (no gradient), scale, causal, causal_offset, bshd, allow_tf32, window_left,
+    # window_right, softcap.
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("flashkernels::attn_fwd", _backward, setup_context=_setup_context)
 
 
-def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32):
+def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32,
+                    window_left=-1, window_right=-1, softcap=0.0):
     """Returns (out, lse) through the Triton kernels, differentiable in q, k, v."""
-    return torch.ops.flashkernels.attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32)
+    return torch.ops.flashkernels.attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32,
+                                           window_left, window_right, softcap)
 
 
 __all__ = ["flash_attention", "launch"]

@@ -120,6 +120,19 @@ def _mask_args(mask: Optional[torch.Tensor], shape: tuple[int, int, int, int], d
     return m, m.stride(), 1 if m.dtype == torch.bool else 2
 
 
+def _window_args(window_left: int, window_right: int, causal: bool, seqlen_q: int, seqlen_k: int):
+    """(HAS_WINDOW, IS_CAUSAL, left, right) for the kernels. -1 (unbounded) becomes Sq + Sk, which
+    no row's bound reaches; causal caps the right bound at the diagonal (as flash-attn), and a
+    window that is plain causal (left unbounded, right 0) takes the causal path."""
+    if causal:
+        window_right = 0
+    if window_left < 0 and (window_right < 0 or causal):
+        return False, causal, 0, 0
+    big = seqlen_q + seqlen_k
+    return (True, False, window_left if window_left >= 0 else big,
+            window_right if window_right >= 0 else big)
+
+
 def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.Tensor) -> torch.Tensor:
     if bshd:
         return torch.empty((b, s, h, d), dtype=like.dtype, device=like.device).transpose(1, 2)
@@ -130,10 +143,13 @@ def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.T
 def attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
+    window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash attention forward. q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) with unit last stride;
     mask None or broadcastable to (B, Hq, Sq, Sk). Returns out (B, Hq, Sq, D), lse (B, Hq, Sq)
-    float32 natural log (-inf for fully masked rows)."""
+    float32 natural log (-inf for fully masked rows).
+    window_left/right: row i sees keys i + causal_offset - left .. i + causal_offset + right
+    (-1 = unbounded; causal sets right = 0). softcap > 0: scores = softcap * tanh(scores / softcap)."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     out = _empty_like_layout(B, H, Sq, D, bshd, q)
@@ -142,6 +158,7 @@ def attn_fwd(
         return out, lse.fill_(-math.inf)
     cfg = fwd_config(D, q.dtype, q.device)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, Sq, Sk)
     grid = (triton_cdiv(Sq, cfg.block_m) * B * H,)
     wrap_triton(attn_fwd_kernel)[grid](
         q, k, v, m, out, lse, scale,
@@ -150,9 +167,10 @@ def attn_fwd(
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         ms[0], ms[1], ms[2], ms[3],
-        H, H // Hkv, Sq, Sk, causal_offset,
+        H, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
@@ -163,6 +181,7 @@ def attn_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, dlse: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
+    window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flash attention backward: (dq, dk, dv) shaped and laid out like q, k, v's (B, H, S, D).
     ``dlse`` (B, Hq, Sq) or None is the gradient arriving at lse."""
@@ -179,6 +198,7 @@ def attn_bwd(
     bd = block_d(D)
     prec = dot_precision(q.dtype, allow_tf32)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, Sq, Sk)
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     pre_m = 64 if q.device.type == "cuda" else 32
     wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
@@ -198,9 +218,10 @@ def attn_bwd(
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        H, Hkv, H // Hkv, Sq, Sk, causal_offset,
+        H, Hkv, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
         HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec,
+        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
     )
     wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(Sq, q_cfg.block_m) * B * H,)](
@@ -211,9 +232,10 @@ def attn_bwd(
         ms[0], ms[1], ms[2], ms[3],
         do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        H, H // Hkv, Sq, Sk, causal_offset,
+        H, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
         HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n,
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec,
+        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
         num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages,
     )
     return dq, dk, dv

@@ -6,6 +6,12 @@ over tensors laid out (B, H, S, D). ``bias`` holds the float mask, ``-inf`` wher
 False, and ``-inf`` above the causal diagonal. The diagonal is aligned top-left (query i sees keys
 j <= i, as torch's SDPA) or bottom-right (query i sees keys j <= i + Sk - Sq, as flash-attn).
 
+Two flash-attn features change the scores before the bias:
+  * ``window_size=(left, right)``: query i sees only keys j with
+    i + offset - left <= j <= i + offset + right (offset as the causal diagonal: 0 top-left,
+    Sk - Sq bottom-right); -1 leaves that side unbounded. With ``causal`` the right bound is 0.
+  * ``softcap``: the scaled scores become ``softcap * tanh(scores / softcap)`` (0 = off).
+
 A row whose keys are all masked gives output 0 and lse -inf (never NaN), and zero gradients.
 
 Queries are processed in chunks so that no (Sq, Sk) matrix is ever materialised whole: the
@@ -50,6 +56,8 @@ def attention_reference(
     mask: torch.Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention. Returns ``(out, lse)``.
 
@@ -60,6 +68,10 @@ def attention_reference(
         causal, causal_align: see the module docstring.
         mask: bool (True = attend) or float (added to the scores), broadcastable to
             (B, Hq, Sq, Sk).
+        window_size: (left, right) sliding window around the diagonal (see the module
+            docstring); -1 = unbounded on that side.
+        softcap: scores = softcap * tanh(scores / softcap) after scaling, before the mask;
+            0 = off.
         compute_dtype: dtype of the arithmetic; default float32 for half inputs, else the
             input dtype. Passing the input's half dtype gives the "same precision" result that
             the test policy compares kernel error against.
@@ -77,6 +89,9 @@ def attention_reference(
     kc = k.to(cdt).repeat_interleave(group, dim=1) if group > 1 else k.to(cdt)
     vc = v.to(cdt).repeat_interleave(group, dim=1) if group > 1 else v.to(cdt)
     offset = causal_offset(Sq, Sk, causal_align)
+    left, right = (int(w) for w in window_size)
+    if causal:
+        right = 0  # as flash-attn: causal caps the window at the diagonal
 
     if Sk == 0 or Sq == 0 or B == 0:
         # Empty products keep the autograd graph: zeros (Sk = 0) or an empty result, zero grads.
@@ -89,16 +104,21 @@ def attention_reference(
     for start in range(0, Sq, chunk):
         stop = min(Sq, start + chunk)
         s = torch.matmul(q[:, :, start:stop].to(cdt), kc.transpose(-1, -2)) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
         if mask is not None:
             m = mask.expand(B, Hq, Sq, Sk)[:, :, start:stop]
             if m.dtype == torch.bool:
                 s = s.masked_fill(~m, -math.inf)
             else:
                 s = s + m.to(cdt)
-        if causal:
-            rows = torch.arange(start, stop, device=q.device)[:, None]
+        if left >= 0 or right >= 0:
+            diag = torch.arange(start, stop, device=q.device)[:, None] + offset
             cols = torch.arange(Sk, device=q.device)[None, :]
-            s = s.masked_fill(cols > rows + offset, -math.inf)
+            if left >= 0:
+                s = s.masked_fill(cols < diag - left, -math.inf)
+            if right >= 0:
+                s = s.masked_fill(cols > diag + right, -math.inf)
         row_max = s.amax(dim=-1, keepdim=True).detach()
         row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
         p = torch.exp(s - row_max)

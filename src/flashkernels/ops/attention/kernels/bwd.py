@@ -11,10 +11,16 @@ with dS = P * (dP - Delta), dP = dO V^T. dK and dQ are multiplied by the softmax
 
 As in the forward, blocks are split into an unmasked phase and a masked phase (causal diagonal,
 end of the sequence). Rows whose lse is -inf (fully masked) use +inf instead so P = 0 exactly.
+Sliding window (HAS_WINDOW) and softcap (HAS_SOFTCAP) follow the forward: only blocks that meet
+the window are visited, in three phases (masked, unmasked, masked); with softcap the scores are
+recomputed as t = tanh(q k^T * sm_scale / softcap), s = softcap * t, and the gradient through the
+cap is dS_raw = dS * (1 - t^2), in fp32.
 Query rows past seqlen_q load zeros for Q and dO and +inf for lse, so they add nothing.
 """
 import triton
 import triton.language as tl
+
+from .fwd import _tanh
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -62,10 +68,11 @@ def _dkdv_inner(
     m_start, m_stop,
     offs_n, offs_r, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
+    window_left, window_right, softcap_log2,
     stride_qm, stride_dom, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     # Q, DO, Mask point at row 0 of this (b, h); Lse/Delta at this (b, h)'s row 0.
     # Transposed scores: sT[n, m], so P^T needs no transpose for dV += P^T dO.
@@ -80,6 +87,9 @@ def _dkdv_inner(
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
         delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
+            tT = _tanh(sT)
+            sT = tT * softcap_log2
         if MASK_KIND != 0:
             mptrs = Mask + start_64 * stride_mm + offs_r[None, :] * stride_mm \
                 + offs_n[:, None].to(tl.int64) * stride_mn
@@ -95,16 +105,21 @@ def _dkdv_inner(
             valid = offs_n[:, None] < seqlen_k
             if IS_CAUSAL:
                 valid = valid & (offs_n[:, None] <= rows[None, :] + causal_offset)
+            if HAS_WINDOW:
+                diag = rows[None, :] + causal_offset
+                valid = valid & (offs_n[:, None] >= diag - window_left) & (offs_n[:, None] <= diag + window_right)
             pT = tl.where(valid, pT, 0.0)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
+        if HAS_SOFTCAP:  # d(softcap * tanh(x / softcap)) / dx = 1 - tanh^2
+            dsT = dsT * ((1.0 - tT) * (1.0 + tT))
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["num_heads", "num_kv_heads", "group", "seqlen_q", "seqlen_k",
-                               "causal_offset"])
+                               "causal_offset", "window_left", "window_right"])
 def attn_bwd_dkdv_kernel(
     Q, K, V, Mask, DO, Lse, Delta, DK, DV,
     sm_scale,
@@ -116,10 +131,11 @@ def attn_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
     num_heads, num_kv_heads, group, seqlen_q, seqlen_k, causal_offset,
+    window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
 ):
     """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads,). Writes dK, dV of its key block."""
     num_n = tl.cdiv(seqlen_k, BLOCK_N)
@@ -143,10 +159,31 @@ def attn_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
-    qk_scale = sm_scale * LOG2E
+    softcap_log2 = 0.0
+    if HAS_SOFTCAP:  # tanh takes the natural-scale scores over the cap; log2(e) goes after it
+        qk_scale = sm_scale / tl.cast(softcap, tl.float32)
+        softcap_log2 = tl.cast(softcap, tl.float32) * LOG2E
+    else:
+        qk_scale = sm_scale * LOG2E
 
     # Query ranges: [m_lo, m_full) cut by the causal diagonal (masked), [m_full, seqlen_q) not.
-    if IS_CAUSAL:
+    # With a window, [m_lo, m_in_lo) masked, [m_in_lo, m_in_hi) unmasked, [m_in_hi, m_end) masked:
+    # row i sees key j iff j - off - right <= i <= j - off + left.
+    m_in_lo = n0 * 0
+    m_in_hi = n0 * 0
+    m_end = n0 * 0
+    if HAS_WINDOW:
+        m_lo = tl.maximum(n0 - causal_offset - window_right, 0) // BLOCK_M * BLOCK_M
+        m_end = tl.minimum(tl.maximum(n0 + BLOCK_N - causal_offset + window_left, 0), seqlen_q)
+        m_in_lo = tl.maximum(n0 + BLOCK_N - 1 - causal_offset - window_right, m_lo)
+        m_in_lo = tl.minimum((m_in_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, m_end)
+        m_in_hi = tl.maximum(n0 - causal_offset + window_left + 1, 0) // BLOCK_M * BLOCK_M
+        m_in_hi = tl.maximum(tl.minimum(m_in_hi, m_end), m_in_lo)
+        # A key block that runs past seqlen_k needs the key mask on every query block.
+        m_in_lo = tl.where(n0 + BLOCK_N > seqlen_k, m_end, m_in_lo)
+        m_in_hi = tl.where(n0 + BLOCK_N > seqlen_k, m_end, m_in_hi)
+        m_full = m_in_lo
+    elif IS_CAUSAL:
         m_lo = tl.maximum(n0 - causal_offset, 0) // BLOCK_M * BLOCK_M
         m_full = tl.maximum(n0 + BLOCK_N - 1 - causal_offset, 0)
         m_full = (m_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M
@@ -154,8 +191,9 @@ def attn_bwd_dkdv_kernel(
     else:
         m_lo = n0 * 0
         m_full = n0 * 0
-    # A key block that runs past seqlen_k needs the key mask on every query block.
-    m_full = tl.where(n0 + BLOCK_N > seqlen_k, seqlen_q, m_full)
+    if not HAS_WINDOW:
+        # A key block that runs past seqlen_k needs the key mask on every query block.
+        m_full = tl.where(n0 + BLOCK_N > seqlen_k, seqlen_q, m_full)
 
     for g in range(0, group):
         off_h = off_hk * group + g
@@ -169,16 +207,36 @@ def attn_bwd_dkdv_kernel(
             dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
             m_lo, m_full, offs_n, offs_r, offs_d,
             seqlen_q, seqlen_k, causal_offset, qk_scale,
+            window_left, window_right, softcap_log2,
             stride_qm, stride_dom, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
         )
-        dk, dv = _dkdv_inner(
-            dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
-            m_full, seqlen_q, offs_n, offs_r, offs_d,
-            seqlen_q, seqlen_k, causal_offset, qk_scale,
-            stride_qm, stride_dom, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-        )
+        if HAS_WINDOW:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+                m_in_lo, m_in_hi, offs_n, offs_r, offs_d,
+                seqlen_q, seqlen_k, causal_offset, qk_scale,
+                window_left, window_right, softcap_log2,
+                stride_qm, stride_dom, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            )
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+                m_in_hi, m_end, offs_n, offs_r, offs_d,
+                seqlen_q, seqlen_k, causal_offset, qk_scale,
+                window_left, window_right, softcap_log2,
+                stride_qm, stride_dom, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            )
+        else:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+                m_full, seqlen_q, offs_n, offs_r, offs_d,
+                seqlen_q, seqlen_k, causal_offset, qk_scale,
+                window_left, window_right, softcap_log2,
+                stride_qm, stride_dom, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            )
 
     dk = dk * sm_scale
     ok = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
@@ -195,10 +253,11 @@ def _dq_inner(
     n_start, n_stop,
     rows, offs_c, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
+    window_left, window_right, softcap_log2,
     stride_kn, stride_vn, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     # K, V point at key 0 of this (b, kv head); Mask at (row block start, key 0).
     for start_n in range(n_start, n_stop, BLOCK_N):
@@ -209,6 +268,9 @@ def _dq_inner(
         v = _load_rows(V + start_64 * stride_vn + offs_c[:, None] * stride_vn + offs_d[None, :],
                        cols, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_SOFTCAP:
+            t = _tanh(s)
+            s = t * softcap_log2
         if MASK_KIND != 0:
             mptrs = Mask + start_64 * stride_mn + offs_c[None, :] * stride_mn
             mok = (rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k)
@@ -223,14 +285,20 @@ def _dq_inner(
             valid = cols[None, :] < seqlen_k
             if IS_CAUSAL:
                 valid = valid & (cols[None, :] <= rows[:, None] + causal_offset)
+            if HAS_WINDOW:
+                diag = rows[:, None] + causal_offset
+                valid = valid & (cols[None, :] >= diag - window_left) & (cols[None, :] <= diag + window_right)
             p = tl.where(valid, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * ((1.0 - t) * (1.0 + t))
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
 
 
-@triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset"])
+@triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset",
+                               "window_left", "window_right"])
 def attn_bwd_dq_kernel(
     Q, K, V, Mask, DO, Lse, Delta, DQ,
     sm_scale,
@@ -241,10 +309,11 @@ def attn_bwd_dq_kernel(
     stride_dob, stride_doh, stride_dom,
     stride_dqb, stride_dqh, stride_dqm,
     num_heads, group, seqlen_q, seqlen_k, causal_offset,
+    window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
 ):
     """Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,). Writes dQ of its query block."""
     num_m = tl.cdiv(seqlen_q, BLOCK_M)
@@ -271,9 +340,25 @@ def attn_bwd_dq_kernel(
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
     delta = tl.load(Delta + row_base + rows, mask=rows < seqlen_q, other=0.0)
     sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
-    qk_scale = sm_scale * LOG2E
+    softcap_log2 = 0.0
+    if HAS_SOFTCAP:  # tanh takes the natural-scale scores over the cap; log2(e) goes after it
+        qk_scale = sm_scale / tl.cast(softcap, tl.float32)
+        softcap_log2 = tl.cast(softcap, tl.float32) * LOG2E
+    else:
+        qk_scale = sm_scale * LOG2E
 
-    if IS_CAUSAL:
+    # Key ranges as the forward's: [0, n_full) unmasked, [n_full, n_end) masked; with a window
+    # [n_lo, n_in_lo) masked, [n_in_lo, n_in_hi) unmasked, [n_in_hi, n_end) masked.
+    n_lo = m0 * 0
+    n_in_hi = m0 * 0
+    if HAS_WINDOW:
+        n_lo = tl.maximum(m0 + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
+        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), seqlen_k)
+        n_full = tl.maximum(m0 + BLOCK_M - 1 + causal_offset - window_left, n_lo)
+        n_full = tl.minimum((n_full + BLOCK_N - 1) // BLOCK_N * BLOCK_N, n_end)
+        n_in_hi = tl.maximum(m0 + causal_offset + window_right + 1, 0) // BLOCK_N * BLOCK_N
+        n_in_hi = tl.maximum(tl.minimum(n_in_hi, seqlen_k // BLOCK_N * BLOCK_N), n_full)
+    elif IS_CAUSAL:
         n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
         n_full = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
         n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
@@ -288,17 +373,36 @@ def attn_bwd_dq_kernel(
     if MASK_KIND != 0:
         m_base = Mask + off_b * stride_mb + off_h * stride_mh + m0_64 * stride_mm + offs_r[:, None] * stride_mm
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, m_base, 0, n_full,
-        rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-        stride_kn, stride_vn, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-    )
+    if HAS_WINDOW:
+        dq = _dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, m_base, n_lo, n_full,
+            rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+            window_left, window_right, softcap_log2,
+            stride_kn, stride_vn, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        )
+        dq = _dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_in_hi,
+            rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+            window_left, window_right, softcap_log2,
+            stride_kn, stride_vn, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        )
+        n_full = n_in_hi
+    else:
+        dq = _dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, m_base, 0, n_full,
+            rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+            window_left, window_right, softcap_log2,
+            stride_kn, stride_vn, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        )
     dq = _dq_inner(
         dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_end,
         rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+        window_left, window_right, softcap_log2,
         stride_kn, stride_vn, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+        HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
     )
     dq = dq * sm_scale
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + m0_64 * stride_dqm
