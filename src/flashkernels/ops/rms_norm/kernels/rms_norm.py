@@ -39,6 +39,17 @@ def _normalize(x, w, rstd, offset, HAS_WEIGHT: tl.constexpr, MODE: tl.constexpr)
 
 
 @triton.jit
+def _load_h(X, R, H, cols, mask, HAS_RESIDUAL: tl.constexpr):
+    """h = x (+ residual, summed in fp32, rounded to x's dtype and stored to H) at ``cols``."""
+    x = tl.load(X + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(R + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(H + cols, x, mask=mask)
+    return x
+
+
+@triton.jit
 def rms_norm_fwd_kernel(
     X, R, W, Y, H, RSTD,
     stride_x, stride_r, stride_y, stride_h,
@@ -55,11 +66,7 @@ def rms_norm_fwd_kernel(
     cols = tl.arange(0, BLOCK)
     if SINGLE:
         mask = cols < N
-        x = tl.load(X + cols, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(R + cols, mask=mask, other=0.0)
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-            tl.store(H + cols, x, mask=mask)
+        x = _load_h(X, R, H, cols, mask, HAS_RESIDUAL)
         xf = x.to(tl.float32)
         rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)
         tl.store(RSTD + row, rstd)
@@ -73,11 +80,7 @@ def rms_norm_fwd_kernel(
         for start in range(0, N, BLOCK):
             c = start + cols
             mask = c < N
-            x = tl.load(X + c, mask=mask, other=0.0)
-            if HAS_RESIDUAL:
-                r = tl.load(R + c, mask=mask, other=0.0)
-                x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-                tl.store(H + c, x, mask=mask)
+            x = _load_h(X, R, H, c, mask, HAS_RESIDUAL)
             xf = x.to(tl.float32)
             acc += xf * xf
         rstd = tl.math.rsqrt(tl.sum(acc, axis=0) / N + eps)
