@@ -1,7 +1,8 @@
 """Compile the attention kernels for sm_90 on any machine (no GPU needed) and report resources.
 
     PYTHONPATH=src python scripts/compile_check.py [--dims 64,128,256] [--dtypes bf16,fp16,fp32]
-        [--causal 0,1] [--mask 0,1,2] [--window 0,1] [--softcap 0,1]
+        [--causal 0,1] [--mask 0,1,2] [--window 0,1] [--softcap 0,1] [--alibi 0,1] [--sink 0,1]
+        [--varlen 0,1]
 
 For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
@@ -33,8 +34,10 @@ def signature(fn, dtype_tt, mask_tt, consts):
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr:
             sig[name] = "constexpr"
-        elif name in ("Lse", "Delta"):
+        elif name in ("Lse", "Delta", "Alibi", "Sink"):
             sig[name] = "*fp32"
+        elif name in ("CuQ", "CuK"):
+            sig[name] = "*i32"
         elif name == "Mask":
             sig[name] = mask_tt
         elif name[0].isupper():
@@ -77,7 +80,10 @@ def main():
     ap.add_argument("--mask", default="0", help="mask kinds: 0 none, 1 bool, 2 float")
     ap.add_argument("--window", default="0", help="HAS_WINDOW values (sliding window; with causal=1 "
                     "the launcher passes IS_CAUSAL=0, so that pair is skipped)")
-    ap.add_argument("--softcap", default="0", help="HAS_SOFTCAP values")
+    ap.add_argument("--softcap", default="0", help="HAS_SOFTCAP values (1 accurate tanh, 2 the GPU's approximate one)")
+    ap.add_argument("--alibi", default="0", help="HAS_ALIBI values")
+    ap.add_argument("--sink", default="0", help="HAS_SINK values (forward only: the backward has no flag)")
+    ap.add_argument("--varlen", default="0", help="VARLEN values (packed sequences)")
     args = ap.parse_args()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dev = torch.device("cuda", 0)
@@ -91,19 +97,25 @@ def main():
             fcfg = launch.fwd_config(d, dtype, dev)
             kvcfg, qcfg = launch.bwd_configs(d, dtype, dev)
             prec = launch.dot_precision(dtype, False)
-            flags = [(c, mk, w, sc) for c in map(bool, map(int, args.causal.split(",")))
-                     for mk in map(int, args.mask.split(",")) for w in map(bool, map(int, args.window.split(",")))
-                     for sc in map(bool, map(int, args.softcap.split(","))) if not (c and w)]
-            for causal, mk, window, softcap in flags:
+            def vals(opt):
+                return list(map(bool, map(int, opt.split(","))))
+            flags = [(c, mk, w, sc, al, sk, vl) for c in vals(args.causal) for mk in map(int, args.mask.split(","))
+                     for w in vals(args.window) for sc in map(int, args.softcap.split(",")) for al in vals(args.alibi)
+                     for sk in vals(args.sink) for vl in vals(args.varlen) if not (c and w) and not (vl and mk)]
+            for causal, mk, window, softcap, alibi, sink, varlen in flags:
                 base = dict(HEAD_DIM=d, BLOCK_D=bd, IS_CAUSAL=causal, MASK_KIND=mk, DOT_PRECISION=prec)
-                if window or softcap:  # flags off: the kernels' defaults, exactly as before
-                    base.update(HAS_WINDOW=window, HAS_SOFTCAP=softcap)
+                extra = dict(HAS_WINDOW=window, HAS_SOFTCAP=softcap, HAS_ALIBI=alibi, VARLEN=varlen)
+                extra = {k: v for k, v in extra.items() if v}  # flags off: the kernels' defaults
                 for name, fn, cfg in (("fwd", attn_fwd_kernel, fcfg), ("dkdv", attn_bwd_dkdv_kernel, kvcfg),
                                       ("dq", attn_bwd_dq_kernel, qcfg)):
-                    consts = dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+                    consts = dict(base, **extra, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+                    if name == "fwd" and sink:
+                        consts["HAS_SINK"] = True
                     tag = f"{name:5s} {dname} D={d:<3} causal={int(causal)} mask={mk} {tuple(cfg)}"
-                    if window or softcap:
-                        tag += f" win={int(window)} cap={int(softcap)}"
+                    on = [k[4:].lower() if k.startswith("HAS_") else k.lower() for k in consts
+                          if k in ("HAS_WINDOW", "HAS_SOFTCAP", "HAS_ALIBI", "HAS_SINK", "VARLEN")]
+                    if on:
+                        tag += " +" + ",".join(on)
                     try:
                         smem, rep = compile_one(fn, dtype, mk, consts, cfg)
                         flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"

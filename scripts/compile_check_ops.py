@@ -59,7 +59,7 @@ def main():
             p = {n: dt for n in "X W DY DH DX DR".split()}; p["RSTD"] = "fp32"; p["DW"] = "fp32"
             go(f"rms_bwd {dt} B{block} single={single}", rms_norm_bwd_kernel, p, {"offset"},
                dict(HAS_WEIGHT=True, HAS_DH=True, STORE_DR=True, BLOCK=block, SINGLE=single), w)
-        go(f"rms_dw {dt}", rms_norm_dw_reduce_kernel, {"P": "fp32", "DW": dt}, set(), dict(BLOCK_N=256), 4)
+        go(f"rms_dw {dt}", rms_norm_dw_reduce_kernel, {"P": "fp32", "DW": dt}, set(), dict(BLOCK_N=64, BLOCK_P=32), 4)
         for act in (0, 1, 2):
             go(f"glu_fwd {dt} act={act}", glu_fwd_kernel, {n: dt for n in "G U OUT".split()}, set(), dict(ACT=act, BLOCK=1024), 4, i64=("n",))
             go(f"glu_bwd {dt} act={act}", glu_bwd_kernel, {n: dt for n in "DO G U DG DU".split()}, set(), dict(ACT=act, BLOCK=1024), 4, i64=("n",))

@@ -21,7 +21,12 @@
 # Knobs (environment): GPU_RUN_BUDGET, CHECK_TIMEOUT, TESTS_TIMEOUT, SANITIZE_TIMEOUT,
 # BENCH_TIMEOUT (per-stage caps, seconds), PYTEST_ARGS (extra pytest arguments, e.g. "-k causal"),
 # BENCH_ARGS (extra bench arguments, e.g. "--providers flashkernels,sdpa-cudnn"),
-# SANITIZER_ARGS (extra compute-sanitizer arguments).
+# SANITIZER_ARGS (extra compute-sanitizer arguments), PYTEST_WORKERS (run the tests in that many
+# pytest-xdist processes: Triton compiles on the CPU, and the device has 16 cores; needs
+# pytest-xdist; big_memory tests share one worker). Wheels in .gpu-wheels/ (git-ignored) are
+# installed with --no-deps before the tests: `pip download --no-deps pytest-xdist execnet
+# transformers==5.24.0 -d .gpu-wheels` here, then name .gpu-wheels in the device call's carry
+# (the device has no network, and its transformers is older than the hf extra's floor).
 #
 # Time: on a CPU `check` takes ~15 s; on the H100 count on Triton compiles (seconds per kernel
 # specialisation): the whole of tests/ took 7 min 52 s there on 2026-11-25, so `tests` alone
@@ -114,8 +119,17 @@ EOF
 stage_check() { "$PY" -m flashkernels check; }
 
 stage_tests() {
+  local workers=()
+  if compgen -G ".gpu-wheels/*.whl" >/dev/null; then
+    echo "installing (no deps) $(ls .gpu-wheels | tr '\n' ' ')"
+    "$PY" -m pip install -q --no-deps .gpu-wheels/*.whl 2>&1 | tail -n 2
+  fi
+  if (( ${PYTEST_WORKERS:-1} > 1 )); then
+    if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$PYTEST_WORKERS" --dist loadgroup)
+    else echo "PYTEST_WORKERS=$PYTEST_WORKERS: pytest-xdist not importable, running in one process"; fi
+  fi
   # shellcheck disable=SC2086
-  "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} \
+  "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" "${workers[@]}" ${PYTEST_ARGS:-} \
     2>&1 | tee "$OUT/pytest.log"
   return "${PIPESTATUS[0]}"
 }

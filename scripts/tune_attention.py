@@ -73,7 +73,7 @@ def main():
                 bwd = lambda: torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
                 try:
                     g = bwd()
-                    err = max((a.float() - b.float()).abs().max().item() for a, b in zip(g, ref_g))
+                    err = max((a.float() - b.float()).abs().max().item() for a, b in zip(g[:3], ref_g[:3]))
                     ms = do_bench(bwd, warmup=25, rep=100, return_mode="median")
                     row = dict(kind="bwd", D=D, S=S, causal=causal, kv=tuple(kv), q=tuple(qc), ms=ms,
                                tflops=2.5 * flops / ms / 1e9, err=err)

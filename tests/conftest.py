@@ -20,15 +20,39 @@ if not ON_GPU:
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "no_poison: leave the kernels' output allocations alone (torch.compile, opcheck)")
+    config.addinivalue_line(
+        "markers", "big_memory: needs tens of GB of GPU memory; under pytest-xdist these run in one "
+                   "worker (the xdist_group 'big_memory', with --dist loadgroup), one at a time")
+
+
+def pytest_itemcollected(item):
+    if item.get_closest_marker("big_memory"):
+        item.add_marker(pytest.mark.xdist_group("big_memory"))
 
 
 def pytest_collection_modifyitems(config, items):
     if ON_GPU:
+        # The other tests run the kernels on CPU tensors through Triton's interpreter, which a
+        # process that sees a GPU was not started with (TRITON_INTERPRET is read once, at import).
+        skip = pytest.mark.skip(reason="CPU test (Triton's interpreter): run it where no GPU is visible, "
+                                       "e.g. CUDA_VISIBLE_DEVICES= python -m pytest")
+        for item in items:
+            if "gpu" not in item.keywords:
+                item.add_marker(skip)
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def release_cuda_cache():
+    """Hand cached GPU memory back after each test, so parallel test processes (pytest-xdist)
+    sharing one GPU do not starve each other."""
+    yield
+    if ON_GPU:
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture(autouse=True)

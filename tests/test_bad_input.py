@@ -224,10 +224,10 @@ def test_dropout(api, backend, nothing_runs):
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-def test_flash_attn_func_unsupported_features(backend, nothing_runs):
+def test_flash_attn_func_alibi_slopes_checked(backend, nothing_runs):
     q, k, v = qkv("fa")
-    with pytest.raises(NotImplementedError, match=r"alibi_slopes"):
-        FA(q, k, v, backend=backend, alibi_slopes=torch.ones(4))
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected shape"):
+        FA(q, k, v, backend=backend, alibi_slopes=torch.ones(q.shape[2] + 1))
 
 
 @pytest.mark.parametrize("kw,arg", [

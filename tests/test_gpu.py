@@ -185,6 +185,7 @@ def test_determinism_cuda(case):
 # more than 2^31 elements: int64 offsets
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.big_memory
 def test_more_than_2_31_elements():
     """q, k, v, out, dq, dk, dv each hold > 2^31 elements (bf16, 4.3 GB each): batch elements
     past the 2^31 mark must be right. Checked on slices against float64. (B*H stays under the
@@ -217,6 +218,7 @@ def test_more_than_2_31_elements():
             assert_close_policy(g[sl].transpose(1, 2), r, p, factor=3.0, name=f"{name}[{b}]")
 
 
+@pytest.mark.big_memory
 def test_key_offsets_past_2_31_within_one_head():
     """Offsets inside one (batch, head) past 2^31 elements: one query against 2^18 + 37 keys laid
     out (B, S, H, D) with H * D = 8192, so the last key row starts past element 2^31 of K and V.
@@ -250,6 +252,7 @@ def test_key_offsets_past_2_31_within_one_head():
     assert torch.isfinite(dq).all() and torch.isfinite(dk[0, -64:]).all()
 
 
+@pytest.mark.big_memory
 @pytest.mark.parametrize("api", ["sdpa", "fa"])
 def test_batch_times_heads_past_grid_y_limit(api):
     """B * H = 65600 programs along one grid axis: past CUDA's 65535 limit for grid y/z."""
@@ -306,6 +309,7 @@ SANITIZE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.big_memory
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
 def test_compute_sanitizer(tool, tmp_path):

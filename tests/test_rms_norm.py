@@ -411,6 +411,7 @@ def test_deterministic_cuda():
 
 
 @pytest.mark.gpu
+@pytest.mark.big_memory
 def test_more_than_2_31_elements_cuda():
     """Rows past element 2^31: the int64 row offsets (forward and backward), checked on the last
     rows against float64."""

@@ -265,6 +265,7 @@ def test_matches_hugging_face_bf16_cuda(fn):
 
 
 @pytest.mark.gpu
+@pytest.mark.big_memory
 def test_more_than_2_31_elements_cuda():
     """Elements past 2^31: the int64 offsets, forward and backward, checked on the tail."""
     n = 2**31 + 3000

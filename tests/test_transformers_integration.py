@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", minversion="5.24")  # the hf extra's floor
 
 import flashkernels.integrations.transformers as fk_hf  # noqa: E402
 from helpers import assert_close_policy  # noqa: E402

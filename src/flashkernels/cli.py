@@ -3,6 +3,8 @@
     flashkernels info [--json]        what was detected, and which backend each op picks, and why
     flashkernels check                every attention kernel on this machine vs float64 math
     flashkernels bench attention      flashkernels vs SDPA flash/cuDNN/efficient and FlexAttention
+    flashkernels bench varlen         packed sequences vs the dense kernel at their mean length
+    flashkernels bench features       softcap / ALiBi / sink / sliding-window overhead
     flashkernels memory ...           peak extra memory of attention, naive vs flashkernels
 
 Also runs as ``python -m flashkernels``. Exit codes: 0 success, 1 a check failed (or our kernel
@@ -191,7 +193,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
     try:
         m = attention_memory(args.batch, args.heads, args.seqlen, args.head_dim, kv_heads=args.kv_heads,
-                             seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal)
+                             seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal, device=args.device)
     except ValueError as exc:
         print(f"flashkernels memory: {exc}", file=sys.stderr)
         return 2
@@ -260,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description=bench_attention.__doc__)
     bench_attention.add_arguments(pa)
     pa.set_defaults(func=cmd_bench_attention)
+    from .bench import features as bench_features
+
+    for name, fn, hlp in (("varlen", bench_features.run_varlen, "packed sequences vs the dense kernel"),
+                          ("features", bench_features.run_features,
+                           "softcap / ALiBi / sink / sliding-window overhead vs plain attention")):
+        pf = bsub.add_parser(name, formatter_class=fmt, help=hlp, description=bench_features.__doc__)
+        bench_features.add_arguments(pf)
+        pf.set_defaults(func=fn)
     pb.set_defaults(func=lambda a: (pb.print_help(), 2)[1])
 
     pm = sub.add_parser(
@@ -275,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--seqlen-k", type=int, default=None, help="key length Sk (default: --seqlen)")
     pm.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="bf16", help="default bf16")
     pm.add_argument("--causal", action="store_true", help="causal attention")
+    pm.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="where the naive path runs (its softmax backward allocates more on CUDA; default cuda)")
     pm.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     pm.set_defaults(func=cmd_memory)
     return p

@@ -6,8 +6,9 @@ import math
 import torch
 
 from ... import _backend
-from ..._validate import KERNEL_DTYPES, check_dropout, check_mask, check_qkv, check_scale
-from .reference import attention_reference, causal_offset
+from ..._validate import (KERNEL_DTYPES, check_dropout, check_mask, check_qkv, check_scale, require_rank,
+                         require_tensor)
+from .reference import attention_reference, causal_offset, varlen_attention_reference
 
 
 @torch.compiler.assume_constant_result  # Dynamo cannot trace the precision getters
@@ -39,19 +40,64 @@ def _check_softcap(softcap):
     return float(softcap)
 
 
+def _check_alibi(alibi_slopes, batch: int, heads: int, q: torch.Tensor):
+    """(H,) or (B, H) float32 on q's device; no gradient (the kernels give none)."""
+    if alibi_slopes is None:
+        return None
+    require_tensor(alibi_slopes, "alibi_slopes")
+    if tuple(alibi_slopes.shape) not in ((heads,), (batch, heads)):
+        raise ValueError(f"alibi_slopes: expected shape ({heads},) or ({batch}, {heads}) (query heads), "
+                         f"got {tuple(alibi_slopes.shape)}")
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes: expected dtype torch.float32, got {alibi_slopes.dtype}")
+    if alibi_slopes.device != q.device:
+        raise ValueError(f"alibi_slopes: expected device {q.device} (as q), got {alibi_slopes.device}")
+    if alibi_slopes.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError("alibi_slopes: gradients for the slopes are not computed (flash-attn has "
+                                  "none either); pass a tensor that does not require grad")
+    return alibi_slopes
+
+
+def _check_sink(learnable_sink, heads: int, q: torch.Tensor):
+    """(Hq,) floating logits on q's device, returned as float32 (the cast keeps its gradient)."""
+    if learnable_sink is None:
+        return None
+    require_tensor(learnable_sink, "learnable_sink")
+    if tuple(learnable_sink.shape) != (heads,):
+        raise ValueError(f"learnable_sink: expected shape ({heads},) (one logit per query head), "
+                         f"got {tuple(learnable_sink.shape)}")
+    if not learnable_sink.dtype.is_floating_point:
+        raise TypeError(f"learnable_sink: expected a float dtype, got {learnable_sink.dtype}")
+    if learnable_sink.device != q.device:
+        raise ValueError(f"learnable_sink: expected device {q.device} (as q), got {learnable_sink.device}")
+    return learnable_sink if q.dtype == torch.float64 else learnable_sink.float()
+
+
 def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, window_size=(-1, -1),
-               softcap=0.0):
+               softcap=0.0, alibi_slopes=None, sink=None):
     """(out, lse) for (B, H, S, D)-indexed views q, k, v, on the backend that ``backend`` resolves to."""
     choice = _backend.resolve(q.device, backend, dtype_ok=q.dtype in KERNEL_DTYPES, dtype=q.dtype)
     if choice.backend == "reference":
         return attention_reference(q, k, v, scale=scale, causal=causal, causal_align=causal_align, mask=mask,
-                                   window_size=window_size, softcap=softcap)
+                                   window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+                                   sink=sink)
     if mask is not None and mask.requires_grad and torch.is_grad_enabled():
         raise NotImplementedError(
             "attn_mask: a float mask that requires grad is not supported by the Triton backend yet "
             "(its gradient would be dropped); detach it or use backend='reference'")
     # Any strides work except a non-unit last one (the kernels assume unit-stride rows).
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    flash_attention = _triton_entry(q)
+    windowed = tuple(window_size) != (-1, -1)
+    offset = causal_offset(q.shape[2], k.shape[2], causal_align) if (causal or windowed or alibi_slopes is not None) \
+        else 0
+    return flash_attention(q, k, v, mask, float(scale), bool(causal), offset, bshd,
+                           q.dtype == torch.float32 and _allow_tf32(),
+                           int(window_size[0]), int(window_size[1]), float(softcap), alibi_slopes, sink)
+
+
+def _triton_entry(q):
+    """The autograd entry of the kernels, after checking that they can run on q's device."""
     from .autograd import flash_attention  # imports triton: only once the Triton backend is chosen
     from .launch import KERNELS_INTERPRETED
 
@@ -61,12 +107,7 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, win
             f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the variable "
             "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
             "the kernels on CPU tensors, and leave it unset for CUDA tensors")
-
-    windowed = tuple(window_size) != (-1, -1)
-    offset = causal_offset(q.shape[2], k.shape[2], causal_align) if (causal or windowed) else 0
-    return flash_attention(q, k, v, mask, float(scale), bool(causal), offset, bshd,
-                           q.dtype == torch.float32 and _allow_tf32(),
-                           int(window_size[0]), int(window_size[1]), float(softcap))
+    return flash_attention
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -111,12 +152,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
-                    backend=None):
+                    learnable_sink=None, backend=None):
     """Drop-in for ``flash_attn.flash_attn_func``.
 
     ``out = softmax(cap(q @ k^T * softmax_scale) + bias) @ v`` with ``cap(s) = softcap *
     tanh(s / softcap)`` (identity when softcap = 0) and ``bias`` -inf outside the causal /
-    sliding window, 0 inside.
+    sliding window, ``-slope * |i + Sk - Sq - j|`` inside with ALiBi, 0 otherwise.
 
     Args:
         q: (B, Sq, Hq, D). k, v: (B, Sk, Hkv, D) with Hq a multiple of Hkv (GQA / MQA).
@@ -128,10 +169,15 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
             i + Sk - Sq - left <= j <= i + Sk - Sq + right; -1 = unbounded on that side. With
             causal, right is 0. Key blocks outside the window are skipped, not masked.
         softcap: > 0 caps the scaled scores, ``softcap * tanh(scores / softcap)``; 0 = off.
+        alibi_slopes: None, or float32 (Hq,) or (B, Hq): adds ``-slope * |i + Sk - Sq - j|`` to
+            the (capped) scores. No gradient flows to the slopes.
         deterministic: accepted; the backward is always deterministic (no atomics).
         return_attn_probs: also return the softmax log-sum-exp, as flash-attn does.
-        dropout_p, alibi_slopes: not supported yet; anything but the default raises
-            NotImplementedError.
+        learnable_sink: None, or (Hq,) logits (any float dtype, computed in float32): one extra
+            key per head with score ``learnable_sink[h]`` (not scaled, capped or masked) and a zero
+            value; it takes probability mass and enters the lse, and gets a gradient. Rows that see
+            no real key then give 0 with lse ``learnable_sink[h]``. (Not in flash-attn.)
+        dropout_p: not supported yet; anything but 0 raises NotImplementedError.
         backend: "auto", "triton" or "reference" (see ``scaled_dot_product_attention``).
     Returns:
         out (B, Sq, Hq, D); with ``return_attn_probs``, ``(out, softmax_lse, None)`` where
@@ -142,14 +188,108 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     check_scale(softmax_scale, "softmax_scale")
     window_size = _check_window(window_size)
     softcap = _check_softcap(softcap)
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not supported yet (expected None)")
-    D = q.shape[-1]
+    B, _, Hq, D = q.shape
+    alibi_slopes = _check_alibi(alibi_slopes, B, Hq, q)
+    sink = _check_sink(learnable_sink, Hq, q)
     scale = 1.0 / math.sqrt(D) if softmax_scale is None else float(softmax_scale)
     out, lse = _attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=None,
                           causal=bool(causal), causal_align="bottom_right", scale=scale,
-                          backend=backend, bshd=True, window_size=window_size, softcap=softcap)
+                          backend=backend, bshd=True, window_size=window_size, softcap=softcap,
+                          alibi_slopes=alibi_slopes, sink=sink)
     out = out.transpose(1, 2)
+    if return_attn_probs:
+        return out, lse.float(), None
+    return out
+
+
+def _check_cu_seqlens(cu, name: str, total: int, max_seqlen, max_name: str, device, check_inputs: bool):
+    """cu_seqlens: int32 (n + 1,) on the device, 0 first, non-decreasing, ``total`` last, and no
+    sequence longer than max_seqlen (the value checks read the tensor: a device sync)."""
+    require_tensor(cu, name)
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name}: expected dtype torch.int32, got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"{name}: expected a 1-d tensor of n + 1 offsets, got shape {tuple(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name}: expected device {device} (as q), got {cu.device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"{max_name}: expected an int >= 0, got {max_seqlen!r}")
+    if not check_inputs:
+        return
+    c = cu.tolist()
+    lens = [b - a for a, b in zip(c, c[1:])]
+    if c[0] != 0 or c[-1] != total:
+        raise ValueError(f"{name}: expected offsets from 0 to {total} (the packed length), got "
+                         f"{c[0]} .. {c[-1]}")
+    if any(n < 0 for n in lens):
+        raise ValueError(f"{name}: expected non-decreasing offsets, got {c}")
+    if lens and max(lens) > max_seqlen:
+        raise ValueError(f"{max_name}: a sequence has {max(lens)} tokens, more than {max_name}={max_seqlen}")
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                           alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None, *,
+                           learnable_sink=None, check_inputs=True, backend=None):
+    """Drop-in for ``flash_attn.flash_attn_varlen_func``: packed sequences of different lengths.
+
+    Sequence b holds queries ``q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]`` and keys/values
+    ``k[cu_seqlens_k[b]:cu_seqlens_k[b+1]]``; each attends only within itself, exactly as
+    :func:`flash_attn_func` on that sequence alone (causal aligned bottom-right per sequence).
+
+    Args:
+        q: (total_q, Hq, D). k, v: (total_k, Hkv, D), Hq a multiple of Hkv.
+        cu_seqlens_q, cu_seqlens_k: int32 (n + 1,) cumulative lengths, 0 first, total last.
+        max_seqlen_q, max_seqlen_k: ints at least the longest sequence's length (they size the
+            launch grid).
+        softmax_scale, causal, window_size, softcap, learnable_sink, backend: as
+            :func:`flash_attn_func`. alibi_slopes: (Hq,) or (n, Hq) float32.
+        check_inputs: validate the offsets (reads them: a device sync). With False the caller
+            guarantees them; the kernels stay inside q, k, v either way.
+        deterministic: accepted; the backward is always deterministic.
+        dropout_p, block_table: not supported yet (block_table: use a paged cache with
+            ``flash_attn_with_kvcache``).
+    Returns:
+        out (total_q, Hq, D); with ``return_attn_probs``, ``(out, softmax_lse, None)`` with
+        softmax_lse (Hq, total_q) float32.
+    """
+    for x, n in ((q, "q"), (k, "k"), (v, "v")):
+        require_tensor(x, n)
+        require_rank(x, n, 3, "(total, H, D)")
+    check_qkv(q[None], k[None], v[None], ("q", "k", "v"), "BSHD")
+    check_dropout(dropout_p)
+    check_scale(softmax_scale, "softmax_scale")
+    if block_table is not None:
+        raise NotImplementedError("block_table: a paged KV cache is not supported by flash_attn_varlen_func "
+                                  "yet; use flash_attn_with_kvcache")
+    window_size = _check_window(window_size)
+    softcap = _check_softcap(softcap)
+    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, "max_seqlen_q", q.device,
+                      check_inputs)
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, "max_seqlen_k", q.device,
+                      check_inputs)
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"cu_seqlens_q/cu_seqlens_k: expected the same number of sequences, got "
+                         f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    n, Hq, D = cu_seqlens_q.numel() - 1, q.shape[1], q.shape[2]
+    alibi_slopes = _check_alibi(alibi_slopes, n, Hq, q)
+    sink = _check_sink(learnable_sink, Hq, q)
+    scale = 1.0 / math.sqrt(D) if softmax_scale is None else float(softmax_scale)
+
+    choice = _backend.resolve(q.device, backend, dtype_ok=q.dtype in KERNEL_DTYPES, dtype=q.dtype)
+    if choice.backend == "reference":
+        out, lse = varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, scale=scale, causal=bool(causal),
+                                              window_size=window_size, softcap=softcap,
+                                              alibi_slopes=alibi_slopes, sink=sink)
+    else:
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+        flash_attention = _triton_entry(q)
+        out, lse = flash_attention(
+            q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), None, scale,
+            bool(causal), 0, True, q.dtype == torch.float32 and _allow_tf32(),
+            window_size[0], window_size[1], softcap, alibi_slopes, sink,
+            cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+        out, lse = out.transpose(1, 2)[0], lse[0]
     if return_attn_probs:
         return out, lse.float(), None
     return out

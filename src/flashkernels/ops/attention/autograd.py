@@ -14,36 +14,47 @@ import torch
 from . import launch  # registers torch.ops.flashkernels.attn_fwd / attn_bwd
 
 
+_N_INPUTS = 18  # attn_fwd's arguments
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, *features = inputs
+    (q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap,
+     alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
     out, lse = output
     # Unused output gradients arrive as None, not as zeros: most callers never touch lse, and a
     # materialised zero dlse cost 4 bytes a row plus a subtraction.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.args = (scale, causal, causal_offset, bshd, allow_tf32, *features)  # window_left/right, softcap
+    ctx.save_for_backward(q, k, v, out, lse, mask, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k)
+    ctx.args = (scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap)
+    ctx.maxlens = (max_seqlen_q, max_seqlen_k)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
+    q, k, v, out, lse, mask, alibi_slopes, sink, cu_q, cu_k = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     elif dout.stride(-1) != 1:
         dout = dout.contiguous()
-    dq, dk, dv = torch.ops.flashkernels.attn_bwd(dout, q, k, v, out, lse, dlse, mask, *ctx.args)
-    # None for mask (no gradient), scale, causal, causal_offset, bshd, allow_tf32, window_left,
-    # window_right, softcap.
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    dq, dk, dv, dsink = torch.ops.flashkernels.attn_bwd(dout, q, k, v, out, lse, dlse, mask, *ctx.args,
+                                                        alibi_slopes, sink, cu_q, cu_k, *ctx.maxlens)
+    # Gradients for q, k, v and sink; none for the mask, the ALiBi slopes (both refused by the
+    # API when they require grad), the sequence offsets and the plain arguments.
+    grads = [None] * _N_INPUTS
+    grads[0], grads[1], grads[2] = dq, dk, dv
+    grads[13] = dsink if sink is not None else None
+    return tuple(grads)
 
 
 torch.library.register_autograd("flashkernels::attn_fwd", _backward, setup_context=_setup_context)
 
 
 def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32,
-                    window_left=-1, window_right=-1, softcap=0.0):
-    """Returns (out, lse) through the Triton kernels, differentiable in q, k, v."""
+                    window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None, sink=None,
+                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
+    """Returns (out, lse) through the Triton kernels, differentiable in q, k, v and sink."""
     return torch.ops.flashkernels.attn_fwd(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32,
-                                           window_left, window_right, softcap)
+                                           window_left, window_right, softcap, alibi_slopes, sink,
+                                           cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 __all__ = ["flash_attention", "launch"]

@@ -133,10 +133,52 @@ def _window_args(window_left: int, window_right: int, causal: bool, seqlen_q: in
             window_right if window_right >= 0 else big)
 
 
+def _softcap_mode(softcap: float, q: torch.Tensor) -> int:
+    """HAS_SOFTCAP: 0 off; 2 the GPU's approximate tanh for fp16/bf16 (one instruction: the
+    accurate one cost 2x the forward's time on an H100); 1 the accurate tanh (fp32, interpreter)."""
+    if softcap <= 0:
+        return 0
+    return 2 if (q.dtype != torch.float32 and q.device.type == "cuda") else 1
+
+
 def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.Tensor) -> torch.Tensor:
     if bshd:
         return torch.empty((b, s, h, d), dtype=like.dtype, device=like.device).transpose(1, 2)
     return torch.empty((b, h, s, d), dtype=like.dtype, device=like.device)
+
+
+class _Features(NamedTuple):
+    """Per-call kernel arguments for ALiBi, sinks and packed (varlen) sequences."""
+    alibi: torch.Tensor
+    alibi_strides: tuple[int, int]
+    sink: torch.Tensor
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    batch: int       # sequences (varlen) or B
+    seqlen_q: int    # max_seqlen_q (varlen) or Sq
+    seqlen_k: int
+    lse_strides: tuple[int, int]
+    varlen: bool
+
+
+def _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> _Features:
+    B, H, Sq, _ = q.shape
+    Sk = k.shape[2]
+    if alibi_slopes is None:
+        alibi, astr = q, (0, 0)
+    else:
+        a = alibi_slopes.expand(B if cu_seqlens_q is None else cu_seqlens_q.numel() - 1, H)
+        alibi, astr = a, (a.stride(0), a.stride(1))
+    varlen = cu_seqlens_q is not None
+    if varlen:  # q (1, H, total_q, D): the kernels index sequences, never the batch dim
+        return _Features(alibi, astr, q if sink is None else sink, cu_seqlens_q, cu_seqlens_k,
+                         cu_seqlens_q.numel() - 1, int(max_seqlen_q), int(max_seqlen_k), (0, Sq), True)
+    return _Features(alibi, astr, q if sink is None else sink, q, q, B, Sq, Sk, (H * Sq, Sq), False)
+
+
+def _batch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(b, h, s) strides for the kernels; 0 for b with packed sequences (one tensor, B = 1)."""
+    return (0 if varlen else t.stride(0)), t.stride(1), t.stride(2)
 
 
 @triton_op("flashkernels::attn_fwd", mutates_args=())
@@ -144,33 +186,43 @@ def attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
     window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
+    alibi_slopes: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash attention forward. q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) with unit last stride;
     mask None or broadcastable to (B, Hq, Sq, Sk). Returns out (B, Hq, Sq, D), lse (B, Hq, Sq)
     float32 natural log (-inf for fully masked rows).
     window_left/right: row i sees keys i + causal_offset - left .. i + causal_offset + right
-    (-1 = unbounded; causal sets right = 0). softcap > 0: scores = softcap * tanh(scores / softcap)."""
+    (-1 = unbounded; causal sets right = 0). softcap > 0: scores = softcap * tanh(scores / softcap).
+    alibi_slopes (Hq,) or (B, Hq) fp32: adds -slope * |i + causal_offset - j|.
+    sink (Hq,) fp32: one more logit per row's softmax, with no value.
+    cu_seqlens_q/k (n + 1,) int32: q, k, v hold n packed sequences as (1, H, total, D); the
+    diagonal is aligned bottom-right per sequence (causal_offset is ignored); lse is (1, Hq, total_q)."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     out = _empty_like_layout(B, H, Sq, D, bshd, q)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    if out.numel() == 0:
-        return out, lse.fill_(-math.inf)
+    f = _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    if out.numel() == 0 or f.batch == 0:
+        if sink is not None:  # rows that see no key: all mass on the sink
+            return out.zero_(), lse.copy_(sink.view(1, H, 1).expand(B, H, Sq))
+        return out.zero_(), lse.fill_(-math.inf)
     cfg = fwd_config(D, q.dtype, q.device)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
-    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, Sq, Sk)
-    grid = (triton_cdiv(Sq, cfg.block_m) * B * H,)
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
+    grid = (triton_cdiv(f.seqlen_q, cfg.block_m) * f.batch * H,)
     wrap_triton(attn_fwd_kernel)[grid](
-        q, k, v, m, out, lse, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+        q, k, v, m, out, lse, f.alibi, f.sink, f.cu_q, f.cu_k, scale,
+        *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
+        *_batch_strides(out, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
-        H, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
+        *f.lse_strides, *f.alibi_strides,
+        H, H // Hkv, f.seqlen_q, f.seqlen_k, causal_offset, wl, wr, float(softcap),
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
-        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
+        HAS_WINDOW=has_window, HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None,
+        HAS_SINK=sink is not None, VARLEN=f.varlen,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
@@ -182,63 +234,65 @@ def attn_bwd(
     lse: torch.Tensor, dlse: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
     window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flash attention backward: (dq, dk, dv) shaped and laid out like q, k, v's (B, H, S, D).
-    ``dlse`` (B, Hq, Sq) or None is the gradient arriving at lse."""
+    alibi_slopes: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flash attention backward: (dq, dk, dv, dsink), dq/dk/dv shaped and laid out like q, k, v's
+    (B, H, S, D); dsink (Hq,) fp32 (empty without a sink). ``dlse`` (B, Hq, Sq) or None is the
+    gradient arriving at lse. The other arguments are attn_fwd's."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
+    dsink = torch.zeros((H if sink is not None else 0,), dtype=torch.float32, device=q.device)
+    f = _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     if B * H == 0 or D == 0:
-        return dq, dk, dv
-    if Sq == 0 or Sk == 0:  # nothing attends: every gradient is zero
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq, dk, dv, dsink
     kv_cfg, q_cfg = bwd_configs(D, q.dtype, q.device)
     bd = block_d(D)
     prec = dot_precision(q.dtype, allow_tf32)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
-    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, Sq, Sk)
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    pre_m = 64 if q.device.type == "cuda" else 32
-    wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
-        out, do, delta,
-        out.stride(0), out.stride(1), out.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        H, Sq, HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=pre_m,
-    )
+    if Sq > 0:
+        pre_m = 64 if q.device.type == "cuda" else 32
+        wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
+            out, do, delta,
+            out.stride(0), out.stride(1), out.stride(2),
+            do.stride(0), do.stride(1), do.stride(2),
+            H, Sq, HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=pre_m,
+        )
     if dlse is not None:  # d lse / d scores = P: fold it into the row term (in place: no copy)
         delta.sub_(dlse)
-    wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(Sk, kv_cfg.block_n) * B * Hkv,)](
-        q, k, v, m, do, lse, delta, dk, dv, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+    if sink is not None:  # d lse / d sink = P_sink, d out / d sink = -P_sink * out
+        dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+    if Sq == 0 or Sk == 0 or f.batch == 0:  # nothing attends: every other gradient is zero
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsink
+    flags = dict(IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec, HAS_WINDOW=has_window,
+                 HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None, VARLEN=f.varlen)
+    wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(f.seqlen_k, kv_cfg.block_n) * f.batch * Hkv,)](
+        q, k, v, m, do, lse, delta, dk, dv, f.alibi, f.cu_q, f.cu_k, scale,
+        *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
-        do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        H, Hkv, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
-        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
-        IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec,
-        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
+        *_batch_strides(do, f.varlen), *_batch_strides(dk, f.varlen), *_batch_strides(dv, f.varlen),
+        *f.lse_strides, *f.alibi_strides,
+        H, Hkv, H // Hkv, f.seqlen_q, f.seqlen_k, causal_offset, wl, wr, float(softcap),
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, **flags,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
     )
-    wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(Sq, q_cfg.block_m) * B * H,)](
-        q, k, v, m, do, lse, delta, dq, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+    wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,)](
+        q, k, v, m, do, lse, delta, dq, f.alibi, f.cu_q, f.cu_k, scale,
+        *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
-        do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        H, H // Hkv, Sq, Sk, causal_offset, wl, wr, float(softcap),
-        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n,
-        IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec,
-        HAS_WINDOW=has_window, HAS_SOFTCAP=softcap > 0,
+        *_batch_strides(do, f.varlen), *_batch_strides(dq, f.varlen),
+        *f.lse_strides, *f.alibi_strides,
+        H, H // Hkv, f.seqlen_q, f.seqlen_k, causal_offset, wl, wr, float(softcap),
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=q_cfg.block_m, BLOCK_N=q_cfg.block_n, **flags,
         num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages,
     )
-    return dq, dk, dv
+    return dq, dk, dv, dsink
 
 
 def _kernels_interpreted() -> bool:

@@ -12,7 +12,7 @@ e = bytes of the input dtype; c = bytes the math backend computes in: 4 for fp16
 otherwise. u = 1 for fp16/bf16 (the upcast copies exist), g = 1 when Hq != Hkv (GQA copies).
 
 Naive, as ``_scaled_dot_product_attention_math`` runs (traced op by op and allocation by
-allocation on torch 2.13, CPU; the GPU test checks it within 10%):
+allocation on torch 2.13, CPU, and on torch 2.11, H100; the GPU test checks it within 10%):
 
     forward  = u*c*(Q + 2K)          q, k, v upcast copies (live to the end of the call)
              + c*Q + c*Kx            q * sqrt(scale), k^T * sqrt(scale)      [saved]
@@ -24,6 +24,9 @@ allocation on torch 2.13, CPU; the GPU test checks it within 10%):
              + c*N + c*Q + c*Kx      saved probs, scaled q, scaled k^T
              + c*Kx                  grad of the expanded v (the saved v copy is freed first)
              + 2*c*N                 grad of probs and grad of scores (softmax backward)
+             + cuda * c*N            on CUDA the softmax backward kernel also materialises
+                                     grad * probs (a mul inside structured_softmax_backward_cuda_out;
+                                     traced on an H100, torch 2.11: scripts/diag_memory.py)
 
 Flashkernels (exactly what launch.py allocates, with autograd.py around it):
 
@@ -85,7 +88,7 @@ def _dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype: expected one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
 
 
-def _naive(B, Hq, Hkv, Sq, Sk, D, e, causal) -> tuple[int, int]:
+def _naive(B, Hq, Hkv, Sq, Sk, D, e, causal, cuda) -> tuple[int, int]:
     upcast = e < 4
     c = 4 if upcast else e
     N, Q, K, Kx, R = B * Hq * Sq * Sk, B * Hq * Sq * D, B * Hkv * Sk * D, B * Hq * Sk * D, B * Hq * Sq
@@ -93,19 +96,24 @@ def _naive(B, Hq, Hkv, Sq, Sk, D, e, causal) -> tuple[int, int]:
     fwd = base + max(2 * c * N + N + R,                         # inside _safe_softmax
                      c * N + upcast * e * N + c * Q + upcast * e * Q)  # probs cast, out, out cast
     saved = e * Q + c * (N + Q + Kx)
-    bwd = saved + max(c * Kx + 2 * c * N,                       # softmax backward
+    bwd = saved + max(c * Kx + (2 + cuda) * c * N,              # softmax backward
                       c * Kx + c * N + c * (Q + Kx) - c * N)    # grad scores -> grad q, grad k^T
     return fwd, bwd
 
 
 def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv_heads: int | None = None,
-                     seqlen_k: int | None = None, dtype=torch.bfloat16, causal: bool = False) -> AttentionMemory:
+                     seqlen_k: int | None = None, dtype=torch.bfloat16, causal: bool = False,
+                     device: str = "cuda") -> AttentionMemory:
     """Peak extra bytes of attention forward and backward, naive vs flashkernels.
 
     q is (batch, heads, seqlen_q, head_dim), k and v (batch, kv_heads, seqlen_k, head_dim);
     kv_heads defaults to heads, seqlen_k to seqlen_q; dtype is a torch dtype or one of
-    'fp16', 'bf16', 'fp32', 'fp64'. The formulas are in this module's docstring.
+    'fp16', 'bf16', 'fp32', 'fp64'; device 'cuda' (default) or 'cpu' is where the naive path
+    would run (their softmax backwards allocate differently). The formulas are in this module's
+    docstring.
     """
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device: expected 'cuda' or 'cpu', got {device!r}")
     kv_heads = heads if kv_heads is None else kv_heads
     seqlen_k = seqlen_q if seqlen_k is None else seqlen_k
     sizes = dict(batch=batch, heads=heads, kv_heads=kv_heads, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
@@ -119,7 +127,7 @@ def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv
     e = dt.itemsize
     B, Hq, Hkv, Sq, Sk, D = batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim
     Q, K, R = B * Hq * Sq * D, B * Hkv * Sk * D, B * Hq * Sq
-    naive_fwd, naive_bwd = _naive(B, Hq, Hkv, Sq, Sk, D, e, bool(causal))
+    naive_fwd, naive_bwd = _naive(B, Hq, Hkv, Sq, Sk, D, e, bool(causal), device == "cuda")
     flash_fwd = e * Q + 4 * R
     flash_bwd = flash_fwd + 4 * R + e * (Q + 2 * K)
     name = next(k for k, v in DTYPES.items() if v == dt)

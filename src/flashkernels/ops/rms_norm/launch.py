@@ -43,8 +43,9 @@ def block_config(n: int, device: torch.device) -> tuple[int, bool, int]:
     return block, n <= block, num_warps
 
 
-# Columns a program of the dW reduction sums (over the few hundred partial rows).
-DW_REDUCE_BLOCK = 256
+# The dW reduction: columns a program owns, and partial rows it sums as one tree (tl.sum).
+DW_REDUCE_BLOCK = 64
+DW_REDUCE_ROWS = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,7 +125,7 @@ def rms_norm_bwd(
     if has_w:
         dw = torch.empty((N,), dtype=weight.dtype, device=x.device)
         wrap_triton(rms_norm_dw_reduce_kernel)[(triton_cdiv(N, DW_REDUCE_BLOCK),)](
-            partial, dw, programs, N, partial.stride(0), BLOCK_N=DW_REDUCE_BLOCK)
+            partial, dw, programs, N, partial.stride(0), BLOCK_N=DW_REDUCE_BLOCK, BLOCK_P=DW_REDUCE_ROWS)
     return dx, dw, dr
 
 

@@ -20,7 +20,7 @@ Query rows past seqlen_q load zeros for Q and dO and +inf for lse, so they add n
 import triton
 import triton.language as tl
 
-from .fwd import _tanh
+from .fwd import _softcap_tanh, alibi_log2, seq_bounds
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -68,11 +68,12 @@ def _dkdv_inner(
     m_start, m_stop,
     offs_n, offs_r, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
-    window_left, window_right, softcap_log2,
+    window_left, window_right, softcap_log2, slope_log2,
     stride_qm, stride_dom, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     # Q, DO, Mask point at row 0 of this (b, h); Lse/Delta at this (b, h)'s row 0.
     # Transposed scores: sT[n, m], so P^T needs no transpose for dV += P^T dO.
@@ -88,8 +89,10 @@ def _dkdv_inner(
         delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
-            tT = _tanh(sT)
+            tT = _softcap_tanh(sT, HAS_SOFTCAP)
             sT = tT * softcap_log2
+        if HAS_ALIBI:
+            sT = sT - slope_log2 * tl.abs(rows[None, :] + causal_offset - offs_n[:, None]).to(tl.float32)
         if MASK_KIND != 0:
             mptrs = Mask + start_64 * stride_mm + offs_r[None, :] * stride_mm \
                 + offs_n[:, None].to(tl.int64) * stride_mn
@@ -119,9 +122,9 @@ def _dkdv_inner(
 
 
 @triton.jit(do_not_specialize=["num_heads", "num_kv_heads", "group", "seqlen_q", "seqlen_k",
-                               "causal_offset", "window_left", "window_right"])
+                               "causal_offset", "window_left", "window_right", "stride_lb", "stride_lh"])
 def attn_bwd_dkdv_kernel(
-    Q, K, V, Mask, DO, Lse, Delta, DK, DV,
+    Q, K, V, Mask, DO, Lse, Delta, DK, DV, Alibi, CuQ, CuK,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -130,20 +133,38 @@ def attn_bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_dom,
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
+    stride_lb, stride_lh, stride_ab, stride_ah,
     num_heads, num_kv_heads, group, seqlen_q, seqlen_k, causal_offset,
     window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
+    HAS_ALIBI: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
-    """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads,). Writes dK, dV of its key block."""
+    """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads,). Writes dK, dV of its key block.
+    Lse/Delta are laid out and VARLEN / HAS_ALIBI mean what they mean in attn_fwd_kernel."""
     num_n = tl.cdiv(seqlen_k, BLOCK_N)
     pid_n = tl.program_id(0) % num_n
     pid_bh = tl.program_id(0) // num_n
     off_b = (pid_bh // num_kv_heads).to(tl.int64)
     off_hk = (pid_bh % num_kv_heads).to(tl.int64)
     n0 = pid_n * BLOCK_N
+    Lse += off_b * stride_lb
+    Delta += off_b * stride_lb
+    if VARLEN:
+        q_start, k_start, seqlen_q, seqlen_k = seq_bounds(CuQ, CuK, off_b)
+        if n0 >= seqlen_k:
+            return
+        causal_offset = seqlen_k - seqlen_q
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        Lse += q_start
+        Delta += q_start
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+        DK += k_start * stride_dkn
+        DV += k_start * stride_dvn
     n0_64 = n0.to(tl.int64)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_N)
@@ -202,40 +223,45 @@ def attn_bwd_dkdv_kernel(
         m_base = Mask
         if MASK_KIND != 0:
             m_base = Mask + off_b * stride_mb + off_h * stride_mh
-        row_base = (off_b * num_heads + off_h) * seqlen_q
+        row_base = off_h * stride_lh
+        slope_log2 = alibi_log2(Alibi, off_b, off_h, stride_ab, stride_ah, HAS_ALIBI)
         dk, dv = _dkdv_inner(
             dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
             m_lo, m_full, offs_n, offs_r, offs_d,
             seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2,
+            window_left, window_right, softcap_log2, slope_log2,
             stride_qm, stride_dom, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            HAS_ALIBI,
         )
         if HAS_WINDOW:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
                 m_in_lo, m_in_hi, offs_n, offs_r, offs_d,
                 seqlen_q, seqlen_k, causal_offset, qk_scale,
-                window_left, window_right, softcap_log2,
+                window_left, window_right, softcap_log2, slope_log2,
                 stride_qm, stride_dom, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_ALIBI,
             )
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
                 m_in_hi, m_end, offs_n, offs_r, offs_d,
                 seqlen_q, seqlen_k, causal_offset, qk_scale,
-                window_left, window_right, softcap_log2,
+                window_left, window_right, softcap_log2, slope_log2,
                 stride_qm, stride_dom, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_ALIBI,
             )
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
                 m_full, seqlen_q, offs_n, offs_r, offs_d,
                 seqlen_q, seqlen_k, causal_offset, qk_scale,
-                window_left, window_right, softcap_log2,
+                window_left, window_right, softcap_log2, slope_log2,
                 stride_qm, stride_dom, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_ALIBI,
             )
 
     dk = dk * sm_scale
@@ -253,11 +279,12 @@ def _dq_inner(
     n_start, n_stop,
     rows, offs_c, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
-    window_left, window_right, softcap_log2,
+    window_left, window_right, softcap_log2, slope_log2,
     stride_kn, stride_vn, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     # K, V point at key 0 of this (b, kv head); Mask at (row block start, key 0).
     for start_n in range(n_start, n_stop, BLOCK_N):
@@ -269,8 +296,10 @@ def _dq_inner(
                        cols, seqlen_k, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if HAS_SOFTCAP:
-            t = _tanh(s)
+            t = _softcap_tanh(s, HAS_SOFTCAP)
             s = t * softcap_log2
+        if HAS_ALIBI:
+            s = s - slope_log2 * tl.abs(rows[:, None] + causal_offset - cols[None, :]).to(tl.float32)
         if MASK_KIND != 0:
             mptrs = Mask + start_64 * stride_mn + offs_c[None, :] * stride_mn
             mok = (rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k)
@@ -298,9 +327,9 @@ def _dq_inner(
 
 
 @triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset",
-                               "window_left", "window_right"])
+                               "window_left", "window_right", "stride_lb", "stride_lh"])
 def attn_bwd_dq_kernel(
-    Q, K, V, Mask, DO, Lse, Delta, DQ,
+    Q, K, V, Mask, DO, Lse, Delta, DQ, Alibi, CuQ, CuK,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -308,14 +337,17 @@ def attn_bwd_dq_kernel(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_dob, stride_doh, stride_dom,
     stride_dqb, stride_dqh, stride_dqm,
+    stride_lb, stride_lh, stride_ab, stride_ah,
     num_heads, group, seqlen_q, seqlen_k, causal_offset,
     window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
+    HAS_ALIBI: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
-    """Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,). Writes dQ of its query block."""
+    """Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,). Writes dQ of its query block.
+    Lse/Delta are laid out and VARLEN / HAS_ALIBI mean what they mean in attn_fwd_kernel."""
     num_m = tl.cdiv(seqlen_q, BLOCK_M)
     pid_m = tl.program_id(0) % num_m
     pid_bh = tl.program_id(0) // num_m
@@ -324,6 +356,19 @@ def attn_bwd_dq_kernel(
     off_hk = off_h // group
     m0 = pid_m * BLOCK_M
     m0_64 = m0.to(tl.int64)
+    row_base = off_b * stride_lb + off_h * stride_lh
+    if VARLEN:
+        q_start, k_start, seqlen_q, seqlen_k = seq_bounds(CuQ, CuK, off_b)
+        if m0 >= seqlen_q:
+            return
+        causal_offset = seqlen_k - seqlen_q
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        DQ += q_start * stride_dqm
+        row_base += q_start
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+    slope_log2 = alibi_log2(Alibi, off_b, off_h, stride_ab, stride_ah, HAS_ALIBI)
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, BLOCK_N)
@@ -335,7 +380,6 @@ def attn_bwd_dq_kernel(
     do = _load_rows(DO + off_b * stride_dob + off_h * stride_doh + m0_64 * stride_dom
                     + offs_r[:, None] * stride_dom + offs_d[None, :],
                     rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
-    row_base = pid_bh.to(tl.int64) * seqlen_q
     lse = tl.load(Lse + row_base + rows, mask=rows < seqlen_q, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
     delta = tl.load(Delta + row_base + rows, mask=rows < seqlen_q, other=0.0)
@@ -377,32 +421,36 @@ def attn_bwd_dq_kernel(
         dq = _dq_inner(
             dq, q, do, lse, delta, k_base, v_base, m_base, n_lo, n_full,
             rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2,
+            window_left, window_right, softcap_log2, slope_log2,
             stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            HAS_ALIBI,
         )
         dq = _dq_inner(
             dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_in_hi,
             rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2,
+            window_left, window_right, softcap_log2, slope_log2,
             stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            HAS_ALIBI,
         )
         n_full = n_in_hi
     else:
         dq = _dq_inner(
             dq, q, do, lse, delta, k_base, v_base, m_base, 0, n_full,
             rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2,
+            window_left, window_right, softcap_log2, slope_log2,
             stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            HAS_ALIBI,
         )
     dq = _dq_inner(
         dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_end,
         rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-        window_left, window_right, softcap_log2,
+        window_left, window_right, softcap_log2, slope_log2,
         stride_kn, stride_vn, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        HAS_ALIBI,
     )
     dq = dq * sm_scale
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + m0_64 * stride_dqm

@@ -42,16 +42,61 @@ def _tanh(z):
 
 
 @triton.jit
+def _softcap_tanh(z, HAS_SOFTCAP: tl.constexpr):
+    """tanh for the softcap: HAS_SOFTCAP 2 is the GPU's tanh.approx.f32 (one special-function
+    op, relative error ~2^-11: for fp16/bf16 inputs, whose probabilities are rounded coarser
+    before the P V product anyway); 1 is the accurate _tanh above (fp32, and the interpreter)."""
+    if HAS_SOFTCAP == 2:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [z], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return _tanh(z)
+
+
+@triton.jit
+def seq_bounds(CuQ, CuK, off_b):
+    """Packed sequence off_b (VARLEN): (first query row, first key row) as int64, and its Sq, Sk."""
+    q_start = tl.load(CuQ + off_b)
+    k_start = tl.load(CuK + off_b)
+    seqlen_q = tl.load(CuQ + off_b + 1) - q_start
+    seqlen_k = tl.load(CuK + off_b + 1) - k_start
+    return q_start.to(tl.int64), k_start.to(tl.int64), seqlen_q, seqlen_k
+
+
+@triton.jit
+def alibi_log2(Alibi, off_b, off_h, stride_ab, stride_ah, HAS_ALIBI: tl.constexpr):
+    """The ALiBi slope of (off_b, off_h) times log2(e) (the scores' domain); 0.0 without ALiBi."""
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * LOG2E
+    return slope
+
+
+@triton.jit
+def _init_row_stats(Sink, off_h, BLOCK_M: tl.constexpr, HAS_SINK: tl.constexpr):
+    # Running max m (log2 domain) and sum l of every row. A sink is a key already seen: its
+    # logit is the first max, with exp2(0) = 1 in the sum and nothing in the accumulator.
+    if HAS_SINK:
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sink + off_h).to(tl.float32) * LOG2E
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    return m_i, l_i
+
+
+@triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q,
     K_blk, V_blk, M_blk,
     n_start, n_stop,
     offs_m, offs_n, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
-    window_left, window_right, softcap_log2,
+    window_left, window_right, softcap_log2, slope_log2,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     # K_blk: block pointer over K^T (d, n), V_blk over V (n, d), both at key block n_start.
     # Block pointers keep one scalar base + offsets instead of a pointer per element: a
@@ -66,7 +111,9 @@ def _fwd_inner(
             k = tl.load(K_blk)
         s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
         if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
-            s = _tanh(s) * softcap_log2
+            s = _softcap_tanh(s, HAS_SOFTCAP) * softcap_log2
+        if HAS_ALIBI:  # slope_log2 = slope * log2(e)
+            s = s - slope_log2 * tl.abs(offs_m[:, None] + causal_offset - cols[None, :]).to(tl.float32)
         if MASK_KIND != 0:
             mv = tl.load(M_blk, boundary_check=(0, 1), padding_option="zero")
             if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
@@ -106,11 +153,12 @@ def _fwd_range(
     n_start, n_stop, m0,
     offs_m, offs_n, offs_d,
     seqlen_q, seqlen_k, causal_offset, qk_scale,
-    window_left, window_right, softcap_log2,
+    window_left, window_right, softcap_log2, slope_log2,
     stride_kn, stride_vn, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     # Key blocks [n_start, n_stop) with block pointers placed at n_start (window phases).
     K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -124,37 +172,46 @@ def _fwd_range(
     return _fwd_inner(
         acc, l_i, m_i, q, K_blk, V_blk, M_blk, n_start, n_stop,
         offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-        window_left, window_right, softcap_log2,
+        window_left, window_right, softcap_log2, slope_log2,
         HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        HAS_ALIBI,
     )
 
 
 @triton.jit(do_not_specialize=["num_heads", "group", "seqlen_q", "seqlen_k", "causal_offset",
-                               "window_left", "window_right"])
+                               "window_left", "window_right", "stride_lb", "stride_lh"])
 def attn_fwd_kernel(
-    Q, K, V, Mask, Out, Lse,
+    Q, K, V, Mask, Out, Lse, Alibi, Sink, CuQ, CuK,
     sm_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_lb, stride_lh, stride_ab, stride_ah,
     num_heads, group, seqlen_q, seqlen_k, causal_offset,
     window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
+    HAS_ALIBI: tl.constexpr = False, HAS_SINK: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
     Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,), query blocks of one head adjacent (they
     share K and V in L2); one axis because CUDA caps grid axes 1 and 2 at 65535.
-    Lse is contiguous (B, num_heads, seqlen_q).
+    Lse[b, h, m] is at Lse + b * stride_lb + h * stride_lh + m.
+    VARLEN: B counts packed sequences; sequence b's queries are rows CuQ[b] .. CuQ[b + 1] - 1 and
+    its keys CuK[b] .. CuK[b + 1] - 1 (the batch strides are 0), seqlen_q/seqlen_k are the
+    maxima, and the causal diagonal is aligned bottom-right per sequence.
+    HAS_ALIBI: adds -Alibi[b * stride_ab + h * stride_ah] * |i + causal_offset - j|.
+    HAS_SINK: Sink[h] is one more logit in each row's softmax, with a zero value.
     MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
     HAS_WINDOW: key j is seen by row i iff i + causal_offset - window_left <= j <=
     i + causal_offset + window_right (both >= 0; not together with IS_CAUSAL).
-    HAS_SOFTCAP: scores = softcap * tanh(scores / softcap), softcap > 0.
+    HAS_SOFTCAP: scores = softcap * tanh(scores / softcap), softcap > 0 (1: accurate tanh, 2: the
+    GPU's approximate one, see _softcap_tanh).
     """
     num_m = tl.cdiv(seqlen_q, BLOCK_M)
     pid_m = tl.program_id(0) % num_m
@@ -164,6 +221,18 @@ def attn_fwd_kernel(
     off_hk = off_h // group
     m0 = pid_m * BLOCK_M
     m0_64 = m0.to(tl.int64)
+    Lse += off_b * stride_lb + off_h * stride_lh
+    if VARLEN:
+        q_start, k_start, seqlen_q, seqlen_k = seq_bounds(CuQ, CuK, off_b)
+        if m0 >= seqlen_q:
+            return
+        causal_offset = seqlen_k - seqlen_q
+        Q += q_start * stride_qm
+        Out += q_start * stride_om
+        Lse += q_start
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+    slope_log2 = alibi_log2(Alibi, off_b, off_h, stride_ab, stride_ah, HAS_ALIBI)
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_M)
@@ -192,8 +261,7 @@ def attn_fwd_kernel(
         m_base = Mask
         if MASK_KIND != 0:
             m_base = Mask + off_b * stride_mb + off_h * stride_mh
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i, l_i = _init_row_stats(Sink, off_h, BLOCK_M, HAS_SINK)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         n_lo = tl.maximum(m0 + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
         n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), seqlen_k)
@@ -204,23 +272,23 @@ def attn_fwd_kernel(
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_lo, n_in_lo, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2, stride_kn, stride_vn, stride_mm, stride_mn,
+            window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_lo, n_in_hi, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2, stride_kn, stride_vn, stride_mm, stride_mn,
+            window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_hi, n_end, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2, stride_kn, stride_vn, stride_mm, stride_mn,
+            window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
         )
     else:
         # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
@@ -245,15 +313,15 @@ def attn_fwd_kernel(
                                       strides=(stride_mm, stride_mn), offsets=(m0, 0),
                                       block_shape=(BLOCK_M, BLOCK_N), order=(1, 0))
 
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i, l_i = _init_row_stats(Sink, off_h, BLOCK_M, HAS_SINK)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
         acc, l_i, m_i = _fwd_inner(
             acc, l_i, m_i, q, K_blk, V_blk, M_blk, 0, n_full,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2,
+            window_left, window_right, softcap_log2, slope_log2,
             HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+            HAS_ALIBI,
         )
         if n_full < n_end:
             K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -267,16 +335,22 @@ def attn_fwd_kernel(
             acc, l_i, m_i = _fwd_inner(
                 acc, l_i, m_i, q, K_blk, V_blk, M_blk, n_full, n_end,
                 offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-                window_left, window_right, softcap_log2,
+                window_left, window_right, softcap_log2, slope_log2,
                 HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_ALIBI,
             )
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
+    if HAS_SINK:
+        # While the sink is the row's max, take its logit as is: m * ln 2 would add two roundings
+        # (sink * log2 e, then * ln 2) to the lse, and d sink = -sum(exp(sink - lse) * delta)
+        # multiplies that error by a sum over every row.
+        sink = tl.load(Sink + off_h).to(tl.float32)
+        lse = tl.where(m_i == sink * LOG2E, sink + tl.math.log2(l_i) * LN2, lse)
 
     o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + m0_64 * stride_om \
         + offs_r[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
-    lse_ptrs = Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m
-    tl.store(lse_ptrs, lse, mask=row_ok)
+    tl.store(Lse + offs_m, lse, mask=row_ok)

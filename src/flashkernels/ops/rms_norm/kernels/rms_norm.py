@@ -57,6 +57,10 @@ def rms_norm_fwd_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, MODE: tl.constexpr,
     BLOCK: tl.constexpr, SINGLE: tl.constexpr,
 ):
+    # torch.compile passes float scalars as fp64: fp64 eps/offset would turn the row math fp64
+    # and round differently from the eager call
+    eps = tl.cast(eps, tl.float32)
+    offset = tl.cast(offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     X += row * stride_x
     Y += row * stride_y
@@ -113,6 +117,7 @@ def rms_norm_bwd_kernel(
     All in fp32; casts are treated as identities (as autograd does). With ``STORE_DR`` dx is
     also written to DR, the residual's gradient: one tensor returned for both inputs would be
     the same .grad memory of two leaves, and a second backward would add into it twice."""
+    offset = tl.cast(offset, tl.float32)  # fp64 under torch.compile (see the forward)
     pid = tl.program_id(0).to(tl.int64)
     # int64 loop bounds make the row index (and so every row offset) int64 on the GPU
     row_start = pid * rows_per_program
@@ -177,13 +182,19 @@ def rms_norm_bwd_kernel(
 
 
 @triton.jit
-def rms_norm_dw_reduce_kernel(P, DW, num_partials, N, stride_p, BLOCK_N: tl.constexpr):
-    """DW[j] = sum_i P[i, j] in fp32, rows in order (deterministic; the same kernel eager and
-    under torch.compile, whose own reduction of ``P.sum(0)`` could add in another order)."""
+def rms_norm_dw_reduce_kernel(P, DW, num_partials, N, stride_p, BLOCK_N: tl.constexpr,
+                              BLOCK_P: tl.constexpr):
+    """DW[j] = sum_i P[i, j] in fp32, in a fixed order (deterministic; the same kernel eager and
+    under torch.compile, whose own reduction of ``P.sum(0)`` could add in another order).
+    BLOCK_P partial rows at a time are summed as a tree (tl.sum), then the tiles in sequence: the
+    rounding error grows with num_partials / BLOCK_P + log2(BLOCK_P), not with num_partials."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = cols < N
+    rows = tl.arange(0, BLOCK_P)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # i * stride_p stays in int32: programs (<= 4 per SM) x N columns is far below 2^31
-    for i in range(0, num_partials):
-        acc += tl.load(P + i * stride_p + cols, mask=mask, other=0.0)
-    tl.store(DW + cols, acc.to(DW.dtype.element_ty), mask=mask)
+    # row * stride_p stays in int32: programs (<= 4 per SM) x N columns is far below 2^31
+    for start in range(0, num_partials, BLOCK_P):
+        r = start + rows
+        tile = tl.load(P + r[:, None] * stride_p + cols[None, :],
+                       mask=(r[:, None] < num_partials) & (cols[None, :] < N), other=0.0)
+        acc += tl.sum(tile, axis=0)
+    tl.store(DW + cols, acc.to(DW.dtype.element_ty), mask=cols < N)

@@ -1,0 +1,166 @@
+"""Benchmarks of the serving / long-context attention features (GPU only).
+
+    flashkernels bench varlen     packed sequences vs the dense kernel at their mean length
+    flashkernels bench features   softcap / ALiBi / sink / sliding window vs plain attention
+
+varlen: 16 sequences of random lengths (fixed seed) summing to 16384 tokens, Hq = Hkv = 16,
+D = 128, bf16, causal and not, forward and backward. TFLOP/s count only real token pairs
+(4 * Sq * Sk * H * D per sequence forward, half the square plus the diagonal when causal; the
+backward counts 2.5x the forward). The dense reference is flash_attn_func with B = 16 at the
+mean length (1024). Goal (issue 5): varlen within 5% of dense. The varlen call passes
+check_inputs=False (the offsets check is a device sync per call).
+
+features: B = 4, S = 4096, Hq = 16, D = 128, bf16, causal: plain, softcap=30, ALiBi slopes,
+learnable sink, all timed on the same shape (the same FLOPs). Goal: each at most 10% over plain.
+Sliding window: B = 1, S = 32768, Hq = 16, window (4096, 0) vs plain causal at the same S: the
+time should follow the visible pairs (about 4096 / 16384 of causal's), not S^2.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .common import CsvSink, do_bench_median, environment
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", default=None, help="append rows to this CSV file")
+    p.add_argument("--no-backward", action="store_true", help="forward only")
+
+
+def _pairs(sq: int, sk: int, causal: bool, window_left: int = -1) -> int:
+    """Visible (query, key) pairs of one head, bottom-right aligned."""
+    i = torch.arange(sq, dtype=torch.float64)[:, None] + (sk - sq)
+    j = torch.arange(sk, dtype=torch.float64)[None, :]
+    seen = torch.ones(sq, sk, dtype=torch.bool)
+    if causal:
+        seen &= j <= i
+    if window_left >= 0:
+        seen &= j >= i - window_left
+    return int(seen.sum())
+
+
+def _time(fn, backward: bool, wrt):
+    """(forward ms, backward ms or None)."""
+    fwd = do_bench_median(fn)
+    if not backward:
+        return fwd, None
+    out = fn()
+    out = out[0] if isinstance(out, tuple) else out
+    do = torch.randn_like(out)
+    bwd = do_bench_median(lambda: torch.autograd.grad(out, wrt, do, retain_graph=True))
+    return fwd, bwd
+
+
+def _row(sink, name, ms, flops, **kw):
+    tf = flops / ms / 1e9 if ms else None
+    sink.write(dict(op="attention", provider="flashkernels", dtype="bf16", ms=ms, tflops=tf, mode=name,
+                    **kw, **environment()))
+    return tf
+
+
+def _seqlens(n: int, total: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(n, generator=g) + 0.1
+    lens = (w / w.sum() * total).floor().long().clamp(min=1)
+    lens[-1] += total - int(lens.sum())
+    return lens.tolist()
+
+
+def run_varlen(args) -> int:
+    import flashkernels
+
+    if not torch.cuda.is_available():
+        print("flashkernels bench varlen: needs a CUDA GPU")
+        return 2
+    dev, dt = "cuda", torch.bfloat16
+    H, D, n, total = 16, 128, 16, 16384
+    lens = _seqlens(n, total)
+    mean = total // n
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    csv = CsvSink(args.csv)
+    print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}), H={H} D={D} bf16; "
+          f"dense: B={n} S={mean}")
+    print(f"{'causal':>6s} {'pass':>4s} {'varlen TF/s':>12s} {'dense TF/s':>11s} {'ratio':>6s}")
+    for causal in (False, True):
+        q, k, v = (torch.randn(total, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+        qd, kd, vd = (torch.randn(n, mean, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+        # check_inputs=False: the offsets check reads cu_seqlens back (a device sync each call),
+        # which a serving loop would do once, not per call
+        f_var = lambda: flashkernels.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
+                                                            check_inputs=False)
+        f_den = lambda: flashkernels.flash_attn_func(qd, kd, vd, causal=causal)
+        flops_var = sum(4 * _pairs(L, L, causal) * H * D for L in lens)
+        flops_den = n * 4 * _pairs(mean, mean, causal) * H * D
+        tv = _time(f_var, not args.no_backward, (q, k, v))
+        td = _time(f_den, not args.no_backward, (qd, kd, vd))
+        for name, a, b, mult in (("fwd", tv[0], td[0], 1.0), ("bwd", tv[1], td[1], 2.5)):
+            if a is None:
+                continue
+            tf_v = _row(csv, f"varlen-{name}", a, mult * flops_var, batch=n, heads_q=H, heads_kv=H,
+                        seqlen_q=max(lens), seqlen_k=max(lens), head_dim=D, causal=causal)
+            tf_d = _row(csv, f"dense-{name}", b, mult * flops_den, batch=n, heads_q=H, heads_kv=H,
+                        seqlen_q=mean, seqlen_k=mean, head_dim=D, causal=causal)
+            print(f"{int(causal):>6d} {name:>4s} {tf_v:12.1f} {tf_d:11.1f} {tf_v / tf_d:6.3f}")
+    csv.close()
+    return 0
+
+
+def run_features(args) -> int:
+    import flashkernels
+
+    if not torch.cuda.is_available():
+        print("flashkernels bench features: needs a CUDA GPU")
+        return 2
+    dev, dt = "cuda", torch.bfloat16
+    csv = CsvSink(args.csv)
+    B, S, H, D = 4, 4096, 16, 128
+    q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device=dev)
+    sink = torch.zeros(H, device=dev, requires_grad=True)
+    variants = {
+        "plain": {}, "softcap": dict(softcap=30.0), "alibi": dict(alibi_slopes=slopes),
+        "sink": dict(learnable_sink=sink),
+    }
+    flops = B * H * D * 4 * _pairs(S, S, True)
+    print(f"features: B={B} S={S} H={H} D={D} bf16 causal")
+    print(f"{'variant':>8s} {'fwd ms':>8s} {'fwd TF/s':>9s} {'vs plain':>9s} {'bwd ms':>8s} {'bwd TF/s':>9s} "
+          f"{'vs plain':>9s}")
+    base = None
+    for name, kw in variants.items():
+        wrt = (q, k, v) + ((sink,) if "learnable_sink" in kw else ())
+        fwd, bwd = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw), not args.no_backward,
+                         wrt)
+        base = base or (fwd, bwd)
+        _row(csv, f"{name}-fwd", fwd, flops, batch=B, heads_q=H, heads_kv=H, seqlen_q=S, seqlen_k=S, head_dim=D,
+             causal=True)
+        line = f"{name:>8s} {fwd:8.3f} {flops / fwd / 1e9:9.1f} {fwd / base[0]:9.3f}"
+        if bwd is not None:
+            _row(csv, f"{name}-bwd", bwd, 2.5 * flops, batch=B, heads_q=H, heads_kv=H, seqlen_q=S, seqlen_k=S,
+                 head_dim=D, causal=True)
+            line += f" {bwd:8.3f} {2.5 * flops / bwd / 1e9:9.1f} {bwd / base[1]:9.3f}"
+        print(line)
+
+    S, B, W = 32768, 1, 4096
+    q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    print(f"sliding window: B={B} S={S} H={H} D={D} bf16, window ({W}, 0) vs causal")
+    times = {}
+    for name, kw in (("causal", {}), ("window", dict(window_size=(W, 0)))):
+        fwd, bwd = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw), not args.no_backward,
+                         (q, k, v))
+        pairs = _pairs(S, S, True, W if name == "window" else -1)
+        times[name] = (fwd, bwd, pairs)
+        _row(csv, f"{name}-fwd", fwd, B * H * D * 4 * pairs, batch=B, heads_q=H, heads_kv=H, seqlen_q=S,
+             seqlen_k=S, head_dim=D, causal=True)
+        if bwd is not None:
+            _row(csv, f"{name}-bwd", bwd, 2.5 * B * H * D * 4 * pairs, batch=B, heads_q=H, heads_kv=H,
+                 seqlen_q=S, seqlen_k=S, head_dim=D, causal=True)
+    (cf, cb, cp), (wf, wb, wp) = times["causal"], times["window"]
+    print(f"  visible pairs window/causal {wp / cp:.3f}; time forward {wf / cf:.3f}"
+          + (f", backward {wb / cb:.3f}" if wb is not None else ""))
+    csv.close()
+    return 0
+
+
+__all__ = ["add_arguments", "run_varlen", "run_features"]
