@@ -66,7 +66,15 @@ def compile_one(fn, dtype, mask_kind, consts, cfg):
     mask_tt = {0: f"*{TORCH_TO_TT[dtype]}", 1: "*u8", 2: f"*{TORCH_TO_TT[dtype]}"}[mask_kind]
     sig = signature(fn, TORCH_TO_TT[dtype], mask_tt, consts)
     names = fn.arg_names
-    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    # What Triton's launcher specialises on a real call: pointers (torch allocations) and integer
+    # arguments that are multiples of 16 get tt.divisibility=16 (vectorised loads). The q/k/v/out
+    # strides are (H*D, D or S*D, ...) multiples of 16 at the shapes that matter; the mask's and
+    # the ALiBi slopes' strides may be anything, and do_not_specialize arguments never get it.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if sig[n].startswith("*") or (n.startswith("stride_") and not n.startswith(("stride_m", "stride_a"))
+                                           and n not in ("stride_lb", "stride_lh"))}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     return out.metadata.shared, ptxas_report(out.asm["ptx"])

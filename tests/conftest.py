@@ -80,7 +80,8 @@ class _PoisoningTorch:
 
 
 LAUNCH_MODULES = ("flashkernels.ops.attention.launch", "flashkernels.ops.rms_norm.launch",
-                  "flashkernels.ops.swiglu.launch", "flashkernels.ops.rope.launch")
+                  "flashkernels.ops.swiglu.launch", "flashkernels.ops.rope.launch",
+                  "flashkernels.ops.kvcache.launch")
 
 
 @pytest.fixture(autouse=True)

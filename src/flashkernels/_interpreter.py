@@ -35,3 +35,23 @@ def fix_numpy_scalar_conversion() -> None:
 
     patched._flashkernels_fix = True
     interpreter._patch_lang_tensor = patched
+
+
+def kernels_interpreted(kernel) -> bool:
+    """True when ``kernel`` (an op's @triton.jit kernel) was decorated under TRITON_INTERPRET=1,
+    so it runs on CPU tensors only; applies :func:`fix_numpy_scalar_conversion` then. Each
+    launcher decides this once, at import, into a plain bool that torch.compile can read
+    (``isinstance`` on a kernel object inside a traced function is a graph break). Triton reads
+    the variable once, when ``triton.language`` is first imported."""
+    import triton.language.standard as tl_standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    ours = isinstance(kernel, InterpretedFunction)
+    if ours != isinstance(tl_standard.sum, InterpretedFunction):  # Triton's own @jit helpers
+        raise RuntimeError(
+            "TRITON_INTERPRET changed between the first import of triton and the import of the "
+            "flashkernels kernels, so interpreted and compiled functions are mixed; set (or unset) "
+            "it before anything imports triton")
+    if ours:
+        fix_numpy_scalar_conversion()
+    return ours

@@ -3,6 +3,7 @@
     flashkernels info [--json]        what was detected, and which backend each op picks, and why
     flashkernels check                every attention kernel on this machine vs float64 math
     flashkernels bench attention      flashkernels vs SDPA flash/cuDNN/efficient and FlexAttention
+    flashkernels bench decode         KV-cache decode vs SDPA flash/cuDNN (K+V TB/s)
     flashkernels bench varlen         packed sequences vs the dense kernel at their mean length
     flashkernels bench features       softcap / ALiBi / sink / sliding-window overhead
     flashkernels memory ...           peak extra memory of attention, naive vs flashkernels
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description=bench_attention.__doc__)
     bench_attention.add_arguments(pa)
     pa.set_defaults(func=cmd_bench_attention)
+    from .bench import decode as bench_decode  # light: no triton import until run
+
+    pd = bsub.add_parser("decode", formatter_class=fmt, help="KV-cache decode (flash_attn_with_kvcache) vs SDPA",
+                         description=bench_decode.__doc__)
+    bench_decode.add_arguments(pd)
+    pd.set_defaults(func=lambda a: bench_decode.run(a))
     from .bench import features as bench_features
 
     for name, fn, hlp in (("varlen", bench_features.run_varlen, "packed sequences vs the dense kernel"),

@@ -22,6 +22,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ..._interpreter import kernels_interpreted
+
 from .kernels.bwd import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_bwd_preprocess_kernel
 from .kernels.fwd import attn_fwd_kernel
 
@@ -301,28 +303,8 @@ def attn_bwd(
     return dq, dk, dv, dsink
 
 
-def _kernels_interpreted() -> bool:
-    """True when the kernels were decorated under TRITON_INTERPRET=1 (they then run on CPU
-    tensors only). Triton reads the variable once, when ``triton.language`` is first imported."""
-    import triton.language.standard as tl_standard
-    from triton.runtime.interpreter import InterpretedFunction
-
-    ours = isinstance(attn_fwd_kernel, InterpretedFunction)
-    if ours != isinstance(tl_standard.sum, InterpretedFunction):  # Triton's own @jit helpers
-        raise RuntimeError(
-            "TRITON_INTERPRET changed between the first import of triton and the import of the "
-            "flashkernels kernels, so interpreted and compiled functions are mixed; set (or unset) "
-            "it before anything imports triton")
-    return ours
-
-
-# Decided once, at import: a plain bool that torch.compile can read (isinstance on a kernel
-# object inside a traced function is a graph break).
-KERNELS_INTERPRETED = _kernels_interpreted()
-if KERNELS_INTERPRETED:
-    from ..._interpreter import fix_numpy_scalar_conversion
-
-    fix_numpy_scalar_conversion()
+# Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
+KERNELS_INTERPRETED = kernels_interpreted(attn_fwd_kernel)
 
 
 def triton_cdiv(a: int, b: int) -> int:

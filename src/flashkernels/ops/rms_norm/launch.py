@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ..._interpreter import kernels_interpreted
+
 from .kernels.rms_norm import rms_norm_bwd_kernel, rms_norm_dw_reduce_kernel, rms_norm_fwd_kernel
 
 MODES = {"llama": 0, "gemma": 1, "none": 2}
@@ -133,12 +135,5 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _kernels_interpreted() -> bool:
-    """True when the kernels were decorated under TRITON_INTERPRET=1 (CPU tensors only)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(rms_norm_fwd_kernel, InterpretedFunction)
-
-
-# Decided once, at import: a plain bool torch.compile can read.
-KERNELS_INTERPRETED = _kernels_interpreted()
+# Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
+KERNELS_INTERPRETED = kernels_interpreted(rms_norm_fwd_kernel)

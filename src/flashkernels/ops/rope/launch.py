@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ..._interpreter import kernels_interpreted
+
 from .kernels.rope import rope_kernel
 
 # About 2048 elements of each half a program: a first guess for this memory-bound kernel, to be
@@ -102,10 +104,5 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return q_out, k_out
 
 
-def _kernels_interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(rope_kernel, InterpretedFunction)
-
-
-KERNELS_INTERPRETED = _kernels_interpreted()
+# Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
+KERNELS_INTERPRETED = kernels_interpreted(rope_kernel)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ..._interpreter import kernels_interpreted
+
 from .kernels.glu import glu_bwd_kernel, glu_fwd_kernel
 
 ACTS = {"silu": 0, "gelu_tanh": 1, "gelu_none": 2}
@@ -46,10 +48,5 @@ def glu_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act: int) 
     return dg, du
 
 
-def _kernels_interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(glu_fwd_kernel, InterpretedFunction)
-
-
-KERNELS_INTERPRETED = _kernels_interpreted()
+# Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
+KERNELS_INTERPRETED = kernels_interpreted(glu_fwd_kernel)

@@ -1,0 +1,1 @@
+"""@triton.jit code for KV-cache attention; imports triton."""

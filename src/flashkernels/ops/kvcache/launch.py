@@ -1,0 +1,198 @@
+"""Launchers for the KV-cache kernels, registered as torch.library custom ops.
+
+* ``torch.ops.flashkernels.kvcache_append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
+  block_table)`` writes k, v into the caches in place (declared ``mutates_args``, so
+  torch.compile orders it before the reads of the cache);
+* ``torch.ops.flashkernels.kvcache_attn(q, k_cache, v_cache, cache_seqlens, seqlen_new, ...)``
+  -> (out, lse): attention of q over the cache, split-KV when ``num_splits`` > 1.
+
+Layouts as flash-attn: q (B, Sq, Hq, D), caches (B_cache, S_cache, Hkv, D) or paged
+(num_blocks, page_size, Hkv, D), every last stride 1, other strides free. ``cache_seqlens`` is a
+(B,) int32 tensor here (the API turns an int into one). No autograd (inference only).
+
+Block sizes come from :func:`attn_config`; under Triton's interpreter small blocks (16 x 16)
+exercise the masked paths at small sizes. ``num_splits=0`` asks :func:`auto_num_splits`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+from torch.library import triton_op, wrap_triton
+
+from ..._interpreter import kernels_interpreted
+
+from ..attention.launch import block_d, dot_precision
+from .kernels.decode import kvcache_append_kernel, kvcache_attn_kernel, kvcache_combine_kernel
+
+
+class Config(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Splits stop at this many BLOCK_N tiles of keys each: below it the combine's extra traffic
+# (num_splits x rows x D fp32, written and read) and the per-program start-up outweigh the gain.
+MIN_TILES_PER_SPLIT = 4
+MAX_SPLITS = 128  # as flash-attn; also any larger request (grid axis 1 stops at 65535)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> Config:
+    """BLOCK_M packed query rows (Sq x group) resident, BLOCK_N keys streamed a step.
+
+    Decode (rows = group <= 16) uses BLOCK_M = 16, tl.dot's minimum; chunked prefill up to 64.
+    On the GPU the tiles were picked for no register spills at sm_90a (scripts/
+    compile_check_kvcache.py; 2026-11-25, bf16 D=128 decode: (16, 64, 8 warps, 2 stages) 76-80
+    registers, 0 spills, 39 KB smem, contiguous and paged; with 4 warps 109-166 registers). Not
+    timed yet: the GPU run of ``flashkernels bench decode`` should sweep BLOCK_N 64/128, warps
+    4/8 and stages 2/3."""
+    if device.type != "cuda":  # interpreter: small blocks hit every masked branch on small shapes
+        return Config(16, 16, 4, 1)
+    bd = block_d(head_dim)
+    if dtype == torch.float32:  # twice the bytes a tile: (64, 32) spilled ~1 KB at D=128, 11 KB at 256
+        return Config(min(32 if bd >= 128 else 64, max(16, _next_pow2(rows))), 32 if bd <= 64 else 16, 8, 2)
+    bm = min(64, max(16, _next_pow2(rows)))
+    return Config(bm, 64 if bd <= 128 else 32, 8, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
+
+
+def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
+    """Splits so that programs x splits fills about two waves of the GPU's SMs (132 on an
+    H100), with at least MIN_TILES_PER_SPLIT tiles of the cache's capacity a split: flash
+    decoding's rule. ``capacity`` (not the live lengths, which would need a host sync) bounds
+    the keys; a split past a row's length exits at once. 1 when the grid already fills the GPU."""
+    n_sm = _num_sms(device.index or 0) if device.type == "cuda" else 4
+    if programs >= n_sm:
+        return 1
+    tiles = triton_cdiv(capacity, block_n)
+    return max(1, min(triton_cdiv(2 * n_sm, programs), tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+
+
+def _window_args(left: int, right: int, causal: bool, capacity: int, seqlen_q: int):
+    """(HAS_WINDOW, IS_CAUSAL, left, right) for the kernel: causal caps the right bound at the
+    diagonal; a window that is plain causal (left unbounded, right 0) takes the causal path; an
+    unbounded side becomes Sq + capacity, which no diagonal distance reaches."""
+    if causal:
+        right = 0
+    if left < 0 and (right < 0 or causal):
+        return False, causal, 0, 0
+    big = seqlen_q + capacity
+    return True, False, (left if left >= 0 else big), (right if right >= 0 else big)
+
+
+def _capacity(k_cache: torch.Tensor, block_table: Optional[torch.Tensor]) -> tuple[int, int, int]:
+    """(positions a row holds, rows or pages in the cache, page size; 1 when contiguous)."""
+    if block_table is not None:
+        return block_table.shape[1] * k_cache.shape[1], k_cache.shape[0], k_cache.shape[1]
+    return k_cache.shape[1], k_cache.shape[0], 1
+
+
+@triton_op("flashkernels::kvcache_append", mutates_args=("k_cache", "v_cache"))
+def kvcache_append(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cache_seqlens: torch.Tensor, cache_batch_idx: Optional[torch.Tensor],
+    block_table: Optional[torch.Tensor],
+) -> None:
+    """k, v (B, Sn, Hkv, D) into the caches at positions cache_seqlens[b] .. + Sn - 1."""
+    B, Sn, Hkv, D = k.shape
+    if B * Sn == 0:
+        return
+    capacity, num_rows, page = _capacity(k_cache, block_table)
+    bt = block_table if block_table is not None else cache_seqlens
+    bi = cache_batch_idx if cache_batch_idx is not None else cache_seqlens
+    wrap_triton(kvcache_append_kernel)[(B * Sn,)](
+        k, v, k_cache, v_cache, cache_seqlens, bi, bt,
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        bt.stride(0),
+        Sn, Hkv, capacity, num_rows,
+        HEAD_DIM=D, BLOCK_D=_next_pow2(D), BLOCK_H=_next_pow2(Hkv), PAGE_SIZE=page,
+        PAGED=block_table is not None, HAS_BATCH_IDX=cache_batch_idx is not None,
+        num_warps=4,
+    )
+
+
+@triton_op("flashkernels::kvcache_attn", mutates_args=())
+def kvcache_attn(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+    seqlen_new: int, cache_batch_idx: Optional[torch.Tensor], cache_leftpad: Optional[torch.Tensor],
+    block_table: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor], scale: float,
+    causal: bool, window_left: int, window_right: int, softcap: float, num_splits: int,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (B, Sq, Hq, D) in q's dtype (contiguous), lse (B, Hq, Sq) float32 natural log.
+    Batch b attends keys [cache_leftpad[b], cache_seqlens[b] + seqlen_new) of its row.
+    alibi_slopes: None or (B, Hq) float32 (a zero batch stride broadcasts (Hq,) slopes)."""
+    B, Sq, Hq, D = q.shape
+    Hkv = k_cache.shape[2]
+    group = Hq // Hkv
+    out = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    capacity, num_rows, page = _capacity(k_cache, block_table)
+    rows = Sq * group
+    cfg = attn_config(rows, D, q.dtype, q.device)
+    programs = triton_cdiv(rows, cfg.block_m) * B * Hkv
+    if num_splits <= 0:
+        num_splits = auto_num_splits(programs, capacity, cfg.block_n, q.device)
+    num_splits = max(1, min(num_splits, triton_cdiv(max(capacity, 1), cfg.block_n), MAX_SPLITS))
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, capacity, Sq)
+    split = num_splits > 1
+    if split:
+        opart = torch.empty((num_splits, B * Hkv, rows, D), dtype=torch.float32, device=q.device)
+        lpart = torch.empty((num_splits, B * Hkv, rows), dtype=torch.float32, device=q.device)
+    else:
+        opart, lpart = lse, lse  # never touched
+    bt = block_table if block_table is not None else cache_seqlens
+    bi = cache_batch_idx if cache_batch_idx is not None else cache_seqlens
+    lp = cache_leftpad if cache_leftpad is not None else cache_seqlens
+    al = alibi_slopes if alibi_slopes is not None else lse
+    wrap_triton(kvcache_attn_kernel)[(programs, num_splits)](
+        q, k_cache, v_cache, out, lse, opart, lpart,
+        cache_seqlens, bi, lp, bt, al,
+        scale, float(softcap),
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        bt.stride(0), al.stride(0) if alibi_slopes is not None else 0,
+        Hkv, group, Sq, seqlen_new, capacity, num_rows,
+        wl, wr, num_splits,
+        HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        PAGE_SIZE=page, PAGED=block_table is not None, HAS_BATCH_IDX=cache_batch_idx is not None,
+        HAS_LEFTPAD=cache_leftpad is not None, IS_CAUSAL=causal, HAS_WINDOW=has_window,
+        HAS_SOFTCAP=softcap > 0, HAS_ALIBI=alibi_slopes is not None, SPLIT=split,
+        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split:
+        block_r = 16 if q.device.type != "cuda" else min(64, max(16, _next_pow2(rows)))
+        wrap_triton(kvcache_combine_kernel)[(B * Hkv, triton_cdiv(rows, block_r))](
+            opart, lpart, out, lse,
+            out.stride(0), out.stride(1), out.stride(2),
+            Hkv, group, Sq, num_splits,
+            HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_R=block_r, num_warps=4,
+        )
+    return out, lse
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
+KERNELS_INTERPRETED = kernels_interpreted(kvcache_attn_kernel)
