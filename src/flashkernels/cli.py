@@ -5,6 +5,7 @@
     flashkernels bench attention      flashkernels vs SDPA flash/cuDNN/efficient and FlexAttention
     flashkernels bench decode         KV-cache decode vs SDPA flash/cuDNN (K+V TB/s)
     flashkernels bench varlen         packed sequences vs the dense kernel at their mean length
+    flashkernels bench ops            RMSNorm / residual / SwiGLU / RoPE vs copy, compile, Liger; Llama layer
     flashkernels bench features       softcap / ALiBi / sink / sliding-window overhead
     flashkernels memory ...           peak extra memory of attention, naive vs flashkernels
 
@@ -277,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         pf = bsub.add_parser(name, formatter_class=fmt, help=hlp, description=bench_features.__doc__)
         bench_features.add_arguments(pf)
         pf.set_defaults(func=fn)
+    from .bench import ops as bench_ops
+
+    po = bsub.add_parser("ops", formatter_class=fmt,
+                         help="RMSNorm, residual norm, SwiGLU, RoPE vs the copy ceiling, compile, Liger; a Llama layer",
+                         description=bench_ops.__doc__)
+    bench_ops.add_arguments(po)
+    po.set_defaults(func=bench_ops.run)
     pb.set_defaults(func=lambda a: (pb.print_help(), 2)[1])
 
     pm = sub.add_parser(

@@ -1,0 +1,139 @@
+"""flashkernels.bench.ops on a CPU: the byte counts, --ops parsing, the no-GPU exit, the goals
+summary, and the plain-torch providers against the references. (The timings need a GPU.)"""
+import argparse
+
+import pytest
+import torch
+
+from flashkernels.bench import ops
+from flashkernels.ops.rms_norm.reference import rms_norm_reference
+from flashkernels.ops.rope.reference import rotary_emb_reference
+
+
+def _nbytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="flashkernels bench ops")
+    ops.add_arguments(p)
+    return p
+
+
+# ----------------------------------------------------------------------------------- bytes
+def test_rms_norm_bytes_small_shape():
+    M, N = 3, 8
+    x, dy, y, dx = (torch.empty(M, N, dtype=torch.bfloat16) for _ in range(4))
+    w, dw = torch.empty(N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16)
+    rstd = torch.empty(M, dtype=torch.float32)
+    assert ops.rms_norm_bytes(M, N, 2) == _nbytes(x, w, y, rstd) == 2 * (2 * 24 + 8) + 12 == 124
+    assert ops.rms_norm_bytes(M, N, 2, backward=True) == _nbytes(x, dy, w, rstd, dx, dw) == 188
+    # fp32: the element size scales the tensors, not rstd
+    assert ops.rms_norm_bytes(M, N, 4) == 4 * (2 * 24 + 8) + 12
+
+
+def test_rms_norm_residual_bytes_small_shape():
+    M, N = 3, 8
+    x, r, y, h, dy, dh, dx = (torch.empty(M, N, dtype=torch.bfloat16) for _ in range(7))
+    w, dw = torch.empty(N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16)
+    rstd = torch.empty(M, dtype=torch.float32)
+    assert ops.rms_norm_residual_bytes(M, N, 2) == _nbytes(x, r, w, y, h, rstd) == 2 * (4 * 24 + 8) + 12
+    # the gradient of the residual has dx's values: counted once
+    assert ops.rms_norm_residual_bytes(M, N, 2, backward=True) == _nbytes(dy, dh, h, w, rstd, dx, dw)
+
+
+def test_swiglu_and_copy_bytes_small_shape():
+    g, u, out, dout, dg, du = (torch.empty(5, 7, dtype=torch.bfloat16) for _ in range(6))
+    assert ops.swiglu_bytes(35, 2) == _nbytes(g, u, out) == 210
+    assert ops.swiglu_bytes(35, 2, backward=True) == _nbytes(dout, g, u, dg, du) == 350
+    assert ops.copy_bytes(35, 2) == _nbytes(g, out) == 140
+
+
+def test_rope_bytes_small_shape():
+    B, S, H, D, R = 2, 5, 3, 8, 8
+    x, out = torch.empty(B, S, H, D, dtype=torch.bfloat16), torch.empty(B, S, H, D, dtype=torch.bfloat16)
+    cos, sin = torch.empty(S, R // 2, dtype=torch.bfloat16), torch.empty(S, R // 2, dtype=torch.bfloat16)
+    assert ops.rope_bytes(B, S, H, D, R, 2) == _nbytes(x, cos, sin, out) == 2 * 240 * 2 + 2 * 20 * 2
+    assert ops.rope_bytes(B, S, H, D, R, 2, backward=True) == ops.rope_bytes(B, S, H, D, R, 2)
+    # partial rotary: the pass-through dims are still read and written, the tables shrink
+    assert ops.rope_bytes(B, S, H, D, 4, 2) == 2 * 240 * 2 + 2 * 10 * 2
+
+
+def test_issue_shapes_bytes():
+    # RMSNorm 16384 x 4096 bf16 forward: x and y (128 MiB each), w, rstd
+    assert ops.rms_norm_bytes(*ops.RMS_SHAPE, 2) == 2 * 2 * 16384 * 4096 + 2 * 4096 + 4 * 16384
+    assert ops.swiglu_bytes(16384 * 14336, 2, backward=True) == 5 * 2 * 16384 * 14336
+    assert ops.rope_bytes(*ops.ROPE_SHAPE, 128, 2) == 2 * 2 * 4 * 4096 * 32 * 128 + 2 * 2 * 4096 * 64
+
+
+# ------------------------------------------------------------------------------- arguments
+def test_ops_default_and_selection():
+    a = _parser().parse_args([])
+    assert a.ops == ops.OPS and a.csv is None and not a.no_backward
+    a = _parser().parse_args(["--ops", " rope, RMSNorm ,rope", "--no-backward", "--csv", "x.csv"])
+    assert a.ops == ("rmsnorm", "rope") and a.no_backward and a.csv == "x.csv"  # OPS order, no duplicates
+    assert _parser().parse_args(["--ops", "all"]).ops == ops.OPS
+
+
+@pytest.mark.parametrize("value, bad", [("rmsnorm,bogus", "'bogus'"), ("attention", "'attention'"), (",", "got")])
+def test_ops_bad_name_is_a_clear_error(capsys, value, bad):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["--ops", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ops" in err and bad in err
+    assert "rmsnorm, residual, swiglu, rope, layer" in err
+
+
+def test_parse_ops_raises_argument_type_error():
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown ops 'a', 'b'"):
+        ops.parse_ops("a,swiglu,b")
+
+
+# -------------------------------------------------------------------------------------- run
+def test_run_without_cuda_returns_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    csv = tmp_path / "ops.csv"
+    args = _parser().parse_args(["--csv", str(csv)])
+    assert ops.run(args) == 2
+    out = capsys.readouterr()
+    assert "flashkernels bench ops: needs a CUDA GPU" in out.err
+    assert not csv.exists()  # nothing written
+
+
+# ------------------------------------------------------------------------------------ goals
+def test_goals_summary():
+    rep = ops._Report(ops.CsvSink(None), {}, ceiling_gbps=1000.0)
+    fwd_bytes = ops.rms_norm_bytes(*ops.RMS_SHAPE, 2)
+    ms_at_96 = fwd_bytes / (0.96 * 1000.0) / 1e6  # 96% of the ceiling
+    rep.ms[("rms_norm", "flashkernels", "fwd")] = ms_at_96
+    rep.ms[("rms_norm", "compile", "fwd")] = 0.9 * ms_at_96  # compile faster: not met
+    rep.ms[("rms_norm_residual", "flashkernels", "fwd")] = 1.0
+    rep.ms[("rms_norm_residual", "two_op", "fwd")] = 1.5
+    rep.ms[("llama_layer", "flashkernels", "fwd+bwd")] = 10.0
+    rep.ms[("llama_layer", "transformers_sdpa", "fwd+bwd")] = 12.0
+    got = {what: (val, met) for what, val, met in ops.goals(rep, ("rmsnorm", "residual", "layer"), backward=False)}
+    assert got["rms_norm fwd >= 95% of copy"][0] == pytest.approx(0.96) and got["rms_norm fwd >= 95% of copy"][1]
+    assert got["rms_norm fwd >= 1.0x compile"] == (pytest.approx(0.9), False)
+    assert got["rms_norm fwd >= 1.0x liger"] == (None, None)  # not measured: n/a
+    assert got["rms_norm_residual fwd fused >= 1.4x two-op"] == (pytest.approx(1.5), True)
+    assert got["llama_layer fwd+bwd >= 1.3x eager SDPA"] == (pytest.approx(1.2), False)
+    assert not any(w.startswith(("swiglu", "rope")) or " bwd " in w for w in got)
+
+
+# ------------------------------------------------------------------------------- providers
+def test_torch_providers_are_the_references():
+    torch.manual_seed(0)
+    x, r = torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(4, 16, dtype=torch.bfloat16)
+    w = torch.randn(16, dtype=torch.bfloat16)
+    assert torch.equal(ops._torch_rms_norm(x, w), rms_norm_reference(x, w, ops.EPS))
+    y, h = ops._torch_rms_norm_residual(x, r, w)
+    assert torch.equal(h, x + r) and torch.equal(y, rms_norm_reference(x + r, w, ops.EPS))
+    g, u = torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.equal(ops._torch_swiglu(g, u), torch.nn.functional.silu(g) * u)
+    cos, sin = ops.rope_tables(6, 8, "cpu", torch.float32)
+    assert cos.shape == sin.shape == (6, 4)
+    assert torch.allclose(cos ** 2 + sin ** 2, torch.ones(6, 4))
+    assert torch.equal(cos[0], torch.ones(4)) and torch.allclose(sin[1, 0], torch.tensor(1.0).sin())
+    xr = torch.randn(2, 6, 3, 8)
+    assert torch.equal(ops._torch_rope(xr, cos, sin), rotary_emb_reference(xr, cos, sin))
