@@ -149,11 +149,6 @@ def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.T
     return torch.empty((b, h, s, d), dtype=like.dtype, device=like.device)
 
 
-# Forward: when Sk is a multiple of BLOCK_N the masked phases load K/V without bounds checks
-# (a module switch so that scripts can time both).
-EVEN_K_LOADS = True
-
-
 class _Features(NamedTuple):
     """Per-call kernel arguments for ALiBi, sinks and packed (varlen) sequences."""
     alibi: torch.Tensor
@@ -230,7 +225,6 @@ def attn_fwd(
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
         HAS_WINDOW=has_window, HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None,
         HAS_SINK=sink is not None, VARLEN=f.varlen,
-        MASKED_PHASE=1 if (EVEN_K_LOADS and not f.varlen and f.seqlen_k % cfg.block_n == 0) else 2,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse

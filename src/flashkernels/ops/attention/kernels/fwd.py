@@ -98,14 +98,12 @@ def _fwd_inner(
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
 ):
-    # MASKED: 0 no masking (every key of every block visible to every row), 1 masked scores with
-    # every key block inside seqlen_k (plain loads), 2 masked scores and key-bounds-checked loads.
     # K_blk: block pointer over K^T (d, n), V_blk over V (n, d), both at key block n_start.
     # Block pointers keep one scalar base + offsets instead of a pointer per element: a
     # tensor of pointers costs 2 registers an element and spilled (ptxas, sm_90a, D=64).
     for start_n in range(n_start, n_stop, BLOCK_N):
         cols = start_n + offs_n
-        if MASKED == 2:  # the block may run past seqlen_k
+        if MASKED:
             k = tl.load(K_blk, boundary_check=(0, 1), padding_option="zero")
         elif HEAD_DIM != BLOCK_D:
             k = tl.load(K_blk, boundary_check=(0,), padding_option="zero")
@@ -136,7 +134,7 @@ def _fwd_inner(
         p = tl.math.exp2(s - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED == 2:
+        if MASKED:
             v = tl.load(V_blk, boundary_check=(0, 1), padding_option="zero")
         elif HEAD_DIM != BLOCK_D:
             v = tl.load(V_blk, boundary_check=(1,), padding_option="zero")
@@ -198,7 +196,6 @@ def attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False, HAS_SINK: tl.constexpr = False, VARLEN: tl.constexpr = False,
-    MASKED_PHASE: tl.constexpr = 2,
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
@@ -210,8 +207,6 @@ def attn_fwd_kernel(
     maxima, and the causal diagonal is aligned bottom-right per sequence.
     HAS_ALIBI: adds -Alibi[b * stride_ab + h * stride_ah] * |i + causal_offset - j|.
     HAS_SINK: Sink[h] is one more logit in each row's softmax, with a zero value.
-    MASKED_PHASE: 1 when seqlen_k is a multiple of BLOCK_N (the masked phases' key blocks then
-    never run past it and load without bounds checks), else 2.
     MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
     HAS_WINDOW: key j is seen by row i iff i + causal_offset - window_left <= j <=
     i + causal_offset + window_right (both >= 0; not together with IS_CAUSAL).
@@ -278,7 +273,7 @@ def attn_fwd_kernel(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_lo, n_in_lo, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, MASKED_PHASE, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
             HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
         )
         acc, l_i, m_i = _fwd_range(
@@ -292,7 +287,7 @@ def attn_fwd_kernel(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_hi, n_end, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, MASKED_PHASE, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
             HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
         )
     else:
@@ -341,7 +336,7 @@ def attn_fwd_kernel(
                 acc, l_i, m_i, q, K_blk, V_blk, M_blk, n_full, n_end,
                 offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
                 window_left, window_right, softcap_log2, slope_log2,
-                HEAD_DIM, BLOCK_N, BLOCK_D, MASKED_PHASE, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
                 HAS_ALIBI,
             )
 
