@@ -275,6 +275,83 @@ def test_varlen_check_inputs_off_gives_the_same():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _paged(k, v, cu_k, page, extra_blocks=3, seed=0):
+    """Scatter packed k/v (total_k, H, D) into shuffled pages: (caches, block_table)."""
+    lens = (cu_k[1:] - cu_k[:-1]).tolist()
+    per_seq = [max(1, -(-n // page)) for n in lens]
+    num_blocks = sum(per_seq) + extra_blocks
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_blocks, generator=g)
+    kc = randn(num_blocks, page, *k.shape[1:], dtype=k.dtype)  # junk outside the sequences
+    vc = randn(num_blocks, page, *v.shape[1:], dtype=v.dtype)
+    table = torch.zeros(len(lens), max(per_seq), dtype=torch.int32)
+    used = 0
+    for b, n in enumerate(lens):
+        for j in range(per_seq[b]):
+            blk = int(perm[used])
+            used += 1
+            table[b, j] = blk
+            lo, hi = j * page, min(n, (j + 1) * page)
+            if hi > lo:
+                kc[blk, :hi - lo] = k[cu_k[b] + lo:cu_k[b] + hi]
+                vc[blk, :hi - lo] = v[cu_k[b] + lo:cu_k[b] + hi]
+    return kc, vc, table
+
+
+# (dtype, lens_q, lens_k, Hq, Hkv, D, causal, window_size, softcap, alibi, page)
+PAGED_CASES = [
+    (f32, (5, 17, 1), (40, 17, 33), 4, 2, 16, True, (-1, -1), 0.0, None, 16),
+    (f16, (9, 30), (9, 61), 2, 2, 32, False, (7, 3), 0.0, "bh", 16),
+    (f32, (3, 12, 20), (50, 0, 20), 4, 1, 16, True, (-1, -1), 5.0, "h", 32),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", PAGED_CASES, ids=lambda c: f"{c[0]}-q{c[1]}-k{c[2]}-causal{int(c[6])}-page{c[10]}"
+                         .replace("torch.", "").replace(" ", ""))
+def test_varlen_block_table_equals_unpaged(case, backend):
+    """flash_attn_varlen_func with block_table (paged K/V) == the same call on packed K/V, and
+    both against float64 per sequence."""
+    dtype, lq, lk, Hq, Hkv, D, causal, ws, cap, alibi_kind, page = case
+    q, k, v, cu_q, cu_k = _packed(lq, lk, Hq, Hkv, D, dtype)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    alibi = None if alibi_kind is None else _slopes(len(lq), Hq, alibi_kind == "bh")
+    kc, vc, table = _paged(k, v, cu_k, page)
+    kw = dict(causal=causal, window_size=ws, softcap=cap, alibi_slopes=alibi, return_attn_probs=True)
+    out, lse, _ = flashkernels.flash_attn_varlen_func(q, kc, vc, cu_q, cu_k, max(lq), max(lk), block_table=table,
+                                                      backend=backend, **kw)
+    flat, flat_lse, _ = flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lq), max(lk), backend=backend,
+                                                            **kw)
+    assert out.shape == q.shape and lse.shape == (Hq, sum(lq))
+    mag = data_magnitude(q, k, v)
+    for b in range(len(lq)):
+        qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        if lq[b] == 0:
+            continue
+        a_b = None if alibi is None else (alibi if alibi.dim() == 1 else alibi[b])
+        parts = [x[s][None] for x, s in ((q, qs), (k, ks), (v, ks))]
+        ref_out, ref_lse = f64_attention(*parts, causal=causal, window_size=ws, softcap=cap, alibi=a_b)
+        pt_out, pt_lse = attention_reference(*(x.transpose(1, 2) for x in parts), causal=causal,
+                                             causal_align="bottom_right", window_size=ws, softcap=cap,
+                                             alibi_slopes=a_b, compute_dtype=dtype)
+        assert_close_policy(out[qs][None], ref_out, pt_out.transpose(1, 2), name=f"seq{b} out", data_magnitude=mag)
+        assert_close_policy(lse[:, qs][None], ref_lse, pt_lse, name=f"seq{b} lse", data_magnitude=mag)
+    torch.testing.assert_close(out, flat, rtol=0, atol=2 * float(torch.finfo(dtype).eps) * max(1.0, mag))
+    torch.testing.assert_close(lse, flat_lse, rtol=0, atol=1e-5 if dtype == f32 else 2e-3)
+
+
+def test_varlen_block_table_refuses_grad_and_sink():
+    q, k, v, cu_q, cu_k = _packed((9, 20), (15, 4), 2, 2, 16, f32)
+    kc, vc, table = _paged(k.detach(), v.detach(), cu_k, 16)
+    fv = flashkernels.flash_attn_varlen_func
+    _err(NotImplementedError, r"block_table: the paged path is inference only", fv, q, kc, vc, cu_q, cu_k, 20, 15,
+         block_table=table)
+    _err(NotImplementedError, r"learnable_sink: not supported with block_table", fv, q.detach(), kc, vc, cu_q, cu_k,
+         20, 15, block_table=table, learnable_sink=torch.zeros(2))
+    _err(ValueError, r"k: expected a 4-d tensor", fv, q.detach(), k.detach(), v.detach(), cu_q, cu_k, 20, 15,
+         block_table=table)
+
+
 # -------------------------------------------------------------------------------------- bad input
 def _err(exc, match, fn, *a, **kw):
     with pytest.raises(exc, match=match):
@@ -308,8 +385,6 @@ def test_varlen_bad_input():
     _err(ValueError, r"max_seqlen_q: a sequence has 20 tokens", fv, q, k, v, cu_q, cu_k, 19, 15)
     _err(ValueError, r"max_seqlen_k: expected an int >= 0", fv, q, k, v, cu_q, cu_k, 20, -1)
     _err(ValueError, r"cu_seqlens_q: expected a 1-d tensor", fv, q, k, v, cu_q[None], cu_k, 20, 15)
-    _err(NotImplementedError, r"block_table", fv, q, k, v, cu_q, cu_k, 20, 15,
-         block_table=torch.zeros(2, 1, dtype=torch.int32))
     _err(ValueError, r"alibi_slopes: expected shape \(2,\) or \(2, 2\)", fv, q, k, v, cu_q, cu_k, 20, 15,
          alibi_slopes=torch.ones(3))
 
@@ -385,3 +460,22 @@ def test_opcheck_with_alibi_sink_varlen():
     out, lse = torch.ops.flashkernels.attn_fwd(*plain)
     do = torch.randn_like(out)
     torch.library.opcheck(torch.ops.flashkernels.attn_bwd.default, (do, *plain[:3], out, lse, None, None, *plain[4:]))
+
+
+@pytest.mark.gpu
+def test_varlen_block_table_gpu_bf16():
+    bf16 = torch.bfloat16
+    g = torch.Generator().manual_seed(1)
+    lq = torch.randint(1, 300, (8,), generator=g).tolist()
+    lk = [n + int(x) for n, x in zip(lq, torch.randint(0, 2000, (8,), generator=g))]
+    q, k, v, cu_q, cu_k = _packed(lq, lk, 32, 8, 128, bf16)
+    kc, vc, table = _paged(k.detach(), v.detach(), cu_k, 256)
+    args = [x.detach().cuda() for x in (q, k, v, cu_q, cu_k)]
+    with torch.no_grad():
+        paged = flashkernels.flash_attn_varlen_func(args[0], kc.cuda(), vc.cuda(), args[3], args[4], max(lq), max(lk),
+                                                    causal=True, block_table=table.cuda(), backend="triton")
+        flat = flashkernels.flash_attn_varlen_func(*args, max(lq), max(lk), causal=True, backend="triton")
+    ref, _ = flashkernels.flash_attn_varlen_func(*(x.float() if x.is_floating_point() else x for x in args), max(lq),
+                                                 max(lk), causal=True, backend="reference", return_attn_probs=True)[:2]
+    mag = data_magnitude(q, k, v)
+    assert_close_policy(paged, ref.double(), flat, name="paged vs flat", data_magnitude=mag)

@@ -203,8 +203,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 
 
 def _check_cu_seqlens(cu, name: str, total: int, max_seqlen, max_name: str, device, check_inputs: bool):
-    """cu_seqlens: int32 (n + 1,) on the device, 0 first, non-decreasing, ``total`` last, and no
-    sequence longer than max_seqlen (the value checks read the tensor: a device sync)."""
+    """cu_seqlens: int32 (n + 1,) on the device, 0 first, non-decreasing, ``total`` last (unless
+    None: paged keys), and no sequence longer than max_seqlen (the value checks read the tensor:
+    a device sync)."""
     require_tensor(cu, name)
     if cu.dtype != torch.int32:
         raise TypeError(f"{name}: expected dtype torch.int32, got {cu.dtype}")
@@ -218,7 +219,7 @@ def _check_cu_seqlens(cu, name: str, total: int, max_seqlen, max_name: str, devi
         return
     c = cu.tolist()
     lens = [b - a for a, b in zip(c, c[1:])]
-    if c[0] != 0 or c[-1] != total:
+    if c[0] != 0 or (total is not None and c[-1] != total):
         raise ValueError(f"{name}: expected offsets from 0 to {total} (the packed length), got "
                          f"{c[0]} .. {c[-1]}")
     if any(n < 0 for n in lens):
@@ -247,27 +248,39 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         check_inputs: validate the offsets (reads them: a device sync). With False the caller
             guarantees them; the kernels stay inside q, k, v either way.
         deterministic: accepted; the backward is always deterministic.
-        dropout_p, block_table: not supported yet (block_table: use a paged cache with
-            ``flash_attn_with_kvcache``).
+        block_table: None, or int32 (n, max_blocks): k and v are then paged caches
+            (num_blocks, page_size, Hkv, D) and sequence b's keys are positions
+            0 .. cu_seqlens_k[b+1] - cu_seqlens_k[b] - 1 of its pages (as flash-attn). Inference
+            only (no backward), no learnable_sink; runs through ``flash_attn_with_kvcache``.
+        dropout_p: not supported yet.
     Returns:
         out (total_q, Hq, D); with ``return_attn_probs``, ``(out, softmax_lse, None)`` with
         softmax_lse (Hq, total_q) float32.
     """
+    paged = block_table is not None
     for x, n in ((q, "q"), (k, "k"), (v, "v")):
         require_tensor(x, n)
-        require_rank(x, n, 3, "(total, H, D)")
-    check_qkv(q[None], k[None], v[None], ("q", "k", "v"), "BSHD")
+        if paged and n != "q":
+            require_rank(x, n, 4, "(num_blocks, page_size, H, D) with block_table")
+        else:
+            require_rank(x, n, 3, "(total, H, D)")
+    if paged:  # shapes and values of the cache and block_table: flash_attn_with_kvcache checks them
+        check_qkv(q[None], k[:1, 0][None], v[:1, 0][None], ("q", "k", "v"), "BSHD")
+        if learnable_sink is not None:
+            raise NotImplementedError("learnable_sink: not supported with block_table (paged KV) yet")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise NotImplementedError("block_table: the paged path is inference only (no backward), as "
+                                      "flash_attn_with_kvcache; call it under torch.no_grad()")
+    else:
+        check_qkv(q[None], k[None], v[None], ("q", "k", "v"), "BSHD")
     check_dropout(dropout_p)
     check_scale(softmax_scale, "softmax_scale")
-    if block_table is not None:
-        raise NotImplementedError("block_table: a paged KV cache is not supported by flash_attn_varlen_func "
-                                  "yet; use flash_attn_with_kvcache")
     window_size = _check_window(window_size)
     softcap = _check_softcap(softcap)
     _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, "max_seqlen_q", q.device,
                       check_inputs)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, "max_seqlen_k", q.device,
-                      check_inputs)
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", None if paged else k.shape[0], max_seqlen_k, "max_seqlen_k",
+                      q.device, check_inputs)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"cu_seqlens_q/cu_seqlens_k: expected the same number of sequences, got "
                          f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
@@ -276,6 +289,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     sink = _check_sink(learnable_sink, Hq, q)
     scale = 1.0 / math.sqrt(D) if softmax_scale is None else float(softmax_scale)
 
+    if paged:
+        from ..kvcache.api import varlen_paged  # kvcache builds on this module: import at call time
+
+        out, lse = varlen_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), block_table, scale=scale,
+                                causal=bool(causal), window_size=window_size, softcap=softcap,
+                                alibi_slopes=alibi_slopes, check_inputs=check_inputs, backend=backend)
+        return (out, lse.float(), None) if return_attn_probs else out
     choice = _backend.resolve(q.device, backend, dtype_ok=q.dtype in KERNEL_DTYPES, dtype=q.dtype)
     if choice.backend == "reference":
         out, lse = varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, scale=scale, causal=bool(causal),

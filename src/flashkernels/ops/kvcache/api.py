@@ -294,3 +294,29 @@ def _triton_path(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlen
     return kvcache_attn(q, k_cache, v_cache, cache_seqlens, Sn, cache_batch_idx, cache_leftpad, block_table,
                         slopes, scale, causal, int(window_size[0]), int(window_size[1]), softcap, int(num_splits),
                         allow_tf32)
+
+
+def varlen_paged(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, block_table, *, scale, causal,
+                 window_size, softcap, alibi_slopes, check_inputs, backend):
+    """``flash_attn_varlen_func`` with ``block_table``: packed queries (total_q, Hq, D) over paged
+    K/V caches (num_blocks, page_size, Hkv, D), sequence b's keys being positions
+    0 .. cu_seqlens_k[b+1] - cu_seqlens_k[b] - 1 of its pages. Runs as
+    :func:`flash_attn_with_kvcache` on the queries scattered into a (n, max_seqlen_q) grid,
+    right-aligned so that each sequence's bottom-right diagonal (causal, window, ALiBi) is its
+    own; rows of padding are computed and dropped. No host sync. Returns (out, lse (Hq, total_q)).
+    """
+    n, total, Hq = cu_seqlens_q.numel() - 1, q.shape[0], q.shape[1]
+    lens_q = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    tok = torch.arange(total, device=q.device, dtype=torch.int32)
+    seq = torch.searchsorted(cu_seqlens_q[1:].contiguous(), tok, right=True).clamp_(max=max(n - 1, 0))
+    row = max_seqlen_q - lens_q[seq] + (tok - cu_seqlens_q[seq])
+    row = row.clamp_(0, max(max_seqlen_q - 1, 0)).long()
+    seq = seq.long()
+    q_pad = q.new_zeros((n, max_seqlen_q, Hq, q.shape[2]))
+    q_pad[seq, row] = q
+    cache_seqlens = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.int32)
+    out_pad, lse_pad = flash_attn_with_kvcache(
+        q_pad, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table, softmax_scale=scale,
+        causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+        return_softmax_lse=True, check_inputs=check_inputs, backend=backend)
+    return out_pad[seq, row], lse_pad[seq, :, row].transpose(0, 1)
