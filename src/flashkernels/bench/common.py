@@ -35,6 +35,21 @@ def do_bench_median(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def warm_gpu(seconds: float = 0.5) -> None:
+    """Busy the GPU with bf16 matmuls for about ``seconds`` before the first timing, so that the
+    first case of a fresh process does not time a GPU still ramping its clocks (suspected, not
+    yet confirmed, for the decode bench's first row on 2026-11-25: 1.75 TB/s where the same
+    kernel read 2.7 on the next layout)."""
+    import time
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def _repo_root() -> Path:
     # src/flashkernels/bench/common.py -> repository root (three levels above the package).
     return Path(__file__).resolve().parents[3]

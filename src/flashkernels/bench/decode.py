@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment
+from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, warm_gpu
 
 OURS = "flashkernels"
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn")
@@ -160,6 +160,7 @@ def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: t
     env = environment()
     sink = CsvSink(csv_path)
     rows = []
+    warm_gpu()
     try:
         for batch, seqlen in cases:
             s = DecodeShape(batch, seqlen)

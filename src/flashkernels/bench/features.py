@@ -21,7 +21,7 @@ import argparse
 
 import torch
 
-from .common import CsvSink, do_bench_median, environment
+from .common import CsvSink, do_bench_median, environment, warm_gpu
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +80,7 @@ def run_varlen(args) -> int:
     mean = total // n
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
     csv = CsvSink(args.csv)
+    warm_gpu()
     print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}), H={H} D={D} bf16; "
           f"dense: B={n} S={mean}")
     print(f"{'causal':>6s} {'pass':>4s} {'varlen TF/s':>12s} {'dense TF/s':>11s} {'ratio':>6s}")
@@ -115,6 +116,7 @@ def run_features(args) -> int:
         return 2
     dev, dt = "cuda", torch.bfloat16
     csv = CsvSink(args.csv)
+    warm_gpu()
     B, S, H, D = 4, 4096, 16, 128
     q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device=dev)
