@@ -19,7 +19,8 @@
 #   bench.csv      benchmark rows                   bench.png     benchmark plot (if matplotlib)
 #
 # Knobs (environment): GPU_RUN_BUDGET, CHECK_TIMEOUT, TESTS_TIMEOUT, SANITIZE_TIMEOUT,
-# BENCH_TIMEOUT (per-stage caps, seconds), PYTEST_ARGS (extra pytest arguments, e.g. "-k causal"),
+# BENCH_TIMEOUT (per-stage caps, seconds), PYTEST_ARGS (extra pytest arguments, shell-quoted,
+# e.g. PYTEST_ARGS='-m gpu -k "causal or window"'),
 # BENCH_ARGS (extra bench arguments, e.g. "--providers flashkernels,sdpa-cudnn"),
 # SANITIZER_ARGS (extra compute-sanitizer arguments), PYTEST_WORKERS (run the tests in that many
 # pytest-xdist processes: Triton compiles on the CPU, and the device has 16 cores; needs
@@ -128,8 +129,9 @@ stage_tests() {
     if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$PYTEST_WORKERS" --dist loadgroup)
     else echo "PYTEST_WORKERS=$PYTEST_WORKERS: pytest-xdist not importable, running in one process"; fi
   fi
-  # shellcheck disable=SC2086
-  "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" "${workers[@]}" ${PYTEST_ARGS:-} \
+  local extra=()
+  eval "extra=(${PYTEST_ARGS:-})"  # shell quoting inside PYTEST_ARGS is honoured: -k "a or b"
+  "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" "${workers[@]}" "${extra[@]}" \
     2>&1 | tee "$OUT/pytest.log"
   return "${PIPESTATUS[0]}"
 }

@@ -8,6 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", minversion="5.24")  # the hf extra's floor
 
+import flashkernels  # noqa: E402
 import flashkernels.integrations.transformers as fk_hf  # noqa: E402
 from helpers import assert_close_policy  # noqa: E402
 
@@ -174,13 +175,56 @@ def test_unsupported_raise_clearly():
                                                                 n_positions=32))
     with pytest.raises(NotImplementedError, match="GPT2LMHeadModel"):
         fk_hf.apply(gpt2)
-    with pytest.raises(NotImplementedError, match="MistralForCausalLM.*sliding"):
-        fk_hf.apply(build("Mistral", {"sliding_window": 8}))
-    if hasattr(transformers, "Qwen2ForCausalLM"):
-        with pytest.raises(NotImplementedError, match="Qwen2ForCausalLM.*sliding"):
-            fk_hf.apply(build("Qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}))
     with pytest.raises(ValueError, match="backend"):
         fk_hf.apply(build("Llama"), backend="cuda")
+
+
+SLIDING = [pytest.param("Mistral", {"sliding_window": 6}, id="Mistral-window6"),
+           pytest.param("Qwen2", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
+                        id="Qwen2-window5-layer1")]
+
+
+@pytest.mark.parametrize("name,extra", SLIDING)
+@pytest.mark.parametrize("padded", [None, "right"], ids=["full", "padded"])
+def test_sliding_window_matches_eager(name, extra, padded):
+    """Windows shorter than the sequence (17 tokens), through the mask transformers builds. With
+    right padding, padded positions whose window holds only padding see no key (0 here, NaN in
+    the float64 eager model): the real tokens are compared."""
+    if not hasattr(transformers, f"{name}ForCausalLM"):
+        pytest.skip(f"no {name} in this transformers")
+    out_m, pt_m, ref_m = trio(build(name, extra))
+    ids, mask = inputs(padded=padded)
+    with torch.no_grad():
+        logits = [m(ids, attention_mask=mask).logits for m in (out_m, pt_m, ref_m)]
+    keep = mask.bool() if mask is not None else torch.ones(ids.shape, dtype=torch.bool)
+    assert_close_policy(*(x[keep] for x in logits), dtype=torch.float32, name=f"{name} logits")
+    # and the window has an effect: the same model without it differs
+    with torch.no_grad():
+        full = build(name, {k: v for k, v in extra.items() if k == "max_window_layers"})(ids, attention_mask=mask)
+    assert (full.logits - logits[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_sliding_window_without_a_mask_is_applied_by_the_kernels(backend):
+    """When transformers passes no mask, the attention function applies the window itself:
+    equal to the same call with the window written out as a bool mask."""
+    from flashkernels import _backend
+
+    if backend == "triton" and _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("Triton cannot run here")
+
+    class Layer(torch.nn.Module):
+        is_causal = True
+        _flashkernels_backend = backend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 19, 16, generator=g) for h in (4, 2, 2))
+    out, _ = fk_hf.attention_forward(Layer(), q, k, v, None, scaling=0.25, sliding_window=5)
+    i, j = torch.arange(19)[:, None], torch.arange(19)[None, :]
+    allowed = (j <= i) & (j > i - 5)
+    want = flashkernels.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=0.25, enable_gqa=True,
+                                                     backend=backend)
+    torch.testing.assert_close(out, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
 def test_attention_dropout_in_training_raises():

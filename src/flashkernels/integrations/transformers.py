@@ -43,12 +43,14 @@ What ``apply`` changes, precisely:
   fewer, and the layer's ``scaling``. Differences from eager: a query row that sees no key
   (a left-padding position) gives 0 (eager averages all values, torch SDPA gives NaN); those
   positions are padding and no other position attends them. No attention weights are returned
-  (``output_attentions`` gives None).
+  (``output_attentions`` gives None). Sliding-window layers (Mistral's ``sliding_window``,
+  Qwen2/Qwen3's sliding layers): the window is in the mask transformers builds for them; when it
+  builds none (no padding and the keys fit the window) the kernels get the window themselves,
+  key j seen by query i iff i - sliding_window < j <= i (bottom-right aligned), blocks outside
+  it skipped.
 
-Not supported (raise ``NotImplementedError``): active sliding windows (Mistral with
-``sliding_window`` not None; Qwen2/Qwen3 with ``use_sliding_window=True`` and sliding layers),
-attention logit soft-capping, attention dropout > 0 while training, position biases and
-attention sinks.
+Not supported (raise ``NotImplementedError``): attention logit soft-capping, attention dropout > 0
+while training, position biases and attention sinks.
 
 Backends: ``backend=None`` (default) lets every call follow ``$FLASHKERNELS_BACKEND``, else
 "auto" (the Triton kernels on a CUDA GPU, the exact PyTorch path on a CPU); "triton" or
@@ -67,7 +69,7 @@ import warnings
 import torch
 
 from .. import _backend
-from ..ops.attention.api import scaled_dot_product_attention
+from ..ops.attention.api import _attention, scaled_dot_product_attention
 from ..ops.rms_norm.api import rms_norm
 from ..ops.rope.api import apply_rotary_pos_emb as _fk_apply_rotary_pos_emb
 from ..ops.swiglu.api import geglu, swiglu
@@ -164,10 +166,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     None)``.
     """
     owner = type(module).__name__
-    if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(
-            f"flashkernels attention ({owner}): sliding-window attention (sliding_window="
-            f"{kwargs['sliding_window']}) is not supported yet; use a config without an active sliding window")
+    sliding = kwargs.get("sliding_window")
     if kwargs.get("softcap") is not None:
         raise NotImplementedError(f"flashkernels attention ({owner}): attention logit soft-capping "
                                   f"(softcap={kwargs['softcap']}) is not supported yet")
@@ -187,6 +186,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     is_causal = bool(q_len > 1 and attention_mask is None and is_causal)
     if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache
         key, value = key[:, :, :q_len], value[:, :, :q_len]
+    if sliding is not None and attention_mask is None:
+        # transformers left the window out (it builds no mask when it cannot cut anything, as far
+        # as it knows): apply it here, key j for query i iff i - sliding < j <= i, the queries
+        # being the last q_len positions of the keys.
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out, _ = _attention(query, key, value, mask=None, causal=bool(q_len > 1 and is_causal),
+                            causal_align="bottom_right", scale=float(scale),
+                            backend=getattr(module, "_flashkernels_backend", None), bshd=False,
+                            window_size=(int(sliding) - 1, 0))
+        return out.transpose(1, 2).contiguous(), None
     out = scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=is_causal, scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1], backend=getattr(module, "_flashkernels_backend", None))
@@ -222,18 +231,6 @@ def _check_config(model, config, model_type):
     if getattr(config, "attn_logit_softcapping", None) is not None:
         raise NotImplementedError(f"{name}: attention logit soft-capping (attn_logit_softcapping="
                                   f"{config.attn_logit_softcapping}) is not supported by flashkernels yet")
-    window = getattr(config, "sliding_window", None)
-    layer_types = list(getattr(config, "layer_types", None) or [])
-    if model_type == "mistral":
-        active = window is not None
-    else:
-        active = "sliding_attention" in layer_types or any(
-            getattr(m, "sliding_window", None) is not None for m in model.modules()
-            if type(m).__name__.endswith("Attention"))
-    if active:
-        raise NotImplementedError(
-            f"{name}: sliding-window attention (sliding_window={window}) is not supported by flashkernels "
-            f"yet; build the config with sliding_window=None (Mistral) or use_sliding_window=False (Qwen2/3)")
 
 
 def apply(model, *, backend=None):

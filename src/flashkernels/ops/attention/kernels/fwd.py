@@ -109,29 +109,37 @@ def _fwd_inner(
             k = tl.load(K_blk, boundary_check=(0,), padding_option="zero")
         else:
             k = tl.load(K_blk)
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-        if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
-            s = _softcap_tanh(s, HAS_SOFTCAP) * softcap_log2
-        if HAS_ALIBI:  # slope_log2 = slope * log2(e)
-            s = s - slope_log2 * tl.abs(offs_m[:, None] + causal_offset - cols[None, :]).to(tl.float32)
-        if MASK_KIND != 0:
-            mv = tl.load(M_blk, boundary_check=(0, 1), padding_option="zero")
-            if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
-                s = tl.where(mv != 0, s, float("-inf"))
-            else:  # float mask: added to the scores
-                s = s + mv.to(tl.float32) * LOG2E
-            M_blk = tl.advance(M_blk, (0, BLOCK_N))
-        if MASKED:
-            valid = cols[None, :] < seqlen_k
-            if IS_CAUSAL:
-                valid = valid & (cols[None, :] <= offs_m[:, None] + causal_offset)
-            if HAS_WINDOW:
-                diag = offs_m[:, None] + causal_offset
-                valid = valid & (cols[None, :] >= diag - window_left) & (cols[None, :] <= diag + window_right)
-            s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_ref[:, None])
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if not MASKED and MASK_KIND == 0 and not HAS_SOFTCAP and not HAS_ALIBI:
+            # Plain scores: the row max of the raw products (qk_scale > 0 keeps their order), then
+            # one FMA a score in the exponent instead of a multiply and a subtraction.
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
+        else:
+            s = qk * qk_scale
+            if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
+                s = _softcap_tanh(s, HAS_SOFTCAP) * softcap_log2
+            if HAS_ALIBI:  # slope_log2 = slope * log2(e)
+                s = s - slope_log2 * tl.abs(offs_m[:, None] + causal_offset - cols[None, :]).to(tl.float32)
+            if MASK_KIND != 0:
+                mv = tl.load(M_blk, boundary_check=(0, 1), padding_option="zero")
+                if MASK_KIND == 1:  # bool mask: True (non-zero) = attend
+                    s = tl.where(mv != 0, s, float("-inf"))
+                else:  # float mask: added to the scores
+                    s = s + mv.to(tl.float32) * LOG2E
+                M_blk = tl.advance(M_blk, (0, BLOCK_N))
+            if MASKED:
+                valid = cols[None, :] < seqlen_k
+                if IS_CAUSAL:
+                    valid = valid & (cols[None, :] <= offs_m[:, None] + causal_offset)
+                if HAS_WINDOW:
+                    diag = offs_m[:, None] + causal_offset
+                    valid = valid & (cols[None, :] >= diag - window_left) & (cols[None, :] <= diag + window_right)
+                s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
