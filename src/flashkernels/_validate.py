@@ -23,6 +23,10 @@ def require_rank(x: torch.Tensor, name: str, rank: int, layout: str) -> None:
 
 
 def require_same(tensors: dict, attr: str, err=ValueError) -> None:
+    it = iter(tensors.values())
+    first = getattr(next(it), attr)
+    if all(getattr(t, attr) == first for t in it):  # the common case, without building strings
+        return
     vals = {n: getattr(t, attr) for n, t in tensors.items()}
     if len(set(map(str, vals.values()))) > 1:
         desc = ", ".join(f"{n}={v}" for n, v in vals.items())

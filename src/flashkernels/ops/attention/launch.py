@@ -63,6 +63,7 @@ def _fit(cfg: Config, smem_fn, limit: int, shrink_n_first: bool) -> Config:
     return Config(bm, bn, w, st)
 
 
+@functools.lru_cache(maxsize=None)  # per call otherwise: host time that small shapes feel
 def fwd_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Config:
     """Forward blocks: BLOCK_M query rows resident, BLOCK_N keys streamed."""
     if device.type != "cuda":  # interpreter: small, unequal blocks hit every masked branch
@@ -81,6 +82,7 @@ def fwd_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Confi
     return _fit(cfg, lambda bm, bn, st: elt * bd * (bm + 2 * bn * st), _smem_limit(device.index or 0), True)
 
 
+@functools.lru_cache(maxsize=None)
 def bwd_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> tuple[Config, Config]:
     """(dK/dV config, dQ config). dK/dV keeps BLOCK_N keys resident and streams BLOCK_M queries;
     dQ keeps BLOCK_M queries resident and streams BLOCK_N keys."""
@@ -183,8 +185,7 @@ def _batch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
     return (0 if varlen else t.stride(0)), t.stride(1), t.stride(2)
 
 
-@triton_op("flashkernels::attn_fwd", mutates_args=())
-def attn_fwd(
+def attn_fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
     window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
@@ -230,8 +231,7 @@ def attn_fwd(
     return out, lse
 
 
-@triton_op("flashkernels::attn_bwd", mutates_args=())
-def attn_bwd(
+def attn_bwd_impl(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, dlse: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
@@ -295,6 +295,12 @@ def attn_bwd(
         num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages,
     )
     return dq, dk, dv, dsink
+
+
+# The custom ops are the same functions: torch.compile and opcheck go through them; eager calls
+# may call the functions directly (autograd.py), skipping the dispatcher's per-call overhead.
+attn_fwd = triton_op("flashkernels::attn_fwd", mutates_args=())(attn_fwd_impl)
+attn_bwd = triton_op("flashkernels::attn_bwd", mutates_args=())(attn_bwd_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).

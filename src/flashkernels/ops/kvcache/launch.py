@@ -98,8 +98,7 @@ def _capacity(k_cache: torch.Tensor, block_table: Optional[torch.Tensor]) -> tup
     return k_cache.shape[1], k_cache.shape[0], 1
 
 
-@triton_op("flashkernels::kvcache_append", mutates_args=("k_cache", "v_cache"))
-def kvcache_append(
+def kvcache_append_impl(
     k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cache_seqlens: torch.Tensor, cache_batch_idx: Optional[torch.Tensor],
     block_table: Optional[torch.Tensor],
@@ -125,8 +124,7 @@ def kvcache_append(
     )
 
 
-@triton_op("flashkernels::kvcache_attn", mutates_args=())
-def kvcache_attn(
+def kvcache_attn_impl(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
     seqlen_new: int, cache_batch_idx: Optional[torch.Tensor], cache_leftpad: Optional[torch.Tensor],
     block_table: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor], scale: float,
@@ -192,6 +190,12 @@ def kvcache_attn(
 
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+# The custom ops are the same functions: torch.compile and opcheck go through them; eager calls
+# may call the functions directly (api.py), skipping the dispatcher's per-call host time.
+kvcache_append = triton_op("flashkernels::kvcache_append", mutates_args=("k_cache", "v_cache"))(kvcache_append_impl)
+kvcache_attn = triton_op("flashkernels::kvcache_attn", mutates_args=())(kvcache_attn_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
