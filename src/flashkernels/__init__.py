@@ -10,6 +10,7 @@ from .ops.rope.api import apply_rotary_emb, apply_rotary_pos_emb
 from .ops.swiglu.api import geglu, swiglu
 
 __version__ = "0.1.0"
-__all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache", "rms_norm", "apply_rotary_emb",
+__all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache",
+           "rms_norm", "apply_rotary_emb",
            "apply_rotary_pos_emb", "swiglu", "geglu", "attention_memory",
            "__version__"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.rms_norm_fwd / rms_norm_bwd
 
 
@@ -36,12 +37,14 @@ def _backward(ctx, dy, dh, drstd):
 
 
 torch.library.register_autograd("flashkernels::rms_norm_fwd", _backward, setup_context=_setup_context)
+_rms_norm_fwd = eager_call(torch.ops.flashkernels.rms_norm_fwd, launch.rms_norm_fwd_impl, _setup_context, _backward,
+                           "RMSNorm")
 
 
 def rms_norm_rows(x, weight, residual, eps, offset, mode):
     """(y, h, rstd) for (M, N) rows through the Triton kernels, differentiable in x, weight,
     residual."""
-    return torch.ops.flashkernels.rms_norm_fwd(x, weight, residual, eps, offset, mode)
+    return _rms_norm_fwd(x, weight, residual, eps, offset, mode)
 
 
 __all__ = ["rms_norm_rows", "launch"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.rope / rope_qk / rope_inplace
 
 
@@ -29,6 +30,7 @@ def _backward_rope(ctx, dout):
 
 
 torch.library.register_autograd("flashkernels::rope", _backward_rope, setup_context=_setup_rope)
+_rope = eager_call(torch.ops.flashkernels.rope, launch.rope_impl, _setup_rope, _backward_rope, "RoPE")
 
 
 def _setup_qk(ctx, inputs, output):
@@ -49,6 +51,7 @@ def _backward_qk(ctx, dq, dk):
 
 
 torch.library.register_autograd("flashkernels::rope_qk", _backward_qk, setup_context=_setup_qk)
+_rope_qk = eager_call(torch.ops.flashkernels.rope_qk, launch.rope_qk_impl, _setup_qk, _backward_qk, "RoPEQK")
 
 
 def rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, in_place=False):
@@ -57,13 +60,12 @@ def rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, i
         torch.ops.flashkernels.rope_inplace(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved,
                                             full_table, False)
         return x
-    return torch.ops.flashkernels.rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved,
-                                      full_table, False)
+    return _rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, False)
 
 
 def rope_qk(q, k, cos, sin, pos, pos_mode, seq_dim):
     """Hugging Face's rotation of q and k in one launch, differentiable in q and k."""
-    return torch.ops.flashkernels.rope_qk(q, k, cos, sin, pos, pos_mode, seq_dim, True, False)
+    return _rope_qk(q, k, cos, sin, pos, pos_mode, seq_dim, True, False)
 
 
 __all__ = ["rope", "rope_qk", "launch"]

@@ -77,8 +77,7 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-@triton_op("flashkernels::rope", mutates_args=())
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Optional[torch.Tensor],
+def rope_impl(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Optional[torch.Tensor],
          pos_mode: int, offset: int, seq_dim: int, interleaved: bool, full_table: bool,
          conj: bool) -> torch.Tensor:
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -94,14 +93,18 @@ def rope_inplace(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Opt
     _launch(x, x, None, None, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, conj)
 
 
-@triton_op("flashkernels::rope_qk", mutates_args=())
-def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def rope_qk_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             pos: Optional[torch.Tensor], pos_mode: int, seq_dim: int, full_table: bool,
             conj: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     _launch(q, q_out, k, k_out, cos, sin, pos, pos_mode, 0, seq_dim, False, full_table, conj)
     return q_out, k_out
+
+
+# The custom ops are the same functions (flashkernels._eager: eager calls skip the dispatcher).
+rope = triton_op("flashkernels::rope", mutates_args=())(rope_impl)
+rope_qk = triton_op("flashkernels::rope_qk", mutates_args=())(rope_qk_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.glu_fwd / glu_bwd
 
 
@@ -19,11 +20,12 @@ def _backward(ctx, dout):
 
 
 torch.library.register_autograd("flashkernels::glu_fwd", _backward, setup_context=_setup_context)
+_glu_fwd = eager_call(torch.ops.flashkernels.glu_fwd, launch.glu_fwd_impl, _setup_context, _backward, "GLU")
 
 
 def gated_activation(gate, up, act: int):
     """act(gate) * up through the Triton kernels, differentiable in gate and up."""
-    return torch.ops.flashkernels.glu_fwd(gate, up, act)
+    return _glu_fwd(gate, up, act)
 
 
 __all__ = ["gated_activation", "launch"]

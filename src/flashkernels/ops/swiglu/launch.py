@@ -26,8 +26,7 @@ def _grid(n: int) -> tuple[int]:
     return ((n + BLOCK - 1) // BLOCK,)
 
 
-@triton_op("flashkernels::glu_fwd", mutates_args=())
-def glu_fwd(gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
+def glu_fwd_impl(gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
     """act(gate) * up for contiguous gate, up of one shape and dtype."""
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     n = gate.numel()
@@ -36,8 +35,8 @@ def glu_fwd(gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor:
     return out
 
 
-@triton_op("flashkernels::glu_bwd", mutates_args=())
-def glu_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+def glu_bwd_impl(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+                 act: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(dgate, dup) for contiguous dout, gate, up of one shape."""
     dg = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
@@ -46,6 +45,11 @@ def glu_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act: int) 
         wrap_triton(glu_bwd_kernel)[_grid(n)](dout, gate, up, dg, du, n, ACT=act, BLOCK=BLOCK,
                                               num_warps=NUM_WARPS)
     return dg, du
+
+
+# The custom ops are the same functions (flashkernels._eager: eager calls skip the dispatcher).
+glu_fwd = triton_op("flashkernels::glu_fwd", mutates_args=())(glu_fwd_impl)
+glu_bwd = triton_op("flashkernels::glu_bwd", mutates_args=())(glu_bwd_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
