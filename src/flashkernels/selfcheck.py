@@ -36,7 +36,7 @@ SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", t
 class Case:
     """One call to check. Shapes are (B, Hq, Hkv, Sq, Sk, D); ``mask`` None, "bool" or "float"."""
 
-    op: str  # "sdpa" | "flash_attn_func"
+    op: str  # "sdpa" | "flash_attn_func" | "varlen" (B packed sequences) | "kvcache" (B cache rows)
     backend: str  # "triton" | "reference"
     dtype: torch.dtype
     B: int
@@ -48,6 +48,11 @@ class Case:
     causal: bool = False
     mask: str | None = None
     bwd: bool = True
+    window: tuple[int, int] = (-1, -1)  # flash_attn_func / varlen / kvcache
+    softcap: float = 0.0
+    alibi: bool = False
+    sink: bool = False  # flash_attn_func / varlen
+    page: int = 0  # kvcache: 0 contiguous, else the page size
 
     @property
     def gqa(self) -> bool:
@@ -65,6 +70,11 @@ class Case:
             parts.append(f"{self.mask}-mask")
         if self.gqa:
             parts.append("mqa" if self.Hkv == 1 else "gqa")
+        if self.window != (-1, -1):
+            parts.append(f"win{self.window[0]},{self.window[1]}")
+        parts += ["softcap"] * bool(self.softcap) + ["alibi"] * self.alibi + ["sink"] * self.sink
+        if self.page:
+            parts.append(f"page{self.page}")
         return "+".join(parts) or "full"
 
 
@@ -112,6 +122,11 @@ def cpu_cases() -> list[Case]:
         Case("sdpa", "triton", f16, 1, 4, 4, 1, 77, 64, causal=True),
         Case("sdpa", "triton", f32, 2, 4, 2, 29, 41, 32, mask="bool"),
         Case("flash_attn_func", "triton", f16, 1, 2, 2, 96, 96, 64),
+        Case("flash_attn_func", "triton", f32, 1, 4, 2, 41, 53, 16, causal=True, window=(9, -1), softcap=5.0,
+             alibi=True, sink=True),
+        Case("varlen", "triton", f16, 3, 4, 2, 40, 47, 32, causal=True, alibi=True, sink=True),
+        Case("kvcache", "triton", f32, 2, 8, 2, 3, 70, 32, causal=True, page=16, bwd=False),
+        Case("kvcache", "triton", f16, 3, 4, 1, 1, 90, 64, softcap=10.0, alibi=True, bwd=False),
     ]
     return ref + tri
 
@@ -135,6 +150,11 @@ def gpu_cases() -> list[Case]:
         Case("flash_attn_func", "triton", torch.bfloat16, 2, 4, 4, 1100, 700, 80, causal=True),
         Case("sdpa", "triton", torch.float16, 2, 4, 2, 333, 301, 40, mask="bool"),
         Case("sdpa", "reference", torch.float32, 2, 4, 2, 300, 301, 64, causal=True),
+        Case("flash_attn_func", "triton", torch.bfloat16, 2, 8, 2, 700, 1100, 128, causal=True, window=(256, -1),
+             softcap=30.0, alibi=True, sink=True),
+        Case("varlen", "triton", torch.bfloat16, 6, 8, 2, 900, 1000, 128, causal=True),
+        Case("kvcache", "triton", torch.bfloat16, 4, 32, 8, 1, 5000, 128, page=256, bwd=False),
+        Case("kvcache", "triton", torch.float16, 2, 8, 8, 64, 3000, 64, causal=True, bwd=False),
     ]
     return cases
 
@@ -198,7 +218,7 @@ def _inputs(case: Case, device: torch.device, gen: torch.Generator):
     return (q, k, v), mask, view
 
 
-def _call(case: Case, q, k, v, mask):
+def _call(case: Case, q, k, v, mask, alibi=None, sink=None):
     import flashkernels
 
     if case.op == "sdpa":
@@ -206,15 +226,123 @@ def _call(case: Case, q, k, v, mask):
                                                         enable_gqa=case.gqa, backend=case.backend)
         return out, None
     out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=case.causal, return_attn_probs=True,
-                                               backend=case.backend)
+                                               window_size=case.window, softcap=case.softcap, alibi_slopes=alibi,
+                                               learnable_sink=sink, backend=case.backend)
     return out, lse
+
+
+def _features(case: Case, device: torch.device, gen: torch.Generator, batch: int):
+    """(alibi slopes (batch, Hq) float32 or None, sink (Hq,) float32 or None) for the case."""
+    alibi = (torch.rand((batch, case.Hq), generator=gen) * 0.5).to(device) if case.alibi else None
+    sink = torch.randn(case.Hq, generator=gen).to(device) if case.sink else None
+    return alibi, sink
+
+
+def run_packed_case(case: Case, device: torch.device, gen: torch.Generator) -> list[Row]:
+    """varlen: B sequences of random lengths up to (Sq, Sk), packed; kvcache: B cache rows of
+    random valid lengths up to Sk (paged when case.page), Sq new queries a row, no backward.
+    Each sequence / row is checked against attention_reference on it alone."""
+    import flashkernels
+    from .ops.attention.reference import attention_reference
+
+    lens_q = torch.randint(1, case.Sq + 1, (case.B,), generator=gen).tolist()
+    lens_k = torch.randint(1, case.Sk + 1, (case.B,), generator=gen).tolist()
+    if case.op == "kvcache":
+        lens_q = [case.Sq] * case.B
+        lens_k = [max(n, case.Sq) for n in lens_k]
+    alibi, sink = _features(case, device, gen, case.B)
+    rnd = lambda *shape: torch.randn(shape, generator=gen).to(device=device, dtype=case.dtype)  # noqa: E731
+    kw = dict(causal=case.causal, window_size=case.window, softcap=case.softcap, alibi_slopes=alibi)
+    if case.op == "varlen":
+        cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32, device=device)
+        cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32, device=device)
+        q, k, v = rnd(sum(lens_q), case.Hq, case.D), rnd(sum(lens_k), case.Hkv, case.D), rnd(sum(lens_k), case.Hkv,
+                                                                                            case.D)
+        leaves = [t.clone().requires_grad_(case.bwd) for t in (q, k, v)]
+        with torch.set_grad_enabled(case.bwd):
+            out, lse, _ = flashkernels.flash_attn_varlen_func(*leaves, cu_q, cu_k, max(lens_q), max(lens_k),
+                                                              learnable_sink=sink, return_attn_probs=True,
+                                                              backend=case.backend, **kw)
+        seqs = [(slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))) for b in range(case.B)]
+        parts = lambda t, s: t[s].transpose(0, 1)[None]  # noqa: E731  (1, H, S, D)
+    else:
+        cap = case.Sk if not case.page else -(-case.Sk // case.page) * case.page
+        kc, vc = rnd(case.B, cap, case.Hkv, case.D), rnd(case.B, cap, case.Hkv, case.D)
+        q = rnd(case.B, case.Sq, case.Hq, case.D)
+        seqlens = torch.tensor(lens_k, dtype=torch.int32, device=device)
+        if case.page:
+            per = cap // case.page
+            perm = torch.randperm(case.B * per, generator=gen).to(device)
+            table = perm.view(case.B, per).to(torch.int32)
+            pages = torch.empty(case.B * per, case.page, case.Hkv, case.D, dtype=case.dtype, device=device)
+            kp, vp = pages.clone(), pages.clone()
+            kp[perm] = kc.reshape(case.B * per, case.page, case.Hkv, case.D)
+            vp[perm] = vc.reshape(case.B * per, case.page, case.Hkv, case.D)
+            out, lse = flashkernels.flash_attn_with_kvcache(q, kp, vp, cache_seqlens=seqlens, block_table=table,
+                                                            return_softmax_lse=True, backend=case.backend, **kw)
+        else:
+            out, lse = flashkernels.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, return_softmax_lse=True,
+                                                            backend=case.backend, **kw)
+        leaves = None
+        seqs = [(b, b) for b in range(case.B)]
+        qkv = (q, kc, vc)
+    rows, outs, refs, pts, lses, ref_lses, pt_lses = [], [], [], [], [], [], []
+    for b, (sq, sk) in enumerate(seqs):
+        if case.op == "varlen":
+            qb, kb, vb = parts(q, sq), parts(k, sk), parts(v, sk)
+            o_b, l_b = parts(out, sq), lse[:, sq][None]
+        else:
+            qb = qkv[0][b].transpose(0, 1)[None]
+            kb, vb = (t[b, :lens_k[b]].transpose(0, 1)[None] for t in qkv[1:])
+            o_b, l_b = out[b].transpose(0, 1)[None], lse[b][None]
+        a_b = None if alibi is None else alibi[b]
+        ref_o, ref_l = attention_reference(qb.double(), kb.double(), vb.double(), causal=case.causal,
+                                           causal_align="bottom_right", compute_dtype=torch.float64,
+                                           alibi_slopes=a_b, sink=None if sink is None else sink.double(),
+                                           window_size=case.window, softcap=case.softcap)
+        pt_o, pt_l = attention_reference(qb, kb, vb, causal=case.causal, causal_align="bottom_right",
+                                         compute_dtype=case.dtype, alibi_slopes=a_b, sink=sink,
+                                         window_size=case.window, softcap=case.softcap)
+        outs.append(o_b.flatten())
+        refs.append(ref_o.flatten())
+        pts.append(pt_o.flatten())
+        lses.append(l_b.flatten())
+        ref_lses.append(ref_l.flatten())
+        pt_lses.append(pt_l.flatten())
+    target = FP32_TARGET if case.dtype == torch.float32 else None
+    rows.append(_compare(case, "fwd", torch.cat(outs), torch.cat(refs), torch.cat(pts), case.dtype, 2.0, target))
+    rows.append(_compare(case, "fwd:lse", torch.cat(lses), torch.cat(ref_lses), torch.cat(pt_lses), torch.float32,
+                         2.0, target))
+    if case.bwd and leaves is not None:  # varlen backward against the reference on the packed tensors
+        dout = rnd(*out.shape)
+        grads = torch.autograd.grad(out, leaves, dout)
+        leaves64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+        leaves_pt = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        from .ops.attention.reference import varlen_attention_reference
+        ref_out, _ = varlen_attention_reference(*leaves64, cu_q, cu_k, causal=case.causal, window_size=case.window,
+                                                softcap=case.softcap, alibi_slopes=alibi,
+                                                sink=None if sink is None else sink.double(),
+                                                compute_dtype=torch.float64)
+        pt_out, _ = varlen_attention_reference(*leaves_pt, cu_q, cu_k, causal=case.causal, window_size=case.window,
+                                               softcap=case.softcap, alibi_slopes=alibi, sink=sink,
+                                               compute_dtype=case.dtype)
+        ref_grads = torch.autograd.grad(ref_out, leaves64, dout.double())
+        pt_grads = torch.autograd.grad(pt_out, leaves_pt, dout)
+        for name, g, gr, gp in zip(("dq", "dk", "dv"), grads, ref_grads, pt_grads):
+            rows.append(_compare(case, f"bwd:{name}", g, gr, gp, case.dtype, 3.0, None))
+    return rows
 
 
 def run_case(case: Case, device: torch.device, gen: torch.Generator) -> list[Row]:
     from .ops.attention.reference import attention_reference
 
+    if case.op in ("varlen", "kvcache"):
+        return run_packed_case(case, device, gen)
+
     (q, k, v), mask, view = _inputs(case, device, gen)
     align = "bottom_right" if case.op == "flash_attn_func" else "top_left"
+
+    alibi, sink = _features(case, device, gen, case.B)
 
     def reference(tensors, compute_dtype):
         qq, kk, vv = (view(t) for t in tensors)
@@ -222,14 +350,15 @@ def run_case(case: Case, device: torch.device, gen: torch.Generator) -> list[Row
         if m is not None and m.is_floating_point():
             m = m.to(compute_dtype)
         return attention_reference(qq, kk, vv, causal=case.causal, causal_align=align, mask=m,
-                                   compute_dtype=compute_dtype)
+                                   compute_dtype=compute_dtype, window_size=case.window, softcap=case.softcap,
+                                   alibi_slopes=alibi, sink=None if sink is None else sink.to(compute_dtype))
 
     leaves = [t.clone().requires_grad_(case.bwd) for t in (q, k, v)]
     leaves64 = [t.double().requires_grad_(case.bwd) for t in (q, k, v)]
     leaves_pt = [t.clone().requires_grad_(case.bwd) for t in (q, k, v)]
 
     with torch.set_grad_enabled(case.bwd):
-        out, lse = _call(case, *leaves, mask)
+        out, lse = _call(case, *leaves, mask, alibi, sink)
         ref_out, ref_lse = reference(leaves64, torch.float64)
         pt_out, pt_lse = reference(leaves_pt, case.dtype)
     target = FP32_TARGET if case.dtype == torch.float32 else None
@@ -253,7 +382,7 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------ report
-HEADER = (f"{'op':16s} {'backend':9s} {'dtype':5s} {'shape BxHxSqxSkxD':22s} {'variant':18s} "
+HEADER = (f"{'op':16s} {'backend':9s} {'dtype':5s} {'shape BxHxSqxSkxD':22s} {'variant':24s} "
           f"{'mode':7s} {'max err':>9s} {'bound':>9s}  result")
 
 
@@ -262,7 +391,7 @@ def format_row(r: Row) -> str:
     err = "-" if math.isnan(r.err) else f"{r.err:9.2e}"
     bound = "-" if math.isnan(r.bound) else f"{r.bound:9.2e}"
     res = "pass" if r.ok else "FAIL"
-    line = (f"{c.op:16s} {c.backend:9s} {SHORT[c.dtype]:5s} {c.shape():22s} {c.variant():18s} "
+    line = (f"{c.op:16s} {c.backend:9s} {SHORT[c.dtype]:5s} {c.shape():22s} {c.variant():24s} "
             f"{r.mode:7s} {err:>9s} {bound:>9s}  {res}")
     return line + (f"  {r.note}" if r.note else "")
 
