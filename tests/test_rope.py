@@ -518,3 +518,44 @@ def test_rope_torch_compile():
     g1, = torch.autograd.grad(out.sum(), x)
     g2, = torch.autograd.grad(ref.sum(), x)
     assert torch.equal(g1, g2)
+
+
+def test_unchecked_offsets_take_no_host_sync(monkeypatch):
+    """check_inputs=False: the API reads no tensor value back on the host before the launch
+    (the launch itself is stubbed out here: the interpreter reads values by design)."""
+    import flashkernels.ops.rope.autograd as rope_autograd
+
+    launched = []
+    monkeypatch.setattr(rope_autograd, "rope", lambda x, *a, **k: launched.append(a) or x)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("host sync: a tensor value was read back")
+
+    x, cos, sin = randn(3, 5, 2, 16), randn(12, 8), randn(12, 8)
+    offsets = torch.tensor([0, 7, 40])
+    with monkeypatch.context() as m:
+        for name in ("__int__", "item", "tolist", "__bool__", "__index__"):
+            m.setattr(torch.Tensor, name, refuse)
+        flashkernels.apply_rotary_emb(x, cos, sin, seqlen_offsets=offsets, check_inputs=False, backend="triton")
+        with pytest.raises(AssertionError, match="host sync"):  # the checked call does read them
+            flashkernels.apply_rotary_emb(x, cos, sin, seqlen_offsets=offsets, backend="triton")
+    assert len(launched) == 1
+
+
+def test_unchecked_offsets_are_clamped_into_the_tables():
+    """Positions past the tables read the last row (the kernel never leaves cos/sin)."""
+    x = randn(3, 5, 2, 16)
+    cos, sin = randn(12, 8), randn(12, 8)
+    offsets = torch.tensor([0, 7, 40])  # 40 + 4 runs past the 12 positions
+    out = flashkernels.apply_rotary_emb(x, cos, sin, seqlen_offsets=offsets, check_inputs=False, backend="triton")
+    pos = (torch.arange(5)[None, :] + offsets[:, None]).clamp(max=11)
+    c, s = cos[pos][:, :, None, :], sin[pos][:, :, None, :]  # (B, S, 1, 8)
+    x1, x2 = x[..., :8], x[..., 8:]
+    want = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_checked_offsets_still_refuse_out_of_range():
+    x, cos, sin = randn(3, 5, 2, 16), randn(12, 8), randn(12, 8)
+    with pytest.raises(ValueError, match=r"seqlen_offsets: expected values in \[0, 7\]"):
+        flashkernels.apply_rotary_emb(x, cos, sin, seqlen_offsets=torch.tensor([0, 7, 40]), backend="triton")

@@ -279,13 +279,15 @@ def _triton_path(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlen
 
         # Clamped so that unchecked lengths (check_inputs=False) never index past the tables.
         offsets = cache_seqlens.clamp(0, rotary_cos.shape[0] - max(Sn, Sq))
-        k = apply_rotary_emb(k, rotary_cos, rotary_sin, rotary_interleaved, offsets, backend=backend)
+        k = apply_rotary_emb(k, rotary_cos, rotary_sin, rotary_interleaved, offsets, check_inputs=False,
+                             backend=backend)
         if causal or window_size != (-1, -1):
-            q = apply_rotary_emb(q, rotary_cos, rotary_sin, rotary_interleaved, offsets, backend=backend)
+            q = apply_rotary_emb(q, rotary_cos, rotary_sin, rotary_interleaved, offsets, check_inputs=False,
+                             backend=backend)
         else:  # every query token at position L: one token of Sq * Hq heads
             q = apply_rotary_emb(q.reshape(B, 1, Sq * Hq, D), rotary_cos, rotary_sin, rotary_interleaved,
-                                 cache_seqlens.clamp(0, rotary_cos.shape[0] - 1), backend=backend
-                                 ).reshape(B, Sq, Hq, D)
+                                 cache_seqlens.clamp(0, rotary_cos.shape[0] - 1), check_inputs=False,
+                                 backend=backend).reshape(B, Sq, Hq, D)
     if k is not None and Sn:
         k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
         kvcache_append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)

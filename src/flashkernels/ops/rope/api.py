@@ -29,8 +29,9 @@ def _check_tables(cos, sin, x, x_name, rank):
                                       f"supported; pass {n}.detach() or disable grad")
 
 
-def _check_positions(p, name, shape, x_device, lo, hi):
-    """An integer tensor of ``shape`` with every value in [lo, hi] (one host sync)."""
+def _check_positions(p, name, shape, x_device, lo, hi, values=True):
+    """An integer tensor of ``shape`` with (when ``values``) every value in [lo, hi] (one host
+    sync)."""
     require_tensor(p, name)
     if p.dtype not in _INT_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {p.dtype}")
@@ -38,7 +39,7 @@ def _check_positions(p, name, shape, x_device, lo, hi):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(p.shape)}")
     if p.device != x_device:
         raise ValueError(f"{name}: expected device {x_device}, got {p.device}")
-    if p.numel():
+    if values and p.numel():
         mn, mx = int(p.min()), int(p.max())
         if mn < lo or mx > hi:
             raise ValueError(f"{name}: expected values in [{lo}, {hi}], got values in [{mn}, {mx}]")
@@ -59,7 +60,8 @@ def _unit_last(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def apply_rotary_emb(x, cos, sin, interleaved=False, seqlen_offsets=0, *, in_place=False, backend=None):
+def apply_rotary_emb(x, cos, sin, interleaved=False, seqlen_offsets=0, *, in_place=False, check_inputs=True,
+                     backend=None):
     """Rotary position embedding, flash-attn's convention (``flash_attn.layers.rotary``).
 
     For token s of batch b at position ``p = s + seqlen_offsets[b]`` and pair j < rotary_dim/2,
@@ -83,6 +85,9 @@ def apply_rotary_emb(x, cos, sin, interleaved=False, seqlen_offsets=0, *, in_pla
         in_place: write the result into x and return x (default False: x is never written).
             Not differentiable (NotImplementedError if x requires grad with grad enabled); x's
             last dim must have stride 1.
+        check_inputs: False skips the value check of a tensor ``seqlen_offsets`` (its host sync),
+            e.g. inside CUDA graphs; the kernel then clamps positions into the tables (the
+            reference path may raise IndexError instead).
         backend: "auto" (default), "triton" or "reference"; default from ``$FLASHKERNELS_BACKEND``.
     Returns:
         A new (B, S, H, D) tensor of x's dtype (or x itself with ``in_place``). Rotation in fp32
@@ -103,7 +108,7 @@ def apply_rotary_emb(x, cos, sin, interleaved=False, seqlen_offsets=0, *, in_pla
         raise TypeError(f"in_place: expected a bool, got {type(in_place).__name__}")
     s_max = cos.shape[0]
     if isinstance(seqlen_offsets, torch.Tensor):
-        _check_positions(seqlen_offsets, "seqlen_offsets", (B,), x.device, 0, s_max - S)
+        _check_positions(seqlen_offsets, "seqlen_offsets", (B,), x.device, 0, s_max - S, values=check_inputs)
     elif isinstance(seqlen_offsets, int) and not isinstance(seqlen_offsets, bool):
         if seqlen_offsets < 0 or S + seqlen_offsets > s_max:
             raise ValueError(f"seqlen_offsets: expected 0 <= offset <= S_max - S = {s_max} - {S} = "

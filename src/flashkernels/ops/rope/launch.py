@@ -64,7 +64,7 @@ def _launch(x, out, k, kout, cos, sin, pos, pos_mode: int, offset: int, seq_dim:
     kk, ko = (k, kout) if k is not None else (x, out)
     wrap_triton(rope_kernel)[(B * S, n_hb)](
         x, out, kk, ko, cos, sin, pos_t,
-        S, H, HK, D, r_half, offset,
+        S, H, HK, D, r_half, offset, cos.shape[-2],
         *_bshd_strides(x, seq_dim), *_bshd_strides(out, seq_dim),
         *_bshd_strides(kk, seq_dim), *_bshd_strides(ko, seq_dim),
         scb, cos.stride(1), spb, sps,

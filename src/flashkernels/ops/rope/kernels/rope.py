@@ -52,7 +52,7 @@ def _rotate_heads(X, OUT, row_x, row_o, sxh, soh, h0, H, c1, s1, c2, s2, R_HALF,
 
 @triton.jit
 def rope_kernel(X, OUT, K, KOUT, COS, SIN, POS,
-                S, H, HK, D, R_HALF, offset,
+                S, H, HK, D, R_HALF, offset, s_max,
                 sxb, sxs, sxh, sob, sos, soh,
                 skb, sks, skh, skob, skos, skoh,
                 scb, scs, spb, sps,
@@ -69,6 +69,8 @@ def rope_kernel(X, OUT, K, KOUT, COS, SIN, POS,
         pos = s + offset + tl.load(POS + b * spb).to(tl.int64)
     else:
         pos = tl.load(POS + b * spb + s * sps).to(tl.int64)
+    # Checked by the API (unless check_inputs=False): clamped so no read leaves the tables.
+    pos = tl.minimum(tl.maximum(pos, 0), s_max - 1)
 
     j = tl.arange(0, BLOCK_R)
     mj = j < R_HALF
