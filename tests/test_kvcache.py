@@ -559,6 +559,30 @@ def test_unchecked_rotary_positions_stay_in_table():
     assert torch.isfinite(out).all()
 
 
+def test_unchecked_decode_step_takes_no_host_sync(monkeypatch):
+    """check_inputs=False with append, rotary, paging: the API path reads no tensor value back
+    on the host (the launches are stubbed: the interpreter reads values by design), so a decode
+    step can be captured in a CUDA graph."""
+    import flashkernels.ops.rope.autograd as rope_autograd
+
+    c = Case(Sn=1, Sq=1, seqlens=(10, 3), rotary="interleaved", causal=True, page=16)
+    args = make_inputs(c)
+    calls = []
+    monkeypatch.setattr(rope_autograd, "rope", lambda x, *a, **k: calls.append("rope") or x)
+    monkeypatch.setattr(kv_launch, "kvcache_append_impl", lambda *a: calls.append("append"))
+    monkeypatch.setattr(kv_launch, "kvcache_attn_impl",
+                        lambda q, *a: calls.append("attn") or (q.clone(), q.new_zeros(q.shape[:3])))
+
+    def refuse(*_a, **_k):
+        raise AssertionError("host sync: a tensor value was read back")
+
+    with monkeypatch.context() as m:
+        for name in ("__int__", "item", "tolist", "__bool__", "__index__"):
+            m.setattr(torch.Tensor, name, refuse)
+        flash_attn_with_kvcache(**args, check_inputs=False, backend="triton")
+    assert calls == ["rope", "rope", "append", "attn"]
+
+
 # --------------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------------
