@@ -168,3 +168,17 @@ def test_window_softcap_gpu_bf16(case):
     for name, g, g_pt, g_ref in zip(("dq", "dk", "dv"), grads, pt_grads, ref_grads):
         assert_close_policy(g, g_ref, g_pt.transpose(1, 2), factor=3.0, name=name,
                             data_magnitude=max(mag, data_magnitude(dout)))
+
+
+@pytest.mark.parametrize("plain_fma", [True, False], ids=["fma", "v2-order"])
+def test_forward_score_orders_both_exact(plain_fma, monkeypatch):
+    """Both orders of the forward's plain-score arithmetic (launch.FWD_PLAIN_FMA, timed against
+    each other by scripts/ab_attention.py) meet the fp32 target against float64."""
+    from flashkernels.ops.attention import launch
+
+    monkeypatch.setattr(launch, "FWD_PLAIN_FMA", plain_fma)
+    q, k, v = (randn(2, s, 4, 32, dtype=f32) for s in (45, 70, 70))
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True, backend="triton")
+    ref_out, ref_lse = f64_attention(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0)
+    assert (out.double() - ref_out).abs().max().item() <= FP32_SEED_TARGET
+    assert (lse.double() - ref_lse).abs().max().item() <= FP32_SEED_TARGET * max(1.0, ref_lse.abs().max().item())

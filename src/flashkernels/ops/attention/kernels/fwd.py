@@ -96,7 +96,7 @@ def _fwd_inner(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, PLAIN_FMA: tl.constexpr,
 ):
     # K_blk: block pointer over K^T (d, n), V_blk over V (n, d), both at key block n_start.
     # Block pointers keep one scalar base + offsets instead of a pointer per element: a
@@ -110,7 +110,7 @@ def _fwd_inner(
         else:
             k = tl.load(K_blk)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        if not MASKED and MASK_KIND == 0 and not HAS_SOFTCAP and not HAS_ALIBI:
+        if PLAIN_FMA and not MASKED and MASK_KIND == 0 and not HAS_SOFTCAP and not HAS_ALIBI:
             # Plain scores: the row max of the raw products (qk_scale > 0 keeps their order), then
             # one FMA a score in the exponent instead of a multiply and a subtraction.
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -166,7 +166,7 @@ def _fwd_range(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, PLAIN_FMA: tl.constexpr,
 ):
     # Key blocks [n_start, n_stop) with block pointers placed at n_start (window phases).
     K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -182,7 +182,7 @@ def _fwd_range(
         offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
         window_left, window_right, softcap_log2, slope_log2,
         HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-        HAS_ALIBI,
+        HAS_ALIBI, PLAIN_FMA,
     )
 
 
@@ -204,6 +204,7 @@ def attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False, HAS_SINK: tl.constexpr = False, VARLEN: tl.constexpr = False,
+    PLAIN_FMA: tl.constexpr = True,
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
@@ -215,6 +216,9 @@ def attn_fwd_kernel(
     maxima, and the causal diagonal is aligned bottom-right per sequence.
     HAS_ALIBI: adds -Alibi[b * stride_ab + h * stride_ah] * |i + causal_offset - j|.
     HAS_SINK: Sink[h] is one more logit in each row's softmax, with a zero value.
+    PLAIN_FMA: in the unmasked phase without mask, softcap or ALiBi, take the row max of the raw
+    products and one FMA in the exponent (v3, docs/perf-notes.md); False is v2's order, kept so
+    scripts/ab_attention.py can time both in one process.
     MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
     HAS_WINDOW: key j is seen by row i iff i + causal_offset - window_left <= j <=
     i + causal_offset + window_right (both >= 0; not together with IS_CAUSAL).
@@ -282,21 +286,21 @@ def attn_fwd_kernel(
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_lo, n_in_hi, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_hi, n_end, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
         )
     else:
         # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
@@ -329,7 +333,7 @@ def attn_fwd_kernel(
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2,
             HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-            HAS_ALIBI,
+            HAS_ALIBI, PLAIN_FMA,
         )
         if n_full < n_end:
             K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -345,7 +349,7 @@ def attn_fwd_kernel(
                 offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
                 window_left, window_right, softcap_log2, slope_log2,
                 HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-                HAS_ALIBI,
+                HAS_ALIBI, PLAIN_FMA,
             )
 
     empty = l_i == 0.0

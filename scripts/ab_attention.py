@@ -1,0 +1,71 @@
+"""A/B of a launcher switch in one process: each variant timed on the same inputs, alternately.
+
+    PYTHONPATH=src python scripts/ab_attention.py --switch FWD_PLAIN_FMA [--modes fwd,bwd]
+        [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3]
+
+``--switch`` names a boolean attribute of flashkernels.ops.attention.launch (e.g. FWD_PLAIN_FMA)
+that selects a kernel variant through a constexpr. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
+bf16, causal and not; each (shape, mode) is timed with the switch on and off, `--rounds` times
+alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
+cuDNN is timed once per shape for scale. Needs a CUDA GPU.
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import flashkernels
+from flashkernels.bench.common import do_bench_median, warm_gpu
+from flashkernels.ops.attention import launch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--switch", required=True)
+    ap.add_argument("--modes", default="fwd")
+    ap.add_argument("--seqlens", default="1024,4096,16384")
+    ap.add_argument("--head-dims", default="128")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not isinstance(getattr(launch, args.switch, None), bool):
+        raise SystemExit(f"--switch: launch.{args.switch} is not a boolean switch")
+    warm_gpu()
+    print(f"{'D':>4s} {'S':>6s} {'causal':>6s} {'mode':>4s} {'on TF/s':>8s} {'off TF/s':>9s} {'on/off':>7s} "
+          f"{'cudnn':>7s}")
+    for D in map(int, args.head_dims.split(",")):
+        H = 2048 // D
+        for S in map(int, args.seqlens.split(",")):
+            B = 16384 // S
+            q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                       for _ in range(3))
+            for causal in (False, True):
+                flops = 4 * B * H * S * S * D / (2 if causal else 1)
+                qt, kt, vt = (x.detach().transpose(1, 2) for x in (q, k, v))
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    cudnn = flops / do_bench_median(lambda: F.scaled_dot_product_attention(qt, kt, vt,
+                                                                                           is_causal=causal)) / 1e9
+                for mode in args.modes.split(","):
+                    times = {True: [], False: []}
+                    for _ in range(args.rounds):
+                        for on in (True, False):
+                            setattr(launch, args.switch, on)
+                            if mode == "fwd":
+                                with torch.no_grad():
+                                    ms = do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal))
+                            else:
+                                out = flashkernels.flash_attn_func(q, k, v, causal=causal)
+                                do = torch.randn_like(out)
+                                ms = do_bench_median(lambda: torch.autograd.grad(out, (q, k, v), do,
+                                                                                 retain_graph=True))
+                            times[on].append(ms)
+                    setattr(launch, args.switch, True)
+                    mult = 1.0 if mode == "fwd" else 2.5
+                    tf = {on: mult * flops / sorted(t)[len(t) // 2] / 1e9 for on, t in times.items()}
+                    ref = f"{cudnn:7.1f}" if mode == "fwd" else f"{'-':>7s}"  # cuDNN timed forward only
+                    print(f"{D:>4d} {S:>6d} {int(causal):>6d} {mode:>4s} {tf[True]:8.1f} {tf[False]:9.1f} "
+                          f"{tf[True] / tf[False]:7.3f} {ref}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
