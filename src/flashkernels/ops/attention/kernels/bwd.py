@@ -20,7 +20,7 @@ Query rows past seqlen_q load zeros for Q and dO and +inf for lse, so they add n
 import triton
 import triton.language as tl
 
-from .fwd import _softcap_tanh, alibi_log2, seq_bounds
+from .fwd import _softcap_tanh, alibi_log2, key_ranges, score_scales, seq_bounds
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -180,12 +180,7 @@ def attn_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
-    softcap_log2 = 0.0
-    if HAS_SOFTCAP:  # tanh takes the natural-scale scores over the cap; log2(e) goes after it
-        qk_scale = sm_scale / tl.cast(softcap, tl.float32)
-        softcap_log2 = tl.cast(softcap, tl.float32) * LOG2E
-    else:
-        qk_scale = sm_scale * LOG2E
+    qk_scale, softcap_log2 = score_scales(sm_scale, softcap, HAS_SOFTCAP)
 
     # Query ranges: [m_lo, m_full) cut by the causal diagonal (masked), [m_full, seqlen_q) not.
     # With a window, [m_lo, m_in_lo) masked, [m_in_lo, m_in_hi) unmasked, [m_in_hi, m_end) masked:
@@ -384,32 +379,12 @@ def attn_bwd_dq_kernel(
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
     delta = tl.load(Delta + row_base + rows, mask=rows < seqlen_q, other=0.0)
     sm_scale = tl.cast(sm_scale, tl.float32)  # torch.compile passes the scale as fp64
-    softcap_log2 = 0.0
-    if HAS_SOFTCAP:  # tanh takes the natural-scale scores over the cap; log2(e) goes after it
-        qk_scale = sm_scale / tl.cast(softcap, tl.float32)
-        softcap_log2 = tl.cast(softcap, tl.float32) * LOG2E
-    else:
-        qk_scale = sm_scale * LOG2E
+    qk_scale, softcap_log2 = score_scales(sm_scale, softcap, HAS_SOFTCAP)
 
-    # Key ranges as the forward's: [0, n_full) unmasked, [n_full, n_end) masked; with a window
-    # [n_lo, n_in_lo) masked, [n_in_lo, n_in_hi) unmasked, [n_in_hi, n_end) masked.
-    n_lo = m0 * 0
-    n_in_hi = m0 * 0
-    if HAS_WINDOW:
-        n_lo = tl.maximum(m0 + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
-        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), seqlen_k)
-        n_full = tl.maximum(m0 + BLOCK_M - 1 + causal_offset - window_left, n_lo)
-        n_full = tl.minimum((n_full + BLOCK_N - 1) // BLOCK_N * BLOCK_N, n_end)
-        n_in_hi = tl.maximum(m0 + causal_offset + window_right + 1, 0) // BLOCK_N * BLOCK_N
-        n_in_hi = tl.maximum(tl.minimum(n_in_hi, seqlen_k // BLOCK_N * BLOCK_N), n_full)
-    elif IS_CAUSAL:
-        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
-        n_full = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
-        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
-        n_full = tl.minimum(n_full, n_end)
-    else:
-        n_end = seqlen_k
-        n_full = seqlen_k // BLOCK_N * BLOCK_N
+    # Key ranges as the forward's: [n_lo, n_in_lo) masked, [n_in_lo, n_in_hi) unmasked,
+    # [n_in_hi, n_end) masked (n_lo = n_in_lo = 0 without a window).
+    n_lo, n_in_lo, n_in_hi, n_end = key_ranges(m0, seqlen_k, causal_offset, window_left, window_right,
+                                               BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
 
     k_base = K + off_b * stride_kb + off_hk * stride_kh
     v_base = V + off_b * stride_vb + off_hk * stride_vh
@@ -417,35 +392,25 @@ def attn_bwd_dq_kernel(
     if MASK_KIND != 0:
         m_base = Mask + off_b * stride_mb + off_h * stride_mh + m0_64 * stride_mm + offs_r[:, None] * stride_mm
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if HAS_WINDOW:
+    if HAS_WINDOW:  # the blocks the window's lower bound cuts
         dq = _dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, m_base, n_lo, n_full,
+            dq, q, do, lse, delta, k_base, v_base, m_base, n_lo, n_in_lo,
             rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2,
             stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
             HAS_ALIBI,
         )
-        dq = _dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_in_hi,
-            rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2, slope_log2,
-            stride_kn, stride_vn, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-            HAS_ALIBI,
-        )
-        n_full = n_in_hi
-    else:
-        dq = _dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, m_base, 0, n_full,
-            rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
-            window_left, window_right, softcap_log2, slope_log2,
-            stride_kn, stride_vn, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-            HAS_ALIBI,
-        )
     dq = _dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, m_base, n_full, n_end,
+        dq, q, do, lse, delta, k_base, v_base, m_base, n_in_lo, n_in_hi,
+        rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
+        window_left, window_right, softcap_log2, slope_log2,
+        stride_kn, stride_vn, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+        HAS_ALIBI,
+    )
+    dq = _dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, m_base, n_in_hi, n_end,
         rows, offs_c, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
         window_left, window_right, softcap_log2, slope_log2,
         stride_kn, stride_vn, stride_mm, stride_mn,

@@ -54,6 +54,48 @@ def _softcap_tanh(z, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def score_scales(sm_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """(qk_scale, softcap_log2) in fp32 (torch.compile passes float scalars as fp64): q k^T is
+    multiplied by qk_scale, which carries log2(e) unless there is a cap; with a cap, tanh takes
+    the natural-scale scores over the cap and its output is multiplied by softcap_log2."""
+    sm = tl.cast(sm_scale, tl.float32)
+    if HAS_SOFTCAP:
+        cap = tl.cast(softcap, tl.float32)
+        return sm / cap, cap * LOG2E
+    else:
+        return sm * LOG2E, 0.0
+
+
+@triton.jit
+def key_ranges(m0, seqlen_k, causal_offset, window_left, window_right,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr):
+    """The key blocks that query rows m0 .. m0 + BLOCK_M - 1 visit, as (n_lo, n_in_lo, n_in_hi,
+    n_end): [n_lo, n_in_lo) masked (the window's lower bound cuts), [n_in_lo, n_in_hi) unmasked
+    (every row sees every key), [n_in_hi, n_end) masked (the causal diagonal, the window's upper
+    bound or seqlen_k cuts). Without a window n_lo = n_in_lo = 0."""
+    if HAS_WINDOW:  # row i sees keys [i + off - left, i + off + right]
+        n_lo = tl.maximum(m0 + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
+        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), seqlen_k)
+        n_in_lo = tl.maximum(m0 + BLOCK_M - 1 + causal_offset - window_left, n_lo)
+        n_in_lo = tl.minimum((n_in_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, n_end)
+        n_in_hi = tl.maximum(m0 + causal_offset + window_right + 1, 0) // BLOCK_N * BLOCK_N
+        n_in_hi = tl.maximum(tl.minimum(n_in_hi, seqlen_k // BLOCK_N * BLOCK_N), n_in_lo)
+    else:
+        n_lo = m0 * 0
+        n_in_lo = n_lo
+        if IS_CAUSAL:
+            n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
+            n_in_hi = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
+            n_in_hi = tl.minimum(n_in_hi, seqlen_k // BLOCK_N * BLOCK_N)
+            n_in_hi = tl.minimum(n_in_hi, n_end)
+        else:
+            n_end = seqlen_k
+            n_in_hi = seqlen_k // BLOCK_N * BLOCK_N
+    return n_lo, n_in_lo, n_in_hi, n_end
+
+
+@triton.jit
 def seq_bounds(CuQ, CuK, off_b):
     """Packed sequence off_b (VARLEN): (first query row, first key row) as int64, and its Sq, Sk."""
     q_start = tl.load(CuQ + off_b)
@@ -257,12 +299,9 @@ def attn_fwd_kernel(
         + offs_r[:, None] * stride_qm + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
-    softcap_log2 = 0.0
-    if HAS_SOFTCAP:  # tanh takes the natural-scale scores over the cap; log2(e) goes after it
-        qk_scale = tl.cast(sm_scale, tl.float32) / tl.cast(softcap, tl.float32)
-        softcap_log2 = tl.cast(softcap, tl.float32) * LOG2E
-    else:
-        qk_scale = tl.cast(sm_scale, tl.float32) * LOG2E  # torch.compile passes the scale as fp64
+    qk_scale, softcap_log2 = score_scales(sm_scale, softcap, HAS_SOFTCAP)
+    n_lo, n_in_lo, n_in_hi, n_end = key_ranges(m0, seqlen_k, causal_offset, window_left, window_right,
+                                               BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
 
     if HAS_WINDOW:
         # Rows m0 .. m0 + BLOCK_M - 1 see keys [row + off - left, row + off + right]. Visit
@@ -275,12 +314,6 @@ def attn_fwd_kernel(
             m_base = Mask + off_b * stride_mb + off_h * stride_mh
         m_i, l_i = _init_row_stats(Sink, off_h, BLOCK_M, HAS_SINK)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        n_lo = tl.maximum(m0 + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
-        n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), seqlen_k)
-        n_in_lo = tl.maximum(m0 + BLOCK_M - 1 + causal_offset - window_left, n_lo)
-        n_in_lo = tl.minimum((n_in_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, n_end)
-        n_in_hi = tl.maximum(m0 + causal_offset + window_right + 1, 0) // BLOCK_N * BLOCK_N
-        n_in_hi = tl.maximum(tl.minimum(n_in_hi, seqlen_k // BLOCK_N * BLOCK_N), n_in_lo)
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_lo, n_in_lo, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
@@ -304,14 +337,7 @@ def attn_fwd_kernel(
         )
     else:
         # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
-        if IS_CAUSAL:
-            n_end = tl.minimum(tl.maximum(m0 + BLOCK_M + causal_offset, 0), seqlen_k)
-            n_full = tl.maximum(m0 + causal_offset + 1, 0) // BLOCK_N * BLOCK_N
-            n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
-            n_full = tl.minimum(n_full, n_end)
-        else:
-            n_end = seqlen_k
-            n_full = seqlen_k // BLOCK_N * BLOCK_N
+        n_full = n_in_hi
 
         k_base = K + off_b * stride_kb + off_hk * stride_kh
         v_base = V + off_b * stride_vb + off_hk * stride_vh
