@@ -55,3 +55,14 @@ def kernels_interpreted(kernel) -> bool:
     if ours:
         fix_numpy_scalar_conversion()
     return ours
+
+
+def require_kernels_can_run(device, interpreted: bool) -> None:
+    """RuntimeError unless kernels decorated ``interpreted`` (a launcher's KERNELS_INTERPRETED)
+    can run on tensors of ``device``: interpreted ones on CPU tensors, compiled ones on CUDA."""
+    if interpreted != (device.type == "cpu"):
+        raise RuntimeError(
+            f"backend='triton' cannot run on {device.type} tensors: Triton was imported "
+            f"{'with' if interpreted else 'without'} TRITON_INTERPRET=1, and it reads the variable "
+            "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
+            "the kernels on CPU tensors, and leave it unset for CUDA tensors")

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ... import _backend
+from ..._interpreter import require_kernels_can_run
 from ..._validate import KERNEL_DTYPES, MAX_HEAD_DIM, require_float_dtype, require_rank, require_tensor
 from ..attention.api import _allow_tf32, _check_alibi, _check_softcap, _check_window
 from .reference import kvcache_reference
@@ -266,12 +267,7 @@ def _triton_path(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlen
     kvcache_append = launch.kvcache_append if compiling else launch.kvcache_append_impl
     kvcache_attn = launch.kvcache_attn if compiling else launch.kvcache_attn_impl
 
-    if KERNELS_INTERPRETED != (q.device.type == "cpu"):
-        raise RuntimeError(
-            f"backend='triton' cannot run on {q.device.type} tensors: Triton was imported "
-            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the variable "
-            "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
-            "the kernels on CPU tensors, and leave it unset for CUDA tensors")
+    require_kernels_can_run(q.device, KERNELS_INTERPRETED)
     B, Sq, Hq, D = q.shape
     Sn = 0 if k is None else k.shape[1]
     if rotary_cos is not None:

@@ -6,6 +6,7 @@ import numbers
 import torch
 
 from ... import _backend
+from ..._interpreter import require_kernels_can_run
 from ..._validate import KERNEL_DTYPES, require_float_dtype, require_like, require_tensor
 from .reference import CASTING_MODES, rms_norm_reference
 
@@ -74,11 +75,7 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, offset=0.0, casting_mode="ll
     from .autograd import rms_norm_rows  # imports triton: only once the Triton backend is chosen
     from .launch import KERNELS_INTERPRETED, MODES
 
-    if KERNELS_INTERPRETED != (x.device.type == "cpu"):
-        raise RuntimeError(
-            f"backend='triton' cannot run on {x.device.type} tensors: Triton was imported "
-            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the "
-            "variable only once, at its first import")
+    require_kernels_can_run(x.device, KERNELS_INTERPRETED)
     if weight is not None and weight.stride(0) != 1:
         weight = weight.contiguous()
     y, h, _ = rms_norm_rows(_rows(x), weight, None if residual is None else _rows(residual),

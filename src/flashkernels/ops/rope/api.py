@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ... import _backend
+from ..._interpreter import require_kernels_can_run
 from ..._validate import KERNEL_DTYPES, require_float_dtype, require_rank, require_tensor
 from .reference import rotary_emb_reference, rotary_pos_emb_reference
 
@@ -48,11 +49,7 @@ def _check_positions(p, name, shape, x_device, lo, hi, values=True):
 def _interpreter_matches(device):
     from .launch import KERNELS_INTERPRETED
 
-    if KERNELS_INTERPRETED != (device.type == "cpu"):
-        raise RuntimeError(
-            f"backend='triton' cannot run on {device.type} tensors: Triton was imported "
-            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the "
-            "variable only once, at its first import")
+    require_kernels_can_run(device, KERNELS_INTERPRETED)
 
 
 def _unit_last(t):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ... import _backend
+from ..._interpreter import require_kernels_can_run
 from ..._validate import KERNEL_DTYPES, require_float_dtype, require_like, require_tensor
 from .reference import APPROXIMATIONS, geglu_reference, swiglu_reference
 
@@ -16,11 +17,7 @@ def _triton(gate, up, act):
     from .autograd import gated_activation  # imports triton: only once the Triton backend is chosen
     from .launch import KERNELS_INTERPRETED
 
-    if KERNELS_INTERPRETED != (gate.device.type == "cpu"):
-        raise RuntimeError(
-            f"backend='triton' cannot run on {gate.device.type} tensors: Triton was imported "
-            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the "
-            "variable only once, at its first import")
+    require_kernels_can_run(gate.device, KERNELS_INTERPRETED)
     # The kernels index flat memory: a non-contiguous input (a transposed or sliced view, e.g.
     # the two halves of a fused gate_up projection) is copied once here; contiguous ones are not.
     return gated_activation(gate.contiguous(), up.contiguous(), act)
