@@ -6,6 +6,7 @@ import math
 import torch
 
 from ... import _backend
+from ..._interpreter import require_kernels_can_run
 from ..._validate import (KERNEL_DTYPES, check_dropout, check_mask, check_qkv, check_scale, require_rank,
                          require_tensor)
 from .reference import attention_reference, causal_offset, varlen_attention_reference
@@ -101,12 +102,7 @@ def _triton_entry(q):
     from .autograd import flash_attention  # imports triton: only once the Triton backend is chosen
     from .launch import KERNELS_INTERPRETED
 
-    if KERNELS_INTERPRETED != (q.device.type == "cpu"):
-        raise RuntimeError(
-            f"backend='triton' cannot run on {q.device.type} tensors: Triton was imported "
-            f"{'with' if KERNELS_INTERPRETED else 'without'} TRITON_INTERPRET=1, and it reads the variable "
-            "only once, at its first import; set TRITON_INTERPRET=1 before anything imports triton to run "
-            "the kernels on CPU tensors, and leave it unset for CUDA tensors")
+    require_kernels_can_run(q.device, KERNELS_INTERPRETED)
     return flash_attention
 
 
@@ -202,10 +198,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     return out
 
 
-def _check_cu_seqlens(cu, name: str, total: int, max_seqlen, max_name: str, device, check_inputs: bool):
-    """cu_seqlens: int32 (n + 1,) on the device, 0 first, non-decreasing, ``total`` last (unless
-    None: paged keys), and no sequence longer than max_seqlen (the value checks read the tensor:
-    a device sync)."""
+def _check_cu_seqlens(cu, name: str, max_seqlen, max_name: str, device):
+    """cu_seqlens: an int32 (n + 1,) tensor on the device; max_seqlen an int >= 0."""
     require_tensor(cu, name)
     if cu.dtype != torch.int32:
         raise TypeError(f"{name}: expected dtype torch.int32, got {cu.dtype}")
@@ -215,9 +209,11 @@ def _check_cu_seqlens(cu, name: str, total: int, max_seqlen, max_name: str, devi
         raise ValueError(f"{name}: expected device {device} (as q), got {cu.device}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{max_name}: expected an int >= 0, got {max_seqlen!r}")
-    if not check_inputs:
-        return
-    c = cu.tolist()
+
+
+def _check_cu_values(c: list, name: str, total, max_seqlen: int, max_name: str):
+    """Offsets ``c`` (read back from cu_seqlens): 0 first, non-decreasing, ``total`` last (unless
+    None: paged keys), no sequence longer than max_seqlen."""
     lens = [b - a for a, b in zip(c, c[1:])]
     if c[0] != 0 or (total is not None and c[-1] != total):
         raise ValueError(f"{name}: expected offsets from 0 to {total} (the packed length), got "
@@ -277,13 +273,16 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     check_scale(softmax_scale, "softmax_scale")
     window_size = _check_window(window_size)
     softcap = _check_softcap(softcap)
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, "max_seqlen_q", q.device,
-                      check_inputs)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", None if paged else k.shape[0], max_seqlen_k, "max_seqlen_k",
-                      q.device, check_inputs)
+    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", max_seqlen_q, "max_seqlen_q", q.device)
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", max_seqlen_k, "max_seqlen_k", q.device)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"cu_seqlens_q/cu_seqlens_k: expected the same number of sequences, got "
                          f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    if check_inputs:  # one device sync for both
+        offsets = torch.cat((cu_seqlens_q, cu_seqlens_k)).tolist()
+        n1 = cu_seqlens_q.numel()
+        _check_cu_values(offsets[:n1], "cu_seqlens_q", q.shape[0], max_seqlen_q, "max_seqlen_q")
+        _check_cu_values(offsets[n1:], "cu_seqlens_k", None if paged else k.shape[0], max_seqlen_k, "max_seqlen_k")
     n, Hq, D = cu_seqlens_q.numel() - 1, q.shape[1], q.shape[2]
     alibi_slopes = _check_alibi(alibi_slopes, n, Hq, q)
     sink = _check_sink(learnable_sink, Hq, q)
