@@ -185,3 +185,39 @@ def assert_close_policy(out, ref, pt, atol=None, *, factor=2.0, name="out", dtyp
 def _first(mask):
     nz = mask.nonzero()
     return tuple(nz[0].tolist()) if len(nz) else ()
+
+
+def f64_flash_attention(q, k, v, *, causal=False, window_size=(-1, -1), softcap=0.0, alibi=None, sink=None):
+    """flash_attn_func's definition in float64, written out independently of the library:
+    s = q k^T / sqrt(D); softcap; ALiBi -slope * |i + Sk - Sq - j|; -inf outside the causal
+    (bottom-right) / sliding window; an extra sink column with a zero value. q (B, Sq, Hq, D),
+    k/v (B, Sk, Hkv, D); alibi (Hq,) or (B, Hq); sink (Hq,). Returns out (B, Sq, Hq, D), lse
+    (B, Hq, Sq)."""
+    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
+    B, Hq, Sq, _ = q.shape
+    g = Hq // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    Sk = k.shape[2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    diag = torch.arange(Sq)[:, None] + (Sk - Sq)
+    j = torch.arange(Sk)[None, :]
+    if alibi is not None:
+        s = s - alibi.double().expand(B, Hq)[:, :, None, None] * (diag - j).abs()
+    left, right = window_size
+    if causal:
+        right = 0
+    seen = torch.ones(Sq, Sk, dtype=torch.bool)
+    if left >= 0:
+        seen &= j >= diag - left
+    if right >= 0:
+        seen &= j <= diag + right
+    s = s.masked_fill(~seen, -math.inf)
+    if sink is not None:  # the sink column: its value row is zero
+        s = torch.cat([s, sink.double().view(1, Hq, 1, 1).expand(B, Hq, Sq, 1)], dim=-1)
+        v = torch.cat([v, v.new_zeros(B, Hq, 1, v.shape[-1])], dim=2)
+    lse = torch.logsumexp(s, -1)
+    empty = torch.isinf(lse)
+    p = torch.exp(s - torch.where(empty, 0.0, lse)[..., None])
+    return (p @ v).transpose(1, 2), lse

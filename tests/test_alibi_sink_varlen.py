@@ -1,57 +1,23 @@
 """ALiBi (``alibi_slopes``), learnable sinks (``learnable_sink``) and packed sequences
 (``flash_attn_varlen_func``), forward (out, lse) and backward (dq, dk, dv, dsink), on the Triton
 kernels (the interpreter on a CPU, fp32 and fp16) and the reference backend, against a float64
-formula written here from the definitions:
+formula written from the definitions (helpers.f64_flash_attention):
 
     s = q k^T * scale;  s = softcap * tanh(s / softcap) if softcap;  s -= slope * |i + Sk - Sq - j|
     s = -inf outside the causal / sliding window;  one more column s = sink[h] with value 0
 
 and, for varlen, against flash_attn_func run on each sequence alone. Tolerances: helpers.py.
 """
-import math
 
 import pytest
 import torch
 
 import flashkernels
 from flashkernels.ops.attention.reference import attention_reference
-from helpers import FP32_SEED_TARGET, assert_close_policy, data_magnitude, randn
+from helpers import FP32_SEED_TARGET, assert_close_policy, data_magnitude, f64_flash_attention, randn
 
 f16, f32 = torch.float16, torch.float32
 BACKENDS = ["triton", "reference"]
-
-
-def f64_attention(q, k, v, *, causal=False, window_size=(-1, -1), softcap=0.0, alibi=None, sink=None):
-    """(out, lse) in float64; q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D); alibi (Hq,) or (B, Hq);
-    sink (Hq,). Returns out (B, Sq, Hq, D), lse (B, Hq, Sq)."""
-    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
-    B, Hq, Sq, _ = q.shape
-    g = Hq // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    Sk = k.shape[2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    diag = torch.arange(Sq)[:, None] + (Sk - Sq)
-    j = torch.arange(Sk)[None, :]
-    if alibi is not None:
-        s = s - alibi.double().expand(B, Hq)[:, :, None, None] * (diag - j).abs()
-    left, right = window_size
-    if causal:
-        right = 0
-    seen = torch.ones(Sq, Sk, dtype=torch.bool)
-    if left >= 0:
-        seen &= j >= diag - left
-    if right >= 0:
-        seen &= j <= diag + right
-    s = s.masked_fill(~seen, -math.inf)
-    if sink is not None:  # the sink column: its value row is zero
-        s = torch.cat([s, sink.double().view(1, Hq, 1, 1).expand(B, Hq, Sq, 1)], dim=-1)
-        v = torch.cat([v, v.new_zeros(B, Hq, 1, v.shape[-1])], dim=2)
-    lse = torch.logsumexp(s, -1)
-    empty = torch.isinf(lse)
-    p = torch.exp(s - torch.where(empty, 0.0, lse)[..., None])
-    return (p @ v).transpose(1, 2), lse
 
 
 def _slopes(B, H, per_batch):
@@ -110,7 +76,7 @@ def test_alibi_and_sink(case, backend):
 
     ref_in = [x.detach().double().requires_grad_() for x in (q, k, v)]
     ref_sink = None if sink is None else sink.detach().double().requires_grad_()
-    ref_out, ref_lse = f64_attention(*ref_in, causal=causal, window_size=ws, softcap=cap, alibi=alibi,
+    ref_out, ref_lse = f64_flash_attention(*ref_in, causal=causal, window_size=ws, softcap=cap, alibi=alibi,
                                      sink=ref_sink)
     pt_in = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
     pt_sink = None if sink is None else sink.detach().clone().requires_grad_()
@@ -234,7 +200,7 @@ def test_varlen_matches_each_sequence_alone(case, backend):
         parts = [x[s].detach()[None] for x, s in ((q, qs), (k, ks), (v, ks))]
         ref_in = [x.double().requires_grad_() for x in parts]
         ref_sink = None if sink is None else sink.detach().double().requires_grad_()
-        ref_out, ref_lse = f64_attention(*ref_in, causal=causal, window_size=ws, alibi=a_b, sink=ref_sink)
+        ref_out, ref_lse = f64_flash_attention(*ref_in, causal=causal, window_size=ws, alibi=a_b, sink=ref_sink)
         pt_in = [x.transpose(1, 2).clone().requires_grad_() for x in parts]
         pt_sink = None if sink is None else sink.detach().clone().requires_grad_()
         pt_out, pt_lse = attention_reference(*pt_in, causal=causal, causal_align="bottom_right",
@@ -330,7 +296,7 @@ def test_varlen_block_table_equals_unpaged(case, backend):
             continue
         a_b = None if alibi is None else (alibi if alibi.dim() == 1 else alibi[b])
         parts = [x[s][None] for x, s in ((q, qs), (k, ks), (v, ks))]
-        ref_out, ref_lse = f64_attention(*parts, causal=causal, window_size=ws, softcap=cap, alibi=a_b)
+        ref_out, ref_lse = f64_flash_attention(*parts, causal=causal, window_size=ws, softcap=cap, alibi=a_b)
         pt_out, pt_lse = attention_reference(*(x.transpose(1, 2) for x in parts), causal=causal,
                                              causal_align="bottom_right", window_size=ws, softcap=cap,
                                              alibi_slopes=a_b, compute_dtype=dtype)

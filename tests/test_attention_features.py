@@ -1,6 +1,7 @@
 """flash_attn_func's sliding window (``window_size``) and score soft-capping (``softcap``), forward
 (out, lse) and backward (dq, dk, dv), on the Triton kernels (the interpreter on a CPU, fp32 and
-fp16) and on the reference backend, against a float64 formula written here from the definition:
+fp16) and on the reference backend, against a float64 formula written from the definition
+(helpers.f64_flash_attention):
 
     s = q k^T * scale;  s = softcap * tanh(s / softcap) if softcap;  s = -inf outside
     i + Sk - Sq - left <= j <= i + Sk - Sq + right (a side of -1 unbounded; causal: right = 0)
@@ -8,43 +9,16 @@ fp16) and on the reference backend, against a float64 formula written here from 
 held to the tolerance policy of helpers.py. Shapes are small (the interpreter is slow) and odd;
 the interpreter's blocks are 16 and 32 wide, so windows of 3..12 keys cut blocks every way.
 """
-import math
 
 import pytest
 import torch
 
 import flashkernels
 from flashkernels.ops.attention.reference import attention_reference
-from helpers import FP32_SEED_TARGET, assert_close_policy, data_magnitude, randn
+from helpers import FP32_SEED_TARGET, assert_close_policy, data_magnitude, f64_flash_attention, randn
 
 f16, f32 = torch.float16, torch.float32
 BACKENDS = ["triton", "reference"]
-
-
-def f64_attention(q, k, v, *, causal, window_size, softcap):
-    """(out, lse) in float64, (B, S, H, D) layout in, out (B, S, H, D), lse (B, H, Sq)."""
-    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    Sq, Sk = q.shape[2], k.shape[2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    left, right = window_size
-    if causal:
-        right = 0
-    diag = torch.arange(Sq)[:, None] + (Sk - Sq)
-    j = torch.arange(Sk)[None, :]
-    seen = torch.ones(Sq, Sk, dtype=torch.bool)
-    if left >= 0:
-        seen &= j >= diag - left
-    if right >= 0:
-        seen &= j <= diag + right
-    s = s.masked_fill(~seen, -math.inf)
-    lse = torch.logsumexp(s, -1)
-    empty = torch.isinf(lse)
-    p = torch.exp(s - torch.where(empty, 0.0, lse)[..., None])  # empty rows: exp(-inf) = 0
-    return (p @ v).transpose(1, 2), lse
 
 
 # (dtype, B, Hq, Hkv, Sq, Sk, D, causal, window_size, softcap)
@@ -85,7 +59,7 @@ def test_window_softcap(case, backend):
     assert lse.shape == (B, Hq, Sq) and lse.dtype == torch.float32
 
     ref_in = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    ref_out, ref_lse = f64_attention(*ref_in, causal=causal, window_size=ws, softcap=cap)
+    ref_out, ref_lse = f64_flash_attention(*ref_in, causal=causal, window_size=ws, softcap=cap)
     pt_in = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
     pt_out, pt_lse = attention_reference(*pt_in, causal=causal, causal_align="bottom_right",
                                          window_size=ws, softcap=cap, compute_dtype=dtype)
@@ -179,6 +153,6 @@ def test_forward_score_orders_both_exact(plain_fma, monkeypatch):
     monkeypatch.setattr(launch, "FWD_PLAIN_FMA", plain_fma)
     q, k, v = (randn(2, s, 4, 32, dtype=f32) for s in (45, 70, 70))
     out, lse, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True, backend="triton")
-    ref_out, ref_lse = f64_attention(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0)
+    ref_out, ref_lse = f64_flash_attention(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0)
     assert (out.double() - ref_out).abs().max().item() <= FP32_SEED_TARGET
     assert (lse.double() - ref_lse).abs().max().item() <= FP32_SEED_TARGET * max(1.0, ref_lse.abs().max().item())
