@@ -93,3 +93,43 @@ def test_public_calls_still_differentiable_and_compile_free():
     assert "FlashAttention" in type(fn).__name__
     with torch.no_grad():
         assert flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton").grad_fn is None
+
+
+def test_eager_launches_skip_wrap_tritons_higher_order_op(monkeypatch):
+    """Outside a custom op, wrap_triton sends each launch through torch's
+    triton_kernel_wrapper_mutation higher-order op (~0.9 ms of host time a launch on the H100
+    machine). Every public eager call, forward and backward, must launch with wrap_triton off, as
+    the custom ops' own eager path does. (Under the interpreter wrap_triton returns the kernel
+    either way, so the launchers' wrap_triton is replaced by one that checks the flag.)"""
+    _needs_triton()
+    import importlib
+
+    from torch._library.triton import is_wrap_triton_enabled
+
+    launches = []
+
+    def checked_wrap(kernel):
+        assert not is_wrap_triton_enabled(), "an eager kernel launch would go through the higher-order op"
+        launches.append(kernel)
+        return kernel
+
+    for op in ("attention", "kvcache", "rms_norm", "swiglu", "rope"):
+        monkeypatch.setattr(importlib.import_module(f"flashkernels.ops.{op}.launch"), "wrap_triton", checked_wrap)
+    dev = _dev()
+    q, k, v = (randn(1, 20, 2, 16, device=dev, requires_grad=True) for _ in range(3))
+    out = flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton")
+    out.sum().backward()
+    with torch.no_grad():
+        flashkernels.flash_attn_func(q, k, v, backend="triton")
+    x, w = randn(5, 32, device=dev, requires_grad=True), randn(32, device=dev, requires_grad=True)
+    flashkernels.rms_norm(x, w, backend="triton").sum().backward()
+    flashkernels.swiglu(x, x.detach(), backend="triton").sum().backward()
+    cos, sin = randn(32, 8, device=dev), randn(32, 8, device=dev)
+    flashkernels.apply_rotary_emb(q, cos, sin, backend="triton").sum().backward()
+    kc, vc = randn(1, 32, 2, 16, device=dev), randn(1, 32, 2, 16, device=dev)
+    lens = torch.full((1,), 20, dtype=torch.int32, device=dev)
+    flashkernels.flash_attn_with_kvcache(q.detach()[:, :1], kc, vc, k=k.detach()[:, :1], v=v.detach()[:, :1],
+                                         rotary_cos=cos, rotary_sin=sin, cache_seqlens=lens, backend="triton")
+    flashkernels.flash_attn_with_kvcache(q.detach()[:, :1], kc, vc, cache_seqlens=lens, num_splits=2,
+                                         backend="triton")
+    assert len(launches) >= 12  # the checking wrapper really was in the launch path

@@ -569,8 +569,8 @@ def test_unchecked_decode_step_takes_no_host_sync(monkeypatch):
     args = make_inputs(c)
     calls = []
     monkeypatch.setattr(rope_autograd, "rope", lambda x, *a, **k: calls.append("rope") or x)
-    monkeypatch.setattr(kv_launch, "kvcache_append_impl", lambda *a: calls.append("append"))
-    monkeypatch.setattr(kv_launch, "kvcache_attn_impl",
+    monkeypatch.setattr(kv_launch, "kvcache_append_eager", lambda *a: calls.append("append"))
+    monkeypatch.setattr(kv_launch, "kvcache_attn_eager",
                         lambda q, *a: calls.append("attn") or (q.clone(), q.new_zeros(q.shape[:3])))
 
     def refuse(*_a, **_k):

@@ -264,8 +264,8 @@ def _triton_path(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlen
 
     # Eager calls skip the dispatcher (~0.1 ms of host time a call); torch.compile traces the ops.
     compiling = torch.compiler.is_compiling()
-    kvcache_append = launch.kvcache_append if compiling else launch.kvcache_append_impl
-    kvcache_attn = launch.kvcache_attn if compiling else launch.kvcache_attn_impl
+    kvcache_append = launch.kvcache_append if compiling else launch.kvcache_append_eager
+    kvcache_attn = launch.kvcache_attn if compiling else launch.kvcache_attn_eager
 
     require_kernels_can_run(q.device, KERNELS_INTERPRETED)
     B, Sq, Hq, D = q.shape

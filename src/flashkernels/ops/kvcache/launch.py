@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ..._eager import direct
 from ..._interpreter import kernels_interpreted
 
 from ..attention.launch import block_d, dot_precision
@@ -193,9 +194,12 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 # The custom ops are the same functions: torch.compile and opcheck go through them; eager calls
-# may call the functions directly (api.py), skipping the dispatcher's per-call host time.
+# take the *_eager forms (api.py), skipping the dispatcher's per-call host time, with
+# wrap_triton's higher-order op off as inside the ops (flashkernels._eager.direct).
 kvcache_append = triton_op("flashkernels::kvcache_append", mutates_args=("k_cache", "v_cache"))(kvcache_append_impl)
 kvcache_attn = triton_op("flashkernels::kvcache_attn", mutates_args=())(kvcache_attn_impl)
+kvcache_append_eager = direct(kvcache_append_impl)
+kvcache_attn_eager = direct(kvcache_attn_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).
