@@ -1,10 +1,10 @@
 """A/B of a launcher switch in one process: each variant timed on the same inputs, alternately.
 
-    PYTHONPATH=src python scripts/ab_attention.py --switch FWD_PLAIN_FMA [--modes fwd,bwd]
+    PYTHONPATH=src python scripts/ab_attention.py --switch NAME [--modes fwd,bwd]
         [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3]
 
-``--switch`` names a boolean attribute of flashkernels.ops.attention.launch (e.g. FWD_PLAIN_FMA)
-that selects a kernel variant through a constexpr. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
+``--switch`` names a boolean attribute of flashkernels.ops.attention.launch (a module-level flag,
+added for the experiment,) that selects a kernel variant through a constexpr. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
 bf16, causal and not; each (shape, mode) is timed with the switch on and off, `--rounds` times
 alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
 cuDNN is timed once per shape for scale. Needs a CUDA GPU.

@@ -7,7 +7,11 @@
 For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
 and shared memory. Catches compile errors and register spills before any GPU time is spent.
+With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
+loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
+instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
 """
+import collections
 import argparse
 import os
 import re
@@ -62,7 +66,29 @@ def ptxas_report(ptx: str) -> str:
     return f"regs {regs.group(1) if regs else '?':>3}  spill {spill.group(1) if spill else '?':>4}B"
 
 
-def compile_one(fn, dtype, mask_kind, consts, cfg):
+def sass_loops(cubin: bytes) -> str:
+    """'loop N instr: HGMMA a FMUL b ...' for each backward branch whose body issues HGMMA."""
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        open(path, "wb").write(cubin)
+        lines = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
+    out = []
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", ln)
+        if not (m and labels.get(m.group(1), i) < i):
+            continue
+        body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]
+                if re.search(r"/\*[0-9a-f]{4}\*/", x)]
+        ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
+        if ops["HGMMA"]:
+            keys = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD")
+            out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys))
+    return "\n".join(out)
+
+
+def compile_one(fn, dtype, mask_kind, consts, cfg, sass=False):
     mask_tt = {0: f"*{TORCH_TO_TT[dtype]}", 1: "*u8", 2: f"*{TORCH_TO_TT[dtype]}"}[mask_kind]
     sig = signature(fn, TORCH_TO_TT[dtype], mask_tt, consts)
     names = fn.arg_names
@@ -77,7 +103,10 @@ def compile_one(fn, dtype, mask_kind, consts, cfg):
                     attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-    return out.metadata.shared, ptxas_report(out.asm["ptx"])
+    rep = ptxas_report(out.asm["ptx"])
+    if sass:
+        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
+    return out.metadata.shared, rep
 
 
 def main():
@@ -92,6 +121,8 @@ def main():
     ap.add_argument("--alibi", default="0", help="HAS_ALIBI values")
     ap.add_argument("--sink", default="0", help="HAS_SINK values (forward only: the backward has no flag)")
     ap.add_argument("--varlen", default="0", help="VARLEN values (packed sequences)")
+    ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    ap.add_argument("--sass", action="store_true", help="per-loop SASS instruction counts (HGMMA loops)")
     args = ap.parse_args()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dev = torch.device("cuda", 0)
@@ -116,16 +147,20 @@ def main():
                 extra = {k: v for k, v in extra.items() if v}  # flags off: the kernels' defaults
                 for name, fn, cfg in (("fwd", attn_fwd_kernel, fcfg), ("dkdv", attn_bwd_dkdv_kernel, kvcfg),
                                       ("dq", attn_bwd_dq_kernel, qcfg)):
+                    if name not in args.kernels.split(","):
+                        continue
                     consts = dict(base, **extra, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
-                    if name == "fwd" and sink:
-                        consts["HAS_SINK"] = True
+                    if name == "fwd":
+                        consts["SCALE_POSITIVE"] = True  # what the launcher passes for scale > 0
+                        if sink:
+                            consts["HAS_SINK"] = True
                     tag = f"{name:5s} {dname} D={d:<3} causal={int(causal)} mask={mk} {tuple(cfg)}"
                     on = [k[4:].lower() if k.startswith("HAS_") else k.lower() for k in consts
                           if k in ("HAS_WINDOW", "HAS_SOFTCAP", "HAS_ALIBI", "HAS_SINK", "VARLEN")]
                     if on:
                         tag += " +" + ",".join(on)
                     try:
-                        smem, rep = compile_one(fn, dtype, mk, consts, cfg)
+                        smem, rep = compile_one(fn, dtype, mk, consts, cfg, args.sass)
                         flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
                         print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
                         bad += bool(flag)

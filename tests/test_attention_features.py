@@ -10,6 +10,8 @@ held to the tolerance policy of helpers.py. Shapes are small (the interpreter is
 the interpreter's blocks are 16 and 32 wide, so windows of 3..12 keys cut blocks every way.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -144,15 +146,16 @@ def test_window_softcap_gpu_bf16(case):
                             data_magnitude=max(mag, data_magnitude(dout)))
 
 
-@pytest.mark.parametrize("plain_fma", [True, False], ids=["fma", "v2-order"])
-def test_forward_score_orders_both_exact(plain_fma, monkeypatch):
-    """Both orders of the forward's plain-score arithmetic (launch.FWD_PLAIN_FMA, timed against
-    each other by scripts/ab_attention.py) meet the fp32 target against float64."""
-    from flashkernels.ops.attention import launch
-
-    monkeypatch.setattr(launch, "FWD_PLAIN_FMA", plain_fma)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["scale>0", "scale<0"])
+def test_forward_score_orders_both_exact(sign, causal):
+    """The forward takes the row max over the raw products and puts the scale into the
+    exponent's FMA only when the scale is positive (SCALE_POSITIVE); a negative scale takes the
+    scale-first order. Both meet the fp32 target against float64, in the unmasked and the masked
+    (causal, key-tail) phases. softmax(s * (-c)) with q is softmax(s * c) with -q."""
     q, k, v = (randn(2, s, 4, 32, dtype=f32) for s in (45, 70, 70))
-    out, lse, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True, backend="triton")
-    ref_out, ref_lse = f64_flash_attention(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0)
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, softmax_scale=sign / math.sqrt(32), causal=causal,
+                                               return_attn_probs=True, backend="triton")
+    ref_out, ref_lse = f64_flash_attention(q * sign, k, v, causal=causal, window_size=(-1, -1), softcap=0.0)
     assert (out.double() - ref_out).abs().max().item() <= FP32_SEED_TARGET
     assert (lse.double() - ref_lse).abs().max().item() <= FP32_SEED_TARGET * max(1.0, ref_lse.abs().max().item())

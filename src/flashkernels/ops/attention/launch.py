@@ -151,10 +151,6 @@ def _empty_like_layout(b: int, h: int, s: int, d: int, bshd: bool, like: torch.T
     return torch.empty((b, h, s, d), dtype=like.dtype, device=like.device)
 
 
-# The forward's plain-score FMA ordering (kernels/fwd.py, PLAIN_FMA): a module switch so that
-# scripts/ab_attention.py can time both orders in one process.
-FWD_PLAIN_FMA = True
-
 
 class _Features(NamedTuple):
     """Per-call kernel arguments for ALiBi, sinks and packed (varlen) sequences."""
@@ -230,7 +226,7 @@ def attn_fwd_impl(
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
         HAS_WINDOW=has_window, HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None,
-        HAS_SINK=sink is not None, VARLEN=f.varlen, PLAIN_FMA=FWD_PLAIN_FMA,
+        HAS_SINK=sink is not None, VARLEN=f.varlen, SCALE_POSITIVE=scale > 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse

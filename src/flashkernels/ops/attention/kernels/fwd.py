@@ -138,7 +138,7 @@ def _fwd_inner(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, PLAIN_FMA: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):
     # K_blk: block pointer over K^T (d, n), V_blk over V (n, d), both at key block n_start.
     # Block pointers keep one scalar base + offsets instead of a pointer per element: a
@@ -152,9 +152,19 @@ def _fwd_inner(
         else:
             k = tl.load(K_blk)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        if PLAIN_FMA and not MASKED and MASK_KIND == 0 and not HAS_SOFTCAP and not HAS_ALIBI:
-            # Plain scores: the row max of the raw products (qk_scale > 0 keeps their order), then
-            # one FMA a score in the exponent instead of a multiply and a subtraction.
+        if MASKED:
+            valid = cols[None, :] < seqlen_k
+            if IS_CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + causal_offset)
+            if HAS_WINDOW:
+                diag = offs_m[:, None] + causal_offset
+                valid = valid & (cols[None, :] >= diag - window_left) & (cols[None, :] <= diag + window_right)
+        if SCALE_POSITIVE and MASK_KIND == 0 and not HAS_SOFTCAP and not HAS_ALIBI:
+            # Plain scores (v3): masked entries become -inf on the raw products, the row max is
+            # taken over them (a scale > 0 keeps order and -inf), and the scale goes into one FMA
+            # a score in the exponent instead of a multiply and a subtraction.
+            if MASKED:
+                qk = tl.where(valid, qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
@@ -172,12 +182,6 @@ def _fwd_inner(
                     s = s + mv.to(tl.float32) * LOG2E
                 M_blk = tl.advance(M_blk, (0, BLOCK_N))
             if MASKED:
-                valid = cols[None, :] < seqlen_k
-                if IS_CAUSAL:
-                    valid = valid & (cols[None, :] <= offs_m[:, None] + causal_offset)
-                if HAS_WINDOW:
-                    diag = offs_m[:, None] + causal_offset
-                    valid = valid & (cols[None, :] >= diag - window_left) & (cols[None, :] <= diag + window_right)
                 s = tl.where(valid, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -190,7 +194,10 @@ def _fwd_inner(
             v = tl.load(V_blk, boundary_check=(1,), padding_option="zero")
         else:
             v = tl.load(V_blk)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        # The rescaled accumulator goes into the dot as its accumulator (wgmma adds into it):
+        # `acc * alpha + tl.dot(p, v)` kept a second [BLOCK_M, BLOCK_D] fp32 tile live and added
+        # it afterwards (docs/perf-notes.md, v4).
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
         K_blk = tl.advance(K_blk, (0, BLOCK_N))
         V_blk = tl.advance(V_blk, (BLOCK_N, 0))
@@ -208,7 +215,7 @@ def _fwd_range(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, PLAIN_FMA: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):
     # Key blocks [n_start, n_stop) with block pointers placed at n_start (window phases).
     K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -224,7 +231,7 @@ def _fwd_range(
         offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
         window_left, window_right, softcap_log2, slope_log2,
         HEAD_DIM, BLOCK_N, BLOCK_D, MASKED, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-        HAS_ALIBI, PLAIN_FMA,
+        HAS_ALIBI, SCALE_POSITIVE,
     )
 
 
@@ -246,7 +253,7 @@ def attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False, HAS_SINK: tl.constexpr = False, VARLEN: tl.constexpr = False,
-    PLAIN_FMA: tl.constexpr = True,
+    SCALE_POSITIVE: tl.constexpr = False,
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
@@ -258,9 +265,9 @@ def attn_fwd_kernel(
     maxima, and the causal diagonal is aligned bottom-right per sequence.
     HAS_ALIBI: adds -Alibi[b * stride_ab + h * stride_ah] * |i + causal_offset - j|.
     HAS_SINK: Sink[h] is one more logit in each row's softmax, with a zero value.
-    PLAIN_FMA: in the unmasked phase without mask, softcap or ALiBi, take the row max of the raw
-    products and one FMA in the exponent (v3, docs/perf-notes.md); False is v2's order, kept so
-    scripts/ab_attention.py can time both in one process.
+    SCALE_POSITIVE: sm_scale > 0, so without a user mask, softcap or ALiBi the row max is taken
+    over the raw products and the scale goes into the exponent's FMA (v3, docs/perf-notes.md);
+    else every score is scaled first (v2's order, correct for any scale).
     MASK_KIND: 0 none, 1 bool/uint8 (non-zero = attend), 2 float (added).
     HAS_WINDOW: key j is seen by row i iff i + causal_offset - window_left <= j <=
     i + causal_offset + window_right (both >= 0; not together with IS_CAUSAL).
@@ -319,21 +326,21 @@ def attn_fwd_kernel(
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, SCALE_POSITIVE,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_lo, n_in_hi, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, SCALE_POSITIVE,
         )
         acc, l_i, m_i = _fwd_range(
             acc, l_i, m_i, q, k_base, v_base, m_base, n_in_hi, n_end, m0,
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2, stride_kn, stride_vn, stride_mm, stride_mn,
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, PLAIN_FMA,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI, SCALE_POSITIVE,
         )
     else:
         # Key ranges: [0, n_full) needs no mask; [n_full, n_end) is masked.
@@ -359,7 +366,7 @@ def attn_fwd_kernel(
             offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
             window_left, window_right, softcap_log2, slope_log2,
             HEAD_DIM, BLOCK_N, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-            HAS_ALIBI, PLAIN_FMA,
+            HAS_ALIBI, SCALE_POSITIVE,
         )
         if n_full < n_end:
             K_blk = tl.make_block_ptr(k_base, shape=(HEAD_DIM, seqlen_k), strides=(1, stride_kn),
@@ -375,7 +382,7 @@ def attn_fwd_kernel(
                 offs_m, offs_n, offs_d, seqlen_q, seqlen_k, causal_offset, qk_scale,
                 window_left, window_right, softcap_log2, slope_log2,
                 HEAD_DIM, BLOCK_N, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
-                HAS_ALIBI, PLAIN_FMA,
+                HAS_ALIBI, SCALE_POSITIVE,
             )
 
     empty = l_i == 0.0
