@@ -83,7 +83,7 @@ def sass_loops(cubin: bytes) -> str:
                 if re.search(r"/\*[0-9a-f]{4}\*/", x)]
         ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
         if ops["HGMMA"]:
-            keys = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD")
+            keys = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD", "LDL", "STL")
             out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys))
     return "\n".join(out)
 

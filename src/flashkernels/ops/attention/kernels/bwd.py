@@ -80,13 +80,19 @@ def _dkdv_inner(
     for start_m in range(m_start, m_stop, BLOCK_M):
         rows = start_m + offs_r
         start_64 = tl.cast(start_m, tl.int64)
+        # The unmasked phase only sees whole query blocks (the launcher-side ranges send a
+        # partial last block through the masked phase), so its loads need no row checks.
         q = _load_rows(Q + start_64 * stride_qm + offs_r[:, None] * stride_qm + offs_d[None, :],
-                       rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
+                       rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         do = _load_rows(DO + start_64 * stride_dom + offs_r[:, None] * stride_dom + offs_d[None, :],
-                        rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, True)
-        lse = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf"))
+                        rows, seqlen_q, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        if MASKED:
+            lse = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf"))
+            delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
+        else:
+            lse = tl.load(Lse + rows)
+            delta = tl.load(Delta + rows)
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
-        delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
             tT = _softcap_tanh(sT, HAS_SOFTCAP)
@@ -194,7 +200,7 @@ def attn_bwd_dkdv_kernel(
         m_in_lo = tl.maximum(n0 + BLOCK_N - 1 - causal_offset - window_right, m_lo)
         m_in_lo = tl.minimum((m_in_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M, m_end)
         m_in_hi = tl.maximum(n0 - causal_offset + window_left + 1, 0) // BLOCK_M * BLOCK_M
-        m_in_hi = tl.maximum(tl.minimum(m_in_hi, m_end), m_in_lo)
+        m_in_hi = tl.maximum(tl.minimum(m_in_hi, seqlen_q // BLOCK_M * BLOCK_M), m_in_lo)
         # A key block that runs past seqlen_k needs the key mask on every query block.
         m_in_lo = tl.where(n0 + BLOCK_N > seqlen_k, m_end, m_in_lo)
         m_in_hi = tl.where(n0 + BLOCK_N > seqlen_k, m_end, m_in_hi)
@@ -210,6 +216,8 @@ def attn_bwd_dkdv_kernel(
     if not HAS_WINDOW:
         # A key block that runs past seqlen_k needs the key mask on every query block.
         m_full = tl.where(n0 + BLOCK_N > seqlen_k, seqlen_q, m_full)
+    # Unmasked query blocks end at the last whole block; a partial one goes masked.
+    m_even = tl.maximum(m_full, seqlen_q // BLOCK_M * BLOCK_M)
 
     for g in range(0, group):
         off_h = off_hk * group + g
@@ -251,11 +259,20 @@ def attn_bwd_dkdv_kernel(
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
-                m_full, seqlen_q, offs_n, offs_r, offs_d,
+                m_full, m_even, offs_n, offs_r, offs_d,
                 seqlen_q, seqlen_k, causal_offset, qk_scale,
                 window_left, window_right, softcap_log2, slope_log2,
                 stride_qm, stride_dom, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_D, False, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_ALIBI,
+            )
+            dk, dv = _dkdv_inner(  # the partial last query block, if any
+                dk, dv, k, v, q_base, do_base, m_base, Lse + row_base, Delta + row_base,
+                m_even, seqlen_q, offs_n, offs_r, offs_d,
+                seqlen_q, seqlen_k, causal_offset, qk_scale,
+                window_left, window_right, softcap_log2, slope_log2,
+                stride_qm, stride_dom, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_D, True, IS_CAUSAL, MASK_KIND, DOT_PRECISION, HAS_WINDOW, HAS_SOFTCAP,
                 HAS_ALIBI,
             )
 
