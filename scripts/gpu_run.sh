@@ -131,8 +131,12 @@ stage_tests() {
   fi
   local extra=()
   eval "extra=(${PYTEST_ARGS:-})"  # shell quoting inside PYTEST_ARGS is honoured: -k "a or b"
-  "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" "${workers[@]}" "${extra[@]}" \
-    2>&1 | tee "$OUT/pytest.log"
+  # -v: every test's id and outcome in the log, so a stage cut by its timeout still names its
+  # failures (-q printed dots only: three GPU runs of 2026-11-25 were cut before the summary).
+  local verbosity=(-v)
+  [[ " ${extra[*]} " == *" -q "* ]] && verbosity=()
+  "$PY" -m pytest tests "${verbosity[@]}" -rfEs -p no:cacheprovider --junitxml="$OUT/junit.xml" "${workers[@]}" \
+    "${extra[@]}" 2>&1 | tee "$OUT/pytest.log"
   return "${PIPESTATUS[0]}"
 }
 

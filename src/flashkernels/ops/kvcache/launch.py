@@ -49,19 +49,22 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     """BLOCK_M packed query rows (Sq x group) resident, BLOCK_N keys streamed a step.
 
     Decode (rows = group <= 16) uses BLOCK_M = 16, tl.dot's minimum; chunked prefill up to 64.
-    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 128, 8 warps, 3 stages),
-    the best of a sweep of BLOCK_N 64/128, warps 4/8, stages 2/3 on the H100 (scripts/
-    tune_decode.py, 2026-11-25, bf16 D=128 Hq/Hkv 32/8: B=16 cache 8192 2.71 TB/s where
-    (16, 64, 8, 2) read 1.3-2.2; B=1 cache 128k 2.52, within 3% of every candidate; 80-90
-    registers, 0 spills); other tiles were picked for no register spills at sm_90a
-    (scripts/compile_check_kvcache.py), and shrink to the device's shared memory."""
+    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 128, 8 warps, 2 stages),
+    from a sweep of BLOCK_N 64/128, warps 4/8, stages 2/3 on the H100 (scripts/tune_decode.py,
+    2026-11-25, bf16 D=128 Hq/Hkv 32/8, K+V TB/s contiguous / paged 16: B=16 cache 8192 2.62 /
+    2.47 where (16, 64, 8, 2) read 1.3-2.2 / 2.0; B=1 cache 128k 2.56 / 2.53 against 2.60 /
+    2.43); 3 stages read as well in that sweep but need 139 KB of shared memory (one program an
+    SM) and read 1.3-2.0 in the next process's `bench decode`. Decode timings moved by up to 30%
+    between processes (docs/perf-notes.md): these tiles are provisional. Other tiles were picked
+    for no register spills at sm_90a (scripts/compile_check_kvcache.py). All shrink to the
+    device's shared memory."""
     if device.type != "cuda":  # interpreter: small blocks hit every masked branch on small shapes
         return Config(16, 16, 4, 1)
     bd = block_d(head_dim)
     if dtype == torch.float32:  # twice the bytes a tile: (64, 32) spilled ~1 KB at D=128, 11 KB at 256
         return Config(min(32 if bd >= 128 else 64, max(16, _next_pow2(rows))), 32 if bd <= 64 else 16, 8, 2)
     bm = min(64, max(16, _next_pow2(rows)))
-    cfg = Config(16, 128, 8, 3) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
+    cfg = Config(16, 128, 8, 2) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
     return _fit(cfg, lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * st), _smem_limit(device.index or 0), True)
 
 
