@@ -212,7 +212,9 @@ def attn_fwd_impl(
         if sink is not None:  # rows that see no key: all mass on the sink
             return out.zero_(), lse.copy_(sink.view(1, H, 1).expand(B, H, Sq))
         return out.zero_(), lse.fill_(-math.inf)
-    cfg = fwd_config(D, q.dtype, q.device)
+    # int(): under dynamic-shape tracing D is a SymInt, which lru_cache cannot hash; the head dim
+    # is a constexpr of the kernels anyway, so it is specialised either way.
+    cfg = fwd_config(int(D), q.dtype, q.device)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
     grid = (triton_cdiv(f.seqlen_q, cfg.block_m) * f.batch * H,)
@@ -253,7 +255,7 @@ def attn_bwd_impl(
     f = _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     if B * H == 0 or D == 0:
         return dq, dk, dv, dsink
-    kv_cfg, q_cfg = bwd_configs(D, q.dtype, q.device)
+    kv_cfg, q_cfg = bwd_configs(int(D), q.dtype, q.device)  # int(): see attn_fwd_impl
     bd = block_d(D)
     prec = dot_precision(q.dtype, allow_tf32)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
