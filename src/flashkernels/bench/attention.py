@@ -351,9 +351,10 @@ def report_csv(args: argparse.Namespace) -> int:
     print(format_table(results, providers))
     if args.plot:
         first = results[0][2][0]
+        # A CSV may join runs of several commits (e.g. forward rows of one, backward of another).
+        shas = " + ".join(dict.fromkeys(str(r.get("git_sha")) for _, _, rows in results for r in rows))
         why = plot(results, args.plot, f"flashkernels attention, {first.get('dtype')}, {first.get('gpu')}, "
-                                       f"torch {first.get('torch')}, triton {first.get('triton')}, "
-                                       f"{first.get('git_sha')}")
+                                       f"torch {first.get('torch')}, triton {first.get('triton')}, code {shas}")
         print(f"plot: {why}" if why else f"plot written to {args.plot}")
     return 0
 
