@@ -76,7 +76,9 @@ def sass_loops(cubin: bytes) -> str:
     labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
     out = []
     for i, ln in enumerate(lines):
-        m = re.search(r"BRA `\((\.L_x_\d+)\)", ln)
+        # A loop ends in a predicated backward branch; an unpredicated one is the return jump of
+        # an out-of-line block (e.g. an mbarrier wait's retry loop), not a loop.
+        m = re.search(r"@!?U?P\w+\s+BRA `\((\.L_x_\d+)\)", ln)
         if not (m and labels.get(m.group(1), i) < i):
             continue
         body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]

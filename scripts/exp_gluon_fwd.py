@@ -1,0 +1,292 @@
+"""Experiment (issue 3): an attention forward written in Gluon for Hopper, FA3's intra-warpgroup
+overlap by hand.
+
+    PYTHONPATH=src python scripts/exp_gluon_fwd.py --compile-only     # any machine: sm_90a build
+    PYTHONPATH=src python scripts/exp_gluon_fwd.py                    # H100: check, then time
+
+Why: stock Triton stops at ~0.8x cuDNN in the forward on the H100 (docs/perf-notes.md, "Hopper
+path experiment"): its pipeliner waits for each q·kᵀ wgmma before the softmax and for each p·v
+wgmma before the next q·kᵀ, so the tensor cores idle while the exponentials run. Gluon
+(`triton.experimental.gluon`, in the same triton package) exposes the pieces: TMA copies into a
+ring of shared-memory stages with mbarriers, `warpgroup_mma(..., is_async=True)` and
+`warpgroup_mma_wait(num_outstanding=N)`.
+
+Schedule of one program (BLOCK_M query rows of one (batch, head), 8 warps = two warpgroups of
+64 rows each, K/V in a ring of STAGES shared-memory buffers filled by TMA):
+
+    S_0 = Q K_0^T; P_0 = softmax part of S_0
+    for j in 0 .. n-2:
+        issue S_{j+1} = Q K_{j+1}^T      (async)
+        issue O += P_j V_j               (async)
+        wait until 1 wgmma is in flight  -> S_{j+1} is ready (wgmma groups retire in order)
+        P_{j+1}, alpha = online softmax of S_{j+1}   <- overlaps the P_j V_j wgmma
+        wait until 0 in flight           -> O is ready;  O *= alpha
+        refill this stage's K/V buffers with block j + STAGES (after a CTA barrier: the other
+        warpgroup may still read them)
+    O += P_{n-1} V_{n-1}; O /= l; lse = m + log2(l)
+
+Not yet (the next steps if this one pays): ping-pong between the two warpgroups (FA3's
+inter-warpgroup overlap, `gl.warp_specialize` with a producer warp), persistent scheduling,
+causal blocks visited in the long-first order, D = 256.
+
+Restrictions of the experiment: (B, S, H, D) contiguous bf16/fp16 inputs with the same shape for
+q, k, v; D in {64, 128}; S a multiple of 128 (the TMA descriptors are 2-D views (B·S, H·D), so a
+block may not cross a batch boundary). Causal = top-left = bottom-right here (Sq = Sk).
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, start_n,
+                  BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, s_layout: gl.constexpr):
+    """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l)."""
+    if CAUSAL:
+        if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
+            offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            s = gl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
+                          HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                          STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+    dtype: gl.constexpr = desc_q.dtype
+    pid_m = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    m0 = pid_m * BLOCK_M
+    row_q = b * S + m0
+    row_k = b * S
+    col = h * HEAD_DIM
+
+    # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width; the
+    # 8 warps stack along M (two warpgroups of 64 rows).
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], desc_q.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_v.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    if CAUSAL:
+        n_blocks = (m0 + BLOCK_M) // BLOCK_N
+    else:
+        n_blocks = S // BLOCK_N
+
+    mbarrier.expect(q_bar, desc_q.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc_q, [row_q, col], q_bar, q_smem)
+    for i in gl.static_range(STAGES):
+        ok = i < n_blocks
+        mbarrier.expect(k_bars.index(i), desc_k.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(desc_k, [row_k + i * BLOCK_N, col], k_bars.index(i), k_smem.index(i), pred=ok)
+        mbarrier.expect(v_bars.index(i), desc_v.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(desc_v, [row_k + i * BLOCK_N, col], v_bars.index(i), v_smem.index(i), pred=ok)
+
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_m = m0 + gl.arange(0, BLOCK_M, layout=row_s)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.full([BLOCK_M], 0.0, gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    # Block 0's scores, and its softmax.
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_smem, k_smem.index(0)))
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, 0, BLOCK_N, CAUSAL, s_layout)
+
+    for j in range(0, n_blocks - 1):
+        stage = j % STAGES
+        nxt = (j + 1) % STAGES
+        # S_{j+1} first, then O += P_j V_j: both in flight.
+        mbarrier.wait(k_bars.index(nxt), ((j + 1) // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(v_bars.index(stage), (j // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+        # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
+        s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_smem, k_smem.index(nxt)))
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, (j + 1) * BLOCK_N, BLOCK_N, CAUSAL,
+                                           s_layout)
+        acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        # Both warpgroups are done with K_j (last iteration) and V_j: refill the stage.
+        gl.thread_barrier()
+        refill = j + STAGES
+        ok = refill < n_blocks
+        mbarrier.expect(k_bars.index(stage), desc_k.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(desc_k, [row_k + refill * BLOCK_N, col], k_bars.index(stage),
+                                        k_smem.index(stage), pred=ok)
+        mbarrier.expect(v_bars.index(stage), desc_v.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(desc_v, [row_k + refill * BLOCK_N, col], v_bars.index(stage),
+                                        v_smem.index(stage), pred=ok)
+
+    last = n_blocks - 1
+    mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
+    acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+
+    out = acc / gl.convert_layout(l_i, row_o)[:, None]
+    lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+    gl.store(Lse + pid_bh * S + offs_m, lse)
+    # Q's buffer is free (every q·kᵀ has retired): stage the output tile there for the TMA store.
+    gl.thread_barrier()
+    q_smem.store(out.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(desc_o, [row_q, col], q_smem)
+    tma.store_wait(pendings=0)
+
+
+def _descs(q, k, v, out, block_m, block_n):
+    B, S, H, D = q.shape
+    dt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    lq = gl.NVMMASharedLayout.get_default_for([block_m, D], dt)
+    lk = gl.NVMMASharedLayout.get_default_for([block_n, D], dt)
+
+    def desc(t, blk, lay):
+        t2 = t.view(B * S, H * D)
+        return TensorDescriptor(t2, list(t2.shape), list(t2.stride()), blk, lay)
+
+    return desc(q, [block_m, D], lq), desc(k, [block_n, D], lk), desc(v, [block_n, D], lk), desc(out, [block_m, D], lq)
+
+
+def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=128, stages=2, num_warps=8):
+    """out (B, S, H, D), lse (B, H, S) natural log. See the module docstring for the restrictions."""
+    B, S, H, D = q.shape
+    assert q.shape == k.shape == v.shape and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    assert q.dtype in (torch.bfloat16, torch.float16) and D in (64, 128) and S % max(block_m, block_n) == 0
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
+    dq, dk, dv, do = _descs(q, k, v, out, block_m, block_n)
+    gluon_attn_fwd_kernel[(S // block_m, B * H)](dq, dk, dv, do, lse, sm_scale, S, H, HEAD_DIM=D, BLOCK_M=block_m,
+                                                  BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, num_warps=num_warps)
+    return out, lse
+
+
+def compile_only(configs):
+    """Build for sm_90a without a GPU (GluonASTSource + ptxas), print registers / spills / smem."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import compile_check as cc
+
+    bad = 0
+    for D, bm, bn, stages, causal in configs:
+        B, S, H = 1, 1024, 2
+        q = torch.empty(B, S, H, D, dtype=torch.bfloat16)
+        descs = _descs(q, q, q, q, bm, bn)
+        fn = gluon_attn_fwd_kernel
+        sig = {}
+        args = dict(zip(("desc_q", "desc_k", "desc_v", "desc_o"), descs))
+        for i, name in enumerate(fn.arg_names):
+            if fn.params[i].is_constexpr:
+                sig[name] = "constexpr"
+            elif name in args:
+                sig[name] = mangle_type(args[name])
+            elif name == "Lse":
+                sig[name] = "*fp32"
+            elif name == "sm_scale":
+                sig[name] = "fp32"
+            else:
+                sig[name] = "i32"
+        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=8)
+        names = fn.arg_names
+        src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()})
+        tag = f"gluon fwd bf16 D={D} ({bm}, {bn}, 8 warps, {stages} stages) causal={int(causal)}"
+        try:
+            out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+            print(f"{tag:60s} smem {out.metadata.shared:>6}  {cc.ptxas_report(out.asm['ptx'])}")
+            print("\n".join("      " + ln for ln in cc.sass_loops(out.asm["cubin"]).splitlines()))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            bad += 1
+            print(f"{tag:60s} FAILED: {type(e).__name__}: {str(e)[-3000:]}"); import traceback; traceback.print_exc(limit=-3)
+    return bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compile-only", action="store_true")
+    args = ap.parse_args()
+    configs = [(128, 128, 128, 2, False), (128, 128, 128, 2, True), (128, 128, 64, 3, False),
+               (64, 128, 128, 2, False), (64, 128, 128, 3, True)]
+    if args.compile_only:
+        sys.exit(1 if compile_only(configs) else 0)
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import flashkernels
+    from flashkernels.bench.common import do_bench_median, warm_gpu
+    warm_gpu()
+    for D, S in ((128, 4096), (128, 16384), (64, 4096)):
+        H, B = 2048 // D, 16384 // S
+        q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for causal in (False, True):
+            flops = 4 * B * H * S * S * D / (2 if causal else 1)
+            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                ref = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal).transpose(1, 2)
+                cudnn = flops / do_bench_median(lambda: F.scaled_dot_product_attention(
+                    qt, kt, vt, is_causal=causal)) / 1e9
+            ours = flops / do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal)) / 1e9
+            print(f"D={D} S={S} causal={int(causal)}: cudnn {cudnn:.0f} TF/s, flashkernels {ours:.0f}", flush=True)
+            for _, bm, bn, stages, c in configs:
+                if _ != D or c != causal:
+                    continue
+                try:
+                    out, _lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages)
+                    torch.cuda.synchronize()
+                    err = (out.float() - ref.float()).abs().max().item()
+                    tf = flops / do_bench_median(lambda: gluon_attention(q, k, v, causal, block_m=bm, block_n=bn,
+                                                                         stages=stages)) / 1e9
+                except Exception as e:  # noqa: BLE001 - an experiment: report and go on
+                    print(f"  gluon ({bm}, {bn}, {stages}): FAILED {str(e).splitlines()[0][:200]}", flush=True)
+                    continue
+                print(f"  gluon ({bm}, {bn}, {stages}): {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x "
+                      f"flashkernels), max err {err:.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
