@@ -133,3 +133,25 @@ def test_eager_launches_skip_wrap_tritons_higher_order_op(monkeypatch):
     flashkernels.flash_attn_with_kvcache(q.detach()[:, :1], kc, vc, cache_seqlens=lens, num_splits=2,
                                          backend="triton")
     assert len(launches) >= 12  # the checking wrapper really was in the launch path
+
+
+def test_launchers_trace_with_symbolic_shapes(monkeypatch):
+    """torch.compile with dynamic shapes and opcheck's aot_dispatch_dynamic trace the launchers
+    with SymInt sizes; the cached block-config lookups must not receive one (lru_cache cannot
+    hash it: the GPU opcheck tests failed so on 2026-11-25). The kernel launches are stubbed
+    out (the interpreter cannot run on fake tensors), so this checks the host code only."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from flashkernels.ops.attention import launch
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(launch, "wrap_triton", lambda kernel: _NoLaunch())
+    rest = (0.25, True, 0, False, False, -1, -1, 0.0, None, None, None, None, 0, 0)
+    q, k, v = torch.randn(1, 2, 33, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    make_fx(lambda q, k, v: launch.attn_fwd_impl(q, k, v, None, *rest), tracing_mode="symbolic")(q, k, v)
+    out, lse = torch.randn(1, 2, 33, 16), torch.randn(1, 2, 33)
+    make_fx(lambda do, q, k, v, out, lse: launch.attn_bwd_impl(do, q, k, v, out, lse, None, None, *rest),
+            tracing_mode="symbolic")(out, q, k, v, out, lse)
