@@ -29,8 +29,8 @@ Not yet (the next steps if this one pays): ping-pong between the two warpgroups 
 inter-warpgroup overlap, `gl.warp_specialize` with a producer warp), persistent scheduling,
 causal blocks visited in the long-first order, D = 256.
 
-Restrictions of the experiment: (B, S, H, D) contiguous bf16/fp16 inputs with the same shape for
-q, k, v; D in {64, 128}; S a multiple of 128 (the TMA descriptors are 2-D views (B·S, H·D), so a
+Restrictions of the experiment: (B, S, H, D) contiguous bf16/fp16 inputs (k and v with Hkv heads,
+H a multiple of Hkv: GQA); D in {64, 128}; S a multiple of 128 (the TMA descriptors are 2-D views (B·S, H·D), so a
 block may not cross a batch boundary). Causal = top-left = bottom-right here (Sq = Sk).
 """
 import argparse
@@ -65,7 +65,7 @@ def _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, start_n,
 
 
 @gluon.jit
-def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
+def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, GROUP,
                           HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = desc_q.dtype
@@ -77,6 +77,7 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
     row_q = b * S + m0
     row_k = b * S
     col = h * HEAD_DIM
+    col_kv = (h // GROUP) * HEAD_DIM  # GQA: query heads h*GROUP .. share kv head h // GROUP
 
     # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width; the
     # 8 warps stack along M (two warpgroups of 64 rows).
@@ -110,9 +111,11 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
     for i in gl.static_range(STAGES):
         ok = i < n_blocks
         mbarrier.expect(k_bars.index(i), desc_k.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(desc_k, [row_k + i * BLOCK_N, col], k_bars.index(i), k_smem.index(i), pred=ok)
+        tma.async_copy_global_to_shared(desc_k, [row_k + i * BLOCK_N, col_kv], k_bars.index(i), k_smem.index(i),
+                                        pred=ok)
         mbarrier.expect(v_bars.index(i), desc_v.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(desc_v, [row_k + i * BLOCK_N, col], v_bars.index(i), v_smem.index(i), pred=ok)
+        tma.async_copy_global_to_shared(desc_v, [row_k + i * BLOCK_N, col_kv], v_bars.index(i), v_smem.index(i),
+                                        pred=ok)
 
     qk_scale = sm_scale * 1.4426950408889634
     offs_m = m0 + gl.arange(0, BLOCK_M, layout=row_s)
@@ -148,10 +151,10 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
         refill = j + STAGES
         ok = refill < n_blocks
         mbarrier.expect(k_bars.index(stage), desc_k.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(desc_k, [row_k + refill * BLOCK_N, col], k_bars.index(stage),
+        tma.async_copy_global_to_shared(desc_k, [row_k + refill * BLOCK_N, col_kv], k_bars.index(stage),
                                         k_smem.index(stage), pred=ok)
         mbarrier.expect(v_bars.index(stage), desc_v.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(desc_v, [row_k + refill * BLOCK_N, col], v_bars.index(stage),
+        tma.async_copy_global_to_shared(desc_v, [row_k + refill * BLOCK_N, col_kv], v_bars.index(stage),
                                         v_smem.index(stage), pred=ok)
 
     last = n_blocks - 1
@@ -177,13 +180,13 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H,
 
 
 def _descs(q, k, v, out, block_m, block_n):
-    B, S, H, D = q.shape
+    D = q.shape[3]
     dt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     lq = gl.NVMMASharedLayout.get_default_for([block_m, D], dt)
     lk = gl.NVMMASharedLayout.get_default_for([block_n, D], dt)
 
-    def desc(t, blk, lay):
-        t2 = t.view(B * S, H * D)
+    def desc(t, blk, lay):  # (B, S, H, D) contiguous as the 2-D (B * S, H * D)
+        t2 = t.view(t.shape[0] * t.shape[1], t.shape[2] * D)
         return TensorDescriptor(t2, list(t2.shape), list(t2.stride()), blk, lay)
 
     return desc(q, [block_m, D], lq), desc(k, [block_n, D], lk), desc(v, [block_n, D], lk), desc(out, [block_m, D], lq)
@@ -192,14 +195,17 @@ def _descs(q, k, v, out, block_m, block_n):
 def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=128, stages=2, num_warps=8):
     """out (B, S, H, D), lse (B, H, S) natural log. See the module docstring for the restrictions."""
     B, S, H, D = q.shape
-    assert q.shape == k.shape == v.shape and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    Hkv = k.shape[2]
+    assert k.shape == v.shape == (B, S, Hkv, D) and H % Hkv == 0
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
     assert q.dtype in (torch.bfloat16, torch.float16) and D in (64, 128) and S % max(block_m, block_n) == 0
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
     out = torch.empty_like(q)
     lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
     dq, dk, dv, do = _descs(q, k, v, out, block_m, block_n)
-    gluon_attn_fwd_kernel[(S // block_m, B * H)](dq, dk, dv, do, lse, sm_scale, S, H, HEAD_DIM=D, BLOCK_M=block_m,
-                                                  BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, num_warps=num_warps)
+    gluon_attn_fwd_kernel[(S // block_m, B * H)](dq, dk, dv, do, lse, sm_scale, S, H, H // Hkv, HEAD_DIM=D,
+                                                  BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+                                                  num_warps=num_warps)
     return out, lse
 
 
@@ -260,33 +266,39 @@ def main():
     import flashkernels
     from flashkernels.bench.common import do_bench_median, warm_gpu
     warm_gpu()
-    for D, S in ((128, 4096), (128, 16384), (64, 4096)):
-        H, B = 2048 // D, 16384 // S
-        q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for causal in (False, True):
+    shapes = [(16384 // S, S, 2048 // D, 2048 // D, D) for D, S in ((128, 4096), (128, 16384), (64, 4096))]
+    shapes.append((2, 8192, 32, 8, 128))  # the issue's GQA shape
+    for B, S, H, Hkv, D in shapes:
+        q = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        for causal in (False, True) if H == Hkv else (True,):
             flops = 4 * B * H * S * S * D / (2 if causal else 1)
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+            gqa = H != Hkv
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                ref = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal).transpose(1, 2)
+                ref = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
                 cudnn = flops / do_bench_median(lambda: F.scaled_dot_product_attention(
-                    qt, kt, vt, is_causal=causal)) / 1e9
+                    qt, kt, vt, is_causal=causal, enable_gqa=gqa)) / 1e9
+            _, ref_lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)
             ours = flops / do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal)) / 1e9
-            print(f"D={D} S={S} causal={int(causal)}: cudnn {cudnn:.0f} TF/s, flashkernels {ours:.0f}", flush=True)
+            print(f"B={B} S={S} H={H}/{Hkv} D={D} causal={int(causal)}: cudnn {cudnn:.0f} TF/s, flashkernels "
+                  f"{ours:.0f}", flush=True)
             for _, bm, bn, stages, c in configs:
                 if _ != D or c != causal:
                     continue
                 try:
-                    out, _lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages)
+                    out, lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages)
                     torch.cuda.synchronize()
                     err = (out.float() - ref.float()).abs().max().item()
+                    lse_err = (lse - ref_lse).abs().max().item()
                     tf = flops / do_bench_median(lambda: gluon_attention(q, k, v, causal, block_m=bm, block_n=bn,
                                                                          stages=stages)) / 1e9
                 except Exception as e:  # noqa: BLE001 - an experiment: report and go on
                     print(f"  gluon ({bm}, {bn}, {stages}): FAILED {str(e).splitlines()[0][:200]}", flush=True)
                     continue
                 print(f"  gluon ({bm}, {bn}, {stages}): {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x "
-                      f"flashkernels), max err {err:.2e}", flush=True)
-
+                      f"flashkernels), max err out {err:.2e} (vs cuDNN) lse {lse_err:.2e} (vs flashkernels)",
+                      flush=True)
 
 if __name__ == "__main__":
     main()
