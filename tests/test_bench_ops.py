@@ -137,3 +137,11 @@ def test_torch_providers_are_the_references():
     assert torch.equal(cos[0], torch.ones(4)) and torch.allclose(sin[1, 0], torch.tensor(1.0).sin())
     xr = torch.randn(2, 6, 3, 8)
     assert torch.equal(ops._torch_rope(xr, cos, sin), rotary_emb_reference(xr, cos, sin))
+
+
+def test_bench_decode_refuses_a_bad_repeat_count(capsys):
+    """`flashkernels bench decode --repeat N` checks N before it looks for a GPU."""
+    from flashkernels.cli import main
+
+    assert main(["bench", "decode", "--repeat", "0"]) == 2
+    assert "--repeat: expected a count >= 1, got 0" in capsys.readouterr().err

@@ -147,9 +147,12 @@ def format_table(rows: list[dict]) -> str:
 
 def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: torch.dtype = torch.bfloat16,
                      num_splits: int = 0, warmup_ms: float = 25, rep_ms: float = 100, csv_path=None,
-                     verbose: bool = True) -> list[dict]:
+                     verbose: bool = True, repeat: int = 1) -> list[dict]:
     """Time every (case, provider, layout) on the current CUDA device; return the result rows
-    (and append them to ``csv_path`` when given). SDPA peers run once a case (contiguous)."""
+    (and append them to ``csv_path`` when given). SDPA peers run once a case (contiguous).
+    ``repeat`` > 1 runs the whole list that many times in this process, each time on freshly
+    allocated inputs: the spread between runs is the measurement's (session 3 saw one kernel
+    read 30-40% apart between processes, docs/perf-notes.md)."""
     if not torch.cuda.is_available():
         raise RuntimeError("run_decode_bench: needs a CUDA GPU; none is visible to torch "
                            f"(torch {torch.__version__})")
@@ -162,17 +165,19 @@ def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: t
     rows = []
     warm_gpu()
     try:
-        for batch, seqlen in cases:
-            s = DecodeShape(batch, seqlen)
-            for provider in providers:
-                for layout in (layouts if provider == OURS else ("contig",)):
-                    row = measure(provider, layout, s, dtype, num_splits, warmup_ms, rep_ms)
-                    row.update(env)
-                    rows.append(row)
-                    sink.write(row)
-                    if verbose:
-                        msg = row.get("error") or f"{row['ms']:.4f} ms {row['gbps'] / 1e3:.2f} TB/s"
-                        print(f"{s.label()} {provider} {layout}: {msg}", flush=True)
+        for run in range(repeat):
+            for batch, seqlen in cases:
+                s = DecodeShape(batch, seqlen)
+                for provider in providers:
+                    for layout in (layouts if provider == OURS else ("contig",)):
+                        row = measure(provider, layout, s, dtype, num_splits, warmup_ms, rep_ms)
+                        row.update(env)
+                        rows.append(row)
+                        sink.write(row)
+                        if verbose:
+                            msg = row.get("error") or f"{row['ms']:.4f} ms {row['gbps'] / 1e3:.2f} TB/s"
+                            tag = f" (run {run + 1}/{repeat})" if repeat > 1 else ""
+                            print(f"{s.label()} {provider} {layout}{tag}: {msg}", flush=True)
     finally:
         sink.close()
     return rows
@@ -188,9 +193,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-splits", type=int, default=0, help="flashkernels num_splits (default 0 = heuristic)")
     p.add_argument("--warmup", type=float, default=25, metavar="MS", help="do_bench warm-up in ms (default 25)")
     p.add_argument("--rep", type=float, default=100, metavar="MS", help="do_bench repetitions in ms (default 100)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run every measurement N times in this process, on fresh inputs (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        print(f"--repeat: expected a count >= 1, got {args.repeat}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("flashkernels bench decode: needs a CUDA GPU; none is visible to torch "
               f"(torch {torch.__version__}).", file=sys.stderr)
@@ -213,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"flashkernels bench decode: {env['gpu']}, torch {env['torch']}, triton {env['triton']}, "
               f"code {env['git_sha']}, {args.dtype}, do_bench median", flush=True)
         rows = run_decode_bench(cases, providers, layouts, DTYPES[args.dtype], args.num_splits, args.warmup,
-                                args.rep, args.csv)
+                                args.rep, args.csv, repeat=args.repeat)
     except RuntimeError as exc:
         print(f"flashkernels bench decode: {exc}", file=sys.stderr)
         return 2
