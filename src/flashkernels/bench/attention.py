@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment
+from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing
 
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex")
 OPTIONAL_PROVIDERS = ("sdpa-math",)
@@ -362,15 +362,9 @@ def report_csv(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "from_csv", None):
         return report_csv(args)
-    if not torch.cuda.is_available():
-        print("flashkernels bench: needs a CUDA GPU; none is visible to torch "
-              f"(torch {torch.__version__}). Use `flashkernels check` on a CPU.", file=sys.stderr)
-        return 2
-    from .._backend import interpreter_enabled
-
-    if interpreter_enabled():
-        print("flashkernels bench: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels.",
-              file=sys.stderr)
+    why = gpu_missing("flashkernels bench")
+    if why:
+        print(f"{why}. Use `flashkernels check` on a CPU.", file=sys.stderr)
         return 2
     args.dtype = args.dtype or "bf16"
     providers = [p.strip() for p in (args.providers or ",".join(PROVIDERS)).split(",") if p.strip()]

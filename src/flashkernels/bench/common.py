@@ -28,6 +28,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
 
 
+def gpu_missing(who: str):
+    """Why ``who`` cannot time compiled kernels here (no CUDA GPU visible, or Triton's
+    interpreter switched on), as a message; None when it can."""
+    if not torch.cuda.is_available():
+        return f"{who}: needs a CUDA GPU; none is visible to torch (torch {torch.__version__})"
+    from .._backend import interpreter_enabled
+
+    if interpreter_enabled():
+        return f"{who}: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels"
+    return None
+
+
 def do_bench_median(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     """Median milliseconds of ``fn()`` over ``rep_ms`` of repetitions after ``warmup_ms``."""
     from triton.testing import do_bench

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, warm_gpu
+from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing, warm_gpu
 
 OURS = "flashkernels"
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn")
@@ -153,13 +153,9 @@ def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: t
     ``repeat`` > 1 runs the whole list that many times in this process, each time on freshly
     allocated inputs: the spread between runs is the measurement's (session 3 saw one kernel
     read 30-40% apart between processes, docs/perf-notes.md)."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("run_decode_bench: needs a CUDA GPU; none is visible to torch "
-                           f"(torch {torch.__version__})")
-    from .._backend import interpreter_enabled
-
-    if interpreter_enabled():
-        raise RuntimeError("run_decode_bench: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels")
+    why = gpu_missing("run_decode_bench")
+    if why:
+        raise RuntimeError(why)
     env = environment()
     sink = CsvSink(csv_path)
     rows = []
@@ -201,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         print(f"--repeat: expected a count >= 1, got {args.repeat}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print("flashkernels bench decode: needs a CUDA GPU; none is visible to torch "
-              f"(torch {torch.__version__}).", file=sys.stderr)
+    why = gpu_missing("flashkernels bench decode")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     providers = tuple(p.strip() for p in (args.providers or ",".join(PROVIDERS)).split(",") if p.strip())
     layouts = tuple(x.strip() for x in (args.layouts or ",".join(LAYOUTS)).split(",") if x.strip())

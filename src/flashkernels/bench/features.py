@@ -18,10 +18,11 @@ time should follow the visible pairs (about 4096 / 16384 of causal's), not S^2.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
-from .common import CsvSink, do_bench_median, environment, warm_gpu
+from .common import CsvSink, do_bench_median, environment, gpu_missing, warm_gpu
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,8 +72,9 @@ def _seqlens(n: int, total: int, seed: int = 0) -> list[int]:
 def run_varlen(args) -> int:
     import flashkernels
 
-    if not torch.cuda.is_available():
-        print("flashkernels bench varlen: needs a CUDA GPU")
+    why = gpu_missing("flashkernels bench varlen")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     dev, dt = "cuda", torch.bfloat16
     H, D, n, total = 16, 128, 16, 16384
@@ -111,8 +113,9 @@ def run_varlen(args) -> int:
 def run_features(args) -> int:
     import flashkernels
 
-    if not torch.cuda.is_available():
-        print("flashkernels bench features: needs a CUDA GPU")
+    why = gpu_missing("flashkernels bench features")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     dev, dt = "cuda", torch.bfloat16
     csv = CsvSink(args.csv)

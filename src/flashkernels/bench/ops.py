@@ -92,7 +92,7 @@ import torch
 from ..ops.rms_norm.reference import rms_norm_reference  # plain torch: no triton import
 from ..ops.rope.reference import rotary_emb_reference
 from ..ops.swiglu.reference import swiglu_reference
-from .common import CsvSink, do_bench_median, dtype_name, environment
+from .common import CsvSink, do_bench_median, dtype_name, environment, gpu_missing
 
 OPS = ("rmsnorm", "residual", "swiglu", "rope", "layer")
 DEVICE, DTYPE = "cuda", torch.bfloat16  # module-level so that a CPU dry run can swap them
@@ -642,15 +642,9 @@ def _bytes_of(op: str, mode: str) -> int:
 
 # -------------------------------------------------------------------------------------- run
 def run(args) -> int:
-    if not torch.cuda.is_available():
-        print("flashkernels bench ops: needs a CUDA GPU; none is visible to torch "
-              f"(torch {torch.__version__})", file=sys.stderr)
-        return 2
-    from .._backend import interpreter_enabled
-
-    if interpreter_enabled():
-        print("flashkernels bench ops: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels.",
-              file=sys.stderr)
+    why = gpu_missing("flashkernels bench ops")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     ops = tuple(getattr(args, "ops", None) or OPS)
     backward = not getattr(args, "no_backward", False)
