@@ -63,7 +63,11 @@ def ptxas_report(ptx: str) -> str:
     txt = r.stdout + r.stderr
     regs = re.search(r"Used (\d+) registers", txt)
     spill = re.search(r"(\d+) bytes spill stores", txt)
-    return f"regs {regs.group(1) if regs else '?':>3}  spill {spill.group(1) if spill else '?':>4}B"
+    # ptxas serialises wgmma (and says so only here) when it cannot keep the async pipeline:
+    # "Potential Performance Loss: wgmma.mma_async instructions are serialized due to ...".
+    loss = sorted(set(re.findall(r"Potential Performance Loss: (.*)", txt)))
+    warn = "".join(f"\n      ptxas: {w.strip()}" for w in loss)
+    return f"regs {regs.group(1) if regs else '?':>3}  spill {spill.group(1) if spill else '?':>4}B{warn}"
 
 
 def sass_loops(cubin: bytes) -> str:

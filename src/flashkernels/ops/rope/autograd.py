@@ -6,6 +6,7 @@ transpose, i.e. the rotation by -theta). No gradient flows to cos/sin (api.py re
 from __future__ import annotations
 
 import torch
+from torch.autograd.graph import increment_version
 
 from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.rope / rope_qk / rope_inplace
@@ -21,16 +22,19 @@ def _setup_rope(ctx, inputs, output):
     ctx.rest = rest
 
 
-def _backward_rope(ctx, dout):
+def _backward_rope(ctx, dout, rope_op=None):
     cos, sin, pos = ctx.saved_tensors
     pos_mode, offset, seq_dim, interleaved, full_table, conj = ctx.rest
-    dx = torch.ops.flashkernels.rope(_last_dim_unit(dout), cos, sin, pos, pos_mode, offset, seq_dim,
-                                     interleaved, full_table, not conj)
+    rope_op = rope_op or torch.ops.flashkernels.rope
+    dx = rope_op(_last_dim_unit(dout), cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, not conj)
     return dx, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("flashkernels::rope", _backward_rope, setup_context=_setup_rope)
-_rope = eager_call(torch.ops.flashkernels.rope, launch.rope_impl, _setup_rope, _backward_rope, "RoPE")
+# Eager: the launchers themselves, forward and backward (through the op, the backward cost
+# ~0.1 ms of host time on the H100 machine, as long as its kernel; flashkernels._eager).
+_rope = eager_call(torch.ops.flashkernels.rope, launch.rope_impl, _setup_rope,
+                   lambda ctx, dout: _backward_rope(ctx, dout, launch.rope_impl), "RoPE")
 
 
 def _setup_qk(ctx, inputs, output):
@@ -40,25 +44,36 @@ def _setup_qk(ctx, inputs, output):
     ctx.shapes = (q.shape, k.shape)
 
 
-def _backward_qk(ctx, dq, dk):
+def _backward_qk(ctx, dq, dk, rope_qk_op=None):
     cos, sin, pos = ctx.saved_tensors
     pos_mode, seq_dim, full_table, conj = ctx.rest
     dq = torch.zeros(ctx.shapes[0], dtype=cos.dtype, device=cos.device) if dq is None else dq
     dk = torch.zeros(ctx.shapes[1], dtype=cos.dtype, device=cos.device) if dk is None else dk
-    gq, gk = torch.ops.flashkernels.rope_qk(_last_dim_unit(dq), _last_dim_unit(dk), cos, sin, pos,
-                                            pos_mode, seq_dim, full_table, not conj)
+    rope_qk_op = rope_qk_op or torch.ops.flashkernels.rope_qk
+    gq, gk = rope_qk_op(_last_dim_unit(dq), _last_dim_unit(dk), cos, sin, pos, pos_mode, seq_dim, full_table,
+                        not conj)
     return gq, gk, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("flashkernels::rope_qk", _backward_qk, setup_context=_setup_qk)
-_rope_qk = eager_call(torch.ops.flashkernels.rope_qk, launch.rope_qk_impl, _setup_qk, _backward_qk, "RoPEQK")
+_rope_qk = eager_call(torch.ops.flashkernels.rope_qk, launch.rope_qk_impl, _setup_qk,
+                      lambda ctx, dq, dk: _backward_qk(ctx, dq, dk, launch.rope_qk_impl), "RoPEQK")
+
+
+def _rope_inplace_eager(x, *args):
+    launch.rope_inplace_impl(x, *args)
+    # What the op's declared mutation does: autograd sees x changed (a graph that saved x for
+    # its backward then refuses to run instead of using the rotated values).
+    increment_version(x)
+
+
+_rope_inplace = eager_call(torch.ops.flashkernels.rope_inplace, _rope_inplace_eager)
 
 
 def rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, in_place=False):
     """The rotation through the Triton kernel, differentiable in x (new tensor) or in place."""
     if in_place:
-        torch.ops.flashkernels.rope_inplace(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved,
-                                            full_table, False)
+        _rope_inplace(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, False)
         return x
     return _rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, False)
 

@@ -85,8 +85,7 @@ def rope_impl(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Option
     return out
 
 
-@triton_op("flashkernels::rope_inplace", mutates_args=("x",))
-def rope_inplace(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Optional[torch.Tensor],
+def rope_inplace_impl(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Optional[torch.Tensor],
                  pos_mode: int, offset: int, seq_dim: int, interleaved: bool, full_table: bool,
                  conj: bool) -> None:
     # Each program reads a pair before it writes it, and no two programs touch one element.
@@ -105,6 +104,7 @@ def rope_qk_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 # The custom ops are the same functions (flashkernels._eager: eager calls skip the dispatcher).
 rope = triton_op("flashkernels::rope", mutates_args=())(rope_impl)
 rope_qk = triton_op("flashkernels::rope_qk", mutates_args=())(rope_qk_impl)
+rope_inplace = triton_op("flashkernels::rope_inplace", mutates_args=("x",))(rope_inplace_impl)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).

@@ -13,14 +13,17 @@ def _setup_context(ctx, inputs, output):
     ctx.act = act
 
 
-def _backward(ctx, dout):
+def _backward(ctx, dout, glu_bwd=None):
     gate, up = ctx.saved_tensors
-    dg, du = torch.ops.flashkernels.glu_bwd(dout.contiguous(), gate, up, ctx.act)
+    glu_bwd = glu_bwd or torch.ops.flashkernels.glu_bwd
+    dg, du = glu_bwd(dout.contiguous(), gate, up, ctx.act)
     return dg, du, None
 
 
 torch.library.register_autograd("flashkernels::glu_fwd", _backward, setup_context=_setup_context)
-_glu_fwd = eager_call(torch.ops.flashkernels.glu_fwd, launch.glu_fwd_impl, _setup_context, _backward, "GLU")
+# Eager: the launchers themselves, forward and backward (flashkernels._eager).
+_glu_fwd = eager_call(torch.ops.flashkernels.glu_fwd, launch.glu_fwd_impl, _setup_context,
+                      lambda ctx, dout: _backward(ctx, dout, launch.glu_bwd_impl), "GLU")
 
 
 def gated_activation(gate, up, act: int):

@@ -1,0 +1,128 @@
+"""Sweep the launch knobs of the memory-bound kernels on the GPU (issue 4), one device call.
+
+    PYTHONPATH=src python3 scripts/tune_ops.py [--ops rms_bwd,rms_fwd,rope]
+
+Shapes of ``flashkernels bench ops`` (bf16): RMSNorm x (16384, 4096), RoPE x (4, 4096, 32, 128)
+with a (4096, 64) half-width table. The launchers are called directly (wrap_triton off, as the
+eager path does), so the figures are kernel time plus the launcher's own host code, not the
+autograd wrapper's. Bytes as in ``flashkernels bench ops``; GB/s = bytes / do_bench median (L2
+flushed). Each candidate's output is compared with the default's (bitwise: the knobs change the
+work split, not the arithmetic) before it is timed.
+
+Knobs: RMSNorm ``num_warps`` (launch.block_config) and backward programs per SM
+(launch.bwd_programs); RoPE elements per program (launch.ELEMS) and ``num_warps``
+(launch.NUM_WARPS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first.
+"""
+import argparse
+import itertools
+
+import torch
+from torch._library.triton import set_wrap_triton_enabled
+
+from flashkernels.bench.common import do_bench_median, warm_gpu
+
+
+def _gbs(nbytes, ms):
+    return nbytes / ms / 1e6
+
+
+def rms(args, backward):
+    from flashkernels.ops.rms_norm import launch
+
+    M, N = 16384, 4096
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16, generator=g)
+    dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16, generator=g)
+    e = 2
+    _, _, rstd = launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)
+    if backward:
+        nbytes = e * (3 * M * N + 2 * N) + 4 * M  # read x, dy, w, rstd; write dx, dw
+        run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0, False)  # noqa: E731
+    else:
+        nbytes = e * (2 * M * N + N) + 4 * M
+        run = lambda: launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)  # noqa: E731
+    ref = run()
+    cfg0, prog0 = launch.block_config, launch.bwd_programs
+    warps = [int(v) for v in args.warps.split(",")]
+    per_sm = [int(v) for v in args.per_sm.split(",")] if backward else [0]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    base = None
+    cands = [(None, None)] + list(itertools.product(warps, per_sm if backward else [None]))
+    for nw, ps in cands:
+        try:
+            if nw:
+                launch.block_config = lambda n, d, nw=nw: (cfg0(n, d)[0], cfg0(n, d)[1], nw)
+            if ps:
+                launch.bwd_programs = lambda m, d, ps=ps: (-(-m // -(-m // min(m, ps * sms))),
+                                                           -(-m // min(m, ps * sms)))
+            out = run()
+            for a, b in zip(out, ref):  # dW's partial sums change with the split: not bitwise
+                if a.numel():
+                    torch.testing.assert_close(a, b, rtol=0 if not backward else 1e-2, atol=0 if not backward else 1e-2)
+            ms = do_bench_median(run)
+        except Exception as ex:  # noqa: BLE001 - a sweep: report and go on
+            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'}: FAILED {str(ex).splitlines()[0][:160]}")
+            continue
+        finally:
+            launch.block_config, launch.bwd_programs = cfg0, prog0
+        base = base or ms
+        print(f"  rms_norm {'bwd' if backward else 'fwd'} warps {nw or 'default':>7} programs/SM "
+              f"{ps or ('default' if backward else '-'):>7}: {ms * 1e3:7.1f} us "
+              f"{_gbs(nbytes, ms):6.0f} GB/s  ({base / ms:.2f}x default)", flush=True)
+
+
+def rope(args):
+    from flashkernels.ops.rope import launch
+
+    B, S, H, D = 4, 4096, 32, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    cos = torch.randn(1, S, D // 2, device="cuda", dtype=torch.bfloat16, generator=g)
+    sin = torch.randn(1, S, D // 2, device="cuda", dtype=torch.bfloat16, generator=g)
+    nbytes = 2 * 2 * x.numel() + 2 * 2 * cos.numel()
+    run = lambda: launch.rope_impl(x, cos, sin, None, 0, 0, 1, False, False, False)  # noqa: E731
+    ref = run()
+    e0, w0 = launch.ELEMS, launch.NUM_WARPS
+    base = None
+    for elems, nw in [(e0, w0)] + list(itertools.product([int(v) for v in args.elems.split(",")],
+                                                          [int(v) for v in args.warps.split(",")])):
+        launch.ELEMS, launch.NUM_WARPS = elems, nw
+        try:
+            torch.testing.assert_close(run(), ref, rtol=0, atol=0)
+            ms = do_bench_median(run)
+        except Exception as ex:  # noqa: BLE001
+            print(f"  rope elems {elems} warps {nw}: FAILED {str(ex).splitlines()[0][:160]}")
+            continue
+        finally:
+            launch.ELEMS, launch.NUM_WARPS = e0, w0
+        base = base or ms
+        print(f"  rope fwd elems {elems:>5} warps {nw:>2}: {ms * 1e3:7.1f} us {_gbs(nbytes, ms):6.0f} GB/s "
+              f"({base / ms:.2f}x default)", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ops", default="rms_bwd,rms_fwd,rope")
+    ap.add_argument("--warps", default="4,8,16")
+    ap.add_argument("--per-sm", default="1,2,4,8,16")
+    ap.add_argument("--elems", default="1024,2048,4096,8192")
+    args = ap.parse_args()
+    warm_gpu()
+    with set_wrap_triton_enabled(False):
+        for n in (16384 * 4096, 4 * 4096 * 32 * 128):
+            src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+            dst = torch.empty_like(src)
+            ms = do_bench_median(lambda: dst.copy_(src))
+            print(f"copy {n} bf16: {ms * 1e3:.1f} us {_gbs(4 * n, ms):.0f} GB/s", flush=True)
+        ops = args.ops.split(",")
+        if "rms_bwd" in ops:
+            rms(args, True)
+        if "rms_fwd" in ops:
+            rms(args, False)
+        if "rope" in ops:
+            rope(args)
+
+
+if __name__ == "__main__":
+    main()
