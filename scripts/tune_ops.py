@@ -6,11 +6,11 @@ Shapes of ``flashkernels bench ops`` (bf16): RMSNorm x (16384, 4096), RoPE x (4,
 with a (4096, 64) half-width table. The launchers are called directly (wrap_triton off, as the
 eager path does), so the figures are kernel time plus the launcher's own host code, not the
 autograd wrapper's. Bytes as in ``flashkernels bench ops``; GB/s = bytes / do_bench median (L2
-flushed). Each candidate's output is compared with the default's (bitwise: the knobs change the
-work split, not the arithmetic) before it is timed.
+flushed). Each candidate's output is compared with the default's before it is timed (to 1e-2:
+the knobs change the order of the sums, not the formula).
 
-Knobs: RMSNorm ``num_warps`` (launch.block_config) and backward programs per SM
-(launch.bwd_programs); RoPE elements per program (launch.ELEMS) and ``num_warps``
+Knobs: RMSNorm ``num_warps`` (launch.block_config), backward programs per SM
+(launch.bwd_programs) and the backward's row prefetch (launch.BWD_PREFETCH, off vs on); RoPE elements per program (launch.ELEMS) and ``num_warps``
 (launch.NUM_WARPS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first.
 """
 import argparse
@@ -49,25 +49,31 @@ def rms(args, backward):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     base = None
     cands = [(None, None)] + list(itertools.product(warps, per_sm if backward else [None]))
+    if backward:  # the A/B of the row prefetch: off, at the default and at 2 programs per SM
+        cands += [("noprefetch", None), ("noprefetch", 2)]
     for nw, ps in cands:
+        prefetch0 = launch.BWD_PREFETCH
         try:
+            if nw == "noprefetch":
+                launch.BWD_PREFETCH, nw = False, None
             if nw:
                 launch.block_config = lambda n, d, nw=nw: (cfg0(n, d)[0], cfg0(n, d)[1], nw)
             if ps:
                 launch.bwd_programs = lambda m, d, ps=ps: (-(-m // -(-m // min(m, ps * sms))),
                                                            -(-m // min(m, ps * sms)))
             out = run()
-            for a, b in zip(out, ref):  # dW's partial sums change with the split: not bitwise
+            for a, b in zip(out, ref):  # sums in another order (warps, dW's split): not bitwise
                 if a.numel():
-                    torch.testing.assert_close(a, b, rtol=0 if not backward else 1e-2, atol=0 if not backward else 1e-2)
+                    torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
             ms = do_bench_median(run)
         except Exception as ex:  # noqa: BLE001 - a sweep: report and go on
             print(f"  warps {nw or 'default'} programs/SM {ps or 'default'}: FAILED {str(ex).splitlines()[0][:160]}")
             continue
         finally:
-            launch.block_config, launch.bwd_programs = cfg0, prog0
+            tag = "" if launch.BWD_PREFETCH or not backward else " (no prefetch)"
+            launch.block_config, launch.bwd_programs, launch.BWD_PREFETCH = cfg0, prog0, prefetch0
         base = base or ms
-        print(f"  rms_norm {'bwd' if backward else 'fwd'} warps {nw or 'default':>7} programs/SM "
+        print(f"  rms_norm {'bwd' if backward else 'fwd'}{tag} warps {nw or 'default':>7} programs/SM "
               f"{ps or ('default' if backward else '-'):>7}: {ms * 1e3:7.1f} us "
               f"{_gbs(nbytes, ms):6.0f} GB/s  ({base / ms:.2f}x default)", flush=True)
 
@@ -101,9 +107,84 @@ def rope(args):
               f"({base / ms:.2f}x default)", flush=True)
 
 
+def host(args):
+    """Host time a call (CPU clock over 300 calls, no synchronisation in between: the GPU queue
+    absorbs them) of the public calls, and their do_bench medians; then the same after importing
+    liger_kernel and transformers (flashkernels bench ops does both; its RMSNorm forward read
+    0.194 ms in such a process on 2026-11-25 where the kernel takes 0.095)."""
+    import importlib
+    import time
+
+    import flashkernels
+
+    M, N = 16384, 4096
+    x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xr = torch.randn(4, 4096, 32, 128, device="cuda", dtype=torch.bfloat16)
+    cos = torch.randn(4096, 64, device="cuda", dtype=torch.bfloat16)
+    y = flashkernels.rms_norm(xg, wg)
+    gy = torch.randn_like(y)
+    from flashkernels.ops.rms_norm import autograd as rn_autograd
+    from flashkernels.ops.rms_norm import launch as rn_launch
+    from flashkernels.ops.rms_norm.kernels.rms_norm import rms_norm_fwd_kernel
+
+    y0, rstd0 = torch.empty_like(x), torch.empty(M, device="cuda", dtype=torch.float32)
+
+    def raw():  # the Triton launch alone: the kernel's own host cost
+        rms_norm_fwd_kernel[(M,)](x, x, w, y0, y0, rstd0, x.stride(0), x.stride(0), y0.stride(0), 0, N, 1e-6, 0.0,
+                                  HAS_WEIGHT=True, HAS_RESIDUAL=False, MODE=0, BLOCK=4096, SINGLE=True, num_warps=8)
+
+    def impl():
+        with set_wrap_triton_enabled(False):
+            rn_launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)
+
+    calls = {
+        "rms_norm raw launch": raw,
+        "rms_norm launcher": impl,
+        "rms_norm rows (eager)": lambda: rn_autograd.rms_norm_rows(x, w, None, 1e-6, 0.0, 0),
+        "rms_norm fwd": lambda: flashkernels.rms_norm(x, w),
+        "rms_norm fwd (grad)": lambda: flashkernels.rms_norm(xg, wg),
+        "rms_norm bwd": lambda: torch.autograd.grad(y, (xg, wg), gy, retain_graph=True),
+        "rope fwd": lambda: flashkernels.apply_rotary_emb(xr, cos, cos),
+        "empty launch": lambda: torch.empty(1, device="cuda").zero_(),
+    }
+
+    def report(tag):
+        for name, fn in calls.items():
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(300):
+                fn()
+            host_us = (time.perf_counter() - t0) / 300 * 1e6
+            torch.cuda.synchronize()
+            print(f"  host [{tag}] {name:22s} {host_us:7.1f} us a call on the CPU, do_bench "
+                  f"{do_bench_median(fn) * 1e3:7.1f} us", flush=True)
+
+    report("plain")
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(300):
+        flashkernels.rms_norm(x, w)
+    prof.disable()
+    torch.cuda.synchronize()
+    print("  cProfile of 300 public rms_norm calls (no grad), by own time:")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+    for mod in ("liger_kernel.transformers", "transformers"):
+        try:
+            importlib.import_module(mod)
+        except Exception as ex:  # noqa: BLE001
+            print(f"  import {mod}: {type(ex).__name__}: {ex}")
+    report("after liger + transformers imports")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ops", default="rms_bwd,rms_fwd,rope")
+    ap.add_argument("--ops", default="rms_bwd,rms_fwd,rope,host")
     ap.add_argument("--warps", default="4,8,16")
     ap.add_argument("--per-sm", default="1,2,4,8,16")
     ap.add_argument("--elems", default="1024,2048,4096,8192")
@@ -122,6 +203,8 @@ def main():
             rms(args, False)
         if "rope" in ops:
             rope(args)
+    if "host" in ops:  # the public calls, wrap_triton as they set it themselves
+        host(args)
 
 
 if __name__ == "__main__":

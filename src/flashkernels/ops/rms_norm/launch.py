@@ -45,6 +45,10 @@ def block_config(n: int, device: torch.device) -> tuple[int, bool, int]:
     return block, n <= block, num_warps
 
 
+# The single-block backward loads row r + 1 while it reduces row r (the kernel's PREFETCH);
+# scripts/tune_ops.py turns it off for the A/B.
+BWD_PREFETCH = True
+
 # The dW reduction: columns a program owns, and partial rows it sums as one tree (tl.sum).
 DW_REDUCE_BLOCK = 64
 DW_REDUCE_ROWS = 32
@@ -120,7 +124,7 @@ def rms_norm_bwd_impl(
         dr.stride(0) if has_residual else 0, partial.stride(0) if has_w else 0,
         M, N, rows, offset,
         HAS_WEIGHT=has_w, HAS_DH=dh is not None, STORE_DR=has_residual, BLOCK=block, SINGLE=single,
-        num_warps=num_warps,
+        PREFETCH=BWD_PREFETCH, num_warps=num_warps,
     )
     if has_w:
         dw = torch.empty((N,), dtype=weight.dtype, device=x.device)

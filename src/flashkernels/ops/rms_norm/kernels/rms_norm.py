@@ -110,7 +110,7 @@ def rms_norm_bwd_kernel(
     stride_x, stride_dy, stride_dh, stride_dx, stride_dr, stride_dw,
     M, N, rows_per_program, offset,
     HAS_WEIGHT: tl.constexpr, HAS_DH: tl.constexpr, STORE_DR: tl.constexpr,
-    BLOCK: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = True,
 ):
     """X is the normalized input (h when there was a residual). With xhat = x * rstd and
     g = dy * (offset + w):  dx = rstd * (g - xhat * mean(g * xhat)) (+ dh),  dw += dy * xhat.
@@ -130,10 +130,31 @@ def rms_norm_bwd_kernel(
         if HAS_WEIGHT:
             wt = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset
         dw = tl.zeros([BLOCK], dtype=tl.float32)
+        # Row r + 1 (x, dy, rstd, dh) is loaded before row r is reduced and stored: two rows'
+        # loads in flight per program, so a few programs per SM keep enough bytes moving (row_start < row_end here).
+        x_nxt = tl.load(X + row_start * stride_x + cols, mask=mask, other=0.0)
+        dy_nxt = tl.load(DY + row_start * stride_dy + cols, mask=mask, other=0.0)
+        rstd_nxt = tl.load(RSTD + row_start)
+        dh_nxt = dy_nxt
+        if HAS_DH:
+            dh_nxt = tl.load(DH + row_start * stride_dh + cols, mask=mask, other=0.0)
         for r in range(row_start, row_end):
-            x = tl.load(X + r * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + r)
+            if not PREFETCH:  # (the A/B switch of scripts/tune_ops.py: one row at a time)
+                x_nxt = tl.load(X + r * stride_x + cols, mask=mask, other=0.0)
+                dy_nxt = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0)
+                rstd_nxt = tl.load(RSTD + r)
+                if HAS_DH:
+                    dh_nxt = tl.load(DH + r * stride_dh + cols, mask=mask, other=0.0)
+            dh = dh_nxt
+            x = x_nxt.to(tl.float32)
+            dy = dy_nxt.to(tl.float32)
+            rstd = rstd_nxt
+            more = (r + 1 < row_end) & PREFETCH
+            x_nxt = tl.load(X + (r + 1) * stride_x + cols, mask=mask & more, other=0.0)
+            dy_nxt = tl.load(DY + (r + 1) * stride_dy + cols, mask=mask & more, other=0.0)
+            rstd_nxt = tl.load(RSTD + r + 1, mask=more, other=0.0)
+            if HAS_DH:
+                dh_nxt = tl.load(DH + (r + 1) * stride_dh + cols, mask=mask & more, other=0.0)
             xhat = x * rstd
             g = dy * wt
             if HAS_WEIGHT:
@@ -141,7 +162,7 @@ def rms_norm_bwd_kernel(
             c = tl.sum(g * xhat, axis=0) / N
             dx = (g - xhat * c) * rstd
             if HAS_DH:
-                dx += tl.load(DH + r * stride_dh + cols, mask=mask, other=0.0).to(tl.float32)
+                dx += dh.to(tl.float32)
             tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
             if STORE_DR:
                 tl.store(DR + r * stride_dr + cols, dx.to(DR.dtype.element_ty), mask=mask)
