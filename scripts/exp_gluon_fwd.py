@@ -67,7 +67,8 @@ def _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, start_n,
 @gluon.jit
 def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, GROUP,
                           HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                          STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+                          STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
+                          SCHED_FENCE: gl.constexpr = 0):
     dtype: gl.constexpr = desc_q.dtype
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -130,6 +131,7 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, G
     s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_smem, k_smem.index(0)))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, 0, BLOCK_N, CAUSAL, s_layout)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
         stage = j % STAGES
@@ -138,14 +140,36 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, G
         mbarrier.wait(k_bars.index(nxt), ((j + 1) // STAGES) & 1)
         s_tok = warpgroup_mma(q_smem, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.wait(v_bars.index(stage), (j // STAGES) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
         o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
         # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
         s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_smem, k_smem.index(nxt)))
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, (j + 1) * BLOCK_N, BLOCK_N, CAUSAL,
                                            s_layout)
+        # ptxas schedules wgmma.wait_group like an instruction without operands inside a basic block:
+        # without a fence it issues the wait_group 0 below right after the first SHFL of the softmax,
+        # so the softmax does not overlap the P_j V_j wgmma. A basic-block boundary after the
+        # softmax pins it there (ptxas does not move it across a branch).
+        if SCHED_FENCE == 1:
+            # No-op mbarrier wait: K_{j+1}'s phase completed (waited above) and cannot advance before
+            # this stage is refilled (after the CTA barrier of iteration j+1); its spin loop ends the
+            # basic block. (Triton's membar pass puts a CTA barrier before it.)
+            mbarrier.wait(k_bars.index(nxt), ((j + 1) // STAGES) & 1)
+        if SCHED_FENCE == 2:
+            # l_i passes through unchanged: it is a sum of exp2 values, never < 0 (NaN compares
+            # false), so the loop body never runs. The loop (ptxas can neither if-convert nor drop
+            # it: the body writes the outputs) ends the basic block after the whole softmax (l_i
+            # depends on every exp2). Two rows per thread (pack=2): one loop per thread.
+            l_i = gl.inline_asm_elementwise(
+                "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
+                "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
+                "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
+                "bra fence_loop; fence_done: }",
+                "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
         acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        # P_{j+1} into the operand registers only now: until the wait above, the P_j V_j wgmma still
+        # reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
         # Both warpgroups are done with K_j (last iteration) and V_j: refill the stage.
         gl.thread_barrier()
         refill = j + STAGES
@@ -159,7 +183,6 @@ def gluon_attn_fwd_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, G
 
     last = n_blocks - 1
     mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
     o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
     acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
 
@@ -192,7 +215,8 @@ def _descs(q, k, v, out, block_m, block_n):
     return desc(q, [block_m, D], lq), desc(k, [block_n, D], lk), desc(v, [block_n, D], lk), desc(out, [block_m, D], lq)
 
 
-def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=128, stages=2, num_warps=8):
+def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=128, stages=2, num_warps=8,
+                    sched_fence=0):
     """out (B, S, H, D), lse (B, H, S) natural log. See the module docstring for the restrictions."""
     B, S, H, D = q.shape
     Hkv = k.shape[2]
@@ -205,7 +229,7 @@ def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=1
     dq, dk, dv, do = _descs(q, k, v, out, block_m, block_n)
     gluon_attn_fwd_kernel[(S // block_m, B * H)](dq, dk, dv, do, lse, sm_scale, S, H, H // Hkv, HEAD_DIM=D,
                                                   BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
-                                                  num_warps=num_warps)
+                                                  num_warps=num_warps, SCHED_FENCE=sched_fence)
     return out, lse
 
 
@@ -219,7 +243,7 @@ def compile_only(configs):
     import compile_check as cc
 
     bad = 0
-    for D, bm, bn, stages, causal in configs:
+    for D, bm, bn, stages, causal, fence in configs:
         B, S, H = 1, 1024, 2
         q = torch.empty(B, S, H, D, dtype=torch.bfloat16)
         descs = _descs(q, q, q, q, bm, bn)
@@ -237,10 +261,11 @@ def compile_only(configs):
                 sig[name] = "fp32"
             else:
                 sig[name] = "i32"
-        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=8)
+        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=8,
+                      SCHED_FENCE=fence)
         names = fn.arg_names
         src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()})
-        tag = f"gluon fwd bf16 D={D} ({bm}, {bn}, 8 warps, {stages} stages) causal={int(causal)}"
+        tag = f"gluon fwd bf16 D={D} ({bm}, {bn}, 8 warps, {stages} stages) causal={int(causal)} fence={int(fence)}"
         try:
             out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
             print(f"{tag:60s} smem {out.metadata.shared:>6}  {cc.ptxas_report(out.asm['ptx'])}")
@@ -255,8 +280,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
-    configs = [(128, 128, 128, 2, False), (128, 128, 128, 2, True), (128, 128, 64, 3, False),
-               (64, 128, 128, 2, False), (64, 128, 128, 3, True)]
+    # (D, BLOCK_M, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE): each config without and with the fence
+    base = [(128, 128, 128, 2, False), (128, 128, 128, 2, True), (128, 128, 64, 3, False),
+            (64, 128, 128, 2, False), (64, 128, 128, 3, True)]
+    configs = [c + (f,) for c in base for f in (0, 1, 2)]
     if args.compile_only:
         sys.exit(1 if compile_only(configs) else 0)
 
@@ -283,20 +310,21 @@ def main():
             ours = flops / do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal)) / 1e9
             print(f"B={B} S={S} H={H}/{Hkv} D={D} causal={int(causal)}: cudnn {cudnn:.0f} TF/s, flashkernels "
                   f"{ours:.0f}", flush=True)
-            for _, bm, bn, stages, c in configs:
+            for _, bm, bn, stages, c, fence in configs:
                 if _ != D or c != causal:
                     continue
                 try:
-                    out, lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages)
+                    out, lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages,
+                                               sched_fence=fence)
                     torch.cuda.synchronize()
                     err = (out.float() - ref.float()).abs().max().item()
                     lse_err = (lse - ref_lse).abs().max().item()
                     tf = flops / do_bench_median(lambda: gluon_attention(q, k, v, causal, block_m=bm, block_n=bn,
-                                                                         stages=stages)) / 1e9
+                                                                         stages=stages, sched_fence=fence)) / 1e9
                 except Exception as e:  # noqa: BLE001 - an experiment: report and go on
-                    print(f"  gluon ({bm}, {bn}, {stages}): FAILED {str(e).splitlines()[0][:200]}", flush=True)
+                    print(f"  gluon ({bm}, {bn}, {stages}) fence={int(fence)}: FAILED {str(e).splitlines()[0][:200]}", flush=True)
                     continue
-                print(f"  gluon ({bm}, {bn}, {stages}): {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x "
+                print(f"  gluon ({bm}, {bn}, {stages}) fence={int(fence)}: {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x "
                       f"flashkernels), max err out {err:.2e} (vs cuDNN) lse {lse_err:.2e} (vs flashkernels)",
                       flush=True)
 

@@ -48,6 +48,7 @@ def block_config(n: int, device: torch.device) -> tuple[int, bool, int]:
 # The single-block backward loads row r + 1 while it reduces row r (the kernel's PREFETCH);
 # scripts/tune_ops.py turns it off for the A/B.
 BWD_PREFETCH = True
+BWD_PROGRAMS_PER_SM = 2
 
 # The dW reduction: columns a program owns, and partial rows it sums as one tree (tl.sum).
 DW_REDUCE_BLOCK = 64
@@ -63,9 +64,11 @@ def bwd_programs(m: int, device: torch.device) -> tuple[int, int]:
     """(num_programs, rows_per_program) for the backward over ``m`` rows."""
     if m == 0:
         return 0, 1
-    # A few programs per SM keep the dW partial buffer small (programs x N fp32) while filling
-    # the GPU; the interpreter uses 4 so that programs own several rows, as on a GPU.
-    target = 4 * _sm_count(device.index or 0) if device.type == "cuda" else 4
+    # Two programs per SM keep the dW partial buffer small (programs x N fp32) while filling the
+    # GPU: measured on the H100 (scripts/tune_ops.py, 16384 x 4096 bf16, 2026-11-25) 2 per SM
+    # beat 1, 4, 8 and 16 (160 vs 170, 200, 260 us with the row prefetch). The interpreter uses
+    # 4 programs so that programs own several rows, as on a GPU.
+    target = BWD_PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" else 4
     rows = -(-m // min(m, target))
     return -(-m // rows), rows
 
@@ -115,8 +118,9 @@ def rms_norm_bwd_impl(
             dw = torch.zeros((N,), dtype=weight.dtype, device=x.device)
         return dx, dw, dr
     block, single, num_warps = block_config(N, x.device)
-    # zeros: the chunked path accumulates into it; the single-block path overwrites it
-    partial = torch.zeros((programs if has_w else 1, N), dtype=torch.float32, device=x.device)
+    # The chunked path accumulates into its row (zeros); the single-block path writes it whole.
+    alloc = torch.empty if single else torch.zeros
+    partial = alloc((programs if has_w else 1, N), dtype=torch.float32, device=x.device)
     wrap_triton(rms_norm_bwd_kernel)[(programs,)](
         x, weight if has_w else x, rstd, dy, dh if dh is not None else dy, dx,
         dr if has_residual else dx, partial,
