@@ -608,6 +608,37 @@ def _bench_rope(report, backward, no_liger):
     report.speedups(op)
 
 
+def layer_setup(LlamaConfig, LlamaModel):
+    """(eager model, inputs_embeds x, loss projection P) of the layer benchmark (module docstring)."""
+    L = LAYER
+    cfg = LlamaConfig(vocab_size=128, hidden_size=L["hidden"], intermediate_size=L["intermediate"],
+                      num_hidden_layers=1, num_attention_heads=L["heads"], num_key_value_heads=L["kv_heads"],
+                      max_position_embeddings=L["max_positions"], attention_dropout=0.0, hidden_act="silu",
+                      attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        eager = LlamaModel(cfg)
+    eager = eager.to(dtype=DTYPE).train()
+    x = torch.randn(1, L["seqlen"], L["hidden"], device=DEVICE, dtype=DTYPE, requires_grad=True)
+    proj = torch.randn(1, L["seqlen"], L["hidden"], device=DEVICE, dtype=torch.float32)  # fixed: the loss
+    return eager, x, proj
+
+
+def layer_fns(model, x, proj):
+    """(fwd, step): the loss, and the loss with autograd.grad over x and the used parameters."""
+    # not the embedding: inputs_embeds bypasses it
+    wrt = [x] + [p for n, p in model.named_parameters() if p.requires_grad and "embed_tokens" not in n]
+
+    def fwd():
+        out = model(inputs_embeds=x, use_cache=False).last_hidden_state
+        return (out.float() * proj).mean()
+
+    def step():
+        return torch.autograd.grad(fwd(), wrt, allow_unused=True)
+
+    return fwd, step
+
+
 def _bench_layer(report):
     op = "llama_layer"
     L = LAYER
@@ -623,31 +654,14 @@ def _bench_layer(report):
     except ImportError as exc:
         report.skip(op, "all", f"transformers unavailable ({_first_line(exc)})")
         return
-    dev, dt = DEVICE, DTYPE
-    cfg = LlamaConfig(vocab_size=128, hidden_size=L["hidden"], intermediate_size=L["intermediate"],
-                      num_hidden_layers=1, num_attention_heads=L["heads"], num_key_value_heads=L["kv_heads"],
-                      max_position_embeddings=L["max_positions"], attention_dropout=0.0, hidden_act="silu",
-                      attn_implementation="sdpa")
-    torch.manual_seed(0)
-    with torch.device(dev):
-        eager = LlamaModel(cfg)
-    eager = eager.to(dtype=dt).train()
-    x = torch.randn(1, L["seqlen"], L["hidden"], device=dev, dtype=dt, requires_grad=True)
-    proj = torch.randn(1, L["seqlen"], L["hidden"], device=dev, dtype=torch.float32)  # fixed: the loss
+    dt = DTYPE
+    eager, x, proj = layer_setup(LlamaConfig, LlamaModel)
     shape = dict(batch=1, heads_q=L["heads"], heads_kv=L["kv_heads"], seqlen_q=L["seqlen"], seqlen_k=L["seqlen"],
                  head_dim=L["hidden"] // L["heads"], causal=True)
     print(f"  {'provider':18s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'peak MB':>8s} {'loss':>13s}", flush=True)
 
     def time_model(model, name):
-        # not the embedding: inputs_embeds bypasses it
-        wrt = [x] + [p for n, p in model.named_parameters() if p.requires_grad and "embed_tokens" not in n]
-
-        def fwd():
-            out = model(inputs_embeds=x, use_cache=False).last_hidden_state
-            return (out.float() * proj).mean()
-
-        def step():
-            return torch.autograd.grad(fwd(), wrt, allow_unused=True)
+        fwd, step = layer_fns(model, x, proj)
 
         loss = float(fwd().detach())
         step()  # first-launch / Triton JIT costs out of the timing
