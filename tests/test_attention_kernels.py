@@ -137,3 +137,42 @@ def test_output_and_gradient_layouts(api):
     assert out.is_contiguous()
     for name, g in zip("qkv", torch.autograd.grad(out, (q, k, v), torch.randn_like(out))):
         assert g.is_contiguous(), f"d{name} strides {g.stride()}"
+
+
+# --------------------------------------------------------------------------------------------
+# GQA backward with the kv head's query heads split over several dK/dV programs
+# --------------------------------------------------------------------------------------------
+
+SPLIT = [
+    Case("fa", f32, 2, 8, 2, 37, 91, 24, causal=True),        # group 4, bottom-right causal
+    Case("sdpa", f16, 1, 4, 1, 70, 45, 64, mask="bool:qk"),    # MQA, group 4, masked
+]
+
+
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("case", SPLIT, ids=lambda c: c.id)
+def test_gqa_dkdv_split_matches_float64(case, split, monkeypatch):
+    """dK/dV as fp32 partial sums over shares of each kv head's query heads, added afterwards
+    (what the GPU does when B * Hkv * key blocks leave SMs idle): the same policy as unsplit."""
+    from flashkernels.ops.attention import launch
+
+    monkeypatch.setattr(launch, "DKDV_GROUP_SPLIT", split)
+    check_case(case, backend="triton")
+
+
+def test_dkdv_group_split_heuristic(monkeypatch):
+    """Split only while programs are below DKDV_MIN_PROGRAMS_PER_SM per SM, by powers of two
+    that divide the group; never on a CPU; a forced split must divide the group."""
+    from flashkernels.ops.attention import launch
+
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert launch.dkdv_group_split(4, 256, cuda) == 4     # Llama-3-8B layer, B=1, S=4096: 256 -> 1024
+    assert launch.dkdv_group_split(4, 300, cuda) == 2     # 600 >= 528
+    assert launch.dkdv_group_split(4, 1024, cuda) == 1
+    assert launch.dkdv_group_split(1, 8, cuda) == 1       # MHA: nothing to split
+    assert launch.dkdv_group_split(6, 8, cuda) == 2       # 4 does not divide 6
+    assert launch.dkdv_group_split(4, 8, torch.device("cpu")) == 1
+    monkeypatch.setattr(launch, "DKDV_GROUP_SPLIT", 3)
+    with pytest.raises(ValueError, match="does not divide"):
+        launch.dkdv_group_split(4, 8, cuda)

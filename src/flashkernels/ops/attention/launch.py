@@ -109,6 +109,36 @@ def bwd_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> tupl
     return kv, q
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# dK/dV programs own (key block, kv head) and loop over the kv head's query heads. With GQA and
+# few of them (B * Hkv * key blocks below DKDV_MIN_PROGRAMS_PER_SM per SM: one layer of
+# Llama-3-8B at B = 1, S = 4096 has 256 programs for 132 SMs, the causal ones uneven), the query
+# heads are split over `split` programs each, whose fp32 partial dK/dV are summed afterwards
+# (2 x 4 B x B x Sk x Hkv x split x D more bytes written and read). None: that heuristic; an int
+# forces the split (tests; it must divide the group).
+DKDV_GROUP_SPLIT: Optional[int] = None
+DKDV_MIN_PROGRAMS_PER_SM = 4
+
+
+def dkdv_group_split(group: int, programs: int, device: torch.device) -> int:
+    """Programs per (key block, kv head) of the dK/dV kernel: a power of two dividing ``group``."""
+    if DKDV_GROUP_SPLIT is not None:
+        if group % DKDV_GROUP_SPLIT:
+            raise ValueError(f"DKDV_GROUP_SPLIT={DKDV_GROUP_SPLIT} does not divide the group size {group}")
+        return DKDV_GROUP_SPLIT
+    if device.type != "cuda":
+        return 1
+    target = DKDV_MIN_PROGRAMS_PER_SM * _sm_count(device.index or 0)
+    split = 1
+    while programs * split < target and group % (2 * split) == 0:
+        split *= 2
+    return split
+
+
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     """fp32 inputs use IEEE dots unless TF32 is allowed, as torch's own matmuls do."""
     return "tf32" if (dtype != torch.float32 or allow_tf32) else "ieee"
@@ -277,16 +307,26 @@ def attn_bwd_impl(
         return dq.zero_(), dk.zero_(), dv.zero_(), dsink
     flags = dict(IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec, HAS_WINDOW=has_window,
                  HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None, VARLEN=f.varlen)
-    wrap_triton(attn_bwd_dkdv_kernel)[(triton_cdiv(f.seqlen_k, kv_cfg.block_n) * f.batch * Hkv,)](
-        q, k, v, m, do, lse, delta, dk, dv, f.alibi, f.cu_q, f.cu_k, scale,
+    kv_programs = triton_cdiv(f.seqlen_k, kv_cfg.block_n) * f.batch * Hkv
+    split = dkdv_group_split(H // Hkv, kv_programs, q.device)
+    if split > 1:  # fp32 partial sums, one per (kv head, share of its query heads), added below
+        dk_out = torch.empty((B, Sk, Hkv * split, D), dtype=torch.float32, device=q.device).transpose(1, 2)
+        dv_out = torch.empty_like(dk_out)
+    else:
+        dk_out, dv_out = dk, dv
+    wrap_triton(attn_bwd_dkdv_kernel)[(kv_programs * split,)](
+        q, k, v, m, do, lse, delta, dk_out, dv_out, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
-        *_batch_strides(do, f.varlen), *_batch_strides(dk, f.varlen), *_batch_strides(dv, f.varlen),
+        *_batch_strides(do, f.varlen), *_batch_strides(dk_out, f.varlen), *_batch_strides(dv_out, f.varlen),
         *f.lse_strides, *f.alibi_strides,
-        H, Hkv, H // Hkv, f.seqlen_q, f.seqlen_k, causal_offset, wl, wr, float(softcap),
+        H, Hkv, H // Hkv, split, f.seqlen_q, f.seqlen_k, causal_offset, wl, wr, float(softcap),
         HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, **flags,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
     )
+    if split > 1:
+        for part, grad in ((dk_out, dk), (dv_out, dv)):
+            grad.copy_(part.unflatten(1, (Hkv, split)).sum(dim=2))
     wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,)](
         q, k, v, m, do, lse, delta, dq, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),

@@ -140,7 +140,7 @@ def attn_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
     stride_lb, stride_lh, stride_ab, stride_ah,
-    num_heads, num_kv_heads, group, seqlen_q, seqlen_k, causal_offset,
+    num_heads, num_kv_heads, group, group_split, seqlen_q, seqlen_k, causal_offset,
     window_left, window_right, softcap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -148,11 +148,16 @@ def attn_bwd_dkdv_kernel(
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False, VARLEN: tl.constexpr = False,
 ):
-    """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads,). Writes dK, dV of its key block.
-    Lse/Delta are laid out and VARLEN / HAS_ALIBI mean what they mean in attn_fwd_kernel."""
+    """Grid: (cdiv(seqlen_k, BLOCK_N) * B * num_kv_heads * group_split,). Writes dK, dV of its
+    key block, summed over group / group_split of the kv head's query heads: with group_split
+    > 1 (GQA with few programs otherwise), DK/DV hold num_kv_heads * group_split partial heads
+    (head hk * group_split + s), summed by the caller. Lse/Delta are laid out and VARLEN /
+    HAS_ALIBI mean what they mean in attn_fwd_kernel."""
     num_n = tl.cdiv(seqlen_k, BLOCK_N)
     pid_n = tl.program_id(0) % num_n
-    pid_bh = tl.program_id(0) // num_n
+    pid_bhs = tl.program_id(0) // num_n
+    off_s = pid_bhs % group_split
+    pid_bh = pid_bhs // group_split
     off_b = (pid_bh // num_kv_heads).to(tl.int64)
     off_hk = (pid_bh % num_kv_heads).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -219,7 +224,8 @@ def attn_bwd_dkdv_kernel(
     # Unmasked query blocks end at the last whole block; a partial one goes masked.
     m_even = tl.maximum(m_full, seqlen_q // BLOCK_M * BLOCK_M)
 
-    for g in range(0, group):
+    heads_here = group // group_split
+    for g in range(off_s * heads_here, off_s * heads_here + heads_here):
         off_h = off_hk * group + g
         q_base = Q + off_b * stride_qb + off_h * stride_qh
         do_base = DO + off_b * stride_dob + off_h * stride_doh
@@ -278,9 +284,10 @@ def attn_bwd_dkdv_kernel(
 
     dk = dk * sm_scale
     ok = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
-    tl.store(DK + off_b * stride_dkb + off_hk * stride_dkh + n0_64 * stride_dkn
+    off_out = off_hk * group_split + off_s
+    tl.store(DK + off_b * stride_dkb + off_out * stride_dkh + n0_64 * stride_dkn
              + offs_c[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=ok)
-    tl.store(DV + off_b * stride_dvb + off_hk * stride_dvh + n0_64 * stride_dvn
+    tl.store(DV + off_b * stride_dvb + off_out * stride_dvh + n0_64 * stride_dvn
              + offs_c[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=ok)
 
 
