@@ -25,9 +25,15 @@ Schedule of one program (BLOCK_M query rows of one (batch, head), 8 warps = two 
         warpgroup may still read them)
     O += P_{n-1} V_{n-1}; O /= l; lse = m + log2(l)
 
-Not yet (the next steps if this one pays): ping-pong between the two warpgroups (FA3's
-inter-warpgroup overlap, `gl.warp_specialize` with a producer warp), persistent scheduling,
-causal blocks visited in the long-first order, D = 256.
+gluon_attn_fwd_ws_kernel / gluon_attention_ws: the same math, warp-specialized like FA3
+(`gl.warp_specialize`): a 1-warp producer partition issues all TMA loads into the K/V ring
+(per-stage ready/empty mbarriers), two consumer warpgroups (the default partition and a 4-warp
+worker) each own BLOCK_M / 2 query rows; no CTA-wide barrier in the main loop, and optionally
+(PINGPONG=1) an mbarrier hand-off so that the warpgroups issue their wgmmas in turn (FA3's
+inter-warpgroup overlap). Barrier protocol and phases: see the comment above _ws_tile.
+
+Not yet: persistent scheduling, causal blocks visited in the long-first order, D = 256, three
+consumer warpgroups (BLOCK_M = 192 needs masked tiles).
 
 Restrictions of the experiment: (B, S, H, D) contiguous bf16/fp16 inputs (k and v with Hkv heads,
 H a multiple of Hkv: GQA); D in {64, 128}; S a multiple of 128 (the TMA descriptors are 2-D views (B·S, H·D), so a
@@ -233,8 +239,285 @@ def gluon_attention(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=1
     return out, lse
 
 
-def compile_only(configs):
+# ---------------------------------------------------------------------------------------------
+# Warp-specialized variant (FA3's structure): a 1-warp producer partition issues every TMA load;
+# NUM_WG consumer warpgroups (4 warps each, WG_M query rows each; the default partition is
+# consumer 0, a worker partition is consumer 1) read the same K/V ring. No CTA-wide barrier in
+# the main loop: all hand-offs are mbarriers.
+#
+# Barriers (all in shared memory, initialised before gl.warp_specialize):
+#   q_bars[w]   count 1: the producer's expect-tx arrive; completes once (phase 0) when Q_w landed.
+#   k_ready[s], v_ready[s]  count 1 (the producer's expect-tx arrive) + the TMA bytes.
+#   k_empty[s], v_empty[s]  count NUM_WG: one arrive per consumer warpgroup.
+#   turn[w]     count 1 (ping-pong only): "warpgroup w may issue its wgmmas now".
+#
+# Arrive semantics (triton 3.6, ArriveBarrierOp -> LLVM): mbarrier.arrive is predicated on
+# "thread id == 0" where the thread id is relative to the partition (the warp-specialize
+# lowering rebases it), so ONE thread per partition arrives: one arrive per consumer warpgroup,
+# hence count NUM_WG on the empty barriers and 1 on the turn barriers. That thread arrives
+# after its own warpgroup_mma_wait: a wgmma is one warpgroup-wide operation, so once it has
+# retired for one warp its shared-memory reads are over for the whole warpgroup (CUTLASS's
+# consumer_release relies on the same). The expect-tx arrives of the producer are one thread too.
+#
+# Phases. Block j lives in stage s = j % STAGES, on its use r = j // STAGES of that stage.
+#   ready[s]: phase r completes when block j's bytes landed -> consumers wait parity r & 1.
+#   empty[s]: phase r completes when both warpgroups released block j -> before loading block j
+#     (use r of stage s) the producer needs phase r - 1 complete: parity (r - 1) & 1 = (r & 1) ^ 1;
+#     for r = 0 that is parity 1 on a fresh barrier (current phase 0), which returns at once.
+#   No barrier can run more than one phase ahead of a waiter: ready[s] phase r + 1 needs the
+#   producer to have seen empty[s] phase r, i.e. both consumers done waiting on ready phase r;
+#   a consumer's arrive for use r + 1 needs ready phase r + 1, so empty phase r has both arrivals.
+#   turn (ping-pong): each warpgroup issues its wgmmas at n_blocks + 1 points (S_0; S_{j+1} with
+#     P_j V_j for j < n - 1; the last P V). At its k-th point warpgroup w waits turn[w], issues,
+#     arrives turn[1 - w]. Warpgroup 0 goes first: its k-th wait needs warpgroup 1's (k-1)-th
+#     arrive = phase k - 1 of turn[0]: parity (k - 1) & 1 = (k + 1) & 1 (k = 0: parity 1, passes at
+#     once). Warpgroup 1's k-th wait needs warpgroup 0's k-th arrive = phase k of turn[1]:
+#     parity k & 1. In general parity (k + 1 - w) & 1. Strict alternation: at most one phase
+#     ahead. Warpgroup 1's last arrive is never waited on (harmless).
+# ---------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _ws_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    pid_m = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    if CAUSAL:
+        n_blocks = (m0 + BLOCK_M) // BLOCK_N
+    else:
+        n_blocks = S // BLOCK_N
+    return pid_bh, pid_bh // H, pid_bh % H, m0, n_blocks
+
+
+@gluon.jit
+def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                 S, H, GROUP, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    _, b, h, m0, n_blocks = _ws_tile(S, H, NUM_WG * WG_M, BLOCK_N, CAUSAL)
+    row_k = b * S
+    col_kv = (h // GROUP) * HEAD_DIM
+    for w in gl.static_range(NUM_WG):
+        mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_q, [b * S + m0 + w * WG_M, h * HEAD_DIM], q_bars.index(w),
+                                        q_smem.index(w))
+    for j in range(n_blocks):
+        s = j % STAGES
+        ph = ((j // STAGES) & 1) ^ 1  # previous use of stage s released (fresh barrier: passes)
+        mbarrier.wait(k_empty.index(s), ph)
+        mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, col_kv], k_ready.index(s), k_smem.index(s))
+        mbarrier.wait(v_empty.index(s), ph)
+        mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_v, [row_k + j * BLOCK_N, col_kv], v_ready.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
+                 v_empty, turn, S, H, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
+                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, SCHED_FENCE: gl.constexpr,
+                 PINGPONG: gl.constexpr):
+    """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile."""
+    dtype: gl.constexpr = desc_o.dtype
+    pid_bh, b, h, m0, n_blocks = _ws_tile(S, H, NUM_WG * WG_M, BLOCK_N, CAUSAL)
+    m0w = m0 + W * WG_M
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    q_w = q_smem.index(W)
+    my_turn = turn.index(W)
+    next_turn = turn.index((W + 1) % NUM_WG)
+
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
+    m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+    acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    mbarrier.wait(q_bars.index(W), 0)
+    # issue point k = 0: S_0
+    if PINGPONG:
+        mbarrier.wait(my_turn, (1 - W) & 1)
+    mbarrier.wait(k_ready.index(0), 0)
+    s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    if PINGPONG:
+        mbarrier.arrive(next_turn)
+    s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
+    mbarrier.arrive(k_empty.index(0))
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0w, 0, BLOCK_N, CAUSAL, s_layout)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    for j in range(0, n_blocks - 1):
+        stage = j % STAGES
+        nxt = (j + 1) % STAGES
+        # issue point k = j + 1: S_{j+1}, then O += P_j V_j
+        if PINGPONG:
+            mbarrier.wait(my_turn, (j + 2 - W) & 1)
+        mbarrier.wait(k_ready.index(nxt), ((j + 1) // STAGES) & 1)
+        s_tok = warpgroup_mma(q_w, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(stage), (j // STAGES) & 1)
+        o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+        if PINGPONG:
+            mbarrier.arrive(next_turn)
+        s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_w, k_smem.index(nxt)))
+        mbarrier.arrive(k_empty.index(nxt))  # S_{j+1} retired: K_{j+1} released by this warpgroup
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0w, (j + 1) * BLOCK_N, BLOCK_N, CAUSAL,
+                                           s_layout)
+        if SCHED_FENCE == 2:  # see gluon_attn_fwd_kernel: pins wait_group 0 after the softmax
+            l_i = gl.inline_asm_elementwise(
+                "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
+                "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
+                "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
+                "bra fence_loop; fence_done: }",
+                "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
+        acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
+        mbarrier.arrive(v_empty.index(stage))  # P_j V_j retired: V_j released
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    last = n_blocks - 1
+    if PINGPONG:  # issue point k = n_blocks
+        mbarrier.wait(my_turn, (n_blocks + 1 - W) & 1)
+    mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+    o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
+    if PINGPONG:
+        mbarrier.arrive(next_turn)
+    acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
+    mbarrier.arrive(v_empty.index(last % STAGES))
+
+    out = acc / gl.convert_layout(l_i, row_o)[:, None]
+    lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+    gl.store(Lse + pid_bh * S + offs_m, lse)
+    # This warpgroup's Q buffer is free (its q·kᵀ wgmmas all retired; only it reads Q_w): stage
+    # the output rows there for the TMA store.
+    q_w.store(out.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(desc_o, [b * S + m0w, h * HEAD_DIM], q_w)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def gluon_attn_fwd_ws_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, GROUP,
+                             HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
+                             SCHED_FENCE: gl.constexpr = 0, PINGPONG: gl.constexpr = 0,
+                             CONSUMER_REGS: gl.constexpr = 240, PRODUCER_REGS: gl.constexpr = 24):
+    """Launch with num_warps=4 (the default partition = consumer warpgroup 0); desc_q / desc_o have
+    blocks of WG_M = BLOCK_M // 2 rows."""
+    NUM_WG: gl.constexpr = 2
+    WG_M: gl.constexpr = BLOCK_M // NUM_WG
+    gl.static_assert(num_warps == 4)
+    dtype: gl.constexpr = desc_q.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_v.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for w in gl.static_range(NUM_WG):
+        mbarrier.init(q_bars.index(w), count=1)
+        mbarrier.init(turn.index(w), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=NUM_WG)
+        mbarrier.init(v_empty.index(i), count=NUM_WG)
+    fence_async_shared()
+
+    # (the argument tuples are written out in the call: a tuple assigned to a name first would turn
+    # its constexprs into tensors)
+    gl.warp_specialize([
+        (_ws_consumer, (0, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                        turn, S, H, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE, PINGPONG)),
+        (_ws_consumer, (1, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                        turn, S, H, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE, PINGPONG)),
+        (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                        S, H, GROUP, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+WS_MAXNREG = 168  # 3 warpgroups x 128 threads x 168 = the 64K-register file: 1 CTA / SM
+
+
+def gluon_attention_ws(q, k, v, causal=False, sm_scale=None, block_m=128, block_n=128, stages=2, sched_fence=0,
+                       pingpong=0, consumer_regs=240, producer_regs=24, maxnreg=WS_MAXNREG):
+    """Warp-specialized gluon_attention: same inputs, restrictions and outputs."""
+    B, S, H, D = q.shape
+    Hkv = k.shape[2]
+    assert k.shape == v.shape == (B, S, Hkv, D) and H % Hkv == 0
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    assert q.dtype in (torch.bfloat16, torch.float16) and D in (64, 128) and S % max(block_m, block_n) == 0
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
+    dq, dk, dv, do = _descs(q, k, v, out, block_m // 2, block_n)
+    gluon_attn_fwd_ws_kernel[(S // block_m, B * H)](dq, dk, dv, do, lse, sm_scale, S, H, H // Hkv, HEAD_DIM=D,
+                                                     BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                                                     CAUSAL=causal, num_warps=4, SCHED_FENCE=sched_fence,
+                                                     PINGPONG=pingpong, CONSUMER_REGS=consumer_regs,
+                                                     PRODUCER_REGS=producer_regs, maxnreg=maxnreg)
+    return out, lse
+
+
+def _sass_loop_sequences(cubin: bytes) -> str:
+    """For each loop (backward predicated branch) of >= 20 instructions that issues HGMMA or TMA loads:
+    its condensed sequence of the ops that matter here (wgmma, its waits, CTA/named barriers, mbarrier
+    waits/arrives, exp2, TMA), the BAR.SYNC count and the highest register index it touches."""
+    import re
+    import subprocess
+    import tempfile
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        lines = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
+    key = re.compile(r"HGMMA|WARPGROUP\.DEPBAR\.LE gsb0, 0x[0-9]|BAR\.SYNC[^;]*|MUFU\.EX2|SYNCS\.PHASECHK|"
+                     r"SYNCS\.ARRIVE[.\w]*|UTMALDG|UTMASTG")
+
+    def ins(x):
+        m = re.search(r"/\*[0-9a-f]{4}\*/\s+(.*?)\s*;", x)
+        return m.group(1) if m else None
+
+    out = []
+    for i, ln in enumerate(lines):
+        m = re.search(r"@!?U?P\w+\s+BRA `\((\.L_x_\d+)\)", ln)
+        if not (m and labels.get(m.group(1), i) < i):
+            continue
+        body = [s for s in map(ins, lines[labels[m.group(1)]:i + 1]) if s]
+        if len(body) < 20 or not any(("HGMMA" in s or "UTMALDG" in s) for s in body):
+            continue
+        seq = []
+        for s in body:
+            k = key.search(s)
+            if not k:
+                continue
+            t = re.sub(r"\s+", "", k.group(0).replace("WARPGROUP.DEPBAR.LE gsb0, ", "WAIT").replace(
+                "BAR.SYNC.DEFER_BLOCKING", "BAR.SYNC").replace("SYNCS.PHASECHK", "MBAR.WAIT").replace(
+                "SYNCS.ARRIVE.TRANS64.A1T0", "MBAR.ARRIVE").replace("SYNCS.ARRIVE.TRANS64", "MBAR.EXPECT"))
+            if seq and seq[-1][0] == t:
+                seq[-1][1] += 1
+            else:
+                seq.append([t, 1])
+        bars = sum("BAR.SYNC" in s for s in body)
+        regs = max([int(r) for s in body for r in re.findall(r"\bR(\d+)\b", s)] or [0])
+        out.append(f"loop {len(body)} instr, BAR.SYNC {bars}, max reg R{regs}: " +
+                   " ".join(f"{t}{f'x{n}' if n > 1 else ''}" for t, n in seq))
+    return "\n".join(out)
+
+
+def compile_only(configs, ws_configs):
     """Build for sm_90a without a GPU (GluonASTSource + ptxas), print registers / spills / smem."""
+    import re
+
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -242,12 +525,7 @@ def compile_only(configs):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import compile_check as cc
 
-    bad = 0
-    for D, bm, bn, stages, causal, fence in configs:
-        B, S, H = 1, 1024, 2
-        q = torch.empty(B, S, H, D, dtype=torch.bfloat16)
-        descs = _descs(q, q, q, q, bm, bn)
-        fn = gluon_attn_fwd_kernel
+    def build(fn, descs, consts, options):
         sig = {}
         args = dict(zip(("desc_q", "desc_k", "desc_v", "desc_o"), descs))
         for i, name in enumerate(fn.arg_names):
@@ -261,18 +539,45 @@ def compile_only(configs):
                 sig[name] = "fp32"
             else:
                 sig[name] = "i32"
-        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=8,
-                      SCHED_FENCE=fence)
         names = fn.arg_names
         src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()})
-        tag = f"gluon fwd bf16 D={D} ({bm}, {bn}, 8 warps, {stages} stages) causal={int(causal)} fence={int(fence)}"
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+    bad = 0
+    B, S, H = 1, 1024, 2
+    for D, bm, bn, stages, causal, fence in configs:
+        q = torch.empty(B, S, H, D, dtype=torch.bfloat16)
+        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=8,
+                      SCHED_FENCE=fence)
+        tag = f"gluon fwd bf16 D={D} ({bm}, {bn}, 8 warps, {stages} stages) causal={int(causal)} fence={fence}"
         try:
-            out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+            out = build(gluon_attn_fwd_kernel, _descs(q, q, q, q, bm, bn), consts, {"num_warps": 8})
             print(f"{tag:60s} smem {out.metadata.shared:>6}  {cc.ptxas_report(out.asm['ptx'])}")
             print("\n".join("      " + ln for ln in cc.sass_loops(out.asm["cubin"]).splitlines()))
         except Exception as e:  # noqa: BLE001 - report and go on
             bad += 1
-            print(f"{tag:60s} FAILED: {type(e).__name__}: {str(e)[-3000:]}"); import traceback; traceback.print_exc(limit=-3)
+            print(f"{tag:60s} FAILED: {type(e).__name__}: {str(e)[-3000:]}")
+            import traceback
+            traceback.print_exc(limit=-3)
+    for D, bm, bn, stages, causal, fence, pp in ws_configs:
+        q = torch.empty(B, S, H, D, dtype=torch.bfloat16)
+        consts = dict(HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, num_warps=4,
+                      SCHED_FENCE=fence, PINGPONG=pp, CONSUMER_REGS=240, PRODUCER_REGS=24)
+        tag = f"gluon ws D={D} ({bm}, {bn}, {stages} stages) causal={int(causal)} fence={fence} pingpong={pp}"
+        try:
+            out = build(gluon_attn_fwd_ws_kernel, _descs(q, q, q, q, bm // 2, bn), consts,
+                        {"num_warps": 4, "maxnreg": WS_MAXNREG})
+            ptx = out.asm["ptx"]
+            # register budgets of the partitions: what the kernel's setmaxnreg instructions ask for
+            budgets = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
+            print(f"{tag:60s} smem {out.metadata.shared:>6}  warps {out.metadata.num_warps}  "
+                  f"{cc.ptxas_report(ptx)} (launch maxnreg; setmaxnreg values {budgets})")
+            print("\n".join("      " + ln for ln in _sass_loop_sequences(out.asm["cubin"]).splitlines()))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            bad += 1
+            print(f"{tag:60s} FAILED: {type(e).__name__}: {str(e)[-3000:]}")
+            import traceback
+            traceback.print_exc(limit=-3)
     return bad
 
 
@@ -280,12 +585,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compile-only", action="store_true")
     args = ap.parse_args()
-    # (D, BLOCK_M, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE): each config without and with the fence
+    # (D, BLOCK_M, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE)
     base = [(128, 128, 128, 2, False), (128, 128, 128, 2, True), (128, 128, 64, 3, False),
             (64, 128, 128, 2, False), (64, 128, 128, 3, True)]
-    configs = [c + (f,) for c in base for f in (0, 1, 2)]
+    # (D, BLOCK_M, BLOCK_N, STAGES, CAUSAL, SCHED_FENCE, PINGPONG) of the warp-specialized kernel
+    # (BLOCK_M = 2 consumer warpgroups x BLOCK_M / 2 rows; 256 = 128 rows per warpgroup, D = 64 only:
+    # at D = 128 it spills).
+    ws_configs = [(128, 128, 128, 2, False, 2, 0), (128, 128, 128, 2, False, 2, 1), (128, 128, 128, 2, False, 0, 1),
+                  (128, 128, 64, 3, False, 2, 1),
+                  (128, 128, 128, 2, True, 2, 0), (128, 128, 128, 2, True, 2, 1),
+                  (64, 128, 128, 2, False, 2, 1), (64, 256, 64, 3, False, 2, 0), (64, 256, 64, 3, False, 2, 1),
+                  (64, 128, 128, 2, True, 2, 1), (64, 256, 64, 3, True, 2, 1)]
     if args.compile_only:
-        sys.exit(1 if compile_only(configs) else 0)
+        configs = [c + (f,) for c in base for f in (0, 1, 2)]
+        sys.exit(1 if compile_only(configs, ws_configs) else 0)
+    configs = [c + (f,) for c in base for f in (0, 2)]  # fence=1 only in --compile-only
 
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -310,23 +624,28 @@ def main():
             ours = flops / do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal)) / 1e9
             print(f"B={B} S={S} H={H}/{Hkv} D={D} causal={int(causal)}: cudnn {cudnn:.0f} TF/s, flashkernels "
                   f"{ours:.0f}", flush=True)
-            for _, bm, bn, stages, c, fence in configs:
-                if _ != D or c != causal:
-                    continue
+            runs = [(f"gluon ({bm}, {bn}, {st}) fence={fe}",
+                     lambda bm=bm, bn=bn, st=st, fe=fe: gluon_attention(q, k, v, causal, block_m=bm, block_n=bn,
+                                                                        stages=st, sched_fence=fe))
+                    for d, bm, bn, st, c, fe in configs if d == D and c == causal]
+            runs += [(f"gluon-ws ({bm}, {bn}, {st}) fence={fe} pingpong={pp}",
+                      lambda bm=bm, bn=bn, st=st, fe=fe, pp=pp: gluon_attention_ws(
+                          q, k, v, causal, block_m=bm, block_n=bn, stages=st, sched_fence=fe, pingpong=pp))
+                     for d, bm, bn, st, c, fe, pp in ws_configs if d == D and c == causal and S % bm == 0]
+            for name, fn in runs:
                 try:
-                    out, lse = gluon_attention(q, k, v, causal, block_m=bm, block_n=bn, stages=stages,
-                                               sched_fence=fence)
+                    out, lse = fn()
                     torch.cuda.synchronize()
                     err = (out.float() - ref.float()).abs().max().item()
                     lse_err = (lse - ref_lse).abs().max().item()
-                    tf = flops / do_bench_median(lambda: gluon_attention(q, k, v, causal, block_m=bm, block_n=bn,
-                                                                         stages=stages, sched_fence=fence)) / 1e9
+                    tf = flops / do_bench_median(fn) / 1e9
                 except Exception as e:  # noqa: BLE001 - an experiment: report and go on
-                    print(f"  gluon ({bm}, {bn}, {stages}) fence={int(fence)}: FAILED {str(e).splitlines()[0][:200]}", flush=True)
+                    print(f"  {name}: FAILED {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                          flush=True)
                     continue
-                print(f"  gluon ({bm}, {bn}, {stages}) fence={int(fence)}: {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x "
-                      f"flashkernels), max err out {err:.2e} (vs cuDNN) lse {lse_err:.2e} (vs flashkernels)",
-                      flush=True)
+                print(f"  {name}: {tf:6.0f} TF/s ({tf / cudnn:.2f}x cudnn, {tf / ours:.2f}x flashkernels), "
+                      f"max err out {err:.2e} (vs cuDNN) lse {lse_err:.2e} (vs flashkernels)", flush=True)
+
 
 if __name__ == "__main__":
     main()
