@@ -7,6 +7,9 @@
 For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
 and shared memory. Catches compile errors and register spills before any GPU time is spent.
+With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward
+(kernels/fwd_hopper.py, what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
+and causal values asked, when 128 is among the dims and no other flag is on.
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
 instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
@@ -115,6 +118,46 @@ def compile_one(fn, dtype, mask_kind, consts, cfg, sass=False):
     return out.metadata.shared, rep
 
 
+def compile_hopper_fwd(dtype, causal: bool, sass=False):
+    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it (GluonASTSource:
+    the kernel's own descriptors, constexprs and maxnreg)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from flashkernels.ops.attention.kernels import fwd_hopper
+
+    fn = fwd_hopper.attn_fwd_hopper_kernel
+    D = launch.HOPPER_HEAD_DIM
+    x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
+    descs = dict(zip(("desc_q", "desc_k", "desc_v", "desc_o"), launch._hopper_descs(x, x, x, x)))
+    names = fn.arg_names
+    sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
+           "*fp32" if n == "Lse" else "fp32" if n == "sm_scale" else "i32" for i, n in enumerate(names)}
+    consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=launch.HOPPER_BLOCK_N,
+                  STAGES=launch.HOPPER_STAGES, CAUSAL=causal, num_warps=4)
+    # as on a real launch: lse is a torch allocation and S a multiple of 128
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("Lse", "S")}
+    src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": fwd_hopper.MAXNREG})
+    rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {fwd_hopper.MAXNREG})"
+    if sass:
+        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
+    return out.metadata.shared, rep
+
+
+def report(tag: str, build) -> bool:
+    """Print ``tag`` with what ``build()`` -> (smem, ptxas report) gives; False on a failure or
+    shared memory past an H100's."""
+    try:
+        smem, rep = build()
+    except Exception as e:  # report and go on
+        print(f"{tag:60s} FAILED: {str(e)[-1500:]}", flush=True)
+        return False
+    flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
+    print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
+    return not flag
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", default="64,128,256")
@@ -127,7 +170,7 @@ def main():
     ap.add_argument("--alibi", default="0", help="HAS_ALIBI values")
     ap.add_argument("--sink", default="0", help="HAS_SINK values (forward only: the backward has no flag)")
     ap.add_argument("--varlen", default="0", help="VARLEN values (packed sequences)")
-    ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    ap.add_argument("--kernels", default="fwd,dkdv,dq,hopper")
     ap.add_argument("--sass", action="store_true", help="per-loop SASS instruction counts (HGMMA loops)")
     args = ap.parse_args()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -165,14 +208,12 @@ def main():
                           if k in ("HAS_WINDOW", "HAS_SOFTCAP", "HAS_ALIBI", "HAS_SINK", "VARLEN")]
                     if on:
                         tag += " +" + ",".join(on)
-                    try:
-                        smem, rep = compile_one(fn, dtype, mk, consts, cfg, args.sass)
-                        flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
-                        print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
-                        bad += bool(flag)
-                    except Exception as e:  # report and go on
-                        bad += 1
-                        print(f"{tag:60s} FAILED: {str(e)[-1500:]}", flush=True)
+                    bad += not report(tag, lambda: compile_one(fn, dtype, mk, consts, cfg, args.sass))
+                if ("hopper" in args.kernels.split(",") and d == launch.HOPPER_HEAD_DIM and dtype != torch.float32
+                        and not (mk or window or softcap or alibi or sink or varlen)):
+                    cfg = (launch.HOPPER_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
+                    tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
+                    bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass))
     sys.exit(1 if bad else 0)
 
 

@@ -221,3 +221,29 @@ def f64_flash_attention(q, k, v, *, causal=False, window_size=(-1, -1), softcap=
     empty = torch.isinf(lse)
     p = torch.exp(s - torch.where(empty, 0.0, lse)[..., None])
     return (p @ v).transpose(1, 2), lse
+
+
+# --------------------------------------------------------------------------------------------
+# compute-sanitizer
+# --------------------------------------------------------------------------------------------
+
+def assert_compute_sanitizer_clean(tool: str, source: str, tmp_path) -> None:
+    """Run the Python ``source`` (which prints "done" at its end) under ``compute-sanitizer
+    --tool=tool`` on the GPU, without the caching allocator, and require a clean summary."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = tmp_path / "sanitize_case.py"
+    script.write_text(source)
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run(["compute-sanitizer", f"--tool={tool}", sys.executable, str(script)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0 and "done" in log, log[-4000:]
+    # memcheck closes with "ERROR SUMMARY: 0 errors", racecheck with "RACECHECK SUMMARY: 0 hazards
+    # displayed (0 errors, 0 warnings)"
+    assert re.search(r"(ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards displayed \(0 errors)", log), \
+        log[-4000:]

@@ -3,11 +3,7 @@ and larger shapes, torch.library.opcheck of the custom ops, torch.compile, deter
 >2^31-element case, compute-sanitizer, and a comparison with torch's own SDPA."""
 import dataclasses
 import math
-import os
-import re
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,7 +13,7 @@ import torch.nn.functional as F
 import flashkernels
 from flashkernels.ops.attention.reference import attention_reference
 from cases import Case, call, check_case, make_case_mask, make_inputs, to_bhsd
-from helpers import assert_close_policy, naive_attention
+from helpers import assert_close_policy, assert_compute_sanitizer_clean, naive_attention
 from test_attention_kernels import GRID as CPU_GRID
 
 pytestmark = pytest.mark.gpu
@@ -313,15 +309,4 @@ SANITIZE = textwrap.dedent("""
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
 def test_compute_sanitizer(tool, tmp_path):
-    script = tmp_path / "case.py"
-    script.write_text(SANITIZE)
-    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run(["compute-sanitizer", f"--tool={tool}", sys.executable, str(script)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0 and "done" in log, log[-4000:]
-    # memcheck closes with "ERROR SUMMARY: 0 errors", racecheck with "RACECHECK SUMMARY: 0 hazards
-    # displayed (0 errors, 0 warnings)"
-    assert re.search(r"(ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards displayed \(0 errors)", log), \
-        log[-4000:]
+    assert_compute_sanitizer_clean(tool, SANITIZE, tmp_path)

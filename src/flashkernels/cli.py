@@ -58,13 +58,23 @@ def backend_table(device: torch.device) -> list[dict]:
     return rows
 
 
+def hopper_fwd_info(device: torch.device) -> dict:
+    """{"active": bool, "text": str}: whether the attention forward takes the Gluon Hopper kernel
+    on ``device`` (for the cases it covers), and why not."""
+    from .selfcheck import hopper_fwd_status
+
+    active, text = hopper_fwd_status(device)
+    return {"active": active, "text": text}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     summary = _backend.device_summary()
     device = _default_device()
     table = backend_table(device)
+    hopper = hopper_fwd_info(device)
     if args.json:
         print(json.dumps({"flashkernels": __version__, **summary, "default_device": str(device),
-                          "ops": table}, indent=2))
+                          "ops": table, "hopper_fwd": hopper}, indent=2))
         return 0
     print(f"flashkernels {__version__}")
     print(f"torch {summary['torch']}, triton {summary['triton']}, python {sys.version.split()[0]}")
@@ -78,6 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"TRITON_INTERPRET: {'on' if summary['interpreter'] else 'off'}")
     env = summary["env_backend"]
     print(f"{_backend.ENV_VAR}: {env if env else 'unset (auto)'}")
+    print(f"Hopper attention forward (Gluon): {hopper['text']}")
     print(f"\nbackend per op on the default device ({device}):")
     env_col = f"{_backend.ENV_VAR}={env}" if env else None
     head = f"  {'op':16s} {'dtype':5s} {'auto picks':10s}"
@@ -165,6 +176,8 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"triton {_backend.triton_version() or 'none'}{mode}", flush=True)
     if skipped:
         print(skipped, flush=True)
+    if "triton" in backends:
+        print(f"Hopper attention forward (Gluon): {selfcheck.hopper_fwd_status(device)[1]}", flush=True)
     report = selfcheck.run(device, backends, seed=args.seed, verbose=args.verbose,
                            plan=None if args.plan == "auto" else args.plan)
     n, bad = len(report.rows), report.failed

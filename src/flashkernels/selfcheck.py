@@ -150,6 +150,9 @@ def gpu_cases() -> list[Case]:
         Case("flash_attn_func", "triton", torch.bfloat16, 2, 4, 4, 1100, 700, 80, causal=True),
         Case("sdpa", "triton", torch.float16, 2, 4, 2, 333, 301, 40, mask="bool"),
         Case("sdpa", "reference", torch.float32, 2, 4, 2, 300, 301, 64, causal=True),
+        # the cases of the Gluon Hopper forward (on an H100; the Triton kernel elsewhere)
+        Case("flash_attn_func", "triton", torch.bfloat16, 2, 8, 2, 1024, 1024, 128, causal=True),
+        Case("flash_attn_func", "triton", torch.float16, 1, 8, 8, 512, 512, 128),
         Case("flash_attn_func", "triton", torch.bfloat16, 2, 8, 2, 700, 1100, 128, causal=True, window=(256, -1),
              softcap=30.0, alibi=True, sink=True),
         Case("varlen", "triton", torch.bfloat16, 6, 8, 2, 900, 1000, 128, causal=True),
@@ -358,7 +361,9 @@ def run_case(case: Case, device: torch.device, gen: torch.Generator) -> list[Row
     leaves_pt = [t.clone().requires_grad_(case.bwd) for t in (q, k, v)]
 
     with torch.set_grad_enabled(case.bwd):
+        launches = _hopper_fwd_launches()
         out, lse = _call(case, *leaves, mask, alibi, sink)
+        hopper = _hopper_fwd_launches() > launches
         ref_out, ref_lse = reference(leaves64, torch.float64)
         pt_out, pt_lse = reference(leaves_pt, case.dtype)
     target = FP32_TARGET if case.dtype == torch.float32 else None
@@ -366,6 +371,9 @@ def run_case(case: Case, device: torch.device, gen: torch.Generator) -> list[Row
     if lse is not None:
         # lse is float32 whatever the input dtype: its rounding step is float32's.
         rows.append(_compare(case, "fwd:lse", lse, ref_lse, pt_lse, torch.float32, 2.0, target))
+    if hopper:
+        for r in rows:
+            r.note = " ".join(filter(None, (r.note, "(Gluon Hopper forward)")))
     if case.bwd:
         dout = torch.randn(out.shape, generator=gen).to(device=device, dtype=case.dtype)
         grads = torch.autograd.grad(out, leaves, dout)
@@ -425,6 +433,33 @@ def run(device: torch.device, backends: tuple[str, ...] = ("triton", "reference"
     return report
 
 
+HOPPER_FWD_CASES = ("bf16/fp16, D=128, Sq=Sk a multiple of 128, (B, S, H, D) inputs (flash_attn_func), "
+                    "no mask, window, softcap, ALiBi, sink or varlen; eager calls")
+
+
+def _hopper_fwd_launches() -> int:
+    """Gluon forward launches so far (0 while the attention launcher is not imported)."""
+    launch = sys.modules.get("flashkernels.ops.attention.launch")
+    return launch.hopper_fwd_launches if launch is not None else 0
+
+
+def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
+    """(active, text): whether the attention forward runs the Gluon Hopper kernel
+    (ops/attention/kernels/fwd_hopper.py) on ``device`` for its cases, and why not."""
+    from ._backend import triton_import_error
+
+    if triton_import_error() is not None:
+        return False, "off: triton does not import"
+    try:
+        from .ops.attention import launch
+    except Exception as exc:  # a broken triton: say so, do not fail `info`
+        return False, f"off: the attention launcher does not import ({type(exc).__name__}: {exc})"
+    why = launch.hopper_fwd_device_reason(device)
+    if why is not None:
+        return False, f"off on {device}: {why}"
+    return True, f"on for {HOPPER_FWD_CASES} (set {launch.HOPPER_FWD_ENV}=0 to turn it off)"
+
+
 def interpreter_compat() -> None:
     """Make the interpreter work with this NumPy (see flashkernels._interpreter)."""
     from ._interpreter import fix_numpy_scalar_conversion
@@ -441,4 +476,4 @@ def triton_imported() -> bool:
 
 
 __all__ = ["Case", "Row", "Report", "run", "cpu_cases", "gpu_cases", "format_row", "HEADER",
-           "interpreter_compat", "triton_imported"]
+           "interpreter_compat", "triton_imported", "hopper_fwd_status"]

@@ -1,0 +1,446 @@
+"""The Gluon Hopper forward (ops/attention/kernels/fwd_hopper.py) and its dispatch (launch.py).
+
+CPU: which calls take it and why the others do not (launch.hopper_fwd_reason, one test a
+condition), that traced launchers keep the Triton kernel, that attn_fwd_impl hands the kernel's
+out/lse on (the launch itself stubbed), and that the kernel builds for sm_90a with no spills.
+GPU (marked ``gpu``, skipped unless the device is an sm_90 one): its out/lse against float64 and
+against the Triton kernel, gradients through it, torch.compile and opcheck, compute-sanitizer.
+"""
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import flashkernels
+from flashkernels.ops.attention import launch
+from flashkernels.ops.attention.kernels import fwd_hopper
+from flashkernels.ops.attention.reference import attention_reference
+from cases import Case, check_case, make_inputs
+from helpers import assert_close_policy, assert_compute_sanitizer_clean, data_magnitude, naive_attention, randn
+
+ROOT = Path(__file__).resolve().parents[1]
+bf16, f16 = torch.bfloat16, torch.float16
+
+
+def _bshd(B, S, H, D=128, dtype=bf16, device="cpu"):
+    """A (B, H, S, D) view of (B, S, H, D) storage: what flash_attn_func hands the launcher."""
+    return torch.randn(B, S, H, D, device=device).to(dtype).transpose(1, 2)
+
+
+def _args(B=2, H=4, Hkv=2, S=256, Sk=None, D=128, dtype=bf16, **over):
+    """hopper_fwd_reason's arguments for an eligible call, with ``over`` replacing any of them."""
+    Sk = S if Sk is None else Sk
+    a = dict(mask=None, scale=1 / math.sqrt(D), causal=True, causal_offset=0, bshd=True, window_left=-1,
+             window_right=-1, softcap=0.0, alibi_slopes=None, sink=None, cu_seqlens_q=None)
+    for name, heads, s in (("q", H, S), ("k", Hkv, Sk), ("v", Hkv, Sk)):
+        if name not in over:  # (only those not given: a given one may stand for a huge tensor)
+            a[name] = _bshd(B, s, heads, D, dtype)
+    a.update(over)
+    return a
+
+
+@pytest.fixture
+def machine_ok(monkeypatch):
+    """As on an H100 with Gluon: only the call's own arguments decide."""
+    monkeypatch.setattr(launch, "hopper_fwd_device_reason", lambda device: None)
+
+
+# --------------------------------------------------------------------------------- eligibility
+def test_eligible_call_gives_none(machine_ok):
+    assert launch.hopper_fwd_reason(**_args()) is None
+    assert launch.hopper_fwd_reason(**_args(dtype=f16, causal=False, H=8, Hkv=8, B=1, S=128)) is None
+    assert launch.hopper_fwd_reason(**_args(H=8, Hkv=1, S=1024)) is None  # MQA
+    # a window that is plain causal normalises to the causal path
+    assert launch.hopper_fwd_reason(**_args(window_left=-1, window_right=0)) is None
+    # bottom-right causal with Sq = Sk: offset Sk - Sq = 0
+    assert launch.hopper_fwd_reason(**_args(causal_offset=0, causal=True)) is None
+
+
+def _misaligned():
+    flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
+    return flat[1:].view(2, 256, 4, 128).transpose(1, 2)  # data pointer 2 bytes past an aligned one
+
+
+def _meta(B, S, H, D=128):
+    return torch.empty(B, S, H, D, dtype=bf16, device="meta").transpose(1, 2)
+
+
+INELIGIBLE = [
+    ("fp32", lambda: _args(dtype=torch.float32), "dtype"),
+    ("d64", lambda: _args(D=64), "head dim 64"),
+    ("d256", lambda: _args(D=256), "head dim 256"),
+    ("mask", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)), "mask"),
+    ("window", lambda: _args(window_left=64), "sliding window"),
+    ("window-noncausal", lambda: _args(causal=False, window_left=-1, window_right=0), "sliding window"),
+    ("softcap", lambda: _args(softcap=30.0), "softcap"),
+    ("alibi", lambda: _args(alibi_slopes=torch.rand(4)), "ALiBi"),
+    ("sink", lambda: _args(sink=torch.randn(4)), "sink"),
+    ("varlen", lambda: _args(cu_seqlens_q=torch.tensor([0, 256], dtype=torch.int32)), "varlen"),
+    ("sq-ne-sk", lambda: _args(S=256, Sk=384), "Sq 256 != Sk 384"),
+    ("causal-offset", lambda: _args(causal_offset=3), "causal_offset 3"),
+    ("seqlen-not-128", lambda: _args(S=200), "multiple of 128"),
+    ("seqlen-64", lambda: _args(S=64), "multiple of 128"),
+    ("scale-0", lambda: _args(scale=0.0), "scale"),
+    ("scale-neg", lambda: _args(scale=-0.1), "scale"),
+    ("bhsd-out", lambda: _args(bshd=False), "bshd=False"),
+    ("heads", lambda: _args(H=4, Hkv=3), "not a multiple"),
+    ("q-bhsd", lambda: _args(q=torch.randn(2, 4, 256, 128).to(bf16)), "q is not laid out"),
+    ("k-strided", lambda: _args(k=torch.randn(2, 256, 4, 128).to(bf16)[:, :, ::2].transpose(1, 2)),
+     "k is not laid out"),
+    ("v-transposed-d", lambda: _args(v=torch.randn(2, 2, 128, 256).to(bf16).transpose(-1, -2)),
+     "v is not laid out"),
+    ("misaligned", lambda: _args(q=_misaligned()), "16-byte aligned"),
+    ("int32", lambda: _args(q=_meta(1, 16384, 1024), k=_meta(1, 16384, 1024), v=_meta(1, 16384, 1024),
+                            H=1024, Hkv=1024, S=16384), "int32"),
+    ("grid-y", lambda: _args(q=_meta(16384, 128, 4), k=_meta(16384, 128, 4), v=_meta(16384, 128, 4)), "grid y"),
+]
+
+
+@pytest.mark.parametrize("make,expected", [x[1:] for x in INELIGIBLE], ids=[x[0] for x in INELIGIBLE])
+def test_each_condition_gives_its_reason(machine_ok, make, expected):
+    why = launch.hopper_fwd_reason(**make())
+    assert why is not None and expected in why, why
+
+
+def test_machine_conditions(monkeypatch):
+    """Gluon missing, the switch, the interpreter, the device and its capability."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(fwd_hopper, "AVAILABLE", True)
+    monkeypatch.setattr(launch, "KERNELS_INTERPRETED", False)
+    monkeypatch.delenv(launch.HOPPER_FWD_ENV, raising=False)
+    cap = {0: (9, 0)}
+    monkeypatch.setattr(launch, "_capability", lambda index: cap[index])
+    assert launch.hopper_fwd_device_reason(cuda) is None
+    for other in ((8, 0), (8, 9), (10, 0), (12, 0)):
+        cap[0] = other
+        assert "compute capability" in launch.hopper_fwd_device_reason(cuda)
+    cap[0] = (9, 0)
+    assert "not on a CUDA GPU" in launch.hopper_fwd_device_reason(torch.device("cpu"))
+    monkeypatch.setattr(launch, "KERNELS_INTERPRETED", True)
+    assert "interpreter" in launch.hopper_fwd_device_reason(cuda)
+    monkeypatch.setattr(launch, "KERNELS_INTERPRETED", False)
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
+    assert launch.HOPPER_FWD_ENV in launch.hopper_fwd_device_reason(cuda)
+    monkeypatch.setattr(fwd_hopper, "AVAILABLE", False)
+    monkeypatch.setattr(fwd_hopper, "UNAVAILABLE_REASON", "no Gluon here")
+    assert launch.hopper_fwd_device_reason(cuda) == "no Gluon here"
+    # hopper_fwd_reason asks the machine first
+    assert launch.hopper_fwd_reason(**_args()) == "no Gluon here"
+
+
+def test_switch_values(monkeypatch):
+    """Only "0" turns it off; "1" or unset leave it to the other conditions."""
+    monkeypatch.setattr(launch, "KERNELS_INTERPRETED", False)
+    monkeypatch.setattr(launch, "_capability", lambda index: (9, 0))
+    monkeypatch.setattr(fwd_hopper, "AVAILABLE", True)
+    for value, off in (("0", True), (" 0 ", True), ("1", False), ("", False)):
+        monkeypatch.setenv(launch.HOPPER_FWD_ENV, value)
+        why = launch.hopper_fwd_device_reason(torch.device("cuda", 0))
+        assert (why is not None) == off, (value, why)
+
+
+def test_gluon_import_guard():
+    """The module imports either way; AVAILABLE and the reason agree."""
+    assert fwd_hopper.AVAILABLE == (fwd_hopper.UNAVAILABLE_REASON is None)
+    import triton
+
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) != fwd_hopper.TESTED_TRITON:
+        assert not fwd_hopper.AVAILABLE and triton.__version__ in fwd_hopper.UNAVAILABLE_REASON
+
+
+# ------------------------------------------------------------------------------ tracing
+def test_traced_calls_keep_the_triton_kernel(machine_ok, monkeypatch):
+    """Fake / functional tensors and make_fx see the Triton kernel: the Gluon launch is direct,
+    not through wrap_triton, so a trace could not record it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a = _args()
+    with FakeTensorMode() as mode:
+        fake = _args(q=mode.from_tensor(a["q"]), k=mode.from_tensor(a["k"]), v=mode.from_tensor(a["v"]))
+        assert "traced" in launch.hopper_fwd_reason(**fake)
+
+    def no_gluon(*args, **kwargs):
+        raise AssertionError("the Gluon forward was launched while tracing")
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(launch, "hopper_fwd", no_gluon)
+    monkeypatch.setattr(launch, "wrap_triton", lambda kernel: _NoLaunch())
+    rest = (a["scale"], True, 0, True, False, -1, -1, 0.0, None, None, None, None, 0, 0)
+    for mode in ("real", "fake", "symbolic"):
+        make_fx(lambda q, k, v: launch.attn_fwd_impl(q, k, v, None, *rest), tracing_mode=mode)(a["q"], a["k"], a["v"])
+    # a dispatch mode (e.g. a profiler's) also keeps the Triton path
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert "traced" in launch.hopper_fwd_reason(**a)
+
+
+# ------------------------------------------------------------------------------ dispatch
+def _fake_hopper(calls):
+    """Stands in for launch.hopper_fwd on a CPU: fills out/lse with the float64 reference (what
+    the kernel computes) and records the layouts it was handed."""
+    def run(q, k, v, out, lse, scale, causal):
+        calls.append(dict(out_stride=out.stride(), lse_shape=tuple(lse.shape), causal=causal, scale=scale))
+        o, l = naive_attention(q, k, v, scale=scale, causal="top_left" if causal else None)
+        out.copy_(o)
+        lse.copy_(l)
+    return run
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attn_func_takes_the_hopper_path(machine_ok, monkeypatch, causal):
+    """Through the public function: the forward comes from the Hopper launcher (stubbed), in
+    (B, S, H, D) storage, and the Triton backward (interpreter, fp16) runs on its out/lse."""
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper(calls))
+    B, S, H, Hkv, D = 1, 128, 2, 1, 128
+    q, k, v = (randn(B, S, h, D, dtype=f16, requires_grad=True) for h in (H, Hkv, Hkv))
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, backend="triton")
+    assert len(calls) == 1 and calls[0]["causal"] == causal
+    assert calls[0]["out_stride"] == (S * H * D, D, H * D, 1) and calls[0]["lse_shape"] == (B, H, S)
+    assert out.shape == (B, S, H, D) and out.is_contiguous()
+    dout = randn(B, S, H, D, dtype=f16)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    qb, kb, vb = (x.detach().transpose(1, 2) for x in (q, k, v))
+    ref_leaves = [x.double().requires_grad_() for x in (qb, kb, vb)]
+    pt_leaves = [x.clone().requires_grad_() for x in (qb, kb, vb)]
+    kw = dict(causal="top_left" if causal else None)
+    ref, ref_lse = naive_attention(*ref_leaves, **kw)
+    pt, pt_lse = attention_reference(*pt_leaves, causal=causal, compute_dtype=f16)
+    assert_close_policy(out.transpose(1, 2), ref, pt)
+    assert_close_policy(lse, ref_lse, pt_lse)
+    ref_g = torch.autograd.grad(ref, ref_leaves, dout.transpose(1, 2).double())
+    pt_g = torch.autograd.grad(pt, pt_leaves, dout.transpose(1, 2))
+    mag = data_magnitude(q, k, v, dout)
+    for name, g, r, p in zip(("dq", "dk", "dv"), grads, ref_g, pt_g):
+        assert_close_policy(g.transpose(1, 2), r, p, factor=3.0, name=name, data_magnitude=mag)
+
+
+def test_ineligible_calls_keep_the_triton_kernel(machine_ok, monkeypatch):
+    """sdpa (bshd=False) and Sq != Sk never reach the Hopper launcher."""
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper(calls))
+    q, k, v = (randn(1, 2, 128, 128, dtype=f16) for _ in range(3))
+    flashkernels.scaled_dot_product_attention(q, k, v, is_causal=True, backend="triton")
+    q2 = randn(1, 128, 2, 128, dtype=f16)
+    k2, v2 = (randn(1, 256, 2, 128, dtype=f16) for _ in range(2))
+    flashkernels.flash_attn_func(q2, k2, v2, causal=True, backend="triton")
+    assert calls == []
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+def test_descriptors_view_bshd_storage_as_2d():
+    B, S, H, Hkv, D = 2, 256, 4, 2, 128
+    q, out = _bshd(B, S, H), _bshd(B, S, H)
+    k, v = _bshd(B, S, Hkv), _bshd(B, S, Hkv)
+    dq, dk, dv, do = launch._hopper_descs(q, k, v, out)
+    for d, t, heads, rows in ((dq, q, H, 64), (dk, k, Hkv, 128), (dv, v, Hkv, 128), (do, out, H, 64)):
+        assert d.base is t and list(d.shape) == [B * S, heads * D] and list(d.strides) == [heads * D, 1]
+        assert list(d.block_shape) == [rows, D] and t.transpose(1, 2).is_contiguous()
+
+
+# ------------------------------------------------------------------------------ sm_90a build
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+def test_kernel_builds_for_sm90a_without_spills():
+    """The four specialisations (bf16/fp16 x causal) compile for sm_90a with ptxas (no GPU
+    needed) and spill nothing, through scripts/compile_check.py (in its own process: the
+    compiler cannot run functions decorated for the interpreter)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("triton ships no ptxas here")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile_check.py"), "--dims", "128",
+                          "--dtypes", "bf16,fp16", "--causal", "0,1", "--kernels", "hopper"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    log = res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon")]
+    assert res.returncode == 0 and len(lines) == 4, log[-4000:]
+    for ln in lines:
+        spill = re.search(r"spill\s+(\d+)B", ln)
+        assert spill and int(spill.group(1)) == 0, ln
+        assert "serialized" not in log, log
+
+
+# ================================================================================== GPU
+def _needs_hopper():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    why = launch.hopper_fwd_device_reason(torch.device("cuda", torch.cuda.current_device()))
+    if why is not None:
+        pytest.skip(f"Gluon Hopper forward off: {why}")
+
+
+HEADS = {"mha": (8, 8), "gqa": (32, 8), "mqa": (8, 1)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [128, 384, 1024])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+def test_hopper_fwd_cuda(monkeypatch, dtype, causal, heads, B, S):
+    """out/lse of the Gluon kernel: within the policy of float64, and as close to the Triton
+    kernel's as the policy's bound (lse to 1e-5 relative)."""
+    _needs_hopper()
+    Hq, Hkv = HEADS[heads]
+    case = Case("fa", dtype, B, Hq, Hkv, S, S, 128, causal=causal, backward=False)
+    n = launch.hopper_fwd_launches
+    r = check_case(case, device="cuda")
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    assert r.out.is_contiguous()
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
+    out_t, lse_t, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True,
+                                                   backend="triton")
+    assert launch.hopper_fwd_launches == n + 1, "FLASHKERNELS_HOPPER_FWD=0 did not turn it off"
+    diff = (r.out.double() - out_t.double()).abs().max().item()
+    assert diff <= r.errs["out"][1], f"out: Gluon vs Triton {diff:.3e} > policy bound {r.errs['out'][1]:.3e}"
+    lse_diff = (r.lse - lse_t).abs().max().item()
+    assert lse_diff <= 1e-5 * max(1.0, lse_t.abs().max().item()), f"lse: Gluon vs Triton {lse_diff:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("B,Hq,Hkv,S", [(1, 32, 8, 384), (3, 8, 8, 256), (2, 8, 1, 128)],
+                         ids=["gqa", "mha", "mqa"])
+def test_hopper_fwd_gradients_cuda(monkeypatch, dtype, causal, B, Hq, Hkv, S):
+    """Gradients through flash_attn_func (Triton backward on the Gluon forward's out and lse, with a
+    gradient at lse as well) within the policy of float64, and as close to the gradients of the
+    all-Triton path as that policy's bound."""
+    _needs_hopper()
+    case = Case("fa", dtype, B, Hq, Hkv, S, S, 128, causal=causal)
+    q, k, v = make_inputs(case, "cuda")
+    dout = randn(B, S, Hq, 128, dtype=dtype, device="cuda")
+    dlse = randn(B, Hq, S, device="cuda")
+
+    def run():
+        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, backend="triton")
+        return (out, lse, *torch.autograd.grad((out, lse), (q, k, v), (dout, dlse)))
+
+    n = launch.hopper_fwd_launches
+    gluon = run()
+    assert launch.hopper_fwd_launches == n + 1
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
+    triton_ = run()
+    assert launch.hopper_fwd_launches == n + 1
+    qb, kb, vb = (x.detach().transpose(1, 2) for x in (q, k, v))
+    ref_leaves = [x.double().requires_grad_() for x in (qb, kb, vb)]
+    pt_leaves = [x.clone().requires_grad_() for x in (qb, kb, vb)]
+    align = "top_left" if causal else None  # Sq = Sk: both alignments agree
+    ref, ref_lse = naive_attention(*ref_leaves, causal=align)
+    pt, pt_lse = attention_reference(*pt_leaves, causal=causal, compute_dtype=dtype)
+    ref_g = torch.autograd.grad((ref, ref_lse), ref_leaves, (dout.transpose(1, 2).double(), dlse.double()))
+    pt_g = torch.autograd.grad((pt, pt_lse), pt_leaves, (dout.transpose(1, 2), dlse.to(pt_lse.dtype)))
+    mag = data_magnitude(q, k, v, dout, dlse)
+    for name, g, t, r, p in zip(("dq", "dk", "dv"), gluon[2:], triton_[2:], ref_g, pt_g):
+        g, t = g.transpose(1, 2), t.transpose(1, 2)
+        _, bound = assert_close_policy(g, r, p, factor=3.0, name=name, data_magnitude=mag)
+        diff = (g.double() - t.double()).abs().max().item()
+        assert diff <= bound, f"{name}: Gluon-forward vs Triton-forward gradients {diff:.3e} > {bound:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_hopper_fwd_under_torch_compile_cuda(monkeypatch):
+    """Compiled, the forward is the Triton kernel (the Gluon launch is eager-only): no Gluon
+    launch, and the compiled result equals the eager Triton path's bit for bit (eager and
+    compiled results of an eligible call therefore differ by the two kernels' rounding)."""
+    _needs_hopper()
+    case = Case("fa", bf16, 2, 8, 2, 256, 256, 128, causal=True)
+    q, k, v = make_inputs(case, "cuda")
+
+    def f(q, k, v):
+        return flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton")
+
+    compiled = torch.compile(f, fullgraph=True)
+    n = launch.hopper_fwd_launches
+    out_c = compiled(q, k, v)
+    assert launch.hopper_fwd_launches == n, "the Gluon forward ran inside torch.compile"
+    f(q, k, v)
+    assert launch.hopper_fwd_launches == n + 1  # eager: the Gluon kernel
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
+    out_t = f(q, k, v)
+    torch.testing.assert_close(out_c, out_t, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_opcheck_attn_fwd_on_the_hopper_path_cuda():
+    """opcheck compares the op's eager run (here the Gluon kernel) with its fake and traced runs
+    (the Triton kernel): same shapes, strides and, within torch's default tolerances, values."""
+    _needs_hopper()
+    q, k, v = (_bshd(2, 256, h, dtype=bf16, device="cuda") for h in (4, 2, 2))
+    args = (q, k, v, None, 1 / math.sqrt(128), True, 0, True, False, -1, -1, 0.0)
+    n = launch.hopper_fwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_fwd.default, args)
+    assert launch.hopper_fwd_launches > n
+
+
+SANITIZE_HOPPER = textwrap.dedent("""
+    import torch, flashkernels
+    from flashkernels.ops.attention import launch
+    torch.manual_seed(0)
+    for dt, causal, B, H, Hkv, S in [(torch.bfloat16, True, 1, 4, 2, 384), (torch.float16, False, 2, 2, 1, 256)]:
+        q = torch.randn(B, S, H, 128, device="cuda", dtype=dt)
+        k, v = (torch.randn(B, S, Hkv, 128, device="cuda", dtype=dt) for _ in range(2))
+        out = flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton")
+    torch.cuda.synchronize()
+    assert launch.hopper_fwd_launches == 2, launch.hopper_fwd_launches
+    print("done")
+""")
+
+
+@pytest.mark.gpu
+@pytest.mark.big_memory
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_hopper_fwd_compute_sanitizer(tool, tmp_path):
+    _needs_hopper()
+    assert_compute_sanitizer_clean(tool, SANITIZE_HOPPER, tmp_path)
+
+
+# ------------------------------------------------------------------------------ reporting
+def test_info_and_check_report_the_hopper_forward(monkeypatch, capsys):
+    """`flashkernels info` (text and --json) and selfcheck say whether it is on, and why not."""
+    import json
+
+    from flashkernels import cli, selfcheck
+
+    active, text = selfcheck.hopper_fwd_status(torch.device("cpu"))
+    assert not active and text.startswith("off on cpu: ")
+    assert cli.main(["info", "--json"]) == 0
+    hop = json.loads(capsys.readouterr().out)["hopper_fwd"]
+    assert hop["active"] is False and hop["text"].startswith("off")
+    monkeypatch.setattr(launch, "hopper_fwd_device_reason", lambda device: None)
+    active, text = selfcheck.hopper_fwd_status(torch.device("cuda", 0))
+    assert active and text.startswith("on for ") and launch.HOPPER_FWD_ENV in text
+    monkeypatch.setattr(cli, "_default_device", lambda: torch.device("cpu"))
+    assert cli.main(["info"]) == 0
+    assert "Hopper attention forward (Gluon): on for" in capsys.readouterr().out
