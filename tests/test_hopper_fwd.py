@@ -46,6 +46,13 @@ def _args(B=2, H=4, Hkv=2, S=256, Sk=None, D=128, dtype=bf16, **over):
     return a
 
 
+@pytest.fixture(autouse=True)
+def opted_in(monkeypatch):
+    """The Gluon forward is opt-in (launch.HOPPER_FWD_ENV): these tests opt in unless they say
+    otherwise."""
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "1")
+
+
 @pytest.fixture
 def machine_ok(monkeypatch):
     """As on an H100 with Gluon: only the call's own arguments decide."""
@@ -114,7 +121,7 @@ def test_machine_conditions(monkeypatch):
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(fwd_hopper, "AVAILABLE", True)
     monkeypatch.setattr(launch, "KERNELS_INTERPRETED", False)
-    monkeypatch.delenv(launch.HOPPER_FWD_ENV, raising=False)
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "1")
     cap = {0: (9, 0)}
     monkeypatch.setattr(launch, "_capability", lambda index: cap[index])
     assert launch.hopper_fwd_device_reason(cuda) is None
@@ -136,11 +143,11 @@ def test_machine_conditions(monkeypatch):
 
 
 def test_switch_values(monkeypatch):
-    """Only "0" turns it off; "1" or unset leave it to the other conditions."""
+    """Opt-in: only "1" turns it on; unset, "0" or anything else leave it off."""
     monkeypatch.setattr(launch, "KERNELS_INTERPRETED", False)
     monkeypatch.setattr(launch, "_capability", lambda index: (9, 0))
     monkeypatch.setattr(fwd_hopper, "AVAILABLE", True)
-    for value, off in (("0", True), (" 0 ", True), ("1", False), ("", False)):
+    for value, off in (("0", True), (" 0 ", True), ("1", False), (" 1 ", False), ("", True), ("yes", True)):
         monkeypatch.setenv(launch.HOPPER_FWD_ENV, value)
         why = launch.hopper_fwd_device_reason(torch.device("cuda", 0))
         assert (why is not None) == off, (value, why)

@@ -457,7 +457,7 @@ def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
     why = launch.hopper_fwd_device_reason(device)
     if why is not None:
         return False, f"off on {device}: {why}"
-    return True, f"on for {HOPPER_FWD_CASES} (set {launch.HOPPER_FWD_ENV}=0 to turn it off)"
+    return True, f"on for {HOPPER_FWD_CASES} (opted in with {launch.HOPPER_FWD_ENV}=1)"
 
 
 def interpreter_compat() -> None:
