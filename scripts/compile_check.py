@@ -129,7 +129,9 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False):
     fn = fwd_hopper.attn_fwd_hopper_kernel
     D = launch.HOPPER_HEAD_DIM
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
-    descs = dict(zip(("desc_q", "desc_k", "desc_v", "desc_o"), launch._hopper_descs(x, x, x, x)))
+    wg_m = launch.HOPPER_BLOCK_M // 2
+    descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", launch.HOPPER_BLOCK_N),
+                                                              ("desc_v", launch.HOPPER_BLOCK_N), ("desc_o", wg_m))}
     names = fn.arg_names
     sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
            "*fp32" if n == "Lse" else "fp32" if n == "sm_scale" else "i32" for i, n in enumerate(names)}

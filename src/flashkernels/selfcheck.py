@@ -433,8 +433,8 @@ def run(device: torch.device, backends: tuple[str, ...] = ("triton", "reference"
     return report
 
 
-HOPPER_FWD_CASES = ("bf16/fp16, D=128, Sq=Sk a multiple of 128, (B, S, H, D) inputs (flash_attn_func), "
-                    "no mask, window, softcap, ALiBi, sink or varlen; eager calls")
+HOPPER_FWD_CASES = ("bf16/fp16, D=128, Sq=Sk a multiple of 128, (B, S, H, D) or (B, H, S, D) storage, "
+                    "no mask, window, softcap, ALiBi, sink or varlen")
 
 
 def _hopper_fwd_launches() -> int:
@@ -457,7 +457,7 @@ def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
     why = launch.hopper_fwd_device_reason(device)
     if why is not None:
         return False, f"off on {device}: {why}"
-    return True, f"on for {HOPPER_FWD_CASES} (opted in with {launch.HOPPER_FWD_ENV}=1)"
+    return True, f"on for {HOPPER_FWD_CASES} ({launch.HOPPER_FWD_ENV}=0 turns it off)"
 
 
 def interpreter_compat() -> None:

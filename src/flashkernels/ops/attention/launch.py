@@ -14,13 +14,15 @@ and the device's shared memory; under Triton's interpreter small blocks exercise
 at small sizes.
 
 On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, D = 128,
-Sq = Sk a multiple of 128, (B, S, H, D) storage, no mask or other feature) runs the
+Sq = Sk a multiple of 128, q/k/v strides that TMA can read as a 2-D matrix: (B, S, H, D) or
+(B, H, S, D) storage, or slices of a packed qkv; no mask or other feature) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
-faster there. It fills the same out and lse, so the backward is the same. It runs on eager calls
-only: traced (torch.compile, make_fx, fake tensors) the launcher takes the Triton kernel. The
-Gluon launch cannot be traced through ``wrap_triton`` (torch 2.13, triton 3.6): its TMA
-descriptors read the tensors' data pointers when built, which fake tensors do not have, and
-Inductor would have to emit Gluon code for it.
+faster there. It fills the same out and lse, so the backward is the same. Eager calls launch it
+directly; traced ones (torch.compile, make_fx) record the opaque custom op
+``flashkernels::attn_fwd_hopper``, which launches it when the graph runs. It cannot go through
+``wrap_triton`` like the Triton kernels (torch 2.13, triton 3.6): its TMA descriptors read the
+tensors' data pointers when built, which fake tensors do not have, and Inductor would have to
+emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 """
 from __future__ import annotations
 
@@ -231,10 +233,7 @@ def _batch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
 # ------------------------------------------------------------------ Hopper forward (Gluon)
 # Measured on an H100 (kernels/fwd_hopper.py's docstring): (BLOCK_M 128, BLOCK_N 128, 2 stages),
 # within 2% of the best variant everywhere measured; at D = 64 the kernel gained nothing.
-# Opt-in until its GPU validation is complete: "1" turns the Gluon forward on. On an H200
-# (2026-11-26, 5de15bd) 84 of 86 GPU tests passed (every correctness and gradient case); the
-# compute-sanitizer racecheck test and opcheck (eager Gluon vs traced Triton) failed, not yet
-# examined: until they are, the default stays the Triton kernel.
+# On by default where it applies; FLASHKERNELS_HOPPER_FWD=0 turns it off (the Triton kernel then).
 HOPPER_FWD_ENV = "FLASHKERNELS_HOPPER_FWD"
 HOPPER_BLOCK_M, HOPPER_BLOCK_N, HOPPER_STAGES = 128, 128, 2
 HOPPER_HEAD_DIM = 128
@@ -253,8 +252,8 @@ def hopper_fwd_device_reason(device: torch.device) -> Optional[str]:
     availability, ``$FLASHKERNELS_HOPPER_FWD``, the interpreter, a CUDA device of capability 9.0."""
     if not fwd_hopper.AVAILABLE:
         return fwd_hopper.UNAVAILABLE_REASON
-    if os.environ.get(HOPPER_FWD_ENV, "").strip() != "1":
-        return f"opt-in: set {HOPPER_FWD_ENV}=1 (racecheck and opcheck not yet passing on the GPU)"
+    if os.environ.get(HOPPER_FWD_ENV, "").strip() == "0":
+        return f"turned off ({HOPPER_FWD_ENV}=0)"
     if KERNELS_INTERPRETED:
         return "Triton's interpreter is on (TRITON_INTERPRET=1)"
     if device.type != "cuda":
@@ -267,15 +266,52 @@ def hopper_fwd_device_reason(device: torch.device) -> Optional[str]:
 
 def _traced(q: torch.Tensor) -> bool:
     """True when the launcher is being traced (torch.compile, make_fx, fake or functional
-    tensors, any dispatch mode): the Gluon kernel launches directly, outside ``wrap_triton``,
-    so a trace would not record it."""
+    tensors, any dispatch mode). The Gluon launch cannot go through ``wrap_triton`` (its TMA
+    descriptors read data pointers when built), so traced calls reach it through the opaque
+    custom op ``flashkernels::attn_fwd_hopper`` instead (see the end of this file)."""
     return type(q) is not torch.Tensor or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
 
 
+class _HopperView(NamedTuple):
+    """A (B, H, S, D) tensor as the 2-D row-major matrix its TMA descriptor reads: row m of head h
+    of batch b is row ``b * rb + h * rh + m``, its D values start at column ``h * ch``."""
+    rows: int
+    cols: int
+    row_stride: int
+    rb: int
+    rh: int
+    ch: int
+
+
+def _hopper_view(t: torch.Tensor) -> Optional[_HopperView]:
+    """The 2-D view of ``t`` ((B, H, S, D), unit last stride) for the Gluon kernel's TMA, or None
+    when its strides have none. Two families: rows of one head are rows of the matrix and heads
+    are further rows (sh and sb multiples of ss: (B, H, S, D) contiguous, for one), or heads sit
+    side by side in the columns of each token's row (sb a multiple of ss and the heads within
+    one row: (B, S, H, D) contiguous, or q/k/v sliced from a packed qkv projection). TMA needs
+    the row stride a multiple of 16 bytes."""
+    B, H, S, D = t.shape
+    sb, sh, ss, sd = t.stride()
+    if sd != 1 or ss <= 0 or (ss * t.element_size()) % 16:
+        return None
+    rb = 0 if B == 1 else sb // ss
+    if B > 1 and sb != rb * ss:
+        return None
+    if H == 1 or (sh % ss == 0 and sh > 0):
+        rh = 0 if H == 1 else sh // ss
+        return _HopperView((B - 1) * rb + (H - 1) * rh + S, D, ss, rb, rh, 0)
+    if 0 < sh and (H - 1) * sh + D <= ss:
+        return _HopperView((B - 1) * rb + S, (H - 1) * sh + D, ss, rb, 0, sh)
+    return None
+
+
 def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
-                             softcap, alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
+                             softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers: bool = True) -> Optional[str]:
     """Why these arguments (attn_fwd_impl's) are not a case of the Gluon forward, None when they
-    are; shapes, layouts and features only, no device query (unit-testable on CPU tensors)."""
+    are; shapes, strides and features only, no device query (unit-testable on CPU tensors).
+    ``check_pointers=False`` skips the 16-byte alignment of the data pointers (fake tensors have
+    none; the custom op checks them when it runs). ``bshd`` does not matter: the kernel writes
+    either output layout."""
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     if q.dtype not in (torch.bfloat16, torch.float16):
@@ -302,41 +338,33 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
         return f"seqlen {S}: a positive multiple of {HOPPER_BLOCK_M} only"
     if not scale > 0:
         return f"scale {scale}: positive only (the row max is taken before scaling)"
-    if not bshd:
-        return "output (B, H, S, D) asked (bshd=False): the kernel writes (B, S, H, D)"
     if Hkv == 0 or H % Hkv:
         return f"{H} query heads, {Hkv} kv heads: not a multiple"
-    if q.numel() > _INT32_MAX:  # k and v have Hkv <= H heads: no more elements than q
-        return f"{q.numel()} elements in q: TMA coordinates and lse offsets are int32"
     if B * H > _GRID_Y_MAX:
         return f"B * H = {B * H} programs along grid y (at most {_GRID_Y_MAX})"
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not _bshd_contiguous(t):
-            return f"{name} is not laid out (B, S, H, D) contiguous (strides {tuple(t.stride())} of (B, H, S, D))"
-        if t.data_ptr() % 16:
+        view = _hopper_view(t)
+        if view is None:
+            return (f"{name}'s strides {tuple(t.stride())} of {tuple(t.shape)}: no 2-D view with a 16-byte "
+                    "row stride for TMA")
+        if view.rows > _INT32_MAX:
+            return f"{name}'s 2-D view has {view.rows} rows: TMA coordinates are int32"
+        if check_pointers and t.data_ptr() % 16:
             return f"{name}'s data pointer is not 16-byte aligned (TMA)"
+    if B * H * S > _INT32_MAX:  # lse offsets; the output is ours, contiguous either way
+        return f"{B * H * S} query rows: lse offsets are int32"
     return None
-
-
-def _bshd_contiguous(t: torch.Tensor) -> bool:
-    """``t.transpose(1, 2).is_contiguous()`` for a (B, H, S, D) view, without making the view
-    (host time: this runs on every eager forward). Size-1 dims may have any stride, as there."""
-    b, h, s, d = t.shape
-    sb, sh, ss, sd = t.stride()
-    return ((d == 1 or sd == 1) and (h == 1 or sh == d) and (s == 1 or ss == h * d)
-            and (b == 1 or sb == s * h * d))
 
 
 def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                       alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
     """None when attn_fwd_impl runs the Gluon forward (kernels/fwd_hopper.py) for these arguments,
-    else why not: the machine (:func:`hopper_fwd_device_reason`), tracing, then the arguments
-    (:func:`hopper_fwd_layout_reason`). Cheapest first: it runs on every eager forward."""
-    why = hopper_fwd_device_reason(q.device)
-    if why is None and _traced(q):
-        why = "traced (torch.compile / make_fx / fake tensors / a dispatch mode): the Gluon launch is eager-only"
-    return why or hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left,
-                                           window_right, softcap, alibi_slopes, sink, cu_seqlens_q)
+    else why not: the machine (:func:`hopper_fwd_device_reason`), then the arguments
+    (:func:`hopper_fwd_layout_reason`; traced, the data pointers are checked when the op runs).
+    Cheapest first: it runs on every eager forward."""
+    return hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
+        q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap, alibi_slopes, sink,
+        cu_seqlens_q, check_pointers=not _traced(q))
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,32 +373,42 @@ def _hopper_smem_layout(rows: int, dtype: torch.dtype):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, HOPPER_HEAD_DIM], gdt)
 
 
-def _hopper_descs(q, k, v, out):
-    """TMA descriptors of q, k, v, out ((B, H, S, D) views of (B, S, H, D) storage) as the 2-D
-    (B·S, heads·D) row-major matrices they are; q and out in blocks of one consumer warpgroup's
-    BLOCK_M / 2 rows, k and v in blocks of BLOCK_N rows."""
-    B, H, S, D = q.shape
-    Hkv = k.shape[1]
-
-    def desc(t, heads, rows):
-        return fwd_hopper.TensorDescriptor(t, [B * S, heads * D], [heads * D, 1], [rows, D],
-                                           _hopper_smem_layout(rows, t.dtype))
-
-    wg_m = HOPPER_BLOCK_M // 2
-    return desc(q, H, wg_m), desc(k, Hkv, HOPPER_BLOCK_N), desc(v, Hkv, HOPPER_BLOCK_N), desc(out, H, wg_m)
+def _hopper_desc(t: torch.Tensor, rows: int):
+    """(TMA descriptor of t's 2-D view in blocks of ``rows`` x D, (rb, rh, ch))."""
+    view = _hopper_view(t)
+    desc = fwd_hopper.TensorDescriptor(t, [view.rows, view.cols], [view.row_stride, 1], [rows, t.shape[3]],
+                                       _hopper_smem_layout(rows, t.dtype))
+    return desc, (view.rb, view.rh, view.ch)
 
 
 def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool) -> None:
-    """Fill ``out`` ((B, H, S, D) view of (B, S, H, D) storage) and ``lse`` ((B, H, S) float32)
-    with the Gluon kernel; the arguments must pass :func:`hopper_fwd_reason`."""
+    """Fill ``out`` ((B, H, S, D), (B, S, H, D) or (B, H, S, D) storage) and ``lse`` ((B, H, S)
+    float32) with the Gluon kernel; the arguments must pass :func:`hopper_fwd_reason`."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
+    wg_m = HOPPER_BLOCK_M // 2  # q and out move in blocks of one consumer warpgroup's rows
+    (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, HOPPER_BLOCK_N),
+                                              _hopper_desc(v, HOPPER_BLOCK_N), _hopper_desc(out, wg_m))
     fwd_hopper.attn_fwd_hopper_kernel[(S // HOPPER_BLOCK_M, B * H)](
-        *_hopper_descs(q, k, v, out), lse, scale, S, H, H // k.shape[1],
+        dq, dk, dv, do, lse, scale, S, H, H // k.shape[1], *cq, *ck, *cv, *co,
         HEAD_DIM=D, BLOCK_M=HOPPER_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
         num_warps=4, maxnreg=fwd_hopper.MAXNREG,
     )
     hopper_fwd_launches += 1
+
+
+def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                         bshd: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gluon forward as an opaque op for traced graphs (eager calls launch it directly): the
+    arguments passed :func:`hopper_fwd_layout_reason` when traced; the data pointers, which only
+    exist now, are checked here (a misaligned one runs the Triton kernel)."""
+    B, H, S, D = q.shape
+    out = _empty_like_layout(B, H, S, D, bshd, q)
+    lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
+    if any(t.data_ptr() % 16 for t in (q, k, v)):
+        return _attn_fwd_triton(q, k, v, None, scale, causal, 0, bshd, False, out, lse)
+    hopper_fwd(q, k, v, out, lse, scale, causal)
+    return out, lse
 
 
 def attn_fwd_impl(
@@ -402,8 +440,21 @@ def attn_fwd_impl(
         return out.zero_(), lse.fill_(-math.inf)
     if hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                          alibi_slopes, sink, cu_seqlens_q) is None:
+        if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
+            return torch.ops.flashkernels.attn_fwd_hopper(q, k, v, scale, causal, bshd)
         hopper_fwd(q, k, v, out, lse, scale, causal)
         return out, lse
+    return _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, out, lse, window_left,
+                            window_right, softcap, alibi_slopes, sink, f)
+
+
+def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, out, lse, window_left=-1,
+                     window_right=-1, softcap=0.0, alibi_slopes=None, sink=None, f=None):
+    """attn_fwd_impl's Triton kernel launch into ``out`` and ``lse`` (``f``: its _features)."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    if f is None:
+        f = _features(q, k, None, None, None, None, 0, 0)
     # int(): under dynamic-shape tracing D is a SymInt, which lru_cache cannot hash; the head dim
     # is a constexpr of the kernels anyway, so it is specialised either way.
     cfg = fwd_config(int(D), q.dtype, q.device)
@@ -506,6 +557,14 @@ def attn_bwd_impl(
 # may call the functions directly (autograd.py), skipping the dispatcher's per-call overhead.
 attn_fwd = triton_op("flashkernels::attn_fwd", mutates_args=())(attn_fwd_impl)
 attn_bwd = triton_op("flashkernels::attn_bwd", mutates_args=())(attn_bwd_impl)
+# Opaque (not a triton_op): traced graphs call it, and it launches the Gluon kernel when they run.
+attn_fwd_hopper = torch.library.custom_op("flashkernels::attn_fwd_hopper", mutates_args=())(attn_fwd_hopper_impl)
+
+
+@attn_fwd_hopper.register_fake
+def _attn_fwd_hopper_fake(q, k, v, scale, causal, bshd):
+    B, H, S, D = q.shape
+    return _empty_like_layout(B, H, S, D, bshd, q), q.new_empty((B, H, S), dtype=torch.float32)
 
 
 # Decided once, at import (see flashkernels._interpreter.kernels_interpreted).

@@ -25,13 +25,16 @@ Schedule of one consumer warpgroup (n = number of key blocks it sees):
         wait until 0 in flight           -> O is ready; release V_j; O *= alpha
     O += P_{n-1} V_{n-1}; O /= l; lse = (m + log2 l) * ln 2; O staged in Q's buffer, TMA store
 
-Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): q, k, v (B, S, H, D)
-contiguous storage, bf16 or fp16, D = 128, Sq = Sk = S a multiple of BLOCK_M (the TMA descriptors
-are 2-D views (B·S, H·D): a block must not cross a batch boundary), H a multiple of Hkv (GQA),
-scale > 0 (the row max is taken before scaling), no mask / window / softcap / ALiBi / sink /
-varlen; causal is top-left = bottom-right (Sq = Sk). TMA coordinates and the lse offsets are
-int32; the grid is (S / BLOCK_M, B·H), so B·H <= 65535. The output is written (B, S, H, D)
-contiguous; lse (B, H, S) float32, natural log.
+Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or fp16, D = 128,
+Sq = Sk = S a multiple of BLOCK_M, H a multiple of Hkv (GQA), scale > 0 (the row max is taken
+before scaling), no mask / window / softcap / ALiBi / sink / varlen; causal is top-left =
+bottom-right (Sq = Sk). Each of q, k, v and out is read or written through a 2-D TMA descriptor
+(launch._hopper_view): row m of head h of batch b is row b*rb + h*rh + m of the matrix, its D
+values start at column h*ch, so (B, S, H, D) storage (rb = S, rh = 0, ch = D), (B, H, S, D)
+storage (rb = H*S, rh = S, ch = 0) and slices of a packed qkv all go through the same code; a
+block of BLOCK_M or BLOCK_N rows never crosses a (batch, head), as S is a multiple of both. TMA
+coordinates and the lse offsets are int32; the grid is (S / BLOCK_M, B·H), so B·H <= 65535. lse is
+(B, H, S) float32, natural log.
 
 Measured on an H100 (bf16, D = 128, ``python scripts/exp_gluon_fwd.py``: B·S = 16384 at S =
 4096 and 16384 with H = 16, and B = 2, S = 8192, H = 32, Hkv = 8 causal): 620-640 TF/s
@@ -151,29 +154,33 @@ def _ws_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.cons
 
 @gluon.jit
 def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                 S, H, GROUP, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
+                 S, H, GROUP, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+                 WG_M: gl.constexpr, NUM_WG: gl.constexpr,
                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     _, b, h, m0, n_blocks = _ws_tile(S, H, NUM_WG * WG_M, BLOCK_N, CAUSAL)
-    row_k = b * S
-    col_kv = (h // GROUP) * HEAD_DIM  # GQA: query heads h*GROUP .. share kv head h // GROUP
+    hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
+    # Row m of head h of batch b is row b*rb + h*rh + m, columns h*ch .. + D, of a tensor's 2-D view
+    # (see launch._hopper_view).
+    row_q = b * q_rb + h * q_rh + m0
+    row_k = b * k_rb + hk * k_rh
+    row_v = b * v_rb + hk * v_rh
     for w in gl.static_range(NUM_WG):
         mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [b * S + m0 + w * WG_M, h * HEAD_DIM], q_bars.index(w),
-                                        q_smem.index(w))
+        tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w), q_smem.index(w))
     for j in range(n_blocks):
         s = j % STAGES
         ph = ((j // STAGES) & 1) ^ 1  # previous use of stage s released (fresh barrier: passes)
         mbarrier.wait(k_empty.index(s), ph)
         mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, col_kv], k_ready.index(s), k_smem.index(s))
+        tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, hk * k_ch], k_ready.index(s), k_smem.index(s))
         mbarrier.wait(v_empty.index(s), ph)
         mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_v, [row_k + j * BLOCK_N, col_kv], v_ready.index(s), v_smem.index(s))
+        tma.async_copy_global_to_shared(desc_v, [row_v + j * BLOCK_N, hk * v_ch], v_ready.index(s), v_smem.index(s))
 
 
 @gluon.jit
 def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
-                 v_empty, S, H, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
+                 v_empty, S, H, o_rb, o_rh, o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile."""
     dtype: gl.constexpr = desc_o.dtype
@@ -252,18 +259,20 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
     # the output rows there for the TMA store.
     q_w.store(out.to(dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(desc_o, [b * S + m0w, h * HEAD_DIM], q_w)
+    tma.async_copy_shared_to_global(desc_o, [b * o_rb + h * o_rh + m0w, h * o_ch], q_w)
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
 def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, GROUP,
+                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
     """Grid (S // BLOCK_M, B * H); launch with num_warps=4 (the default partition = consumer
-    warpgroup 0) and maxnreg=MAXNREG. desc_q / desc_o: 2-D (B·S, H·D) with blocks of
-    WG_M = BLOCK_M // 2 rows; desc_k / desc_v: (B·S, Hkv·D) with blocks of BLOCK_N rows.
-    GROUP = H // Hkv; Lse (B, H, S) contiguous float32."""
+    warpgroup 0) and maxnreg=MAXNREG. desc_q / desc_o: 2-D views in blocks of WG_M = BLOCK_M // 2
+    rows; desc_k / desc_v in blocks of BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of
+    batch b of tensor x in its view (see the module docstring). GROUP = H // Hkv; Lse (B, H, S)
+    contiguous float32."""
     NUM_WG: gl.constexpr = 2
     WG_M: gl.constexpr = BLOCK_M // NUM_WG
     gl.static_assert(num_warps == 4)
@@ -289,9 +298,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, 
     # its constexprs into tensors)
     gl.warp_specialize([
         (_ws_consumer, (0, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+                        S, H, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
         (_ws_consumer, (1, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+                        S, H, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
         (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, GROUP, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+                        S, H, GROUP, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
