@@ -7,8 +7,8 @@
 For each kernel x head dim x dtype x flags it runs Triton's compiler with the block sizes that
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
 and shared memory. Catches compile errors and register spills before any GPU time is spent.
-With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward
-(kernels/fwd_hopper.py, what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
+With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward and
+backward (kernels/fwd_hopper.py, bwd_hopper.py: what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
 and causal values asked, when 128 is among the dims and no other flag is on.
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
@@ -147,6 +147,37 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False):
     return out.metadata.shared, rep
 
 
+def compile_hopper_bwd(dtype, causal: bool, sass=False):
+    """(smem, report) of the Gluon backward (kernels/bwd_hopper.py) built as launch.attn_bwd_hopper_impl
+    launches it."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from flashkernels.ops.attention.kernels import bwd_hopper
+
+    fn = bwd_hopper.attn_bwd_hopper_kernel
+    D, rows = launch.HOPPER_HEAD_DIM, launch.HOPPER_BWD_BLOCK_M
+    x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
+    lse = torch.empty(1, 2, 1024)
+    descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
+    descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
+    names = fn.arg_names
+    ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
+    sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
+           ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
+    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=launch.HOPPER_BLOCK_N, STAGES=launch.HOPPER_STAGES,
+                  CAUSAL=causal, OUT_BSHD=True, num_warps=4)
+    # as on a real launch with (B, S, H, D) storage: the pointers, S and every stride a multiple of 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if sig[n] != "constexpr" and n not in ("sm_scale", "H", "GROUP") and not n.startswith("desc")}
+    src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": bwd_hopper.MAXNREG})
+    rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {bwd_hopper.MAXNREG})"
+    if sass:
+        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
+    return out.metadata.shared, rep
+
+
 def report(tag: str, build) -> bool:
     """Print ``tag`` with what ``build()`` -> (smem, ptxas report) gives; False on a failure or
     shared memory past an H100's."""
@@ -216,6 +247,9 @@ def main():
                     cfg = (launch.HOPPER_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass))
+                    cfg = (launch.HOPPER_BWD_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
+                    tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
+                    bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass))
     sys.exit(1 if bad else 0)
 
 

@@ -21,6 +21,7 @@ interpreter has no bf16).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import traceback
@@ -457,7 +458,10 @@ def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
     why = launch.hopper_fwd_device_reason(device)
     if why is not None:
         return False, f"off on {device}: {why}"
-    return True, f"on for {HOPPER_FWD_CASES} ({launch.HOPPER_FWD_ENV}=0 turns it off)"
+    bwd = ("the backward too" if os.environ.get(launch.HOPPER_BWD_ENV, "").strip() != "0"
+           else f"the backward off ({launch.HOPPER_BWD_ENV}=0)")
+    return True, (f"on for {HOPPER_FWD_CASES} ({launch.HOPPER_FWD_ENV}=0 turns it off); {bwd}, except with "
+                  "deterministic=True")
 
 
 def interpreter_compat() -> None:

@@ -75,8 +75,9 @@ def _check_sink(learnable_sink, heads: int, q: torch.Tensor):
 
 
 def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, window_size=(-1, -1),
-               softcap=0.0, alibi_slopes=None, sink=None):
-    """(out, lse) for (B, H, S, D)-indexed views q, k, v, on the backend that ``backend`` resolves to."""
+               softcap=0.0, alibi_slopes=None, sink=None, deterministic=False):
+    """(out, lse) for (B, H, S, D)-indexed views q, k, v, on the backend that ``backend`` resolves to.
+    The backward is deterministic when ``deterministic`` or torch.use_deterministic_algorithms is on."""
     choice = _backend.resolve(q.device, backend, dtype_ok=q.dtype in KERNEL_DTYPES, dtype=q.dtype)
     if choice.backend == "reference":
         return attention_reference(q, k, v, scale=scale, causal=causal, causal_align=causal_align, mask=mask,
@@ -94,7 +95,8 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, win
         else 0
     return flash_attention(q, k, v, mask, float(scale), bool(causal), offset, bshd,
                            q.dtype == torch.float32 and _allow_tf32(),
-                           int(window_size[0]), int(window_size[1]), float(softcap), alibi_slopes, sink)
+                           int(window_size[0]), int(window_size[1]), float(softcap), alibi_slopes, sink,
+                           deterministic=bool(deterministic) or torch.are_deterministic_algorithms_enabled())
 
 
 def _triton_entry(q):
@@ -167,7 +169,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         softcap: > 0 caps the scaled scores, ``softcap * tanh(scores / softcap)``; 0 = off.
         alibi_slopes: None, or float32 (Hq,) or (B, Hq): adds ``-slope * |i + Sk - Sq - j|`` to
             the (capped) scores. No gradient flows to the slopes.
-        deterministic: accepted; the backward is always deterministic (no atomics).
+        deterministic: True makes the backward bitwise reproducible. By default, on an H100 (the
+            Gluon backward) dQ is summed with atomic adds in no fixed order, so the last bits of
+            dq may differ from run to run, as with flash-attn; elsewhere the backward is
+            deterministic either way. ``torch.use_deterministic_algorithms(True)`` does the same.
         return_attn_probs: also return the softmax log-sum-exp, as flash-attn does.
         learnable_sink: None, or (Hq,) logits (any float dtype, computed in float32): one extra
             key per head with score ``learnable_sink[h]`` (not scaled, capped or masked) and a zero
@@ -191,7 +196,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     out, lse = _attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=None,
                           causal=bool(causal), causal_align="bottom_right", scale=scale,
                           backend=backend, bshd=True, window_size=window_size, softcap=softcap,
-                          alibi_slopes=alibi_slopes, sink=sink)
+                          alibi_slopes=alibi_slopes, sink=sink, deterministic=deterministic)
     out = out.transpose(1, 2)
     if return_attn_probs:
         return out, lse.float(), None

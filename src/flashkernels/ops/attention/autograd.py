@@ -18,12 +18,12 @@ from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.attn_fwd / attn_bwd
 
 
-_N_INPUTS = 18  # attn_fwd's arguments
+_N_INPUTS = 19  # attn_fwd's arguments
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap,
-     alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) = inputs
+     alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, deterministic) = inputs
     out, lse = output
     # Unused output gradients arrive as None, not as zeros: most callers never touch lse, and a
     # materialised zero dlse cost 4 bytes a row plus a subtraction.
@@ -31,6 +31,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, mask, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k)
     ctx.args = (scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap)
     ctx.maxlens = (max_seqlen_q, max_seqlen_k)
+    ctx.deterministic = deterministic
 
 
 def _backward(ctx, dout, dlse, attn_bwd=None):
@@ -41,7 +42,7 @@ def _backward(ctx, dout, dlse, attn_bwd=None):
         dout = dout.contiguous()
     attn_bwd = attn_bwd or torch.ops.flashkernels.attn_bwd
     dq, dk, dv, dsink = attn_bwd(dout, q, k, v, out, lse, dlse, mask, *ctx.args,
-                                 alibi_slopes, sink, cu_q, cu_k, *ctx.maxlens)
+                                 alibi_slopes, sink, cu_q, cu_k, *ctx.maxlens, ctx.deterministic)
     # Gradients for q, k, v and sink; none for the mask, the ALiBi slopes (both refused by the
     # API when they require grad), the sequence offsets and the plain arguments.
     grads = [None] * _N_INPUTS
@@ -59,10 +60,12 @@ _attn_fwd = eager_call(torch.ops.flashkernels.attn_fwd, launch.attn_fwd_impl, _s
 
 def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32,
                     window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None, sink=None,
-                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0):
-    """Returns (out, lse) through the Triton kernels, differentiable in q, k, v and sink."""
+                    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, deterministic=False):
+    """Returns (out, lse) through the Triton kernels, differentiable in q, k, v and sink.
+    ``deterministic``: the backward gives the same bits on every run (on Hopper the Gluon
+    backward adds dQ with atomics, in no fixed order; this keeps the Triton backward)."""
     args = (q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, window_left, window_right, softcap,
-            alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+            alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(deterministic))
     return _attn_fwd(*args)
 
 

@@ -23,6 +23,11 @@ directly; traced ones (torch.compile, make_fx) record the opaque custom op
 ``wrap_triton`` like the Triton kernels (torch 2.13, triton 3.6): its TMA descriptors read the
 tensors' data pointers when built, which fake tensors do not have, and Inductor would have to
 emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
+
+The backward of the same cases runs the Gluon kernel of kernels/bwd_hopper.py (dQ by fp32
+atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton kernels),
+the same way (eager direct, traced through ``flashkernels::attn_bwd_hopper``);
+``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..._interpreter import kernels_interpreted
 
-from .kernels import fwd_hopper
+from .kernels import bwd_hopper, fwd_hopper
 from .kernels.bwd import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_bwd_preprocess_kernel
 from .kernels.fwd import attn_fwd_kernel
 
@@ -411,13 +416,96 @@ def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     return out, lse
 
 
+# ------------------------------------------------------------------ Hopper backward (Gluon)
+# kernels/bwd_hopper.py: 0.79-0.84x cuDNN where the Triton backward reads 0.58-0.62x (H200,
+# scripts/exp_gluon_bwd.py). Same cases as the forward; FLASHKERNELS_HOPPER_BWD=0 turns it off.
+HOPPER_BWD_ENV = "FLASHKERNELS_HOPPER_BWD"
+HOPPER_BWD_BLOCK_M = 64
+hopper_bwd_launches = 0  # Gluon backward launches in this process
+
+
+def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
+                      alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
+    """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py), else why not: the
+    forward's conditions (:func:`hopper_fwd_reason`), its own switch, a TMA view of dO, and int32
+    element offsets into the dQ accumulator and the per-head dK / dV."""
+    if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
+        return f"turned off ({HOPPER_BWD_ENV}=0)"
+    why = hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
+                            alibi_slopes, sink, cu_seqlens_q)
+    if why is not None:
+        return why
+    view = _hopper_view(do)
+    if view is None:
+        return f"dO's strides {tuple(do.stride())}: no 2-D view with a 16-byte row stride for TMA"
+    if view.rows > _INT32_MAX:
+        return f"dO's 2-D view has {view.rows} rows: TMA coordinates are int32"
+    if not _traced(q) and do.data_ptr() % 16:
+        return "dO's data pointer is not 16-byte aligned (TMA)"
+    if q.numel() > _INT32_MAX:
+        return f"{q.numel()} elements in q: the dQ / dK / dV offsets are int32"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_smem_layout(rows: int):
+    return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
+
+
+def _rows_desc(t: torch.Tensor, rows: int):
+    """1-D TMA descriptor of a contiguous float32 tensor (lse, Delta), blocks of ``rows``."""
+    flat = t.view(-1)
+    return fwd_hopper.TensorDescriptor(flat, [flat.numel()], [1], [rows], _rows_smem_layout(rows))
+
+
+def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+                         delta: torch.Tensor, scale: float, causal: bool,
+                         bshd: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
+    :func:`attn_bwd_delta`. Eager calls come straight here, traced ones through the opaque op
+    ``flashkernels::attn_bwd_hopper``."""
+    global hopper_bwd_launches
+    B, H, S, D = q.shape
+    Hkv = k.shape[1]
+    # (traced, the pointers were not known when the op was chosen: a rare misaligned view gets
+    # an aligned copy, in the same layout)
+    q, k, v, do = (t.clone() if t.data_ptr() % 16 else t for t in (q, k, v, do))
+    dq = _empty_like_layout(B, H, S, D, bshd, q)
+    dk = _empty_like_layout(B, Hkv, S, D, bshd, k)
+    dv = _empty_like_layout(B, Hkv, S, D, bshd, v)
+    dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
+        torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
+    group = H // Hkv
+    if group == 1:
+        dk_out, dv_out = dk, dv
+    else:  # per query head in fp32, summed over each group below
+        dk_out = _empty_like_layout(B, H, S, D, bshd, dq_acc)
+        dv_out = _empty_like_layout(B, H, S, D, bshd, dq_acc)
+    rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
+    (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, rows), _hopper_desc(k, rows),
+                                                    _hopper_desc(v, rows), _hopper_desc(do, rows))
+    bwd_hopper.attn_bwd_hopper_kernel[(S // HOPPER_BLOCK_N, B * H)](
+        dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk_out, dv_out,
+        scale, S, H, group, *cq, *ck, *cv, *cdo,
+        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
+        OUT_BSHD=bshd,
+        num_warps=4, maxnreg=bwd_hopper.MAXNREG,
+    )
+    hopper_bwd_launches += 1
+    dq.copy_(dq_acc)
+    if group > 1:
+        for part, grad in ((dk_out, dk), (dv_out, dv)):
+            grad.copy_(part.unflatten(1, (Hkv, group)).sum(dim=2))
+    return dq, dk, dv
+
+
 def attn_fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
     scale: float, causal: bool, causal_offset: int, bshd: bool, allow_tf32: bool,
     window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
     alibi_slopes: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
-    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0, deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash attention forward. q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) with unit last stride;
     mask None or broadcastable to (B, Hq, Sq, Sk). Returns out (B, Hq, Sq, D), lse (B, Hq, Sq)
@@ -428,9 +516,9 @@ def attn_fwd_impl(
     sink (Hq,) fp32: one more logit per row's softmax, with no value.
     cu_seqlens_q/k (n + 1,) int32: q, k, v hold n packed sequences as (1, H, total, D); the
     diagonal is aligned bottom-right per sequence (causal_offset is ignored); lse is (1, Hq, total_q).
+    deterministic: for the backward (attn_bwd_impl's); the forward is deterministic either way.
     On an H100 the cases :func:`hopper_fwd_reason` accepts run the Gluon kernel (same outputs)."""
     B, H, Sq, D = q.shape
-    Hkv, Sk = k.shape[1], k.shape[2]
     out = _empty_like_layout(B, H, Sq, D, bshd, q)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     f = _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
@@ -477,6 +565,23 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
     return out, lse
 
 
+def attn_bwd_delta(out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor]) -> torch.Tensor:
+    """The backward's row term Delta = rowsum(dO * out) - dlse, (B, H, Sq) float32 (dlse None: 0)."""
+    B, H, Sq, D = out.shape
+    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=out.device)
+    if Sq > 0 and B * H > 0:
+        pre_m = 64 if out.device.type == "cuda" else 32
+        wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
+            out, do, delta,
+            out.stride(0), out.stride(1), out.stride(2),
+            do.stride(0), do.stride(1), do.stride(2),
+            H, Sq, HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=pre_m,
+        )
+    if dlse is not None:  # d lse / d scores = P: fold it into the row term (in place: no copy)
+        delta.sub_(dlse)
+    return delta
+
+
 def attn_bwd_impl(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, dlse: Optional[torch.Tensor], mask: Optional[torch.Tensor],
@@ -484,17 +589,25 @@ def attn_bwd_impl(
     window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
     alibi_slopes: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
-    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0, deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flash attention backward: (dq, dk, dv, dsink), dq/dk/dv shaped and laid out like q, k, v's
     (B, H, S, D); dsink (Hq,) fp32 (empty without a sink). ``dlse`` (B, Hq, Sq) or None is the
-    gradient arriving at lse. The other arguments are attn_fwd's."""
+    gradient arriving at lse. The other arguments are attn_fwd's. On an H100 the cases
+    :func:`hopper_bwd_reason` accepts run the Gluon backward, whose dQ atomics make it run-to-run
+    nondeterministic in the last bits: ``deterministic=True`` keeps the Triton kernels."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    dsink = torch.zeros((H if sink is not None else 0,), dtype=torch.float32, device=q.device)
+    if not deterministic and q.numel() and hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left,
+                                       window_right, softcap, alibi_slopes, sink, cu_seqlens_q) is None:
+        delta = attn_bwd_delta(out, do, lse, dlse)
+        if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
+            return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd), dsink)
+        return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd), dsink)
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
-    dsink = torch.zeros((H if sink is not None else 0,), dtype=torch.float32, device=q.device)
     f = _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     if B * H == 0 or D == 0:
         return dq, dk, dv, dsink
@@ -503,17 +616,7 @@ def attn_bwd_impl(
     prec = dot_precision(q.dtype, allow_tf32)
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
-    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    if Sq > 0:
-        pre_m = 64 if q.device.type == "cuda" else 32
-        wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
-            out, do, delta,
-            out.stride(0), out.stride(1), out.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            H, Sq, HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=pre_m,
-        )
-    if dlse is not None:  # d lse / d scores = P: fold it into the row term (in place: no copy)
-        delta.sub_(dlse)
+    delta = attn_bwd_delta(out, do, lse, dlse)
     if sink is not None:  # d lse / d sink = P_sink, d out / d sink = -P_sink * out
         dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
     if Sq == 0 or Sk == 0 or f.batch == 0:  # nothing attends: every other gradient is zero
@@ -559,6 +662,17 @@ attn_fwd = triton_op("flashkernels::attn_fwd", mutates_args=())(attn_fwd_impl)
 attn_bwd = triton_op("flashkernels::attn_bwd", mutates_args=())(attn_bwd_impl)
 # Opaque (not a triton_op): traced graphs call it, and it launches the Gluon kernel when they run.
 attn_fwd_hopper = torch.library.custom_op("flashkernels::attn_fwd_hopper", mutates_args=())(attn_fwd_hopper_impl)
+
+
+attn_bwd_hopper = torch.library.custom_op("flashkernels::attn_bwd_hopper", mutates_args=())(attn_bwd_hopper_impl)
+
+
+@attn_bwd_hopper.register_fake
+def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd):
+    B, H, S, D = q.shape
+    Hkv = k.shape[1]
+    return (_empty_like_layout(B, H, S, D, bshd, q), _empty_like_layout(B, Hkv, S, D, bshd, k),
+            _empty_like_layout(B, Hkv, S, D, bshd, v))
 
 
 @attn_fwd_hopper.register_fake

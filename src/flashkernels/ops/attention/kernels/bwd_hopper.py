@@ -1,0 +1,289 @@
+"""Flash attention backward for Hopper (sm_90), warp-specialized, in Gluon: kernel code only.
+
+Why: the Triton backward (kernels/bwd.py: a dK/dV kernel and a dQ kernel, 7 matmuls a block
+pair) reaches 0.58-0.62x cuDNN on Hopper; this kernel, FA3's structure, computes dQ in the same
+pass as dK/dV (5 matmuls a block pair, dQ by fp32 atomics) with the exponentials overlapping the
+tensor cores: 0.79-0.84x cuDNN (measured: ``scripts/exp_gluon_bwd.py``, where its variants live).
+
+Structure of one CTA (grid (S / BLOCK_N, B·H); BLOCK_N = 128 keys of one (batch, query head h);
+kv head h // GROUP; ``gl.warp_specialize``):
+  - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
+    each, loaded once), then per query block i (BLOCK_M = 64 rows) Q_i with lse_i and dO_i with
+    Delta_i into a ring of STAGES stages (ready mbarriers per tile, one empty mbarrier a stage);
+    lse and Delta (B, H, S) fp32 arrive by 1-D TMA copies of BLOCK_M floats;
+  - two consumer warpgroups (the default partition and a 4-warp worker); warpgroup w owns keys
+    n0 + 64w .. n0 + 64w + 63 (K_w, V_w) and keeps dK_w, dV_w (64 x D fp32 each) in registers
+    for the whole loop.
+
+Per query block i, in warpgroup w (keys are the rows, so P^T and dS^T come out of the wgmma
+accumulator in the register layout of the A operand of the dV / dK wgmmas):
+
+    S^T  = K_w Q_i^T, dP^T = V_w dO_i^T          two async wgmmas in flight
+    P^T  = exp2(S^T·scale·log2e - lse_i·log2e)   overlaps the dP^T wgmma; causal: 0 where key > row
+    dV_w += P^T dO_i                             A = P^T from registers
+    dS^T = scale · P^T (dP^T - Delta_i)          (the scale folded in: dK and dQ need no scaling)
+    dK_w += dS^T Q_i                             A = dS^T from registers
+    both warpgroups store their dS^T into one 128-key x 64 shared tile (double-buffered by
+    iteration), meet at a 256-thread named barrier, and warpgroup w computes columns
+    64w .. 64w + 63 of dQ_i = dS K over all 128 keys, then adds them to the zeroed fp32 dQ
+    accumulator with ``atomic_add`` (``REDG.E.ADD.F32x2``: Gluon 3.6 has no TMA reduce-add).
+
+At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
+n0 visits only the query blocks with rows >= n0.
+
+Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
+(fwd_hopper.py: bf16/fp16, D = 128, Sq = Sk = S a multiple of 128, no mask or other feature,
+scale > 0, 2-D TMA views of q, k, v, dO), plus int32 element offsets into the dQ accumulator and
+the dK / dV outputs (B·S·H·D < 2^31). GQA: the kernel writes dK / dV per query head into fp32
+buffers, which the launcher sums over each group (an extra pass and H / Hkv times the dK / dV
+memory; looping over a group's heads inside the CTA is not done yet).
+
+Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
+"""
+from .fwd_hopper import AVAILABLE, UNAVAILABLE_REASON, gl, gluon  # noqa: F401  (UNAVAILABLE_REASON: re-exported)
+
+if AVAILABLE:
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                  warpgroup_mma, warpgroup_mma_wait)
+
+# Partition register budgets and the launch's cap, as in the forward: 3 warpgroups x 128 threads
+# x 168 registers = the 64K-register file, so 1 CTA / SM with 240-register consumers.
+CONSUMER_REGS = gl.constexpr(240)
+PRODUCER_REGS = gl.constexpr(24)
+MAXNREG = 168
+
+
+# ---------------------------------------------------------------------------------------------
+# Barriers (all in shared memory, initialised before gl.warp_specialize):
+#   k_bar, v_bar   count 1: the producer's expect-tx arrive + both halves' bytes; complete once.
+#   q_ready[s], do_ready[s]  count 1 (the producer's expect-tx arrive) + the TMA bytes.
+#   empty[s]       count 2: one arrive per consumer warpgroup, once its last wgmmas reading
+#                  Q_i and dO_i of that stage (dK += dS^T Q_i, dV += P^T dO_i) retired (lse_i,
+#                  Delta_i: read with ld.shared before that).
+#   Named barrier 15 (_pair_barrier) syncs the two consumer warpgroups before the dQ wgmma.
+#
+# mbarrier.arrive is ONE thread per partition in triton 3.6 (see fwd_hopper), hence count 2;
+# that thread arrives after its own warpgroup_mma_wait, which covers the whole warpgroup.
+#
+# Phases. Query block j (counted from the CTA's first block) lives in stage s = j % STAGES, on
+# its use r = j // STAGES of that stage.
+#   ready[s]: phase r completes when block j's bytes landed -> consumers wait parity r & 1.
+#   empty[s]: phase r completes when both warpgroups released block j -> before loading block j
+#     the producer needs phase r - 1: parity (r & 1) ^ 1 (r = 0: a fresh barrier passes at once).
+# Both warpgroups compute every block (causal: warpgroup 1's first block, entirely above its keys,
+# is masked to zero), so they meet at the pair barrier in every iteration.
+# ---------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _bwd_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """(pid_bh, b, h, n0, first query block, number of query blocks) of this CTA."""
+    pid_n = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    n0 = pid_n * BLOCK_N
+    if CAUSAL:
+        i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
+    else:
+        i0 = 0
+    return pid_bh, pid_bh // H, pid_bh % H, n0, i0, S // BLOCK_M - i0
+
+
+@gluon.jit
+def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
+                  lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
+                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    pid_bh, b, h, n0, i0, n_blocks = _bwd_tile(S, H, BLOCK_M, BLOCK_N, CAUSAL)
+    hk = h // GROUP
+    # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view)
+    row_k = b * k_rb + hk * k_rh + n0
+    row_v = b * v_rb + hk * v_rh + n0
+    row_q = b * q_rb + h * q_rh
+    row_do = b * do_rb + h * do_rh
+    # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
+    mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes)
+    for w in gl.static_range(2):
+        tma.async_copy_global_to_shared(desc_k, [row_k + w * 64, hk * k_ch], k_bar, k_smem.slice(w * 64, 64))
+    mbarrier.expect(v_bar, 2 * desc_v.block_type.nbytes)
+    for w in gl.static_range(2):
+        tma.async_copy_global_to_shared(desc_v, [row_v + w * 64, hk * v_ch], v_bar, v_smem.index(w))
+    for j in range(n_blocks):
+        s = j % STAGES
+        mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
+        m0 = (i0 + j) * BLOCK_M
+        row_l = pid_bh * S + m0  # lse / Delta (B, H, S) as one 1-D tensor
+        # Q_i with lse_i (needed together: P^T), dO_i with Delta_i (dP^T, dS^T)
+        mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_q, [row_q + m0, h * q_ch], q_ready.index(s), q_smem.index(s))
+        tma.async_copy_global_to_shared(desc_lse, [row_l], q_ready.index(s), lse_smem.index(s))
+        mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_do, [row_do + m0, h * do_ch], do_ready.index(s), do_smem.index(s))
+        tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
+
+
+@gluon.jit
+def _pair_barrier(x):
+    """Named barrier 15 over both consumer warpgroups (256 threads); returns x. Gluon 3.6 has no
+    named-barrier API (gl.thread_barrier() in a partition syncs that partition only); Triton's
+    warp-specialize lowering uses the low ids (0..2 in this kernel's SASS)."""
+    return gl.inline_asm_elementwise("bar.sync 15, 256; mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
+                  ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                  HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr):
+    """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile. DQ (fp32) and
+    DK / DV (per query head) are contiguous (B, S, H, D) when OUT_BSHD, else (B, H, S, D)
+    (strides from S and H: runtime strides cost ptxas 100-300 B of spills in the loop)."""
+    dtype: gl.constexpr = k_smem.dtype
+    pid_bh, b, h, n0, i0, n_blocks = _bwd_tile(S, H, BLOCK_M, BLOCK_N, CAUSAL)
+    n0w = n0 + W * 64
+    if OUT_BSHD:
+        o_sb = S * H * HEAD_DIM
+        o_sh = HEAD_DIM
+        o_ss = H * HEAD_DIM
+    else:
+        o_sb = H * S * HEAD_DIM
+        o_sh = S * HEAD_DIM
+        o_ss = HEAD_DIM
+    DQ_N: gl.constexpr = HEAD_DIM // 2  # the columns of dQ_i this warpgroup computes
+    # wgmma accumulators (instruction m = 16, k = 16 for 16-bit inputs, n = the tile's width).
+    # st_layout: S^T / dP^T, 64 keys x BLOCK_M queries; kv_layout: dK_w / dV_w, 64 keys x D;
+    # dq_layout: this warpgroup's half of dQ_i, BLOCK_M queries x DQ_N columns.
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, BLOCK_M, 16])
+    kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, DQ_N, 16])
+    # P^T and dS^T as the A operand (registers) of the dV / dK wgmmas: an m64 accumulator's
+    # register fragment is the A fragment of the next wgmma (the convert is register-only).
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    col_st: gl.constexpr = gl.SliceLayout(0, st_layout)  # along the queries
+    row_st: gl.constexpr = gl.SliceLayout(1, st_layout)  # along the keys
+
+    k_w = k_smem.slice(W * 64, 64)
+    v_w = v_smem.index(W)
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_n = n0w + gl.arange(0, 64, layout=row_st)
+    offs_mq = gl.arange(0, BLOCK_M, layout=col_st)
+    dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
+    dq_cols = gl.arange(0, DQ_N, layout=gl.SliceLayout(0, dq_layout))
+    dq_offs = dq_rows[:, None] * o_ss + dq_cols[None, :]
+    dq_base = DQ + b * o_sb + h * o_sh + W * DQ_N
+
+    dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
+    dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
+    st_zero = gl.zeros([64, BLOCK_M], gl.float32, layout=st_layout)
+    dq_zero = gl.zeros([BLOCK_M, DQ_N], gl.float32, layout=dq_layout)
+
+    mbarrier.wait(k_bar, 0)
+    mbarrier.wait(v_bar, 0)
+
+    for j in range(n_blocks):
+        s = j % STAGES
+        ph = (j // STAGES) & 1
+        m0 = (i0 + j) * BLOCK_M
+        q_s = q_smem.index(s)
+        do_s = do_smem.index(s)
+
+        # S^T and dP^T, both in flight.
+        mbarrier.wait(q_ready.index(s), ph)
+        st_tok = warpgroup_mma(k_w, q_s.permute((1, 0)), st_zero, use_acc=False, is_async=True)
+        mbarrier.wait(do_ready.index(s), ph)
+        dpt_tok = warpgroup_mma(v_w, do_s.permute((1, 0)), st_zero, use_acc=False, is_async=True)
+        st = warpgroup_mma_wait(1, deps=(st_tok, ))
+        # P^T (overlaps the dP^T wgmma). lse_i / Delta_i come from shared memory where they are
+        # used: in this layout each thread holds 16 of the 64 columns, 32 registers for the pair
+        # if kept live across the waits (loaded early from global memory, the loop spilled).
+        lse2 = lse_smem.index(s).load(col_st) * 1.4426950408889634
+        pt = gl.exp2(st * qk_scale - lse2[None, :])
+        if CAUSAL:
+            if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                pt = gl.where(offs_n[:, None] <= (m0 + offs_mq)[None, :], pt, 0.0)
+        dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
+        pt_op = gl.convert_layout(pt.to(dtype), a_layout)
+        dv_tok = warpgroup_mma(pt_op, do_s, dv, is_async=True)
+        delta = delta_smem.index(s).load(col_st)
+        dst16 = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)
+        dst_op = gl.convert_layout(dst16, a_layout)
+        dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
+        # Both warpgroups' dS^T in one 128-key x BLOCK_M tile (rows 64W .. written here). Buffer
+        # j % 2 was last read by the dQ wgmmas of iteration j - 2, which both warpgroups retired
+        # before the pair barrier of iteration j - 1, which this warpgroup has passed.
+        ds_all = ds_smem.index(j % 2)
+        ds_all.slice(W * 64, 64).store(dst16)
+        fence_async_shared()  # each thread's generic-proxy stores, before the wgmmas read them
+        _pair_barrier(m0)
+        dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_smem.slice(W * DQ_N, DQ_N, dim=1), dq_zero,
+                               use_acc=False, is_async=True)
+        # dV, dK retired (wgmma groups retire in order): Q_i / dO_i released.
+        dv, dk, _, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dk_tok, pt_op, dst_op, q_s, do_s))
+        mbarrier.arrive(empty.index(s))
+        dq, _, _ = warpgroup_mma_wait(0, deps=(dq_tok, ds_all, k_smem))
+        gl.atomic_add(dq_base + m0 * o_ss + dq_offs, dq, sem="relaxed")
+
+    # dK_w (already scaled), dV_w, per query head.
+    o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
+    o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
+    o_offs = b * o_sb + h * o_sh + (n0w + o_rows)[:, None] * o_ss + o_cols[None, :]
+    gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
+    gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
+
+
+@gluon.jit
+def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, DQ, DK, DV, sm_scale, S, H, GROUP,
+                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
+                           HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
+                           num_warps: gl.constexpr):
+    """Grid (S // BLOCK_N, B * H); launch with num_warps=4 (the default partition = consumer
+    warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
+    placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
+    BLOCK_M; DQ fp32, zeroed, and DK, DV (per query head) contiguous (B, S, H, D) when OUT_BSHD,
+    else (B, H, S, D)."""
+    gl.static_assert(num_warps == 4)
+    gl.static_assert(BLOCK_N == 2 * 64)
+    gl.static_assert(BLOCK_M == 64)
+    gl.static_assert(HEAD_DIM == 128)  # the two warpgroups split dQ_i's D in halves of 64
+    dtype: gl.constexpr = desc_q.dtype
+    # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
+    # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], desc_k.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], desc_v.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], desc_q.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], desc_do.layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_lse.layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype)
+    ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+    k_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    v_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(k_bar, count=1)
+    mbarrier.init(v_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(do_ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    fence_async_shared()
+
+    # (argument tuples written out in the call: a tuple assigned to a name first would turn its
+    # constexprs into tensors)
+    gl.warp_specialize([
+        (_bwd_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
+                         k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
+        (_bwd_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
+                         k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
+        (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
+                         lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
+                         q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

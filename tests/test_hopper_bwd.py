@@ -1,0 +1,332 @@
+"""The Gluon Hopper backward (ops/attention/kernels/bwd_hopper.py) and its dispatch (launch.py).
+
+CPU: which calls take it and why the others do not (launch.hopper_bwd_reason), that
+``deterministic`` keeps the Triton backward, that traced launchers record the opaque op
+flashkernels::attn_bwd_hopper, its fake's layouts. (Its sm_90a build: test_hopper_fwd's compile test.)
+GPU (marked ``gpu``, skipped unless the device is an sm_90 one): gradients through it against
+float64 and against the Triton backward, every input layout, GQA/MQA, torch.compile, opcheck,
+determinism on request, compute-sanitizer.
+"""
+import math
+import shutil
+
+import pytest
+import torch
+
+import flashkernels
+from flashkernels.ops.attention import launch
+from flashkernels.ops.attention.kernels import bwd_hopper
+from cases import Case, check_case, make_inputs
+from helpers import assert_close_policy, assert_compute_sanitizer_clean, naive_attention, randn
+from test_hopper_fwd import _args, _bshd, _needs_hopper, assert_racecheck_only_handshake
+
+bf16, f16 = torch.bfloat16, torch.float16
+
+
+@pytest.fixture(autouse=True)
+def switches_unset(monkeypatch):
+    """Both Gluon kernels on (their default), whatever the caller's environment says."""
+    monkeypatch.delenv(launch.HOPPER_FWD_ENV, raising=False)
+    monkeypatch.delenv(launch.HOPPER_BWD_ENV, raising=False)
+
+
+@pytest.fixture
+def machine_ok(monkeypatch):
+    """As on an H100 with Gluon: only the call's own arguments decide."""
+    monkeypatch.setattr(launch, "hopper_fwd_device_reason", lambda device: None)
+
+
+def _bwd_args(**over):
+    a = _args(**{k: v for k, v in over.items() if k != "do"})
+    q = a["q"]
+    a["do"] = over.get("do", _bshd(q.shape[0], q.shape[2], q.shape[1], dtype=q.dtype))
+    return a
+
+
+# --------------------------------------------------------------------------------- eligibility
+def test_bwd_reason(machine_ok, monkeypatch):
+    assert launch.hopper_bwd_reason(**_bwd_args()) is None
+    assert launch.hopper_bwd_reason(**_bwd_args(bshd=False, do=torch.randn(2, 4, 256, 128).to(bf16))) is None
+    # the forward's reasons come first
+    assert "mask" in launch.hopper_bwd_reason(**_bwd_args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)))
+    assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=64))
+    # dO: a TMA view, aligned
+    flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
+    misaligned = flat[1:].view(2, 256, 4, 128).transpose(1, 2)
+    assert "dO's data pointer" in launch.hopper_bwd_reason(**_bwd_args(do=misaligned))
+    transposed_d = torch.randn(2, 4, 128, 256).to(bf16).transpose(-1, -2)
+    assert "dO's strides" in launch.hopper_bwd_reason(**_bwd_args(do=transposed_d))
+    # int32 offsets into dQ / dK / dV: (1, 2^21 tokens, 1024 heads... ) meta tensors, no memory
+    big = torch.empty(1, 1 << 14, 1 << 10, 128, dtype=bf16, device="meta").transpose(1, 2)
+    why = launch.hopper_bwd_reason(**_bwd_args(q=big, k=big, v=big, do=big, H=1024, Hkv=1024, S=1 << 14))
+    assert why is not None and "int32" in why
+    monkeypatch.setenv(launch.HOPPER_BWD_ENV, "0")
+    assert launch.HOPPER_BWD_ENV in launch.hopper_bwd_reason(**_bwd_args())
+
+
+# ------------------------------------------------------------------------------ dispatch
+def _fake_hopper_fwd(q, k, v, out, lse, scale, causal):
+    o, l = naive_attention(q, k, v, scale=scale, causal="top_left" if causal else None)
+    out.copy_(o)
+    lse.copy_(l)
+
+
+def _fake_hopper_bwd(calls):
+    """Stands in for launch.attn_bwd_hopper_impl on a CPU: the float64 reference's gradients
+    (what the kernel computes; Delta is ignored, so dlse is not covered here)."""
+    def run(do, q, k, v, lse, delta, scale, causal, bshd):
+        calls.append(dict(bshd=bshd, causal=causal))
+        with torch.enable_grad():  # (called from a backward, where grad mode is off)
+            leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+            o, _ = naive_attention(*leaves, scale=scale, causal="top_left" if causal else None)
+            grads = torch.autograd.grad(o, leaves, do.double())
+        outs = []
+        for g, like in zip(grads, (q, k, v)):
+            B, H, S, D = like.shape
+            t = launch._empty_like_layout(B, H, S, D, bshd, like)
+            outs.append(t.copy_(g))
+        return tuple(outs)
+    return run
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+def test_backward_takes_the_hopper_path(machine_ok, monkeypatch, deterministic):
+    """flash_attn_func's backward goes to the Hopper launcher (stubbed), except with
+    deterministic=True (then the Triton kernels, through the interpreter); both match float64."""
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper_fwd)
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", _fake_hopper_bwd(calls))
+    B, S, H, Hkv, D = 1, 128, 2, 1, 128
+    q, k, v = (randn(B, S, h, D, dtype=f16, requires_grad=True) for h in (H, Hkv, Hkv))
+    out = flashkernels.flash_attn_func(q, k, v, causal=True, deterministic=deterministic, backend="triton")
+    dout = randn(B, S, H, D, dtype=f16)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    assert calls == ([] if deterministic else [dict(bshd=True, causal=True)])
+    leaves = [x.detach().transpose(1, 2).double().requires_grad_() for x in (q, k, v)]
+    ref, _ = naive_attention(*leaves, causal="top_left")
+    ref_g = torch.autograd.grad(ref, leaves, dout.transpose(1, 2).double())
+    for g, r in zip(grads, ref_g):
+        torch.testing.assert_close(g.transpose(1, 2).double(), r, atol=2e-2, rtol=2e-2)
+
+
+def test_use_deterministic_algorithms_keeps_the_triton_backward(machine_ok, monkeypatch):
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper_fwd)
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", _fake_hopper_bwd(calls))
+    q, k, v = (randn(1, 2, 128, 128, dtype=f16, requires_grad=True) for _ in range(3))
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = flashkernels.scaled_dot_product_attention(q, k, v, is_causal=True, backend="triton")
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    out.sum().backward()
+    assert calls == []
+    out = flashkernels.scaled_dot_product_attention(q, k, v, is_causal=True, backend="triton")
+    out.sum().backward()
+    assert calls == [dict(bshd=False, causal=True)]
+
+
+def test_traced_backward_records_the_opaque_op(machine_ok, monkeypatch):
+    """make_fx of attn_bwd_impl (fake / symbolic): one attn_bwd_hopper call, no launch of the
+    Gluon kernel while tracing."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the Gluon backward was launched while tracing")
+
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
+    # Delta's Triton kernel: traced through wrap_triton on a GPU; the interpreter cannot run it
+    # on fake tensors, so here a stand-in of its shape
+    monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
+    a = _bwd_args()
+    B, H, S, D = a["q"].shape
+    out = _bshd(B, S, H)
+    lse = torch.randn(B, H, S)
+    rest = (None, None, a["scale"], True, 0, True, False)
+    for mode in ("fake", "symbolic"):
+        gm = make_fx(lambda do, q, k, v, o, l: launch.attn_bwd_impl(do, q, k, v, o, l, *rest),
+                     tracing_mode=mode)(a["do"], a["q"], a["k"], a["v"], out, lse)
+        targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+        assert targets.count("flashkernels.attn_bwd_hopper.default") == 1, targets
+
+
+def test_opaque_bwd_op_fake_layouts():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for bshd in (True, False):
+        with FakeTensorMode() as mode:
+            q = mode.from_tensor(_bshd(2, 256, 4))
+            k = mode.from_tensor(_bshd(2, 256, 2))
+            lse = mode.from_tensor(torch.randn(2, 4, 256))
+            dq, dk, dv = torch.ops.flashkernels.attn_bwd_hopper(q, q, k, k, lse, lse, 0.1, True, bshd)
+            for g, heads in ((dq, 4), (dk, 2), (dv, 2)):
+                ref = launch._empty_like_layout(2, heads, 256, 128, bshd, torch.empty(0, dtype=bf16))
+                assert g.shape == ref.shape and g.stride() == ref.stride() and g.dtype == bf16
+
+
+# ================================================================================== GPU
+LAYOUTS = [("fa", "contig"), ("sdpa", "contig"), ("fa", "packed"), ("sdpa", "transposed")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [128, 384, 1024])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8), (8, 1)], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+def test_hopper_bwd_cuda(dtype, causal, heads, S):
+    """Gradients from the Gluon backward within the policy of float64 (check_case: out, lse and
+    dq/dk/dv; conftest poisons the outputs, so an unwritten element fails)."""
+    _needs_hopper()
+    Hq, Hkv = heads
+    n = launch.hopper_bwd_launches
+    check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, 128, causal=causal), device="cuda")
+    assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("api,inputs", LAYOUTS, ids=[f"{a}-{i}" for a, i in LAYOUTS])
+@pytest.mark.parametrize("grad_out", ["contig", "transposed"])
+def test_hopper_bwd_layouts_cuda(api, inputs, grad_out):
+    """Every input and dO layout the TMA views take, both output layouts (flash_attn_func's
+    (B, S, H, D), SDPA's (B, H, S, D)): within the policy, through the Gluon backward."""
+    _needs_hopper()
+    n = launch.hopper_bwd_launches
+    check_case(Case(api, bf16, 2, 8, 8 if inputs == "packed" else 2, 256, 256, 128, causal=True, inputs=inputs,
+                    grad_out=grad_out), device="cuda")
+    assert launch.hopper_bwd_launches == n + 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,Hq,Hkv,S", [(1, 32, 8, 384), (2, 8, 8, 256)], ids=["gqa", "mha"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_bwd_matches_triton_cuda(monkeypatch, causal, B, Hq, Hkv, S):
+    """With a gradient at lse too: the Gluon backward against float64, and against the Triton
+    backward on the same forward within that policy's bound."""
+    _needs_hopper()
+    case = Case("fa", bf16, B, Hq, Hkv, S, S, 128, causal=causal)
+    q, k, v = make_inputs(case, "cuda")
+    dout = randn(B, S, Hq, 128, dtype=bf16, device="cuda")
+    dlse = randn(B, Hq, S, device="cuda")
+
+    def run():
+        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, backend="triton")
+        return torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+
+    n = launch.hopper_bwd_launches
+    gluon = run()
+    assert launch.hopper_bwd_launches == n + 1
+    monkeypatch.setenv(launch.HOPPER_BWD_ENV, "0")
+    triton_ = run()
+    assert launch.hopper_bwd_launches == n + 1
+    leaves = [x.detach().transpose(1, 2).double().requires_grad_() for x in (q, k, v)]
+    ref, ref_lse = naive_attention(*leaves, causal="top_left" if causal else None)
+    ref_g = torch.autograd.grad((ref, ref_lse), leaves, (dout.transpose(1, 2).double(), dlse.double()))
+    from flashkernels.ops.attention.reference import attention_reference
+    pt_leaves = [x.detach().transpose(1, 2).clone().requires_grad_() for x in (q, k, v)]
+    pt, pt_lse = attention_reference(*pt_leaves, causal=causal, compute_dtype=bf16)
+    pt_g = torch.autograd.grad((pt, pt_lse), pt_leaves, (dout.transpose(1, 2), dlse.to(pt_lse.dtype)))
+    from helpers import data_magnitude
+    mag = data_magnitude(q, k, v, dout, dlse)
+    for name, g, t, r, p in zip(("dq", "dk", "dv"), gluon, triton_, ref_g, pt_g):
+        g, t = g.transpose(1, 2), t.transpose(1, 2)
+        _, bound = assert_close_policy(g, r, p, factor=3.0, name=name, data_magnitude=mag)
+        diff = (g.double() - t.double()).abs().max().item()
+        assert diff <= bound, f"{name}: Gluon vs Triton backward {diff:.3e} > {bound:.3e}"
+
+
+@pytest.mark.gpu
+def test_deterministic_keeps_the_triton_backward_cuda():
+    _needs_hopper()
+    case = Case("fa", bf16, 2, 8, 2, 512, 512, 128, causal=True)
+    q, k, v = make_inputs(case, "cuda")
+    dout = torch.randn(2, 512, 8, 128, device="cuda", dtype=bf16)
+    n = launch.hopper_bwd_launches
+    runs = [torch.autograd.grad(flashkernels.flash_attn_func(q, k, v, causal=True, deterministic=True), (q, k, v),
+                                dout) for _ in range(2)]
+    assert launch.hopper_bwd_launches == n
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_hopper_bwd_under_torch_compile_cuda():
+    """Compiled, the backward graph holds the opaque op, which runs the Gluon kernel; its
+    gradients equal eager's up to the order of the dQ atomics (dk, dv bit for bit)."""
+    _needs_hopper()
+    case = Case("fa", bf16, 2, 8, 2, 256, 256, 128, causal=True)
+    q, k, v = make_inputs(case, "cuda")
+    dout = torch.randn(2, 256, 8, 128, device="cuda", dtype=bf16)
+
+    def f(q, k, v):
+        return flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton")
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.autograd.grad(compiled(q, k, v), (q, k, v), dout)
+    n = launch.hopper_bwd_launches
+    gc = torch.autograd.grad(compiled(q, k, v), (q, k, v), dout)
+    assert launch.hopper_bwd_launches == n + 1, "the compiled backward did not run the Gluon kernel"
+    ge = torch.autograd.grad(f(q, k, v), (q, k, v), dout)
+    assert launch.hopper_bwd_launches == n + 2
+    torch.testing.assert_close(gc[1], ge[1], rtol=0, atol=0)
+    torch.testing.assert_close(gc[2], ge[2], rtol=0, atol=0)
+    # dq: fp32 atomics in another order, then one bf16 rounding: at most one bf16 ulp apart
+    torch.testing.assert_close(gc[0], ge[0], rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_opcheck_attn_bwd_on_the_hopper_path_cuda():
+    _needs_hopper()
+    q, k, v = (_bshd(2, 256, h, dtype=bf16, device="cuda") for h in (4, 2, 2))
+    out, lse = launch.attn_fwd_impl(q, k, v, None, 1 / math.sqrt(128), True, 0, True, False)
+    do = _bshd(2, 256, 4, dtype=bf16, device="cuda")
+    args = (do, q, k, v, out, lse, None, None, 1 / math.sqrt(128), True, 0, True, False)
+    n = launch.hopper_bwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_bwd.default, args)
+    assert launch.hopper_bwd_launches > n
+
+
+SANITIZE_HOPPER_BWD = """
+import torch, flashkernels
+from flashkernels.ops.attention import launch
+torch.manual_seed(0)
+for dt, causal, B, H, Hkv, S in [(torch.bfloat16, True, 1, 4, 2, 384), (torch.float16, False, 2, 2, 2, 256)]:
+    q = torch.randn(B, S, H, 128, device="cuda", dtype=dt, requires_grad=True)
+    k, v = (torch.randn(B, S, Hkv, 128, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
+    flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton").sum().backward()
+torch.cuda.synchronize()
+assert launch.hopper_bwd_launches == 2, launch.hopper_bwd_launches
+print("done")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.big_memory
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
+def test_hopper_bwd_memcheck(tmp_path):
+    _needs_hopper()
+    assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER_BWD, tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.big_memory
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
+def test_hopper_bwd_racecheck(tmp_path):
+    """No racecheck hazard in either Gluon kernel's code (the forward runs too; see
+    test_hopper_fwd.assert_racecheck_only_handshake)."""
+    _needs_hopper()
+    from flashkernels.ops.attention.kernels import fwd_hopper
+
+    script = tmp_path / "sanitize_bwd.py"
+    script.write_text(SANITIZE_HOPPER_BWD)
+    assert_racecheck_only_handshake(script, [bwd_hopper.__file__, fwd_hopper.__file__], tmp_path)
