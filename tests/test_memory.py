@@ -16,6 +16,14 @@ def test_flashkernels_formula_by_hand():
     assert m.flash_forward == 2 * 64 + 4 * 8                      # out + lse
     # saved out + lse, delta, dq + dk + dv
     assert m.flash_backward == 2 * 64 + 4 * 8 + 4 * 8 + 2 * (64 + 2 * 32)
+    # on Hopper the Gluon backward's fp32 dQ accumulator, only for the shapes it covers
+    assert attention_memory(1, 2, 4, 8, kv_heads=1, hopper=True) == m  # D = 8, S = 4: not covered
+    plain = attention_memory(1, 2, 256, 128, kv_heads=1)
+    hop = attention_memory(1, 2, 256, 128, kv_heads=1, hopper=True)
+    assert hop.flash_backward - plain.flash_backward == 4 * 2 * 256 * 128
+    assert hop.flash_forward == plain.flash_forward
+    assert attention_memory(1, 2, 256, 128, kv_heads=1, dtype="fp32", hopper=True) == \
+        attention_memory(1, 2, 256, 128, kv_heads=1, dtype="fp32")
 
 
 def test_naive_formula_by_hand():
@@ -128,7 +136,11 @@ def test_estimate_within_10_percent_of_measured(shape):
     def ours(q, k, v):
         return flashkernels.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hq != Hkv)
 
-    est = attention_memory(B, Hq, S, D, kv_heads=Hkv, causal=causal)
+    from flashkernels.ops.attention import launch
+
+    hopper = launch.hopper_bwd_reason(go, q, k, v, None, 1 / D ** 0.5, causal, 0, False, -1, -1, 0.0, None, None,
+                                      None) is None
+    est = attention_memory(B, Hq, S, D, kv_heads=Hkv, causal=causal, hopper=hopper)
     for fn, want in ((naive, (est.naive_forward, est.naive_backward)),
                      (ours, (est.flash_forward, est.flash_backward))):
         _peaks(fn, q, k, v, go)  # warm-up: compiles kernels, allocates cuBLAS workspaces

@@ -203,12 +203,22 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
+def _hopper_here() -> bool:
+    """Whether this machine's default GPU runs the Gluon Hopper kernels."""
+    if not torch.cuda.is_available():
+        return False
+    from .selfcheck import hopper_fwd_status
+
+    return hopper_fwd_status(torch.device("cuda", torch.cuda.current_device()))[0]
+
+
 def cmd_memory(args: argparse.Namespace) -> int:
     from .ops.attention.memory import attention_memory
 
     try:
         m = attention_memory(args.batch, args.heads, args.seqlen, args.head_dim, kv_heads=args.kv_heads,
-                             seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal, device=args.device)
+                             seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal, device=args.device,
+                             hopper=_hopper_here() if args.hopper == "auto" else args.hopper == "yes")
     except ValueError as exc:
         print(f"flashkernels memory: {exc}", file=sys.stderr)
         return 2
@@ -315,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--causal", action="store_true", help="causal attention")
     pm.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="where the naive path runs (its softmax backward allocates more on CUDA; default cuda)")
+    pm.add_argument("--hopper", choices=("auto", "yes", "no"), default="auto",
+                    help="whether flashkernels runs its Hopper (Gluon) backward, which adds an fp32 dQ "
+                         "accumulator on the shapes it covers; auto: yes on an sm_90 GPU here")
     pm.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     pm.set_defaults(func=cmd_memory)
     return p

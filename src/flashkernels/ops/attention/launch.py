@@ -475,27 +475,17 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dv = _empty_like_layout(B, Hkv, S, D, bshd, v)
     dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
-    group = H // Hkv
-    if group == 1:
-        dk_out, dv_out = dk, dv
-    else:  # per query head in fp32, summed over each group below
-        dk_out = _empty_like_layout(B, H, S, D, bshd, dq_acc)
-        dv_out = _empty_like_layout(B, H, S, D, bshd, dq_acc)
     rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, rows), _hopper_desc(k, rows),
                                                     _hopper_desc(v, rows), _hopper_desc(do, rows))
-    bwd_hopper.attn_bwd_hopper_kernel[(S // HOPPER_BLOCK_N, B * H)](
-        dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk_out, dv_out,
-        scale, S, H, group, *cq, *ck, *cv, *cdo,
+    bwd_hopper.attn_bwd_hopper_kernel[(S // HOPPER_BLOCK_N, B * Hkv)](
+        dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
+        scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
         HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
-        OUT_BSHD=bshd,
-        num_warps=4, maxnreg=bwd_hopper.MAXNREG,
+        OUT_BSHD=bshd, num_warps=4, maxnreg=bwd_hopper.MAXNREG,
     )
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
-    if group > 1:
-        for part, grad in ((dk_out, dk), (dv_out, dv)):
-            grad.copy_(part.unflatten(1, (Hkv, group)).sum(dim=2))
     return dq, dk, dv
 
 

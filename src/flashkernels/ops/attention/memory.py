@@ -34,6 +34,9 @@ Flashkernels (exactly what launch.py allocates, with autograd.py around it):
     backward = e*Q + 4R                              saved out, lse
              + 4R                                    delta (dlse, when given, is folded in place)
              + e*(Q + 2K)                            dq, dk, dv
+             + hopper * 4Q                           the Gluon backward's fp32 dQ accumulator
+                                                     (kernels/bwd_hopper.py: sm_90, bf16/fp16,
+                                                     D = 128, Sq = Sk a multiple of 128)
 
 For tiny Sk (below ~D) other moments of the naive path can be higher; both formulas take the
 max over the moments listed in ``_naive``. Reduction = 100 * (1 - flashkernels / naive).
@@ -103,14 +106,15 @@ def _naive(B, Hq, Hkv, Sq, Sk, D, e, causal, cuda) -> tuple[int, int]:
 
 def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv_heads: int | None = None,
                      seqlen_k: int | None = None, dtype=torch.bfloat16, causal: bool = False,
-                     device: str = "cuda") -> AttentionMemory:
+                     device: str = "cuda", hopper: bool = False) -> AttentionMemory:
     """Peak extra bytes of attention forward and backward, naive vs flashkernels.
 
     q is (batch, heads, seqlen_q, head_dim), k and v (batch, kv_heads, seqlen_k, head_dim);
     kv_heads defaults to heads, seqlen_k to seqlen_q; dtype is a torch dtype or one of
     'fp16', 'bf16', 'fp32', 'fp64'; device 'cuda' (default) or 'cpu' is where the naive path
-    would run (their softmax backwards allocate differently). The formulas are in this module's
-    docstring.
+    would run (their softmax backwards allocate differently). ``hopper``: flashkernels runs on an
+    sm_90 GPU, where the shapes the Gluon backward covers add its fp32 dQ accumulator. The
+    formulas are in this module's docstring.
     """
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device: expected 'cuda' or 'cpu', got {device!r}")
@@ -130,5 +134,7 @@ def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv
     naive_fwd, naive_bwd = _naive(B, Hq, Hkv, Sq, Sk, D, e, bool(causal), device == "cuda")
     flash_fwd = e * Q + 4 * R
     flash_bwd = flash_fwd + 4 * R + e * (Q + 2 * K)
+    if hopper and dt in (torch.float16, torch.bfloat16) and D == 128 and Sq == Sk and Sq % 128 == 0:
+        flash_bwd += 4 * Q
     name = next(k for k, v in DTYPES.items() if v == dt)
     return AttentionMemory(B, Hq, Hkv, Sq, Sk, D, name, bool(causal), naive_fwd, naive_bwd, flash_fwd, flash_bwd)

@@ -5,10 +5,11 @@ pair) reaches 0.58-0.62x cuDNN on Hopper; this kernel, FA3's structure, computes
 pass as dK/dV (5 matmuls a block pair, dQ by fp32 atomics) with the exponentials overlapping the
 tensor cores: 0.79-0.84x cuDNN (measured: ``scripts/exp_gluon_bwd.py``, where its variants live).
 
-Structure of one CTA (grid (S / BLOCK_N, B·H); BLOCK_N = 128 keys of one (batch, query head h);
-kv head h // GROUP; ``gl.warp_specialize``):
+Structure of one CTA (grid (S / BLOCK_N, B·Hkv); BLOCK_N = 128 keys of one (batch, kv head),
+visited by each of the GROUP = H / Hkv query heads that share it, one after another, so dK and
+dV sum over the group in registers; ``gl.warp_specialize``):
   - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
-    each, loaded once), then per query block i (BLOCK_M = 64 rows) Q_i with lse_i and dO_i with
+    each, loaded once), then per (query head, query block i of BLOCK_M = 64 rows) Q_i with lse_i and dO_i with
     Delta_i into a ring of STAGES stages (ready mbarriers per tile, one empty mbarrier a stage);
     lse and Delta (B, H, S) fp32 arrive by 1-D TMA copies of BLOCK_M floats;
   - two consumer warpgroups (the default partition and a 4-warp worker); warpgroup w owns keys
@@ -34,9 +35,8 @@ n0 visits only the query blocks with rows >= n0.
 Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
 (fwd_hopper.py: bf16/fp16, D = 128, Sq = Sk = S a multiple of 128, no mask or other feature,
 scale > 0, 2-D TMA views of q, k, v, dO), plus int32 element offsets into the dQ accumulator and
-the dK / dV outputs (B·S·H·D < 2^31). GQA: the kernel writes dK / dV per query head into fp32
-buffers, which the launcher sums over each group (an extra pass and H / Hkv times the dK / dV
-memory; looping over a group's heads inside the CTA is not done yet).
+the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or pass beyond MHA's (the group's heads
+loop inside the CTA, as FA3's); it does make B·Hkv·S / 128 CTAs, GROUP times fewer than MHA's.
 
 Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
 """
@@ -65,10 +65,10 @@ MAXNREG = 168
 # mbarrier.arrive is ONE thread per partition in triton 3.6 (see fwd_hopper), hence count 2;
 # that thread arrives after its own warpgroup_mma_wait, which covers the whole warpgroup.
 #
-# Phases. Query block j (counted from the CTA's first block) lives in stage s = j % STAGES, on
-# its use r = j // STAGES of that stage.
-#   ready[s]: phase r completes when block j's bytes landed -> consumers wait parity r & 1.
-#   empty[s]: phase r completes when both warpgroups released block j -> before loading block j
+# Phases. Iteration t (query head t // n_blocks of the group, its query block t % n_blocks,
+# counted from the CTA's first) lives in stage s = t % STAGES, on its use r = t // STAGES.
+#   ready[s]: phase r completes when block t's bytes landed -> consumers wait parity r & 1.
+#   empty[s]: phase r completes when both warpgroups released block t -> before loading block t
 #     the producer needs phase r - 1: parity (r & 1) ^ 1 (r = 0: a fresh barrier passes at once).
 # Both warpgroups compute every block (causal: warpgroup 1's first block, entirely above its keys,
 # is masked to zero), so they meet at the pair barrier in every iteration.
@@ -76,8 +76,8 @@ MAXNREG = 168
 
 
 @gluon.jit
-def _bwd_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """(pid_bh, b, h, n0, first query block, number of query blocks) of this CTA."""
+def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """(b, kv head, n0, first query block, query blocks per query head) of this CTA."""
     pid_n = gl.program_id(0)
     pid_bh = gl.program_id(1)
     n0 = pid_n * BLOCK_N
@@ -85,7 +85,7 @@ def _bwd_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.con
         i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
     else:
         i0 = 0
-    return pid_bh, pid_bh // H, pid_bh % H, n0, i0, S // BLOCK_M - i0
+    return pid_bh // HKV, pid_bh % HKV, n0, i0, S // BLOCK_M - i0
 
 
 @gluon.jit
@@ -93,13 +93,10 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-    pid_bh, b, h, n0, i0, n_blocks = _bwd_tile(S, H, BLOCK_M, BLOCK_N, CAUSAL)
-    hk = h // GROUP
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL)
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view)
     row_k = b * k_rb + hk * k_rh + n0
     row_v = b * v_rb + hk * v_rh + n0
-    row_q = b * q_rb + h * q_rh
-    row_do = b * do_rb + h * do_rh
     # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
     mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes)
     for w in gl.static_range(2):
@@ -107,17 +104,21 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
     mbarrier.expect(v_bar, 2 * desc_v.block_type.nbytes)
     for w in gl.static_range(2):
         tma.async_copy_global_to_shared(desc_v, [row_v + w * 64, hk * v_ch], v_bar, v_smem.index(w))
-    for j in range(n_blocks):
-        s = j % STAGES
-        mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
-        m0 = (i0 + j) * BLOCK_M
-        row_l = pid_bh * S + m0  # lse / Delta (B, H, S) as one 1-D tensor
+    # t runs over (query head of the group, query block): the group's heads one after another
+    for t in range(GROUP * n_blocks):
+        s = t % STAGES
+        mbarrier.wait(empty.index(s), ((t // STAGES) & 1) ^ 1)
+        h = hk * GROUP + t // n_blocks
+        m0 = (i0 + t % n_blocks) * BLOCK_M
+        row_l = (b * H + h) * S + m0  # lse / Delta (B, H, S) as one 1-D tensor
         # Q_i with lse_i (needed together: P^T), dO_i with Delta_i (dP^T, dS^T)
         mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [row_q + m0, h * q_ch], q_ready.index(s), q_smem.index(s))
+        tma.async_copy_global_to_shared(desc_q, [b * q_rb + h * q_rh + m0, h * q_ch], q_ready.index(s),
+                                        q_smem.index(s))
         tma.async_copy_global_to_shared(desc_lse, [row_l], q_ready.index(s), lse_smem.index(s))
         mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_do, [row_do + m0, h * do_ch], do_ready.index(s), do_smem.index(s))
+        tma.async_copy_global_to_shared(desc_do, [b * do_rb + h * do_rh + m0, h * do_ch], do_ready.index(s),
+                                        do_smem.index(s))
         tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
 
 
@@ -132,23 +133,31 @@ def _pair_barrier(x):
 
 @gluon.jit
 def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
-                  ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                  ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                   CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr):
-    """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile. DQ (fp32) and
-    DK / DV (per query head) are contiguous (B, S, H, D) when OUT_BSHD, else (B, H, S, D)
-    (strides from S and H: runtime strides cost ptxas 100-300 B of spills in the loop)."""
+    """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
+    head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
+    contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
+    head counts: runtime strides cost ptxas 100-300 B of spills in the loop)."""
     dtype: gl.constexpr = k_smem.dtype
-    pid_bh, b, h, n0, i0, n_blocks = _bwd_tile(S, H, BLOCK_M, BLOCK_N, CAUSAL)
+    HKV = H // GROUP
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL)
     n0w = n0 + W * 64
     if OUT_BSHD:
-        o_sb = S * H * HEAD_DIM
-        o_sh = HEAD_DIM
-        o_ss = H * HEAD_DIM
+        q_sb = S * H * HEAD_DIM
+        q_sh = HEAD_DIM
+        q_ss = H * HEAD_DIM
+        k_sb = S * HKV * HEAD_DIM
+        k_sh = HEAD_DIM
+        k_ss = HKV * HEAD_DIM
     else:
-        o_sb = H * S * HEAD_DIM
-        o_sh = S * HEAD_DIM
-        o_ss = HEAD_DIM
+        q_sb = H * S * HEAD_DIM
+        q_sh = S * HEAD_DIM
+        q_ss = HEAD_DIM
+        k_sb = HKV * S * HEAD_DIM
+        k_sh = S * HEAD_DIM
+        k_ss = HEAD_DIM
     DQ_N: gl.constexpr = HEAD_DIM // 2  # the columns of dQ_i this warpgroup computes
     # wgmma accumulators (instruction m = 16, k = 16 for 16-bit inputs, n = the tile's width).
     # st_layout: S^T / dP^T, 64 keys x BLOCK_M queries; kv_layout: dK_w / dV_w, 64 keys x D;
@@ -172,8 +181,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
     offs_mq = gl.arange(0, BLOCK_M, layout=col_st)
     dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
     dq_cols = gl.arange(0, DQ_N, layout=gl.SliceLayout(0, dq_layout))
-    dq_offs = dq_rows[:, None] * o_ss + dq_cols[None, :]
-    dq_base = DQ + b * o_sb + h * o_sh + W * DQ_N
+    dq_offs = dq_rows[:, None] * q_ss + dq_cols[None, :]
+    dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
 
     dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
@@ -183,10 +192,11 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
     mbarrier.wait(k_bar, 0)
     mbarrier.wait(v_bar, 0)
 
-    for j in range(n_blocks):
-        s = j % STAGES
-        ph = (j // STAGES) & 1
-        m0 = (i0 + j) * BLOCK_M
+    for t in range(GROUP * n_blocks):  # (query head of the group, query block), as the producer
+        s = t % STAGES
+        ph = (t // STAGES) & 1
+        g = t // n_blocks
+        m0 = (i0 + t - g * n_blocks) * BLOCK_M
         q_s = q_smem.index(s)
         do_s = do_smem.index(s)
 
@@ -212,9 +222,9 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
         dst_op = gl.convert_layout(dst16, a_layout)
         dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
         # Both warpgroups' dS^T in one 128-key x BLOCK_M tile (rows 64W .. written here). Buffer
-        # j % 2 was last read by the dQ wgmmas of iteration j - 2, which both warpgroups retired
-        # before the pair barrier of iteration j - 1, which this warpgroup has passed.
-        ds_all = ds_smem.index(j % 2)
+        # t % 2 was last read by the dQ wgmmas of iteration t - 2, which both warpgroups retired
+        # before the pair barrier of iteration t - 1, which this warpgroup has passed.
+        ds_all = ds_smem.index(t % 2)
         ds_all.slice(W * 64, 64).store(dst16)
         fence_async_shared()  # each thread's generic-proxy stores, before the wgmmas read them
         _pair_barrier(m0)
@@ -224,12 +234,12 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
         dv, dk, _, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dk_tok, pt_op, dst_op, q_s, do_s))
         mbarrier.arrive(empty.index(s))
         dq, _, _ = warpgroup_mma_wait(0, deps=(dq_tok, ds_all, k_smem))
-        gl.atomic_add(dq_base + m0 * o_ss + dq_offs, dq, sem="relaxed")
+        gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, sem="relaxed")
 
-    # dK_w (already scaled), dV_w, per query head.
+    # dK_w (already scaled), dV_w, summed over the group's query heads.
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
-    o_offs = b * o_sb + h * o_sh + (n0w + o_rows)[:, None] * o_ss + o_cols[None, :]
+    o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
     gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
     gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
 
@@ -240,11 +250,11 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            num_warps: gl.constexpr):
-    """Grid (S // BLOCK_N, B * H); launch with num_warps=4 (the default partition = consumer
+    """Grid (S // BLOCK_N, B * H // GROUP); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
     placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
-    BLOCK_M; DQ fp32, zeroed, and DK, DV (per query head) contiguous (B, S, H, D) when OUT_BSHD,
-    else (B, H, S, D)."""
+    BLOCK_M; DQ fp32, zeroed, (B, S, H, D) contiguous when OUT_BSHD, else (B, H, S, D); DK, DV
+    likewise with H // GROUP heads."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
     gl.static_assert(BLOCK_M == 64)
@@ -277,10 +287,10 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     # constexprs into tensors)
     gl.warp_specialize([
         (_bwd_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
-                         k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                         k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
         (_bwd_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
-                         k_bar, v_bar, q_ready, do_ready, empty, S, H,
+                         k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
