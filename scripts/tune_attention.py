@@ -24,6 +24,16 @@ BWD_KV = [Config(32, 128, 8, 3), Config(64, 64, 8, 3), Config(32, 64, 4, 3), Con
           Config(16, 64, 8, 2), Config(32, 64, 8, 2), Config(16, 128, 8, 2)]
 BWD_Q = [Config(128, 32, 8, 3), Config(128, 64, 8, 3), Config(64, 64, 4, 3), Config(64, 32, 4, 3),
          Config(64, 16, 8, 2), Config(64, 32, 8, 2), Config(128, 16, 8, 2)]
+# D = 256 (block_d 256): its own lists, tiles that fit the 227 KB of shared memory (session 5:
+# the first D = 256 benchmark read 0.6x cuDNN forward and 0.4x backward)
+FWD_256 = [Config(64, 32, 4, 2), Config(64, 64, 4, 2), Config(64, 32, 8, 2), Config(128, 32, 8, 2),
+           Config(128, 64, 8, 2), Config(64, 64, 8, 2), Config(64, 32, 4, 3), Config(32, 32, 4, 2),
+           Config(128, 32, 4, 2)]
+BWD_KV_256 = [Config(32, 64, 8, 2), Config(16, 32, 4, 2), Config(16, 32, 8, 2), Config(32, 32, 4, 2),
+              Config(32, 32, 8, 2), Config(16, 64, 8, 2), Config(16, 64, 4, 2), Config(32, 32, 4, 3),
+              Config(16, 32, 4, 3), Config(64, 32, 8, 2)]
+BWD_Q_256 = [Config(64, 32, 4, 3), Config(32, 32, 4, 2), Config(64, 32, 8, 2), Config(32, 64, 4, 2),
+             Config(64, 16, 4, 3), Config(128, 32, 8, 2), Config(64, 64, 8, 2), Config(32, 32, 4, 3)]
 
 
 def main():
@@ -46,7 +56,7 @@ def main():
             launch.fwd_config, launch.bwd_configs = default_fwd, default_bwd
             ref_o, ref_lse = torch.ops.flashkernels.attn_fwd(*call)
             ref_g = torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
-            fwd_cands = [c for c in FWD if not (D > 128 and c.block_m * c.block_n > 64 * 64)]
+            fwd_cands = FWD_256 if D > 128 else FWD
             for cfg in fwd_cands:
                 launch.fwd_config = lambda *a, cfg=cfg: cfg
                 try:
@@ -65,10 +75,9 @@ def main():
             # The dK/dV and dQ kernels run one after the other, so their times add: sweep each
             # with the other at its default.
             kv0, q0 = default_bwd(D, q.dtype, q.device)
-            pairs = [(kv, q0) for kv in BWD_KV] + [(kv0, qc) for qc in BWD_Q if qc != q0]
+            kvs, qs = (BWD_KV_256, BWD_Q_256) if D > 128 else (BWD_KV, BWD_Q)
+            pairs = [(kv, q0) for kv in kvs] + [(kv0, qc) for qc in qs if qc != q0]
             for kv, qc in pairs:
-                if D > 128 and (kv.block_m * kv.block_n > 32 * 64 or qc.block_m * qc.block_n > 64 * 32):
-                    continue
                 launch.bwd_configs = lambda *a, kv=kv, qc=qc: (kv, qc)
                 bwd = lambda: torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
                 try:
