@@ -89,14 +89,16 @@ def fwd_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Confi
         return Config(32, 16, 4, 1)
     bd = block_d(head_dim)
     # Measured on an H100 (bf16, FA3-paper shapes at S=4096, scripts/tune_attention.py; table in
-    # docs/perf-notes.md): (128, 64, 8 warps, 3 stages) led at D=64 and 128 (424 and 465 TF/s);
-    # at D=256 (64, 32, 4, 2) ran 404 TF/s where (64, 64, 8, 2) ran 245.
+    # docs/perf-notes.md): (128, 64, 8 warps, 3 stages) led at D=64 and 128 (424 and 465 TF/s).
+    # D=256, the session-5 sweep (H200, S=4096, scripts/tune_attention.py --dims 256;
+    # benchmarks/results/h200-2026-11-26-tune-d256.txt): (128, 64, 8, 2) 509 TF/s, (64, 32, 4, 2)
+    # 398, the others 90-341.
     if dtype == torch.float32:  # twice the bytes a tile; picked for no spills (ptxas, sm_90a)
         cfg = Config(64, 32, 8, 2) if bd <= 128 else Config(32, 16, 4, 2)
     elif bd <= 128:
         cfg = Config(128, 64, 8, 3)
     else:
-        cfg = Config(64, 32, 4, 2)
+        cfg = Config(128, 64, 8, 2)
     elt = dtype.itemsize
     return _fit(cfg, lambda bm, bn, st: elt * bd * (bm + 2 * bn * st), _smem_limit(device.index or 0), True)
 
@@ -119,8 +121,9 @@ def bwd_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> tupl
         kv, q = Config(32, 64, 4, 3), Config(128, 64, 8, 3)
     elif bd <= 128:
         kv, q = Config(64, 128, 8, 2), Config(128, 64, 8, 3)
-    else:
-        kv, q = Config(32, 64, 8, 2), Config(64, 32, 4, 3)
+    else:  # D=256, session-5 sweep (as the forward's): dK/dV (32, 32, 4, 3) 150 TF/s with the old
+        # dQ, (32, 64, 8, 2) 145; dQ (128, 32, 8, 2) 164 with the old dK/dV, (64, 32, 4, 3) 145
+        kv, q = Config(32, 32, 4, 3), Config(128, 32, 8, 2)
     elt = dtype.itemsize
     limit = _smem_limit(device.index or 0)
     kv = _fit(kv, lambda bm, bn, st: elt * bd * (2 * bn + 2 * bm * st), limit, False)
