@@ -166,7 +166,7 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False):
     sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
            ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=launch.HOPPER_BLOCK_N, STAGES=launch.HOPPER_STAGES,
-                  CAUSAL=causal, OUT_BSHD=True, num_warps=4)
+                  CAUSAL=causal, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     # as on a real launch with (B, S, H, D) storage: the pointers, S and every stride a multiple of 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if sig[n] != "constexpr" and n not in ("sm_scale", "H", "GROUP") and not n.startswith("desc")}

@@ -107,9 +107,9 @@ def test_env_var_selects_backend(monkeypatch, api):
     launched = []
     real = autograd_mod.flash_attention
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         launched.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(autograd_mod, "flash_attention", spy)
     case = Case(api, f32, 1, 2, 2, 40, 70, 32)

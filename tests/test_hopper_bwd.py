@@ -330,3 +330,16 @@ def test_hopper_bwd_racecheck(tmp_path):
     script = tmp_path / "sanitize_bwd.py"
     script.write_text(SANITIZE_HOPPER_BWD)
     assert_racecheck_only_handshake(script, [bwd_hopper.__file__, fwd_hopper.__file__], tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("waves", [0, 10 ** 6], ids=["head-major", "long-first"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_bwd_cta_orders_cuda(monkeypatch, causal, waves):
+    """Both CTA orders of the backward (launch.HOPPER_BWD_LONG_FIRST_WAVES decides: long-first
+    only for causal calls with few CTAs) give gradients within the policy."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_BWD_LONG_FIRST_WAVES", waves)
+    n = launch.hopper_bwd_launches
+    check_case(Case("fa", bf16, 2, 8, 2, 640, 640, 128, causal=causal), device="cuda")
+    assert launch.hopper_bwd_launches == n + 1

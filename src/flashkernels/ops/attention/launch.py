@@ -424,6 +424,9 @@ def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 # scripts/exp_gluon_bwd.py). Same cases as the forward; FLASHKERNELS_HOPPER_BWD=0 turns it off.
 HOPPER_BWD_ENV = "FLASHKERNELS_HOPPER_BWD"
 HOPPER_BWD_BLOCK_M = 64
+# Measured (H200, session 5): long-first won at 256 CTAs (B=1, S=4k, 8 kv heads, causal: 1.16 ->
+# 0.75 ms) and lost 2-17% at 2048 (the FA3 grid's MHA shapes); the cut in between is a guess.
+HOPPER_BWD_LONG_FIRST_WAVES = 4
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -481,11 +484,16 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, rows), _hopper_desc(k, rows),
                                                     _hopper_desc(v, rows), _hopper_desc(do, rows))
-    bwd_hopper.attn_bwd_hopper_kernel[(S // HOPPER_BLOCK_N, B * Hkv)](
+    # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
+    # (kernels/bwd_hopper._bwd_tile)
+    ctas = B * Hkv * (S // HOPPER_BLOCK_N)
+    long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
+    grid = (B * Hkv, S // HOPPER_BLOCK_N) if long_first else (S // HOPPER_BLOCK_N, B * Hkv)
+    bwd_hopper.attn_bwd_hopper_kernel[grid](
         dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
         HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
-        OUT_BSHD=bshd, num_warps=4, maxnreg=bwd_hopper.MAXNREG,
+        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG,
     )
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)

@@ -5,7 +5,7 @@ pair) reaches 0.58-0.62x cuDNN on Hopper; this kernel, FA3's structure, computes
 pass as dK/dV (5 matmuls a block pair, dQ by fp32 atomics) with the exponentials overlapping the
 tensor cores: 0.79-0.84x cuDNN (measured: ``scripts/exp_gluon_bwd.py``, where its variants live).
 
-Structure of one CTA (grid (S / BLOCK_N, B·Hkv); BLOCK_N = 128 keys of one (batch, kv head),
+Structure of one CTA (grid over (B·Hkv, S / BLOCK_N): see _bwd_tile for the order; BLOCK_N = 128 keys of one (batch, kv head),
 visited by each of the GROUP = H / Hkv query heads that share it, one after another, so dK and
 dV sum over the group in registers; ``gl.warp_specialize``):
   - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
@@ -77,10 +77,20 @@ MAXNREG = 168
 
 
 @gluon.jit
-def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """(b, kv head, n0, first query block, query blocks per query head) of this CTA."""
-    pid_n = gl.program_id(0)
-    pid_bh = gl.program_id(1)
+def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+              LONG_FIRST: gl.constexpr):
+    """(b, kv head, n0, first query block, query blocks per query head) of this CTA.
+    The GPU starts CTAs in grid order, x fastest. LONG_FIRST: grid (B·Hkv, S / BLOCK_N), every
+    (b, kv head)'s first key block starts before any second one; causal, those see the most query
+    blocks, so the last wave is the short CTAs (B=1, S=4k, 32/8 heads: 1.16 -> 0.75 ms on an H200).
+    Else grid (S / BLOCK_N, B·Hkv): the CTAs of one head run together and share its Q / dO
+    streams in L2 (with many CTAs, long-first ran 2-17% slower: H200, session 5)."""
+    if LONG_FIRST:
+        pid_bh = gl.program_id(0)
+        pid_n = gl.program_id(1)
+    else:
+        pid_n = gl.program_id(0)
+        pid_bh = gl.program_id(1)
     n0 = pid_n * BLOCK_N
     if CAUSAL:
         i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
@@ -93,8 +103,9 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
 def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL)
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                  LONG_FIRST: gl.constexpr):
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view)
     row_k = b * k_rb + hk * k_rh + n0
     row_v = b * v_rb + hk * v_rh + n0
@@ -136,14 +147,14 @@ def _pair_barrier(x):
 def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
                   ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr):
+                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
     head counts: runtime strides cost ptxas 100-300 B of spills in the loop)."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL)
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
     n0w = n0 + W * 64
     if OUT_BSHD:
         q_sb = S * H * HEAD_DIM
@@ -252,8 +263,9 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
-                           num_warps: gl.constexpr):
-    """Grid (S // BLOCK_N, B * H // GROUP); launch with num_warps=4 (the default partition = consumer
+                           LONG_FIRST: gl.constexpr, num_warps: gl.constexpr):
+    """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
+    _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
     placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
     BLOCK_M; DQ fp32, zeroed, (B, S, H, D) contiguous when OUT_BSHD, else (B, H, S, D); DK, DV
@@ -291,12 +303,12 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.warp_specialize([
         (_bwd_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
                          k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
         (_bwd_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
                          k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD)),
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                         BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
