@@ -147,7 +147,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False):
     return out.metadata.shared, rep
 
 
-def compile_hopper_bwd(dtype, causal: bool, sass=False):
+def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
     """(smem, report) of the Gluon backward (kernels/bwd_hopper.py) built as launch.attn_bwd_hopper_impl
     launches it."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -156,7 +156,7 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False):
     from flashkernels.ops.attention.kernels import bwd_hopper
 
     fn = bwd_hopper.attn_bwd_hopper_kernel
-    D, rows = launch.HOPPER_HEAD_DIM, launch.HOPPER_BWD_BLOCK_M
+    rows = launch.HOPPER_BWD_BLOCK_M
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     lse = torch.empty(1, 2, 1024)
     descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
@@ -242,14 +242,16 @@ def main():
                     if on:
                         tag += " +" + ",".join(on)
                     bad += not report(tag, lambda: compile_one(fn, dtype, mk, consts, cfg, args.sass))
-                if ("hopper" in args.kernels.split(",") and d == launch.HOPPER_HEAD_DIM and dtype != torch.float32
-                        and not (mk or window or softcap or alibi or sink or varlen)):
+                gluon = ("hopper" in args.kernels.split(",") and dtype != torch.float32
+                         and not (mk or window or softcap or alibi or sink or varlen))
+                if gluon and d == launch.HOPPER_HEAD_DIM:
                     cfg = (launch.HOPPER_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass))
+                if gluon and d in launch.HOPPER_BWD_HEAD_DIMS:
                     cfg = (launch.HOPPER_BWD_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass))
+                    bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d))
     sys.exit(1 if bad else 0)
 
 

@@ -39,7 +39,7 @@ def machine_ok(monkeypatch):
 def _bwd_args(**over):
     a = _args(**{k: v for k, v in over.items() if k != "do"})
     q = a["q"]
-    a["do"] = over.get("do", _bshd(q.shape[0], q.shape[2], q.shape[1], dtype=q.dtype))
+    a["do"] = over.get("do", _bshd(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=q.dtype))
     return a
 
 
@@ -49,7 +49,9 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert launch.hopper_bwd_reason(**_bwd_args(bshd=False, do=torch.randn(2, 4, 256, 128).to(bf16))) is None
     # the forward's reasons come first
     assert "mask" in launch.hopper_bwd_reason(**_bwd_args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)))
-    assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=64))
+    assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=256))
+    assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=96))
+    assert launch.hopper_bwd_reason(**_bwd_args(D=64)) is None  # the backward covers D = 64 too
     # dO: a TMA view, aligned
     flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
     misaligned = flat[1:].view(2, 256, 4, 128).transpose(1, 2)
@@ -189,6 +191,20 @@ def test_hopper_bwd_cuda(dtype, causal, heads, S):
     Hq, Hkv = heads
     n = launch.hopper_bwd_launches
     check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, 128, causal=causal), device="cuda")
+    assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [128, 640])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+def test_hopper_bwd_d64_cuda(dtype, causal, heads, S):
+    """D = 64 (the backward only: the forward is the Triton kernel there) within the policy."""
+    _needs_hopper()
+    Hq, Hkv = heads
+    n = launch.hopper_bwd_launches
+    check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, 64, causal=causal), device="cuda")
     assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
 
 

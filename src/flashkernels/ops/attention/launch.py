@@ -314,7 +314,8 @@ def _hopper_view(t: torch.Tensor) -> Optional[_HopperView]:
 
 
 def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
-                             softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers: bool = True) -> Optional[str]:
+                             softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers: bool = True,
+                             head_dims: tuple = (HOPPER_HEAD_DIM,)) -> Optional[str]:
     """Why these arguments (attn_fwd_impl's) are not a case of the Gluon forward, None when they
     are; shapes, strides and features only, no device query (unit-testable on CPU tensors).
     ``check_pointers=False`` skips the 16-byte alignment of the data pointers (fake tensors have
@@ -324,8 +325,8 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
     Hkv, Sk = k.shape[1], k.shape[2]
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"dtype {q.dtype}: bfloat16 or float16 only"
-    if D != HOPPER_HEAD_DIM or v.shape[3] != HOPPER_HEAD_DIM:
-        return f"head dim {D}: {HOPPER_HEAD_DIM} only"
+    if D not in head_dims or v.shape[3] != D:
+        return f"head dim {D}: {' or '.join(map(str, head_dims))} only"
     if mask is not None:
         return "an attention mask"
     if _window_args(window_left, window_right, causal, S, Sk)[0]:
@@ -376,16 +377,16 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
 
 
 @functools.lru_cache(maxsize=None)
-def _hopper_smem_layout(rows: int, dtype: torch.dtype):
+def _hopper_smem_layout(rows: int, dtype: torch.dtype, head_dim: int = HOPPER_HEAD_DIM):
     gdt = fwd_hopper.gl.bfloat16 if dtype == torch.bfloat16 else fwd_hopper.gl.float16
-    return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, HOPPER_HEAD_DIM], gdt)
+    return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, head_dim], gdt)
 
 
 def _hopper_desc(t: torch.Tensor, rows: int):
     """(TMA descriptor of t's 2-D view in blocks of ``rows`` x D, (rb, rh, ch))."""
     view = _hopper_view(t)
     desc = fwd_hopper.TensorDescriptor(t, [view.rows, view.cols], [view.row_stride, 1], [rows, t.shape[3]],
-                                       _hopper_smem_layout(rows, t.dtype))
+                                       _hopper_smem_layout(rows, t.dtype, t.shape[3]))
     return desc, (view.rb, view.rh, view.ch)
 
 
@@ -424,6 +425,7 @@ def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 # scripts/exp_gluon_bwd.py). Same cases as the forward; FLASHKERNELS_HOPPER_BWD=0 turns it off.
 HOPPER_BWD_ENV = "FLASHKERNELS_HOPPER_BWD"
 HOPPER_BWD_BLOCK_M = 64
+HOPPER_BWD_HEAD_DIMS = (64, 128)
 # Measured (H200, session 5): long-first won at 256 CTAs (B=1, S=4k, 8 kv heads, causal: 1.16 ->
 # 0.75 ms) and lost 2-17% at 2048 (the FA3 grid's MHA shapes); the cut in between is a guess.
 HOPPER_BWD_LONG_FIRST_WAVES = 4
@@ -437,8 +439,9 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
     element offsets into the dQ accumulator and the per-head dK / dV."""
     if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
         return f"turned off ({HOPPER_BWD_ENV}=0)"
-    why = hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
-                            alibi_slopes, sink, cu_seqlens_q)
+    why = hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
+        q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap, alibi_slopes, sink,
+        cu_seqlens_q, check_pointers=not _traced(q), head_dims=HOPPER_BWD_HEAD_DIMS)
     if why is not None:
         return why
     view = _hopper_view(do)

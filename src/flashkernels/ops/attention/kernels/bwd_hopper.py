@@ -273,7 +273,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
     gl.static_assert(BLOCK_M == 64)
-    gl.static_assert(HEAD_DIM == 128)  # the two warpgroups split dQ_i's D in halves of 64
+    gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
