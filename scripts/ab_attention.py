@@ -9,6 +9,7 @@ bf16, causal and not; each (shape, mode) is timed with the switch on and off, `-
 alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
 cuDNN is timed once per shape for scale. Needs a CUDA GPU.
 """
+import os
 import argparse
 
 import torch
@@ -18,6 +19,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flashkernels
 from flashkernels.bench.common import do_bench_median, warm_gpu
 from flashkernels.ops.attention import launch
+
+# The Triton kernels are what this script measures: on an H100 the library would otherwise run its
+# Gluon kernels for D = 64/128 (launch.hopper_fwd_reason / hopper_bwd_reason).
+os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
+os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
 
 
 def main():

@@ -9,6 +9,7 @@ and B = 16, S = 1024. Backward FLOPs = 2.5 x forward = 2.5 * 4 * B * Hq * S^2 * 
 backward alone (autograd.grad over a retained graph), do_bench median; the gradients of the two
 splits are compared (fp32 partial sums in another order: close, not bitwise).
 """
+import os
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -16,6 +17,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flashkernels
 from flashkernels.bench.common import do_bench_median, warm_gpu
 from flashkernels.ops.attention import launch
+
+# The Triton kernels are what this script measures: on an H100 the library would otherwise run its
+# Gluon kernels for D = 64/128 (launch.hopper_fwd_reason / hopper_bwd_reason).
+os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
+os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
 
 
 def main():

@@ -73,8 +73,13 @@ def ptxas_report(ptx: str) -> str:
     return f"regs {regs.group(1) if regs else '?':>3}  spill {spill.group(1) if spill else '?':>4}B{warn}"
 
 
-def sass_loops(cubin: bytes) -> str:
-    """'loop N instr: HGMMA a FMUL b ...' for each backward branch whose body issues HGMMA."""
+LOOP_KEYS = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD", "LDL", "STL")
+
+
+def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
+    """'loop N instr: HGMMA a FMUL b ...' (the opcode counts of ``keys``) for each backward branch
+    whose body issues HGMMA, or, with ``min_instr``, whose body has at least that many
+    instructions (loops without tensor-core work too, e.g. a Gluon kernel's dQ-writer warp)."""
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
@@ -91,8 +96,7 @@ def sass_loops(cubin: bytes) -> str:
         body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]
                 if re.search(r"/\*[0-9a-f]{4}\*/", x)]
         ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
-        if ops["HGMMA"]:
-            keys = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD", "LDL", "STL")
+        if (len(body) >= min_instr) if min_instr is not None else ops["HGMMA"]:
             out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys))
     return "\n".join(out)
 
@@ -118,64 +122,55 @@ def compile_one(fn, dtype, mask_kind, consts, cfg, sass=False):
     return out.metadata.shared, rep
 
 
-def compile_hopper_fwd(dtype, causal: bool, sass=False):
-    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it (GluonASTSource:
-    the kernel's own descriptors, constexprs and maxnreg)."""
+def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass: bool):
+    """(smem, report) of a Gluon kernel built as a real launch builds it (GluonASTSource): the
+    TMA descriptors ``descs`` and pointer types ``ptrs`` by argument name, every other argument
+    i32 except sm_scale (fp32); the pointers, S and the layout integers a multiple of 16 (as
+    Triton specialises them with (B, S, H, D) storage), H and GROUP not."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
+    names = fn.arg_names
+    sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
+           ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if sig[n] != "constexpr" and n not in ("sm_scale", "H", "GROUP") and n not in descs}
+    src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": maxnreg})
+    rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {maxnreg})"
+    if sass:
+        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
+    return out.metadata.shared, rep
+
+
+def compile_hopper_fwd(dtype, causal: bool, sass=False):
+    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
-    fn = fwd_hopper.attn_fwd_hopper_kernel
     D = launch.HOPPER_HEAD_DIM
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     wg_m = launch.HOPPER_BLOCK_M // 2
     descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", launch.HOPPER_BLOCK_N),
                                                               ("desc_v", launch.HOPPER_BLOCK_N), ("desc_o", wg_m))}
-    names = fn.arg_names
-    sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
-           "*fp32" if n == "Lse" else "fp32" if n == "sm_scale" else "i32" for i, n in enumerate(names)}
     consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=launch.HOPPER_BLOCK_N,
                   STAGES=launch.HOPPER_STAGES, CAUSAL=causal, num_warps=4)
-    # as on a real launch: lse is a torch allocation and S a multiple of 128
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("Lse", "S")}
-    src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
-    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": fwd_hopper.MAXNREG})
-    rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {fwd_hopper.MAXNREG})"
-    if sass:
-        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
-    return out.metadata.shared, rep
+    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, {"Lse": "*fp32"}, consts, fwd_hopper.MAXNREG,
+                          sass)
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
-    """(smem, report) of the Gluon backward (kernels/bwd_hopper.py) built as launch.attn_bwd_hopper_impl
-    launches it."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
+    """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it."""
     from flashkernels.ops.attention.kernels import bwd_hopper
 
-    fn = bwd_hopper.attn_bwd_hopper_kernel
     rows = launch.HOPPER_BWD_BLOCK_M
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     lse = torch.empty(1, 2, 1024)
     descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
     descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
-    names = fn.arg_names
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
-    sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
-           ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=launch.HOPPER_BLOCK_N, STAGES=launch.HOPPER_STAGES,
                   CAUSAL=causal, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
-    # as on a real launch with (B, S, H, D) storage: the pointers, S and every stride a multiple of 16
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if sig[n] != "constexpr" and n not in ("sm_scale", "H", "GROUP") and not n.startswith("desc")}
-    src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
-    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": bwd_hopper.MAXNREG})
-    rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {bwd_hopper.MAXNREG})"
-    if sass:
-        rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
-    return out.metadata.shared, rep
+    return _compile_gluon(bwd_hopper.attn_bwd_hopper_kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
 
 
 def report(tag: str, build) -> bool:

@@ -7,6 +7,11 @@ Why: the library's Triton backward (kernels/bwd.py: a dK/dV kernel and a dQ kern
 0.58-0.64x cuDNN on the H100 at D = 128; the forward went from 0.75x to ~1.0x cuDNN with warp
 specialization in Gluon (kernels/fwd_hopper.py). This is the same treatment for the backward.
 
+The library's kernel, kernels/bwd_hopper.py, is this one trimmed to the variant kept (DQ_MODE 1,
+SCHED_FENCE 0, DQ_EARLY 1) plus what the library needs (any TMA layout, GQA looped inside the
+CTA, the caller's output layout, long-first CTA order); this file keeps every variant tried, for
+A/B runs. Results: benchmarks/results/h200-2026-11-26-exp-gluon-bwd*.txt, docs/perf-notes.md.
+
 Structure of one CTA (grid (S / BLOCK_N, B·H); BLOCK_N = 128 keys of one (batch, query head h);
 kv head h // GROUP; ``gl.warp_specialize``):
   - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
@@ -645,35 +650,6 @@ def build(dtype, causal, stages=2, dq_mode=1, sched_fence=1, gqa=False, **opts):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": MAXNREG})
 
 
-def _sass_loop_ops(cubin: bytes) -> str:
-    """Per SASS loop (a predicated backward branch; compile_check.sass_loops' rule), consumer and
-    dQ-writer loops alike: its length and counts of HGMMA, MUFU, BAR (named barriers: BAR.SYNC),
-    SYNCS (mbarrier wait / arrive), REDG, STS, LDS, LDL / STL (spills)."""
-    import collections
-    import re
-    import subprocess
-    import tempfile
-    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        open(path, "wb").write(cubin)
-        lines = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
-    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
-    out = []
-    for i, ln in enumerate(lines):
-        m = re.search(r"@!?U?P\w+\s+BRA `\((\.L_x_\d+)\)", ln)
-        if not (m and labels.get(m.group(1), i) < i):
-            continue
-        body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]
-                if re.search(r"/\*[0-9a-f]{4}\*/", x)]
-        ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
-        if len(body) < 20:  # an mbarrier retry loop or the scheduling fence's never-run loop
-            continue
-        keys = ("HGMMA", "MUFU", "BAR", "SYNCS", "REDG", "STS", "LDS", "LDL", "STL")
-        out.append(f"loop {len(body):4d} instr: " + " ".join(f"{k} {ops[k]}" for k in keys))
-    return "\n".join(out)
-
-
 def compile_only(variants) -> int:
     import re
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -693,8 +669,12 @@ def compile_only(variants) -> int:
             print(f"{tag:78s} smem {out.metadata.shared:>6}  {cc.ptxas_report(ptx)} "
                   f"(launch maxnreg {MAXNREG}; setmaxnreg {budgets})", flush=True)
             print(f"      atomics in PTX: {_ptx_atomics(ptx)}")
+            # every loop of 20+ instructions (consumers' and the dQ writer's): HGMMA, MUFU, BAR
+            # (named barriers), SYNCS (mbarrier wait / arrive), REDG, STS, LDS, LDL / STL (spills)
+            loops = cc.sass_loops(out.asm["cubin"], keys=("HGMMA", "MUFU", "BAR", "SYNCS", "REDG", "STS", "LDS",
+                                                          "LDL", "STL"), min_instr=20)
             print("\n".join("      " + ln for ln in cc.sass_loops(out.asm["cubin"]).splitlines()), flush=True)
-            print("\n".join("      " + ln for ln in _sass_loop_ops(out.asm["cubin"]).splitlines()), flush=True)
+            print("\n".join("      " + ln for ln in loops.splitlines()), flush=True)
             # per loop: the order of wgmmas, their waits, barriers and exp2 (where the waits landed)
             print("\n".join("      " + ln for ln in fwd_exp._sass_loop_sequences(out.asm["cubin"]).splitlines()
                              if "HGMMA" in ln), flush=True)
@@ -718,11 +698,12 @@ def _lib_fwd(q, k, v, causal, scale):
 
 
 def _lib_bwd(do, q, k, v, o, lse, causal, scale):
-    """The library's Triton backward: (dq, dk, dv) (B, S, H, D)."""
+    """The library's Triton backward: (dq, dk, dv) (B, S, H, D). deterministic=True keeps it off the
+    library's Gluon backward (kernels/bwd_hopper.py, this experiment's DQ_MODE 1 + DQ_EARLY)."""
     from flashkernels.ops.attention import launch
     t = (lambda x: x.transpose(1, 2))
     dq, dk, dv, _ = launch.attn_bwd_impl(t(do), t(q), t(k), t(v), t(o), lse, None, None, scale, causal, 0, True,
-                                         False)
+                                         False, deterministic=True)
     return t(dq), t(dk), t(dv)
 
 

@@ -5,6 +5,9 @@ memory of its own, no barriers, no TMA, no wgmma. Any racecheck hazard it shows 
 warp-specialize lowering (Triton's partition-state handshake), not from a kernel's own code.
 
     compute-sanitizer --tool=racecheck python scripts/ws_racecheck_control.py
+
+On an H200 (2026-11-26, CUDA 13 compute-sanitizer) it reports no hazard, while the library's Gluon
+kernels show hazards on their handshake lines: why is open (docs/perf-notes.md).
 """
 import torch
 from triton.experimental import gluon

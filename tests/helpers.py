@@ -227,22 +227,34 @@ def f64_flash_attention(q, k, v, *, causal=False, window_size=(-1, -1), softcap=
 # compute-sanitizer
 # --------------------------------------------------------------------------------------------
 
-def assert_compute_sanitizer_clean(tool: str, source: str, tmp_path) -> None:
-    """Run the Python ``source`` (which prints "done" at its end) under ``compute-sanitizer
-    --tool=tool`` on the GPU, without the caching allocator, and require a clean summary."""
+def run_compute_sanitizer(tool: str, script) -> str:
+    """Run the Python file ``script`` under ``compute-sanitizer --tool=tool`` on the GPU, without
+    the caching allocator and with this checkout's src/ importable; require a clean exit and
+    "done" printed; return the log."""
     import os
-    import re
     import subprocess
     import sys
+    from pathlib import Path
 
-    script = tmp_path / "sanitize_case.py"
-    script.write_text(source)
-    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)
     res = subprocess.run(["compute-sanitizer", f"--tool={tool}", sys.executable, str(script)],
                          capture_output=True, text=True, env=env, timeout=900)
     log = res.stdout + res.stderr
     assert res.returncode == 0 and "done" in log, log[-4000:]
+    return log
+
+
+def assert_compute_sanitizer_clean(tool: str, source: str, tmp_path) -> None:
+    """Run the Python ``source`` (which prints "done" at its end) under ``compute-sanitizer
+    --tool=tool`` (:func:`run_compute_sanitizer`) and require a clean summary."""
+    import re
+
+    script = tmp_path / "sanitize_case.py"
+    script.write_text(source)
+    log = run_compute_sanitizer(tool, script)
     # memcheck closes with "ERROR SUMMARY: 0 errors", racecheck with "RACECHECK SUMMARY: 0 hazards
     # displayed (0 errors, 0 warnings)"
     assert re.search(r"(ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards displayed \(0 errors)", log), \

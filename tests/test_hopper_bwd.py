@@ -184,27 +184,15 @@ LAYOUTS = [("fa", "contig"), ("sdpa", "contig"), ("fa", "packed"), ("sdpa", "tra
 @pytest.mark.parametrize("heads", [(8, 8), (32, 8), (8, 1)], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
-def test_hopper_bwd_cuda(dtype, causal, heads, S):
+@pytest.mark.parametrize("D", [64, 128])
+def test_hopper_bwd_cuda(D, dtype, causal, heads, S):
     """Gradients from the Gluon backward within the policy of float64 (check_case: out, lse and
-    dq/dk/dv; conftest poisons the outputs, so an unwritten element fails)."""
+    dq/dk/dv; conftest poisons the outputs, so an unwritten element fails). At D = 64 the forward
+    is the Triton kernel, the backward Gluon."""
     _needs_hopper()
     Hq, Hkv = heads
     n = launch.hopper_bwd_launches
-    check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, 128, causal=causal), device="cuda")
-    assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("S", [128, 640])
-@pytest.mark.parametrize("heads", [(8, 8), (32, 8)], ids=["mha", "gqa"])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
-def test_hopper_bwd_d64_cuda(dtype, causal, heads, S):
-    """D = 64 (the backward only: the forward is the Triton kernel there) within the policy."""
-    _needs_hopper()
-    Hq, Hkv = heads
-    n = launch.hopper_bwd_launches
-    check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, 64, causal=causal), device="cuda")
+    check_case(Case("fa", dtype, 2, Hq, Hkv, S, S, D, causal=causal), device="cuda")
     assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
 
 
@@ -312,16 +300,19 @@ def test_opcheck_attn_bwd_on_the_hopper_path_cuda():
     assert launch.hopper_bwd_launches > n
 
 
-SANITIZE_HOPPER_BWD = """
+SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 torch.manual_seed(0)
-for dt, causal, B, H, Hkv, S in [(torch.bfloat16, True, 1, 4, 2, 384), (torch.float16, False, 2, 2, 2, 256)]:
-    q = torch.randn(B, S, H, 128, device="cuda", dtype=dt, requires_grad=True)
-    k, v = (torch.randn(B, S, Hkv, 128, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
+for dt, causal, B, H, Hkv, S, D in [(torch.bfloat16, True, 1, 4, 2, 384, 128), (torch.float16, False, 2, 2, 1, 256, 128),
+                                    (torch.float16, False, 2, 2, 2, 256, 128), (torch.bfloat16, True, 1, 4, 2, 384, 64)]:
+    q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
+    k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
     flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton").sum().backward()
 torch.cuda.synchronize()
-assert launch.hopper_bwd_launches == 2, launch.hopper_bwd_launches
+# the forward is Gluon at D = 128 only, the backward at 64 and 128
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (3, 4), \
+    (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
 
@@ -329,23 +320,24 @@ print("done")
 @pytest.mark.gpu
 @pytest.mark.big_memory
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
-def test_hopper_bwd_memcheck(tmp_path):
+def test_hopper_kernels_memcheck(tmp_path):
+    """memcheck over both Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64."""
     _needs_hopper()
-    assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER_BWD, tmp_path)
+    assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 
 
 @pytest.mark.gpu
 @pytest.mark.big_memory
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
-def test_hopper_bwd_racecheck(tmp_path):
-    """No racecheck hazard in either Gluon kernel's code (the forward runs too; see
+def test_hopper_kernels_racecheck(tmp_path):
+    """No racecheck hazard in either Gluon kernel's code, the same cases as memcheck (see
     test_hopper_fwd.assert_racecheck_only_handshake)."""
     _needs_hopper()
     from flashkernels.ops.attention.kernels import fwd_hopper
 
-    script = tmp_path / "sanitize_bwd.py"
-    script.write_text(SANITIZE_HOPPER_BWD)
-    assert_racecheck_only_handshake(script, [bwd_hopper.__file__, fwd_hopper.__file__], tmp_path)
+    script = tmp_path / "sanitize_hopper.py"
+    script.write_text(SANITIZE_HOPPER)
+    assert_racecheck_only_handshake(script, [bwd_hopper.__file__, fwd_hopper.__file__])
 
 
 @pytest.mark.gpu

@@ -4,15 +4,14 @@ CPU: which calls take it and why the others do not (launch.hopper_fwd_reason, on
 condition), that traced launchers keep the Triton kernel, that attn_fwd_impl hands the kernel's
 out/lse on (the launch itself stubbed), and that the kernel builds for sm_90a with no spills.
 GPU (marked ``gpu``, skipped unless the device is an sm_90 one): its out/lse against float64 and
-against the Triton kernel, gradients through it, torch.compile and opcheck, compute-sanitizer.
+against the Triton kernel, gradients through it, torch.compile and opcheck. compute-sanitizer runs
+both Gluon kernels in test_hopper_bwd.py, with the racecheck helpers defined here.
 """
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from flashkernels.ops.attention import launch
 from flashkernels.ops.attention.kernels import fwd_hopper
 from flashkernels.ops.attention.reference import attention_reference
 from cases import Case, check_case, make_inputs
-from helpers import assert_close_policy, assert_compute_sanitizer_clean, data_magnitude, naive_attention, randn
+from helpers import assert_close_policy, data_magnitude, naive_attention, randn, run_compute_sanitizer
 
 ROOT = Path(__file__).resolve().parents[1]
 bf16, f16 = torch.bfloat16, torch.float16
@@ -506,37 +505,9 @@ def test_opcheck_attn_fwd_on_the_hopper_path_cuda():
         torch.library.opcheck(torch.ops.flashkernels.attn_fwd_hopper.default, (q, k, v, 0.125, True, bshd))
 
 
-SANITIZE_HOPPER = textwrap.dedent("""
-    import torch, flashkernels
-    from flashkernels.ops.attention import launch
-    torch.manual_seed(0)
-    for dt, causal, B, H, Hkv, S in [(torch.bfloat16, True, 1, 4, 2, 384), (torch.float16, False, 2, 2, 1, 256)]:
-        q = torch.randn(B, S, H, 128, device="cuda", dtype=dt)
-        k, v = (torch.randn(B, S, Hkv, 128, device="cuda", dtype=dt) for _ in range(2))
-        out = flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton")
-    torch.cuda.synchronize()
-    assert launch.hopper_fwd_launches == 2, launch.hopper_fwd_launches
-    print("done")
-""")
-
-
-@pytest.mark.gpu
-@pytest.mark.big_memory
-@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
-def test_hopper_fwd_memcheck(tmp_path):
-    _needs_hopper()
-    assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
-
-
-def _racecheck_sites(script: Path, tmp_path) -> tuple[str, set]:
+def _racecheck_sites(script: Path) -> tuple[str, set]:
     """Run ``script`` under racecheck; (log, {(file, line)} of every access a hazard names)."""
-    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run(["compute-sanitizer", "--tool=racecheck", sys.executable, str(script)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0 and "done" in log, log[-4000:]
+    log = run_compute_sanitizer("racecheck", script)
     assert "RACECHECK SUMMARY" in log, log[-4000:]
     return log, set(re.findall(r"access at \S+ in (\S+?):(\d+)", log))
 
@@ -558,7 +529,7 @@ def _warp_specialize_lines(path: Path) -> set:
     return {(path.name, str(n + 1)) for n in (kernel_def, *range(start, end + 1))}
 
 
-def assert_racecheck_only_handshake(script: Path, kernel_files, tmp_path) -> None:
+def assert_racecheck_only_handshake(script: Path, kernel_files) -> None:
     """Run ``script`` under racecheck and fail on any hazard outside the warp-specialize
     handshake lines (:func:`_warp_specialize_lines`) of ``kernel_files``.
 
@@ -570,21 +541,10 @@ def assert_racecheck_only_handshake(script: Path, kernel_files, tmp_path) -> Non
     threads. It is not understood why racecheck does not credit that barrier: the smallest kernel
     with the same partition layout (scripts/ws_racecheck_control.py) reports no hazard. Every
     correctness test of the kernels passes, run after run; docs/perf-notes.md keeps this open."""
-    log, sites = _racecheck_sites(script, tmp_path)
+    log, sites = _racecheck_sites(script)
     allowed = set().union(*(_warp_specialize_lines(Path(f)) for f in kernel_files))
     outside = {s for s in sites if s not in allowed}
     assert not outside, f"racecheck hazards in the kernels' code at {sorted(outside)}:\n{log[-4000:]}"
-
-
-@pytest.mark.gpu
-@pytest.mark.big_memory
-@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
-def test_hopper_fwd_racecheck(tmp_path):
-    """racecheck finds no hazard in the kernel's own code (see assert_racecheck_only_handshake)."""
-    _needs_hopper()
-    script = tmp_path / "sanitize_case.py"
-    script.write_text(SANITIZE_HOPPER)
-    assert_racecheck_only_handshake(script, [fwd_hopper.__file__], tmp_path)
 
 
 # ------------------------------------------------------------------------------ reporting

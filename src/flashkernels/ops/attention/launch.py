@@ -439,9 +439,13 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
     element offsets into the dQ accumulator and the per-head dK / dV."""
     if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
         return f"turned off ({HOPPER_BWD_ENV}=0)"
-    why = hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
-        q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap, alibi_slopes, sink,
-        cu_seqlens_q, check_pointers=not _traced(q), head_dims=HOPPER_BWD_HEAD_DIMS)
+    why = hopper_fwd_device_reason(q.device)
+    if why is not None:
+        return why
+    traced = _traced(q)
+    why = hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
+                                   softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers=not traced,
+                                   head_dims=HOPPER_BWD_HEAD_DIMS)
     if why is not None:
         return why
     view = _hopper_view(do)
@@ -449,7 +453,7 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
         return f"dO's strides {tuple(do.stride())}: no 2-D view with a 16-byte row stride for TMA"
     if view.rows > _INT32_MAX:
         return f"dO's 2-D view has {view.rows} rows: TMA coordinates are int32"
-    if not _traced(q) and do.data_ptr() % 16:
+    if not traced and do.data_ptr() % 16:
         return "dO's data pointer is not 16-byte aligned (TMA)"
     if q.numel() > _INT32_MAX:
         return f"{q.numel()} elements in q: the dQ / dK / dV offsets are int32"

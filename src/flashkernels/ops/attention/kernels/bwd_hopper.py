@@ -3,7 +3,9 @@
 Why: the Triton backward (kernels/bwd.py: a dK/dV kernel and a dQ kernel, 7 matmuls a block
 pair) reaches 0.58-0.62x cuDNN on Hopper; this kernel, FA3's structure, computes dQ in the same
 pass as dK/dV (5 matmuls a block pair, dQ by fp32 atomics) with the exponentials overlapping the
-tensor cores: 0.79-0.84x cuDNN (measured: ``scripts/exp_gluon_bwd.py``, where its variants live).
+tensor cores: 0.79-0.84x cuDNN where the Triton backward reads 0.58-0.62x (H200, bf16, D = 128,
+B·S = 16k at S = 4k and 16k, and GQA 32/8 at S = 8k: ``python scripts/exp_gluon_bwd.py``, where
+its variants live; benchmarks/results/h200-2026-11-26-exp-gluon-bwd.txt).
 
 Structure of one CTA (grid over (B·Hkv, S / BLOCK_N): see _bwd_tile for the order; BLOCK_N = 128 keys of one (batch, kv head),
 visited by each of the GROUP = H / Hkv query heads that share it, one after another, so dK and
