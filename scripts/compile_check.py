@@ -143,8 +143,10 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
     return out.metadata.shared, rep
 
 
-def compile_hopper_fwd(dtype, causal: bool, sass=False):
-    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it."""
+def compile_hopper_fwd(dtype, causal: bool, sass=False, softcap=False, alibi=False, sink=False, window=False):
+    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it, with its feature
+    flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as the
+    launcher passes them)."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
     D = launch.HOPPER_HEAD_DIM
@@ -153,9 +155,10 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False):
     descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", launch.HOPPER_BLOCK_N),
                                                               ("desc_v", launch.HOPPER_BLOCK_N), ("desc_o", wg_m))}
     consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=launch.HOPPER_BLOCK_N,
-                  STAGES=launch.HOPPER_STAGES, CAUSAL=causal, num_warps=4)
-    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, {"Lse": "*fp32"}, consts, fwd_hopper.MAXNREG,
-                          sass)
+                  STAGES=launch.HOPPER_STAGES, CAUSAL=causal and not window, num_warps=4,
+                  SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
+    types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32"}
+    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
@@ -239,10 +242,11 @@ def main():
                     bad += not report(tag, lambda: compile_one(fn, dtype, mk, consts, cfg, args.sass))
                 gluon = ("hopper" in args.kernels.split(",") and dtype != torch.float32
                          and not (mk or window or softcap or alibi or sink or varlen))
-                if gluon and d == launch.HOPPER_HEAD_DIM:
-                    cfg = (launch.HOPPER_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
+                if gluon and d in launch.HOPPER_FWD_CONFIGS:
+                    block_n, stages = launch.HOPPER_FWD_CONFIGS[d]
+                    cfg = (launch.HOPPER_BLOCK_M, block_n, 4, stages)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass))
+                    bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
                 if gluon and d in launch.HOPPER_BWD_HEAD_DIMS:
                     cfg = (launch.HOPPER_BWD_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"

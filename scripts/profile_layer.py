@@ -1,6 +1,7 @@
 """Where the Llama layer's time goes (issue 4's 1.3x goal), one device call.
 
     PYTHONPATH=src python3 scripts/profile_layer.py [--rows 25]
+    PYTHONPATH=src python3 scripts/profile_layer.py --host [--rows 25]
 
 The model, input and loss of ``flashkernels bench ops``' llama_layer (bf16, 1 layer, hidden 4096,
 heads 32/8, intermediate 14336, seqlen 4096, training), eager transformers with SDPA and the same
@@ -8,9 +9,17 @@ weights after ``flashkernels.integrations.transformers.apply``. For each: three 
 backward steps under ``torch.profiler`` (after a warm-up step), then the CUDA kernels by total
 GPU time (per step), the summed kernel time per step, and the wall time per step: their
 difference is time the GPU waited for the host.
+
+``--host``: where the host's time goes instead. For each model: the host time to enqueue one
+step (no sync inside the timed steps) and the wall time per step, at seqlen 4096 and at seqlen
+256 (where the GPU work is small, so the wall time is the host's), and the CPU ops by self time
+per step under ``torch.profiler`` (CPU only).
 """
 import argparse
 import copy
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -23,7 +32,14 @@ from flashkernels.integrations import transformers as fk_hf
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--host", action="store_true", help="host time per step instead of kernel time")
+    ap.add_argument("--syncs", action="store_true",
+                    help="the operations of one step that synchronise the host with the GPU, with their stacks")
     args = ap.parse_args()
+    if args.syncs:
+        return syncs()
+    if args.host:
+        return host(args.rows)
     fk_hf._import_transformers()
     from transformers import LlamaConfig, LlamaModel
 
@@ -48,6 +64,90 @@ def main():
         for e in events[:args.rows]:
             print(f"  {e.device_time_total / steps / 1e3:8.3f} {e.count // steps:6d}  {e.key[:110]}")
         del model
+        torch.cuda.empty_cache()
+
+
+def syncs():
+    """One step of each model under torch.cuda.set_sync_debug_mode("warn"): each synchronising
+    call warns; print each distinct one with the last frames of its Python stack."""
+    import traceback
+    import warnings
+
+    fk_hf._import_transformers()
+    from transformers import LlamaConfig, LlamaModel
+
+    eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
+    for name, model in (("transformers_sdpa", eager),
+                        ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
+        _, step = ops.layer_fns(model, x, proj)
+        step()
+        torch.cuda.synchronize()
+        seen = {}
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            stack = "".join(traceback.format_stack(limit=9)[:-2])
+            seen.setdefault(stack, [str(message), 0])[1] += 1
+
+        old = warnings.showwarning
+        warnings.showwarning = show
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+        print(f"\n{name}: {sum(c for _, c in seen.values())} synchronising calls in one step")
+        for stack, (msg, count) in seen.items():
+            print(f"--- x{count}: {msg[:160]}\n{stack}")
+
+
+def host(rows: int, steps: int = 10):
+    fk_hf._import_transformers()
+    from transformers import LlamaConfig, LlamaModel
+
+    for seqlen in (4096, 256):
+        saved = dict(ops.LAYER)
+        ops.LAYER["seqlen"] = seqlen
+        eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
+        ops.LAYER.update(saved)
+        for name, model in (("transformers_sdpa", eager),
+                            ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
+            _, step = ops.layer_fns(model, x, proj)
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            t_host = (time.perf_counter() - t0) / steps * 1e3
+            torch.cuda.synchronize()
+            t_wall = (time.perf_counter() - t0) / steps * 1e3
+            print(f"seqlen {seqlen:5d} {name:18s} host enqueue {t_host:7.2f} ms/step, wall {t_wall:7.2f} ms/step",
+                  flush=True)
+            if seqlen == 256:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(3):
+                        step()
+                    torch.cuda.synchronize()
+                ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+                tot = sum(e.self_cpu_time_total for e in ev) / 3 / 1e3
+                print(f"  CPU self time, profiled: {tot:.2f} ms/step; top ops (ms/step, calls/step):")
+                for e in ev[:rows]:
+                    print(f"  {e.self_cpu_time_total / 3 / 1e3:8.3f} {e.count // 3:6d}  {e.key[:100]}")
+                pr = cProfile.Profile()
+                pr.enable()
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+                pr.disable()
+                buf = io.StringIO()
+                pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(rows * 2)
+                print("  cProfile, 3 steps, by cumulative time:\n" + buf.getvalue()[-12000:])
+            del model
+        del eager
         torch.cuda.empty_cache()
 
 

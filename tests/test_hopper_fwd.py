@@ -322,8 +322,8 @@ def test_descriptors_view_each_layout_as_2d():
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
 def test_kernel_builds_for_sm90a_without_spills():
     """The four specialisations (bf16/fp16 x causal) of the forward and of the backward
-    (kernels/bwd_hopper.py) compile for sm_90a with ptxas (no GPU needed) and spill nothing
-    (the causal backward a few bytes), through scripts/compile_check.py (in its own process: the
+    (kernels/bwd_hopper.py) at each of their head dims compile for sm_90a with ptxas (no GPU
+    needed) and spill nothing (the causal backward a few bytes), through scripts/compile_check.py (in its own process: the
     compiler cannot run functions decorated for the interpreter)."""
     import triton
 
@@ -332,13 +332,15 @@ def test_kernel_builds_for_sm90a_without_spills():
         pytest.skip("triton ships no ptxas here")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile_check.py"), "--dims", "128",
+    dims = ",".join(map(str, sorted(set(launch.HOPPER_FWD_CONFIGS) | set(launch.HOPPER_BWD_HEAD_DIMS))))
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile_check.py"), "--dims", dims,
                           "--dtypes", "bf16,fp16", "--causal", "0,1", "--kernels", "hopper"],
                          capture_output=True, text=True, env=env, timeout=300)
     log = res.stdout + res.stderr
     fwd = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon ")]
     bwd = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-bwd ")]
-    assert res.returncode == 0 and len(fwd) == 4 and len(bwd) == 4, log[-4000:]
+    assert res.returncode == 0 and len(fwd) == 4 * len(launch.HOPPER_FWD_CONFIGS), log[-4000:]
+    assert len(bwd) == 4 * len(launch.HOPPER_BWD_HEAD_DIMS), log[-4000:]
     assert "serialized" not in log, log  # ptxas serialising wgmmas (registers): slow
     for ln in fwd + bwd:
         spill = re.search(r"spill\s+(\d+)B", ln)
@@ -365,12 +367,13 @@ HEADS = {"mha": (8, 8), "gqa": (32, 8), "mqa": (8, 1)}
 @pytest.mark.parametrize("heads", list(HEADS))
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
-def test_hopper_fwd_cuda(monkeypatch, dtype, causal, heads, B, S):
-    """out/lse of the Gluon kernel: within the policy of float64, and as close to the Triton
-    kernel's as the policy's bound (lse to 1e-5 relative)."""
+@pytest.mark.parametrize("D", sorted(launch.HOPPER_FWD_CONFIGS), ids=lambda d: f"d{d}")
+def test_hopper_fwd_cuda(monkeypatch, D, dtype, causal, heads, B, S):
+    """out/lse of the Gluon kernel at each head dim it runs: within the policy of float64, and as
+    close to the Triton kernel's as the policy's bound (lse to 1e-5 relative)."""
     _needs_hopper()
     Hq, Hkv = HEADS[heads]
-    case = Case("fa", dtype, B, Hq, Hkv, S, S, 128, causal=causal, backward=False)
+    case = Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal, backward=False)
     n = launch.hopper_fwd_launches
     r = check_case(case, device="cuda")
     assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"

@@ -245,6 +245,11 @@ def _batch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
 HOPPER_FWD_ENV = "FLASHKERNELS_HOPPER_FWD"
 HOPPER_BLOCK_M, HOPPER_BLOCK_N, HOPPER_STAGES = 128, 128, 2
 HOPPER_HEAD_DIM = 128
+# Head dim -> (BLOCK_N, STAGES) of the Gluon forward (BLOCK_M is HOPPER_BLOCK_M at every D); the
+# head dims it runs are this dict's keys. D = 256 (H200, scripts/exp_fwd_dims.py, FA3 grid): 1.24-1.61x
+# the Triton kernel, 0.85-1.02x cuDNN; BLOCK_N 64 with 2 stages is the one config whose K/V ring
+# fits the shared memory. D = 64 is not here: 0.94-1.05x the Triton kernel (S = 1k-16k).
+HOPPER_FWD_CONFIGS: dict[int, tuple[int, int]] = {HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES), 256: (64, 2)}
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -315,14 +320,16 @@ def _hopper_view(t: torch.Tensor) -> Optional[_HopperView]:
 
 def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
                              softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers: bool = True,
-                             head_dims: tuple = (HOPPER_HEAD_DIM,)) -> Optional[str]:
+                             head_dims: Optional[tuple] = None) -> Optional[str]:
     """Why these arguments (attn_fwd_impl's) are not a case of the Gluon forward, None when they
     are; shapes, strides and features only, no device query (unit-testable on CPU tensors).
     ``check_pointers=False`` skips the 16-byte alignment of the data pointers (fake tensors have
     none; the custom op checks them when it runs). ``bshd`` does not matter: the kernel writes
-    either output layout."""
+    either output layout. ``head_dims``: the head dims accepted (default: the forward's,
+    ``HOPPER_FWD_CONFIGS``)."""
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    head_dims = tuple(HOPPER_FWD_CONFIGS) if head_dims is None else head_dims
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"dtype {q.dtype}: bfloat16 or float16 only"
     if D not in head_dims or v.shape[3] != D:
@@ -395,12 +402,13 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool) -> None:
     float32) with the Gluon kernel; the arguments must pass :func:`hopper_fwd_reason`."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
+    block_n, stages = HOPPER_FWD_CONFIGS[D]
     wg_m = HOPPER_BLOCK_M // 2  # q and out move in blocks of one consumer warpgroup's rows
-    (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, HOPPER_BLOCK_N),
-                                              _hopper_desc(v, HOPPER_BLOCK_N), _hopper_desc(out, wg_m))
+    (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, block_n),
+                                              _hopper_desc(v, block_n), _hopper_desc(out, wg_m))
     fwd_hopper.attn_fwd_hopper_kernel[(S // HOPPER_BLOCK_M, B * H)](
         dq, dk, dv, do, lse, scale, S, H, H // k.shape[1], *cq, *ck, *cv, *co,
-        HEAD_DIM=D, BLOCK_M=HOPPER_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
+        HEAD_DIM=D, BLOCK_M=HOPPER_BLOCK_M, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         num_warps=4, maxnreg=fwd_hopper.MAXNREG,
     )
     hopper_fwd_launches += 1
