@@ -66,6 +66,20 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert launch.HOPPER_BWD_ENV in launch.hopper_bwd_reason(**_bwd_args())
 
 
+@pytest.mark.parametrize("over,expected", [
+    (dict(window_left=64), "sliding window"), (dict(causal=False, window_left=-1, window_right=0), "sliding window"),
+    (dict(softcap=30.0), "softcap"), (dict(alibi_slopes=torch.rand(4)), "ALiBi"), (dict(sink=torch.randn(4)), "sink"),
+    (dict(S=256, Sk=384, causal=False), "Sq 256 != Sk 384"), (dict(S=256, Sk=384, causal_offset=128), "Sq 256"),
+    (dict(causal_offset=3), "causal_offset 3"),
+], ids=["window", "window-noncausal", "softcap", "alibi", "sink", "sq-ne-sk", "sq-ne-sk-causal", "causal-offset"])
+def test_bwd_refuses_the_forward_only_features(machine_ok, over, expected):
+    """The Gluon forward takes these (test_hopper_fwd); the Gluon backward has none of them, so
+    hopper_bwd_reason refuses each itself (the Triton backward runs on the Gluon forward's out/lse)."""
+    assert launch.hopper_fwd_reason(**_args(**over)) is None
+    why = launch.hopper_bwd_reason(**_bwd_args(**over))
+    assert why is not None and expected in why, why
+
+
 # ------------------------------------------------------------------------------ dispatch
 def _fake_hopper_fwd(q, k, v, out, lse, scale, causal):
     o, l = naive_attention(q, k, v, scale=scale, causal="top_left" if causal else None)

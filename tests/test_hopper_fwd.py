@@ -1,10 +1,12 @@
 """The Gluon Hopper forward (ops/attention/kernels/fwd_hopper.py) and its dispatch (launch.py).
 
 CPU: which calls take it and why the others do not (launch.hopper_fwd_reason, one test a
-condition), that traced launchers keep the Triton kernel, that attn_fwd_impl hands the kernel's
-out/lse on (the launch itself stubbed), and that the kernel builds for sm_90a with no spills.
+condition; its features: window, softcap, ALiBi, sink, Sq != Sk), that traced launchers record
+the opaque op, that attn_fwd_impl hands the kernel's out/lse on (the launch itself stubbed), and
+that the kernel builds for sm_90a with no spills, each feature flag too.
 GPU (marked ``gpu``, skipped unless the device is an sm_90 one): its out/lse against float64 and
-against the Triton kernel, gradients through it, torch.compile and opcheck. compute-sanitizer runs
+against the Triton kernel, plain and with each feature (rows that see no key included),
+gradients through it, torch.compile and opcheck. compute-sanitizer runs
 both Gluon kernels in test_hopper_bwd.py, with the racecheck helpers defined here.
 """
 import math
@@ -22,7 +24,8 @@ from flashkernels.ops.attention import launch
 from flashkernels.ops.attention.kernels import fwd_hopper
 from flashkernels.ops.attention.reference import attention_reference
 from cases import Case, check_case, make_inputs
-from helpers import assert_close_policy, data_magnitude, naive_attention, randn, run_compute_sanitizer
+from helpers import (assert_close_policy, data_magnitude, f64_flash_attention, naive_attention, randn,
+                     run_compute_sanitizer)
 
 ROOT = Path(__file__).resolve().parents[1]
 bf16, f16 = torch.bfloat16, torch.float16
@@ -77,6 +80,23 @@ def test_eligible_call_gives_none(machine_ok):
     assert launch.hopper_fwd_reason(**_args(q=q, k=k, v=v, H=4, Hkv=4)) is None
 
 
+@pytest.mark.parametrize("over", [
+    dict(window_left=64), dict(window_left=64, window_right=32, causal=False),
+    dict(causal=False, window_left=-1, window_right=0), dict(causal=False, window_left=0, window_right=0),
+    dict(softcap=30.0), dict(alibi_slopes=torch.rand(4)), dict(alibi_slopes=torch.rand(2, 4)),
+    dict(sink=torch.randn(4)), dict(softcap=5.0, alibi_slopes=torch.rand(4), sink=torch.randn(4), window_left=100),
+    dict(S=256, Sk=384, causal_offset=128), dict(S=384, Sk=256, causal_offset=-128),  # bottom-right causal
+    dict(S=256, Sk=384, causal_offset=0), dict(S=384, Sk=256, causal_offset=0),  # top-left causal
+    dict(S=256, Sk=384, causal=False), dict(causal_offset=3), dict(D=256, softcap=30.0, window_left=64),
+], ids=["window-causal", "window", "window-right-0", "window-0-0", "softcap", "alibi-h", "alibi-bh", "sink", "all",
+        "sq-lt-sk-bottom-right", "sq-gt-sk-bottom-right", "sq-lt-sk-top-left", "sq-gt-sk-top-left",
+        "sq-ne-sk-full", "causal-offset-3", "d256-softcap-window"])
+def test_kernel_features_are_eligible(machine_ok, over):
+    """The Gluon forward's features: sliding window, softcap, ALiBi ((H,) and (B, H)), the sink,
+    Sq != Sk (multiples of 128) under either causal alignment, any causal_offset."""
+    assert launch.hopper_fwd_reason(**_args(**over)) is None
+
+
 def _misaligned():
     flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
     return flat[1:].view(2, 256, 4, 128).transpose(1, 2)  # data pointer 2 bytes past an aligned one
@@ -93,18 +113,16 @@ def _bhsd_meta(B, H, S, D=128):
 INELIGIBLE = [
     ("fp32", lambda: _args(dtype=torch.float32), "dtype"),
     ("d64", lambda: _args(D=64), "head dim 64"),
-    ("d256", lambda: _args(D=256), "head dim 256"),
+    ("d96", lambda: _args(D=96), "head dim 96"),
     ("mask", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)), "mask"),
-    ("window", lambda: _args(window_left=64), "sliding window"),
-    ("window-noncausal", lambda: _args(causal=False, window_left=-1, window_right=0), "sliding window"),
-    ("softcap", lambda: _args(softcap=30.0), "softcap"),
-    ("alibi", lambda: _args(alibi_slopes=torch.rand(4)), "ALiBi"),
-    ("sink", lambda: _args(sink=torch.randn(4)), "sink"),
+    ("mask-with-features", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool), softcap=5.0), "mask"),
     ("varlen", lambda: _args(cu_seqlens_q=torch.tensor([0, 256], dtype=torch.int32)), "varlen"),
-    ("sq-ne-sk", lambda: _args(S=256, Sk=384), "Sq 256 != Sk 384"),
-    ("causal-offset", lambda: _args(causal_offset=3), "causal_offset 3"),
     ("seqlen-not-128", lambda: _args(S=200), "multiple of 128"),
     ("seqlen-64", lambda: _args(S=64), "multiple of 128"),
+    ("seqlen-k-not-128", lambda: _args(S=256, Sk=200), "seqlen_k 200"),
+    ("seqlen-k-64", lambda: _args(S=256, Sk=64, causal=False), "seqlen_k 64"),
+    ("window-int32", lambda: _args(window_left=1 << 30), "int32"),
+    ("offset-int32", lambda: _args(causal_offset=-(1 << 30)), "int32"),
     ("scale-0", lambda: _args(scale=0.0), "scale"),
     ("scale-neg", lambda: _args(scale=-0.1), "scale"),
     ("heads", lambda: _args(H=4, Hkv=3), "not a multiple"),
@@ -205,6 +223,43 @@ def test_traced_calls_record_the_opaque_op(machine_ok, monkeypatch):
         assert out_node is not None
 
 
+def test_traced_calls_with_features_record_them(machine_ok, monkeypatch):
+    """Traced with every feature (Sq != Sk, causal_offset, window, softcap, ALiBi, sink), the opaque
+    op's call carries them all, and its fake gives out (B, H, Sq, D) and lse (B, H, Sq); run, the
+    op hands them to hopper_fwd (only those in use) or, misaligned, to the Triton kernel."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a = _args(S=256, Sk=384)
+    alibi, sink = torch.rand(2, 4), torch.randn(4)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a kernel was launched while tracing")
+
+    monkeypatch.setattr(launch, "hopper_fwd", no_launch)
+    monkeypatch.setattr(launch, "wrap_triton", no_launch)
+    rest = (a["scale"], True, 128, True, False, 100, -1, 5.0)
+    for mode in ("fake", "symbolic"):
+        gm = make_fx(lambda q, k, v, al, sk: launch.attn_fwd_impl(q, k, v, None, *rest, al, sk, None, None, 0, 0),
+                     tracing_mode=mode)(a["q"], a["k"], a["v"], alibi, sink)
+        nodes = [n for n in gm.graph.nodes if n.op == "call_function"
+                 and str(n.target) == "flashkernels.attn_fwd_hopper.default"]
+        assert len(nodes) == 1
+        args = nodes[0].args
+        assert tuple(args[3:10]) == (a["scale"], True, True, 128, 100, -1, 5.0), args
+        assert [x.op for x in args[10:12]] == ["placeholder"] * 2, args  # the slopes and the sink, as given
+        out, lse = nodes[0].meta["val"]
+        assert tuple(out.shape) == (2, 4, 256, 128) and tuple(lse.shape) == (2, 4, 256)
+    seen = []
+    monkeypatch.setattr(launch, "hopper_fwd", lambda *x, **kw: seen.append(kw))
+    monkeypatch.setattr(launch, "_attn_fwd_triton", lambda *x, **kw: seen.append(x[5:7] + x[11:16]) or (x[9], x[10]))
+    launch.attn_fwd_hopper_impl(a["q"], a["k"], a["v"], a["scale"], True, True, 128, 100, -1, 5.0, alibi, sink)
+    assert seen[0].keys() == {"causal_offset", "window_left", "window_right", "softcap", "alibi_slopes", "sink"}
+    launch.attn_fwd_hopper_impl(a["q"], a["k"], a["v"], a["scale"], True, True, 0, -1, -1, 0.0, None, sink)
+    assert seen[1].keys() == {"sink"}
+    launch.attn_fwd_hopper_impl(_misaligned(), a["k"], a["v"], a["scale"], True, True, 128, 100, -1, 5.0, alibi, sink)
+    assert seen[2][:5] == (True, 128, 100, -1, 5.0) and seen[2][5] is alibi and seen[2][6] is sink
+
+
 def test_opaque_op_fake_and_misaligned_fallback(machine_ok, monkeypatch):
     """The op's fake gives the eager layouts; run on misaligned tensors it takes the Triton kernel
     (stubbed here: the interpreter is not needed to see the choice)."""
@@ -231,10 +286,15 @@ def test_opaque_op_fake_and_misaligned_fallback(machine_ok, monkeypatch):
 # ------------------------------------------------------------------------------ dispatch
 def _fake_hopper(calls):
     """Stands in for launch.hopper_fwd on a CPU: fills out/lse with the float64 reference (what
-    the kernel computes) and records the layouts it was handed."""
-    def run(q, k, v, out, lse, scale, causal):
-        calls.append(dict(out_stride=out.stride(), lse_shape=tuple(lse.shape), causal=causal, scale=scale))
-        o, l = naive_attention(q, k, v, scale=scale, causal="top_left" if causal else None)
+    the kernel computes) and records the layouts and features it was handed (a causal_offset
+    only: top-left 0 or bottom-right Sk - Sq)."""
+    def run(q, k, v, out, lse, scale, causal, **features):
+        calls.append(dict(out_stride=out.stride(), lse_shape=tuple(lse.shape), causal=causal, scale=scale,
+                          features=dict(features)))
+        off = features.pop("causal_offset", 0)
+        assert not features and off in (0, k.shape[2] - q.shape[2]), features
+        o, l = naive_attention(q, k, v, scale=scale, causal=("top_left" if off == 0 else "bottom_right") if causal
+                               else None)
         out.copy_(o)
         lse.copy_(l)
     return run
@@ -276,7 +336,8 @@ def test_flash_attn_func_takes_the_hopper_path(machine_ok, monkeypatch, causal):
 
 def test_sdpa_layout_takes_the_hopper_path(machine_ok, monkeypatch):
     """scaled_dot_product_attention ((B, H, S, D) in and out) reaches the Hopper launcher with a
-    (B, H, S, D)-contiguous output; Sq != Sk does not."""
+    (B, H, S, D)-contiguous output; Sq != Sk too (flash_attn_func: with the bottom-right
+    causal_offset), a seqlen that is not a multiple of 128 does not."""
     from flashkernels import _backend
 
     if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
@@ -287,10 +348,13 @@ def test_sdpa_layout_takes_the_hopper_path(machine_ok, monkeypatch):
     out = flashkernels.scaled_dot_product_attention(q, k, v, is_causal=True, backend="triton")
     assert len(calls) == 1 and calls[0]["out_stride"] == (2 * 128 * 128, 128 * 128, 128, 1)
     assert out.is_contiguous()
+    assert calls[0]["features"] == {}
     q2 = randn(1, 128, 2, 128, dtype=f16)
     k2, v2 = (randn(1, 256, 2, 128, dtype=f16) for _ in range(2))
     flashkernels.flash_attn_func(q2, k2, v2, causal=True, backend="triton")
-    assert len(calls) == 1
+    assert len(calls) == 2 and calls[1]["features"] == {"causal_offset": 128}
+    flashkernels.flash_attn_func(randn(1, 100, 2, 128, dtype=f16), k2, v2, causal=True, backend="triton")
+    assert len(calls) == 2
 
 
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
@@ -347,6 +411,49 @@ def test_kernel_builds_for_sm90a_without_spills():
         # the backward's causal build spills 52 B (3 LDL per iteration in each warpgroup's loop,
         # ``compile_check.py --sass``); the others nothing
         assert spill and int(spill.group(1)) <= (64 if ln in bwd and "causal=1" in ln else 0), ln
+
+
+# The forward's feature flags (kernels/fwd_hopper.py), as launch.hopper_fwd passes them: each one
+# alone, with causal where it combines with it (WINDOW replaces CAUSAL), and all together.
+FEATURE_BUILDS = [
+    (False, dict(softcap=True)), (True, dict(softcap=True)), (False, dict(alibi=True)), (True, dict(alibi=True)),
+    (False, dict(sink=True)), (True, dict(sink=True)), (False, dict(window=True)),
+    (True, dict(softcap=True, alibi=True, sink=True)), (False, dict(softcap=True, alibi=True, sink=True, window=True)),
+]
+_FEATURE_BUILD_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import compile_check as cc
+from flashkernels.ops.attention import launch
+for D in sorted(launch.HOPPER_FWD_CONFIGS):
+    for causal, flags in %r:
+        tag = f"gluon-feat bf16 D={D} causal={int(causal)} " + "+".join(flags)
+        cc.report(tag, lambda: cc.compile_hopper_fwd(torch.bfloat16, causal, False, D=D, **flags))
+"""
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+def test_kernel_feature_builds_for_sm90a_without_spills():
+    """The forward's feature flags (softcap, ALiBi, sink, window; alone, with causal, together) at
+    each of its head dims build for sm_90a (bf16) through compile_check.compile_hopper_fwd, with no
+    spill and no serialised wgmma (in its own process, as the test above)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("triton ships no ptxas here")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", _FEATURE_BUILD_SCRIPT % (FEATURE_BUILDS,), str(ROOT / "scripts")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    log = res.stdout + res.stderr
+    built = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-feat ")]
+    assert res.returncode == 0 and len(built) == len(FEATURE_BUILDS) * len(launch.HOPPER_FWD_CONFIGS), log[-4000:]
+    assert "FAILED" not in log and "SMEM TOO LARGE" not in log, log[-4000:]
+    assert "serialized" not in log, log
+    for ln in built:
+        spill = re.search(r"spill\s+(\d+)B", ln)
+        assert spill and int(spill.group(1)) == 0, ln
 
 
 # ================================================================================== GPU
@@ -506,6 +613,247 @@ def test_opcheck_attn_fwd_on_the_hopper_path_cuda():
     assert launch.hopper_fwd_launches > n
     for bshd in (True, False):
         torch.library.opcheck(torch.ops.flashkernels.attn_fwd_hopper.default, (q, k, v, 0.125, True, bshd))
+
+
+# ------------------------------------------------------------------ GPU: the kernel's features
+def _slopes(B, H, per_batch):
+    """ALiBi's geometric slopes 2^(-8 (h + 1) / H) on the GPU, (H,) or (B, H) with each batch
+    element's a little different (as test_alibi_sink_varlen's)."""
+    base = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)])
+    return (torch.stack([base * (1 + 0.25 * b) for b in range(B)]) if per_batch else base).cuda()
+
+
+def _feature_kwargs(B, Hq, softcap=0.0, alibi=None, sink=None):
+    """flash_attn_func's keywords for a case: softcap; alibi "h" ((Hq,) slopes) or "bh" ((B, Hq));
+    sink "mixed" (randn * 2) or "large" (6.0: most of every row's mass on the sink)."""
+    kw = dict(softcap=softcap)
+    if alibi:
+        kw["alibi_slopes"] = _slopes(B, Hq, alibi == "bh")
+    if sink:
+        kw["learnable_sink"] = (randn(Hq) * 2 if sink == "mixed" else torch.full((Hq,), 6.0)).cuda()
+    return kw
+
+
+def _check_gluon_fwd(monkeypatch, q, k, v, *, causal, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                     learnable_sink=None):
+    """flash_attn_func on (B, S, H, D) CUDA inputs: the Gluon forward runs (one launch more), its
+    out and lse are within the policy of float64 (helpers.f64_flash_attention; pt: the reference in
+    the input dtype) and as close to the Triton kernel's (FLASHKERNELS_HOPPER_FWD=0) as the
+    policy's bound allows (lse: the same infinities, the finite ones to 1e-5 relative)."""
+    kw = dict(causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+              learnable_sink=learnable_sink)
+    n = launch.hopper_fwd_launches
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True, backend="triton", **kw)
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    with monkeypatch.context() as m:
+        m.setenv(launch.HOPPER_FWD_ENV, "0")
+        out_t, lse_t, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True, backend="triton", **kw)
+    assert launch.hopper_fwd_launches == n + 1, "FLASHKERNELS_HOPPER_FWD=0 did not turn it off"
+
+    def cpu(x):
+        return None if x is None else x.detach().cpu()
+
+    ref_out, ref_lse = f64_flash_attention(cpu(q), cpu(k), cpu(v), causal=causal, window_size=window_size,
+                                           softcap=softcap, alibi=cpu(alibi_slopes), sink=cpu(learnable_sink))
+    pt_out, pt_lse = attention_reference(*(x.detach().transpose(1, 2) for x in (q, k, v)), causal=causal,
+                                         causal_align="bottom_right", window_size=window_size, softcap=softcap,
+                                         alibi_slopes=alibi_slopes, sink=learnable_sink, compute_dtype=q.dtype)
+    mag = data_magnitude(q, k, v)
+    _, bound = assert_close_policy(out, ref_out, pt_out.transpose(1, 2), name="out", data_magnitude=mag)
+    assert_close_policy(lse, ref_lse, pt_lse, name="lse", data_magnitude=mag)
+    diff = (out.double() - out_t.double()).abs().max().item()
+    assert diff <= bound, f"out: Gluon vs Triton {diff:.3e} > policy bound {bound:.3e}"
+    fin = torch.isfinite(lse_t)
+    assert torch.equal(fin, torch.isfinite(lse)) and torch.equal(lse[~fin], lse_t[~fin]), "lse: infinities differ"
+    if fin.any():
+        lse_diff = (lse[fin] - lse_t[fin]).abs().max().item()
+        assert lse_diff <= 1e-5 * max(1.0, lse_t[fin].abs().max().item()), f"lse: Gluon vs Triton {lse_diff:.3e}"
+    return out, lse
+
+
+FEATURES = {
+    "softcap": dict(softcap=2.0), "alibi-h": dict(alibi="h"), "alibi-bh": dict(alibi="bh"),
+    "sink": dict(sink="mixed"), "sink-large": dict(sink="large"),
+    "all": dict(softcap=2.0, alibi="bh", sink="mixed"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("heads", ["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", sorted(launch.HOPPER_FWD_CONFIGS), ids=lambda d: f"d{d}")
+def test_hopper_fwd_features_cuda(monkeypatch, D, dtype, causal, heads, feature):
+    """softcap (2: it bends every score), ALiBi (H,) and (B, H), the sink, and all three at once,
+    causal or not, MHA and GQA, on the Gluon forward: against float64 and the Triton kernel."""
+    _needs_hopper()
+    Hq, Hkv = HEADS[heads]
+    B, S = 2, 384
+    q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, **_feature_kwargs(B, Hq, **FEATURES[feature]))
+
+
+# (Sq, Sk, causal, window_size, features): sliding windows (block-aligned or not, one key a row,
+# one side only), causal with a window, Sq != Sk under causal (bottom-right: rows that see no key
+# when Sq > Sk) and not, windows that leave whole query blocks without a key (with a sink: all
+# their mass on it), everything at once.
+WINDOW_CASES = [
+    (512, 512, False, (128, 0), {}),
+    (512, 512, False, (100, 37), {}),
+    (512, 512, False, (0, 0), {}),
+    (512, 512, False, (-1, 63), {}),
+    (512, 512, True, (200, -1), {}),
+    (256, 640, True, (-1, -1), {}),
+    (640, 256, True, (-1, -1), {}),
+    (640, 256, True, (-1, -1), dict(sink="mixed")),
+    (256, 640, False, (-1, -1), {}),
+    (1024, 128, False, (3, 5), {}),
+    (1024, 128, False, (3, 5), dict(sink="large")),
+    (128, 1024, True, (300, -1), dict(alibi="h")),
+    (384, 1024, False, (64, 64), dict(softcap=2.0, alibi="bh", sink="mixed")),
+]
+
+
+def _window_id(c):
+    Sq, Sk, causal, (left, right), feats = c
+    return "-".join([f"q{Sq}-k{Sk}", "causal" if causal else "full", f"win{left}_{right}"]
+                    + [f"{name}_{val}" for name, val in feats.items()])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=[_window_id(c) for c in WINDOW_CASES])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", sorted(launch.HOPPER_FWD_CONFIGS), ids=lambda d: f"d{d}")
+def test_hopper_fwd_window_and_seqlens_cuda(monkeypatch, D, dtype, case):
+    """Sliding windows and Sq != Sk (flash_attn_func: causal bottom-right) on the Gluon forward,
+    GQA: against float64 and the Triton kernel; rows that see no key give out 0 and lse -inf (the
+    sink's logit with a sink)."""
+    _needs_hopper()
+    Sq, Sk, causal, window, feats = case
+    B, Hq, Hkv = 2, 8, 2
+    q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, Sq, Sk, D, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    kw = _feature_kwargs(B, Hq, **feats)
+    out, lse = _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, window_size=window, **kw)
+    off = Sk - Sq
+    rows = torch.arange(Sq, device="cuda")
+    left, right = window
+    right = 0 if causal else right
+    lo = (rows + off - left).clamp(min=0) if left >= 0 else torch.zeros_like(rows)
+    hi = (rows + off + right).clamp(max=Sk - 1) if right >= 0 else torch.full_like(rows, Sk - 1)
+    dead = lo > hi  # rows that see no key
+    if dead.any():
+        assert (out[:, dead] == 0).all()
+        sink = kw.get("learnable_sink")
+        expect = torch.full((Hq,), -math.inf, device="cuda") if sink is None else sink
+        assert torch.equal(lse[:, :, dead], expect.view(1, Hq, 1).expand(B, Hq, int(dead.sum())))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("Sq,Sk", [(256, 640), (640, 256)], ids=["sq-lt-sk", "sq-gt-sk"])
+def test_hopper_fwd_causal_top_left_cuda(Sq, Sk):
+    """Causal aligned top-left (causal_offset 0, as scaled_dot_product_attention) with Sq != Sk,
+    through attn_fwd_impl, GQA: the Gluon forward, within the policy of float64."""
+    _needs_hopper()
+    B, H, Hkv, D = 2, 8, 2, 128
+    q = randn(B, H, Sq, D, dtype=bf16, device="cuda")
+    k, v = (randn(B, Hkv, Sk, D, dtype=bf16, device="cuda") for _ in range(2))
+    scale = 1 / math.sqrt(D)
+    n = launch.hopper_fwd_launches
+    out, lse = launch.attn_fwd_impl(q, k, v, None, scale, True, 0, False, False)
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    ref, ref_lse = naive_attention(q.cpu(), k.cpu(), v.cpu(), scale=scale, causal="top_left")
+    pt, pt_lse = attention_reference(q, k, v, scale=scale, causal=True, causal_align="top_left", compute_dtype=bf16)
+    mag = data_magnitude(q, k, v)
+    assert_close_policy(out, ref, pt, name="out", data_magnitude=mag)
+    assert_close_policy(lse, ref_lse, pt_lse, name="lse", data_magnitude=mag)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_features_gradients_cuda(causal):
+    """Gradients (q, k, v and the sink, with a gradient at lse too) through flash_attn_func with
+    softcap, ALiBi (B, H), a sink, a window and Sq < Sk: the Triton backward on the Gluon forward's
+    out and lse (the Gluon backward refuses these: it does not launch), within the policy of
+    float64."""
+    _needs_hopper()
+    B, Sq, Sk, Hq, Hkv, D = 2, 384, 512, 8, 2, 128
+    q = randn(B, Sq, Hq, D, dtype=bf16, device="cuda", requires_grad=True)
+    k, v = (randn(B, Sk, Hkv, D, dtype=bf16, device="cuda", requires_grad=True) for _ in range(2))
+    alibi = _slopes(B, Hq, True)
+    sink = (randn(Hq) * 2).cuda().requires_grad_()
+    kw = dict(causal=causal, window_size=(200, -1), softcap=2.0)
+    n, nb = launch.hopper_fwd_launches, launch.hopper_bwd_launches
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, alibi_slopes=alibi, learnable_sink=sink,
+                                               return_attn_probs=True, backend="triton", **kw)
+    dout = randn(*out.shape, dtype=bf16, device="cuda")
+    dlse = randn(*lse.shape, device="cuda")
+    grads = torch.autograd.grad((out, lse), (q, k, v, sink), (dout, dlse))
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    assert launch.hopper_bwd_launches == nb, "the Gluon backward ran on features it does not have"
+    ref_in = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    ref_sink = sink.detach().cpu().double().requires_grad_()
+    ref_out, ref_lse = f64_flash_attention(*ref_in, alibi=alibi.cpu(), sink=ref_sink, **kw)
+    pt_in = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
+    pt_sink = sink.detach().clone().requires_grad_()
+    pt_out, pt_lse = attention_reference(*pt_in, causal_align="bottom_right", alibi_slopes=alibi, sink=pt_sink,
+                                         compute_dtype=bf16, **kw)
+    mag = data_magnitude(q, k, v)
+    assert_close_policy(out, ref_out, pt_out.transpose(1, 2), name="out", data_magnitude=mag)
+    assert_close_policy(lse, ref_lse, pt_lse, name="lse", data_magnitude=mag)
+    ref_g = torch.autograd.grad((ref_out, ref_lse), ref_in + [ref_sink], (dout.cpu().double(), dlse.cpu().double()))
+    pt_g = torch.autograd.grad((pt_out, pt_lse), pt_in + [pt_sink], (dout.transpose(1, 2), dlse))
+    gmag = max(mag, data_magnitude(dout, dlse))
+    for name, g, r, p in zip(("dq", "dk", "dv", "dsink"), grads, ref_g, pt_g):
+        if name != "dsink":
+            p = p.transpose(1, 2)
+        assert_close_policy(g, r, p, factor=3.0, name=name, data_magnitude=gmag, dtype=bf16)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_hopper_fwd_features_under_torch_compile_cuda():
+    """Compiled with every feature (window, softcap, ALiBi, sink; Sq < Sk, causal): the graph's
+    opaque op runs the Gluon kernel, one launch a call, bit for bit the eager result."""
+    _needs_hopper()
+    q, k, v = make_inputs(Case("fa", bf16, 2, 8, 2, 256, 384, 128, causal=True, backward=False), "cuda",
+                          requires_grad=False)
+    alibi = _slopes(2, 8, True)
+    sink = (randn(8) * 2).cuda()
+
+    def f(q, k, v):
+        return flashkernels.flash_attn_func(q, k, v, causal=True, window_size=(100, -1), softcap=5.0,
+                                            alibi_slopes=alibi, learnable_sink=sink, backend="triton")
+
+    compiled = torch.compile(f, fullgraph=True)
+    compiled(q, k, v)
+    n = launch.hopper_fwd_launches
+    out_c = compiled(q, k, v)
+    assert launch.hopper_fwd_launches == n + 1, "the compiled graph did not run the Gluon forward"
+    out_e = f(q, k, v)
+    assert launch.hopper_fwd_launches == n + 2
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_opcheck_attn_fwd_hopper_features_cuda():
+    """opcheck of attn_fwd on a call with every feature (the Gluon path, eager and traced) and of
+    attn_fwd_hopper itself with them."""
+    _needs_hopper()
+    q = _bshd(2, 256, 4, dtype=bf16, device="cuda")
+    k, v = (_bshd(2, 384, 2, dtype=bf16, device="cuda") for _ in range(2))
+    alibi = _slopes(2, 4, True)
+    sink = randn(4).cuda()
+    scale = 1 / math.sqrt(128)
+    n = launch.hopper_fwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_fwd.default,
+                          (q, k, v, None, scale, True, 128, True, False, 100, -1, 5.0, alibi, sink))
+    assert launch.hopper_fwd_launches > n
+    torch.library.opcheck(torch.ops.flashkernels.attn_fwd_hopper.default,
+                          (q, k, v, scale, True, True, 128, 100, -1, 5.0, alibi, sink))
 
 
 def _racecheck_sites(script: Path) -> tuple[str, set]:

@@ -13,9 +13,10 @@ Block sizes come from :func:`fwd_config` / :func:`bwd_configs`, chosen from the 
 and the device's shared memory; under Triton's interpreter small blocks exercise the masked paths
 at small sizes.
 
-On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, D = 128,
-Sq = Sk a multiple of 128, q/k/v strides that TMA can read as a 2-D matrix: (B, S, H, D) or
-(B, H, S, D) storage, or slices of a packed qkv; no mask or other feature) runs the
+On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, a head
+dim of HOPPER_FWD_CONFIGS, Sq and Sk multiples of 128, q/k/v strides that TMA can read as a 2-D
+matrix: (B, S, H, D) or (B, H, S, D) storage, or slices of a packed qkv; causal either alignment,
+sliding window, softcap, ALiBi and the learnable sink too; no mask, no varlen) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
 faster there. It fills the same out and lse, so the backward is the same. Eager calls launch it
 directly; traced ones (torch.compile, make_fx) record the opaque custom op
@@ -24,7 +25,8 @@ directly; traced ones (torch.compile, make_fx) record the opaque custom op
 tensors' data pointers when built, which fake tensors do not have, and Inductor would have to
 emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
-The backward of the same cases runs the Gluon kernel of kernels/bwd_hopper.py (dQ by fp32
+The backward of the plain cases (no window, softcap, ALiBi or sink; Sq = Sk, causal_offset 0:
+:func:`hopper_bwd_reason`) runs the Gluon kernel of kernels/bwd_hopper.py (dQ by fp32
 atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton kernels),
 the same way (eager direct, traced through ``flashkernels::attn_bwd_hopper``);
 ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
@@ -325,8 +327,9 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
     are; shapes, strides and features only, no device query (unit-testable on CPU tensors).
     ``check_pointers=False`` skips the 16-byte alignment of the data pointers (fake tensors have
     none; the custom op checks them when it runs). ``bshd`` does not matter: the kernel writes
-    either output layout. ``head_dims``: the head dims accepted (default: the forward's,
-    ``HOPPER_FWD_CONFIGS``)."""
+    either output layout. The features the kernel has (causal at any causal_offset, sliding window,
+    softcap, ALiBi, sink, Sq != Sk) pass here; :func:`hopper_bwd_reason` refuses them itself.
+    ``head_dims``: the head dims accepted (default: the forward's, ``HOPPER_FWD_CONFIGS``)."""
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     head_dims = tuple(HOPPER_FWD_CONFIGS) if head_dims is None else head_dims
@@ -336,22 +339,17 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
         return f"head dim {D}: {' or '.join(map(str, head_dims))} only"
     if mask is not None:
         return "an attention mask"
-    if _window_args(window_left, window_right, causal, S, Sk)[0]:
-        return f"a sliding window {(window_left, window_right)}"
-    if softcap > 0:
-        return "softcap"
-    if alibi_slopes is not None:
-        return "ALiBi slopes"
-    if sink is not None:
-        return "a learnable sink"
     if cu_seqlens_q is not None:
         return "packed sequences (varlen)"
-    if S != Sk:
-        return f"Sq {S} != Sk {Sk}"
-    if causal and causal_offset != 0:
-        return f"causal_offset {causal_offset}: the kernel's diagonal is i = j"
     if S % HOPPER_BLOCK_M or S == 0:
         return f"seqlen {S}: a positive multiple of {HOPPER_BLOCK_M} only"
+    if Sk % HOPPER_BLOCK_M or Sk == 0:
+        return f"seqlen_k {Sk}: a positive multiple of {HOPPER_BLOCK_M} only"
+    # (the window, softcap, ALiBi and sink are the kernel's; its int32 index arithmetic adds up to
+    # four of these)
+    if max(S + Sk, abs(causal_offset), window_left, window_right) > _INT32_MAX // 4:
+        return (f"causal_offset {causal_offset} or window {(window_left, window_right)}: past the kernel's "
+                "int32 index arithmetic")
     if not scale > 0:
         return f"scale {scale}: positive only (the row max is taken before scaling)"
     if Hkv == 0 or H % Hkv:
@@ -397,34 +395,66 @@ def _hopper_desc(t: torch.Tensor, rows: int):
     return desc, (view.rb, view.rh, view.ch)
 
 
-def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool) -> None:
-    """Fill ``out`` ((B, H, S, D), (B, S, H, D) or (B, H, S, D) storage) and ``lse`` ((B, H, S)
-    float32) with the Gluon kernel; the arguments must pass :func:`hopper_fwd_reason`."""
+def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int = 0, window_left: int = -1,
+               window_right: int = -1, softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None,
+               sink: Optional[torch.Tensor] = None) -> None:
+    """Fill ``out`` ((B, H, Sq, D), (B, S, H, D) or (B, H, S, D) storage) and ``lse`` ((B, H, Sq)
+    float32) with the Gluon kernel; the arguments (attn_fwd_impl's) must pass
+    :func:`hopper_fwd_reason`."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
+    Sk = k.shape[2]
     block_n, stages = HOPPER_FWD_CONFIGS[D]
+    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
+    if causal and (causal_offset != 0 or S > Sk):  # the kernel's CAUSAL is j <= i, every row inside Sk
+        has_window, causal, wl, wr = True, False, S + Sk, 0
     wg_m = HOPPER_BLOCK_M // 2  # q and out move in blocks of one consumer warpgroup's rows
     (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, block_n),
                                               _hopper_desc(v, block_n), _hopper_desc(out, wg_m))
+    alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
     fwd_hopper.attn_fwd_hopper_kernel[(S // HOPPER_BLOCK_M, B * H)](
-        dq, dk, dv, do, lse, scale, S, H, H // k.shape[1], *cq, *ck, *cv, *co,
+        dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
+        causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
         HEAD_DIM=D, BLOCK_M=HOPPER_BLOCK_M, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+        SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
         num_warps=4, maxnreg=fwd_hopper.MAXNREG,
     )
     hopper_fwd_launches += 1
 
 
+def _hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink) -> dict:
+    """:func:`hopper_fwd`'s keyword arguments for the features a call uses (none for a plain one)."""
+    feats = {}
+    if causal_offset != 0:
+        feats["causal_offset"] = causal_offset
+    if (window_left, window_right) != (-1, -1):
+        feats.update(window_left=window_left, window_right=window_right)
+    if softcap > 0:
+        feats["softcap"] = softcap
+    if alibi_slopes is not None:
+        feats["alibi_slopes"] = alibi_slopes
+    if sink is not None:
+        feats["sink"] = sink
+    return feats
+
+
 def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-                         bshd: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                         bshd: bool, causal_offset: int = 0, window_left: int = -1, window_right: int = -1,
+                         softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None,
+                         sink: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The Gluon forward as an opaque op for traced graphs (eager calls launch it directly): the
-    arguments passed :func:`hopper_fwd_layout_reason` when traced; the data pointers, which only
-    exist now, are checked here (a misaligned one runs the Triton kernel)."""
+    arguments (attn_fwd_impl's of the same names) passed :func:`hopper_fwd_layout_reason` when
+    traced; the data pointers, which only exist now, are checked here (a misaligned one runs the
+    Triton kernel)."""
     B, H, S, D = q.shape
     out = _empty_like_layout(B, H, S, D, bshd, q)
     lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if any(t.data_ptr() % 16 for t in (q, k, v)):
-        return _attn_fwd_triton(q, k, v, None, scale, causal, 0, bshd, False, out, lse)
-    hopper_fwd(q, k, v, out, lse, scale, causal)
+        return _attn_fwd_triton(q, k, v, None, scale, causal, causal_offset, bshd, False, out, lse, window_left,
+                                window_right, softcap, alibi_slopes, sink,
+                                _features(q, k, alibi_slopes, sink, None, None, 0, 0))
+    hopper_fwd(q, k, v, out, lse, scale, causal,
+               **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink))
     return out, lse
 
 
@@ -443,7 +473,8 @@ hopper_bwd_launches = 0  # Gluon backward launches in this process
 def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                       alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
     """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py), else why not: the
-    forward's conditions (:func:`hopper_fwd_reason`), its own switch, a TMA view of dO, and int32
+    forward's conditions (:func:`hopper_fwd_reason`), none of the forward's features (window,
+    softcap, ALiBi, sink, Sq != Sk, a causal_offset), its own switch, a TMA view of dO, and int32
     element offsets into the dQ accumulator and the per-head dK / dV."""
     if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
         return f"turned off ({HOPPER_BWD_ENV}=0)"
@@ -456,6 +487,20 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
                                    head_dims=HOPPER_BWD_HEAD_DIMS)
     if why is not None:
         return why
+    # The forward's features that the Gluon backward does not have (its diagonal is i = j, Sq = Sk)
+    Sq, Sk = q.shape[2], k.shape[2]
+    if _window_args(window_left, window_right, causal, Sq, Sk)[0]:
+        return f"a sliding window {(window_left, window_right)}"
+    if softcap > 0:
+        return "softcap"
+    if alibi_slopes is not None:
+        return "ALiBi slopes"
+    if sink is not None:
+        return "a learnable sink"
+    if Sq != Sk:
+        return f"Sq {Sq} != Sk {Sk}"
+    if causal and causal_offset != 0:
+        return f"causal_offset {causal_offset}: the kernel's diagonal is i = j"
     view = _hopper_view(do)
     if view is None:
         return f"dO's strides {tuple(do.stride())}: no 2-D view with a 16-byte row stride for TMA"
@@ -545,8 +590,10 @@ def attn_fwd_impl(
     if hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                          alibi_slopes, sink, cu_seqlens_q) is None:
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
-            return torch.ops.flashkernels.attn_fwd_hopper(q, k, v, scale, causal, bshd)
-        hopper_fwd(q, k, v, out, lse, scale, causal)
+            return torch.ops.flashkernels.attn_fwd_hopper(q, k, v, scale, causal, bshd, causal_offset, window_left,
+                                                          window_right, softcap, alibi_slopes, sink)
+        hopper_fwd(q, k, v, out, lse, scale, causal,
+                   **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink))
         return out, lse
     return _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, out, lse, window_left,
                             window_right, softcap, alibi_slopes, sink, f)
@@ -692,7 +739,8 @@ def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd):
 
 
 @attn_fwd_hopper.register_fake
-def _attn_fwd_hopper_fake(q, k, v, scale, causal, bshd):
+def _attn_fwd_hopper_fake(q, k, v, scale, causal, bshd, causal_offset=0, window_left=-1, window_right=-1, softcap=0.0,
+                          alibi_slopes=None, sink=None):
     B, H, S, D = q.shape
     return _empty_like_layout(B, H, S, D, bshd, q), q.new_empty((B, H, S), dtype=torch.float32)
 

@@ -25,16 +25,34 @@ Schedule of one consumer warpgroup (n = number of key blocks it sees):
         wait until 0 in flight           -> O is ready; release V_j; O *= alpha
     O += P_{n-1} V_{n-1}; O /= l; lse = (m + log2 l) * ln 2; O staged in Q's buffer, TMA store
 
-Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or fp16, D = 128,
-Sq = Sk = S a multiple of BLOCK_M, H a multiple of Hkv (GQA), scale > 0 (the row max is taken
-before scaling), no mask / window / softcap / ALiBi / sink / varlen; causal is top-left =
-bottom-right (Sq = Sk). Each of q, k, v and out is read or written through a 2-D TMA descriptor
-(launch._hopper_view): row m of head h of batch b is row b*rb + h*rh + m of the matrix, its D
-values start at column h*ch, so (B, S, H, D) storage (rb = S, rh = 0, ch = D), (B, H, S, D)
-storage (rb = H*S, rh = S, ch = 0) and slices of a packed qkv all go through the same code; a
-block of BLOCK_M or BLOCK_N rows never crosses a (batch, head), as S is a multiple of both. TMA
-coordinates and the lse offsets are int32; the grid is (S / BLOCK_M, B·H), so B·H <= 65535. lse is
-(B, H, S) float32, natural log.
+Features (constexpr flags of the one kernel, each off in the plain build, whose loop they leave
+as it was): SOFTCAP (s = softcap·tanh(s·scale/softcap) with tanh.approx.f32, as kernels/fwd.py on
+a GPU; the row max is then taken over the tanh, times softcap·log2 e), ALIBI (-slope·|i + off - j|
+with |i + off - j| exact in fp32, in the raw scores' units before the max; slopes (H,) or (B, H)
+through a pointer and batch/head strides), SINK (one more logit a row, no value: the running max
+and sum start at it), WINDOW (keys i + off - left .. i + off + right, off = causal_offset; both
+the producer and the consumers walk the CTA's key blocks [lo, lo + n), the union of its rows'
+windows; masks only on the blocks some row of the warpgroup does not see whole; a row that sees
+nothing yet takes its exponent against 0, and one that saw no key ends as out 0, lse -inf (with a
+sink: out 0, lse = sink); a CTA whose rows see no key runs one block, all masked). CAUSAL is the
+diagonal j <= i (causal_offset 0, Sq <= Sk); every other causal call (bottom-right with Sq != Sk,
+top-left with Sq > Sk) comes as WINDOW with right = 0.
+
+Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or fp16, a head dim
+of launch.HOPPER_FWD_CONFIGS, Sq and Sk multiples of BLOCK_M (so of BLOCK_N too), H a multiple of
+Hkv (GQA), scale > 0 (the row max is taken before scaling), no mask, no varlen. Each of q, k, v
+and out is read or written through a 2-D TMA descriptor (launch._hopper_view): row m of head h of
+batch b is row b*rb + h*rh + m of the matrix, its D values start at column h*ch, so (B, S, H, D)
+storage (rb = S, rh = 0, ch = D), (B, H, S, D) storage (rb = H*S, rh = S, ch = 0) and slices of a
+packed qkv all go through the same code; a block of BLOCK_M or BLOCK_N rows never crosses a
+(batch, head), as Sq and Sk are multiples of both. TMA coordinates, the lse offsets and the
+window arithmetic are int32; the grid is (Sq / BLOCK_M, B·H), so B·H <= 65535. lse is (B, H, Sq)
+float32, natural log.
+
+Features measured on an H200 (bf16, B = 4, S = 4096, H = 16, D = 128, triton.testing.do_bench
+of launch.attn_fwd_impl; time over the plain Gluon forward's): softcap +23% non-causal / +22%
+causal (a second MUFU op a score: the tanh), ALiBi +15% / +8% (two FP32 ops a score), sink +3% /
+0%; with each feature (and a 1024-key window) 1.27-1.45x the Triton kernel with the same one.
 
 Measured on an H100 (bf16, D = 128, ``python scripts/exp_gluon_fwd.py``: B·S = 16384 at S =
 4096 and 16384 with H = 16, and B = 2, S = 8192, H = 32, Hkv = 8 causal): 620-640 TF/s
@@ -45,7 +63,9 @@ register budgets 240 (consumers) / 24 (producer), launched with maxnreg = 168. A
 same structure gained nothing over the Triton kernel, so it is not used there. (Measured with the
 experiment's kernel; this port of it at that config compiles to the same inner-loop SASS.)
 
-Not done: persistent scheduling, long-first causal order, D = 256, three consumer warpgroups.
+Not done: persistent scheduling, long-first causal order, three consumer warpgroups; offloading
+part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
+want.
 
 Without a triton whose Gluon has these Hopper modules the definitions below are inert and
 ``AVAILABLE`` is False, with the reason in ``UNAVAILABLE_REASON``; the package imports either way.
@@ -97,18 +117,57 @@ PRODUCER_REGS = gl.constexpr(24)
 MAXNREG = 168
 
 
+LOG2E = gl.constexpr(1.4426950408889634)
+LN2 = gl.constexpr(0.6931471805599453)
+
+
 @gluon.jit
-def _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, start_n,
-                  BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, s_layout: gl.constexpr):
+def _tanh_approx(x):
+    """The GPU's tanh.approx.f32 (one MUFU op, relative error ~2^-11), as kernels/fwd.py's
+    _softcap_tanh uses for fp16/bf16 inputs: the softcap's tanh."""
+    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0, diag, win_lo, win_hi, mask_lo, mask_hi,
+                  start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
+                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
-    m in log2 units (scores times qk_scale = scale·log2 e)."""
-    if CAUSAL:
+    m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi).
+
+    Plain: the row max is taken over the raw products and qk_scale = scale·log2 e goes into the
+    exponent's FMA. SOFTCAP: s = tanh(s · cap_scale) (cap_scale = scale / softcap) first, with
+    qk_scale = softcap·log2 e (the cap is > 0: the max still commutes with the scaling). ALIBI:
+    s - slope·|diag - j| (slope: the ALiBi slope over the scores' scale, so that qk_scale times it
+    is the slope in log2 units), before the max.
+    CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
+    WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
+    [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
+    the exponent is then taken against 0, as kernels/fwd.py does."""
+    if SOFTCAP:
+        s = _tanh_approx(s * cap_scale)
+    if WINDOW:
+        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    if ALIBI:
+        # diag - j exactly (integers below 2^24 in fp32); the bias in the raw scores' units
+        d = (diag - start_n).to(gl.float32)[:, None] - \
+            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
+        s = s - slope * gl.abs(d)
+    if CAUSAL:  # (top-left = bottom-right: causal_offset 0)
         if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
             offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
             s = gl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+    if WINDOW:
+        if (start_n < mask_lo) | (start_n > mask_hi):
+            s = gl.where((offs_n[None, :] >= win_lo[:, None]) & (offs_n[None, :] <= win_hi[:, None]), s,
+                         float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-    p = gl.exp2(s * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
+    m_ref = m_new
+    if WINDOW:  # a row that has seen no key yet: exp2(-inf - 0) = 0, not NaN
+        m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(s * qk_scale - m_ref[:, None])
+    alpha = gl.exp2(m_i - m_ref)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
 
@@ -139,31 +198,43 @@ def _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0, start_n,
 
 
 @gluon.jit
-def _ws_tile(S, H, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """(pid_bh, b, h, m0, n_blocks) of this CTA: rows m0 .. m0 + BLOCK_M of (b, h), and how many
-    key blocks they see (causal: up to the diagonal; Sq = Sk, BLOCK_M a multiple of BLOCK_N)."""
+def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+             CAUSAL: gl.constexpr, WINDOW: gl.constexpr):
+    """(pid_bh, b, h, m0, lo, n_blocks) of this CTA: rows m0 .. m0 + BLOCK_M of (b, h) and the key
+    blocks lo .. lo + n_blocks - 1 they see. CAUSAL (causal_offset 0, SQ <= SK): up to the last
+    row's diagonal. WINDOW: the union of the rows' windows [i + off - left, i + off +
+    right]; when no row sees a key, one block all masked (so that every CTA runs one block)."""
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
     m0 = pid_m * BLOCK_M
-    if CAUSAL:
+    if WINDOW:
+        lo_key = gl.maximum(m0 + causal_offset - window_left, 0)
+        hi_key = gl.minimum(gl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), SK)
+        lo = gl.minimum(lo_key // BLOCK_N, SK // BLOCK_N - 1)
+        n_blocks = gl.maximum((hi_key + BLOCK_N - 1) // BLOCK_N - lo, 1)
+    elif CAUSAL:  # causal_offset 0 and SQ <= SK (the launcher passes any other causal call as WINDOW)
+        lo = 0
         n_blocks = (m0 + BLOCK_M) // BLOCK_N
     else:
-        n_blocks = S // BLOCK_N
-    return pid_bh, pid_bh // H, pid_bh % H, m0, n_blocks
+        lo = 0
+        n_blocks = SK // BLOCK_N
+    return pid_bh, pid_bh // H, pid_bh % H, m0, lo, n_blocks
 
 
 @gluon.jit
 def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                 S, H, GROUP, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
-                 WG_M: gl.constexpr, NUM_WG: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-    _, b, h, m0, n_blocks = _ws_tile(S, H, NUM_WG * WG_M, BLOCK_N, CAUSAL)
+                 SQ, SK, H, GROUP, causal_offset, window_left, window_right,
+                 q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+                 WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr):
+    _, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
+                                         BLOCK_N, CAUSAL, WINDOW)
     hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
     # Row m of head h of batch b is row b*rb + h*rh + m, columns h*ch .. + D, of a tensor's 2-D view
     # (see launch._hopper_view).
     row_q = b * q_rb + h * q_rh + m0
-    row_k = b * k_rb + hk * k_rh
-    row_v = b * v_rb + hk * v_rh
+    row_k = b * k_rb + hk * k_rh + lo * BLOCK_N
+    row_v = b * v_rb + hk * v_rh + lo * BLOCK_N
     for w in gl.static_range(NUM_WG):
         mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
         tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w), q_smem.index(w))
@@ -179,12 +250,16 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
 
 
 @gluon.jit
-def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
-                 v_empty, S, H, o_rb, o_rh, o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                 k_ready, k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right,
+                 alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
+                 HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
+                 STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
+                 SINK: gl.constexpr, WINDOW: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile."""
     dtype: gl.constexpr = desc_o.dtype
-    pid_bh, b, h, m0, n_blocks = _ws_tile(S, H, NUM_WG * WG_M, BLOCK_N, CAUSAL)
+    pid_bh, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
+                                              BLOCK_N, CAUSAL, WINDOW)
     m0w = m0 + W * WG_M
     # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -196,10 +271,31 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_w = q_smem.index(W)
 
-    qk_scale = sm_scale * 1.4426950408889634
+    if SOFTCAP:  # s = softcap * tanh(q·kᵀ · scale / softcap), in log2 units
+        cap_scale = sm_scale / softcap
+        qk_scale = softcap * LOG2E
+    else:
+        cap_scale = sm_scale
+        qk_scale = sm_scale * LOG2E
+    slope = 0.0
+    if ALIBI:  # the slope of (b, h) over the scores' scale: qk_scale * slope = slope * log2 e
+        slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
     offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
-    m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+    diag = offs_m + causal_offset  # row i's diagonal (ALiBi, WINDOW)
+    diag0 = m0w + causal_offset
+    # WINDOW: row i sees keys [diag - left, diag + right]; blocks from mask_lo to mask_hi every row
+    # of this warpgroup sees whole
+    win_lo = diag - window_left
+    win_hi = diag + window_right
+    mask_lo = diag0 + WG_M - 1 - window_left
+    mask_hi = diag0 + window_right - BLOCK_N + 1
+    if SINK:  # the sink: a key already seen, its logit the first max, exp2(0) = 1 in the sum
+        sink = gl.load(Sink + h).to(gl.float32)
+        m_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s) + sink * LOG2E
+        l_i = gl.full([WG_M], 1.0, gl.float32, layout=row_s)
+    else:
+        m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
@@ -209,7 +305,9 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
     s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
-    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0w, 0, BLOCK_N, CAUSAL, s_layout)
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0w, diag, win_lo, win_hi,
+                                       mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, WINDOW,
+                                       s_layout)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
@@ -223,8 +321,9 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
         # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
         s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_w, k_smem.index(nxt)))
         mbarrier.arrive(k_empty.index(nxt))  # S_{j+1} retired: K_{j+1} released by this warpgroup
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, offs_m, m0w, (j + 1) * BLOCK_N, BLOCK_N, CAUSAL,
-                                           s_layout)
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0w, diag, win_lo, win_hi,
+                                           mask_lo, mask_hi, (lo + j + 1) * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
+                                           ALIBI, WINDOW, s_layout)
         # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
         # inside a basic block: without a fence it issues the wait_group 0 below right after the
         # first SHFL of the softmax, so the softmax does not overlap the P_j V_j wgmma. A
@@ -252,9 +351,19 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
     acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
     mbarrier.arrive(v_empty.index(last % STAGES))
 
-    out = acc / gl.convert_layout(l_i, row_o)[:, None]
-    lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
-    gl.store(Lse + pid_bh * S + offs_m, lse)
+    if WINDOW and not SINK:  # a row that saw no key: out 0, lse -inf
+        empty = l_i == 0.0
+        l_safe = gl.where(empty, 1.0, l_i)
+        out = acc / gl.convert_layout(l_safe, row_o)[:, None]
+        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * LN2)
+    else:  # (with a sink l >= 1)
+        out = acc / gl.convert_layout(l_i, row_o)[:, None]
+        lse = (m_i + gl.log2(l_i)) * LN2
+    if SINK:
+        # While the sink is the row's max, its logit as is (kernels/fwd.py: m * ln 2 would add two
+        # roundings, which d sink multiplies by a sum over every row)
+        lse = gl.where(m_i == sink * LOG2E, sink + gl.log2(l_i) * LN2, lse)
+    gl.store(Lse + pid_bh * SQ + offs_m, lse)
     # This warpgroup's Q buffer is free (its q·kᵀ wgmmas all retired; only it reads Q_w): stage
     # the output rows there for the TMA store.
     q_w.store(out.to(dtype))
@@ -264,18 +373,30 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
-def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, GROUP,
+def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_scale, softcap,
+                           SQ, SK, H, GROUP, causal_offset, window_left, window_right, alibi_sb, alibi_sh,
                            q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
-    """Grid (S // BLOCK_M, B * H); launch with num_warps=4 (the default partition = consumer
+                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
+                           SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
+                           WINDOW: gl.constexpr = False):
+    """Grid (SQ // BLOCK_M, B * H); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q / desc_o: 2-D views in blocks of WG_M = BLOCK_M // 2
     rows; desc_k / desc_v in blocks of BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of
-    batch b of tensor x in its view (see the module docstring). GROUP = H // Hkv; Lse (B, H, S)
-    contiguous float32."""
+    batch b of tensor x in its view (see the module docstring). SQ, SK: the query and key rows of
+    a head (multiples of BLOCK_M and BLOCK_N). GROUP = H // Hkv; Lse (B, H, SQ) contiguous float32.
+
+    Row i sees key j iff (CAUSAL, only with causal_offset 0 and SQ <= SK) j <= i, or (WINDOW)
+    i + causal_offset - window_left <= j <= i + causal_offset + window_right (both >= 0; an
+    unbounded side is a bound no row reaches; any other causal call comes as WINDOW with
+    window_right 0); else every key. SOFTCAP: scores = softcap * tanh(scores * sm_scale /
+    softcap), softcap > 0. ALIBI: adds -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
+    SINK: Sink[h] is one more logit in each row's softmax, with no value. The pointers of the
+    features off are not read."""
     NUM_WG: gl.constexpr = 2
     WG_M: gl.constexpr = BLOCK_M // NUM_WG
     gl.static_assert(num_warps == 4)
+    gl.static_assert(not (CAUSAL and WINDOW))
     dtype: gl.constexpr = desc_q.dtype
     q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
@@ -297,10 +418,15 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, sm_scale, S, H, 
     # (the argument tuples are written out in the call: a tuple assigned to a name first would turn
     # its constexprs into tensors)
     gl.warp_specialize([
-        (_ws_consumer, (0, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
-        (_ws_consumer, (1, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+        (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                        k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                        alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                        ALIBI, SINK, WINDOW)),
+        (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                        k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                        alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                        ALIBI, SINK, WINDOW)),
         (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        S, H, GROUP, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)),
+                        SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
+                        k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
