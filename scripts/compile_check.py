@@ -143,22 +143,20 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
     return out.metadata.shared, rep
 
 
-def compile_hopper_fwd(dtype, causal: bool, sass=False, softcap=False, alibi=False, sink=False, window=False):
-    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it, with its feature
-    flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as the
-    launcher passes them)."""
+def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM):
+    """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it at head dim D
+    (its config from launch.HOPPER_FWD_CONFIGS)."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
-    D = launch.HOPPER_HEAD_DIM
+    block_n, stages = launch.HOPPER_FWD_CONFIGS[D]
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     wg_m = launch.HOPPER_BLOCK_M // 2
-    descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", launch.HOPPER_BLOCK_N),
-                                                              ("desc_v", launch.HOPPER_BLOCK_N), ("desc_o", wg_m))}
-    consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=launch.HOPPER_BLOCK_N,
-                  STAGES=launch.HOPPER_STAGES, CAUSAL=causal and not window, num_warps=4,
-                  SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
-    types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32"}
-    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
+    descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", block_n),
+                                                              ("desc_v", block_n), ("desc_o", wg_m))}
+    consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+                  num_warps=4)
+    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, {"Lse": "*fp32"}, consts, fwd_hopper.MAXNREG,
+                          sass)
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
