@@ -13,7 +13,7 @@ Block sizes come from :func:`fwd_config` / :func:`bwd_configs`, chosen from the 
 and the device's shared memory; under Triton's interpreter small blocks exercise the masked paths
 at small sizes.
 
-On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, D = 128,
+On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, D = 128 or 256,
 Sq = Sk a multiple of 128, q/k/v strides that TMA can read as a 2-D matrix: (B, S, H, D) or
 (B, H, S, D) storage, or slices of a packed qkv; no mask or other feature) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
