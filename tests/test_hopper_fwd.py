@@ -63,6 +63,7 @@ def test_eligible_call_gives_none(machine_ok):
     assert launch.hopper_fwd_reason(**_args()) is None
     assert launch.hopper_fwd_reason(**_args(dtype=f16, causal=False, H=8, Hkv=8, B=1, S=128)) is None
     assert launch.hopper_fwd_reason(**_args(H=8, Hkv=1, S=1024)) is None  # MQA
+    assert launch.hopper_fwd_reason(**_args(D=256)) is None  # each head dim of HOPPER_FWD_CONFIGS
     # a window that is plain causal normalises to the causal path
     assert launch.hopper_fwd_reason(**_args(window_left=-1, window_right=0)) is None
     # bottom-right causal with Sq = Sk: offset Sk - Sq = 0
@@ -93,7 +94,7 @@ def _bhsd_meta(B, H, S, D=128):
 INELIGIBLE = [
     ("fp32", lambda: _args(dtype=torch.float32), "dtype"),
     ("d64", lambda: _args(D=64), "head dim 64"),
-    ("d256", lambda: _args(D=256), "head dim 256"),
+    ("d96", lambda: _args(D=96), "head dim 96"),
     ("mask", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)), "mask"),
     ("window", lambda: _args(window_left=64), "sliding window"),
     ("window-noncausal", lambda: _args(causal=False, window_left=-1, window_right=0), "sliding window"),
