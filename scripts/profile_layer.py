@@ -32,10 +32,12 @@ from flashkernels.integrations import transformers as fk_hf
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=1, help="sequences in the batch (bench ops --layer-batch)")
     ap.add_argument("--host", action="store_true", help="host time per step instead of kernel time")
     ap.add_argument("--syncs", action="store_true",
                     help="the operations of one step that synchronise the host with the GPU, with their stacks")
     args = ap.parse_args()
+    ops.LAYER["batch"] = args.batch
     if args.syncs:
         return syncs()
     if args.host:

@@ -85,6 +85,17 @@ def test_ops_bad_name_is_a_clear_error(capsys, value, bad):
     assert "rmsnorm, residual, swiglu, rope, layer" in err
 
 
+def test_layer_batch_default_and_bad_values(capsys):
+    assert _parser().parse_args([]).layer_batch == 1
+    assert _parser().parse_args(["--layer-batch", "4"]).layer_batch == 4
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exc:
+            _parser().parse_args(["--layer-batch", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--layer-batch" in err and f"expected a positive integer, got {bad!r}" in err
+
+
 def test_parse_ops_raises_argument_type_error():
     with pytest.raises(argparse.ArgumentTypeError, match="unknown ops 'a', 'b'"):
         ops.parse_ops("a,swiglu,b")

@@ -154,6 +154,7 @@ def gpu_cases() -> list[Case]:
         # the cases of the Gluon Hopper forward (on an H100; the Triton kernel elsewhere)
         Case("flash_attn_func", "triton", torch.bfloat16, 2, 8, 2, 1024, 1024, 128, causal=True),
         Case("flash_attn_func", "triton", torch.float16, 1, 8, 8, 512, 512, 128),
+        Case("flash_attn_func", "triton", torch.bfloat16, 1, 4, 2, 512, 512, 256, causal=True),
         Case("flash_attn_func", "triton", torch.bfloat16, 2, 8, 2, 700, 1100, 128, causal=True, window=(256, -1),
              softcap=30.0, alibi=True, sink=True),
         Case("varlen", "triton", torch.bfloat16, 6, 8, 2, 900, 1000, 128, causal=True),
@@ -434,8 +435,8 @@ def run(device: torch.device, backends: tuple[str, ...] = ("triton", "reference"
     return report
 
 
-HOPPER_FWD_CASES = ("bf16/fp16, D=128, Sq=Sk a multiple of 128, (B, S, H, D) or (B, H, S, D) storage, "
-                    "no mask, window, softcap, ALiBi, sink or varlen")
+HOPPER_FWD_CASES = ("bf16/fp16, D=128 or 256, Sq and Sk multiples of 128, (B, S, H, D) or (B, H, S, D) "
+                    "storage, causal, window, softcap, ALiBi and sinks; no mask, no varlen")
 
 
 def _hopper_fwd_launches() -> int:
@@ -458,7 +459,8 @@ def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
     why = launch.hopper_fwd_device_reason(device)
     if why is not None:
         return False, f"off on {device}: {why}"
-    bwd = ("the backward too" if os.environ.get(launch.HOPPER_BWD_ENV, "").strip() != "0"
+    bwd = ("the backward at D=64/128 with Sq = Sk and no window, softcap, ALiBi or sink"
+           if os.environ.get(launch.HOPPER_BWD_ENV, "").strip() != "0"
            else f"the backward off ({launch.HOPPER_BWD_ENV}=0)")
     return True, (f"on for {HOPPER_FWD_CASES} ({launch.HOPPER_FWD_ENV}=0 turns it off); {bwd}, except with "
                   "deterministic=True")

@@ -10,7 +10,7 @@ Issue 4's goals, all measured in this one process, bf16:
   the two-op version (``h = x + r`` in torch, then ``rms_norm(h, w)``);
 * a one-layer Llama model (norm, attention with RoPE, norm, SwiGLU MLP) trains forward +
   backward at least 1.3x faster with ``flashkernels.integrations.transformers.apply`` than eager
-  transformers with SDPA at seqlen 4096.
+  transformers with SDPA at seqlen 4096 (batch 1, or ``--layer-batch B`` sequences).
 
 The ceiling: ``dst.copy_(src)`` on 16384 x 4096 and 16384 x 14336 bf16 tensors, bytes = 2 x
 numel x 2 (read + write); an op's ceiling ("%copy") is the copy of its own size: 16384 x 4096 for
@@ -113,7 +113,7 @@ RMS_SHAPE = (16384, 4096)
 SWIGLU_SHAPE = (16384, 14336)
 ROPE_SHAPE = (4, 4096, 32, 128)  # (B, S, H, D), rotary over all D
 COPY_SHAPES = (RMS_SHAPE, SWIGLU_SHAPE)
-LAYER = dict(seqlen=4096, hidden=4096, heads=32, kv_heads=8, intermediate=14336, max_positions=8192)
+LAYER = dict(batch=1, seqlen=4096, hidden=4096, heads=32, kv_heads=8, intermediate=14336, max_positions=8192)
 GOAL_COPY_FRACTION = 0.95
 GOAL_PEER_SPEEDUP = 1.0
 GOAL_RESIDUAL_SPEEDUP = 1.4
@@ -178,6 +178,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of {', '.join(OPS)} (default: all)")
     p.add_argument("--no-backward", action="store_true", help="forward only (the layer still runs forward + "
                                                                 "backward: that is its goal)")
+    p.add_argument("--layer-batch", type=_positive_int, default=1, metavar="B",
+                   help=f"sequences of {LAYER['seqlen']} tokens in the layer's batch (default 1; at 1 the step "
+                        "can be bound by the host's Python, not the GPU)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
 
 
 # -------------------------------------------------------------------------------- references
@@ -619,8 +632,8 @@ def layer_setup(LlamaConfig, LlamaModel):
     with torch.device(DEVICE):
         eager = LlamaModel(cfg)
     eager = eager.to(dtype=DTYPE).train()
-    x = torch.randn(1, L["seqlen"], L["hidden"], device=DEVICE, dtype=DTYPE, requires_grad=True)
-    proj = torch.randn(1, L["seqlen"], L["hidden"], device=DEVICE, dtype=torch.float32)  # fixed: the loss
+    x = torch.randn(L["batch"], L["seqlen"], L["hidden"], device=DEVICE, dtype=DTYPE, requires_grad=True)
+    proj = torch.randn(L["batch"], L["seqlen"], L["hidden"], device=DEVICE, dtype=torch.float32)  # fixed: the loss
     return eager, x, proj
 
 
@@ -643,7 +656,7 @@ def _bench_layer(report):
     op = "llama_layer"
     L = LAYER
     print(f"\n{op}: transformers LlamaModel, 1 layer, hidden {L['hidden']}, heads {L['heads']}/{L['kv_heads']}, "
-          f"intermediate {L['intermediate']}, {dtype_name(DTYPE)}, inputs_embeds (1, {L['seqlen']}, "
+          f"intermediate {L['intermediate']}, {dtype_name(DTYPE)}, inputs_embeds ({L['batch']}, {L['seqlen']}, "
           f"{L['hidden']}), training",
           flush=True)
     try:
@@ -656,7 +669,7 @@ def _bench_layer(report):
         return
     dt = DTYPE
     eager, x, proj = layer_setup(LlamaConfig, LlamaModel)
-    shape = dict(batch=1, heads_q=L["heads"], heads_kv=L["kv_heads"], seqlen_q=L["seqlen"], seqlen_k=L["seqlen"],
+    shape = dict(batch=L["batch"], heads_q=L["heads"], heads_kv=L["kv_heads"], seqlen_q=L["seqlen"], seqlen_k=L["seqlen"],
                  head_dim=L["hidden"] // L["heads"], causal=True)
     print(f"  {'provider':18s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'peak MB':>8s} {'loss':>13s}", flush=True)
 
@@ -761,6 +774,7 @@ def run(args) -> int:
         report = _Report(sink, env, ceilings)
         benches = {"rmsnorm": _bench_rms_norm, "residual": _bench_residual, "swiglu": _bench_swiglu,
                    "rope": _bench_rope}
+        LAYER["batch"] = getattr(args, "layer_batch", 1)
         for o in ops:
             if o == "layer":
                 _bench_layer(report)

@@ -464,9 +464,10 @@ def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 HOPPER_BWD_ENV = "FLASHKERNELS_HOPPER_BWD"
 HOPPER_BWD_BLOCK_M = 64
 HOPPER_BWD_HEAD_DIMS = (64, 128)
-# Measured (H200, session 5): long-first won at 256 CTAs (B=1, S=4k, 8 kv heads, causal: 1.16 ->
-# 0.75 ms) and lost 2-17% at 2048 (the FA3 grid's MHA shapes); the cut in between is a guess.
-HOPPER_BWD_LONG_FIRST_WAVES = 4
+# Measured (H200, scripts/ab_bwd_order.py, benchmarks/results/h200-2026-11-26-ab-bwd-order.txt;
+# causal, 132 SMs): long-first won by 32% at 1.9 waves (B=1, S=4k, 32/8 heads), 12% at 3.9, 1-2.5%
+# at 7.8 (the GQA shapes: B=4 S=4k, B=2 S=8k) and lost 2-21% at 15.5 waves and 11% at 31 (MHA).
+HOPPER_BWD_LONG_FIRST_WAVES = 8
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 

@@ -15,6 +15,9 @@ from . import launch  # registers torch.ops.flashkernels.rms_norm_fwd / rms_norm
 def _setup_context(ctx, inputs, output):
     x, weight, residual, eps, offset, mode = inputs
     y, h, rstd = output
+    # Unused output gradients (rstd's always, h's without a residual) arrive as None instead of
+    # materialised zeros (a fill kernel and its launch each); _backward handles None.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(h if residual is not None else x, weight, rstd)
     ctx.has_residual = residual is not None
     ctx.offset = offset
