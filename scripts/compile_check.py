@@ -162,18 +162,21 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
-    """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it."""
-    from flashkernels.ops.attention.kernels import bwd_hopper
+    """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it
+    (kernels/bwd_hopper256.py at D = 256, 64 keys a CTA; kernels/bwd_hopper.py else, 128)."""
+    from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
+    kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
+                       (bwd_hopper.attn_bwd_hopper_kernel, launch.HOPPER_BLOCK_N))
     rows = launch.HOPPER_BWD_BLOCK_M
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     lse = torch.empty(1, 2, 1024)
     descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
     descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
-    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=launch.HOPPER_BLOCK_N, STAGES=launch.HOPPER_STAGES,
+    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=launch.HOPPER_STAGES,
                   CAUSAL=causal, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
-    return _compile_gluon(bwd_hopper.attn_bwd_hopper_kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
+    return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
 
 
 def report(tag: str, build) -> bool:
@@ -248,7 +251,8 @@ def main():
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
                 if gluon and d in launch.HOPPER_BWD_HEAD_DIMS:
-                    cfg = (launch.HOPPER_BWD_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
+                    block_n = 64 if d == 256 else launch.HOPPER_BLOCK_N  # keys a CTA (bwd_hopper256 at 256)
+                    cfg = (launch.HOPPER_BWD_BLOCK_M, block_n, 4, launch.HOPPER_STAGES)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d))
     sys.exit(1 if bad else 0)

@@ -49,9 +49,9 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert launch.hopper_bwd_reason(**_bwd_args(bshd=False, do=torch.randn(2, 4, 256, 128).to(bf16))) is None
     # the forward's reasons come first
     assert "mask" in launch.hopper_bwd_reason(**_bwd_args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)))
-    assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=256))
     assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=96))
     assert launch.hopper_bwd_reason(**_bwd_args(D=64)) is None  # the backward covers D = 64 too
+    assert launch.hopper_bwd_reason(**_bwd_args(D=256)) is None  # kernels/bwd_hopper256.py
     # dO: a TMA view, aligned
     flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
     misaligned = flat[1:].view(2, 256, 4, 128).transpose(1, 2)
@@ -193,12 +193,16 @@ def test_opaque_bwd_op_fake_layouts():
 LAYOUTS = [("fa", "contig"), ("sdpa", "contig"), ("fa", "packed"), ("sdpa", "transposed")]
 
 
+# (D, S): every seqlen at D = 64 and 128 (kernels/bwd_hopper.py); two at D = 256 (its own kernel,
+# kernels/bwd_hopper256.py; the GPU run has a time budget)
+BWD_DS = [(d, s) for d in (64, 128) for s in (128, 384, 1024)] + [(256, 128), (256, 384)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("S", [128, 384, 1024])
+@pytest.mark.parametrize("D,S", BWD_DS, ids=[f"d{d}-s{s}" for d, s in BWD_DS])
 @pytest.mark.parametrize("heads", [(8, 8), (32, 8), (8, 1)], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("D", [64, 128])
 def test_hopper_bwd_cuda(D, dtype, causal, heads, S):
     """Gradients from the Gluon backward within the policy of float64 (check_case: out, lse and
     dq/dk/dv; conftest poisons the outputs, so an unwritten element fails). At D = 64 the forward
@@ -319,13 +323,14 @@ import torch, flashkernels
 from flashkernels.ops.attention import launch
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, D in [(torch.bfloat16, True, 1, 4, 2, 384, 128), (torch.float16, False, 2, 2, 1, 256, 128),
-                                    (torch.float16, False, 2, 2, 2, 256, 128), (torch.bfloat16, True, 1, 4, 2, 384, 64)]:
+                                    (torch.float16, False, 2, 2, 2, 256, 128), (torch.bfloat16, True, 1, 4, 2, 384, 64),
+                                    (torch.bfloat16, True, 1, 4, 2, 384, 256)]:
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
     k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
     flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton").sum().backward()
 torch.cuda.synchronize()
-# the forward is Gluon at D = 128 only, the backward at 64 and 128
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (3, 4), \
+# the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (4, 5), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -335,7 +340,8 @@ print("done")
 @pytest.mark.big_memory
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 def test_hopper_kernels_memcheck(tmp_path):
-    """memcheck over both Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64."""
+    """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64 and
+    256 (the backward's own kernel there)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 
@@ -347,11 +353,11 @@ def test_hopper_kernels_racecheck(tmp_path):
     """No racecheck hazard in either Gluon kernel's code, the same cases as memcheck (see
     test_hopper_fwd.assert_racecheck_only_handshake)."""
     _needs_hopper()
-    from flashkernels.ops.attention.kernels import fwd_hopper
+    from flashkernels.ops.attention.kernels import bwd_hopper256, fwd_hopper
 
     script = tmp_path / "sanitize_hopper.py"
     script.write_text(SANITIZE_HOPPER)
-    assert_racecheck_only_handshake(script, [bwd_hopper.__file__, fwd_hopper.__file__])
+    assert_racecheck_only_handshake(script, [bwd_hopper.__file__, bwd_hopper256.__file__, fwd_hopper.__file__])
 
 
 @pytest.mark.gpu

@@ -26,7 +26,8 @@ tensors' data pointers when built, which fake tensors do not have, and Inductor 
 emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
 The backward of the plain cases (no window, softcap, ALiBi or sink; Sq = Sk, causal_offset 0:
-:func:`hopper_bwd_reason`) runs the Gluon kernel of kernels/bwd_hopper.py (dQ by fp32
+:func:`hopper_bwd_reason`) runs the Gluon kernel of kernels/bwd_hopper.py at D = 64 / 128 and of
+kernels/bwd_hopper256.py at D = 256 (dQ by fp32
 atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton kernels),
 the same way (eager direct, traced through ``flashkernels::attn_bwd_hopper``);
 ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
@@ -44,7 +45,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..._interpreter import kernels_interpreted
 
-from .kernels import bwd_hopper, fwd_hopper
+from .kernels import bwd_hopper, bwd_hopper256, fwd_hopper
 from .kernels.bwd import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_bwd_preprocess_kernel
 from .kernels.fwd import attn_fwd_kernel
 
@@ -460,10 +461,12 @@ def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
 
 # ------------------------------------------------------------------ Hopper backward (Gluon)
 # kernels/bwd_hopper.py: 0.79-0.84x cuDNN where the Triton backward reads 0.58-0.62x (H200,
-# scripts/exp_gluon_bwd.py). Same cases as the forward; FLASHKERNELS_HOPPER_BWD=0 turns it off.
+# scripts/exp_gluon_bwd.py); kernels/bwd_hopper256.py (D = 256): 0.76-0.86x cuDNN, 1.56-1.73x the
+# Triton backward (H200, scripts/exp_gluon_bwd256.py). The forward's cases without its features;
+# FLASHKERNELS_HOPPER_BWD=0 turns it off.
 HOPPER_BWD_ENV = "FLASHKERNELS_HOPPER_BWD"
 HOPPER_BWD_BLOCK_M = 64
-HOPPER_BWD_HEAD_DIMS = (64, 128)
+HOPPER_BWD_HEAD_DIMS = (64, 128, 256)  # kernels/bwd_hopper.py at 64 and 128, kernels/bwd_hopper256.py at 256
 # Measured (H200, scripts/ab_bwd_order.py, benchmarks/results/h200-2026-11-26-ab-bwd-order.txt;
 # causal, 132 SMs): long-first won by 32% at 1.9 waves (B=1, S=4k, 32/8 heads), 12% at 3.9, 1-2.5%
 # at 7.8 (the GQA shapes: B=4 S=4k, B=2 S=8k) and lost 2-21% at 15.5 waves and 11% at 31 (MHA).
@@ -545,15 +548,18 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, rows), _hopper_desc(k, rows),
                                                     _hopper_desc(v, rows), _hopper_desc(do, rows))
+    # keys a CTA: 128 (two warpgroups of 64) at D = 64 / 128; 64 at D = 256 (the warpgroups split D)
+    kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
+                       (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
     # (kernels/bwd_hopper._bwd_tile)
-    ctas = B * Hkv * (S // HOPPER_BLOCK_N)
+    ctas = B * Hkv * (S // block_n)
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
-    grid = (B * Hkv, S // HOPPER_BLOCK_N) if long_first else (S // HOPPER_BLOCK_N, B * Hkv)
-    bwd_hopper.attn_bwd_hopper_kernel[grid](
+    grid = (B * Hkv, S // block_n) if long_first else (S // block_n, B * Hkv)
+    kernel[grid](
         dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
-        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES, CAUSAL=causal,
+        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, STAGES=HOPPER_STAGES, CAUSAL=causal,
         OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG,
     )
     hopper_bwd_launches += 1

@@ -35,8 +35,8 @@ Flashkernels (exactly what launch.py allocates, with autograd.py around it):
              + 4R                                    delta (dlse, when given, is folded in place)
              + e*(Q + 2K)                            dq, dk, dv
              + hopper * 4Q                           the Gluon backward's fp32 dQ accumulator
-                                                     (kernels/bwd_hopper.py: sm_90, bf16/fp16,
-                                                     D = 64 or 128, Sq = Sk a multiple of 128)
+                                                     (kernels/bwd_hopper*.py: sm_90, bf16/fp16,
+                                                     D = 64, 128 or 256, Sq = Sk a multiple of 128)
 
 For tiny Sk (below ~D) other moments of the naive path can be higher; both formulas take the
 max over the moments listed in ``_naive``. Reduction = 100 * (1 - flashkernels / naive).
@@ -134,7 +134,7 @@ def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv
     naive_fwd, naive_bwd = _naive(B, Hq, Hkv, Sq, Sk, D, e, bool(causal), device == "cuda")
     flash_fwd = e * Q + 4 * R
     flash_bwd = flash_fwd + 4 * R + e * (Q + 2 * K)
-    if hopper and dt in (torch.float16, torch.bfloat16) and D in (64, 128) and Sq == Sk and Sq % 128 == 0:
+    if hopper and dt in (torch.float16, torch.bfloat16) and D in (64, 128, 256) and Sq == Sk and Sq % 128 == 0:
         flash_bwd += 4 * Q
     name = next(k for k, v in DTYPES.items() if v == dt)
     return AttentionMemory(B, Hq, Hkv, Sq, Sk, D, name, bool(causal), naive_fwd, naive_bwd, flash_fwd, flash_bwd)
