@@ -9,7 +9,8 @@ launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers,
 and shared memory. Catches compile errors and register spills before any GPU time is spent.
 With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward and
 backward (kernels/fwd_hopper.py, bwd_hopper.py: what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
-and causal values asked, when 128 is among the dims and no other flag is on.
+and causal values asked, when 128 is among the dims and no other flag is on; the backward (D = 64 and 128) also
+with --softcap / --alibi (its feature flags; a sink is the build without).
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
 instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
@@ -122,11 +123,12 @@ def compile_one(fn, dtype, mask_kind, consts, cfg, sass=False):
     return out.metadata.shared, rep
 
 
-def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass: bool):
+def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass: bool, plain=("H", "GROUP")):
     """(smem, report) of a Gluon kernel built as a real launch builds it (GluonASTSource): the
     TMA descriptors ``descs`` and pointer types ``ptrs`` by argument name, every other argument
     i32 except sm_scale (fp32); the pointers, S and the layout integers a multiple of 16 (as
-    Triton specialises them with (B, S, H, D) storage), H and GROUP not."""
+    Triton specialises them with (B, S, H, D) storage), the arguments in ``plain`` (H and GROUP
+    by default) not."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -134,7 +136,8 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
     sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
            ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if sig[n] != "constexpr" and n not in ("sm_scale", "H", "GROUP") and n not in descs}
+             if sig[n] != "constexpr" and n != "sm_scale" and n not in plain and n not in descs
+             and not sig[n].startswith("fp")}
     src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": maxnreg})
     rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {maxnreg})"
@@ -161,9 +164,10 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
 
 
-def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
-    """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it
-    (kernels/bwd_hopper256.py at D = 256, 64 keys a CTA; kernels/bwd_hopper.py else, 128)."""
+def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False):
+    """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
+    kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
+    (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI; a sink needs no flag)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -176,7 +180,14 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128):
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=launch.HOPPER_STAGES,
                   CAUSAL=causal, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
-    return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
+    if D == 256:
+        assert not (softcap or alibi), "the D = 256 backward has no feature flags"
+        return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
+    ptrs.update(Alibi="*fp32", softcap="fp32")
+    consts.update(SOFTCAP=softcap, ALIBI=alibi)
+    # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1))
+    return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,
+                          plain=("H", "GROUP", "alibi_sb", "alibi_sh"))
 
 
 def report(tag: str, build) -> bool:
@@ -202,7 +213,7 @@ def main():
                     "the launcher passes IS_CAUSAL=0, so that pair is skipped)")
     ap.add_argument("--softcap", default="0", help="HAS_SOFTCAP values (1 accurate tanh, 2 the GPU's approximate one)")
     ap.add_argument("--alibi", default="0", help="HAS_ALIBI values")
-    ap.add_argument("--sink", default="0", help="HAS_SINK values (forward only: the backward has no flag)")
+    ap.add_argument("--sink", default="0", help="HAS_SINK values (forward only: the backwards have no flag)")
     ap.add_argument("--varlen", default="0", help="VARLEN values (packed sequences)")
     ap.add_argument("--kernels", default="fwd,dkdv,dq,hopper")
     ap.add_argument("--sass", action="store_true", help="per-loop SASS instruction counts (HGMMA loops)")
@@ -250,11 +261,16 @@ def main():
                     cfg = (launch.HOPPER_BLOCK_M, block_n, 4, stages)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
-                if gluon and d in launch.HOPPER_BWD_HEAD_DIMS:
+                gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
+                             and not (mk or window or sink or varlen) and not (d == 256 and (softcap or alibi)))
+                if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:
                     block_n = 64 if d == 256 else launch.HOPPER_BLOCK_N  # keys a CTA (bwd_hopper256 at 256)
                     cfg = (launch.HOPPER_BWD_BLOCK_M, block_n, 4, launch.HOPPER_STAGES)
+                    feats = dict(softcap=bool(softcap), alibi=alibi)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d))
+                    if softcap or alibi:
+                        tag += " +" + ",".join(k for k, v in feats.items() if v)
+                    bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d, **feats))
     sys.exit(1 if bad else 0)
 
 

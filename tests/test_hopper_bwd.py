@@ -1,14 +1,22 @@
 """The Gluon Hopper backward (ops/attention/kernels/bwd_hopper.py) and its dispatch (launch.py).
 
-CPU: which calls take it and why the others do not (launch.hopper_bwd_reason), that
-``deterministic`` keeps the Triton backward, that traced launchers record the opaque op
-flashkernels::attn_bwd_hopper, its fake's layouts. (Its sm_90a build: test_hopper_fwd's compile test.)
+CPU: which calls take it and why the others do not (launch.hopper_bwd_reason: softcap, ALiBi and
+the sink taken, the window and Sq != Sk not), that ``deterministic`` keeps the Triton backward,
+that traced launchers record the opaque op flashkernels::attn_bwd_hopper (with the features),
+its fake's layouts, the kernel's formulation of the features' gradients (P from the forward's lse,
+softcap's 1 - t², dsink from Delta) in float64 against autograd, and the sm_90a builds of the
+feature flags (the plain builds: test_hopper_fwd's compile test).
 GPU (marked ``gpu``, skipped unless the device is an sm_90 one): gradients through it against
-float64 and against the Triton backward, every input layout, GQA/MQA, torch.compile, opcheck,
-determinism on request, compute-sanitizer.
+float64 and against the Triton backward, every input layout, GQA/MQA, each feature and all
+together, torch.compile, opcheck, determinism on request, compute-sanitizer.
 """
 import math
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +25,11 @@ import flashkernels
 from flashkernels.ops.attention import launch
 from flashkernels.ops.attention.kernels import bwd_hopper
 from cases import Case, check_case, make_inputs
-from helpers import assert_close_policy, assert_compute_sanitizer_clean, naive_attention, randn
-from test_hopper_fwd import _args, _bshd, _needs_hopper, assert_racecheck_only_handshake
+from helpers import (assert_close_policy, assert_compute_sanitizer_clean, data_magnitude, f64_flash_attention,
+                     naive_attention, randn)
+from test_hopper_fwd import HEADS, _args, _bshd, _feature_kwargs, _needs_hopper, assert_racecheck_only_handshake
 
+ROOT = Path(__file__).resolve().parents[1]
 bf16, f16 = torch.bfloat16, torch.float16
 
 
@@ -53,6 +63,10 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert "head dim" in launch.hopper_bwd_reason(**_bwd_args(D=96))
     assert launch.hopper_bwd_reason(**_bwd_args(D=64)) is None  # the backward covers D = 64 too
     assert launch.hopper_bwd_reason(**_bwd_args(D=256)) is None  # kernels/bwd_hopper256.py
+    # which has no softcap or ALiBi (the sink needs no kernel change)
+    assert "softcap at head dim 256" in launch.hopper_bwd_reason(**_bwd_args(D=256, softcap=30.0))
+    assert "ALiBi at head dim 256" in launch.hopper_bwd_reason(**_bwd_args(D=256, alibi_slopes=torch.rand(4)))
+    assert launch.hopper_bwd_reason(**_bwd_args(D=256, sink=torch.randn(4))) is None
     # dO: a TMA view, aligned
     flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
     misaligned = flat[1:].view(2, 256, 4, 128).transpose(1, 2)
@@ -69,16 +83,50 @@ def test_bwd_reason(machine_ok, monkeypatch):
 
 @pytest.mark.parametrize("over,expected", [
     (dict(window_left=64), "sliding window"), (dict(causal=False, window_left=-1, window_right=0), "sliding window"),
-    (dict(softcap=30.0), "softcap"), (dict(alibi_slopes=torch.rand(4)), "ALiBi"), (dict(sink=torch.randn(4)), "sink"),
+    (dict(window_left=64, softcap=30.0, alibi_slopes=torch.rand(4), sink=torch.randn(4)), "sliding window"),
     (dict(S=256, Sk=384, causal=False), "Sq 256 != Sk 384"), (dict(S=256, Sk=384, causal_offset=128), "Sq 256"),
-    (dict(causal_offset=3), "causal_offset 3"),
-], ids=["window", "window-noncausal", "softcap", "alibi", "sink", "sq-ne-sk", "sq-ne-sk-causal", "causal-offset"])
+    (dict(S=256, Sk=384, causal=False, softcap=30.0), "Sq 256 != Sk 384"), (dict(causal_offset=3), "causal_offset 3"),
+], ids=["window", "window-noncausal", "window-with-the-others", "sq-ne-sk", "sq-ne-sk-causal", "sq-ne-sk-softcap",
+        "causal-offset"])
 def test_bwd_refuses_the_forward_only_features(machine_ok, over, expected):
-    """The Gluon forward takes these (test_hopper_fwd); the Gluon backward has none of them, so
-    hopper_bwd_reason refuses each itself (the Triton backward runs on the Gluon forward's out/lse)."""
+    """The Gluon forward takes these (test_hopper_fwd); the Gluon backward has not the window nor
+    Sq != Sk / a causal offset, so hopper_bwd_reason refuses each itself (the Triton backward runs
+    on the Gluon forward's out/lse), with the features it has or without."""
     assert launch.hopper_fwd_reason(**_args(**over)) is None
     why = launch.hopper_bwd_reason(**_bwd_args(**over))
     assert why is not None and expected in why, why
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("over", [
+    dict(softcap=30.0), dict(alibi_slopes=torch.rand(4)), dict(alibi_slopes=torch.rand(2, 4)),
+    dict(alibi_slopes=torch.rand(1, 4).expand(2, 4)), dict(sink=torch.randn(4)),
+    dict(softcap=5.0, alibi_slopes=torch.rand(2, 4), sink=torch.randn(4)), dict(D=64, softcap=5.0, sink=torch.randn(4)),
+    dict(H=8, Hkv=1, alibi_slopes=torch.rand(8)), dict(dtype=f16, softcap=1.0, alibi_slopes=torch.rand(4)),
+    dict(bshd=False, do=torch.randn(2, 4, 256, 128).to(bf16), softcap=30.0, sink=torch.randn(4)),
+], ids=["softcap", "alibi-h", "alibi-bh", "alibi-bh-broadcast", "sink", "all", "d64-softcap-sink", "mqa-alibi",
+        "fp16-softcap-alibi", "bhsd-softcap-sink"])
+def test_bwd_takes_softcap_alibi_sink(machine_ok, over, causal):
+    """softcap, ALiBi ((H,), (B, H), broadcast), the sink, all three: the Gluon backward's cases
+    (the forward's too, where its head dims allow)."""
+    over = dict(over, causal=causal)
+    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:
+        assert launch.hopper_fwd_reason(**_args(**{k: v for k, v in over.items() if k != "do"})) is None
+    assert launch.hopper_bwd_reason(**_bwd_args(**over)) is None
+
+
+def test_bwd_refuses_alibi_with_a_large_group(machine_ok):
+    """The kernel holds a GQA group's ALiBi slopes in shared memory: at most
+    bwd_hopper.ALIBI_GROUP_MAX query heads a kv head (softcap and the sink have no such limit)."""
+    big = bwd_hopper.ALIBI_GROUP_MAX
+    q = _bshd(1, 128, 2 * big, dtype=bf16)
+    kv = _bshd(1, 128, 1, dtype=bf16)
+    a = _bwd_args(q=q, k=kv, v=kv, H=2 * big, Hkv=1, B=1, S=128, do=_bshd(1, 128, 2 * big))
+    why = launch.hopper_bwd_reason(**dict(a, alibi_slopes=torch.rand(2 * big)))
+    assert why is not None and "ALiBi" in why and str(big) in why, why
+    assert launch.hopper_bwd_reason(**dict(a, softcap=5.0, sink=torch.randn(2 * big))) is None
+    a = _bwd_args(q=_bshd(1, 128, big), k=kv, v=kv, H=big, Hkv=1, B=1, S=128, do=_bshd(1, 128, big))
+    assert launch.hopper_bwd_reason(**dict(a, alibi_slopes=torch.rand(big))) is None
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -130,6 +178,86 @@ def test_backward_takes_the_hopper_path(machine_ok, monkeypatch, deterministic):
         torch.testing.assert_close(g.transpose(1, 2).double(), r, atol=2e-2, rtol=2e-2)
 
 
+def _fake_hopper_fwd_features(q, k, v, out, lse, scale, causal, softcap=0.0, alibi_slopes=None, sink=None):
+    """launch.hopper_fwd with softcap / ALiBi / the sink, on a CPU: the float64 definition."""
+    o, l = f64_flash_attention(*(x.transpose(1, 2) for x in (q, k, v)), causal=causal, softcap=softcap,
+                               alibi=alibi_slopes, sink=sink)
+    out.copy_(o.transpose(1, 2))
+    lse.copy_(l)
+
+
+def _emulated_hopper_bwd(calls):
+    """Stands in for launch.attn_bwd_hopper_impl on a CPU, computing what the kernel computes, in
+    float64: P^T = exp(S^T - lse) from the forward's lse (which holds the sink's share: the kernel
+    is never told of the sink) with the forward's softcap and ALiBi, dV = P^T dO, dS^T = P^T (dP^T -
+    Delta) (1 - t²) scale, dK = dS^T Q, dQ = dS K, summed over a GQA group."""
+    def run(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None):
+        calls.append(dict(bshd=bshd, causal=causal, softcap=softcap, alibi=alibi_slopes))
+        B, H, S, D = q.shape
+        g = H // k.shape[1]
+        q64, do64 = q.double(), do.double()
+        k64, v64 = (x.double().repeat_interleave(g, 1) for x in (k, v))
+        s = q64 @ k64.transpose(-1, -2) * scale
+        if softcap > 0:
+            t = torch.tanh(s / softcap)
+            s = softcap * t
+        i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+        if alibi_slopes is not None:
+            s = s - alibi_slopes.double().expand(B, H)[:, :, None, None] * (i - j).abs()
+        if causal:
+            s = s.masked_fill(j > i, -math.inf)
+        p = torch.exp(s - lse.double()[..., None])
+        ds = p * (do64 @ v64.transpose(-1, -2) - delta.double()[..., None])
+        if softcap > 0:
+            ds = ds * (1 - t * t)
+        ds = ds * scale
+        grads = (ds @ k64, (ds.transpose(-1, -2) @ q64).unflatten(1, (-1, g)).sum(2),
+                 (p.transpose(-1, -2) @ do64).unflatten(1, (-1, g)).sum(2))
+        outs = []
+        for gr, like in zip(grads, (q, k, v)):
+            Bx, Hx, Sx, Dx = like.shape
+            outs.append(launch._empty_like_layout(Bx, Hx, Sx, Dx, bshd, like).copy_(gr))
+        return tuple(outs)
+    return run
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_backward_with_features_takes_the_hopper_path(machine_ok, monkeypatch, causal, deterministic):
+    """flash_attn_func with softcap, ALiBi (B, H), a sink and a gradient at lse: the backward goes
+    to the Hopper launcher with softcap and the slopes (not the sink), except with
+    deterministic=True (the Triton kernels, through the interpreter). With the launcher emulating
+    the kernel's formulation in float64 (P from lse, dsink = -sum exp(sink - lse) Delta from
+    attn_bwd_impl), dq, dk, dv and dsink match autograd of the float64 definition."""
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper_fwd_features)
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", _emulated_hopper_bwd(calls))
+    B, S, H, Hkv, D = 2, 128, 4, 2, 128
+    q = randn(B, S, H, D, dtype=f16, requires_grad=True)
+    k, v = (randn(B, S, Hkv, D, dtype=f16, requires_grad=True) for _ in range(2))
+    alibi = torch.rand(B, H) * 0.1
+    sink = (randn(H) * 2).requires_grad_()
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, softcap=2.0, alibi_slopes=alibi,
+                                               learnable_sink=sink, return_attn_probs=True,
+                                               deterministic=deterministic, backend="triton")
+    dout, dlse = randn(B, S, H, D, dtype=f16), randn(B, H, S)
+    grads = torch.autograd.grad((out, lse), (q, k, v, sink), (dout, dlse))
+    if deterministic:
+        assert calls == []
+    else:
+        assert len(calls) == 1 and calls[0]["softcap"] == 2.0 and calls[0]["alibi"] is not None, calls
+        assert (calls[0]["bshd"], calls[0]["causal"]) == (True, causal)
+    leaves = [x.detach().double().requires_grad_() for x in (q, k, v, sink)]
+    ref, ref_lse = f64_flash_attention(*leaves[:3], causal=causal, softcap=2.0, alibi=alibi, sink=leaves[3])
+    ref_g = torch.autograd.grad((ref, ref_lse), leaves, (dout.double(), dlse.double()))
+    for name, g, r in zip(("dq", "dk", "dv", "dsink"), grads, ref_g):
+        torch.testing.assert_close(g.double(), r, atol=2e-2, rtol=2e-2, msg=lambda m: f"{name}: {m}")
+
+
 def test_use_deterministic_algorithms_keeps_the_triton_backward(machine_ok, monkeypatch):
     from flashkernels import _backend
 
@@ -176,6 +304,42 @@ def test_traced_backward_records_the_opaque_op(machine_ok, monkeypatch):
         assert targets.count("flashkernels.attn_bwd_hopper.default") == 1, targets
 
 
+def test_traced_backward_with_features_records_them(machine_ok, monkeypatch):
+    """make_fx of attn_bwd_impl with softcap, ALiBi and a sink: one attn_bwd_hopper call that
+    carries softcap and the slopes (the sink's gradient is traced torch code beside it), nothing
+    launched while tracing; a plain call's op call carries neither."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the Gluon backward was launched while tracing")
+
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
+    monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
+    a = _bwd_args()
+    B, H, S, D = a["q"].shape
+    out = _bshd(B, S, H)
+    lse = torch.randn(B, H, S)
+    alibi, sink = torch.rand(B, H), torch.randn(H)
+    for mode in ("fake", "symbolic"):
+        def f(do, q, k, v, o, l, al, sk):
+            return launch.attn_bwd_impl(do, q, k, v, o, l, None, None, a["scale"], True, 0, True, False, -1, -1, 5.0,
+                                        al, sk)
+        gm = make_fx(f, tracing_mode=mode)(a["do"], a["q"], a["k"], a["v"], out, lse, alibi, sink)
+        nodes = [n for n in gm.graph.nodes if n.op == "call_function"
+                 and str(n.target) == "flashkernels.attn_bwd_hopper.default"]
+        assert len(nodes) == 1
+        bound = nodes[0].target._schema.arguments
+        given = dict(zip((x.name for x in bound), nodes[0].args), **nodes[0].kwargs)
+        assert given["softcap"] == 5.0 and given["alibi_slopes"].op == "placeholder", given
+        dq, dk, dv = nodes[0].meta["val"]
+        assert tuple(dq.shape) == (B, H, S, D) and tuple(dk.shape) == (B, 2, S, D)
+        rest = (None, None, a["scale"], True, 0, True, False)
+        gm = make_fx(lambda do, q, k, v, o, l: launch.attn_bwd_impl(do, q, k, v, o, l, *rest),
+                     tracing_mode=mode)(a["do"], a["q"], a["k"], a["v"], out, lse)
+        node = next(n for n in gm.graph.nodes if str(n.target) == "flashkernels.attn_bwd_hopper.default")
+        assert len(node.args) == 9 and not node.kwargs, (node.args, node.kwargs)
+
+
 def test_opaque_bwd_op_fake_layouts():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -184,10 +348,56 @@ def test_opaque_bwd_op_fake_layouts():
             q = mode.from_tensor(_bshd(2, 256, 4))
             k = mode.from_tensor(_bshd(2, 256, 2))
             lse = mode.from_tensor(torch.randn(2, 4, 256))
-            dq, dk, dv = torch.ops.flashkernels.attn_bwd_hopper(q, q, k, k, lse, lse, 0.1, True, bshd)
-            for g, heads in ((dq, 4), (dk, 2), (dv, 2)):
-                ref = launch._empty_like_layout(2, heads, 256, 128, bshd, torch.empty(0, dtype=bf16))
-                assert g.shape == ref.shape and g.stride() == ref.stride() and g.dtype == bf16
+            alibi = mode.from_tensor(torch.rand(4))
+            for feats in ({}, dict(softcap=5.0, alibi_slopes=alibi)):
+                dq, dk, dv = torch.ops.flashkernels.attn_bwd_hopper(q, q, k, k, lse, lse, 0.1, True, bshd, **feats)
+                for g, heads in ((dq, 4), (dk, 2), (dv, 2)):
+                    ref = launch._empty_like_layout(2, heads, 256, 128, bshd, torch.empty(0, dtype=bf16))
+                    assert g.shape == ref.shape and g.stride() == ref.stride() and g.dtype == bf16
+
+
+# ------------------------------------------------------------------------------ sm_90a build
+# The backward's feature flags (kernels/bwd_hopper.py: SOFTCAP, ALIBI; a sink needs none), as
+# launch.attn_bwd_hopper_impl passes them, at each of its head dims: each alone and both, causal
+# or not, bf16 (fp16 for both together at D = 128, where the registers are tightest).
+BWD_FEATURE_BUILDS = [(dt, D, causal, flags) for D in (64, 128) for causal in (False, True)
+                      for flags in (dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))
+                      for dt in ("bf16",)] + [("fp16", 128, causal, dict(softcap=True, alibi=True))
+                                              for causal in (False, True)]
+_BWD_FEATURE_BUILD_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import compile_check as cc
+for dt, D, causal, flags in %r:
+    tag = f"gluon-bwd-feat {dt} D={D} causal={int(causal)} " + "+".join(flags)
+    dtype = torch.bfloat16 if dt == "bf16" else torch.float16
+    cc.report(tag, lambda: cc.compile_hopper_bwd(dtype, causal, False, D=D, **flags))
+"""
+
+
+@pytest.mark.skipif(not bwd_hopper.AVAILABLE, reason=f"Gluon: {bwd_hopper.UNAVAILABLE_REASON}")
+def test_bwd_feature_builds_for_sm90a_without_spills():
+    """The backward's softcap and ALiBi flags build for sm_90a through
+    compile_check.compile_hopper_bwd (in its own process, as test_hopper_fwd's build tests) with no
+    serialised wgmma, no spill without causal and no more than the plain causal build's 52 B with
+    it (scripts/compile_check.py --sass: no spill in the non-causal main loops at all)."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("triton ships no ptxas here")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", _BWD_FEATURE_BUILD_SCRIPT % (BWD_FEATURE_BUILDS,),
+                          str(ROOT / "scripts")], capture_output=True, text=True, env=env, timeout=600)
+    log = res.stdout + res.stderr
+    built = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-bwd-feat ")]
+    assert res.returncode == 0 and len(built) == len(BWD_FEATURE_BUILDS), log[-4000:]
+    assert "FAILED" not in log and "SMEM TOO LARGE" not in log, log[-4000:]
+    assert "serialized" not in log, log
+    for ln in built:
+        spill = re.search(r"spill\s+(\d+)B", ln)
+        assert spill and int(spill.group(1)) <= (52 if "causal=1" in ln else 0), ln
 
 
 # ================================================================================== GPU
@@ -323,15 +533,21 @@ SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 torch.manual_seed(0)
-for dt, causal, B, H, Hkv, S, D in [(torch.bfloat16, True, 1, 4, 2, 384, 128), (torch.float16, False, 2, 2, 1, 256, 128),
-                                    (torch.float16, False, 2, 2, 2, 256, 128), (torch.bfloat16, True, 1, 4, 2, 384, 64),
-                                    (torch.bfloat16, True, 1, 4, 2, 384, 256)]:
+for dt, causal, B, H, Hkv, S, D, feats in [
+        (torch.bfloat16, True, 1, 4, 2, 384, 128, False), (torch.float16, False, 2, 2, 1, 256, 128, False),
+        (torch.float16, False, 2, 2, 2, 256, 128, False), (torch.bfloat16, True, 1, 4, 2, 384, 64, False),
+        (torch.bfloat16, True, 1, 4, 2, 384, 256, False),
+        (torch.bfloat16, True, 2, 4, 2, 384, 128, True), (torch.float16, False, 1, 4, 1, 256, 64, True)]:
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
     k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
-    flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton").sum().backward()
+    kw = {}
+    if feats:  # softcap, ALiBi (B, H) and a sink: the backward's feature flags (the slopes' shared memory)
+        kw = dict(softcap=5.0, alibi_slopes=torch.rand(B, H, device="cuda") * 0.1,
+                  learnable_sink=torch.randn(H, device="cuda", requires_grad=True))
+    flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton", **kw).sum().backward()
 torch.cuda.synchronize()
 # the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (4, 5), \
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (5, 7), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -342,7 +558,8 @@ print("done")
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 def test_hopper_kernels_memcheck(tmp_path):
     """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64 and
-    256 (the backward's own kernel there)."""
+    256 (the backward's own kernel there), and softcap + ALiBi + sink (GQA causal at D = 128, MQA at
+    D = 64)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 
@@ -372,3 +589,129 @@ def test_hopper_bwd_cta_orders_cuda(monkeypatch, causal, waves):
     n = launch.hopper_bwd_launches
     check_case(Case("fa", bf16, 2, 8, 2, 640, 640, 128, causal=causal), device="cuda")
     assert launch.hopper_bwd_launches == n + 1
+
+
+# ------------------------------------------------------------------ GPU: the backward's features
+# (test_hopper_fwd._feature_kwargs: softcap 2 bends every score; ALiBi (H,) / (B, H) geometric
+# slopes; "large" puts most of every row's mass on the sink, "mixed" is randn * 2)
+BWD_FEATURES = {
+    "softcap": dict(softcap=2.0), "alibi-h": dict(alibi="h"), "alibi-bh": dict(alibi="bh"),
+    "sink-large": dict(sink="large"), "all": dict(softcap=2.0, alibi="bh", sink="mixed"),
+}
+
+
+def _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, feats, B=2, S=384):
+    """flash_attn_func's gradients (q, k, v and the sink, with a gradient at lse too) through the
+    Gluon backward (one launch more) within the policy of float64 (helpers.f64_flash_attention;
+    pt: the reference in the input dtype), and as close to the Triton backward's
+    (deterministic=True, on the same forward) as the policy's bound allows."""
+    from flashkernels.ops.attention.reference import attention_reference
+
+    q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal), "cuda")
+    kw = _feature_kwargs(B, Hq, **feats)
+    sink = kw.pop("learnable_sink", None)
+    leaves = (q, k, v)
+    if sink is not None:
+        sink = sink.clone().requires_grad_()
+        leaves += (sink,)
+    dout = randn(B, S, Hq, D, dtype=dtype, device="cuda")
+    dlse = randn(B, Hq, S, device="cuda")
+
+    def run(deterministic):
+        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, learnable_sink=sink, return_attn_probs=True,
+                                                   deterministic=deterministic, backend="triton", **kw)
+        return torch.autograd.grad((out, lse), leaves, (dout, dlse))
+
+    n = launch.hopper_bwd_launches
+    gluon = run(False)
+    assert launch.hopper_bwd_launches == n + 1, "the Gluon backward did not run"
+    triton_ = run(True)
+    assert launch.hopper_bwd_launches == n + 1, "deterministic=True ran the Gluon backward"
+    alibi = kw.get("alibi_slopes")
+    ref_in = [x.detach().cpu().double().requires_grad_() for x in leaves]
+    ref_out, ref_lse = f64_flash_attention(*ref_in[:3], causal=causal, softcap=kw["softcap"],
+                                           alibi=None if alibi is None else alibi.cpu(),
+                                           sink=ref_in[3] if sink is not None else None)
+    ref_g = torch.autograd.grad((ref_out, ref_lse), ref_in, (dout.cpu().double(), dlse.cpu().double()))
+    pt_in = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
+    if sink is not None:
+        pt_in.append(sink.detach().clone().requires_grad_())
+    pt_out, pt_lse = attention_reference(*pt_in[:3], causal=causal, causal_align="bottom_right", softcap=kw["softcap"],
+                                         alibi_slopes=alibi, sink=pt_in[3] if sink is not None else None,
+                                         compute_dtype=dtype)
+    pt_g = torch.autograd.grad((pt_out, pt_lse), pt_in, (dout.transpose(1, 2), dlse.to(pt_lse.dtype)))
+    mag = data_magnitude(q, k, v, dout, dlse)
+    for name, g, t, r, p in zip(("dq", "dk", "dv", "dsink"), gluon, triton_, ref_g, pt_g):
+        if name != "dsink":
+            p = p.transpose(1, 2)
+        _, bound = assert_close_policy(g, r, p, factor=3.0, name=name, data_magnitude=mag, dtype=dtype)
+        diff = (g.double() - t.double()).abs().max().item()
+        assert diff <= bound, f"{name}: Gluon vs Triton backward {diff:.3e} > policy bound {bound:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feature", list(BWD_FEATURES))
+@pytest.mark.parametrize("heads", ["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
+def test_hopper_bwd_features_cuda(D, dtype, causal, heads, feature):
+    """softcap, ALiBi (H,) and (B, H), a sink (most of the mass on it), and all three at once,
+    causal or not, MHA and GQA (32 / 8: the group's slopes), D = 64 and 128, through the Gluon
+    backward: against float64 and the Triton backward."""
+    _needs_hopper()
+    Hq, Hkv = HEADS[heads]
+    _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, BWD_FEATURES[feature])
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_hopper_bwd_features_under_torch_compile_cuda():
+    """Compiled with softcap, ALiBi (B, H) and a sink (causal, GQA): the backward graph's opaque op
+    runs the Gluon kernel with them; its gradients equal eager's (dk, dv bit for bit, dq to one
+    rounding of the atomics' order, dsink to fp32 summation order)."""
+    _needs_hopper()
+    from test_hopper_fwd import _slopes
+
+    q, k, v = make_inputs(Case("fa", bf16, 2, 8, 2, 256, 256, 128, causal=True), "cuda")
+    alibi = _slopes(2, 8, True)
+    sink = (randn(8) * 2).cuda().requires_grad_()
+    dout = torch.randn(2, 256, 8, 128, device="cuda", dtype=bf16)
+
+    def f(q, k, v, sink):
+        return flashkernels.flash_attn_func(q, k, v, causal=True, softcap=5.0, alibi_slopes=alibi,
+                                            learnable_sink=sink, backend="triton")
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.autograd.grad(compiled(q, k, v, sink), (q, k, v, sink), dout)
+    n = launch.hopper_bwd_launches
+    gc = torch.autograd.grad(compiled(q, k, v, sink), (q, k, v, sink), dout)
+    assert launch.hopper_bwd_launches == n + 1, "the compiled backward did not run the Gluon kernel"
+    ge = torch.autograd.grad(f(q, k, v, sink), (q, k, v, sink), dout)
+    assert launch.hopper_bwd_launches == n + 2
+    torch.testing.assert_close(gc[1], ge[1], rtol=0, atol=0)
+    torch.testing.assert_close(gc[2], ge[2], rtol=0, atol=0)
+    torch.testing.assert_close(gc[0], ge[0], rtol=2 ** -7, atol=1e-6)
+    torch.testing.assert_close(gc[3], ge[3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_opcheck_attn_bwd_hopper_features_cuda():
+    """opcheck of attn_bwd on a call with softcap, ALiBi and a sink (the Gluon path, eager and
+    traced) and of attn_bwd_hopper itself with softcap and the slopes."""
+    _needs_hopper()
+    from test_hopper_fwd import _slopes
+
+    q, k, v = (_bshd(2, 256, h, dtype=bf16, device="cuda") for h in (4, 2, 2))
+    alibi, sink = _slopes(2, 4, True), randn(4).cuda()
+    scale = 1 / math.sqrt(128)
+    out, lse = launch.attn_fwd_impl(q, k, v, None, scale, True, 0, True, False, -1, -1, 5.0, alibi, sink)
+    do = _bshd(2, 256, 4, dtype=bf16, device="cuda")
+    n = launch.hopper_bwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_bwd.default,
+                          (do, q, k, v, out, lse, None, None, scale, True, 0, True, False, -1, -1, 5.0, alibi, sink))
+    assert launch.hopper_bwd_launches > n
+    delta = launch.attn_bwd_delta(out, do, lse, None)
+    torch.library.opcheck(torch.ops.flashkernels.attn_bwd_hopper.default,
+                          (do, q, k, v, lse, delta, scale, True, True, 5.0, alibi))

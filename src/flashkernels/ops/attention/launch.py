@@ -25,11 +25,11 @@ directly; traced ones (torch.compile, make_fx) record the opaque custom op
 tensors' data pointers when built, which fake tensors do not have, and Inductor would have to
 emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
-The backward of the plain cases (no window, softcap, ALiBi or sink; Sq = Sk, causal_offset 0:
-:func:`hopper_bwd_reason`) runs the Gluon kernel of kernels/bwd_hopper.py at D = 64 / 128 and of
-kernels/bwd_hopper256.py at D = 256 (dQ by fp32
-atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton kernels),
-the same way (eager direct, traced through ``flashkernels::attn_bwd_hopper``);
+The backward of those cases with Sq = Sk, causal_offset 0 and no window runs a Gluon kernel
+(:func:`hopper_bwd_reason`): kernels/bwd_hopper.py at D = 64 or 128 (softcap, ALiBi and the sink
+included), kernels/bwd_hopper256.py at D = 256 (plain attention and the sink). dQ is summed with
+fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton
+kernels. Eager calls launch it directly, traced ones through ``flashkernels::attn_bwd_hopper``;
 ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
 """
 from __future__ import annotations
@@ -476,10 +476,11 @@ hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                       alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
-    """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py), else why not: the
-    forward's conditions (:func:`hopper_fwd_reason`), none of the forward's features (window,
-    softcap, ALiBi, sink, Sq != Sk, a causal_offset), its own switch, a TMA view of dO, and int32
-    element offsets into the dQ accumulator and the per-head dK / dV."""
+    """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py, bwd_hopper256.py at
+    D = 256), else why not: the forward's conditions (:func:`hopper_fwd_reason`), of the forward's
+    features only softcap, ALiBi (a GQA group of at most bwd_hopper.ALIBI_GROUP_MAX query heads;
+    neither at D = 256) and the sink (no window, Sq = Sk, no causal_offset), its own switch, a TMA
+    view of dO, and int32 element offsets into the dQ accumulator and the per-head dK / dV."""
     if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
         return f"turned off ({HOPPER_BWD_ENV}=0)"
     why = hopper_fwd_device_reason(q.device)
@@ -491,16 +492,16 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
                                    head_dims=HOPPER_BWD_HEAD_DIMS)
     if why is not None:
         return why
-    # The forward's features that the Gluon backward does not have (its diagonal is i = j, Sq = Sk)
+    # The forward's features that the Gluon backward does not have (its diagonal is i = j, Sq = Sk;
+    # softcap, ALiBi and the sink it has)
     Sq, Sk = q.shape[2], k.shape[2]
     if _window_args(window_left, window_right, causal, Sq, Sk)[0]:
         return f"a sliding window {(window_left, window_right)}"
-    if softcap > 0:
-        return "softcap"
-    if alibi_slopes is not None:
-        return "ALiBi slopes"
-    if sink is not None:
-        return "a learnable sink"
+    if q.shape[3] == 256 and (softcap > 0 or alibi_slopes is not None):  # kernels/bwd_hopper256.py
+        return f"{'softcap' if softcap > 0 else 'ALiBi'} at head dim 256 (its backward kernel has neither)"
+    if alibi_slopes is not None and q.shape[1] // k.shape[1] > bwd_hopper.ALIBI_GROUP_MAX:
+        return (f"ALiBi with {q.shape[1] // k.shape[1]} query heads a kv head (at most "
+                f"{bwd_hopper.ALIBI_GROUP_MAX}: the kernel holds the group's slopes)")
     if Sq != Sk:
         return f"Sq {Sq} != Sk {Sk}"
     if causal and causal_offset != 0:
@@ -529,11 +530,13 @@ def _rows_desc(t: torch.Tensor, rows: int):
 
 
 def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
-                         delta: torch.Tensor, scale: float, causal: bool,
-                         bshd: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         delta: torch.Tensor, scale: float, causal: bool, bshd: bool, softcap: float = 0.0,
+                         alibi_slopes: Optional[torch.Tensor] = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
-    :func:`attn_bwd_delta`. Eager calls come straight here, traced ones through the opaque op
-    ``flashkernels::attn_bwd_hopper``."""
+    :func:`attn_bwd_delta`; ``softcap``, ``alibi_slopes``: attn_fwd_impl's (a sink needs nothing
+    here: the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls come straight
+    here, traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
     global hopper_bwd_launches
     B, H, S, D = q.shape
     Hkv = k.shape[1]
@@ -556,11 +559,18 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     ctas = B * Hkv * (S // block_n)
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
     grid = (B * Hkv, S // block_n) if long_first else (S // block_n, B * Hkv)
+    if D == 256:  # (hopper_bwd_reason refused softcap and ALiBi there)
+        features = {}
+        extra = ()
+    else:
+        alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
+        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1))
+        features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None)
     kernel[grid](
         dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
-        scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
+        scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
         HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, STAGES=HOPPER_STAGES, CAUSAL=causal,
-        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG,
+        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features,
     )
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
@@ -672,9 +682,17 @@ def attn_bwd_impl(
     if not deterministic and q.numel() and hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left,
                                        window_right, softcap, alibi_slopes, sink, cu_seqlens_q) is None:
         delta = attn_bwd_delta(out, do, lse, dlse)
+        if sink is not None:  # as below (the kernel's P^T = exp(S - lse) already has the sink's share)
+            dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+        feats = {}  # (keywords, only those used: a plain call is the op's plain call)
+        if softcap > 0:
+            feats["softcap"] = softcap
+        if alibi_slopes is not None:
+            feats["alibi_slopes"] = alibi_slopes
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
-            return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd), dsink)
-        return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd), dsink)
+            return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd, **feats),
+                    dsink)
+        return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats), dsink)
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
@@ -738,7 +756,7 @@ attn_bwd_hopper = torch.library.custom_op("flashkernels::attn_bwd_hopper", mutat
 
 
 @attn_bwd_hopper.register_fake
-def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd):
+def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None):
     B, H, S, D = q.shape
     Hkv = k.shape[1]
     return (_empty_like_layout(B, H, S, D, bshd, q), _empty_like_layout(B, Hkv, S, D, bshd, k),

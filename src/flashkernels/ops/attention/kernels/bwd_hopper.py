@@ -35,15 +35,36 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0.
 
+Features (constexpr flags, each off in the plain build, whose SASS they leave as it was; the
+forward's semantics, fwd_hopper._softmax_step, in its order and rounding, so that P^T matches the
+forward's lse; the gradients as kernels/bwd.py's):
+  - SOFTCAP: t = tanh.approx(S^T·scale/softcap), P^T = exp2(t·softcap·log2e - lse_i·log2e), and
+    dS^T = scale · P^T (1 - t²) (dP^T - Delta_i) (d(softcap·tanh(x·scale/softcap))/dx). P^T goes
+    to 16 bits (the dV operand) before the causal mask and P^T (1 - t²) stays in fp32: with t and
+    P^T both in fp32 across the mask's branch the causal loop spilled.
+  - ALIBI: -slope·|i - j| added to the (capped) scores before the exponential, the slope over the
+    scores' scale as the forward computes it; a GQA group's slopes ((H,) or (B, H) through a
+    pointer and strides) go to shared memory once per CTA (launch.py: at most ALIBI_GROUP_MAX
+    query heads a kv head), the loop reads query head g's. No gradient to the slopes.
+  - the sink needs no flag: the forward's lse includes it, so P^T = exp(S^T - lse) is already
+    right (Delta = rowsum(dO·O) holds: the sink has no value); dsink = -sum exp(sink - lse)·Delta
+    is torch code in launch.attn_bwd_impl, as for the Triton backward.
+  The features' i - j (and their causal mask) come from one value a thread plus constants (see
+  _bwd_consumer), not from the 16 column indices the plain build's mask keeps. Softcap with
+  ALiBi and causal masks before the exponential on every block (no branch: without, it spilled).
+
 Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
-(fwd_hopper.py: bf16/fp16, D = 128, Sq = Sk = S a multiple of 128, no mask or other feature,
-scale > 0, 2-D TMA views of q, k, v, dO), plus int32 element offsets into the dQ accumulator and
-the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or pass beyond MHA's (the group's heads
-loop inside the CTA, as FA3's); it does make B·Hkv·S / 128 CTAs, GROUP times fewer than MHA's.
+(fwd_hopper.py: bf16/fp16, 2-D TMA views of q, k, v, dO, scale > 0, no mask or varlen) at D = 64
+or 128 (launch.HOPPER_BWD_HEAD_DIMS), with Sq = Sk = S a multiple of 128, causal only on the
+diagonal i = j, no sliding window (the forward's softcap, ALiBi and sink it has), plus int32
+element offsets into the dQ accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no
+memory or pass beyond MHA's (the group's heads loop inside the CTA, as FA3's); it does make
+B·Hkv·S / 128 CTAs, GROUP times fewer than MHA's.
 
 Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
 """
-from .fwd_hopper import AVAILABLE, UNAVAILABLE_REASON, gl, gluon  # noqa: F401  (UNAVAILABLE_REASON: re-exported)
+from .fwd_hopper import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, gl,  # noqa: F401  (UNAVAILABLE_REASON:
+                         gluon)  # re-exported)
 
 if AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
@@ -54,6 +75,9 @@ if AVAILABLE:
 CONSUMER_REGS = gl.constexpr(240)
 PRODUCER_REGS = gl.constexpr(24)
 MAXNREG = 168
+# ALiBi: the slopes of a GQA group's query heads are read once into shared memory (launch.py
+# refuses larger groups with ALiBi)
+ALIBI_GROUP_MAX = gl.constexpr(128)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +126,33 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
 
 
 @gluon.jit
+def _ctaid(AXIS: gl.constexpr):
+    """gl.program_id(AXIS) read again (not common-subexpression-eliminated with an earlier read)."""
+    return gl.inline_asm_elementwise("mov.u32 $0, %ctaid." + "xy"[AXIS] + ";", "=r", [], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
+def _opaque(x):
+    """x, through an instruction the compiler cannot merge with an earlier copy of it."""
+    return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bwd_tile_again(H, GROUP, BLOCK_N: gl.constexpr, LONG_FIRST: gl.constexpr):
+    """(b, kv head, n0, kv heads) of _bwd_tile, from fresh reads of the CTA's id and the head
+    counts (values the loop then need not keep)."""
+    if LONG_FIRST:
+        pid_bh = _ctaid(0)
+        pid_n = _ctaid(1)
+    else:
+        pid_n = _ctaid(0)
+        pid_bh = _ctaid(1)
+    hkv = _opaque(H) // _opaque(GROUP)
+    return pid_bh // hkv, pid_bh % hkv, pid_n * BLOCK_N, hkv
+
+
+@gluon.jit
 def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
@@ -146,10 +197,11 @@ def _pair_barrier(x):
 
 
 @gluon.jit
-def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
-                  ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                  HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr):
+def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
+                  delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP, alibi_sb,
+                  alibi_sh, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr,
+                  ALIBI: gl.constexpr):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -190,9 +242,35 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
 
     k_w = k_smem.slice(W * 64, 64)
     v_w = v_smem.index(W)
-    qk_scale = sm_scale * 1.4426950408889634
+    if SOFTCAP:  # scores softcap * tanh(q·kᵀ · scale / softcap), in log2 units (as fwd_hopper)
+        cap_scale = sm_scale / softcap
+        qk_scale = softcap * LOG2E
+    else:
+        cap_scale = sm_scale
+        qk_scale = sm_scale * LOG2E
     offs_n = n0w + gl.arange(0, 64, layout=row_st)
     offs_mq = gl.arange(0, BLOCK_M, layout=col_st)
+    if ALIBI:
+        # The slopes of the group's query heads over the scores' scale (fwd_hopper's expression),
+        # one a thread, into this warpgroup's row of shared memory; the loop reads query head g's
+        # (a global load and a division in every iteration cost the loop registers: it spilled)
+        gi = gl.arange(0, ALIBI_GROUP_MAX, layout=gl.BlockedLayout([1], [32], [4], [0]))
+        slopes = gl.load(Alibi + b * alibi_sb + (hk * GROUP + gi) * alibi_sh, mask=gi < GROUP, other=0.0)
+        slope_row = slope_smem._reinterpret(gl.float32, [2, ALIBI_GROUP_MAX], slope_smem.layout).index(W)
+        slope_row.store(slopes.to(gl.float32) * LOG2E / qk_scale)
+        gl.thread_barrier()  # (this warpgroup's 128 threads: a named barrier in a partition)
+    if SOFTCAP or ALIBI:
+        # i - j for query i = m0 + c, key j = n0w + r (ALiBi's distance, the causal mask) as
+        # dx + d_reg, dx = m0 - n0w + d_lane: in the wgmma accumulator's layout thread (warp w,
+        # lane l) holds rows r = 16w + l // 4 + 8a and columns c = 8b + 2(l % 4) + e, so the lane's
+        # part of c - r (d_lane) is one value a thread and the register's (d_reg) constants: the
+        # loop adds immediates to one value (16 column indices would hold 16 registers; with the
+        # plain causal mask's, offs_n <= m0 + offs_mq, the softcap loop spilled). _opaque keeps
+        # d_lane from being computed ahead of the partition's register reallocation (it spilled).
+        offs_r = gl.arange(0, 64, layout=row_st)
+        d_lane = (offs_mq & 6)[None, :] - (offs_r & ~8)[:, None] - _opaque(W * 64)
+        d_reg = (offs_mq & ~6)[None, :] - (offs_r & 8)[:, None]
+        d_regf = d_reg.to(gl.float32)
     dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
     dq_cols = gl.arange(0, DQ_N, layout=gl.SliceLayout(0, dq_layout))
     dq_offs = dq_rows[:, None] * q_ss + dq_cols[None, :]
@@ -213,6 +291,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
         m0 = (i0 + t - g * n_blocks) * BLOCK_M
         q_s = q_smem.index(s)
         do_s = do_smem.index(s)
+        if ALIBI:  # query head g's slope, [1] broadcast over the tile
+            slope = slope_smem.index(W * ALIBI_GROUP_MAX + g).load(col_st)[None, :]  # [1, 1]
 
         # S^T and dP^T, both in flight.
         mbarrier.wait(q_ready.index(s), ph)
@@ -223,14 +303,50 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
         # P^T (overlaps the dP^T wgmma). lse_i / Delta_i come from shared memory where they are
         # used: in this layout each thread holds 16 of the 64 columns, 32 registers for the pair
         # if kept live across the waits (loaded early from global memory, the loop spilled).
-        lse2 = lse_smem.index(s).load(col_st) * 1.4426950408889634
-        pt = gl.exp2(st * qk_scale - lse2[None, :])
-        if CAUSAL:
-            if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
-                pt = gl.where(offs_n[:, None] <= (m0 + offs_mq)[None, :], pt, 0.0)
-        dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
-        pt_op = gl.convert_layout(pt.to(dtype), a_layout)
-        dv_tok = warpgroup_mma(pt_op, do_s, dv, is_async=True)
+        if SOFTCAP or ALIBI:
+            # The forward's scores (fwd_hopper._softmax_step: cap, bias, in that order and rounding)
+            lse2 = lse_smem.index(s).load(col_st) * LOG2E
+            dx = (m0 - n0) + d_lane  # i - j = dx + d_reg
+            if SOFTCAP:  # t = tanh(S·scale / softcap); d(softcap·t)/d(q·kᵀ) = scale·(1 - t²)
+                st = _tanh_approx(st * cap_scale)
+                if ALIBI:  # (1 - t²) here with ALiBi, after the exponential without: fewer spills each
+                    gt = 1.0 - st * st
+            sb = st
+            if ALIBI:  # - slope·|i - j|, in the scores' units
+                sb = sb - slope * gl.abs(dx.to(gl.float32) + d_regf)
+                if SOFTCAP and CAUSAL:  # (masked before the exponential, every block: no branch, no spills)
+                    sb = gl.where(dx >= -d_reg, sb, float("-inf"))
+            pt = gl.exp2(sb * qk_scale - lse2[None, :])
+            if SOFTCAP:
+                if not ALIBI:
+                    gt = 1.0 - st * st
+                # P^T to 16 bits (the dV operand) before the causal mask's branch and P^T·(1 - t²)
+                # in fp32 (dS^T's): across the branch, 48 registers (t and P^T in fp32, 64: the
+                # causal loop spilled 350 B)
+                pt16 = pt.to(dtype)
+                pt = pt * gt
+                if CAUSAL and not ALIBI:
+                    if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                        keep = dx >= -d_reg
+                        pt16 = gl.where(keep, pt16, 0.0)
+                        pt = gl.where(keep, pt, 0.0)
+            else:
+                if CAUSAL:
+                    if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                        pt = gl.where(dx >= -d_reg, pt, 0.0)
+                pt16 = pt.to(dtype)
+            dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
+            pt_op = gl.convert_layout(pt16, a_layout)
+            dv_tok = warpgroup_mma(pt_op, do_s, dv, is_async=True)
+        else:
+            lse2 = lse_smem.index(s).load(col_st) * LOG2E
+            pt = gl.exp2(st * qk_scale - lse2[None, :])
+            if CAUSAL:
+                if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                    pt = gl.where(offs_n[:, None] <= (m0 + offs_mq)[None, :], pt, 0.0)
+            dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
+            pt_op = gl.convert_layout(pt.to(dtype), a_layout)
+            dv_tok = warpgroup_mma(pt_op, do_s, dv, is_async=True)
         delta = delta_smem.index(s).load(col_st)
         dst16 = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)
         dst_op = gl.convert_layout(dst16, a_layout)
@@ -253,6 +369,14 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
         mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
     # dK_w (already scaled), dV_w, summed over the group's query heads.
+    if SOFTCAP or ALIBI:  # the tile's place read again, not kept across the loop (it spilled)
+        b, hk, n0, HKV = _bwd_tile_again(H, GROUP, BLOCK_N, LONG_FIRST)
+        n0w = n0 + W * 64
+        if OUT_BSHD:
+            k_sb = S * HKV * HEAD_DIM
+            k_ss = HKV * HEAD_DIM
+        else:
+            k_sb = HKV * S * HEAD_DIM
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
     o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
@@ -263,15 +387,19 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem,
 @gluon.jit
 def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, DQ, DK, DV, sm_scale, S, H, GROUP,
                            q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
+                           Alibi, softcap, alibi_sb, alibi_sh,
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
-                           LONG_FIRST: gl.constexpr, num_warps: gl.constexpr):
+                           LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
+                           ALIBI: gl.constexpr = False):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
     placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
     BLOCK_M; DQ fp32, zeroed, (B, S, H, D) contiguous when OUT_BSHD, else (B, H, S, D); DK, DV
-    likewise with H // GROUP heads."""
+    likewise with H // GROUP heads. SOFTCAP: the forward's scores were softcap * tanh(scores *
+    sm_scale / softcap), softcap > 0. ALIBI: they had -Alibi[b * alibi_sb + h * alibi_sh] * |i - j|
+    added (GROUP <= ALIBI_GROUP_MAX). The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
     gl.static_assert(BLOCK_M == 64)
@@ -287,6 +415,11 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+    if ALIBI:  # a row of the group's slopes for each consumer warpgroup
+        slope_smem = gl.allocate_shared_memory(gl.float32, [2 * ALIBI_GROUP_MAX, 1],
+                                               gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    else:
+        slope_smem = lse_smem  # (not read)
     k_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     v_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -303,12 +436,14 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     # (argument tuples written out in the call: a tuple assigned to a name first would turn its
     # constexprs into tensors)
     gl.warp_specialize([
-        (_bwd_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
-                         k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
-        (_bwd_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
-                         k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
+        (_bwd_consumer, (0, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
+                         delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
+                         alibi_sb, alibi_sh, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST,
+                         SOFTCAP, ALIBI)),
+        (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
+                         delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
+                         alibi_sb, alibi_sh, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST,
+                         SOFTCAP, ALIBI)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
