@@ -280,22 +280,26 @@ def test_use_deterministic_algorithms_keeps_the_triton_backward(machine_ok, monk
     assert calls == [dict(bshd=False, causal=True)]
 
 
+def _tracing_setup(monkeypatch):
+    """(attn_bwd_impl's eligible arguments, out, lse) for make_fx tests, with the Gluon launch made
+    an error (nothing may launch while tracing) and Delta's Triton kernel a stand-in of its shape
+    (traced through wrap_triton on a GPU; the interpreter cannot run it on fake tensors)."""
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the Gluon backward was launched while tracing")
+
+    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
+    monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
+    a = _bwd_args()
+    B, H, S, D = a["q"].shape
+    return a, _bshd(B, S, H), torch.randn(B, H, S)
+
+
 def test_traced_backward_records_the_opaque_op(machine_ok, monkeypatch):
     """make_fx of attn_bwd_impl (fake / symbolic): one attn_bwd_hopper call, no launch of the
     Gluon kernel while tracing."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    def no_launch(*args, **kwargs):
-        raise AssertionError("the Gluon backward was launched while tracing")
-
-    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
-    # Delta's Triton kernel: traced through wrap_triton on a GPU; the interpreter cannot run it
-    # on fake tensors, so here a stand-in of its shape
-    monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
-    a = _bwd_args()
-    B, H, S, D = a["q"].shape
-    out = _bshd(B, S, H)
-    lse = torch.randn(B, H, S)
+    a, out, lse = _tracing_setup(monkeypatch)
     rest = (None, None, a["scale"], True, 0, True, False)
     for mode in ("fake", "symbolic"):
         gm = make_fx(lambda do, q, k, v, o, l: launch.attn_bwd_impl(do, q, k, v, o, l, *rest),
@@ -310,15 +314,8 @@ def test_traced_backward_with_features_records_them(machine_ok, monkeypatch):
     launched while tracing; a plain call's op call carries neither."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    def no_launch(*args, **kwargs):
-        raise AssertionError("the Gluon backward was launched while tracing")
-
-    monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
-    monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
-    a = _bwd_args()
+    a, out, lse = _tracing_setup(monkeypatch)
     B, H, S, D = a["q"].shape
-    out = _bshd(B, S, H)
-    lse = torch.randn(B, H, S)
     alibi, sink = torch.rand(B, H), torch.randn(H)
     for mode in ("fake", "symbolic"):
         def f(do, q, k, v, o, l, al, sk):
