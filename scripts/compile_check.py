@@ -164,9 +164,10 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
 
 
-def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False):
+def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it, with
-    its feature flags (kernels/bwd_hopper.py: SOFTCAP, ALIBI; a sink needs no flag)."""
+    its feature flags (kernels/bwd_hopper.py: SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
+    launcher passes them); a sink needs no flag)."""
     from flashkernels.ops.attention.kernels import bwd_hopper
 
     rows = launch.HOPPER_BWD_BLOCK_M
@@ -177,10 +178,12 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}", "Alibi": "*fp32",
             "softcap": "fp32"}
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=launch.HOPPER_BLOCK_N, STAGES=launch.HOPPER_STAGES,
-                  CAUSAL=causal, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4, SOFTCAP=softcap, ALIBI=alibi)
-    # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1))
+                  CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4, SOFTCAP=softcap,
+                  ALIBI=alibi, WINDOW=window)
+    # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
+    # bounds any integers)
     return _compile_gluon(bwd_hopper.attn_bwd_hopper_kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,
-                          plain=("H", "GROUP", "alibi_sb", "alibi_sh"))
+                          plain=("H", "GROUP", "alibi_sb", "alibi_sh", "causal_offset", "window_left", "window_right"))
 
 
 def report(tag: str, build) -> bool:
