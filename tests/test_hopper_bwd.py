@@ -1,14 +1,16 @@
 """The Gluon Hopper backward (ops/attention/kernels/bwd_hopper.py) and its dispatch (launch.py).
 
-CPU: which calls take it and why the others do not (launch.hopper_bwd_reason: softcap, ALiBi and
-the sink taken, the window and Sq != Sk not), that ``deterministic`` keeps the Triton backward,
-that traced launchers record the opaque op flashkernels::attn_bwd_hopper (with the features),
-its fake's layouts, the kernel's formulation of the features' gradients (P from the forward's lse,
-softcap's 1 - t², dsink from Delta) in float64 against autograd, and the sm_90a builds of the
+CPU: which calls take it and why the others do not (launch.hopper_bwd_reason: every feature of
+the forward taken: softcap, ALiBi, the sink, windows, Sq != Sk, causal offsets), that
+``deterministic`` keeps the Triton backward, that traced launchers record the opaque op
+flashkernels::attn_bwd_hopper (with the features), its fake's layouts, the kernel's formulation
+of the features' gradients (P from the forward's lse, softcap's 1 - t², the window's masks and
+keyless rows, dsink from Delta) in float64 against autograd, and the sm_90a builds of the
 feature flags (the plain builds: test_hopper_fwd's compile test).
 GPU (marked ``gpu``, skipped unless the device is an sm_90 one): gradients through it against
 float64 and against the Triton backward, every input layout, GQA/MQA, each feature and all
-together, torch.compile, opcheck, determinism on request, compute-sanitizer.
+together, windows and Sq != Sk, torch.compile, opcheck, determinism on request,
+compute-sanitizer.
 """
 import math
 import os
@@ -576,20 +578,26 @@ SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 torch.manual_seed(0)
-for dt, causal, B, H, Hkv, S, D, feats in [
-        (torch.bfloat16, True, 1, 4, 2, 384, 128, False), (torch.float16, False, 2, 2, 1, 256, 128, False),
-        (torch.float16, False, 2, 2, 2, 256, 128, False), (torch.bfloat16, True, 1, 4, 2, 384, 64, False),
-        (torch.bfloat16, True, 2, 4, 2, 384, 128, True), (torch.float16, False, 1, 4, 1, 256, 64, True)]:
+for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
+        (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),
+        (torch.float16, False, 2, 2, 1, 256, 256, 128, False, (-1, -1)),
+        (torch.float16, False, 2, 2, 2, 256, 256, 128, False, (-1, -1)),
+        (torch.bfloat16, True, 1, 4, 2, 384, 384, 64, False, (-1, -1)),
+        (torch.bfloat16, True, 2, 4, 2, 384, 384, 128, True, (-1, -1)),
+        (torch.float16, False, 1, 4, 1, 256, 256, 64, True, (-1, -1)),
+        (torch.bfloat16, True, 1, 4, 2, 512, 256, 128, True, (-1, -1)),   # rows without keys (WINDOW)
+        (torch.float16, False, 1, 4, 2, 256, 640, 64, False, (70, 3))]:  # keys no row sees
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
-    k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
+    k, v = (torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
     kw = {}
     if feats:  # softcap, ALiBi (B, H) and a sink: the backward's feature flags (the slopes' shared memory)
         kw = dict(softcap=5.0, alibi_slopes=torch.rand(B, H, device="cuda") * 0.1,
                   learnable_sink=torch.randn(H, device="cuda", requires_grad=True))
-    flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton", **kw).sum().backward()
+    flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, backend="triton",
+                                 **kw).sum().backward()
 torch.cuda.synchronize()
 # the forward is Gluon at D = 128 only, the backward at 64 and 128
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (4, 6), \
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (5, 8), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -599,8 +607,9 @@ print("done")
 @pytest.mark.big_memory
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 def test_hopper_kernels_memcheck(tmp_path):
-    """memcheck over both Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64, and
-    softcap + ALiBi + sink (GQA causal at D = 128, MQA at D = 64)."""
+    """memcheck over both Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64,
+    softcap + ALiBi + sink (GQA causal at D = 128, MQA at D = 64), and the backward's WINDOW
+    (Sq > Sk causal with all three at D = 128, a window with Sq < Sk at D = 64)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 
