@@ -10,7 +10,7 @@ and shared memory. Catches compile errors and register spills before any GPU tim
 With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward and
 backward (kernels/fwd_hopper.py, bwd_hopper.py: what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
 and causal values asked, when 128 is among the dims and no other flag is on; the backward (D = 64 and 128) also
-with --softcap / --alibi (its feature flags; a sink is the build without).
+with --softcap / --alibi / --window (its feature flags; a sink is the build without).
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
 instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
@@ -258,12 +258,12 @@ def main():
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
-                             and not (mk or window or sink or varlen))
+                             and not (mk or sink or varlen))
                 if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:
                     cfg = (launch.HOPPER_BWD_BLOCK_M, launch.HOPPER_BLOCK_N, 4, launch.HOPPER_STAGES)
-                    feats = dict(softcap=bool(softcap), alibi=alibi)
+                    feats = dict(softcap=bool(softcap), alibi=alibi, window=window)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    if softcap or alibi:
+                    if softcap or alibi or window:
                         tag += " +" + ",".join(k for k, v in feats.items() if v)
                     bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d, **feats))
     sys.exit(1 if bad else 0)
