@@ -1,14 +1,16 @@
 """The Gluon Hopper backward (ops/attention/kernels/bwd_hopper.py) and its dispatch (launch.py).
 
-CPU: which calls take it and why the others do not (launch.hopper_bwd_reason: softcap, ALiBi and
-the sink taken, the window and Sq != Sk not), that ``deterministic`` keeps the Triton backward,
-that traced launchers record the opaque op flashkernels::attn_bwd_hopper (with the features),
-its fake's layouts, the kernel's formulation of the features' gradients (P from the forward's lse,
-softcap's 1 - t², dsink from Delta) in float64 against autograd, and the sm_90a builds of the
+CPU: which calls take it and why the others do not (launch.hopper_bwd_reason: every feature of
+the forward taken: softcap, ALiBi, the sink, windows, Sq != Sk, causal offsets), that
+``deterministic`` keeps the Triton backward, that traced launchers record the opaque op
+flashkernels::attn_bwd_hopper (with the features), its fake's layouts, the kernel's formulation
+of the features' gradients (P from the forward's lse, softcap's 1 - t², the window's masks and
+keyless rows, dsink from Delta) in float64 against autograd, and the sm_90a builds of the
 feature flags (the plain builds: test_hopper_fwd's compile test).
 GPU (marked ``gpu``, skipped unless the device is an sm_90 one): gradients through it against
 float64 and against the Triton backward, every input layout, GQA/MQA, each feature and all
-together, torch.compile, opcheck, determinism on request, compute-sanitizer.
+together, windows and Sq != Sk, torch.compile, opcheck, determinism on request,
+compute-sanitizer.
 """
 import math
 import os
@@ -67,6 +69,10 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert "softcap at head dim 256" in launch.hopper_bwd_reason(**_bwd_args(D=256, softcap=30.0))
     assert "ALiBi at head dim 256" in launch.hopper_bwd_reason(**_bwd_args(D=256, alibi_slopes=torch.rand(4)))
     assert launch.hopper_bwd_reason(**_bwd_args(D=256, sink=torch.randn(4))) is None
+    # nor a window, Sq != Sk or a causal offset (kernels/bwd_hopper.py's WINDOW)
+    assert "window" in launch.hopper_bwd_reason(**_bwd_args(D=256, window_left=64))
+    for geometry in (dict(S=256, Sk=384), dict(causal_offset=128)):
+        assert "Sq != Sk or a causal offset" in launch.hopper_bwd_reason(**_bwd_args(D=256, **geometry))
     # dO: a TMA view, aligned
     flat = torch.randn(2 * 256 * 4 * 128 + 1).to(bf16)
     misaligned = flat[1:].view(2, 256, 4, 128).transpose(1, 2)
@@ -81,20 +87,32 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert launch.HOPPER_BWD_ENV in launch.hopper_bwd_reason(**_bwd_args())
 
 
-@pytest.mark.parametrize("over,expected", [
-    (dict(window_left=64), "sliding window"), (dict(causal=False, window_left=-1, window_right=0), "sliding window"),
-    (dict(window_left=64, softcap=30.0, alibi_slopes=torch.rand(4), sink=torch.randn(4)), "sliding window"),
-    (dict(S=256, Sk=384, causal=False), "Sq 256 != Sk 384"), (dict(S=256, Sk=384, causal_offset=128), "Sq 256"),
-    (dict(S=256, Sk=384, causal=False, softcap=30.0), "Sq 256 != Sk 384"), (dict(causal_offset=3), "causal_offset 3"),
-], ids=["window", "window-noncausal", "window-with-the-others", "sq-ne-sk", "sq-ne-sk-causal", "sq-ne-sk-softcap",
-        "causal-offset"])
-def test_bwd_refuses_the_forward_only_features(machine_ok, over, expected):
-    """The Gluon forward takes these (test_hopper_fwd); the Gluon backward has not the window nor
-    Sq != Sk / a causal offset, so hopper_bwd_reason refuses each itself (the Triton backward runs
-    on the Gluon forward's out/lse), with the features it has or without."""
-    assert launch.hopper_fwd_reason(**_args(**over)) is None
-    why = launch.hopper_bwd_reason(**_bwd_args(**over))
-    assert why is not None and expected in why, why
+@pytest.mark.parametrize("over", [
+    dict(window_left=64), dict(causal=False, window_left=-1, window_right=0), dict(causal=False, window_left=0,
+                                                                                  window_right=0),
+    dict(window_left=64, softcap=30.0, alibi_slopes=torch.rand(4), sink=torch.randn(4)),
+    dict(S=256, Sk=384, causal=False), dict(S=256, Sk=384, causal_offset=128), dict(S=384, Sk=256, causal_offset=-128),
+    dict(S=256, Sk=384, causal_offset=0), dict(S=384, Sk=256, causal_offset=0),
+    dict(S=256, Sk=384, causal=False, softcap=30.0, alibi_slopes=torch.rand(2, 4)), dict(causal_offset=3),
+    dict(D=64, S=128, Sk=640, window_left=100, window_right=7, causal=False),
+], ids=["window", "window-right-0", "window-0-0", "window-with-the-others", "sq-lt-sk-full", "sq-lt-sk-bottom-right",
+        "sq-gt-sk-bottom-right", "sq-lt-sk-top-left", "sq-gt-sk-top-left", "sq-ne-sk-softcap-alibi", "causal-offset-3",
+        "d64-window-sq-lt-sk"])
+def test_bwd_takes_windows_and_unequal_seqlens(machine_ok, over):
+    """The forward's sliding windows, Sq != Sk under either causal alignment and any causal_offset
+    (test_hopper_fwd) are the Gluon backward's cases too (its kernel's WINDOW)."""
+    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:
+        assert launch.hopper_fwd_reason(**_args(**over)) is None
+    assert launch.hopper_bwd_reason(**_bwd_args(**over)) is None
+
+
+def test_bwd_int32_offsets_count_the_keys(machine_ok):
+    """Sk > Sq: the dK / dV offsets (k's element count) can pass int32 where q's do not."""
+    q = torch.empty(1, 128, 8, 128, dtype=bf16, device="meta").transpose(1, 2)
+    k = torch.empty(1, (1 << 21) + 128, 8, 128, dtype=bf16, device="meta").transpose(1, 2)
+    why = launch.hopper_bwd_reason(**_bwd_args(q=q, k=k, v=k, do=q, H=8, Hkv=8, S=128, Sk=(1 << 21) + 128,
+                                               causal=False))
+    assert why is not None and "int32" in why, why
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -178,10 +196,13 @@ def test_backward_takes_the_hopper_path(machine_ok, monkeypatch, deterministic):
         torch.testing.assert_close(g.transpose(1, 2).double(), r, atol=2e-2, rtol=2e-2)
 
 
-def _fake_hopper_fwd_features(q, k, v, out, lse, scale, causal, softcap=0.0, alibi_slopes=None, sink=None):
-    """launch.hopper_fwd with softcap / ALiBi / the sink, on a CPU: the float64 definition."""
-    o, l = f64_flash_attention(*(x.transpose(1, 2) for x in (q, k, v)), causal=causal, softcap=softcap,
-                               alibi=alibi_slopes, sink=sink)
+def _fake_hopper_fwd_features(q, k, v, out, lse, scale, causal, causal_offset=0, window_left=-1, window_right=-1,
+                              softcap=0.0, alibi_slopes=None, sink=None):
+    """launch.hopper_fwd with its features, on a CPU: the float64 definition (flash_attn_func's:
+    the diagonal bottom-right, causal_offset Sk - Sq, or 0 where nothing needs it)."""
+    assert causal_offset in (0, k.shape[2] - q.shape[2]), causal_offset
+    o, l = f64_flash_attention(*(x.transpose(1, 2) for x in (q, k, v)), causal=causal,
+                               window_size=(window_left, window_right), softcap=softcap, alibi=alibi_slopes, sink=sink)
     out.copy_(o.transpose(1, 2))
     lse.copy_(l)
 
@@ -189,11 +210,16 @@ def _fake_hopper_fwd_features(q, k, v, out, lse, scale, causal, softcap=0.0, ali
 def _emulated_hopper_bwd(calls):
     """Stands in for launch.attn_bwd_hopper_impl on a CPU, computing what the kernel computes, in
     float64: P^T = exp(S^T - lse) from the forward's lse (which holds the sink's share: the kernel
-    is never told of the sink) with the forward's softcap and ALiBi, dV = P^T dO, dS^T = P^T (dP^T -
-    Delta) (1 - t²) scale, dK = dS^T Q, dQ = dS K, summed over a GQA group."""
-    def run(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None):
-        calls.append(dict(bshd=bshd, causal=causal, softcap=softcap, alibi=alibi_slopes))
-        B, H, S, D = q.shape
+    is never told of the sink) with the forward's softcap, ALiBi (|i + off - j|) and the keys row i
+    sees (i + off - left .. i + off + right, right = 0 causal; P = 0 elsewhere, and on a row that sees
+    no key, whose lse is -inf), dV = P^T dO, dS^T = P^T (dP^T - Delta) (1 - t²) scale, dK = dS^T Q,
+    dQ = dS K, summed over a GQA group."""
+    def run(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None, causal_offset=0,
+            window_left=-1, window_right=-1):
+        calls.append(dict(bshd=bshd, causal=causal, softcap=softcap, alibi=alibi_slopes, causal_offset=causal_offset,
+                          window=(window_left, window_right)))
+        B, H, Sq, D = q.shape
+        Sk = k.shape[2]
         g = H // k.shape[1]
         q64, do64 = q.double(), do.double()
         k64, v64 = (x.double().repeat_interleave(g, 1) for x in (k, v))
@@ -201,12 +227,17 @@ def _emulated_hopper_bwd(calls):
         if softcap > 0:
             t = torch.tanh(s / softcap)
             s = softcap * t
-        i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+        d = torch.arange(Sq)[:, None] + causal_offset - torch.arange(Sk)[None, :]  # i + off - j
         if alibi_slopes is not None:
-            s = s - alibi_slopes.double().expand(B, H)[:, :, None, None] * (i - j).abs()
+            s = s - alibi_slopes.double().expand(B, H)[:, :, None, None] * d.abs()
+        seen = torch.ones(Sq, Sk, dtype=torch.bool)
+        if window_left >= 0:
+            seen &= d <= window_left
         if causal:
-            s = s.masked_fill(j > i, -math.inf)
-        p = torch.exp(s - lse.double()[..., None])
+            seen &= d >= 0
+        elif window_right >= 0:
+            seen &= d >= -window_right
+        p = torch.exp(s - lse.double()[..., None]).masked_fill(~seen, 0.0)
         ds = p * (do64 @ v64.transpose(-1, -2) - delta.double()[..., None])
         if softcap > 0:
             ds = ds * (1 - t * t)
@@ -221,40 +252,58 @@ def _emulated_hopper_bwd(calls):
     return run
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_backward_with_features_takes_the_hopper_path(machine_ok, monkeypatch, causal, deterministic):
-    """flash_attn_func with softcap, ALiBi (B, H), a sink and a gradient at lse: the backward goes
-    to the Hopper launcher with softcap and the slopes (not the sink), except with
-    deterministic=True (the Triton kernels, through the interpreter). With the launcher emulating
-    the kernel's formulation in float64 (P from lse, dsink = -sum exp(sink - lse) Delta from
-    attn_bwd_impl), dq, dk, dv and dsink match autograd of the float64 definition."""
+# (Sq, Sk, window_size, sink): rows that see no key (bottom-right, Sq > Sk) with and without a sink
+GEOMETRIES = [(128, 128, (-1, -1), True), (128, 256, (-1, -1), True), (256, 128, (-1, -1), False),
+              (256, 128, (-1, -1), True), (256, 256, (40, 9), True)]
+
+
+# (the interpreter's Triton backward, deterministic=True, on the first geometry only)
+DISPATCH_CASES = [(c, g, det) for c in (False, True) for g in GEOMETRIES for det in (False, True)
+                  if not det or g is GEOMETRIES[0]]
+
+
+@pytest.mark.parametrize("causal,geometry,deterministic", DISPATCH_CASES, ids=[
+    "-".join(["causal" if c else "full", f"q{a}-k{b}-win{w[0]}_{w[1]}" + ("-sink" if sk else ""),
+              "deterministic" if det else "default"]) for c, (a, b, w, sk), det in DISPATCH_CASES])
+def test_backward_with_features_takes_the_hopper_path(machine_ok, monkeypatch, causal, geometry, deterministic):
+    """flash_attn_func with softcap, ALiBi (B, H), a sink and a gradient at lse, Sq != Sk and a
+    sliding window: the backward goes to the Hopper launcher with softcap, the slopes, the offset and
+    the window (not the sink), except with deterministic=True (the Triton kernels, through the
+    interpreter). With the launcher emulating the kernel's formulation in float64 (P from lse,
+    dsink = -sum exp(sink - lse) Delta from attn_bwd_impl), dq, dk, dv and dsink match autograd of
+    the float64 definition."""
     from flashkernels import _backend
 
     if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
         pytest.skip("no Triton interpreter here")
+    Sq, Sk, window, with_sink = geometry
     calls = []
     monkeypatch.setattr(launch, "hopper_fwd", _fake_hopper_fwd_features)
     monkeypatch.setattr(launch, "attn_bwd_hopper_impl", _emulated_hopper_bwd(calls))
-    B, S, H, Hkv, D = 2, 128, 4, 2, 128
-    q = randn(B, S, H, D, dtype=f16, requires_grad=True)
-    k, v = (randn(B, S, Hkv, D, dtype=f16, requires_grad=True) for _ in range(2))
+    B, H, Hkv, D = 2, 4, 2, 128
+    q = randn(B, Sq, H, D, dtype=f16, requires_grad=True)
+    k, v = (randn(B, Sk, Hkv, D, dtype=f16, requires_grad=True) for _ in range(2))
     alibi = torch.rand(B, H) * 0.1
-    sink = (randn(H) * 2).requires_grad_()
-    out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, softcap=2.0, alibi_slopes=alibi,
-                                               learnable_sink=sink, return_attn_probs=True,
+    sink = (randn(H) * 2).requires_grad_() if with_sink else None
+    leaves = (q, k, v) + ((sink,) if with_sink else ())
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=2.0,
+                                               alibi_slopes=alibi, learnable_sink=sink, return_attn_probs=True,
                                                deterministic=deterministic, backend="triton")
-    dout, dlse = randn(B, S, H, D, dtype=f16), randn(B, H, S)
-    grads = torch.autograd.grad((out, lse), (q, k, v, sink), (dout, dlse))
+    dout, dlse = randn(B, Sq, H, D, dtype=f16), randn(B, H, Sq)
+    grads = torch.autograd.grad((out, lse), leaves, (dout, dlse))
     if deterministic:
         assert calls == []
     else:
         assert len(calls) == 1 and calls[0]["softcap"] == 2.0 and calls[0]["alibi"] is not None, calls
-        assert (calls[0]["bshd"], calls[0]["causal"]) == (True, causal)
-    leaves = [x.detach().double().requires_grad_() for x in (q, k, v, sink)]
-    ref, ref_lse = f64_flash_attention(*leaves[:3], causal=causal, softcap=2.0, alibi=alibi, sink=leaves[3])
-    ref_g = torch.autograd.grad((ref, ref_lse), leaves, (dout.double(), dlse.double()))
+        assert (calls[0]["bshd"], calls[0]["causal"], calls[0]["causal_offset"]) == (True, causal, Sk - Sq)
+        assert calls[0]["window"] == window
+    ref_in = [x.detach().double().requires_grad_() for x in leaves]
+    ref, ref_lse = f64_flash_attention(*ref_in[:3], causal=causal, window_size=window, softcap=2.0, alibi=alibi,
+                                       sink=ref_in[3] if with_sink else None)
+    fin = torch.isfinite(ref_lse)  # (a row that sees no key: lse -inf, no gradient arrives there)
+    ref_g = torch.autograd.grad((ref, ref_lse.where(fin, 0.0)), ref_in, (dout.double(), dlse.double()))
     for name, g, r in zip(("dq", "dk", "dv", "dsink"), grads, ref_g):
+        assert not g.isnan().any(), name
         torch.testing.assert_close(g.double(), r, atol=2e-2, rtol=2e-2, msg=lambda m: f"{name}: {m}")
 
 
@@ -280,8 +329,8 @@ def test_use_deterministic_algorithms_keeps_the_triton_backward(machine_ok, monk
     assert calls == [dict(bshd=False, causal=True)]
 
 
-def _tracing_setup(monkeypatch):
-    """(attn_bwd_impl's eligible arguments, out, lse) for make_fx tests, with the Gluon launch made
+def _tracing_setup(monkeypatch, **shape):
+    """(attn_bwd_impl's eligible arguments of ``shape`` (_bwd_args'), out, lse) for make_fx tests, with the Gluon launch made
     an error (nothing may launch while tracing) and Delta's Triton kernel a stand-in of its shape
     (traced through wrap_triton on a GPU; the interpreter cannot run it on fake tensors)."""
     def no_launch(*args, **kwargs):
@@ -289,7 +338,7 @@ def _tracing_setup(monkeypatch):
 
     monkeypatch.setattr(launch, "attn_bwd_hopper_impl", no_launch)
     monkeypatch.setattr(launch, "attn_bwd_delta", lambda out, do, lse, dlse: torch.empty_like(lse))
-    a = _bwd_args()
+    a = _bwd_args(**shape)
     B, H, S, D = a["q"].shape
     return a, _bshd(B, S, H), torch.randn(B, H, S)
 
@@ -309,30 +358,34 @@ def test_traced_backward_records_the_opaque_op(machine_ok, monkeypatch):
 
 
 def test_traced_backward_with_features_records_them(machine_ok, monkeypatch):
-    """make_fx of attn_bwd_impl with softcap, ALiBi and a sink: one attn_bwd_hopper call that
-    carries softcap and the slopes (the sink's gradient is traced torch code beside it), nothing
-    launched while tracing; a plain call's op call carries neither."""
+    """make_fx of attn_bwd_impl with softcap, ALiBi, a sink, Sq < Sk with a causal_offset and a
+    window: one attn_bwd_hopper call that carries softcap, the slopes, the offset and the window
+    (the sink's gradient is traced torch code beside it), dK / dV of the keys' length from its
+    fake, nothing launched while tracing; a plain call's op call carries none of them."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    a, out, lse = _tracing_setup(monkeypatch)
+    a, out, lse = _tracing_setup(monkeypatch, S=256, Sk=384)
     B, H, S, D = a["q"].shape
     alibi, sink = torch.rand(B, H), torch.randn(H)
     for mode in ("fake", "symbolic"):
         def f(do, q, k, v, o, l, al, sk):
-            return launch.attn_bwd_impl(do, q, k, v, o, l, None, None, a["scale"], True, 0, True, False, -1, -1, 5.0,
-                                        al, sk)
+            return launch.attn_bwd_impl(do, q, k, v, o, l, None, None, a["scale"], True, 128, True, False, 100, -1,
+                                        5.0, al, sk)
         gm = make_fx(f, tracing_mode=mode)(a["do"], a["q"], a["k"], a["v"], out, lse, alibi, sink)
         nodes = [n for n in gm.graph.nodes if n.op == "call_function"
                  and str(n.target) == "flashkernels.attn_bwd_hopper.default"]
         assert len(nodes) == 1
         bound = nodes[0].target._schema.arguments
-        given = dict(zip((x.name for x in bound), nodes[0].args), **nodes[0].kwargs)
+        given = {x.name: x.default_value for x in bound if x.has_default_value()}  # (defaults may go unrecorded)
+        given.update(zip((x.name for x in bound), nodes[0].args), **nodes[0].kwargs)
         assert given["softcap"] == 5.0 and given["alibi_slopes"].op == "placeholder", given
+        assert (given["causal_offset"], given["window_left"], given["window_right"]) == (128, 100, -1), given
         dq, dk, dv = nodes[0].meta["val"]
-        assert tuple(dq.shape) == (B, H, S, D) and tuple(dk.shape) == (B, 2, S, D)
-        rest = (None, None, a["scale"], True, 0, True, False)
+        assert tuple(dq.shape) == (B, H, S, D) and tuple(dk.shape) == tuple(dv.shape) == (B, 2, 384, D)
+        p = _bwd_args()
+        rest = (None, None, p["scale"], True, 0, True, False)
         gm = make_fx(lambda do, q, k, v, o, l: launch.attn_bwd_impl(do, q, k, v, o, l, *rest),
-                     tracing_mode=mode)(a["do"], a["q"], a["k"], a["v"], out, lse)
+                     tracing_mode=mode)(p["do"], p["q"], p["k"], p["v"], _bshd(B, 256, H), torch.randn(B, H, 256))
         node = next(n for n in gm.graph.nodes if str(n.target) == "flashkernels.attn_bwd_hopper.default")
         assert len(node.args) == 9 and not node.kwargs, (node.args, node.kwargs)
 
@@ -341,26 +394,30 @@ def test_opaque_bwd_op_fake_layouts():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     for bshd in (True, False):
-        with FakeTensorMode() as mode:
-            q = mode.from_tensor(_bshd(2, 256, 4))
-            k = mode.from_tensor(_bshd(2, 256, 2))
-            lse = mode.from_tensor(torch.randn(2, 4, 256))
-            alibi = mode.from_tensor(torch.rand(4))
-            for feats in ({}, dict(softcap=5.0, alibi_slopes=alibi)):
-                dq, dk, dv = torch.ops.flashkernels.attn_bwd_hopper(q, q, k, k, lse, lse, 0.1, True, bshd, **feats)
-                for g, heads in ((dq, 4), (dk, 2), (dv, 2)):
-                    ref = launch._empty_like_layout(2, heads, 256, 128, bshd, torch.empty(0, dtype=bf16))
-                    assert g.shape == ref.shape and g.stride() == ref.stride() and g.dtype == bf16
+        for Sk in (256, 384):
+            with FakeTensorMode() as mode:
+                q = mode.from_tensor(_bshd(2, 256, 4))
+                k = mode.from_tensor(_bshd(2, Sk, 2))
+                lse = mode.from_tensor(torch.randn(2, 4, 256))
+                alibi = mode.from_tensor(torch.rand(4))
+                for feats in ({}, dict(softcap=5.0, alibi_slopes=alibi, causal_offset=Sk - 256, window_left=64)):
+                    dq, dk, dv = torch.ops.flashkernels.attn_bwd_hopper(q, q, k, k, lse, lse, 0.1, True, bshd,
+                                                                        **feats)
+                    for g, heads, s in ((dq, 4, 256), (dk, 2, Sk), (dv, 2, Sk)):
+                        ref = launch._empty_like_layout(2, heads, s, 128, bshd, torch.empty(0, dtype=bf16))
+                        assert g.shape == ref.shape and g.stride() == ref.stride() and g.dtype == bf16
 
 
 # ------------------------------------------------------------------------------ sm_90a build
-# The backward's feature flags (kernels/bwd_hopper.py: SOFTCAP, ALIBI; a sink needs none), as
-# launch.attn_bwd_hopper_impl passes them, at each of its head dims: each alone and both, causal
-# or not, bf16 (fp16 for both together at D = 128, where the registers are tightest).
-BWD_FEATURE_BUILDS = [(dt, D, causal, flags) for D in (64, 128) for causal in (False, True)
-                      for flags in (dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))
-                      for dt in ("bf16",)] + [("fp16", 128, causal, dict(softcap=True, alibi=True))
-                                              for causal in (False, True)]
+# The backward's feature flags (kernels/bwd_hopper.py: SOFTCAP, ALIBI, WINDOW; a sink needs none),
+# as launch.attn_bwd_hopper_impl passes them, at each of its head dims: softcap and ALiBi alone and
+# both, causal or not; WINDOW (which replaces CAUSAL) alone and with each and both; bf16, and fp16
+# for softcap + ALiBi at D = 128, where the registers are tightest.
+BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal in (False, True)
+                      for flags in (dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))] + \
+    [("bf16", D, False, dict(window=True, **flags)) for D in (64, 128)
+     for flags in ({}, dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))] + \
+    [("fp16", 128, causal, dict(softcap=True, alibi=True)) for causal in (False, True)]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -374,10 +431,11 @@ for dt, D, causal, flags in %r:
 
 @pytest.mark.skipif(not bwd_hopper.AVAILABLE, reason=f"Gluon: {bwd_hopper.UNAVAILABLE_REASON}")
 def test_bwd_feature_builds_for_sm90a_without_spills():
-    """The backward's softcap and ALiBi flags build for sm_90a through
+    """The backward's softcap, ALiBi and window flags build for sm_90a through
     compile_check.compile_hopper_bwd (in its own process, as test_hopper_fwd's build tests) with no
-    serialised wgmma, no spill without causal and no more than the plain causal build's 52 B with
-    it (scripts/compile_check.py --sass: no spill in the non-causal main loops at all)."""
+    serialised wgmma, no spill without causal or a window, and no more than the plain causal
+    build's 52 B with either (at D = 128 the window's builds spill 8-12 B: one or two loads an
+    iteration in one warpgroup's loop, see scripts/compile_check.py --sass)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -394,7 +452,7 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     assert "serialized" not in log, log
     for ln in built:
         spill = re.search(r"spill\s+(\d+)B", ln)
-        assert spill and int(spill.group(1)) <= (52 if "causal=1" in ln else 0), ln
+        assert spill and int(spill.group(1)) <= (52 if "causal=1" in ln or "window" in ln else 0), ln
 
 
 # ================================================================================== GPU
@@ -530,21 +588,27 @@ SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 torch.manual_seed(0)
-for dt, causal, B, H, Hkv, S, D, feats in [
-        (torch.bfloat16, True, 1, 4, 2, 384, 128, False), (torch.float16, False, 2, 2, 1, 256, 128, False),
-        (torch.float16, False, 2, 2, 2, 256, 128, False), (torch.bfloat16, True, 1, 4, 2, 384, 64, False),
-        (torch.bfloat16, True, 1, 4, 2, 384, 256, False),
-        (torch.bfloat16, True, 2, 4, 2, 384, 128, True), (torch.float16, False, 1, 4, 1, 256, 64, True)]:
+for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
+        (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),
+        (torch.float16, False, 2, 2, 1, 256, 256, 128, False, (-1, -1)),
+        (torch.float16, False, 2, 2, 2, 256, 256, 128, False, (-1, -1)),
+        (torch.bfloat16, True, 1, 4, 2, 384, 384, 64, False, (-1, -1)),
+        (torch.bfloat16, True, 1, 4, 2, 384, 384, 256, False, (-1, -1)),
+        (torch.bfloat16, True, 2, 4, 2, 384, 384, 128, True, (-1, -1)),
+        (torch.float16, False, 1, 4, 1, 256, 256, 64, True, (-1, -1)),
+        (torch.bfloat16, True, 1, 4, 2, 512, 256, 128, True, (-1, -1)),   # rows without keys (WINDOW)
+        (torch.float16, False, 1, 4, 2, 256, 640, 64, False, (70, 3))]:  # keys no row sees
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
-    k, v = (torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
+    k, v = (torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
     kw = {}
     if feats:  # softcap, ALiBi (B, H) and a sink: the backward's feature flags (the slopes' shared memory)
         kw = dict(softcap=5.0, alibi_slopes=torch.rand(B, H, device="cuda") * 0.1,
                   learnable_sink=torch.randn(H, device="cuda", requires_grad=True))
-    flashkernels.flash_attn_func(q, k, v, causal=causal, backend="triton", **kw).sum().backward()
+    flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, backend="triton",
+                                 **kw).sum().backward()
 torch.cuda.synchronize()
 # the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (5, 7), \
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (6, 9), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -555,8 +619,9 @@ print("done")
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 def test_hopper_kernels_memcheck(tmp_path):
     """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64 and
-    256 (the backward's own kernel there), and softcap + ALiBi + sink (GQA causal at D = 128, MQA at
-    D = 64)."""
+    256 (the backward's own kernel there), softcap + ALiBi + sink (GQA causal at D = 128, MQA at
+    D = 64), and the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
+    Sq < Sk at D = 64)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 
@@ -592,31 +657,38 @@ def test_hopper_bwd_cta_orders_cuda(monkeypatch, causal, waves):
 # (test_hopper_fwd._feature_kwargs: softcap 2 bends every score; ALiBi (H,) / (B, H) geometric
 # slopes; "large" puts most of every row's mass on the sink, "mixed" is randn * 2)
 BWD_FEATURES = {
-    "softcap": dict(softcap=2.0), "alibi-h": dict(alibi="h"), "alibi-bh": dict(alibi="bh"),
-    "sink-large": dict(sink="large"), "all": dict(softcap=2.0, alibi="bh", sink="mixed"),
+    "softcap": dict(softcap=2.0), "alibi-h": dict(alibi="h"), "sink-large": dict(sink="large"),
+    "all": dict(softcap=2.0, alibi="bh", sink="mixed"),
 }
 
 
-def _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, feats, B=2, S=384):
-    """flash_attn_func's gradients (q, k, v and the sink, with a gradient at lse too) through the
-    Gluon backward (one launch more) within the policy of float64 (helpers.f64_flash_attention;
-    pt: the reference in the input dtype), and as close to the Triton backward's
-    (deterministic=True, on the same forward) as the policy's bound allows."""
+def _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, feats, B=2, Sq=384, Sk=None, window=(-1, -1)):
+    """flash_attn_func's gradients (q, k, v and the sink, with a gradient at lse too, none on the
+    rows that see no key) through the Gluon backward (one launch more) within the policy of float64
+    (helpers.f64_flash_attention; pt: the reference in the input dtype), and as close to the Triton
+    backward's (deterministic=True, on the same forward) as the policy's bound allows."""
     from flashkernels.ops.attention.reference import attention_reference
 
-    q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal), "cuda")
+    Sk = Sq if Sk is None else Sk
+    q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, Sq, Sk, D, causal=causal), "cuda")
     kw = _feature_kwargs(B, Hq, **feats)
     sink = kw.pop("learnable_sink", None)
     leaves = (q, k, v)
     if sink is not None:
         sink = sink.clone().requires_grad_()
         leaves += (sink,)
-    dout = randn(B, S, Hq, D, dtype=dtype, device="cuda")
-    dlse = randn(B, Hq, S, device="cuda")
+    dout = randn(B, Sq, Hq, D, dtype=dtype, device="cuda")
+    rows = torch.arange(Sq, device="cuda")
+    left, right = window
+    right = 0 if causal else right
+    lo = (rows + Sk - Sq - left).clamp(min=0) if left >= 0 else torch.zeros_like(rows)
+    hi = (rows + Sk - Sq + right).clamp(max=Sk - 1) if right >= 0 else torch.full_like(rows, Sk - 1)
+    dlse = randn(B, Hq, Sq, device="cuda") * (lo <= hi)  # (rows that see no key: lse -inf, no gradient)
 
     def run(deterministic):
-        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, learnable_sink=sink, return_attn_probs=True,
-                                                   deterministic=deterministic, backend="triton", **kw)
+        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, learnable_sink=sink,
+                                                   return_attn_probs=True, deterministic=deterministic,
+                                                   backend="triton", **kw)
         return torch.autograd.grad((out, lse), leaves, (dout, dlse))
 
     n = launch.hopper_bwd_launches
@@ -626,16 +698,17 @@ def _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, feats, B=2, S=384):
     assert launch.hopper_bwd_launches == n + 1, "deterministic=True ran the Gluon backward"
     alibi = kw.get("alibi_slopes")
     ref_in = [x.detach().cpu().double().requires_grad_() for x in leaves]
-    ref_out, ref_lse = f64_flash_attention(*ref_in[:3], causal=causal, softcap=kw["softcap"],
+    ref_out, ref_lse = f64_flash_attention(*ref_in[:3], causal=causal, window_size=window, softcap=kw["softcap"],
                                            alibi=None if alibi is None else alibi.cpu(),
                                            sink=ref_in[3] if sink is not None else None)
+    ref_lse = ref_lse.where(torch.isfinite(ref_lse), 0.0)
     ref_g = torch.autograd.grad((ref_out, ref_lse), ref_in, (dout.cpu().double(), dlse.cpu().double()))
     pt_in = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
     if sink is not None:
         pt_in.append(sink.detach().clone().requires_grad_())
-    pt_out, pt_lse = attention_reference(*pt_in[:3], causal=causal, causal_align="bottom_right", softcap=kw["softcap"],
-                                         alibi_slopes=alibi, sink=pt_in[3] if sink is not None else None,
-                                         compute_dtype=dtype)
+    pt_out, pt_lse = attention_reference(*pt_in[:3], causal=causal, causal_align="bottom_right", window_size=window,
+                                         softcap=kw["softcap"], alibi_slopes=alibi,
+                                         sink=pt_in[3] if sink is not None else None, compute_dtype=dtype)
     pt_g = torch.autograd.grad((pt_out, pt_lse), pt_in, (dout.transpose(1, 2), dlse.to(pt_lse.dtype)))
     mag = data_magnitude(q, k, v, dout, dlse)
     for name, g, t, r, p in zip(("dq", "dk", "dv", "dsink"), gluon, triton_, ref_g, pt_g):
@@ -653,12 +726,32 @@ def _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, feats, B=2, S=384):
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
 def test_hopper_bwd_features_cuda(D, dtype, causal, heads, feature):
-    """softcap, ALiBi (H,) and (B, H), a sink (most of the mass on it), and all three at once,
+    """softcap, ALiBi (H,), a sink (most of the mass on it), and all three at once (ALiBi (B, H)),
     causal or not, MHA and GQA (32 / 8: the group's slopes), D = 64 and 128, through the Gluon
     backward: against float64 and the Triton backward."""
     _needs_hopper()
     Hq, Hkv = HEADS[heads]
     _check_gluon_bwd_features(D, dtype, causal, Hq, Hkv, BWD_FEATURES[feature])
+
+
+def _window_cases():
+    from test_hopper_fwd import WINDOW_CASES
+
+    return WINDOW_CASES
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _window_cases(), ids=[
+    "-".join([f"q{a}-k{b}", "causal" if c else "full", f"win{w[0]}_{w[1]}"] + [f"{n}_{x}" for n, x in f.items()])
+    for a, b, c, w, f in _window_cases()])
+@pytest.mark.parametrize("D,dtype", [(128, bf16), (64, f16)], ids=["d128-bf16", "d64-fp16"])
+def test_hopper_bwd_window_and_seqlens_cuda(D, dtype, case):
+    """test_hopper_fwd's sliding windows and Sq != Sk (flash_attn_func: causal bottom-right; rows
+    that see no key, keys that no row sees, with and without a sink, with the other features) through
+    the Gluon backward (its WINDOW), GQA: against float64 and the Triton backward."""
+    _needs_hopper()
+    Sq, Sk, causal, window, feats = case
+    _check_gluon_bwd_features(D, dtype, causal, 8, 2, feats, Sq=Sq, Sk=Sk, window=window)
 
 
 @pytest.mark.gpu

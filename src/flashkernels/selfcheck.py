@@ -459,7 +459,7 @@ def hopper_fwd_status(device: torch.device) -> tuple[bool, str]:
     why = launch.hopper_fwd_device_reason(device)
     if why is not None:
         return False, f"off on {device}: {why}"
-    bwd = ("the backward at D=64/128 with Sq = Sk and no window (softcap, ALiBi and sink too)"
+    bwd = ("the backward at D=64/128 (its features too)"
            if os.environ.get(launch.HOPPER_BWD_ENV, "").strip() != "0"
            else f"the backward off ({launch.HOPPER_BWD_ENV}=0)")
     return True, (f"on for {HOPPER_FWD_CASES} ({launch.HOPPER_FWD_ENV}=0 turns it off); {bwd}, except with "

@@ -25,12 +25,12 @@ directly; traced ones (torch.compile, make_fx) record the opaque custom op
 tensors' data pointers when built, which fake tensors do not have, and Inductor would have to
 emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
-The backward of those cases with Sq = Sk, causal_offset 0 and no window runs a Gluon kernel
-(:func:`hopper_bwd_reason`): kernels/bwd_hopper.py at D = 64 or 128 (softcap, ALiBi and the sink
-included), kernels/bwd_hopper256.py at D = 256 (plain attention and the sink). dQ is summed with
-fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps the Triton
-kernels. Eager calls launch it directly, traced ones through ``flashkernels::attn_bwd_hopper``;
-``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
+The backward of those cases runs a Gluon kernel (:func:`hopper_bwd_reason`): kernels/bwd_hopper.py
+at D = 64 or 128 (every forward feature: softcap, ALiBi, the sink, sliding windows, Sq != Sk and
+causal offsets), kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
+dQ is summed with fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps
+the Triton kernels. Eager calls launch it directly, traced ones through
+``flashkernels::attn_bwd_hopper``; ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
 """
 from __future__ import annotations
 
@@ -477,10 +477,11 @@ hopper_bwd_launches = 0  # Gluon backward launches in this process
 def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
                       alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
     """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py, bwd_hopper256.py at
-    D = 256), else why not: the forward's conditions (:func:`hopper_fwd_reason`), of the forward's
-    features only softcap, ALiBi (a GQA group of at most bwd_hopper.ALIBI_GROUP_MAX query heads;
-    neither at D = 256) and the sink (no window, Sq = Sk, no causal_offset), its own switch, a TMA
-    view of dO, and int32 element offsets into the dQ accumulator and the per-head dK / dV."""
+    D = 256), else why not: the forward's conditions (:func:`hopper_fwd_reason`) at the backward's
+    head dims; at D = 64 / 128 all of the forward's features (ALiBi with a GQA group of at most
+    bwd_hopper.ALIBI_GROUP_MAX query heads), at D = 256 only the sink (no window, Sq = Sk, no
+    causal_offset, no softcap, no ALiBi); its own switch, a TMA view of dO, and int32 element
+    offsets into the dQ accumulator and the per-head dK / dV."""
     if os.environ.get(HOPPER_BWD_ENV, "").strip() == "0":
         return f"turned off ({HOPPER_BWD_ENV}=0)"
     why = hopper_fwd_device_reason(q.device)
@@ -492,20 +493,17 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
                                    head_dims=HOPPER_BWD_HEAD_DIMS)
     if why is not None:
         return why
-    # The forward's features that the Gluon backward does not have (its diagonal is i = j, Sq = Sk;
-    # softcap, ALiBi and the sink it has)
-    Sq, Sk = q.shape[2], k.shape[2]
-    if _window_args(window_left, window_right, causal, Sq, Sk)[0]:
-        return f"a sliding window {(window_left, window_right)}"
-    if q.shape[3] == 256 and (softcap > 0 or alibi_slopes is not None):  # kernels/bwd_hopper256.py
-        return f"{'softcap' if softcap > 0 else 'ALiBi'} at head dim 256 (its backward kernel has neither)"
+    if q.shape[3] == 256:  # kernels/bwd_hopper256.py: plain geometry, no score features
+        Sq, Sk = q.shape[2], k.shape[2]
+        if _window_args(window_left, window_right, causal, Sq, Sk)[0]:
+            return f"a sliding window {(window_left, window_right)} at head dim 256"
+        if Sq != Sk or causal_offset != 0:
+            return f"Sq != Sk or a causal offset at head dim 256 ({Sq} queries, {Sk} keys, offset {causal_offset})"
+        if softcap > 0 or alibi_slopes is not None:
+            return f"{'softcap' if softcap > 0 else 'ALiBi'} at head dim 256 (its backward kernel has neither)"
     if alibi_slopes is not None and q.shape[1] // k.shape[1] > bwd_hopper.ALIBI_GROUP_MAX:
         return (f"ALiBi with {q.shape[1] // k.shape[1]} query heads a kv head (at most "
                 f"{bwd_hopper.ALIBI_GROUP_MAX}: the kernel holds the group's slopes)")
-    if Sq != Sk:
-        return f"Sq {Sq} != Sk {Sk}"
-    if causal and causal_offset != 0:
-        return f"causal_offset {causal_offset}: the kernel's diagonal is i = j"
     view = _hopper_view(do)
     if view is None:
         return f"dO's strides {tuple(do.stride())}: no 2-D view with a 16-byte row stride for TMA"
@@ -513,8 +511,8 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
         return f"dO's 2-D view has {view.rows} rows: TMA coordinates are int32"
     if not traced and do.data_ptr() % 16:
         return "dO's data pointer is not 16-byte aligned (TMA)"
-    if q.numel() > _INT32_MAX:
-        return f"{q.numel()} elements in q: the dQ / dK / dV offsets are int32"
+    if max(q.numel(), k.numel()) > _INT32_MAX:
+        return f"{max(q.numel(), k.numel())} elements in q or k: the dQ / dK / dV offsets are int32"
     return None
 
 
@@ -531,21 +529,29 @@ def _rows_desc(t: torch.Tensor, rows: int):
 
 def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                          delta: torch.Tensor, scale: float, causal: bool, bshd: bool, softcap: float = 0.0,
-                         alibi_slopes: Optional[torch.Tensor] = None,
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         alibi_slopes: Optional[torch.Tensor] = None, causal_offset: int = 0, window_left: int = -1,
+                         window_right: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
-    :func:`attn_bwd_delta`; ``softcap``, ``alibi_slopes``: attn_fwd_impl's (a sink needs nothing
-    here: the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls come straight
-    here, traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
+    :func:`attn_bwd_delta`; the features (attn_fwd_impl's of the same names: softcap, ALiBi slopes,
+    Sq != Sk, a causal_offset, a sliding window) as the forward had them (a sink needs nothing here:
+    the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls come straight here,
+    traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
     global hopper_bwd_launches
     B, H, S, D = q.shape
-    Hkv = k.shape[1]
+    Hkv, Sk = k.shape[1], k.shape[2]
+    # The kernel's WINDOW (row i sees keys i + off - left .. i + off + right) for every call but
+    # the plain geometry (Sq = Sk, causal on the diagonal i = j or not at all), as hopper_fwd's
+    has_window, causal_, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
+    if causal_ and (causal_offset != 0 or S != Sk):
+        has_window, causal_, wl, wr = True, False, S + Sk, 0
+    elif not has_window and (causal_offset != 0 or S != Sk):  # (ALiBi's distance holds the offset)
+        has_window, wl, wr = True, S + Sk, S + Sk
     # (traced, the pointers were not known when the op was chosen: a rare misaligned view gets
     # an aligned copy, in the same layout)
     q, k, v, do = (t.clone() if t.data_ptr() % 16 else t for t in (q, k, v, do))
     dq = _empty_like_layout(B, H, S, D, bshd, q)
-    dk = _empty_like_layout(B, Hkv, S, D, bshd, k)
-    dv = _empty_like_layout(B, Hkv, S, D, bshd, v)
+    dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
+    dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
     dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
     rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
@@ -556,20 +562,20 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
     # (kernels/bwd_hopper._bwd_tile)
-    ctas = B * Hkv * (S // block_n)
+    ctas = B * Hkv * (Sk // block_n)
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
-    grid = (B * Hkv, S // block_n) if long_first else (S // block_n, B * Hkv)
-    if D == 256:  # (hopper_bwd_reason refused softcap and ALiBi there)
+    grid = (B * Hkv, Sk // block_n) if long_first else (Sk // block_n, B * Hkv)
+    if D == 256:  # (hopper_bwd_reason refused softcap, ALiBi, windows and Sq != Sk there)
         features = {}
         extra = ()
     else:
         alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
-        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1))
-        features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None)
+        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1), Sk, causal_offset, wl, wr)
+        features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, WINDOW=has_window)
     kernel[grid](
         dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
-        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, STAGES=HOPPER_STAGES, CAUSAL=causal,
+        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, STAGES=HOPPER_STAGES, CAUSAL=causal_,
         OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features,
     )
     hopper_bwd_launches += 1
@@ -689,6 +695,10 @@ def attn_bwd_impl(
             feats["softcap"] = softcap
         if alibi_slopes is not None:
             feats["alibi_slopes"] = alibi_slopes
+        if causal_offset != 0:
+            feats["causal_offset"] = causal_offset
+        if (window_left, window_right) != (-1, -1):
+            feats.update(window_left=window_left, window_right=window_right)
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
             return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd, **feats),
                     dsink)
@@ -756,11 +766,12 @@ attn_bwd_hopper = torch.library.custom_op("flashkernels::attn_bwd_hopper", mutat
 
 
 @attn_bwd_hopper.register_fake
-def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None):
+def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None,
+                          causal_offset=0, window_left=-1, window_right=-1):
     B, H, S, D = q.shape
-    Hkv = k.shape[1]
-    return (_empty_like_layout(B, H, S, D, bshd, q), _empty_like_layout(B, Hkv, S, D, bshd, k),
-            _empty_like_layout(B, Hkv, S, D, bshd, v))
+    Hkv, Sk = k.shape[1], k.shape[2]
+    return (_empty_like_layout(B, H, S, D, bshd, q), _empty_like_layout(B, Hkv, Sk, D, bshd, k),
+            _empty_like_layout(B, Hkv, Sk, D, bshd, v))
 
 
 @attn_fwd_hopper.register_fake

@@ -33,7 +33,7 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     Gluon 3.6 has no TMA reduce-add) while the dK wgmma runs.
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
-n0 visits only the query blocks with rows >= n0.
+n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
 
 Features (constexpr flags, each off in the plain build, whose SASS they leave as it was; the
 forward's semantics, fwd_hopper._softmax_step, in its order and rounding, so that P^T matches the
@@ -49,17 +49,24 @@ forward's lse; the gradients as kernels/bwd.py's):
   - the sink needs no flag: the forward's lse includes it, so P^T = exp(S^T - lse) is already
     right (Delta = rowsum(dO·O) holds: the sink has no value); dsink = -sum exp(sink - lse)·Delta
     is torch code in launch.attn_bwd_impl, as for the Triton backward.
-  The features' i - j (and their causal mask) come from one value a thread plus constants (see
+  - WINDOW (as the forward's: row i sees keys i + off - left .. i + off + right, off =
+    causal_offset), which the launcher passes for every call but the plain geometry (Sq = Sk,
+    causal on the diagonal i = j or not at all): sliding windows, Sq != Sk (the grid over Sk / 128
+    key blocks, S being Sq), any causal offset (right = 0), and ALiBi with an offset (the distance
+    is |i + off - j|). A CTA visits the query blocks whose rows see one of its keys (none: its dK,
+    dV are 0); the blocks the window cuts are masked (a row that sees no key, lse = -inf, lies in
+    those only: its P^T is 0 there).
+  The features' i + off - j (and their masks) come from one value a thread plus constants (see
   _bwd_consumer), not from the 16 column indices the plain build's mask keeps. Softcap with
-  ALiBi and causal masks before the exponential on every block (no branch: without, it spilled).
+  ALiBi masks (causal or window) before the exponential on every block (no branch: it spilled).
 
 Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
-(fwd_hopper.py: bf16/fp16, 2-D TMA views of q, k, v, dO, scale > 0, no mask or varlen) at D = 64
-or 128 (launch.HOPPER_BWD_HEAD_DIMS), with Sq = Sk = S a multiple of 128, causal only on the
-diagonal i = j, no sliding window (the forward's softcap, ALiBi and sink it has), plus int32
-element offsets into the dQ accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no
-memory or pass beyond MHA's (the group's heads loop inside the CTA, as FA3's); it does make
-B·Hkv·S / 128 CTAs, GROUP times fewer than MHA's.
+(fwd_hopper.py: bf16/fp16, Sq and Sk multiples of 128, 2-D TMA views of q, k, v, dO, scale > 0,
+no mask or varlen; every one of its features) at D = 64 or 128 (launch.HOPPER_BWD_HEAD_DIMS),
+ALiBi with at most ALIBI_GROUP_MAX query heads a kv head, plus int32 element offsets into the dQ
+accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or pass beyond MHA's
+(the group's heads loop inside the CTA, as FA3's); it does make B·Hkv·Sk / 128 CTAs, GROUP times
+fewer than MHA's.
 
 Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
 """
@@ -104,8 +111,10 @@ ALIBI_GROUP_MAX = gl.constexpr(128)
 
 @gluon.jit
 def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-              LONG_FIRST: gl.constexpr):
-    """(b, kv head, n0, first query block, query blocks per query head) of this CTA.
+              LONG_FIRST: gl.constexpr, causal_offset=0, window_left=0, window_right=0, WINDOW: gl.constexpr = False):
+    """(b, kv head, n0, first query block, query blocks per query head) of this CTA: S is Sq.
+    WINDOW: the query blocks whose rows see one of the CTA's keys (row i sees key j iff
+    j - off - right <= i <= j - off + left), none when no row does.
     The GPU starts CTAs in grid order, x fastest. LONG_FIRST: grid (B·Hkv, S / BLOCK_N), every
     (b, kv head)'s first key block starts before any second one; causal, those see the most query
     blocks, so the last wave is the short CTAs (B=1, S=4k, 32/8 heads: 1.16 -> 0.75 ms on an H200).
@@ -118,6 +127,11 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
         pid_n = gl.program_id(0)
         pid_bh = gl.program_id(1)
     n0 = pid_n * BLOCK_N
+    if WINDOW:
+        lo = gl.maximum(n0 - causal_offset - window_right, 0)
+        hi = gl.minimum(gl.maximum(n0 + BLOCK_N - causal_offset + window_left, 0), S)  # one past the last row
+        i0 = lo // BLOCK_M
+        return pid_bh // HKV, pid_bh % HKV, n0, i0, gl.maximum((hi + BLOCK_M - 1) // BLOCK_M - i0, 0)
     if CAUSAL:
         i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
     else:
@@ -156,9 +170,11 @@ def _bwd_tile_again(H, GROUP, BLOCK_N: gl.constexpr, LONG_FIRST: gl.constexpr):
 def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
+                  causal_offset, window_left, window_right,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                  LONG_FIRST: gl.constexpr):
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
+                  LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr):
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
+                                        window_left, window_right, WINDOW)
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view)
     row_k = b * k_rb + hk * k_rh + n0
     row_v = b * v_rb + hk * v_rh + n0
@@ -188,6 +204,19 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
 
 
 @gluon.jit
+def _window_cuts(d0, window_left, window_right):
+    """Whether the window cuts a 64-key x 64-query block whose i + off - j spans d0 - 63 .. d0 + 63
+    (some pair outside -right <= i + off - j <= left)."""
+    return (d0 - 63 < -window_right) | (d0 + 63 > window_left)
+
+
+@gluon.jit
+def _window_keep(dx, d_reg, window_left, window_right):
+    """-right <= i + off - j <= left, with i + off - j = dx + d_reg (d_reg: constants)."""
+    return ((dx + window_right) >= -d_reg) & ((window_left - dx) >= d_reg)
+
+
+@gluon.jit
 def _pair_barrier(x):
     """Named barrier 15 over both consumer warpgroups (256 threads); returns x. Gluon 3.6 has no
     named-barrier API (gl.thread_barrier() in a partition syncs that partition only); Triton's
@@ -199,17 +228,20 @@ def _pair_barrier(x):
 @gluon.jit
 def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                   delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP, alibi_sb,
-                  alibi_sh, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                  CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr,
-                  ALIBI: gl.constexpr):
+                  alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM: gl.constexpr,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                  OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
+                  WINDOW: gl.constexpr):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
     head counts: runtime strides cost ptxas 100-300 B of spills in the loop)."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
+    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset, window_left,
+                                        window_right, WINDOW)
     n0w = n0 + W * 64
+    FEATURES: gl.constexpr = SOFTCAP or ALIBI or WINDOW
     if OUT_BSHD:
         q_sb = S * H * HEAD_DIM
         q_sh = HEAD_DIM
@@ -259,9 +291,9 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         slope_row = slope_smem._reinterpret(gl.float32, [2, ALIBI_GROUP_MAX], slope_smem.layout).index(W)
         slope_row.store(slopes.to(gl.float32) * LOG2E / qk_scale)
         gl.thread_barrier()  # (this warpgroup's 128 threads: a named barrier in a partition)
-    if SOFTCAP or ALIBI:
-        # i - j for query i = m0 + c, key j = n0w + r (ALiBi's distance, the causal mask) as
-        # dx + d_reg, dx = m0 - n0w + d_lane: in the wgmma accumulator's layout thread (warp w,
+    if FEATURES:
+        # i - j for query i = m0 + c, key j = n0w + r (ALiBi's distance, the causal and window
+        # masks) as dx + d_reg, dx = m0 - n0w + d_lane: in the wgmma accumulator's layout thread (warp w,
         # lane l) holds rows r = 16w + l // 4 + 8a and columns c = 8b + 2(l % 4) + e, so the lane's
         # part of c - r (d_lane) is one value a thread and the register's (d_reg) constants: the
         # loop adds immediates to one value (16 column indices would hold 16 registers; with the
@@ -303,10 +335,12 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         # P^T (overlaps the dP^T wgmma). lse_i / Delta_i come from shared memory where they are
         # used: in this layout each thread holds 16 of the 64 columns, 32 registers for the pair
         # if kept live across the waits (loaded early from global memory, the loop spilled).
-        if SOFTCAP or ALIBI:
+        if FEATURES:
             # The forward's scores (fwd_hopper._softmax_step: cap, bias, in that order and rounding)
             lse2 = lse_smem.index(s).load(col_st) * LOG2E
-            dx = (m0 - n0) + d_lane  # i - j = dx + d_reg
+            dx = (m0 - n0) + d_lane  # i + off - j = dx + d_reg (off: 0 unless WINDOW)
+            if WINDOW:
+                dx = dx + causal_offset
             if SOFTCAP:  # t = tanh(S·scale / softcap); d(softcap·t)/d(q·kᵀ) = scale·(1 - t²)
                 st = _tanh_approx(st * cap_scale)
                 if ALIBI:  # (1 - t²) here with ALiBi, after the exponential without: fewer spills each
@@ -316,6 +350,9 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                 sb = sb - slope * gl.abs(dx.to(gl.float32) + d_regf)
                 if SOFTCAP and CAUSAL:  # (masked before the exponential, every block: no branch, no spills)
                     sb = gl.where(dx >= -d_reg, sb, float("-inf"))
+                if SOFTCAP and WINDOW:  # (likewise; a row that sees no key has lse -inf: +inf here, P = 0)
+                    sb = gl.where(_window_keep(dx, d_reg, window_left, window_right), sb, float("-inf"))
+                    lse2 = gl.where(lse2 == float("-inf"), float("inf"), lse2)
             pt = gl.exp2(sb * qk_scale - lse2[None, :])
             if SOFTCAP:
                 if not ALIBI:
@@ -330,10 +367,18 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                         keep = dx >= -d_reg
                         pt16 = gl.where(keep, pt16, 0.0)
                         pt = gl.where(keep, pt, 0.0)
+                if WINDOW and not ALIBI:
+                    if _window_cuts(m0 - n0w + causal_offset, window_left, window_right):
+                        keep = _window_keep(dx, d_reg, window_left, window_right)
+                        pt16 = gl.where(keep, pt16, 0.0)
+                        pt = gl.where(keep, pt, 0.0)
             else:
                 if CAUSAL:
                     if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
                         pt = gl.where(dx >= -d_reg, pt, 0.0)
+                if WINDOW:
+                    if _window_cuts(m0 - n0w + causal_offset, window_left, window_right):
+                        pt = gl.where(_window_keep(dx, d_reg, window_left, window_right), pt, 0.0)
                 pt16 = pt.to(dtype)
             dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
             pt_op = gl.convert_layout(pt16, a_layout)
@@ -369,14 +414,17 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
     # dK_w (already scaled), dV_w, summed over the group's query heads.
-    if SOFTCAP or ALIBI:  # the tile's place read again, not kept across the loop (it spilled)
+    if FEATURES:  # the tile's place read again, not kept across the loop (it spilled)
         b, hk, n0, HKV = _bwd_tile_again(H, GROUP, BLOCK_N, LONG_FIRST)
         n0w = n0 + W * 64
+        if WINDOW:  # (the keys' count)
+            S = SK
         if OUT_BSHD:
             k_sb = S * HKV * HEAD_DIM
             k_ss = HKV * HEAD_DIM
         else:
             k_sb = HKV * S * HEAD_DIM
+            k_sh = S * HEAD_DIM
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
     o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
@@ -387,23 +435,27 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
 @gluon.jit
 def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, DQ, DK, DV, sm_scale, S, H, GROUP,
                            q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                           Alibi, softcap, alibi_sb, alibi_sh,
+                           Alibi, softcap, alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right,
                            HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
-                           ALIBI: gl.constexpr = False):
+                           ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
     placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
     BLOCK_M; DQ fp32, zeroed, (B, S, H, D) contiguous when OUT_BSHD, else (B, H, S, D); DK, DV
-    likewise with H // GROUP heads. SOFTCAP: the forward's scores were softcap * tanh(scores *
-    sm_scale / softcap), softcap > 0. ALIBI: they had -Alibi[b * alibi_sb + h * alibi_sh] * |i - j|
-    added (GROUP <= ALIBI_GROUP_MAX). The pointers of the features off are not read."""
+    likewise with H // GROUP heads and SK keys. S is Sq; the grid's key blocks cover SK (= S unless
+    WINDOW). SOFTCAP: the forward's scores were softcap * tanh(scores * sm_scale / softcap),
+    softcap > 0. ALIBI: they had -Alibi[b * alibi_sb + h * alibi_sh] * |i + off - j| added (GROUP
+    <= ALIBI_GROUP_MAX; off = causal_offset with WINDOW, else 0). WINDOW (not with CAUSAL): row i
+    saw the keys i + off - window_left .. i + off + window_right (both >= 0; an unbounded side is
+    Sq + Sk). The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
     gl.static_assert(BLOCK_M == 64)
     gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves
+    gl.static_assert(not (CAUSAL and WINDOW))
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
@@ -438,14 +490,15 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.warp_specialize([
         (_bwd_consumer, (0, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         alibi_sb, alibi_sh, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST,
-                         SOFTCAP, ALIBI)),
+                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM, BLOCK_M,
+                         BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         alibi_sb, alibi_sh, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST,
-                         SOFTCAP, ALIBI)),
+                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM, BLOCK_M,
+                         BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST)),
+                         causal_offset, window_left, window_right, BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST,
+                         WINDOW)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
