@@ -10,7 +10,7 @@ and shared memory. Catches compile errors and register spills before any GPU tim
 With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward and
 backward (kernels/fwd_hopper.py, bwd_hopper.py: what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
 and causal values asked, when 128 is among the dims and no other flag is on; the backward (D = 64 and 128) also
-with --softcap / --alibi / --window (its feature flags; a sink is the build without).
+with --softcap / --alibi / --window / --varlen (its feature flags; a sink is the build without).
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
 instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
@@ -164,11 +164,12 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
 
 
-def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False):
+def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
+                       varlen=False):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
-    launcher passes them); a sink needs no flag)."""
+    launcher passes them); a sink needs no flag; VARLEN: packed sequences)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -182,10 +183,10 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=launch.HOPPER_STAGES,
                   CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     if D == 256:
-        assert not (softcap or alibi or window), "the D = 256 backward has no feature flags"
+        assert not (softcap or alibi or window or varlen), "the D = 256 backward has no feature flags"
         return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
-    ptrs.update(Alibi="*fp32", softcap="fp32")
-    consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window)
+    ptrs.update(Alibi="*fp32", softcap="fp32", CuQ="*i32", CuK="*i32")
+    consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,
@@ -264,13 +265,13 @@ def main():
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
-                             and not (mk or sink or varlen) and not (d == 256 and (softcap or alibi or window)))
+                             and not (mk or sink) and not (d == 256 and (softcap or alibi or window or varlen)))
                 if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:
                     block_n = 64 if d == 256 else launch.HOPPER_BLOCK_N  # keys a CTA (bwd_hopper256 at 256)
                     cfg = (launch.HOPPER_BWD_BLOCK_M, block_n, 4, launch.HOPPER_STAGES)
-                    feats = dict(softcap=bool(softcap), alibi=alibi, window=window)
+                    feats = dict(softcap=bool(softcap), alibi=alibi, window=window, varlen=varlen)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    if softcap or alibi or window:
+                    if softcap or alibi or window or varlen:
                         tag += " +" + ",".join(k for k, v in feats.items() if v)
                     bad += not report(tag, lambda: compile_hopper_bwd(dtype, causal, args.sass, D=d, **feats))
     sys.exit(1 if bad else 0)

@@ -27,7 +27,8 @@ emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
 The backward of those cases runs a Gluon kernel (:func:`hopper_bwd_reason`): kernels/bwd_hopper.py
 at D = 64 or 128 (every forward feature: softcap, ALiBi, the sink, sliding windows, Sq != Sk and
-causal offsets), kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
+causal offsets; and packed sequences, flash_attn_varlen_func's, whose forward runs the Triton
+kernel), kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
 dQ is summed with fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps
 the Triton kernels. Eager calls launch it directly, traced ones through
 ``flashkernels::attn_bwd_hopper``; ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
@@ -323,14 +324,16 @@ def _hopper_view(t: torch.Tensor) -> Optional[_HopperView]:
 
 def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
                              softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers: bool = True,
-                             head_dims: Optional[tuple] = None) -> Optional[str]:
+                             head_dims: Optional[tuple] = None, varlen_ok: bool = False) -> Optional[str]:
     """Why these arguments (attn_fwd_impl's) are not a case of the Gluon forward, None when they
     are; shapes, strides and features only, no device query (unit-testable on CPU tensors).
     ``check_pointers=False`` skips the 16-byte alignment of the data pointers (fake tensors have
     none; the custom op checks them when it runs). ``bshd`` does not matter: the kernel writes
     either output layout. The features the kernel has (causal at any causal_offset, sliding window,
     softcap, ALiBi, sink, Sq != Sk) pass here; :func:`hopper_bwd_reason` refuses them itself.
-    ``head_dims``: the head dims accepted (default: the forward's, ``HOPPER_FWD_CONFIGS``)."""
+    ``head_dims``: the head dims accepted (default: the forward's, ``HOPPER_FWD_CONFIGS``).
+    ``varlen_ok``: packed sequences (q (1, H, total_q, D)) pass, any total (the kernel masks each
+    sequence's last blocks)."""
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     head_dims = tuple(HOPPER_FWD_CONFIGS) if head_dims is None else head_dims
@@ -340,11 +343,11 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
         return f"head dim {D}: {' or '.join(map(str, head_dims))} only"
     if mask is not None:
         return "an attention mask"
-    if cu_seqlens_q is not None:
+    if cu_seqlens_q is not None and not varlen_ok:
         return "packed sequences (varlen)"
-    if S % HOPPER_BLOCK_M or S == 0:
+    if cu_seqlens_q is None and (S % HOPPER_BLOCK_M or S == 0):
         return f"seqlen {S}: a positive multiple of {HOPPER_BLOCK_M} only"
-    if Sk % HOPPER_BLOCK_M or Sk == 0:
+    if cu_seqlens_q is None and (Sk % HOPPER_BLOCK_M or Sk == 0):
         return f"seqlen_k {Sk}: a positive multiple of {HOPPER_BLOCK_M} only"
     # (the window, softcap, ALiBi and sink are the kernel's; its int32 index arithmetic adds up to
     # four of these)
@@ -478,7 +481,8 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
                       alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
     """None when attn_bwd_impl runs the Gluon backward (kernels/bwd_hopper.py, bwd_hopper256.py at
     D = 256), else why not: the forward's conditions (:func:`hopper_fwd_reason`) at the backward's
-    head dims; at D = 64 / 128 all of the forward's features (ALiBi with a GQA group of at most
+    head dims, and packed sequences (varlen: at D = 64 / 128 with bshd, n · Hkv <= 65535); at
+    D = 64 / 128 all of the forward's features (ALiBi with a GQA group of at most
     bwd_hopper.ALIBI_GROUP_MAX query heads), at D = 256 only the sink (no window, Sq = Sk, no
     causal_offset, no softcap, no ALiBi); its own switch, a TMA view of dO, and int32 element
     offsets into the dQ accumulator and the per-head dK / dV."""
@@ -490,9 +494,17 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
     traced = _traced(q)
     why = hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
                                    softcap, alibi_slopes, sink, cu_seqlens_q, check_pointers=not traced,
-                                   head_dims=HOPPER_BWD_HEAD_DIMS)
+                                   head_dims=HOPPER_BWD_HEAD_DIMS, varlen_ok=True)
     if why is not None:
         return why
+    if cu_seqlens_q is not None:  # kernels/bwd_hopper.py's VARLEN
+        if q.shape[3] == 256:
+            return "packed sequences (varlen) at head dim 256 (kernels/bwd_hopper256.py has no VARLEN)"
+        if not bshd:
+            return "packed sequences (varlen) with bshd=False (the kernel writes them as (total, H, D))"
+        if (cu_seqlens_q.numel() - 1) * k.shape[1] > _GRID_Y_MAX:
+            return (f"{cu_seqlens_q.numel() - 1} sequences x {k.shape[1]} kv heads: more CTAs along grid y "
+                    f"than {_GRID_Y_MAX}")
     if q.shape[3] == 256:  # kernels/bwd_hopper256.py: plain geometry, no score features
         Sq, Sk = q.shape[2], k.shape[2]
         if _window_args(window_left, window_right, causal, Sq, Sk)[0]:
@@ -530,19 +542,29 @@ def _rows_desc(t: torch.Tensor, rows: int):
 def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                          delta: torch.Tensor, scale: float, causal: bool, bshd: bool, softcap: float = 0.0,
                          alibi_slopes: Optional[torch.Tensor] = None, causal_offset: int = 0, window_left: int = -1,
-                         window_right: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         window_right: int = -1, cu_seqlens_q: Optional[torch.Tensor] = None,
+                         cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
+                         max_seqlen_k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
     :func:`attn_bwd_delta`; the features (attn_fwd_impl's of the same names: softcap, ALiBi slopes,
-    Sq != Sk, a causal_offset, a sliding window) as the forward had them (a sink needs nothing here:
-    the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls come straight here,
-    traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
+    Sq != Sk, a causal_offset, a sliding window, packed sequences) as the forward had them (a sink
+    needs nothing here: the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls
+    come straight here, traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
     global hopper_bwd_launches
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    varlen = cu_seqlens_q is not None
+    if varlen:  # (1, H, total, D); the kernel takes each sequence's lengths and bottom-right offset
+        n_seq, Sq_max, Sk_max = cu_seqlens_q.numel() - 1, int(max_seqlen_q), int(max_seqlen_k)
+    else:
+        n_seq, Sq_max, Sk_max = B, S, Sk
     # The kernel's WINDOW (row i sees keys i + off - left .. i + off + right) for every call but
-    # the plain geometry (Sq = Sk, causal on the diagonal i = j or not at all), as hopper_fwd's
-    has_window, causal_, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
-    if causal_ and (causal_offset != 0 or S != Sk):
+    # the plain geometry (Sq = Sk, causal on the diagonal i = j or not at all), as hopper_fwd's;
+    # VARLEN's offset is each sequence's own, in the kernel
+    has_window, causal_, wl, wr = _window_args(window_left, window_right, causal, Sq_max, Sk_max)
+    if varlen:
+        pass
+    elif causal_ and (causal_offset != 0 or S != Sk):
         has_window, causal_, wl, wr = True, False, S + Sk, 0
     elif not has_window and (causal_offset != 0 or S != Sk):  # (ALiBi's distance holds the offset)
         has_window, wl, wr = True, S + Sk, S + Sk
@@ -562,16 +584,22 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
     # (kernels/bwd_hopper._bwd_tile)
-    ctas = B * Hkv * (Sk // block_n)
+    key_blocks = triton_cdiv(Sk_max, block_n)  # (varlen: CTAs past a sequence's keys return at once)
+    ctas = n_seq * Hkv * key_blocks
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
-    grid = (B * Hkv, Sk // block_n) if long_first else (Sk // block_n, B * Hkv)
+    grid = (n_seq * Hkv, key_blocks) if long_first else (key_blocks, n_seq * Hkv)
     if D == 256:  # (hopper_bwd_reason refused softcap, ALiBi, windows and Sq != Sk there)
         features = {}
         extra = ()
     else:
-        alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
-        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1), Sk, causal_offset, wl, wr)
+        alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
+        cu = (cu_seqlens_q, cu_seqlens_k) if varlen else (q, q)  # (unread stand-ins)
+        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1), Sk, causal_offset, wl, wr, *cu)
         features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, WINDOW=has_window)
+        if varlen:
+            features["VARLEN"] = True
+    if ctas == 0:  # (varlen, no keys: every gradient zero)
+        return dq.zero_(), dk.zero_(), dv.zero_()
     kernel[grid](
         dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
@@ -699,6 +727,9 @@ def attn_bwd_impl(
             feats["causal_offset"] = causal_offset
         if (window_left, window_right) != (-1, -1):
             feats.update(window_left=window_left, window_right=window_right)
+        if cu_seqlens_q is not None:
+            feats.update(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q),
+                         max_seqlen_k=int(max_seqlen_k))
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
             return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd, **feats),
                     dsink)
@@ -767,7 +798,8 @@ attn_bwd_hopper = torch.library.custom_op("flashkernels::attn_bwd_hopper", mutat
 
 @attn_bwd_hopper.register_fake
 def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd, softcap=0.0, alibi_slopes=None,
-                          causal_offset=0, window_left=-1, window_right=-1):
+                          causal_offset=0, window_left=-1, window_right=-1, cu_seqlens_q=None, cu_seqlens_k=None,
+                          max_seqlen_q=0, max_seqlen_k=0):
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     return (_empty_like_layout(B, H, S, D, bshd, q), _empty_like_layout(B, Hkv, Sk, D, bshd, k),

@@ -110,11 +110,46 @@ ALIBI_GROUP_MAX = gl.constexpr(128)
 
 
 @gluon.jit
+def _varlen_seq(CuQ, CuK, b):
+    """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
+    q0 = gl.load(CuQ + b)
+    k0 = gl.load(CuK + b)
+    return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
+
+
+@gluon.jit
+def _bwd_query_blocks(n0, S, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, causal_offset,
+                      window_left, window_right, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+    """(first query block, query blocks) the CTA with keys n0 .. n0 + BLOCK_N - 1 visits: S is Sq
+    (VARLEN: the sequence's, rounded up to BLOCK_M, its last block partial). WINDOW: the blocks
+    whose rows see one of the CTA's keys (row i sees key j iff j - off - right <= i <= j - off +
+    left), none when no row does. CAUSAL: rows i >= n0 (VARLEN: i + off >= n0)."""
+    if WINDOW:
+        lo = gl.maximum(n0 - causal_offset - window_right, 0)
+        hi = gl.minimum(gl.maximum(n0 + BLOCK_N - causal_offset + window_left, 0), S)  # one past the last row
+        i0 = lo // BLOCK_M
+        return i0, gl.maximum((hi + BLOCK_M - 1) // BLOCK_M - i0, 0)
+    if CAUSAL:
+        if VARLEN:
+            i0 = gl.maximum(n0 - causal_offset, 0) // BLOCK_M
+        else:
+            i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
+    else:
+        i0 = 0
+    if VARLEN:
+        return i0, gl.maximum(S // BLOCK_M - i0, 0)
+    else:
+        return i0, S // BLOCK_M - i0
+
+
+@gluon.jit
 def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-              LONG_FIRST: gl.constexpr, causal_offset=0, window_left=0, window_right=0, WINDOW: gl.constexpr = False):
-    """(b, kv head, n0, first query block, query blocks per query head) of this CTA: S is Sq.
-    WINDOW: the query blocks whose rows see one of the CTA's keys (row i sees key j iff
-    j - off - right <= i <= j - off + left), none when no row does.
+              LONG_FIRST: gl.constexpr, causal_offset=0, window_left=0, window_right=0, WINDOW: gl.constexpr = False,
+              CuQ=0, CuK=0, VARLEN: gl.constexpr = False):
+    """(b, kv head, n0, first query block, query blocks per query head) of this CTA: S is Sq; the
+    query blocks: _bwd_query_blocks. VARLEN: b is the packed sequence, and five more values follow:
+    its first query row and key row, its query and key counts, and its causal offset (bottom-right,
+    seqlen_k - seqlen_q, as flash-attn's; the causal_offset argument is not read).
     The GPU starts CTAs in grid order, x fastest. LONG_FIRST: grid (B·Hkv, S / BLOCK_N), every
     (b, kv head)'s first key block starts before any second one; causal, those see the most query
     blocks, so the last wave is the short CTAs (B=1, S=4k, 32/8 heads: 1.16 -> 0.75 ms on an H200).
@@ -127,16 +162,17 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
         pid_n = gl.program_id(0)
         pid_bh = gl.program_id(1)
     n0 = pid_n * BLOCK_N
-    if WINDOW:
-        lo = gl.maximum(n0 - causal_offset - window_right, 0)
-        hi = gl.minimum(gl.maximum(n0 + BLOCK_N - causal_offset + window_left, 0), S)  # one past the last row
-        i0 = lo // BLOCK_M
-        return pid_bh // HKV, pid_bh % HKV, n0, i0, gl.maximum((hi + BLOCK_M - 1) // BLOCK_M - i0, 0)
-    if CAUSAL:
-        i0 = n0 // BLOCK_M  # query rows before n0 see none of the CTA's keys
+    if VARLEN:
+        b = pid_bh // HKV
+        q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
+        off = seqlen_k - seqlen_q
+        i0, n_blocks = _bwd_query_blocks(n0, (seqlen_q + BLOCK_M - 1) // BLOCK_M * BLOCK_M, BLOCK_M, BLOCK_N,
+                                         CAUSAL, off, window_left, window_right, WINDOW, VARLEN)
+        return b, pid_bh % HKV, n0, i0, n_blocks, q0, k0, seqlen_q, seqlen_k, off
     else:
-        i0 = 0
-    return pid_bh // HKV, pid_bh % HKV, n0, i0, S // BLOCK_M - i0
+        i0, n_blocks = _bwd_query_blocks(n0, S, BLOCK_M, BLOCK_N, CAUSAL, causal_offset, window_left,
+                                         window_right, WINDOW, VARLEN)
+        return pid_bh // HKV, pid_bh % HKV, n0, i0, n_blocks
 
 
 @gluon.jit
@@ -170,14 +206,22 @@ def _bwd_tile_again(H, GROUP, BLOCK_N: gl.constexpr, LONG_FIRST: gl.constexpr):
 def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                  causal_offset, window_left, window_right,
+                  causal_offset, window_left, window_right, CuQ, CuK,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                  LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr):
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
-                                        window_left, window_right, WINDOW)
-    # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view)
-    row_k = b * k_rb + hk * k_rh + n0
-    row_v = b * v_rb + hk * v_rh + n0
+                  LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+    # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view);
+    # VARLEN (one batch of S = total_q rows): row h*rh + q0 + m of sequence b, whose rows start at q0 (keys: k0)
+    if VARLEN:
+        b, hk, n0, i0, n_blocks, q0, k0, _, _, _ = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST,
+                                                             causal_offset, window_left, window_right, WINDOW, CuQ,
+                                                             CuK, VARLEN)
+        row_k = hk * k_rh + k0 + n0
+        row_v = hk * v_rh + k0 + n0
+    else:
+        b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
+                                            window_left, window_right, WINDOW)
+        row_k = b * k_rb + hk * k_rh + n0
+        row_v = b * v_rb + hk * v_rh + n0
     # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
     mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes)
     for w in gl.static_range(2):
@@ -191,15 +235,21 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         mbarrier.wait(empty.index(s), ((t // STAGES) & 1) ^ 1)
         h = hk * GROUP + t // n_blocks
         m0 = (i0 + t % n_blocks) * BLOCK_M
-        row_l = (b * H + h) * S + m0  # lse / Delta (B, H, S) as one 1-D tensor
+        if VARLEN:  # (a block past the sequence's end reads the next one's rows, or TMA's zeros: masked)
+            m0 = q0 + m0
+            row_l = h * S + m0
+            row_q = h * q_rh + m0
+            row_do = h * do_rh + m0
+        else:
+            row_l = (b * H + h) * S + m0  # lse / Delta (B, H, S) as one 1-D tensor
+            row_q = b * q_rb + h * q_rh + m0
+            row_do = b * do_rb + h * do_rh + m0
         # Q_i with lse_i (needed together: P^T), dO_i with Delta_i (dP^T, dS^T)
         mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [b * q_rb + h * q_rh + m0, h * q_ch], q_ready.index(s),
-                                        q_smem.index(s))
+        tma.async_copy_global_to_shared(desc_q, [row_q, h * q_ch], q_ready.index(s), q_smem.index(s))
         tma.async_copy_global_to_shared(desc_lse, [row_l], q_ready.index(s), lse_smem.index(s))
         mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_do, [b * do_rb + h * do_rh + m0, h * do_ch], do_ready.index(s),
-                                        do_smem.index(s))
+        tma.async_copy_global_to_shared(desc_do, [row_do, h * do_ch], do_ready.index(s), do_smem.index(s))
         tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
 
 
@@ -217,6 +267,30 @@ def _window_keep(dx, d_reg, window_left, window_right):
 
 
 @gluon.jit
+def _diag_cuts(m0, n0w, causal_offset, VARLEN: gl.constexpr):
+    """Whether the causal diagonal cuts the 64-key block from n0w x the query block from m0 (some
+    key > row + off; off = 0 unless VARLEN)."""
+    if VARLEN:
+        return m0 + causal_offset < n0w + 64
+    return m0 < n0w + 64
+
+
+@gluon.jit
+def _varlen_cuts(m0, n0w, seqlen_q, seqlen_k):
+    """Whether the 64-key block from n0w x the 64-row query block from m0 passes the sequence's end."""
+    return (m0 + 64 > seqlen_q) | (n0w + 64 > seqlen_k)
+
+
+@gluon.jit
+def _varlen_keep(m0, n0w, seqlen_q, seqlen_k, offs_mq, offs_r):
+    """Query row m0 + c < seqlen_q and key n0w + r < seqlen_k (offs_mq: c, offs_r: r), split as
+    _bwd_consumer's d_lane / d_reg: a thread's lane part (one value) against constants."""
+    keep_q = (offs_mq & ~6)[None, :] < (seqlen_q - m0) - (offs_mq & 6)[None, :]
+    keep_k = (offs_r & 8)[:, None] < (seqlen_k - n0w) - (offs_r & ~8)[:, None]
+    return keep_q & keep_k
+
+
+@gluon.jit
 def _pair_barrier(x):
     """Named barrier 15 over both consumer warpgroups (256 threads); returns x. Gluon 3.6 has no
     named-barrier API (gl.thread_barrier() in a partition syncs that partition only); Triton's
@@ -228,20 +302,28 @@ def _pair_barrier(x):
 @gluon.jit
 def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                   delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP, alibi_sb,
-                  alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM: gl.constexpr,
+                  alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                  WINDOW: gl.constexpr):
+                  WINDOW: gl.constexpr, VARLEN: gl.constexpr):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
-    head counts: runtime strides cost ptxas 100-300 B of spills in the loop)."""
+    head counts: runtime strides cost ptxas 100-300 B of spills in the loop). VARLEN (OUT_BSHD,
+    B = 1): packed sequence b's rows q0 .., k0 ..; keys past its seqlen_k and query rows past its
+    seqlen_q (the neighbour's rows, or TMA's zeros) get P^T = dS^T = 0 by a select (their lse may
+    be anything: never a product with 0), and neither their dQ nor their dK / dV is written."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset, window_left,
-                                        window_right, WINDOW)
+    if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
+        b, hk, n0, i0, n_blocks, q0, k0, seqlen_q, seqlen_k, causal_offset = _bwd_tile(
+            S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset, window_left, window_right, WINDOW, CuQ, CuK,
+            VARLEN)
+    else:
+        b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
+                                            window_left, window_right, WINDOW)
     n0w = n0 + W * 64
-    FEATURES: gl.constexpr = SOFTCAP or ALIBI or WINDOW
+    FEATURES: gl.constexpr = SOFTCAP or ALIBI or WINDOW or VARLEN
     if OUT_BSHD:
         q_sb = S * H * HEAD_DIM
         q_sh = HEAD_DIM
@@ -306,7 +388,12 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
     dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
     dq_cols = gl.arange(0, DQ_N, layout=gl.SliceLayout(0, dq_layout))
     dq_offs = dq_rows[:, None] * q_ss + dq_cols[None, :]
-    dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
+    if VARLEN:
+        dq_base = DQ + q0 * q_ss + (hk * GROUP) * q_sh + W * DQ_N
+        dq_rows_lane = dq_rows & ~8  # (row m0 + r is the sequence's iff r < seqlen_q - m0: as _varlen_keep)
+        dq_rows_reg = dq_rows & 8
+    else:
+        dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
 
     dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
@@ -338,8 +425,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         if FEATURES:
             # The forward's scores (fwd_hopper._softmax_step: cap, bias, in that order and rounding)
             lse2 = lse_smem.index(s).load(col_st) * LOG2E
-            dx = (m0 - n0) + d_lane  # i + off - j = dx + d_reg (off: 0 unless WINDOW)
-            if WINDOW:
+            dx = (m0 - n0) + d_lane  # i + off - j = dx + d_reg (off: 0 unless WINDOW or VARLEN)
+            if WINDOW or VARLEN:
                 dx = dx + causal_offset
             if SOFTCAP:  # t = tanh(S·scale / softcap); d(softcap·t)/d(q·kᵀ) = scale·(1 - t²)
                 st = _tanh_approx(st * cap_scale)
@@ -350,6 +437,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                 sb = sb - slope * gl.abs(dx.to(gl.float32) + d_regf)
                 if SOFTCAP and CAUSAL:  # (masked before the exponential, every block: no branch, no spills)
                     sb = gl.where(dx >= -d_reg, sb, float("-inf"))
+                    if VARLEN:  # (bottom-right, Sq > Sk: rows that see no key, lse -inf: +inf here, P = 0)
+                        lse2 = gl.where(lse2 == float("-inf"), float("inf"), lse2)
                 if SOFTCAP and WINDOW:  # (likewise; a row that sees no key has lse -inf: +inf here, P = 0)
                     sb = gl.where(_window_keep(dx, d_reg, window_left, window_right), sb, float("-inf"))
                     lse2 = gl.where(lse2 == float("-inf"), float("inf"), lse2)
@@ -363,7 +452,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                 pt16 = pt.to(dtype)
                 pt = pt * gt
                 if CAUSAL and not ALIBI:
-                    if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                    if _diag_cuts(m0, n0w, causal_offset, VARLEN):  # keys > query rows get P = 0
                         keep = dx >= -d_reg
                         pt16 = gl.where(keep, pt16, 0.0)
                         pt = gl.where(keep, pt, 0.0)
@@ -372,13 +461,21 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                         keep = _window_keep(dx, d_reg, window_left, window_right)
                         pt16 = gl.where(keep, pt16, 0.0)
                         pt = gl.where(keep, pt, 0.0)
+                if VARLEN:
+                    if _varlen_cuts(m0, n0w, seqlen_q, seqlen_k):
+                        keep = _varlen_keep(m0, n0w, seqlen_q, seqlen_k, offs_mq, offs_r)
+                        pt16 = gl.where(keep, pt16, 0.0)
+                        pt = gl.where(keep, pt, 0.0)
             else:
                 if CAUSAL:
-                    if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
+                    if _diag_cuts(m0, n0w, causal_offset, VARLEN):  # keys > query rows get P = 0
                         pt = gl.where(dx >= -d_reg, pt, 0.0)
                 if WINDOW:
                     if _window_cuts(m0 - n0w + causal_offset, window_left, window_right):
                         pt = gl.where(_window_keep(dx, d_reg, window_left, window_right), pt, 0.0)
+                if VARLEN:
+                    if _varlen_cuts(m0, n0w, seqlen_q, seqlen_k):
+                        pt = gl.where(_varlen_keep(m0, n0w, seqlen_q, seqlen_k, offs_mq, offs_r), pt, 0.0)
                 pt16 = pt.to(dtype)
             dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
             pt_op = gl.convert_layout(pt16, a_layout)
@@ -409,7 +506,11 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
         dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
         dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
-        gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, sem="relaxed")
+        if VARLEN:  # the sequence's rows only (past them: the next sequence's, or past the tensor)
+            gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, mask=(dq_rows_reg < (seqlen_q - m0) - dq_rows_lane)[:, None],
+                          sem="relaxed")
+        else:
+            gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, sem="relaxed")
         dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, dst_op, q_s, do_s))
         mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
@@ -427,19 +528,26 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             k_sh = S * HEAD_DIM
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
-    o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
-    gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
-    gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
+    if VARLEN:  # sequence b's keys only (B = 1, OUT_BSHD)
+        k0, _, _, seqlen_k = _varlen_seq(CuQ, CuK, b)
+        o_offs = hk * k_sh + (k0 + n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
+        o_mask = (o_rows < seqlen_k - n0w)[:, None]
+        gl.store(DK + o_offs, dk.to(DK.dtype.element_ty), mask=o_mask)
+        gl.store(DV + o_offs, dv.to(DV.dtype.element_ty), mask=o_mask)
+    else:
+        o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
+        gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
+        gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
 
 
 @gluon.jit
 def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, DQ, DK, DV, sm_scale, S, H, GROUP,
                            q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                            Alibi, softcap, alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right,
-                           HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                           CuQ, CuK, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
-                           ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False):
+                           ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -450,12 +558,26 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     softcap > 0. ALIBI: they had -Alibi[b * alibi_sb + h * alibi_sh] * |i + off - j| added (GROUP
     <= ALIBI_GROUP_MAX; off = causal_offset with WINDOW, else 0). WINDOW (not with CAUSAL): row i
     saw the keys i + off - window_left .. i + off + window_right (both >= 0; an unbounded side is
-    Sq + Sk). The pointers of the features off are not read."""
+    Sq + Sk). VARLEN (OUT_BSHD): q, k, v, dO are (1, H, total, D) packed sequences, CuQ / CuK
+    their int32 (n + 1,) offsets; grid (S // BLOCK_N, n · H // GROUP) (LONG_FIRST: swapped) with S
+    = max_seqlen_k rounded up to BLOCK_N; S stays total_q (lse / Delta (1, H, total_q)); each
+    sequence's diagonal bottom-right (causal_offset is not read); CAUSAL or WINDOW per sequence.
+    The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
     gl.static_assert(BLOCK_M == 64)
     gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves
     gl.static_assert(not (CAUSAL and WINDOW))
+    gl.static_assert(OUT_BSHD or not VARLEN)
+    if VARLEN:  # key blocks past their sequence's keys: nothing to do (the grid covers the longest)
+        if LONG_FIRST:
+            b_end = gl.program_id(0) // (H // GROUP)
+            n_end = gl.program_id(1) * BLOCK_N
+        else:
+            b_end = gl.program_id(1) // (H // GROUP)
+            n_end = gl.program_id(0) * BLOCK_N
+        if n_end >= gl.load(CuK + b_end + 1) - gl.load(CuK + b_end):
+            return
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
@@ -490,15 +612,15 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.warp_specialize([
         (_bwd_consumer, (0, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM, BLOCK_M,
-                         BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW)),
+                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, HEAD_DIM, BLOCK_M,
-                         BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW)),
+                         alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                         causal_offset, window_left, window_right, BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST,
-                         WINDOW)),
+                         causal_offset, window_left, window_right, CuQ, CuK, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
+                         LONG_FIRST, WINDOW, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
