@@ -417,7 +417,10 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
                       for flags in (dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))] + \
     [("bf16", D, False, dict(window=True, **flags)) for D in (64, 128)
      for flags in ({}, dict(softcap=True), dict(alibi=True), dict(softcap=True, alibi=True))] + \
-    [("fp16", 128, causal, dict(softcap=True, alibi=True)) for causal in (False, True)]
+    [("fp16", 128, causal, dict(softcap=True, alibi=True)) for causal in (False, True)] + \
+    [("bf16", D, causal, dict(varlen=True)) for D in (64, 128) for causal in (False, True)] + \
+    [("bf16", 128, False, dict(varlen=True, window=True)), ("bf16", 128, True, dict(varlen=True, softcap=True)),
+     ("bf16", 128, True, dict(varlen=True, alibi=True))]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -433,9 +436,10 @@ for dt, D, causal, flags in %r:
 def test_bwd_feature_builds_for_sm90a_without_spills():
     """The backward's softcap, ALiBi and window flags build for sm_90a through
     compile_check.compile_hopper_bwd (in its own process, as test_hopper_fwd's build tests) with no
-    serialised wgmma, no spill without causal or a window, and no more than the plain causal
-    build's 52 B with either (at D = 128 the window's builds spill 8-12 B: one or two loads an
-    iteration in one warpgroup's loop, see scripts/compile_check.py --sass)."""
+    serialised wgmma, no spill without causal, a window or VARLEN, and no more than the plain causal
+    build's 52 B with any (at D = 128 the window's builds spill 8-12 B, VARLEN's 12-36 B: a few loads
+    an iteration, see scripts/compile_check.py --sass; VARLEN with softcap and ALiBi together, not
+    built here, 96-124 B)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -452,7 +456,7 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     assert "serialized" not in log, log
     for ln in built:
         spill = re.search(r"spill\s+(\d+)B", ln)
-        assert spill and int(spill.group(1)) <= (52 if "causal=1" in ln or "window" in ln else 0), ln
+        assert spill and int(spill.group(1)) <= (52 if "causal=1" in ln or "window" in ln or "varlen" in ln else 0), ln
 
 
 # ================================================================================== GPU
@@ -606,9 +610,18 @@ for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
                   learnable_sink=torch.randn(H, device="cuda", requires_grad=True))
     flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, backend="triton",
                                  **kw).sum().backward()
+# packed sequences (the Gluon backward's VARLEN; the forward is Triton): lengths off the block grid,
+# 0 and 1, Sq > Sk (rows without keys), the last sequence ending at the tensor's end (TMA zero fill)
+for causal, lens_q, lens_k in [(True, (1, 130, 0, 257, 77), (1, 100, 9, 257, 300)), (False, (64, 3, 200), (5, 128, 199))]:
+    cu_q, cu_k = (torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+                  for ls in (lens_q, lens_k))
+    q = torch.randn(sum(lens_q), 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(sum(lens_k), 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                        backend="triton").sum().backward()
 torch.cuda.synchronize()
-# the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (6, 9), \
+# the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256, and packed
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (6, 11), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -620,8 +633,8 @@ print("done")
 def test_hopper_kernels_memcheck(tmp_path):
     """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64 and
     256 (the backward's own kernel there), softcap + ALiBi + sink (GQA causal at D = 128, MQA at
-    D = 64), and the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
-    Sq < Sk at D = 64)."""
+    D = 64), the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
+    Sq < Sk at D = 64) and VARLEN (packed sequences of lengths 0, 1 and off the block grid)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 

@@ -248,7 +248,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             :func:`flash_attn_func`. alibi_slopes: (Hq,) or (n, Hq) float32.
         check_inputs: validate the offsets (reads them: a device sync). With False the caller
             guarantees them; the kernels stay inside q, k, v either way.
-        deterministic: accepted; the backward is always deterministic.
+        deterministic: as :func:`flash_attn_func`'s (on an H100 the default backward sums dQ with
+            atomic adds: the last bits of dq may differ from run to run).
         block_table: None, or int32 (n, max_blocks): k and v are then paged caches
             (num_blocks, page_size, Hkv, D) and sequence b's keys are positions
             0 .. cu_seqlens_k[b+1] - cu_seqlens_k[b] - 1 of its pages (as flash-attn). Inference
@@ -312,7 +313,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), None, scale,
             bool(causal), 0, True, q.dtype == torch.float32 and _allow_tf32(),
             window_size[0], window_size[1], softcap, alibi_slopes, sink,
-            cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+            cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+            bool(deterministic) or torch.are_deterministic_algorithms_enabled())
         out, lse = out.transpose(1, 2)[0], lse[0]
     if return_attn_probs:
         return out, lse.float(), None
