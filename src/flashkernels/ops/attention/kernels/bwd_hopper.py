@@ -56,14 +56,23 @@ forward's lse; the gradients as kernels/bwd.py's):
     is |i + off - j|). A CTA visits the query blocks whose rows see one of its keys (none: its dK,
     dV are 0); the blocks the window cuts are masked (a row that sees no key, lse = -inf, lies in
     those only: its P^T is 0 there).
+  - VARLEN (packed sequences, flash_attn_varlen_func's; OUT_BSHD): q, k, v, dO are (1, H, total,
+    D), CuQ / CuK int32 offsets; the grid's y (x with LONG_FIRST) runs over (sequence, kv head), its
+    key blocks over the longest sequence, and a CTA whose keys start past its sequence's returns
+    before warp_specialize. Each CTA reads its sequence's bounds and bottom-right offset seqlen_k -
+    seqlen_q (CAUSAL, WINDOW and ALiBi use it as WINDOW uses causal_offset); its TMA tiles start at
+    the sequence's rows, so the last query / key block reads the next sequence's rows (or TMA's
+    zeros past the tensor): on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
+    their lse being anything), the dQ atomics are masked to the sequence's rows and the dK / dV
+    stores to its keys.
   The features' i + off - j (and their masks) come from one value a thread plus constants (see
   _bwd_consumer), not from the 16 column indices the plain build's mask keeps. Softcap with
   ALiBi masks (causal or window) before the exponential on every block (no branch: it spilled).
 
 Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
-(fwd_hopper.py: bf16/fp16, Sq and Sk multiples of 128, 2-D TMA views of q, k, v, dO, scale > 0,
-no mask or varlen; every one of its features) at D = 64 or 128 (launch.HOPPER_BWD_HEAD_DIMS),
-ALiBi with at most ALIBI_GROUP_MAX query heads a kv head, plus int32 element offsets into the dQ
+(fwd_hopper.py: bf16/fp16, Sq and Sk multiples of 128 (packed sequences: any lengths), 2-D TMA
+views of q, k, v, dO, scale > 0, no mask; every one of its features) at D = 64 or 128
+(launch.HOPPER_BWD_HEAD_DIMS), packed sequences as well (which the forward does not take), ALiBi with at most ALIBI_GROUP_MAX query heads a kv head, plus int32 element offsets into the dQ
 accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or pass beyond MHA's
 (the group's heads loop inside the CTA, as FA3's); it does make B·Hkv·Sk / 128 CTAs, GROUP times
 fewer than MHA's.
