@@ -11,6 +11,7 @@ H100 (or each of ``--configs``), with and without SPLIT, plus the feature flags 
 then the append and combine kernels. Exit 1 on a compile failure or smem over the H100's.
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -81,6 +82,8 @@ def main():
     ap.add_argument("--flags", default="causal", help="comma list of causal,window,softcap,alibi,leftpad "
                     "(all on together in one extra compile each config), or 'none'")
     ap.add_argument("--configs", default="", help="BM:BN:WARPS:STAGES,... instead of launch.attn_config")
+    ap.add_argument("--paths", default="old,fast,tma", help="K/V paths (launch.Config fast/evict/tma): comma "
+                    "list of old, fast, evict (fast + evict_first), tma (contiguous and page %% BLOCK_N == 0)")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
     launch._smem_limit = lambda idx: cc.H100_SMEM  # what an H100 reports (no GPU here)
@@ -95,21 +98,25 @@ def main():
                         else [launch.attn_config(rows, d, dtype, dev)])
                 for cfg in cfgs:
                     for page in map(int, args.pages.split(",")):
-                        for split in (False, True):
-                            for feats in ([()] + ([tuple(extra)] if extra else [])):
-                                consts = dict(
-                                    HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                    PAGE_SIZE=max(page, 1), PAGED=page > 0, HAS_BATCH_IDX=False,
-                                    HAS_LEFTPAD="leftpad" in feats, IS_CAUSAL="causal" in feats,
-                                    HAS_WINDOW="window" in feats, HAS_SOFTCAP="softcap" in feats,
-                                    HAS_ALIBI="alibi" in feats, SPLIT=split,
-                                    DOT_PRECISION=dot_precision(dtype, False))
-                                if consts["IS_CAUSAL"] and consts["HAS_WINDOW"]:
-                                    consts["IS_CAUSAL"] = False  # the launcher folds causal into the window
-                                tag = (f"attn {dname} D={d:<3} rows={rows:<3} {tuple(cfg)} "
-                                       f"{'paged' + str(page) if page else 'contig'} split={int(split)}"
-                                       f"{' +' + '+'.join(feats) if feats else ''}")
-                                ok &= go(tag, kvcache_attn_kernel, dt, consts, cfg.num_warps, cfg.num_stages)
+                        for split, feats, path in itertools.product(
+                                (False, True), [()] + ([tuple(extra)] if extra else []), args.paths.split(",")):
+                            if path == "tma" and page % cfg.block_n:
+                                continue
+                            consts = dict(
+                                HEAD_DIM=d, BLOCK_D=bd, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                PAGE_SIZE=max(page, 1), PAGED=page > 0, HAS_BATCH_IDX=False,
+                                HAS_LEFTPAD="leftpad" in feats, IS_CAUSAL="causal" in feats,
+                                HAS_WINDOW="window" in feats, HAS_SOFTCAP="softcap" in feats,
+                                HAS_ALIBI="alibi" in feats, SPLIT=split,
+                                DOT_PRECISION=dot_precision(dtype, False),
+                                FAST=path != "old", KV_EVICT="evict_first" if path == "evict" else "",
+                                USE_TMA=path == "tma")
+                            if consts["IS_CAUSAL"] and consts["HAS_WINDOW"]:
+                                consts["IS_CAUSAL"] = False  # the launcher folds causal into the window
+                            tag = (f"attn {dname} D={d:<3} rows={rows:<3} {tuple(cfg[:4])} "
+                                   f"{'paged' + str(page) if page else 'contig'} split={int(split)}"
+                                   f"{' +' + '+'.join(feats) if feats else ''} {path}")
+                            ok &= go(tag, kvcache_attn_kernel, dt, consts, cfg.num_warps, cfg.num_stages)
             ok &= go(f"combine {dname} D={d}", kvcache_combine_kernel, dt,
                      dict(HEAD_DIM=d, BLOCK_D=bd, BLOCK_R=16), 4)
             for page in (0, 16):

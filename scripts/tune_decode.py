@@ -64,7 +64,7 @@ def main():
             sweep += [(None, ns) for ns in map(int, splits.split(","))]
             for cfg, ns in sweep:
                 launch.attn_config = default if cfg is None else (lambda *a, _c=cfg: _c)
-                bn, w, st = (default(Hq // Hkv, D, q.dtype, q.device) if cfg is None else cfg)[1:]
+                bn, w, st = (default(Hq // Hkv, D, q.dtype, q.device) if cfg is None else cfg)[1:4]
                 try:
                     out = flashkernels.flash_attn_with_kvcache(q, k_use, v_use, num_splits=ns, **kw)
                     err = (out.float() - ref.float()).abs().max().item()

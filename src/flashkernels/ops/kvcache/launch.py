@@ -29,10 +29,17 @@ from .kernels.decode import kvcache_append_kernel, kvcache_attn_kernel, kvcache_
 
 
 class Config(NamedTuple):
+    """Tiles and launch options; ``fast``, ``evict``, ``tma`` choose the kernel's K/V path
+    (kernels/decode.py ``_kv_tile``): ``fast`` unmasked full tiles and per-tile (paged: per-page)
+    addresses, ``evict`` the K/V loads' eviction policy ("" or "evict_first"), ``tma`` tensor
+    descriptors where :func:`tma_ok` allows (implies ``fast``). Defaults: the first version's path."""
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    fast: bool = False
+    evict: str = ""
+    tma: bool = False
 
 
 # Splits stop at this many BLOCK_N tiles of keys each: below it the combine's extra traffic
@@ -65,7 +72,8 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
         return Config(min(32 if bd >= 128 else 64, max(16, _next_pow2(rows))), 32 if bd <= 64 else 16, 8, 2)
     bm = min(64, max(16, _next_pow2(rows)))
     cfg = Config(16, 128, 8, 2) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
-    return _fit(cfg, lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * st), _smem_limit(device.index or 0), True)
+    fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * st), _smem_limit(device.index or 0), True)
+    return Config(*fit, *cfg[4:])
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,6 +91,34 @@ def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.de
         return 1
     tiles = triton_cdiv(capacity, block_n)
     return max(1, min(triton_cdiv(2 * n_sm, programs), tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+
+
+def tma_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table, block_n: int) -> bool:
+    """Whether the K/V tiles can come through 2-d tensor descriptors: a CUDA device of compute
+    capability >= 9 (or the interpreter), 16-byte aligned bases and strides (TMA's rule), and for
+    a paged cache pages of a multiple of BLOCK_N stored back to back (one 2-d view of all pages)."""
+    if k_cache.device.type == "cuda" and torch.cuda.get_device_capability(k_cache.device)[0] < 9:
+        return False
+    e = k_cache.element_size()
+    for t in (k_cache, v_cache):
+        if t.data_ptr() % 16 or any(st * e % 16 for st in t.stride()[:3]):
+            return False
+        if t.shape[-1] * e % 16:
+            return False
+        if block_table is not None and (t.stride(0) != t.shape[1] * t.stride(1) or t.shape[1] % block_n
+                                        or t.shape[0] * t.shape[1] >= 2**31):
+            return False
+    return True
+
+
+def _set_tma_allocator() -> None:
+    """On-device tensor descriptors need a global scratch allocation per launch: give Triton
+    torch's allocator unless the application set one."""
+    import triton
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 def _window_args(left: int, right: int, causal: bool, capacity: int, seqlen_q: int):
@@ -165,6 +201,9 @@ def kvcache_attn_impl(
     bi = cache_batch_idx if cache_batch_idx is not None else cache_seqlens
     lp = cache_leftpad if cache_leftpad is not None else cache_seqlens
     al = alibi_slopes if alibi_slopes is not None else lse
+    use_tma = cfg.tma and tma_ok(k_cache, v_cache, block_table, cfg.block_n)
+    if use_tma and q.device.type == "cuda":
+        _set_tma_allocator()
     wrap_triton(kvcache_attn_kernel)[(programs, num_splits)](
         q, k_cache, v_cache, out, lse, opart, lpart,
         cache_seqlens, bi, lp, bt, al,
@@ -181,6 +220,7 @@ def kvcache_attn_impl(
         HAS_LEFTPAD=cache_leftpad is not None, IS_CAUSAL=causal, HAS_WINDOW=has_window,
         HAS_SOFTCAP=softcap > 0, HAS_ALIBI=alibi_slopes is not None, SPLIT=split,
         DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        FAST=cfg.fast or use_tma, KV_EVICT=cfg.evict, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split:

@@ -11,8 +11,9 @@ Three kernels:
   of one kv head's group are packed into the rows: packed row r is query position r // group,
   head ``hk * group + r % group``, so one K/V tile load serves every head that shares it (with
   GQA decode that is Hq / Hkv rows a tile instead of one: the kernel stays bandwidth-bound).
-  Keys are addressed one by one (a paged cache maps key j to its page and slot), with int64
-  offsets. Key j of batch b is visible to packed row r (query i) iff
+  K/V tiles are addressed with int64 offsets, per key in the first version, per tile or page with
+  FAST (constexpr; also unmasked loads for the tiles every row sees whole) or by tensor
+  descriptor (USE_TMA), see ``_kv_tile``. Key j of batch b is visible to packed row r (query i) iff
 
       leftpad_b <= j < Sk_b = cache_seqlens[b] + Sn             (the row's valid keys)
       j <= i + Sk_b - Sq                                         (IS_CAUSAL, bottom-right)
@@ -86,6 +87,119 @@ def kvcache_append_kernel(
              v, mask=mask)
 
 
+@triton.jit
+def _kv_tile(acc, l_i, m_i, q, start_n, offs_n, offs_d, d_ok, lo, hi, diag, slope, qk_scale, softcap_log2,
+             k_head, v_head, k_row, v_row, k_desc, v_desc, BlockTable, bt_row, num_rows,
+             stride_kb, stride_ks, stride_vb, stride_vs, window_left, window_right,
+             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+             PAGED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+             HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr, FAST: tl.constexpr,
+             KV_EVICT: tl.constexpr, USE_TMA: tl.constexpr):
+    """One BLOCK_N tile of keys [start_n, start_n + BLOCK_N): online-softmax update of
+    (acc, l_i, m_i). MASKED: the tile may hold keys outside [lo, hi) or cut by the causal /
+    window bounds (loads and scores masked); else every key of the tile is visible to every row.
+
+    Addressing (constexpr): FAST=False is the first version's (one page-table load and one int64
+    offset a key). FAST: contiguous tiles from one scalar int64 base plus int32 key offsets; paged
+    with PAGE_SIZE % BLOCK_N == 0 one page index a tile (a tile never crosses a page: tiles are
+    BLOCK_N-aligned), with BLOCK_N % PAGE_SIZE == 0 a vector of BLOCK_N / PAGE_SIZE indices
+    broadcast to the keys; other page sizes per key. USE_TMA: K/V tiles by tensor descriptor
+    (contiguous, or paged with PAGE_SIZE % BLOCK_N == 0; the launcher checks the alignment);
+    TMA cannot mask, so a masked tile's V rows outside [lo, hi) are zeroed in registers (a
+    stale NaN there would survive p = 0)."""
+    cols = start_n + offs_n
+    in_range = (cols >= lo) & (cols < hi)
+    if USE_TMA:
+        if PAGED:
+            page = tl.load(BlockTable + bt_row + start_n // PAGE_SIZE)
+            page = tl.minimum(tl.maximum(page, 0), num_rows - 1)
+            key0 = page * PAGE_SIZE + start_n % PAGE_SIZE
+        else:
+            key0 = start_n
+        k = k_desc.load([key0, 0])
+    else:
+        if PAGED:
+            if FAST and PAGE_SIZE % BLOCK_N == 0:
+                page = tl.load(BlockTable + bt_row + start_n // PAGE_SIZE)
+                page = tl.minimum(tl.maximum(page, 0), num_rows - 1).to(tl.int64)
+                slot0 = tl.cast(start_n % PAGE_SIZE, tl.int64)  # start_n: a Python int under the interpreter
+                k_off = (page * stride_kb + slot0 * stride_ks) + offs_n * stride_ks
+                v_off = (page * stride_vb + slot0 * stride_vs) + offs_n * stride_vs
+            elif FAST and BLOCK_N % PAGE_SIZE == 0:
+                NUM_PAGES: tl.constexpr = BLOCK_N // PAGE_SIZE
+                pidx = start_n // PAGE_SIZE + tl.arange(0, NUM_PAGES)
+                if MASKED:  # keys past hi may lie past the table's row
+                    pages = tl.load(BlockTable + bt_row + pidx, mask=pidx * PAGE_SIZE < hi, other=0)
+                else:
+                    pages = tl.load(BlockTable + bt_row + pidx)
+                pages = tl.minimum(tl.maximum(pages, 0), num_rows - 1).to(tl.int64)
+                page = tl.reshape(tl.broadcast_to(pages[:, None], (NUM_PAGES, PAGE_SIZE)), (BLOCK_N,))
+                slot = offs_n % PAGE_SIZE  # start_n is a multiple of PAGE_SIZE
+                k_off = page * stride_kb + slot * stride_ks
+                v_off = page * stride_vb + slot * stride_vs
+            else:
+                if MASKED:
+                    page = tl.load(BlockTable + bt_row + cols // PAGE_SIZE, mask=in_range, other=0)
+                else:
+                    page = tl.load(BlockTable + bt_row + cols // PAGE_SIZE)
+                page = tl.minimum(tl.maximum(page, 0), num_rows - 1).to(tl.int64)
+                slot = (cols % PAGE_SIZE).to(tl.int64)
+                k_off = page * stride_kb + slot * stride_ks
+                v_off = page * stride_vb + slot * stride_vs
+        else:
+            if FAST:
+                k_off = (k_row + tl.cast(start_n, tl.int64) * stride_ks) + offs_n * stride_ks
+                v_off = (v_row + tl.cast(start_n, tl.int64) * stride_vs) + offs_n * stride_vs
+            else:
+                k_off = k_row + cols.to(tl.int64) * stride_ks
+                v_off = v_row + cols.to(tl.int64) * stride_vs
+        k_ptrs = k_head + k_off[:, None] + offs_d[None, :]
+        v_ptrs = v_head + v_off[:, None] + offs_d[None, :]
+        if MASKED:
+            if FAST and BLOCK_D == HEAD_DIM:
+                kv_mask = in_range[:, None]
+            else:
+                kv_mask = in_range[:, None] & d_ok[None, :]
+            k = tl.load(k_ptrs, mask=kv_mask, other=0.0, eviction_policy=KV_EVICT)
+        elif BLOCK_D == HEAD_DIM:
+            k = tl.load(k_ptrs, eviction_policy=KV_EVICT)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
+        s = _tanh(s) * softcap_log2
+    if HAS_ALIBI:
+        s = s - slope[:, None] * tl.abs(diag[:, None] - cols[None, :]).to(tl.float32)
+    if MASKED:
+        valid = in_range[None, :]  # [lo, hi) lies inside [key_lo, seqlen_k)
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= diag[:, None])
+        if HAS_WINDOW:
+            valid = valid & (cols[None, :] >= diag[:, None] - window_left) \
+                & (cols[None, :] <= diag[:, None] + window_right)
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf = NaN
+    else:  # every score finite: so is the max
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = m_new
+    p = tl.math.exp2(s - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if USE_TMA:
+        v = v_desc.load([key0, 0])
+        if MASKED:
+            v = tl.where(in_range[:, None], v, 0.0)
+    elif MASKED:
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0, eviction_policy=KV_EVICT)
+    elif BLOCK_D == HEAD_DIM:
+        v = tl.load(v_ptrs, eviction_policy=KV_EVICT)
+    else:
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
 @triton.jit(do_not_specialize=["num_heads_kv", "group", "seqlen_q", "seqlen_new", "capacity", "num_rows",
                                "window_left", "window_right", "num_splits"])
 def kvcache_attn_kernel(
@@ -103,7 +217,8 @@ def kvcache_attn_kernel(
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, HAS_BATCH_IDX: tl.constexpr,
     HAS_LEFTPAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FAST: tl.constexpr = False, KV_EVICT: tl.constexpr = "",
+    USE_TMA: tl.constexpr = False,
 ):
     """Grid (cdiv(Sq * group, BLOCK_M) * B * Hkv, num_splits); see the module docstring.
 
@@ -187,40 +302,48 @@ def kvcache_attn_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     k_head = K + hk64 * stride_kh
     v_head = V + hk64 * stride_vh
-    for start_n in range(n_start, n_stop, BLOCK_N):
-        cols = start_n + offs_n
-        in_range = (cols >= lo) & (cols < hi)
-        if PAGED:
-            page = tl.load(BlockTable + b64 * stride_btb + cols // PAGE_SIZE, mask=in_range, other=0)
-            page = tl.minimum(tl.maximum(page, 0), num_rows - 1).to(tl.int64)
-            slot = (cols % PAGE_SIZE).to(tl.int64)
-            k_off = page * stride_kb + slot * stride_ks
-            v_off = page * stride_vb + slot * stride_vs
-        else:
-            k_off = k_row + cols.to(tl.int64) * stride_ks
-            v_off = v_row + cols.to(tl.int64) * stride_vs
-        kv_mask = in_range[:, None] & d_ok[None, :]
-        k = tl.load(k_head + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if HAS_SOFTCAP:  # qk_scale is sm_scale / softcap here
-            s = _tanh(s) * softcap_log2
-        if HAS_ALIBI:
-            s = s - slope[:, None] * tl.abs(diag[:, None] - cols[None, :]).to(tl.float32)
-        valid = in_range[None, :]  # [lo, hi) lies inside [key_lo, seqlen_k)
+    bt_row = b64 * stride_btb
+    if USE_TMA:  # see _kv_tile; the launcher checks 16-byte strides and bases
+        tl.static_assert(FAST and (not PAGED or PAGE_SIZE % BLOCK_N == 0))
+        if PAGED:  # pages back to back (stride_kb == PAGE_SIZE * stride_ks): rows of one 2-d view
+            k_desc = tl.make_tensor_descriptor(k_head, shape=[num_rows * PAGE_SIZE, HEAD_DIM], strides=[stride_ks, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(v_head, shape=[num_rows * PAGE_SIZE, HEAD_DIM], strides=[stride_vs, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+        else:  # keys past the capacity read as zeros
+            k_desc = tl.make_tensor_descriptor(k_head + k_row, shape=[capacity, HEAD_DIM], strides=[stride_ks, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(v_head + v_row, shape=[capacity, HEAD_DIM], strides=[stride_vs, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+    else:
+        k_desc = k_head
+        v_desc = v_head
+    if FAST:
+        # Tiles every row sees whole: [full_lo, full_hi) in key positions. They run unmasked
+        # between the masked tiles at the split's edges: [n_start, a) masked, [a, b) not,
+        # [b, n_stop) masked (a, b on the tile grid; each run may be empty).
+        full_lo = lo
+        full_hi = hi
         if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= diag[:, None])
+            full_hi = tl.minimum(full_hi, i_first + seqlen_k - seqlen_q + 1)
         if HAS_WINDOW:
-            valid = valid & (cols[None, :] >= diag[:, None] - window_left) \
-                & (cols[None, :] <= diag[:, None] + window_right)
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf = NaN
-        p = tl.math.exp2(s - m_ref[:, None])
-        alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_head + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+            full_hi = tl.minimum(full_hi, i_first + seqlen_k - seqlen_q + window_right + 1)
+            full_lo = tl.maximum(full_lo, i_last + seqlen_k - seqlen_q - window_left)
+        a = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N) * BLOCK_N, n_start), n_stop)
+        b = tl.maximum(a, tl.minimum(tl.maximum(full_hi, 0) // BLOCK_N * BLOCK_N, n_stop))
+    else:  # the first version: every tile masked
+        a = n_stop
+        b = n_stop
+    for run in tl.static_range(3 if FAST else 1):  # masked head, unmasked body, masked tail
+        run_lo = n_start if run == 0 else (a if run == 1 else b)
+        run_hi = a if run == 0 else (b if run == 1 else n_stop)
+        for start_n in range(run_lo, run_hi, BLOCK_N):
+            acc, l_i, m_i = _kv_tile(
+                acc, l_i, m_i, q, start_n, offs_n, offs_d, d_ok, lo, hi, diag, slope, qk_scale, softcap_log2,
+                k_head, v_head, k_row, v_row, k_desc, v_desc, BlockTable, bt_row, num_rows,
+                stride_kb, stride_ks, stride_vb, stride_vs, window_left, window_right,
+                HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, PAGED, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_ALIBI,
+                DOT_PRECISION, run != 1, FAST, KV_EVICT, USE_TMA)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
