@@ -584,7 +584,7 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
     # (kernels/bwd_hopper._bwd_tile)
-    key_blocks = triton_cdiv(Sk_max, block_n)  # (varlen: CTAs past a sequence's keys return at once)
+    key_blocks = triton_cdiv(Sk_max, block_n)  # (varlen: CTAs past a sequence's keys visit no query block)
     ctas = n_seq * Hkv * key_blocks
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
     grid = (n_seq * Hkv, key_blocks) if long_first else (key_blocks, n_seq * Hkv)

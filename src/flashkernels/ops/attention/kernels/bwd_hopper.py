@@ -58,8 +58,8 @@ forward's lse; the gradients as kernels/bwd.py's):
     those only: its P^T is 0 there).
   - VARLEN (packed sequences, flash_attn_varlen_func's; OUT_BSHD): q, k, v, dO are (1, H, total,
     D), CuQ / CuK int32 offsets; the grid's y (x with LONG_FIRST) runs over (sequence, kv head), its
-    key blocks over the longest sequence, and a CTA whose keys start past its sequence's returns
-    before warp_specialize. Each CTA reads its sequence's bounds and bottom-right offset seqlen_k -
+    key blocks over the longest sequence, and a CTA whose keys start past its sequence's visits no
+    query block (its K / V loads are wasted; it stores nothing). Each CTA reads its sequence's bounds and bottom-right offset seqlen_k -
     seqlen_q (CAUSAL, WINDOW and ALiBi use it as WINDOW uses causal_offset); its TMA tiles start at
     the sequence's rows, so the last query / key block reads the next sequence's rows (or TMA's
     zeros past the tensor): on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
@@ -177,6 +177,11 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
         off = seqlen_k - seqlen_q
         i0, n_blocks = _bwd_query_blocks(n0, (seqlen_q + BLOCK_M - 1) // BLOCK_M * BLOCK_M, BLOCK_M, BLOCK_N,
                                          CAUSAL, off, window_left, window_right, WINDOW, VARLEN)
+        # A key block past the sequence's keys (the grid covers the longest) visits no query block:
+        # its K / V loads read a neighbour's rows or TMA's zeros, and it stores nothing. (Not an
+        # early return before gl.warp_specialize: that build died with an illegal instruction on
+        # the H100, most likely the worker warps left waiting for their partition.)
+        n_blocks = gl.where(n0 < seqlen_k, n_blocks, 0)
         return b, pid_bh % HKV, n0, i0, n_blocks, q0, k0, seqlen_q, seqlen_k, off
     else:
         i0, n_blocks = _bwd_query_blocks(n0, S, BLOCK_M, BLOCK_N, CAUSAL, causal_offset, window_left,
@@ -578,15 +583,6 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(OUT_BSHD or not VARLEN)
-    if VARLEN:  # key blocks past their sequence's keys: nothing to do (the grid covers the longest)
-        if LONG_FIRST:
-            b_end = gl.program_id(0) // (H // GROUP)
-            n_end = gl.program_id(1) * BLOCK_N
-        else:
-            b_end = gl.program_id(1) // (H // GROUP)
-            n_end = gl.program_id(0) * BLOCK_N
-        if n_end >= gl.load(CuK + b_end + 1) - gl.load(CuK + b_end):
-            return
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
