@@ -95,7 +95,7 @@ def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
         if not (m and labels.get(m.group(1), i) < i):
             continue
         body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]
-                if re.search(r"/\*[0-9a-f]{4}\*/", x)]
+                if re.search(r"/\*[0-9a-f]{4,6}\*/", x)]
         ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
         if (len(body) >= min_instr) if min_instr is not None else ops["HGMMA"]:
             out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys))
@@ -147,21 +147,22 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
 
 
 def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM, softcap=False, alibi=False,
-                       sink=False, window=False):
+                       sink=False, window=False, config=None):
     """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it at head dim D
-    (its launch.HOPPER_FWD_CONFIGS entry), with its feature flags (kernels/fwd_hopper.py: SOFTCAP,
-    ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as the launcher passes them)."""
+    (its launch.HOPPER_FWD_CONFIGS entry, or ``config`` = (BLOCK_M, BLOCK_N, STAGES)), with its
+    feature flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as
+    the launcher passes them)."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
-    block_n, stages = launch.HOPPER_FWD_CONFIGS[D]
+    block_m, block_n, stages = config or launch.hopper_fwd_config(D, alibi)
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
-    wg_m = launch.HOPPER_BLOCK_M // 2
+    wg_m = 64  # rows of one consumer warpgroup
     descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", block_n),
                                                               ("desc_v", block_n), ("desc_o", wg_m))}
-    consts = dict(HEAD_DIM=D, BLOCK_M=launch.HOPPER_BLOCK_M, BLOCK_N=block_n, STAGES=stages,
+    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, num_warps=4, SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
     types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32"}
-    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.MAXNREG, sass)
+    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.maxnreg(block_m), sass)
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
@@ -260,8 +261,8 @@ def main():
                 gluon = ("hopper" in args.kernels.split(",") and dtype != torch.float32
                          and not (mk or window or softcap or alibi or sink or varlen))
                 if gluon and d in launch.HOPPER_FWD_CONFIGS:
-                    block_n, stages = launch.HOPPER_FWD_CONFIGS[d]
-                    cfg = (launch.HOPPER_BLOCK_M, block_n, 4, stages)
+                    block_m, block_n, stages = launch.hopper_fwd_config(d)
+                    cfg = (block_m, block_n, 4, stages)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32

@@ -31,6 +31,22 @@ def tflops(B, H, S, D, causal, ms):
     return f / ms / 1e9
 
 
+def sdpa_times(q, k, v, causal, rep):
+    """{"cudnn": ms, "fa2": ms}: SDPA's cuDNN and flash backends (do_bench medians) on (B, S, H, D)
+    q, k, v (as (B, H, S, D) views); a backend that refuses the call is left out, with its reason."""
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    ms = {}
+    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel([be]):
+                F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+                ms[name] = do_bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal), rep=rep,
+                                    return_mode="median")
+        except RuntimeError as exc:
+            print(f"  {name}: {str(exc)[:120]}", flush=True)
+    return ms
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 256])
@@ -69,15 +85,7 @@ def main():
                         continue
                     row[f"gluon{cfg}"] = do_bench(lambda: flash_attn_func(q, k, v, causal=causal), rep=args.rep,
                                                   return_mode="median")
-                qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-                for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
-                    try:
-                        with sdpa_kernel([be]):
-                            F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-                            row[name] = do_bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
-                                                 rep=args.rep, return_mode="median")
-                    except RuntimeError as exc:
-                        print(f"  {name}: {str(exc)[:120]}", flush=True)
+                row.update(sdpa_times(q, k, v, causal, args.rep))
                 cells = "  ".join(f"{n} {tflops(B, H, S, D, causal, ms):6.1f}" for n, ms in row.items())
                 best = min((ms for n, ms in row.items() if n.startswith("gluon")), default=None)
                 vs = f"  best gluon / cudnn {row['cudnn'] / best:.2f}x, / triton {row['triton'] / best:.2f}x" \

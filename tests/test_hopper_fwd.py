@@ -149,6 +149,45 @@ def test_each_condition_gives_its_reason(machine_ok, make, expected):
     assert why is not None and expected in why, why
 
 
+def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
+    """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
+    three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""
+    assert launch.hopper_fwd_config(128) == (128, 128, 2)
+    monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, (128, 2, 192))
+    assert launch.hopper_fwd_config(64) == (192, 128, 2)
+    assert launch.hopper_fwd_config(64, alibi=True) == (128, 128, 2)  # (192 spills with ALiBi)
+    assert launch.hopper_fwd_reason(**_args(D=64, S=640)) is None  # 640 = 3 x 192 + 64
+    assert launch.hopper_fwd_reason(**_args(D=64, S=128, Sk=640)) is None
+    monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, (256, 2))
+    why = launch.hopper_fwd_reason(**_args(D=64, S=256, Sk=384))
+    assert why is not None and "seqlen_k 384: a multiple of 256" in why, why
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+@pytest.mark.parametrize("cfg,S,grid,maxnreg", [((128, 2), 640, 5, 168), ((128, 2, 192), 640, 4, 128),
+                                                ((128, 3, 192), 128, 1, 128)], ids=["wg2", "wg3", "wg3-one-tile"])
+def test_launch_grid_and_register_cap(monkeypatch, cfg, S, grid, maxnreg):
+    """launch.hopper_fwd at D = 64 with a config (the kernel stubbed): ceil(Sq / BLOCK_M) CTAs a
+    head, BLOCK_M and the launch's register cap of its number of warpgroups, q/out blocks of 64 rows."""
+    seen = {}
+
+    class Stub:
+        def __getitem__(self, g):
+            def run(*args, **kw):
+                seen.update(grid=g, args=args, **kw)
+            return run
+
+    monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, cfg)
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", Stub())
+    B, H = 2, 4
+    q, k, v = (_bshd(B, S, H, 64) for _ in range(3))
+    out, lse = torch.empty_like(q), torch.empty(B, H, S)
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, True)
+    assert seen["grid"] == (grid, B * H) and seen["maxnreg"] == maxnreg
+    assert seen["BLOCK_M"] == (cfg[2] if len(cfg) > 2 else 128) and (seen["BLOCK_N"], seen["STAGES"]) == cfg[:2]
+    assert seen["args"][0].block_shape == [64, 64] and seen["args"][1].block_shape == [cfg[0], 64]
+
+
 def test_machine_conditions(monkeypatch):
     """Gluon missing, the switch, the interpreter, the device and its capability."""
     cuda = torch.device("cuda", 0)
@@ -421,23 +460,31 @@ FEATURE_BUILDS = [
     (False, dict(sink=True)), (True, dict(sink=True)), (False, dict(window=True)),
     (True, dict(softcap=True, alibi=True, sink=True)), (False, dict(softcap=True, alibi=True, sink=True, window=True)),
 ]
+# Builds not (yet) in launch.HOPPER_FWD_CONFIGS, head dim -> ((BLOCK_M, BLOCK_N, STAGES), builds):
+# three consumer warpgroups at D = 64 (scripts/ab_fwd64.py), plain and with the features it takes
+# (with ALiBi the launcher runs two: launch.hopper_fwd_config).
+CANDIDATE_BUILDS = {64: ((192, 128, 2), [(False, {}), (True, {}), (True, dict(softcap=True, sink=True)),
+                                         (False, dict(softcap=True, sink=True, window=True))])}
 _FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 import compile_check as cc
 from flashkernels.ops.attention import launch
-for D in sorted(launch.HOPPER_FWD_CONFIGS):
-    for causal, flags in %r:
-        tag = f"gluon-feat bf16 D={D} causal={int(causal)} " + "+".join(flags)
-        cc.report(tag, lambda: cc.compile_hopper_fwd(torch.bfloat16, causal, False, D=D, **flags))
+todo = [(D, None, %r) for D in sorted(launch.HOPPER_FWD_CONFIGS)]  # (None: the launcher's choice)
+todo += [(D, cfg, builds) for D, (cfg, builds) in %r.items() if D not in launch.HOPPER_FWD_CONFIGS]
+for D, cfg, builds in todo:
+    for causal, flags in builds:
+        tag = f"gluon-feat bf16 D={D} {cfg} causal={int(causal)} " + "+".join(flags)
+        cc.report(tag, lambda: cc.compile_hopper_fwd(torch.bfloat16, causal, False, D=D, config=cfg, **flags))
 """
 
 
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
 def test_kernel_feature_builds_for_sm90a_without_spills():
     """The forward's feature flags (softcap, ALiBi, sink, window; alone, with causal, together) at
-    each of its head dims build for sm_90a (bf16) through compile_check.compile_hopper_fwd, with no
-    spill and no serialised wgmma (in its own process, as the test above)."""
+    each of its head dims, and the candidate builds (CANDIDATE_BUILDS: three consumer warpgroups),
+    build for sm_90a (bf16) through compile_check.compile_hopper_fwd, with no spill and no
+    serialised wgmma (in its own process, as the test above)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -445,11 +492,13 @@ def test_kernel_feature_builds_for_sm90a_without_spills():
         pytest.skip("triton ships no ptxas here")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, "-c", _FEATURE_BUILD_SCRIPT % (FEATURE_BUILDS,), str(ROOT / "scripts")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", _FEATURE_BUILD_SCRIPT % (FEATURE_BUILDS, CANDIDATE_BUILDS),
+                          str(ROOT / "scripts")], capture_output=True, text=True, env=env, timeout=600)
     log = res.stdout + res.stderr
     built = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-feat ")]
-    assert res.returncode == 0 and len(built) == len(FEATURE_BUILDS) * len(launch.HOPPER_FWD_CONFIGS), log[-4000:]
+    n = len(FEATURE_BUILDS) * len(launch.HOPPER_FWD_CONFIGS) + \
+        sum(len(b) for d, (_, b) in CANDIDATE_BUILDS.items() if d not in launch.HOPPER_FWD_CONFIGS)
+    assert res.returncode == 0 and len(built) == n, log[-4000:]
     assert "FAILED" not in log and "SMEM TOO LARGE" not in log, log[-4000:]
     assert "serialized" not in log, log
     for ln in built:

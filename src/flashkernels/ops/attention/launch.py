@@ -249,11 +249,13 @@ def _batch_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
 HOPPER_FWD_ENV = "FLASHKERNELS_HOPPER_FWD"
 HOPPER_BLOCK_M, HOPPER_BLOCK_N, HOPPER_STAGES = 128, 128, 2
 HOPPER_HEAD_DIM = 128
-# Head dim -> (BLOCK_N, STAGES) of the Gluon forward (BLOCK_M is HOPPER_BLOCK_M at every D); the
-# head dims it runs are this dict's keys. D = 256 (H200, scripts/exp_fwd_dims.py, FA3 grid): 1.24-1.61x
-# the Triton kernel, 0.85-1.02x cuDNN; BLOCK_N 64 with 2 stages is the one config whose K/V ring
-# fits the shared memory. D = 64 is not here: 0.94-1.05x the Triton kernel (S = 1k-16k).
-HOPPER_FWD_CONFIGS: dict[int, tuple[int, int]] = {HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES), 256: (64, 2)}
+# Head dim -> (BLOCK_N, STAGES) or (BLOCK_N, STAGES, BLOCK_M) of the Gluon forward (BLOCK_M:
+# HOPPER_BLOCK_M, two consumer warpgroups, unless given: 192 is three); the head dims it runs are
+# this dict's keys. D = 256 (H200, scripts/exp_fwd_dims.py, FA3 grid): 1.24-1.61x the Triton
+# kernel, 0.85-1.02x cuDNN; BLOCK_N 64 with 2 stages is the one config whose K/V ring fits the
+# shared memory. D = 64 is not here: with two warpgroups 0.94-1.05x the Triton kernel (S = 1k-16k);
+# three (scripts/ab_fwd64.py) not measured yet.
+HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES), 256: (64, 2)}
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -262,6 +264,15 @@ hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flash
 @functools.lru_cache(maxsize=None)
 def _capability(device_index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index)
+
+
+def hopper_fwd_config(head_dim: int, alibi: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, STAGES) of the Gluon forward at ``head_dim`` (a key of HOPPER_FWD_CONFIGS).
+    With ALiBi, BLOCK_M 128: three warpgroups' 160 registers spill there (24 B alone, 96-316 B with
+    softcap and the sink, compile_check), two warpgroups' 240 do not."""
+    # (a lookup by ==: traced, head_dim may be a SymInt, which does not hash)
+    block_n, stages, *block_m = next(c for d, c in HOPPER_FWD_CONFIGS.items() if d == head_dim)
+    return (block_m[0] if block_m and not alibi else HOPPER_BLOCK_M), block_n, stages
 
 
 def hopper_fwd_device_reason(device: torch.device) -> Optional[str]:
@@ -349,6 +360,11 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
         return f"seqlen {S}: a positive multiple of {HOPPER_BLOCK_M} only"
     if cu_seqlens_q is None and (Sk % HOPPER_BLOCK_M or Sk == 0):
         return f"seqlen_k {Sk}: a positive multiple of {HOPPER_BLOCK_M} only"
+    # (no key tail: a block past Sk would read the next head's keys; the backward's head dims may have
+    # no forward config)
+    block_n = hopper_fwd_config(D)[1] if D in tuple(HOPPER_FWD_CONFIGS) else HOPPER_BLOCK_N
+    if Sk % block_n:
+        return f"seqlen_k {Sk}: a multiple of {block_n} (BLOCK_N at head dim {D}) only"
     # (the window, softcap, ALiBi and sink are the kernel's; its int32 index arithmetic adds up to
     # four of these)
     if max(S + Sk, abs(causal_offset), window_left, window_right) > _INT32_MAX // 4:
@@ -408,20 +424,22 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
-    block_n, stages = HOPPER_FWD_CONFIGS[D]
+    block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
     if causal and (causal_offset != 0 or S > Sk):  # the kernel's CAUSAL is j <= i, every row inside Sk
         has_window, causal, wl, wr = True, False, S + Sk, 0
-    wg_m = HOPPER_BLOCK_M // 2  # q and out move in blocks of one consumer warpgroup's rows
+    wg_m = 64  # q and out move in blocks of one consumer warpgroup's rows
     (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, block_n),
                                               _hopper_desc(v, block_n), _hopper_desc(out, wg_m))
     alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
-    fwd_hopper.attn_fwd_hopper_kernel[(S // HOPPER_BLOCK_M, B * H)](
+    # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
+    # kernel skips it)
+    fwd_hopper.attn_fwd_hopper_kernel[(-(-S // block_m), B * H)](
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
         causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
-        HEAD_DIM=D, BLOCK_M=HOPPER_BLOCK_M, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.MAXNREG,
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m),
     )
     hopper_fwd_launches += 1
 

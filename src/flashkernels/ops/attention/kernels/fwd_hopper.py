@@ -6,11 +6,14 @@ idle while the exponentials run. Gluon (``triton.experimental.gluon``, in the tr
 exposes TMA copies into shared-memory rings with mbarriers, ``warpgroup_mma(..., is_async=True)``
 and ``warpgroup_mma_wait(num_outstanding=N)``, which FA3's overlap needs.
 
-Structure of one CTA (BLOCK_M = 128 query rows of one (batch, query head); ``gl.warp_specialize``):
-  - a 1-warp producer partition issues every TMA load: the two Q halves, then K_j and V_j into a
+Structure of one CTA (BLOCK_M = 128 or 192 query rows of one (batch, query head); ``gl.warp_specialize``):
+  - a 1-warp producer partition issues every TMA load: the Q blocks, then K_j and V_j into a
     ring of STAGES shared-memory stages (per-stage ready/empty mbarriers);
-  - two consumer warpgroups (the default partition and a 4-warp worker) each own
-    WG_M = BLOCK_M / 2 query rows and read the same K/V ring. No CTA-wide barrier in the loop.
+  - NUM_WG = BLOCK_M / 64 consumer warpgroups (the default partition and 4-warp workers: two, or
+    three as FA3 runs D = 64, where the exponentials weigh twice as much against the wgmmas as at
+    D = 128) each own WG_M = 64 query rows and read the same K/V ring. No CTA-wide barrier in the
+    loop. With three (TRIM), a tile may pass SQ (a multiple of 128): the warpgroups past it only
+    release the ring's blocks, and causal ones stop at their own last diagonal block.
 
 Schedule of one consumer warpgroup (n = number of key blocks it sees):
 
@@ -39,14 +42,16 @@ diagonal j <= i (causal_offset 0, Sq <= Sk); every other causal call (bottom-rig
 top-left with Sq > Sk) comes as WINDOW with right = 0.
 
 Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or fp16, a head dim
-of launch.HOPPER_FWD_CONFIGS (128: BLOCK_N 128; 256: BLOCK_N 64; 2 stages), Sq and Sk multiples of BLOCK_M (so of BLOCK_N too), H a multiple of
+of launch.HOPPER_FWD_CONFIGS (128: BLOCK_N 128; 256: BLOCK_N 64; 2 stages; BLOCK_M 128), Sq and Sk
+multiples of 128 and Sk of BLOCK_N (with BLOCK_M 192 the grid is ceil(Sq / 192)), H a multiple of
 Hkv (GQA), scale > 0 (the row max is taken before scaling), no mask, no varlen. Each of q, k, v
 and out is read or written through a 2-D TMA descriptor (launch._hopper_view): row m of head h of
 batch b is row b*rb + h*rh + m of the matrix, its D values start at column h*ch, so (B, S, H, D)
 storage (rb = S, rh = 0, ch = D), (B, H, S, D) storage (rb = H*S, rh = S, ch = 0) and slices of a
-packed qkv all go through the same code; a block of BLOCK_M or BLOCK_N rows never crosses a
-(batch, head), as Sq and Sk are multiples of both. TMA coordinates, the lse offsets and the
-window arithmetic are int32; the grid is (Sq / BLOCK_M, B·H), so B·H <= 65535. lse is (B, H, Sq)
+packed qkv all go through the same code; a block of 64 query rows (a warpgroup's) or BLOCK_N key
+rows never crosses a (batch, head), as Sq is a multiple of 128 (warpgroups past it load nothing)
+and Sk of BLOCK_N. TMA coordinates, the lse offsets and the window arithmetic are int32; the grid
+is (ceil(Sq / BLOCK_M), B·H), so B·H <= 65535. lse is (B, H, Sq)
 float32, natural log.
 
 Features measured on an H200 (bf16, B = 4, S = 4096, H = 16, D = 128, triton.testing.do_bench
@@ -67,7 +72,12 @@ D = 256 (H200, ``scripts/exp_fwd_dims.py``, the same FA3 shapes with H = 8): BLO
 stages (the only ring that fits the shared memory: 197 KB), 0 spills: 1.24-1.61x the Triton
 kernel, 0.94-1.02x cuDNN through the public API.
 
-Not done: persistent scheduling, long-first causal order, three consumer warpgroups; offloading
+Three consumer warpgroups (BLOCK_M 192, BLOCK_N 128, registers 160 / 168 / 24, launch cap 128;
+0 spills): built for D = 64 (scripts/ab_fwd64.py), not measured yet. Larger BLOCK_N with three do
+not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
+
+Not done: persistent scheduling, long-first causal order, P through shared memory (FA3's D = 64
+config, which frees the registers BLOCK_N 192 needs); offloading
 part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
 want.
 
@@ -119,6 +129,16 @@ AVAILABLE: bool = UNAVAILABLE_REASON is None
 CONSUMER_REGS = gl.constexpr(240)
 PRODUCER_REGS = gl.constexpr(24)
 MAXNREG = 168
+# Three consumer warpgroups (BLOCK_M 192): 4 warpgroups (the producer's warp counts as one) x 128
+# threads x 128 = the file; the two worker consumers 160, the producer 24, the default partition
+# what is left (168).
+CONSUMER_REGS3 = gl.constexpr(160)
+MAXNREG3 = 128
+
+
+def maxnreg(block_m: int) -> int:
+    """The launch's register cap for a tile of ``block_m`` query rows (64 a consumer warpgroup)."""
+    return MAXNREG if block_m == 128 else MAXNREG3
 
 
 LOG2E = gl.constexpr(1.4426950408889634)
@@ -203,22 +223,28 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0, diag, win
 
 @gluon.jit
 def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-             CAUSAL: gl.constexpr, WINDOW: gl.constexpr):
+             CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
     """(pid_bh, b, h, m0, lo, n_blocks) of this CTA: rows m0 .. m0 + BLOCK_M of (b, h) and the key
     blocks lo .. lo + n_blocks - 1 they see. CAUSAL (causal_offset 0, SQ <= SK): up to the last
     row's diagonal. WINDOW: the union of the rows' windows [i + off - left, i + off +
-    right]; when no row sees a key, one block all masked (so that every CTA runs one block)."""
+    right]; when no row sees a key, one block all masked (so that every CTA runs one block).
+    TRIM (BLOCK_M not a multiple of BLOCK_N, the last tile may pass SQ): the rows end at SQ and
+    the causal range is rounded up to whole key blocks."""
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
     m0 = pid_m * BLOCK_M
+    if TRIM:
+        m_end = gl.minimum(m0 + BLOCK_M, SQ)
+    else:
+        m_end = m0 + BLOCK_M
     if WINDOW:
         lo_key = gl.maximum(m0 + causal_offset - window_left, 0)
-        hi_key = gl.minimum(gl.maximum(m0 + BLOCK_M + causal_offset + window_right, 0), SK)
+        hi_key = gl.minimum(gl.maximum(m_end + causal_offset + window_right, 0), SK)
         lo = gl.minimum(lo_key // BLOCK_N, SK // BLOCK_N - 1)
         n_blocks = gl.maximum((hi_key + BLOCK_N - 1) // BLOCK_N - lo, 1)
     elif CAUSAL:  # causal_offset 0 and SQ <= SK (the launcher passes any other causal call as WINDOW)
         lo = 0
-        n_blocks = (m0 + BLOCK_M) // BLOCK_N
+        n_blocks = (m_end + BLOCK_N - 1) // BLOCK_N if TRIM else m_end // BLOCK_N
     else:
         lo = 0
         n_blocks = SK // BLOCK_N
@@ -230,9 +256,9 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  SQ, SK, H, GROUP, causal_offset, window_left, window_right,
                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr):
+                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
     _, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
-                                         BLOCK_N, CAUSAL, WINDOW)
+                                         BLOCK_N, CAUSAL, WINDOW, TRIM)
     hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
     # Row m of head h of batch b is row b*rb + h*rh + m, columns h*ch .. + D, of a tensor's 2-D view
     # (see launch._hopper_view).
@@ -240,8 +266,14 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
     row_k = b * k_rb + hk * k_rh + lo * BLOCK_N
     row_v = b * v_rb + hk * v_rh + lo * BLOCK_N
     for w in gl.static_range(NUM_WG):
-        mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w), q_smem.index(w))
+        if TRIM:  # (a warpgroup past SQ computes nothing: no Q for it)
+            if m0 + w * WG_M < SQ:
+                mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
+                tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w),
+                                                q_smem.index(w))
+        else:
+            mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w), q_smem.index(w))
     for j in range(n_blocks):
         s = j % STAGES
         ph = ((j // STAGES) & 1) ^ 1  # previous use of stage s released (fresh barrier: passes)
@@ -259,12 +291,49 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                 SINK: gl.constexpr, WINDOW: gl.constexpr):
-    """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile."""
-    dtype: gl.constexpr = desc_o.dtype
+                 SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
+    """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
+    blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
+    warpgroups need up to one block more), none when its rows start past SQ (the tile's tail). It
+    still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
+    each block's ready phase (so that no arrival runs a phase ahead)."""
     pid_bh, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
-                                              BLOCK_N, CAUSAL, WINDOW)
+                                              BLOCK_N, CAUSAL, WINDOW, TRIM)
     m0w = m0 + W * WG_M
+    if TRIM:
+        n_w = n_blocks
+        if CAUSAL:
+            n_w = gl.minimum((m0w + WG_M + BLOCK_N - 1) // BLOCK_N, n_blocks)
+        if m0w >= SQ:
+            n_w = 0
+        if n_w > 0:
+            _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                       k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
+                       window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, BLOCK_N, STAGES,
+                       CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW)
+        for j in range(n_w, n_blocks):
+            ph = (j // STAGES) & 1
+            mbarrier.wait(k_ready.index(j % STAGES), ph)
+            mbarrier.arrive(k_empty.index(j % STAGES))
+            mbarrier.wait(v_ready.index(j % STAGES), ph)
+            mbarrier.arrive(v_empty.index(j % STAGES))
+    else:
+        _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
+                   v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
+                   alibi_sb, alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
+                   SINK, WINDOW)
+
+
+@gluon.jit
+def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+               k_ready, k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left,
+               window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
+               HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+               CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
+               WINDOW: gl.constexpr):
+    """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
+    lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored."""
+    dtype: gl.constexpr = desc_o.dtype
     # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -384,11 +453,12 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
                            WINDOW: gl.constexpr = False):
-    """Grid (SQ // BLOCK_M, B * H); launch with num_warps=4 (the default partition = consumer
-    warpgroup 0) and maxnreg=MAXNREG. desc_q / desc_o: 2-D views in blocks of WG_M = BLOCK_M // 2
-    rows; desc_k / desc_v in blocks of BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of
-    batch b of tensor x in its view (see the module docstring). SQ, SK: the query and key rows of
-    a head (multiples of BLOCK_M and BLOCK_N). GROUP = H // Hkv; Lse (B, H, SQ) contiguous float32.
+    """Grid (ceil(SQ / BLOCK_M), B * H); launch with num_warps=4 (the default partition = consumer
+    warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
+    (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
+    BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of batch b of tensor x in its view (see
+    the module docstring). SQ, SK: the query and key rows of a head (multiples of 128, SK of
+    BLOCK_N too; with BLOCK_M 128, BLOCK_N divides it). GROUP = H // Hkv; Lse (B, H, SQ) contiguous float32.
 
     Row i sees key j iff (CAUSAL, only with causal_offset 0 and SQ <= SK) j <= i, or (WINDOW)
     i + causal_offset - window_left <= j <= i + causal_offset + window_right (both >= 0; an
@@ -397,8 +467,13 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     softcap), softcap > 0. ALIBI: adds -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
     SINK: Sink[h] is one more logit in each row's softmax, with no value. The pointers of the
     features off are not read."""
-    NUM_WG: gl.constexpr = 2
-    WG_M: gl.constexpr = BLOCK_M // NUM_WG
+    WG_M: gl.constexpr = 64
+    NUM_WG: gl.constexpr = BLOCK_M // WG_M
+    gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
+    # Three warpgroups: the tile (192 rows) is no multiple of the 128 rows SQ is a multiple of, nor
+    # of BLOCK_N 128: its last warpgroup may start past SQ, and the causal ranges of its warpgroups
+    # differ by up to a block (see _ws_consumer). Two: as before (the D = 128/256 builds' SASS).
+    TRIM: gl.constexpr = NUM_WG == 3
     gl.static_assert(num_warps == 4)
     gl.static_assert(not (CAUSAL and WINDOW))
     dtype: gl.constexpr = desc_q.dtype
@@ -420,17 +495,36 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     fence_async_shared()
 
     # (the argument tuples are written out in the call: a tuple assigned to a name first would turn
-    # its constexprs into tensors)
-    gl.warp_specialize([
-        (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
-                        k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                        alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                        ALIBI, SINK, WINDOW)),
-        (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
-                        k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                        alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                        ALIBI, SINK, WINDOW)),
-        (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                        SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
-                        k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    # its constexprs into tensors; so the two partition lists repeat them)
+    if NUM_WG == 2:
+        gl.warp_specialize([
+            (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                            k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                            ALIBI, SINK, WINDOW, TRIM)),
+            (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                            k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                            ALIBI, SINK, WINDOW, TRIM)),
+            (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                            SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
+                            k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                            k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                            ALIBI, SINK, WINDOW, TRIM)),
+            (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                            k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                            ALIBI, SINK, WINDOW, TRIM)),
+            (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                            k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
+                            ALIBI, SINK, WINDOW, TRIM)),
+            (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                            SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
+                            k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM)),
+        ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
