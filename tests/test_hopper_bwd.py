@@ -101,8 +101,8 @@ def test_bwd_reason(machine_ok, monkeypatch):
 def test_bwd_takes_windows_and_unequal_seqlens(machine_ok, over):
     """The forward's sliding windows, Sq != Sk under either causal alignment and any causal_offset
     (test_hopper_fwd) are the Gluon backward's cases too (its kernel's WINDOW)."""
-    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:
-        assert launch.hopper_fwd_reason(**_args(**over)) is None
+    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:  # (the features; not the D = 64 seqlen floor)
+        assert launch.hopper_fwd_layout_reason(**_args(**over)) is None
     assert launch.hopper_bwd_reason(**_bwd_args(**over)) is None
 
 
@@ -128,8 +128,8 @@ def test_bwd_takes_softcap_alibi_sink(machine_ok, over, causal):
     """softcap, ALiBi ((H,), (B, H), broadcast), the sink, all three: the Gluon backward's cases
     (the forward's too, where its head dims allow)."""
     over = dict(over, causal=causal)
-    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:
-        assert launch.hopper_fwd_reason(**_args(**{k: v for k, v in over.items() if k != "do"})) is None
+    if over.get("D", 128) in launch.HOPPER_FWD_CONFIGS:  # (the features; not the D = 64 seqlen floor)
+        assert launch.hopper_fwd_layout_reason(**_args(**{k: v for k, v in over.items() if k != "do"})) is None
     assert launch.hopper_bwd_reason(**_bwd_args(**over)) is None
 
 

@@ -24,6 +24,18 @@ from test_hopper_fwd import _feature_kwargs, _needs_hopper
 bf16, f16 = torch.bfloat16, torch.float16
 
 
+@pytest.fixture(autouse=True)
+def varlen_on(monkeypatch):
+    """These tests are the VARLEN build's: the dispatch's switch (launch.HOPPER_BWD_VARLEN, off in the
+    library until its H100 fault is fixed) on."""
+    monkeypatch.setattr(launch, "HOPPER_BWD_VARLEN", True)
+
+
+def test_varlen_off_by_default(machine_ok, monkeypatch):
+    monkeypatch.setattr(launch, "HOPPER_BWD_VARLEN", False)
+    assert "packed sequences (varlen)" in launch.hopper_bwd_reason(**_varlen_bwd_args())
+
+
 def _packed(lens_q, lens_k, Hq, Hkv, D, dtype, device="cpu"):
     """(q, k, v, cu_q, cu_k): packed (total, H, D) leaves and int32 offsets."""
     cu_q, cu_k = (torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32, device=device)

@@ -55,6 +55,14 @@ def switch_unset(monkeypatch):
     monkeypatch.delenv(launch.HOPPER_FWD_ENV, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def gluon_at_any_seqlen(request, monkeypatch):
+    """GPU tests check the Gluon forward's results on small shapes: the seqlen floors of
+    launch.HOPPER_FWD_MIN_SEQLEN (a speed choice, tested on CPU) are lifted for them."""
+    if request.node.get_closest_marker("gpu") is not None:
+        monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", {})
+
+
 @pytest.fixture
 def machine_ok(monkeypatch):
     """As on an H100 with Gluon: only the call's own arguments decide."""
@@ -113,7 +121,7 @@ def _bhsd_meta(B, H, S, D=128):
 
 INELIGIBLE = [
     ("fp32", lambda: _args(dtype=torch.float32), "dtype"),
-    ("d64", lambda: _args(D=64), "head dim 64"),
+    ("d64-short", lambda: _args(D=64), "the Triton kernel is faster below 2048"),
     ("d96", lambda: _args(D=96), "head dim 96"),
     ("mask", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)), "mask"),
     ("mask-with-features", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool), softcap=5.0), "mask"),
@@ -149,10 +157,21 @@ def test_each_condition_gives_its_reason(machine_ok, make, expected):
     assert why is not None and expected in why, why
 
 
+def test_d64_from_its_min_seqlen(machine_ok):
+    """D = 64 runs the Gluon forward (three warpgroups) from HOPPER_FWD_MIN_SEQLEN[64] query rows
+    on, whatever the keys; below it the Triton kernel (faster there on the H100)."""
+    fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
+    assert launch.hopper_fwd_config(64) == (192, 128, 2)
+    assert launch.hopper_fwd_reason(**_args(D=64, S=fewest, Sk=256)) is None
+    assert "faster below" in launch.hopper_fwd_reason(**_args(D=64, S=fewest - 128, Sk=fewest))
+    assert launch.hopper_fwd_reason(**_args(D=128, S=256)) is None  # (no floor at 128)
+
+
 def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
     """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
     three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""
     assert launch.hopper_fwd_config(128) == (128, 128, 2)
+    monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", {})  # (the tiles' conditions alone)
     monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, (128, 2, 192))
     assert launch.hopper_fwd_config(64) == (192, 128, 2)
     assert launch.hopper_fwd_config(64, alibi=True) == (128, 128, 2)  # (192 spills with ALiBi)

@@ -321,7 +321,7 @@ def test_auto_num_splits_heuristic():
     orig = kv_launch._num_sms
     kv_launch._num_sms = lambda idx: 132  # an H100
     try:
-        assert kv_launch.auto_num_splits(16 * 8, 8192, 64, cuda) == 3      # B=16, Hkv=8: 128 programs
+        assert kv_launch.auto_num_splits(16 * 8, 8192, 64, cuda) == 2      # B=16, Hkv=8: 128 programs
         assert kv_launch.auto_num_splits(1 * 8, 131072, 64, cuda) == 33    # B=1: 8 programs
         assert kv_launch.auto_num_splits(512, 8192, 64, cuda) == 1         # grid already fills the GPU
         assert kv_launch.auto_num_splits(8, 512, 64, cuda) == 2            # short cache: >= 4 tiles a split

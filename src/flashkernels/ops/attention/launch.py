@@ -253,9 +253,12 @@ HOPPER_HEAD_DIM = 128
 # HOPPER_BLOCK_M, two consumer warpgroups, unless given: 192 is three); the head dims it runs are
 # this dict's keys. D = 256 (H200, scripts/exp_fwd_dims.py, FA3 grid): 1.24-1.61x the Triton
 # kernel, 0.85-1.02x cuDNN; BLOCK_N 64 with 2 stages is the one config whose K/V ring fits the
-# shared memory. D = 64 is not here: with two warpgroups 0.94-1.05x the Triton kernel (S = 1k-16k);
-# three (scripts/ab_fwd64.py) not measured yet.
-HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES), 256: (64, 2)}
+# shared memory. D = 64 (H100, scripts/ab_fwd64.py, FA3 grid): three warpgroups with 2 stages
+# 1.03-1.20x the Triton kernel from S = 2k (two: 0.88-1.08x), but 0.75-0.95x at S = 512-1k, so
+# below HOPPER_FWD_MIN_SEQLEN[64] query rows D = 64 keeps the Triton kernel.
+HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES),
+                                                  256: (64, 2)}
+HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -363,7 +366,7 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
     # (no key tail: a block past Sk would read the next head's keys; the backward's head dims may have
     # no forward config)
     block_n = hopper_fwd_config(D)[1] if D in tuple(HOPPER_FWD_CONFIGS) else HOPPER_BLOCK_N
-    if Sk % block_n:
+    if cu_seqlens_q is None and Sk % block_n:
         return f"seqlen_k {Sk}: a multiple of {block_n} (BLOCK_N at head dim {D}) only"
     # (the window, softcap, ALiBi and sink are the kernel's; its int32 index arithmetic adds up to
     # four of these)
@@ -395,10 +398,15 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     """None when attn_fwd_impl runs the Gluon forward (kernels/fwd_hopper.py) for these arguments,
     else why not: the machine (:func:`hopper_fwd_device_reason`), then the arguments
     (:func:`hopper_fwd_layout_reason`; traced, the data pointers are checked when the op runs).
-    Cheapest first: it runs on every eager forward."""
-    return hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
+    Cheapest first: it runs on every eager forward. Last, the head dim's HOPPER_FWD_MIN_SEQLEN."""
+    why = hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
         q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap, alibi_slopes, sink,
         cu_seqlens_q, check_pointers=not _traced(q))
+    if why is None:
+        fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
+        if q.shape[2] < fewest:
+            return f"seqlen {q.shape[2]} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
+    return why
 
 
 @functools.lru_cache(maxsize=None)
@@ -492,6 +500,10 @@ HOPPER_BWD_HEAD_DIMS = (64, 128, 256)  # kernels/bwd_hopper.py at 64 and 128, ke
 # causal, 132 SMs): long-first won by 32% at 1.9 waves (B=1, S=4k, 32/8 heads), 12% at 3.9, 1-2.5%
 # at 7.8 (the GQA shapes: B=4 S=4k, B=2 S=8k) and lost 2-21% at 15.5 waves and 11% at 31 (MHA).
 HOPPER_BWD_LONG_FIRST_WAVES = 8
+# Packed sequences in the Gluon backward (kernels/bwd_hopper.py VARLEN): off. On the H100 its build
+# ran sequences on the 128-row grid but died with an illegal instruction on any other lengths
+# (session 7); the Triton kernels run varlen backwards until that is fixed.
+HOPPER_BWD_VARLEN = False
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -515,6 +527,9 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
                                    head_dims=HOPPER_BWD_HEAD_DIMS, varlen_ok=True)
     if why is not None:
         return why
+    if cu_seqlens_q is not None and not HOPPER_BWD_VARLEN:
+        return ("packed sequences (varlen): the Gluon backward's VARLEN build faults (illegal instruction) on "
+                "the H100 when a sequence is off the 128-row grid; off until fixed (HOPPER_BWD_VARLEN)")
     if cu_seqlens_q is not None:  # kernels/bwd_hopper.py's VARLEN
         if q.shape[3] == 256:
             return "packed sequences (varlen) at head dim 256 (kernels/bwd_hopper256.py has no VARLEN)"

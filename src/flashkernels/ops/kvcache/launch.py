@@ -56,22 +56,21 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     """BLOCK_M packed query rows (Sq x group) resident, BLOCK_N keys streamed a step.
 
     Decode (rows = group <= 16) uses BLOCK_M = 16, tl.dot's minimum; chunked prefill up to 64.
-    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 128, 8 warps, 2 stages),
-    from a sweep of BLOCK_N 64/128, warps 4/8, stages 2/3 on the H100 (scripts/tune_decode.py,
-    2026-11-25, bf16 D=128 Hq/Hkv 32/8, K+V TB/s contiguous / paged 16: B=16 cache 8192 2.62 /
-    2.47 where (16, 64, 8, 2) read 1.3-2.2 / 2.0; B=1 cache 128k 2.56 / 2.53 against 2.60 /
-    2.43); 3 stages read as well in that sweep but need 139 KB of shared memory (one program an
-    SM) and read 1.3-2.0 in the next process's `bench decode`. Decode timings moved by up to 30%
-    between processes (docs/perf-notes.md): these tiles are provisional. Other tiles were picked
-    for no register spills at sm_90a (scripts/compile_check_kvcache.py). All shrink to the
-    device's shared memory."""
+    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 64, 4 warps, 4 stages) with
+    the ``fast`` path (unmasked full tiles, per-tile / per-page addresses): three 64-key K and V
+    buffers in flight (102 KB, two programs an SM) where (16, 128, 8, 2) had one. H100, bf16,
+    D=128, Hq/Hkv 32/8, one process, CUDA-graph GPU time (scripts/ab_decode.py, 2026-11-26),
+    K+V TB/s contiguous / paged 16 / paged 256: B=16 cache 8192 2.73 / 2.67 / 2.74 (two splits;
+    was 2.64 / 2.47 / 2.52), B=1 cache 128k 2.57 / 2.53 / 2.59 (was 2.58 / 2.53 / 2.56); SDPA
+    cuDNN 2.84 / 2.79. Other tiles were picked for no register spills at sm_90a
+    (scripts/compile_check_kvcache.py). All shrink to the device's shared memory."""
     if device.type != "cuda":  # interpreter: small blocks hit every masked branch on small shapes
         return Config(16, 16, 4, 1)
     bd = block_d(head_dim)
     if dtype == torch.float32:  # twice the bytes a tile: (64, 32) spilled ~1 KB at D=128, 11 KB at 256
         return Config(min(32 if bd >= 128 else 64, max(16, _next_pow2(rows))), 32 if bd <= 64 else 16, 8, 2)
     bm = min(64, max(16, _next_pow2(rows)))
-    cfg = Config(16, 128, 8, 2) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
+    cfg = Config(16, 64, 4, 4, fast=True) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
     fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * st), _smem_limit(device.index or 0), True)
     return Config(*fit, *cfg[4:])
 
@@ -82,15 +81,17 @@ def _num_sms(device_index: int) -> int:
 
 
 def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
-    """Splits so that programs x splits fills about two waves of the GPU's SMs (132 on an
-    H100), with at least MIN_TILES_PER_SPLIT tiles of the cache's capacity a split: flash
-    decoding's rule. ``capacity`` (not the live lengths, which would need a host sync) bounds
-    the keys; a split past a row's length exits at once. 1 when the grid already fills the GPU."""
+    """Splits so that programs x splits fills at most two programs an SM (132 SMs on an H100; the
+    decode tiles fit two an SM), rounded down so no partial wave trails (B=16, Hkv=8: 2 splits,
+    2.73 TB/s, where 3 read 2.56), with at least MIN_TILES_PER_SPLIT tiles of the cache's capacity
+    a split: flash decoding's rule. ``capacity`` (not the live lengths, which would need a host
+    sync) bounds the keys; a split past a row's length exits at once. 1 when the grid already
+    fills the GPU."""
     n_sm = _num_sms(device.index or 0) if device.type == "cuda" else 4
     if programs >= n_sm:
         return 1
     tiles = triton_cdiv(capacity, block_n)
-    return max(1, min(triton_cdiv(2 * n_sm, programs), tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+    return max(1, min(2 * n_sm // programs, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
 
 
 def tma_ok(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table, block_n: int) -> bool:
