@@ -179,8 +179,11 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     lse = torch.empty(1, 2, 1024)
     descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
-    descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
+    if varlen:  # lse / Delta as pointers (launch.attn_bwd_hopper_impl: a TMA start must be 16-byte aligned)
+        ptrs.update(desc_lse="*fp32", desc_delta="*fp32")
+    else:
+        descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
     consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=launch.HOPPER_STAGES,
                   CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     if D == 256:

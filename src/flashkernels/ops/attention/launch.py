@@ -633,8 +633,12 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
             features["VARLEN"] = True
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
+    # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,
+    # and a TMA copy's start must be 16-byte aligned (kernels/bwd_hopper._bwd_producer)
+    lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if varlen else
+                          (_rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows)))
     kernel[grid](
-        dsq, dsk, dsv, dsdo, _rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows), dq_acc, dk, dv,
+        dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
         HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, STAGES=HOPPER_STAGES, CAUSAL=causal_,
         OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features,

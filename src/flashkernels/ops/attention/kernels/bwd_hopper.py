@@ -13,7 +13,7 @@ dV sum over the group in registers; ``gl.warp_specialize``):
   - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
     each, loaded once), then per (query head, query block i of BLOCK_M = 64 rows) Q_i with lse_i and dO_i with
     Delta_i into a ring of STAGES stages (ready mbarriers per tile, one empty mbarrier a stage);
-    lse and Delta (B, H, S) fp32 arrive by 1-D TMA copies of BLOCK_M floats;
+    lse and Delta (B, H, S) fp32 arrive by 1-D TMA copies of BLOCK_M floats (VARLEN: loads);
   - two consumer warpgroups (the default partition and a 4-warp worker); warpgroup w owns keys
     n0 + 64w .. n0 + 64w + 63 (K_w, V_w) and keeps dK_w, dV_w (64 x D fp32 each) in registers
     for the whole loop.
@@ -62,7 +62,10 @@ forward's lse; the gradients as kernels/bwd.py's):
     query block (its K / V loads are wasted; it stores nothing). Each CTA reads its sequence's bounds and bottom-right offset seqlen_k -
     seqlen_q (CAUSAL, WINDOW and ALiBi use it as WINDOW uses causal_offset); its TMA tiles start at
     the sequence's rows, so the last query / key block reads the next sequence's rows (or TMA's
-    zeros past the tensor): on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
+    zeros past the tensor); lse and Delta come by the producer warp's masked loads (desc_lse,
+    desc_delta are fp32 pointers: a 1-D TMA copy must start 16-byte aligned, h·total_q + q0 + m0 a
+    multiple of 4, else an illegal instruction on the H100, as any sequence start off that grid
+    gave); on such a block on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
     their lse being anything), the dQ atomics are masked to the sequence's rows and the dK / dV
     stores to its keys.
   The features' i + off - j (and their masks) come from one value a thread plus constants (see
@@ -180,7 +183,8 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
         # A key block past the sequence's keys (the grid covers the longest) visits no query block:
         # its K / V loads read a neighbour's rows or TMA's zeros, and it stores nothing. (Not an
         # early return before gl.warp_specialize: that build died with an illegal instruction on
-        # the H100, most likely the worker warps left waiting for their partition.)
+        # the H100, as did every build whose lse / Delta TMA copies started unaligned: see
+        # _bwd_producer; the early return itself may have been fine.)
         n_blocks = gl.where(n0 < seqlen_k, n_blocks, 0)
         return b, pid_bh % HKV, n0, i0, n_blocks, q0, k0, seqlen_q, seqlen_k, off
     else:
@@ -226,9 +230,12 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view);
     # VARLEN (one batch of S = total_q rows): row h*rh + q0 + m of sequence b, whose rows start at q0 (keys: k0)
     if VARLEN:
-        b, hk, n0, i0, n_blocks, q0, k0, _, _, _ = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST,
-                                                             causal_offset, window_left, window_right, WINDOW, CuQ,
-                                                             CuK, VARLEN)
+        b, hk, n0, i0, n_blocks, q0, k0, seqlen_q, _, _ = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL,
+                                                                    LONG_FIRST, causal_offset, window_left,
+                                                                    window_right, WINDOW, CuQ, CuK, VARLEN)
+        # lse / Delta by loads (desc_lse, desc_delta: fp32 pointers here): a 1-D TMA copy needs a
+        # 16-byte aligned start (h * total_q + q0 + m0 a multiple of 4), else an illegal instruction
+        lrows = gl.arange(0, BLOCK_M, layout=gl.BlockedLayout([BLOCK_M // 32], [32], [1], [0]))
         row_k = hk * k_rh + k0 + n0
         row_v = hk * v_rh + k0 + n0
     else:
@@ -259,12 +266,22 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
             row_q = b * q_rb + h * q_rh + m0
             row_do = b * do_rb + h * do_rh + m0
         # Q_i with lse_i (needed together: P^T), dO_i with Delta_i (dP^T, dS^T)
-        mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [row_q, h * q_ch], q_ready.index(s), q_smem.index(s))
-        tma.async_copy_global_to_shared(desc_lse, [row_l], q_ready.index(s), lse_smem.index(s))
-        mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_do, [row_do, h * do_ch], do_ready.index(s), do_smem.index(s))
-        tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
+        if VARLEN:  # (the sequence's rows; past them 0, their P^T selected to 0 by the consumers)
+            lmask = lrows < seqlen_q - (m0 - q0)
+            lse_smem.index(s).store(gl.load(desc_lse + row_l + lrows, mask=lmask, other=0.0))
+            delta_smem.index(s).store(gl.load(desc_delta + row_l + lrows, mask=lmask, other=0.0))
+            gl.thread_barrier()  # every lane's stores before the (one-thread, release) arrive below
+            mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_q, [row_q, h * q_ch], q_ready.index(s), q_smem.index(s))
+            mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_do, [row_do, h * do_ch], do_ready.index(s), do_smem.index(s))
+        else:
+            mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_q, [row_q, h * q_ch], q_ready.index(s), q_smem.index(s))
+            tma.async_copy_global_to_shared(desc_lse, [row_l], q_ready.index(s), lse_smem.index(s))
+            mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_do, [row_do, h * do_ch], do_ready.index(s), do_smem.index(s))
+            tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
 
 
 @gluon.jit
@@ -590,8 +607,14 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     v_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], desc_v.layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], desc_q.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], desc_do.layout)
-    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_lse.layout)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
+    if VARLEN:  # (desc_lse, desc_delta: pointers; the producer warp stores the rows)
+        lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M],
+                                             gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+        delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M],
+                                               gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    else:
+        lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_lse.layout)
+        delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
     if ALIBI:  # a row of the group's slopes for each consumer warpgroup
