@@ -560,7 +560,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
     if VARLEN:  # sequence b's keys only (B = 1, OUT_BSHD)
-        k0, _, _, seqlen_k = _varlen_seq(CuQ, CuK, b)
+        _, k0, _, seqlen_k = _varlen_seq(CuQ, CuK, b)  # (q0, k0, seqlen_q, seqlen_k)
         o_offs = hk * k_sh + (k0 + n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
         o_mask = (o_rows < seqlen_k - n0w)[:, None]
         gl.store(DK + o_offs, dk.to(DK.dtype.element_ty), mask=o_mask)
