@@ -595,11 +595,9 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     # the plain geometry (Sq = Sk, causal on the diagonal i = j or not at all), as hopper_fwd's;
     # VARLEN's offset is each sequence's own, in the kernel
     has_window, causal_, wl, wr = _window_args(window_left, window_right, causal, Sq_max, Sk_max)
-    if varlen:
-        pass
-    elif causal_ and (causal_offset != 0 or S != Sk):
+    if not varlen and causal_ and (causal_offset != 0 or S != Sk):
         has_window, causal_, wl, wr = True, False, S + Sk, 0
-    elif not has_window and (causal_offset != 0 or S != Sk):  # (ALiBi's distance holds the offset)
+    elif not varlen and not has_window and (causal_offset != 0 or S != Sk):  # (ALiBi's distance holds the offset)
         has_window, wl, wr = True, S + Sk, S + Sk
     # (traced, the pointers were not known when the op was chosen: a rare misaligned view gets
     # an aligned copy, in the same layout)

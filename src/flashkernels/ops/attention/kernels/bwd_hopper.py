@@ -59,13 +59,14 @@ forward's lse; the gradients as kernels/bwd.py's):
   - VARLEN (packed sequences, flash_attn_varlen_func's; OUT_BSHD): q, k, v, dO are (1, H, total,
     D), CuQ / CuK int32 offsets; the grid's y (x with LONG_FIRST) runs over (sequence, kv head), its
     key blocks over the longest sequence, and a CTA whose keys start past its sequence's visits no
-    query block (its K / V loads are wasted; it stores nothing). Each CTA reads its sequence's bounds and bottom-right offset seqlen_k -
-    seqlen_q (CAUSAL, WINDOW and ALiBi use it as WINDOW uses causal_offset); its TMA tiles start at
+    query block (its K / V loads are wasted; it stores nothing). Each CTA reads its sequence's
+    bounds and bottom-right offset seqlen_k - seqlen_q (CAUSAL, WINDOW and ALiBi use it as WINDOW
+    uses causal_offset); its TMA tiles start at
     the sequence's rows, so the last query / key block reads the next sequence's rows (or TMA's
     zeros past the tensor); lse and Delta come by the producer warp's masked loads (desc_lse,
     desc_delta are fp32 pointers: a 1-D TMA copy must start 16-byte aligned, h·total_q + q0 + m0 a
     multiple of 4, else an illegal instruction on the H100, as any sequence start off that grid
-    gave); on such a block on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
+    gave); on such a block P^T is selected to 0 past seqlen_q / seqlen_k (a select,
     their lse being anything), the dQ atomics are masked to the sequence's rows and the dK / dV
     stores to its keys.
   The features' i + off - j (and their masks) come from one value a thread plus constants (see
