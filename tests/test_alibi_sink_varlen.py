@@ -424,6 +424,8 @@ def test_varlen_gpu_bf16_matches_dense_per_sequence(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.no_poison
 def test_opcheck_with_alibi_sink_varlen():
+    from flashkernels.ops.attention import autograd  # noqa: F401  (registers attn_fwd's backward: opcheck needs it)
+
     q, k, v, cu_q, cu_k = _packed((100, 37, 260), (100, 37, 260), 4, 2, 64, torch.float16)
     q, k, v = (x.detach().cuda()[None].transpose(1, 2).requires_grad_() for x in (q, k, v))
     cu_q, cu_k = cu_q.cuda(), cu_k.cuda()
