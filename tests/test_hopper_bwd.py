@@ -591,7 +591,6 @@ def test_opcheck_attn_bwd_on_the_hopper_path_cuda():
 SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
-launch.HOPPER_BWD_VARLEN = True  # (the VARLEN build's cases below; off in the library for now)
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),

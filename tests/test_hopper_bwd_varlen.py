@@ -24,14 +24,9 @@ from test_hopper_fwd import _feature_kwargs, _needs_hopper
 bf16, f16 = torch.bfloat16, torch.float16
 
 
-@pytest.fixture(autouse=True)
-def varlen_on(monkeypatch):
-    """These tests are the VARLEN build's: the dispatch's switch (launch.HOPPER_BWD_VARLEN, off in the
-    library until its H100 fault is fixed) on."""
-    monkeypatch.setattr(launch, "HOPPER_BWD_VARLEN", True)
-
-
-def test_varlen_off_by_default(machine_ok, monkeypatch):
+def test_varlen_switch(machine_ok, monkeypatch):
+    """launch.HOPPER_BWD_VARLEN (on by default) sends varlen backwards to the Triton kernels when False."""
+    assert launch.hopper_bwd_reason(**_varlen_bwd_args()) is None
     monkeypatch.setattr(launch, "HOPPER_BWD_VARLEN", False)
     assert "packed sequences (varlen)" in launch.hopper_bwd_reason(**_varlen_bwd_args())
 

@@ -500,10 +500,11 @@ HOPPER_BWD_HEAD_DIMS = (64, 128, 256)  # kernels/bwd_hopper.py at 64 and 128, ke
 # causal, 132 SMs): long-first won by 32% at 1.9 waves (B=1, S=4k, 32/8 heads), 12% at 3.9, 1-2.5%
 # at 7.8 (the GQA shapes: B=4 S=4k, B=2 S=8k) and lost 2-21% at 15.5 waves and 11% at 31 (MHA).
 HOPPER_BWD_LONG_FIRST_WAVES = 8
-# Packed sequences in the Gluon backward (kernels/bwd_hopper.py VARLEN): off. On the H100 its build
-# ran sequences on the 128-row grid but died with an illegal instruction on any other lengths
-# (session 7); the Triton kernels run varlen backwards until that is fixed.
-HOPPER_BWD_VARLEN = False
+# Packed sequences in the Gluon backward (kernels/bwd_hopper.py VARLEN): on. Its first H100 builds
+# faulted off the 128-row grid (an unaligned 1-D TMA start) and stored dK / dV at the query start;
+# both fixed, and test_hopper_bwd_varlen.py passed on the H100 (session 8). False sends varlen
+# backwards to the Triton kernels (a switch for bisecting, as HOPPER_BWD_ENV is for the whole path).
+HOPPER_BWD_VARLEN = True
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -528,8 +529,7 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
     if why is not None:
         return why
     if cu_seqlens_q is not None and not HOPPER_BWD_VARLEN:
-        return ("packed sequences (varlen): the Gluon backward's VARLEN build faults (illegal instruction) on "
-                "the H100 when a sequence is off the 128-row grid; off until fixed (HOPPER_BWD_VARLEN)")
+        return "packed sequences (varlen): turned off (launch.HOPPER_BWD_VARLEN = False)"
     if cu_seqlens_q is not None:  # kernels/bwd_hopper.py's VARLEN
         if q.shape[3] == 256:
             return "packed sequences (varlen) at head dim 256 (kernels/bwd_hopper256.py has no VARLEN)"

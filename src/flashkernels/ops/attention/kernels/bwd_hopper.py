@@ -239,18 +239,21 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         lrows = gl.arange(0, BLOCK_M, layout=gl.BlockedLayout([BLOCK_M // 32], [32], [1], [0]))
         row_k = hk * k_rh + k0 + n0
         row_v = hk * v_rh + k0 + n0
+        kv_pred = n_blocks > 0  # a key block past the sequence's keys loads no K / V (the consumers wait for none)
     else:
         b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
                                             window_left, window_right, WINDOW)
         row_k = b * k_rb + hk * k_rh + n0
         row_v = b * v_rb + hk * v_rh + n0
+        kv_pred = True
     # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
-    mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes)
+    mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes, pred=kv_pred)
     for w in gl.static_range(2):
-        tma.async_copy_global_to_shared(desc_k, [row_k + w * 64, hk * k_ch], k_bar, k_smem.slice(w * 64, 64))
-    mbarrier.expect(v_bar, 2 * desc_v.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_k, [row_k + w * 64, hk * k_ch], k_bar, k_smem.slice(w * 64, 64),
+                                        pred=kv_pred)
+    mbarrier.expect(v_bar, 2 * desc_v.block_type.nbytes, pred=kv_pred)
     for w in gl.static_range(2):
-        tma.async_copy_global_to_shared(desc_v, [row_v + w * 64, hk * v_ch], v_bar, v_smem.index(w))
+        tma.async_copy_global_to_shared(desc_v, [row_v + w * 64, hk * v_ch], v_bar, v_smem.index(w), pred=kv_pred)
     # t runs over (query head of the group, query block): the group's heads one after another
     for t in range(GROUP * n_blocks):
         s = t % STAGES
@@ -432,8 +435,12 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
     st_zero = gl.zeros([64, BLOCK_M], gl.float32, layout=st_layout)
     dq_zero = gl.zeros([BLOCK_M, DQ_N], gl.float32, layout=dq_layout)
 
-    mbarrier.wait(k_bar, 0)
-    mbarrier.wait(v_bar, 0)
+    if VARLEN:  # (a key block past the sequence's keys: no K / V arrive, no iteration reads them)
+        kv_pred = n_blocks > 0
+    else:
+        kv_pred = True
+    mbarrier.wait(k_bar, 0, pred=kv_pred)
+    mbarrier.wait(v_bar, 0, pred=kv_pred)
 
     for t in range(GROUP * n_blocks):  # (query head of the group, query block), as the producer
         s = t % STAGES

@@ -56,8 +56,9 @@ float32, natural log.
 
 Features measured on an H200 (bf16, B = 4, S = 4096, H = 16, D = 128, triton.testing.do_bench
 of launch.attn_fwd_impl; time over the plain Gluon forward's): softcap +23% non-causal / +22%
-causal (a second MUFU op a score: the tanh), ALiBi +15% / +8% (two FP32 ops a score), sink +3% /
-0%; with each feature (and a 1024-key window) 1.27-1.45x the Triton kernel with the same one.
+causal (a second MUFU op a score: the tanh), ALiBi +15% / +8% (two FP32 ops a score; since
+session 8 one, off the diagonal's blocks: on an H100 +11% / +8%, scripts/ab_features_fwd.py),
+sink +3% / 0%; with each feature (and a 1024-key window) 1.27-1.45x the Triton kernel with the same one.
 
 Measured on an H100 (bf16, D = 128, ``python scripts/exp_gluon_fwd.py``: B·S = 16384 at S =
 4096 and 16384 with H = 16, and B = 2, S = 8192, H = 32, Hkv = 8 causal): 620-640 TF/s
@@ -154,17 +155,22 @@ def _tanh_approx(x):
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0, diag, win_lo, win_hi, mask_lo, mask_hi,
-                  start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
+def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, diag, diag0, win_lo, win_hi,
+                  mask_lo, mask_hi, start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
                   ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
-    m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi).
+    m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi), diag0
+    the first row's.
 
     Plain: the row max is taken over the raw products and qk_scale = scale·log2 e goes into the
     exponent's FMA. SOFTCAP: s = tanh(s · cap_scale) (cap_scale = scale / softcap) first, with
     qk_scale = softcap·log2 e (the cap is > 0: the max still commutes with the scaling). ALIBI:
     s - slope·|diag - j| (slope: the ALiBi slope over the scores' scale, so that qk_scale times it
-    is the slope in log2 units), before the max.
+    is the slope in log2 units), before the max. On a block whose keys all lie on one side of every
+    row's diagonal the bias splits into a column part ±slope·(j - start_n) (colbias, the columns'
+    slope·c, one add a score) and a row part ±slope·(start_n - diag) that goes into the row max and
+    the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
+    take |diag - j| per score.
     CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
     WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
     [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
@@ -175,9 +181,17 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0, diag, win
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     if ALIBI:
         # diag - j exactly (integers below 2^24 in fp32); the bias in the raw scores' units
-        d = (diag - start_n).to(gl.float32)[:, None] - \
-            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-        s = s - slope * gl.abs(d)
+        dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
+        if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
+            s = s + colbias[None, :]
+            row_bias = -slope * dn
+        elif start_n >= diag0 + s.shape[0] - 1:  # every key at or after every row's diagonal
+            s = s - colbias[None, :]
+            row_bias = slope * dn
+        else:
+            d = dn[:, None] - gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
+            s = s - slope * gl.abs(d)
+            row_bias = dn * 0.0
     if CAUSAL:  # (top-left = bottom-right: causal_offset 0)
         if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
             offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -186,11 +200,17 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0, diag, win
         if (start_n < mask_lo) | (start_n > mask_hi):
             s = gl.where((offs_n[None, :] >= win_lo[:, None]) & (offs_n[None, :] <= win_hi[:, None]), s,
                          float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    if ALIBI:
+        m_new = gl.maximum(m_i, (gl.max(s, axis=1) + row_bias) * qk_scale)
+    else:
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     m_ref = m_new
     if WINDOW:  # a row that has seen no key yet: exp2(-inf - 0) = 0, not NaN
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(s * qk_scale - m_ref[:, None])
+    if ALIBI:  # the row part of the bias, in the exponent's per-row offset
+        p = gl.exp2(s * qk_scale - (m_ref - row_bias * qk_scale)[:, None])
+    else:
+        p = gl.exp2(s * qk_scale - m_ref[:, None])
     alpha = gl.exp2(m_i - m_ref)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
@@ -351,8 +371,10 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
         cap_scale = sm_scale
         qk_scale = sm_scale * LOG2E
     slope = 0.0
+    colbias = 0.0
     if ALIBI:  # the slope of (b, h) over the scores' scale: qk_scale * slope = slope * log2 e
         slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
+        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
     offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
     diag = offs_m + causal_offset  # row i's diagonal (ALiBi, WINDOW)
     diag0 = m0w + causal_offset
@@ -378,9 +400,9 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
-    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0w, diag, win_lo, win_hi,
-                                       mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, WINDOW,
-                                       s_layout)
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
+                                       win_lo, win_hi, mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
+                                       ALIBI, WINDOW, s_layout)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
@@ -394,9 +416,9 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
         # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
         s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_w, k_smem.index(nxt)))
         mbarrier.arrive(k_empty.index(nxt))  # S_{j+1} retired: K_{j+1} released by this warpgroup
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, offs_m, m0w, diag, win_lo, win_hi,
-                                           mask_lo, mask_hi, (lo + j + 1) * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
-                                           ALIBI, WINDOW, s_layout)
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag,
+                                           diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N, BLOCK_N,
+                                           CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout)
         # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
         # inside a basic block: without a fence it issues the wait_group 0 below right after the
         # first SHFL of the softmax, so the softmax does not overlap the P_j V_j wgmma. A
