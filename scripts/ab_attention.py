@@ -1,13 +1,15 @@
 """A/B of a launcher switch in one process: each variant timed on the same inputs, alternately.
 
     PYTHONPATH=src python scripts/ab_attention.py --switch NAME [--modes fwd,bwd]
-        [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3]
+        [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3] [--gluon]
 
 ``--switch`` names a boolean attribute of flashkernels.ops.attention.launch (a module-level flag,
 added for the experiment,) that selects a kernel variant through a constexpr. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
 bf16, causal and not; each (shape, mode) is timed with the switch on and off, `--rounds` times
 alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
-cuDNN is timed once per shape for scale. Needs a CUDA GPU.
+cuDNN is timed once per shape and mode for scale. The Triton kernels by default; ``--gluon`` lets
+the library pick its Gluon kernels on an H100 (a switch of theirs), and then the backward's
+gradients with the switch on and off are compared first (max |diff|). Needs a CUDA GPU.
 """
 import os
 import argparse
@@ -20,10 +22,6 @@ import flashkernels
 from flashkernels.bench.common import do_bench_median, warm_gpu
 from flashkernels.ops.attention import launch
 
-# The Triton kernels are what this script measures: on an H100 the library would otherwise run its
-# Gluon kernels for D = 64/128 (launch.hopper_fwd_reason / hopper_bwd_reason).
-os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
-os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
 
 
 def main():
@@ -33,7 +31,11 @@ def main():
     ap.add_argument("--seqlens", default="1024,4096,16384")
     ap.add_argument("--head-dims", default="128")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gluon", action="store_true", help="the Gluon kernels (the switch is theirs)")
     args = ap.parse_args()
+    if not args.gluon:  # the Triton kernels: on an H100 the library would otherwise run its Gluon ones
+        os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
+        os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
     if not isinstance(getattr(launch, args.switch, None), bool):
         raise SystemExit(f"--switch: launch.{args.switch} is not a boolean switch")
     warm_gpu()
@@ -48,10 +50,26 @@ def main():
             for causal in (False, True):
                 flops = 4 * B * H * S * S * D / (2 if causal else 1)
                 qt, kt, vt = (x.detach().transpose(1, 2) for x in (q, k, v))
-                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                    cudnn = flops / do_bench_median(lambda: F.scaled_dot_product_attention(qt, kt, vt,
-                                                                                           is_causal=causal)) / 1e9
                 for mode in args.modes.split(","):
+                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                        if mode == "fwd":
+                            with torch.no_grad():
+                                ms = do_bench_median(lambda: F.scaled_dot_product_attention(qt, kt, vt,
+                                                                                            is_causal=causal))
+                        else:
+                            qc, kc, vc = (x.detach().requires_grad_() for x in (qt, kt, vt))
+                            oc = F.scaled_dot_product_attention(qc, kc, vc, is_causal=causal)
+                            doc = torch.randn_like(oc)
+                            ms = do_bench_median(lambda: torch.autograd.grad(oc, (qc, kc, vc), doc, retain_graph=True))
+                    cudnn = (1.0 if mode == "fwd" else 2.5) * flops / ms / 1e9
+                    if mode == "bwd" and args.gluon:
+                        grads = {}
+                        for on in (True, False):
+                            setattr(launch, args.switch, on)
+                            out = flashkernels.flash_attn_func(q, k, v, causal=causal)
+                            grads[on] = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+                        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads[True], grads[False]))
+                        print(f"  D={D} S={S} causal={int(causal)}: gradients on vs off max |diff| {diff:.3e}", flush=True)
                     times = {True: [], False: []}
                     for _ in range(args.rounds):
                         for on in (True, False):
@@ -68,9 +86,8 @@ def main():
                     setattr(launch, args.switch, True)
                     mult = 1.0 if mode == "fwd" else 2.5
                     tf = {on: mult * flops / sorted(t)[len(t) // 2] / 1e9 for on, t in times.items()}
-                    ref = f"{cudnn:7.1f}" if mode == "fwd" else f"{'-':>7s}"  # cuDNN timed forward only
                     print(f"{D:>4d} {S:>6d} {int(causal):>6d} {mode:>4s} {tf[True]:8.1f} {tf[False]:9.1f} "
-                          f"{tf[True] / tf[False]:7.3f} {ref}", flush=True)
+                          f"{tf[True] / tf[False]:7.3f} {cudnn:7.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -166,11 +166,12 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
-                       varlen=False):
+                       varlen=False, dq_tma=None):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
-    launcher passes them); a sink needs no flag; VARLEN: packed sequences)."""
+    launcher passes them); a sink needs no flag; VARLEN: packed sequences; DQ_TMA: dQ by a TMA
+    reduce-add, launch.HOPPER_BWD_DQ_TMA's value unless ``dq_tma`` says)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -191,6 +192,9 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
         return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
     ptrs.update(Alibi="*fp32", softcap="fp32", CuQ="*i32", CuK="*i32")
     consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)
+    if launch.HOPPER_BWD_DQ_TMA if dq_tma is None else dq_tma:  # (dQ by a TMA reduce-add, as launched)
+        consts["DQ_TMA"] = True
+        descs["desc_dq"] = launch._dq_acc_desc(torch.empty(1, 2, 1024, D), True, rows)
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,

@@ -505,6 +505,11 @@ HOPPER_BWD_LONG_FIRST_WAVES = 8
 # both fixed, and test_hopper_bwd_varlen.py passed on the H100 (session 8). False sends varlen
 # backwards to the Triton kernels (a switch for bisecting, as HOPPER_BWD_ENV is for the whole path).
 HOPPER_BWD_VARLEN = True
+# dQ_i into the fp32 accumulator by a TMA reduce-add from shared memory (kernels/bwd_hopper.py
+# DQ_TMA, FA3's path) instead of fp32 atomics from registers, at D = 64 / 128 (the D = 256 kernel
+# has no shared memory left for the tile). Measured on the H100 (scripts/ab_attention.py --gluon
+# --switch HOPPER_BWD_DQ_TMA, FA3 grid, session 8): D = 128 +10-16%, D = 64 +1-9%.
+HOPPER_BWD_DQ_TMA = True
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -564,6 +569,17 @@ def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, win
 @functools.lru_cache(maxsize=None)
 def _rows_smem_layout(rows: int):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
+
+
+def _dq_acc_desc(dq_acc: torch.Tensor, bshd: bool, rows: int):
+    """TMA descriptor of the backward's fp32 dQ accumulator ((B, H, S, D) view of contiguous
+    (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernel's DQ_TMA
+    addresses it: (B·S, H·D), else (B·H·S, D), in tiles of ``rows`` x D / 2 (one consumer
+    warpgroup's half of dQ_i)."""
+    B, H, S, D = dq_acc.shape
+    shape = [B * S, H * D] if bshd else [B * H * S, D]
+    layout = fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, D // 2], fwd_hopper.gl.float32)
+    return fwd_hopper.TensorDescriptor(dq_acc, shape, [shape[1], 1], [rows, D // 2], layout)
 
 
 def _rows_desc(t: torch.Tensor, rows: int):
@@ -629,6 +645,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, WINDOW=has_window)
         if varlen:
             features["VARLEN"] = True
+        if HOPPER_BWD_DQ_TMA:
+            features.update(DQ_TMA=True, desc_dq=_dq_acc_desc(dq_acc, bshd, rows))
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,

@@ -2,7 +2,7 @@
 
 Why: the Triton backward (kernels/bwd.py: a dK/dV kernel and a dQ kernel, 7 matmuls a block
 pair) reaches 0.58-0.62x cuDNN on Hopper; this kernel, FA3's structure, computes dQ in the same
-pass as dK/dV (5 matmuls a block pair, dQ by fp32 atomics) with the exponentials overlapping the
+pass as dK/dV (5 matmuls a block pair, dQ added into an fp32 accumulator) with the exponentials overlapping the
 tensor cores: 0.79-0.84x cuDNN where the Triton backward reads 0.58-0.62x (H200, bf16, D = 128,
 B·S = 16k at S = 4k and 16k, and GQA 32/8 at S = 8k: ``python scripts/exp_gluon_bwd.py``, where
 its variants live; benchmarks/results/h200-2026-11-26-exp-gluon-bwd.txt).
@@ -29,8 +29,13 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     iteration), meet at a 256-thread named barrier, and warpgroup w computes columns
     64w .. 64w + 63 of dQ_i = dS K over all 128 keys
     dK_w += dS^T Q_i                             A = dS^T from registers, issued after dQ_i
-    dQ_i's columns go to the zeroed fp32 dQ accumulator with ``atomic_add`` (``REDG.E.ADD.F32x2``:
-    Gluon 3.6 has no TMA reduce-add) while the dK wgmma runs.
+    dQ_i's columns go to the zeroed fp32 dQ accumulator while the dK wgmma runs: with DQ_TMA
+    (launch's default) through a shared-memory tile and one TMA reduce-add
+    (cp.reduce.async.bulk.tensor, built through Gluon's op builder: tma.py 3.6 has no wrapper;
+    FA3's dQ path), else with ``atomic_add`` from registers (``REDG.E.ADD.F32x2``, 16 a thread).
+    On the H100 the TMA reduce made the backward 10-16% faster at D = 128 and 1-9% at D = 64
+    (FA3 grid, scripts/ab_attention.py --gluon --switch HOPPER_BWD_DQ_TMA, session 8): 0.91-1.00x
+    cuDNN at D = 128, where the atomics read 0.80-0.87x.
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
@@ -87,8 +92,22 @@ from .fwd_hopper import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, gl,
                          gluon)  # re-exported)
 
 if AVAILABLE:
+    from triton._C.libtriton import ir
+    from triton.experimental.gluon.language._core import builtin
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
+
+    @builtin
+    def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        """cp.reduce.async.bulk.tensor .add: the shared-memory tile ``src`` added into the global
+        tensor of ``tensor_desc`` at ``coord`` (triton 3.6's Gluon builds the op, tma.py has no
+        wrapper for it); completes as the TMA stores do (tma.store_wait)."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
+else:
+    def _tma_reduce_add(tensor_desc, coord, src):  # (never called without Gluon)
+        raise RuntimeError("Gluon is not available")
 
 # Partition register budgets and the launch's cap, as in the forward: 3 warpgroups x 128 threads
 # x 168 registers = the 64K-register file, so 1 CTA / SM with 240-register consumers.
@@ -340,7 +359,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                  WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+                  WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -429,6 +448,16 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         dq_rows_reg = dq_rows & 8
     else:
         dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
+
+    if DQ_TMA and not VARLEN:  # the group's first query head's place in the accumulator's 2-D view (two registers
+        # across the loop; re-read from the CTA's id in the loop instead (_bwd_tile_again) they cost
+        # 40-50 instructions an iteration, an integer division)
+        if OUT_BSHD:
+            dq_row0 = b * S
+            dq_col0 = (hk * GROUP) * HEAD_DIM + W * DQ_N
+        else:
+            dq_row0 = (b * H + hk * GROUP) * S
+            dq_col0 = W * DQ_N
 
     dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
@@ -544,8 +573,25 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         # and dQ_i, so the dQ atomics overlap the dK_i wgmma instead of trailing every wgmma of
         # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
         dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
+        if DQ_TMA:
+            tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
+            gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
         dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
-        if VARLEN:  # the sequence's rows only (past them: the next sequence's, or past the tensor)
+        if DQ_TMA:  # dQ_i through shared memory, added by one TMA reduce (FA3's dQ path)
+            dq_w = dq_smem.index(W)
+            dq_w.store(dq)
+            fence_async_shared()
+            gl.thread_barrier()  # every thread's stores before the one thread's TMA
+            # dQ accumulator (B, S, H, D) as (B·S, H·D), else (B, H, S, D) as (B·H·S, D). VARLEN
+            # ((1, total_q, H, D)): the block's rows past the sequence add zeros (their dS^T is 0)
+            # to the next sequence's rows, or fall past the tensor (TMA drops them)
+            if VARLEN:  # (q0 and hk live anyway)
+                _tma_reduce_add(desc_dq, [q0 + m0, (hk * GROUP + g) * HEAD_DIM + W * DQ_N], dq_w)
+            elif OUT_BSHD:
+                _tma_reduce_add(desc_dq, [dq_row0 + m0, dq_col0 + g * HEAD_DIM], dq_w)
+            else:
+                _tma_reduce_add(desc_dq, [dq_row0 + g * S + m0, dq_col0], dq_w)
+        elif VARLEN:  # the sequence's rows only (past them: the next sequence's, or past the tensor)
             gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, mask=(dq_rows_reg < (seqlen_q - m0) - dq_rows_lane)[:, None],
                           sem="relaxed")
         else:
@@ -553,6 +599,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, dst_op, q_s, do_s))
         mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
+    if DQ_TMA:
+        tma.store_wait(0)  # (the shared memory must outlive the last reduce's reads)
     # dK_w (already scaled), dV_w, summed over the group's query heads.
     if FEATURES:  # the tile's place read again, not kept across the loop (it spilled)
         b, hk, n0, HKV = _bwd_tile_again(H, GROUP, BLOCK_N, LONG_FIRST)
@@ -586,7 +634,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            CuQ, CuK, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
-                           ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False):
+                           ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
+                           DQ_TMA: gl.constexpr = False, desc_dq=None):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -601,6 +650,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     their int32 (n + 1,) offsets; grid (S // BLOCK_N, n · H // GROUP) (LONG_FIRST: swapped) with S
     = max_seqlen_k rounded up to BLOCK_N; S stays total_q (lse / Delta (1, H, total_q)); each
     sequence's diagonal bottom-right (causal_offset is not read); CAUSAL or WINDOW per sequence.
+    DQ_TMA: dQ_i goes through shared memory into DQ by a TMA reduce-add (desc_dq: launch._dq_acc_desc,
+    tiles of BLOCK_M x D / 2) instead of fp32 atomics from registers.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
@@ -625,6 +676,10 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+    if DQ_TMA:  # each consumer warpgroup's dQ_i tile (fp32, BLOCK_M x D / 2) for its TMA reduce
+        dq_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM // 2], desc_dq.layout)
+    else:
+        dq_smem = ds_smem  # (not read)
     if ALIBI:  # a row of the group's slopes for each consumer warpgroup
         slope_smem = gl.allocate_shared_memory(gl.float32, [2 * ALIBI_GROUP_MAX, 1],
                                                gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
@@ -649,11 +704,13 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
         (_bwd_consumer, (0, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
-                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN)),
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
+                         DQ_TMA, dq_smem, desc_dq)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
-                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN)),
+                         BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
+                         DQ_TMA, dq_smem, desc_dq)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
