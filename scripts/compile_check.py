@@ -8,12 +8,16 @@ For each kernel x head dim x dtype x flags it runs Triton's compiler with the bl
 launch.py would pick on an H100, then ptxas -v on the PTX, and prints registers, spill bytes
 and shared memory. Catches compile errors and register spills before any GPU time is spent.
 With the kernel "hopper" (in --kernels by default) it also builds the Gluon Hopper forward and
-backward (kernels/fwd_hopper.py, bwd_hopper.py: what launch.py runs on an H100 for bf16/fp16 at D=128) for the dtypes
-and causal values asked, when 128 is among the dims and no other flag is on; the backward (D = 64 and 128) also
-with --softcap / --alibi / --window / --varlen (its feature flags; a sink is the build without).
+backward (kernels/fwd_hopper.py, bwd_hopper.py, bwd_hopper256.py: what launch.py runs on an H100 for
+bf16/fp16) at their head dims among --dims, for the dtypes and causal values asked, with the feature
+flags asked (no mask): the forward's --softcap / --alibi / --sink / --window / --varlen (a varlen
+build is a window build, causal or not: the same kernel for both), the backward's (D = 64 and 128)
+--softcap / --alibi / --window / --varlen (a sink is the build without).
 With --sass it also disassembles the cubin (Triton's bundled nvdisasm) and prints, for every
 loop that issues HGMMA (the tensor-core loops), its instruction count and the counts of the
 instructions that matter there: what a kernel edit changes in the inner loops, without a GPU.
+With --dump-sass DIR it writes each build's whole SASS to DIR (one file a build, named by its
+line's tag): run it before and after a change, then ``diff -r`` the two folders.
 """
 import collections
 import argparse
@@ -77,15 +81,26 @@ def ptxas_report(ptx: str) -> str:
 LOOP_KEYS = ("HGMMA", "FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "MUFU", "IMAD", "LDL", "STL")
 
 
-def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
-    """'loop N instr: HGMMA a FMUL b ...' (the opcode counts of ``keys``) for each backward branch
-    whose body issues HGMMA, or, with ``min_instr``, whose body has at least that many
-    instructions (loops without tensor-core work too, e.g. a Gluon kernel's dQ-writer warp)."""
+def disassemble(cubin: bytes) -> str:
+    """The cubin's SASS (Triton's bundled nvdisasm -c: code sections only)."""
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         open(path, "wb").write(cubin)
-        lines = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
+        return subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+# --dump-sass DIR: report() writes the SASS of each build there (the compile functions leave
+# their last cubin here), so that two trees' builds can be diffed file by file
+DUMP_SASS_DIR = None
+_last_cubin = None
+
+
+def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
+    """'loop N instr: HGMMA a FMUL b ...' (the opcode counts of ``keys``) for each backward branch
+    whose body issues HGMMA, or, with ``min_instr``, whose body has at least that many
+    instructions (loops without tensor-core work too, e.g. a Gluon kernel's dQ-writer warp)."""
+    lines = disassemble(cubin).splitlines()
     labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
     out = []
     for i, ln in enumerate(lines):
@@ -117,6 +132,8 @@ def compile_one(fn, dtype, mask_kind, consts, cfg, sass=False):
                     attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    global _last_cubin
+    _last_cubin = out.asm["cubin"]
     rep = ptxas_report(out.asm["ptx"])
     if sass:
         rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
@@ -140,6 +157,8 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
              and not sig[n].startswith("fp")}
     src = GluonASTSource(fn, sig, {(names.index(k),): v for k, v in consts.items()}, attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": maxnreg})
+    global _last_cubin
+    _last_cubin = out.asm["cubin"]
     rep = ptxas_report(out.asm["ptx"]) + f" (maxnreg {maxnreg})"
     if sass:
         rep += "\n" + "\n".join("      " + ln for ln in sass_loops(out.asm["cubin"]).splitlines())
@@ -147,22 +166,30 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
 
 
 def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM, softcap=False, alibi=False,
-                       sink=False, window=False, config=None):
+                       sink=False, window=False, config=None, varlen=False):
     """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it at head dim D
     (its launch.HOPPER_FWD_CONFIGS entry, or ``config`` = (BLOCK_M, BLOCK_N, STAGES)), with its
     feature flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as
-    the launcher passes them)."""
+    the launcher passes them; VARLEN: packed sequences, always with WINDOW, causal or not, as the
+    launcher passes them: one build for both)."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
     block_m, block_n, stages = config or launch.hopper_fwd_config(D, alibi)
+    window = window or varlen
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     wg_m = 64  # rows of one consumer warpgroup
     descs = {n: launch._hopper_desc(x, rows)[0] for n, rows in (("desc_q", wg_m), ("desc_k", block_n),
                                                               ("desc_v", block_n), ("desc_o", wg_m))}
     consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, num_warps=4, SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
-    types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32"}
-    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.maxnreg(block_m), sass)
+    types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32", "Out": f"*{TORCH_TO_TT[dtype]}",
+             "CuQ": "*i32", "CuK": "*i32"}
+    plain = ("H", "GROUP")
+    if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
+        consts["VARLEN"] = True
+        plain += ("SQ", "SK", "causal_offset", "window_left", "window_right", "alibi_sb", "alibi_sh")
+    return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.maxnreg(block_m), sass,
+                          plain=plain)
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
@@ -211,6 +238,10 @@ def report(tag: str, build) -> bool:
         return False
     flag = "" if smem <= H100_SMEM else "  SMEM TOO LARGE"
     print(f"{tag:60s} smem {smem:>6}  {rep}{flag}", flush=True)
+    if DUMP_SASS_DIR:
+        name = re.sub(r"[^A-Za-z0-9=+,.-]+", "_", tag).strip("_") + ".sass"
+        with open(os.path.join(DUMP_SASS_DIR, name), "w") as f:
+            f.write(disassemble(_last_cubin))
     return not flag
 
 
@@ -228,7 +259,13 @@ def main():
     ap.add_argument("--varlen", default="0", help="VARLEN values (packed sequences)")
     ap.add_argument("--kernels", default="fwd,dkdv,dq,hopper")
     ap.add_argument("--sass", action="store_true", help="per-loop SASS instruction counts (HGMMA loops)")
+    ap.add_argument("--dump-sass", metavar="DIR", help="write each build's whole SASS to DIR/<tag>.sass (to diff "
+                    "two trees' builds)")
     args = ap.parse_args()
+    global DUMP_SASS_DIR
+    if args.dump_sass:
+        os.makedirs(args.dump_sass, exist_ok=True)
+        DUMP_SASS_DIR = args.dump_sass
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dev = torch.device("cuda", 0)
     launch._smem_limit.cache_clear()
@@ -265,13 +302,15 @@ def main():
                     if on:
                         tag += " +" + ",".join(on)
                     bad += not report(tag, lambda: compile_one(fn, dtype, mk, consts, cfg, args.sass))
-                gluon = ("hopper" in args.kernels.split(",") and dtype != torch.float32
-                         and not (mk or window or softcap or alibi or sink or varlen))
+                gluon = "hopper" in args.kernels.split(",") and dtype != torch.float32 and not mk
                 if gluon and d in launch.HOPPER_FWD_CONFIGS:
-                    block_m, block_n, stages = launch.hopper_fwd_config(d)
+                    block_m, block_n, stages = launch.hopper_fwd_config(d, alibi)
                     cfg = (block_m, block_n, 4, stages)
+                    ffeats = dict(softcap=bool(softcap), alibi=alibi, sink=sink, window=window, varlen=varlen)
                     tag = f"gluon {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
-                    bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d))
+                    if any(ffeats.values()):
+                        tag += " +" + ",".join(k for k, v in ffeats.items() if v)
+                    bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d, **ffeats))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
                              and not (mk or sink) and not (d == 256 and (softcap or alibi or window or varlen)))
                 if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:

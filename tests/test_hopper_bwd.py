@@ -596,6 +596,7 @@ def test_opcheck_attn_bwd_on_the_hopper_path_cuda():
 SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
+launch.HOPPER_FWD_VARLEN = True  # (the forward's VARLEN cases below; off in the library for now)
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),
@@ -615,18 +616,30 @@ for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
                   learnable_sink=torch.randn(H, device="cuda", requires_grad=True))
     flashkernels.flash_attn_func(q, k, v, causal=causal, window_size=window, backend="triton",
                                  **kw).sum().backward()
-# packed sequences (the Gluon backward's VARLEN; the forward is Triton): lengths off the block grid,
-# 0 and 1, Sq > Sk (rows without keys), the last sequence ending at the tensor's end (TMA zero fill)
-for causal, lens_q, lens_k in [(True, (1, 130, 0, 257, 77), (1, 100, 9, 257, 300)), (False, (64, 3, 200), (5, 128, 199))]:
+# packed sequences (both Gluon kernels' VARLEN; the forward also at D = 64 (three warpgroups: its
+# seqlen floor lifted) with softcap, a sink and a window, and at D = 256 (its backward: Triton) with
+# ALiBi (n, H)): lengths off the block grid, 0 and 1, Sq > Sk (rows without keys), the last
+# sequence ending at the tensor's end (TMA zero fill)
+launch.HOPPER_FWD_MIN_SEQLEN = {}
+for causal, lens_q, lens_k, D, dt, window, feats in [
+        (True, (1, 130, 0, 257, 77), (1, 100, 9, 257, 300), 128, torch.bfloat16, (-1, -1), {}),
+        (False, (64, 3, 200), (5, 128, 199), 128, torch.bfloat16, (-1, -1), {}),
+        (False, (1, 130, 0, 257, 77), (3, 200, 5, 0, 300), 64, torch.float16, (50, 7), dict(softcap=5.0)),
+        (True, (100, 1, 0, 257), (64, 3, 9, 200), 256, torch.bfloat16, (-1, -1), dict(alibi_slopes=True))]:
     cu_q, cu_k = (torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
                   for ls in (lens_q, lens_k))
-    q = torch.randn(sum(lens_q), 4, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(sum(lens_k), 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    q = torch.randn(sum(lens_q), 4, D, device="cuda", dtype=dt, requires_grad=True)
+    k, v = (torch.randn(sum(lens_k), 2, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
+    if "alibi_slopes" in feats:
+        feats = dict(alibi_slopes=torch.rand(len(lens_q), 4, device="cuda") * 0.1)
+    if "softcap" in feats:
+        feats = dict(feats, learnable_sink=torch.randn(4, device="cuda", requires_grad=True))
     flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
-                                        backend="triton").sum().backward()
+                                        window_size=window, backend="triton", **feats).sum().backward()
 torch.cuda.synchronize()
-# the forward is Gluon at D = 128 and 256, the backward at 64, 128 and 256, and packed
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (6, 11), \
+# the forward is Gluon at D = 128 and 256 and packed (64, 128, 256), the backward at 64, 128 and
+# 256, and packed (64, 128)
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (10, 12), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -639,7 +652,8 @@ def test_hopper_kernels_memcheck(tmp_path):
     """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128, GQA causal at D = 64 and
     256 (the backward's own kernel there), softcap + ALiBi + sink (GQA causal at D = 128, MQA at
     D = 64), the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
-    Sq < Sk at D = 64) and VARLEN (packed sequences of lengths 0, 1 and off the block grid)."""
+    Sq < Sk at D = 64) and VARLEN in both (packed sequences of lengths 0, 1 and off the block grid;
+    the forward's at D = 64 with softcap, a sink and a window, and at D = 256 with ALiBi)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 

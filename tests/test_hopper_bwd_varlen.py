@@ -153,6 +153,18 @@ def test_varlen_backward_takes_the_hopper_path(machine_ok, monkeypatch, case, de
         torch.testing.assert_close(grads[3].double(), dsink, atol=2e-2, rtol=2e-2)
 
 
+def recorded_call_with_sequences(gm, target: str, max_lens):
+    """The fake outputs of the one call of the op ``target`` in ``gm``'s graph, once checked that it
+    carries cu_seqlens_q / cu_seqlens_k (graph inputs) and the max lengths ``max_lens``."""
+    nodes = [n for n in gm.graph.nodes if str(n.target) == target]
+    assert len(nodes) == 1
+    bound = nodes[0].target._schema.arguments
+    kw = dict(zip((x.name for x in bound), nodes[0].args), **nodes[0].kwargs)
+    assert kw["cu_seqlens_q"].op == "placeholder" and kw["cu_seqlens_k"].op == "placeholder", kw
+    assert (kw["max_seqlen_q"], kw["max_seqlen_k"]) == max_lens, kw
+    return nodes[0].meta["val"]
+
+
 def test_traced_varlen_backward_records_the_sequences(machine_ok, monkeypatch):
     """make_fx of attn_bwd_impl on packed sequences: one attn_bwd_hopper call carrying cu_seqlens_q /
     cu_seqlens_k and the max lengths, dQ / dK / dV of the packed shapes from its fake, no launch."""
@@ -173,13 +185,7 @@ def test_traced_varlen_backward_records_the_sequences(machine_ok, monkeypatch):
                                         cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=257, max_seqlen_k=200)
         gm = make_fx(f, tracing_mode=mode)(a["do"], q, k, a["v"], torch.randn_like(a["do"]), lse, a["cu_seqlens_q"],
                                            cu_k)
-        nodes = [n for n in gm.graph.nodes if str(n.target) == "flashkernels.attn_bwd_hopper.default"]
-        assert len(nodes) == 1
-        bound = nodes[0].target._schema.arguments
-        kw = dict(zip((x.name for x in bound), nodes[0].args), **nodes[0].kwargs)
-        assert kw["cu_seqlens_q"].op == "placeholder" and kw["cu_seqlens_k"].op == "placeholder", kw
-        assert (kw["max_seqlen_q"], kw["max_seqlen_k"]) == (257, 200), kw
-        dq, dk, dv = nodes[0].meta["val"]
+        dq, dk, dv = recorded_call_with_sequences(gm, "flashkernels.attn_bwd_hopper.default", (257, 200))
         assert tuple(dq.shape) == tuple(q.shape) and tuple(dk.shape) == tuple(dv.shape) == tuple(k.shape)
 
 
@@ -291,12 +297,12 @@ VARLEN_FEATURES = [("sq-ne-sk", True, (-1, -1), dict(softcap=2.0, alibi="bh", si
                    ("sq-ne-sk", False, (40, 9), {}),
                    ("odd", False, (100, 0), dict(alibi="h")),
                    ("odd", True, (70, -1), dict(softcap=2.0, sink="large"))]
+VARLEN_FEATURE_IDS = [f"{ls}-{'causal' if c else 'full'}-win{w[0]}_{w[1]}" + "".join(f"-{k}_{x}" for k, x in f.items())
+                      for ls, c, w, f in VARLEN_FEATURES]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", VARLEN_FEATURES, ids=[
-    f"{ls}-{'causal' if c else 'full'}-win{w[0]}_{w[1]}" + "".join(f"-{k}_{x}" for k, x in f.items())
-    for ls, c, w, f in VARLEN_FEATURES])
+@pytest.mark.parametrize("case", VARLEN_FEATURES, ids=VARLEN_FEATURE_IDS)
 @pytest.mark.parametrize("D,dtype", [(128, bf16), (64, f16)], ids=["d128-bf16", "d64-fp16"])
 def test_hopper_bwd_varlen_features_cuda(D, dtype, case):
     """Packed sequences with a sliding window (per sequence, bottom-right), softcap, ALiBi (H,) and

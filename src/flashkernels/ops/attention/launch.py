@@ -16,7 +16,8 @@ at small sizes.
 On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, a head
 dim of HOPPER_FWD_CONFIGS, Sq and Sk multiples of 128, q/k/v strides that TMA can read as a 2-D
 matrix: (B, S, H, D) or (B, H, S, D) storage, or slices of a packed qkv; causal either alignment,
-sliding window, softcap, ALiBi and the learnable sink too; no mask, no varlen) runs the
+sliding window, softcap, ALiBi and the learnable sink too; packed sequences (varlen) when
+HOPPER_FWD_VARLEN is on (off until verified on an H100); no mask) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
 faster there. It fills the same out and lse, so the backward is the same. Eager calls launch it
 directly; traced ones (torch.compile, make_fx) record the opaque custom op
@@ -27,8 +28,8 @@ emit Gluon code for it. ``FLASHKERNELS_HOPPER_FWD=0`` turns it off.
 
 The backward of those cases runs a Gluon kernel (:func:`hopper_bwd_reason`): kernels/bwd_hopper.py
 at D = 64 or 128 (every forward feature: softcap, ALiBi, the sink, sliding windows, Sq != Sk and
-causal offsets; and packed sequences, flash_attn_varlen_func's, whose forward runs the Triton
-kernel), kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
+causal offsets; and packed sequences, flash_attn_varlen_func's, when HOPPER_BWD_VARLEN is on),
+kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
 dQ is summed with fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps
 the Triton kernels. Eager calls launch it directly, traced ones through
 ``flashkernels::attn_bwd_hopper``; ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
@@ -259,6 +260,12 @@ HOPPER_HEAD_DIM = 128
 HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES),
                                                   256: (64, 2)}
 HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
+# (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
+# as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
+# Packed sequences (flash_attn_varlen_func) in the Gluon forward (kernels/fwd_hopper.py VARLEN):
+# off until verified on an H100 (built for sm_90a and CPU-tested only); varlen forwards run the
+# Triton kernel (0.69x the dense Gluon forward's TF/s on the H100, session 7) until then.
+HOPPER_FWD_VARLEN = False
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -394,19 +401,41 @@ def hopper_fwd_layout_reason(q, k, v, mask, scale, causal, causal_offset, bshd, 
 
 
 def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
-                      alibi_slopes, sink, cu_seqlens_q) -> Optional[str]:
+                      alibi_slopes, sink, cu_seqlens_q, max_seqlen_q: int = 0) -> Optional[str]:
     """None when attn_fwd_impl runs the Gluon forward (kernels/fwd_hopper.py) for these arguments,
     else why not: the machine (:func:`hopper_fwd_device_reason`), then the arguments
-    (:func:`hopper_fwd_layout_reason`; traced, the data pointers are checked when the op runs).
-    Cheapest first: it runs on every eager forward. Last, the head dim's HOPPER_FWD_MIN_SEQLEN."""
+    (:func:`hopper_fwd_layout_reason`; traced, the data pointers are checked when the op runs),
+    packed sequences (:func:`hopper_fwd_varlen_reason`; ``max_seqlen_q``: theirs).
+    Cheapest first: it runs on every eager forward. Last, the head dim's HOPPER_FWD_MIN_SEQLEN
+    (packed sequences: against max_seqlen_q)."""
     why = hopper_fwd_device_reason(q.device) or hopper_fwd_layout_reason(
         q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap, alibi_slopes, sink,
-        cu_seqlens_q, check_pointers=not _traced(q))
+        cu_seqlens_q, check_pointers=not _traced(q), varlen_ok=True)
+    if why is None and cu_seqlens_q is not None:
+        why = hopper_fwd_varlen_reason(q, k, cu_seqlens_q)
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
-        if q.shape[2] < fewest:
-            return f"seqlen {q.shape[2]} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
+        rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
+        if rows < fewest:
+            what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
+            return f"{what} {rows} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
     return why
+
+
+def hopper_fwd_varlen_reason(q, k, cu_seqlens_q) -> Optional[str]:
+    """Why packed sequences (q (1, H, total_q, D), ``cu_seqlens_q`` (n + 1,)) that passed
+    :func:`hopper_fwd_layout_reason` do not run the Gluon forward's VARLEN build, None when they
+    do: its switch HOPPER_FWD_VARLEN, keys at all (a TMA descriptor has at least one row), and
+    n · H CTAs along grid y."""
+    if not HOPPER_FWD_VARLEN:
+        return ("packed sequences (varlen): the Gluon forward's VARLEN build is not verified on an H100 yet; "
+                "off until it is (launch.HOPPER_FWD_VARLEN)")
+    if k.shape[2] == 0:
+        return "packed sequences (varlen) with no keys at all (total_k 0)"
+    if (cu_seqlens_q.numel() - 1) * q.shape[1] > _GRID_Y_MAX:
+        return (f"{cu_seqlens_q.numel() - 1} sequences x {q.shape[1]} heads: more CTAs along grid y than "
+                f"{_GRID_Y_MAX}")
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -425,36 +454,55 @@ def _hopper_desc(t: torch.Tensor, rows: int):
 
 def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int = 0, window_left: int = -1,
                window_right: int = -1, softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None,
-               sink: Optional[torch.Tensor] = None) -> None:
+               sink: Optional[torch.Tensor] = None, cu_seqlens_q: Optional[torch.Tensor] = None,
+               cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0) -> None:
     """Fill ``out`` ((B, H, Sq, D), (B, S, H, D) or (B, H, S, D) storage) and ``lse`` ((B, H, Sq)
     float32) with the Gluon kernel; the arguments (attn_fwd_impl's) must pass
-    :func:`hopper_fwd_reason`."""
+    :func:`hopper_fwd_reason`. Packed sequences (``cu_seqlens_q``: B = 1, S = total_q; lse (1, H,
+    total_q)): the kernel's VARLEN build, grid (ceil(max_seqlen_q / BLOCK_M), n · H)."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
     block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
-    has_window, causal, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
-    if causal and (causal_offset != 0 or S > Sk):  # the kernel's CAUSAL is j <= i, every row inside Sk
-        has_window, causal, wl, wr = True, False, S + Sk, 0
+    varlen = cu_seqlens_q is not None
+    if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
+        n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
+        big = rows + int(max_seqlen_k)  # (no row's bound reaches it)
+        has_window, causal, wl, wr = _window_args(window_left, window_right, causal, rows, int(max_seqlen_k))
+        if not has_window:  # causal: keys up to the diagonal; neither: every key of the sequence
+            has_window, wl, wr = True, big, (0 if causal else big)
+            causal = False
+        cu = (cu_seqlens_q, cu_seqlens_k)
+    else:
+        n_seq, rows = B, S
+        has_window, causal, wl, wr = _window_args(window_left, window_right, causal, S, Sk)
+        if causal and (causal_offset != 0 or S > Sk):  # the kernel's CAUSAL is j <= i, every row inside Sk
+            has_window, causal, wl, wr = True, False, S + Sk, 0
+        cu = (lse, lse)  # (unread stand-ins)
     wg_m = 64  # q and out move in blocks of one consumer warpgroup's rows
     (dq, cq), (dk, ck), (dv, cv), (do, co) = (_hopper_desc(q, wg_m), _hopper_desc(k, block_n),
                                               _hopper_desc(v, block_n), _hopper_desc(out, wg_m))
-    alibi = lse if alibi_slopes is None else alibi_slopes.expand(B, H)  # (lse: an unread stand-in)
+    alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
     # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
-    # kernel skips it)
-    fwd_hopper.attn_fwd_hopper_kernel[(-(-S // block_m), B * H)](
+    # kernel skips it; VARLEN: each sequence's last tile)
+    fwd_hopper.attn_fwd_hopper_kernel[(-(-rows // block_m), n_seq * H)](
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
         causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
+        out, _hopper_view(out).row_stride, *cu,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m),
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **({"VARLEN": True} if varlen else {}),
     )
     hopper_fwd_launches += 1
 
 
-def _hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink) -> dict:
+def _hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q=None,
+                         cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0) -> dict:
     """:func:`hopper_fwd`'s keyword arguments for the features a call uses (none for a plain one)."""
     feats = {}
+    if cu_seqlens_q is not None:
+        feats.update(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_seqlen_q),
+                     max_seqlen_k=int(max_seqlen_k))
     if causal_offset != 0:
         feats["causal_offset"] = causal_offset
     if (window_left, window_right) != (-1, -1):
@@ -471,20 +519,24 @@ def _hopper_fwd_features(causal_offset, window_left, window_right, softcap, alib
 def attn_fwd_hopper_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                          bshd: bool, causal_offset: int = 0, window_left: int = -1, window_right: int = -1,
                          softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None,
-                         sink: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         sink: Optional[torch.Tensor] = None, cu_seqlens_q: Optional[torch.Tensor] = None,
+                         cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
+                         max_seqlen_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The Gluon forward as an opaque op for traced graphs (eager calls launch it directly): the
-    arguments (attn_fwd_impl's of the same names) passed :func:`hopper_fwd_layout_reason` when
-    traced; the data pointers, which only exist now, are checked here (a misaligned one runs the
-    Triton kernel)."""
+    arguments (attn_fwd_impl's of the same names, packed sequences too) passed
+    :func:`hopper_fwd_reason` when traced; the data pointers, which only exist now, are checked
+    here (a misaligned one runs the Triton kernel)."""
     B, H, S, D = q.shape
     out = _empty_like_layout(B, H, S, D, bshd, q)
     lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if any(t.data_ptr() % 16 for t in (q, k, v)):
         return _attn_fwd_triton(q, k, v, None, scale, causal, causal_offset, bshd, False, out, lse, window_left,
                                 window_right, softcap, alibi_slopes, sink,
-                                _features(q, k, alibi_slopes, sink, None, None, 0, 0))
+                                _features(q, k, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                          max_seqlen_k))
     hopper_fwd(q, k, v, out, lse, scale, causal,
-               **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink))
+               **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink,
+                                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k))
     return out, lse
 
 
@@ -692,12 +744,16 @@ def attn_fwd_impl(
             return out.zero_(), lse.copy_(sink.view(1, H, 1).expand(B, H, Sq))
         return out.zero_(), lse.fill_(-math.inf)
     if hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
-                         alibi_slopes, sink, cu_seqlens_q) is None:
+                         alibi_slopes, sink, cu_seqlens_q, f.seqlen_q) is None:
+        # (packed sequences: their keywords, only then: a plain call is the op's plain call)
+        packed = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                                      max_seqlen_q=f.seqlen_q, max_seqlen_k=f.seqlen_k)
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
             return torch.ops.flashkernels.attn_fwd_hopper(q, k, v, scale, causal, bshd, causal_offset, window_left,
-                                                          window_right, softcap, alibi_slopes, sink)
+                                                          window_right, softcap, alibi_slopes, sink, **packed)
         hopper_fwd(q, k, v, out, lse, scale, causal,
-                   **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink))
+                   **_hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink),
+                   **packed)
         return out, lse
     return _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf32, out, lse, window_left,
                             window_right, softcap, alibi_slopes, sink, f)
@@ -861,7 +917,8 @@ def _attn_bwd_hopper_fake(do, q, k, v, lse, delta, scale, causal, bshd, softcap=
 
 @attn_fwd_hopper.register_fake
 def _attn_fwd_hopper_fake(q, k, v, scale, causal, bshd, causal_offset=0, window_left=-1, window_right=-1, softcap=0.0,
-                          alibi_slopes=None, sink=None):
+                          alibi_slopes=None, sink=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0,
+                          max_seqlen_k=0):
     B, H, S, D = q.shape
     return _empty_like_layout(B, H, S, D, bshd, q), q.new_empty((B, H, S), dtype=torch.float32)
 

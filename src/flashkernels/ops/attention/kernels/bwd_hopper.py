@@ -81,15 +81,15 @@ forward's lse; the gradients as kernels/bwd.py's):
 Restrictions (the launcher, launch.hopper_bwd_reason, checks every one): those of the forward
 (fwd_hopper.py: bf16/fp16, Sq and Sk multiples of 128 (packed sequences: any lengths), 2-D TMA
 views of q, k, v, dO, scale > 0, no mask; every one of its features) at D = 64 or 128
-(launch.HOPPER_BWD_HEAD_DIMS), packed sequences as well (which the forward does not take), ALiBi with at most ALIBI_GROUP_MAX query heads a kv head, plus int32 element offsets into the dQ
+(launch.HOPPER_BWD_HEAD_DIMS), packed sequences as well (the forward's VARLEN too), ALiBi with at most ALIBI_GROUP_MAX query heads a kv head, plus int32 element offsets into the dQ
 accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or pass beyond MHA's
 (the group's heads loop inside the CTA, as FA3's); it does make B·Hkv·Sk / 128 CTAs, GROUP times
 fewer than MHA's.
 
 Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
 """
-from .fwd_hopper import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, gl,  # noqa: F401  (UNAVAILABLE_REASON:
-                         gluon)  # re-exported)
+from .fwd_hopper import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, _varlen_seq, gl,  # noqa: F401
+                         gluon)  # (UNAVAILABLE_REASON: re-exported)
 
 if AVAILABLE:
     from triton._C.libtriton import ir
@@ -139,14 +139,6 @@ ALIBI_GROUP_MAX = gl.constexpr(128)
 # Both warpgroups compute every block (causal: warpgroup 1's first block, entirely above its keys,
 # is masked to zero), so they meet at the pair barrier in every iteration.
 # ---------------------------------------------------------------------------------------------
-
-
-@gluon.jit
-def _varlen_seq(CuQ, CuK, b):
-    """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
-    q0 = gl.load(CuQ + b)
-    k0 = gl.load(CuK + b)
-    return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
 
 
 @gluon.jit

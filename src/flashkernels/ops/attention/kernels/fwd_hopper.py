@@ -40,11 +40,27 @@ nothing yet takes its exponent against 0, and one that saw no key ends as out 0,
 sink: out 0, lse = sink); a CTA whose rows see no key runs one block, all masked). CAUSAL is the
 diagonal j <= i (causal_offset 0, Sq <= Sk); every other causal call (bottom-right with Sq != Sk,
 top-left with Sq > Sk) comes as WINDOW with right = 0.
+VARLEN (packed sequences, flash_attn_varlen_func's; always with WINDOW, whose bounds are then
+unbounded on a side the call leaves open, right = 0 when causal): q, k, v, out are (1, H, total,
+D); the grid's y runs over (sequence, head), its x over the longest sequence's query tiles. Each
+CTA reads its sequence's bounds from cu_seqlens (_ws_tile_varlen) and takes its bottom-right
+offset seqlen_k - seqlen_q as off (causal, window and ALiBi per sequence); its TMA tiles start at
+the sequence's rows q0 / k0, so its last query / key blocks read the next sequence's rows (or
+TMA's zeros past the tensor): keys from seqlen_k on are masked as outside the window (the window
+mask's upper bound capped at seqlen_k - 1, so only the sequence's last key block pays for it),
+a warpgroup whose rows start past seqlen_q computes nothing (no Q for it), and a CTA whose rows all
+do gets no key block (the producer and every consumer agree on the count: no barrier is waited
+on). lse is stored with a row mask (not by TMA: a sequence's rows start anywhere, and a 1-D TMA
+copy must start 16-byte aligned); out by the TMA store when the warpgroup's 64 rows lie inside
+the sequence, else by a masked gl.store from the registers (a 2-D TMA store clips at the tensor's
+end only, and would write the next sequence's rows). Rows that see no key (seqlen_k = 0, or
+causal with Sq > Sk): out 0, lse -inf (with a sink: lse = sink), as kernels/fwd.py's.
 
 Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or fp16, a head dim
 of launch.HOPPER_FWD_CONFIGS (128: BLOCK_N 128; 256: BLOCK_N 64; 2 stages; BLOCK_M 128), Sq and Sk
 multiples of 128 and Sk of BLOCK_N (with BLOCK_M 192 the grid is ceil(Sq / 192)), H a multiple of
-Hkv (GQA), scale > 0 (the row max is taken before scaling), no mask, no varlen. Each of q, k, v
+Hkv (GQA), scale > 0 (the row max is taken before scaling), no mask; packed sequences (any
+lengths; VARLEN) only where launch.HOPPER_FWD_VARLEN is on (off until verified on an H100). Each of q, k, v
 and out is read or written through a 2-D TMA descriptor (launch._hopper_view): row m of head h of
 batch b is row b*rb + h*rh + m of the matrix, its D values start at column h*ch, so (B, S, H, D)
 storage (rb = S, rh = 0, ch = D), (B, H, S, D) storage (rb = H*S, rh = S, ch = 0) and slices of a
@@ -242,6 +258,14 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
 
 
 @gluon.jit
+def _varlen_seq(CuQ, CuK, b):
+    """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
+    q0 = gl.load(CuQ + b)
+    k0 = gl.load(CuK + b)
+    return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
+
+
+@gluon.jit
 def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
              CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
     """(pid_bh, b, h, m0, lo, n_blocks) of this CTA: rows m0 .. m0 + BLOCK_M of (b, h) and the key
@@ -272,22 +296,58 @@ def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.co
 
 
 @gluon.jit
+def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """_ws_tile of a VARLEN build (always a WINDOW one): (pid_bh, b, h, m0, lo, n_blocks, q0, k0,
+    seqlen_q, seqlen_k, off), b the packed sequence, q0 / k0 its first query / key row, off its
+    causal offset seqlen_k - seqlen_q (bottom-right). The rows end at seqlen_q, the keys at
+    seqlen_k (a last partial block). A CTA whose rows start past seqlen_q (the grid covers the
+    longest sequence) gets no block at all (n_blocks 0: not an early return before
+    gl.warp_specialize, which faulted in the backward, bwd_hopper._bwd_tile); one whose rows see no
+    key (seqlen_k 0 too) one block, all masked, as _ws_tile's."""
+    pid_m = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    b = pid_bh // H
+    q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
+    off = seqlen_k - seqlen_q
+    m_end = gl.minimum(m0 + BLOCK_M, seqlen_q)
+    lo_key = gl.maximum(m0 + off - window_left, 0)
+    hi_key = gl.minimum(gl.maximum(m_end + off + window_right, 0), seqlen_k)
+    lo = gl.minimum(lo_key // BLOCK_N, gl.maximum((seqlen_k + BLOCK_N - 1) // BLOCK_N - 1, 0))
+    n_blocks = gl.maximum((hi_key + BLOCK_N - 1) // BLOCK_N - lo, 1)
+    n_blocks = gl.where(m0 < seqlen_q, n_blocks, 0)
+    return pid_bh, b, pid_bh % H, m0, lo, n_blocks, q0, k0, seqlen_q, seqlen_k, off
+
+
+@gluon.jit
 def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                  SQ, SK, H, GROUP, causal_offset, window_left, window_right,
-                 q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+                 q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, CuQ, CuK,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
-    _, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
-                                         BLOCK_N, CAUSAL, WINDOW, TRIM)
+                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr):
+    if VARLEN:
+        _, b, h, m0, lo, n_blocks, q0, k0, rows, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right,
+                                                                        NUM_WG * WG_M, BLOCK_N)
+    else:
+        _, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
+                                             BLOCK_N, CAUSAL, WINDOW, TRIM)
+        rows = SQ
     hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
     # Row m of head h of batch b is row b*rb + h*rh + m, columns h*ch .. + D, of a tensor's 2-D view
-    # (see launch._hopper_view).
-    row_q = b * q_rb + h * q_rh + m0
-    row_k = b * k_rb + hk * k_rh + lo * BLOCK_N
-    row_v = b * v_rb + hk * v_rh + lo * BLOCK_N
+    # (see launch._hopper_view). VARLEN (one batch of total rows): row h*rh + q0 + m of sequence b
+    # (keys: k0); its last blocks read the next sequence's rows, or TMA's zeros past the tensor
+    # (masked by the consumers, never stored).
+    if VARLEN:
+        row_q = h * q_rh + q0 + m0
+        row_k = hk * k_rh + k0 + lo * BLOCK_N
+        row_v = hk * v_rh + k0 + lo * BLOCK_N
+    else:
+        row_q = b * q_rb + h * q_rh + m0
+        row_k = b * k_rb + hk * k_rh + lo * BLOCK_N
+        row_v = b * v_rb + hk * v_rh + lo * BLOCK_N
     for w in gl.static_range(NUM_WG):
-        if TRIM:  # (a warpgroup past SQ computes nothing: no Q for it)
-            if m0 + w * WG_M < SQ:
+        if TRIM or VARLEN:  # (a warpgroup past the rows computes nothing: no Q for it)
+            if m0 + w * WG_M < rows:
                 mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
                 tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w),
                                                 q_smem.index(w))
@@ -308,29 +368,37 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
 @gluon.jit
 def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                  k_ready, k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right,
-                 alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
+                 alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK,
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                 SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
+                 SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
-    warpgroups need up to one block more), none when its rows start past SQ (the tile's tail). It
+    warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
+    VARLEN likewise none when they start past the sequence's seqlen_q. It
     still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
     each block's ready phase (so that no arrival runs a phase ahead)."""
-    pid_bh, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
-                                              BLOCK_N, CAUSAL, WINDOW, TRIM)
+    if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
+        pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
+            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N)
+    else:
+        pid_bh, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right,
+                                                  NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
+        q0 = 0
+        rows = SQ
+        seqlen_k = SK
     m0w = m0 + W * WG_M
-    if TRIM:
+    if TRIM or VARLEN:
         n_w = n_blocks
         if CAUSAL:
             n_w = gl.minimum((m0w + WG_M + BLOCK_N - 1) // BLOCK_N, n_blocks)
-        if m0w >= SQ:
+        if m0w >= rows:
             n_w = 0
         if n_w > 0:
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
-                       window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, BLOCK_N, STAGES,
-                       CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW)
+                       window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM,
+                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN)
         for j in range(n_w, n_blocks):
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(j % STAGES), ph)
@@ -340,19 +408,24 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     else:
         _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
-                   alibi_sb, alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
-                   SINK, WINDOW)
+                   alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
+                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN)
 
 
 @gluon.jit
 def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                k_ready, k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left,
-               window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
+               window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
-               WINDOW: gl.constexpr):
+               WINDOW: gl.constexpr, VARLEN: gl.constexpr):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
-    lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored."""
+    lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
+    VARLEN: of packed sequence b, whose rows start at q0 (SQ: total_q, lse (1, H, total_q)); keys
+    from seqlen_k on masked as outside the window (the next sequence's rows, or TMA's zeros), out
+    and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
+    from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
+    tensor's end and would write the next sequence's rows)."""
     dtype: gl.constexpr = desc_o.dtype
     # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -384,6 +457,9 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     win_hi = diag + window_right
     mask_lo = diag0 + WG_M - 1 - window_left
     mask_hi = diag0 + window_right - BLOCK_N + 1
+    if VARLEN:  # the sequence's keys end at seqlen_k: past it as outside the window
+        win_hi = gl.minimum(win_hi, seqlen_k - 1)
+        mask_hi = gl.minimum(mask_hi, seqlen_k - BLOCK_N)
     if SINK:  # the sink: a key already seen, its logit the first max, exp2(0) = 1 in the sum
         sink = gl.load(Sink + h).to(gl.float32)
         m_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s) + sink * LOG2E
@@ -458,23 +534,38 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
         # While the sink is the row's max, its logit as is (kernels/fwd.py: m * ln 2 would add two
         # roundings, which d sink multiplies by a sum over every row)
         lse = gl.where(m_i == sink * LOG2E, sink + gl.log2(l_i) * LN2, lse)
-    gl.store(Lse + pid_bh * SQ + offs_m, lse)
-    # This warpgroup's Q buffer is free (its q·kᵀ wgmmas all retired; only it reads Q_w): stage
-    # the output rows there for the TMA store.
-    q_w.store(out.to(dtype))
+    if VARLEN:  # (a masked store, not a 1-D TMA copy: the rows start anywhere, not 16-byte aligned)
+        gl.store(Lse + h * SQ + q0 + offs_m, lse, mask=offs_m < seqlen_q)
+        if m0w + WG_M <= seqlen_q:
+            _ws_store_out(out, q_w, desc_o, h * o_rh + q0 + m0w, h * o_ch)
+        else:  # the sequence's last rows only
+            rows = m0w + gl.arange(0, WG_M, layout=row_o)
+            cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+            offs = (h * o_rh + q0 + rows).to(gl.int64) * o_rs + h * o_ch
+            gl.store(Out + offs[:, None] + cols[None, :], out.to(dtype), mask=(rows < seqlen_q)[:, None])
+    else:
+        gl.store(Lse + pid_bh * SQ + offs_m, lse)
+        _ws_store_out(out, q_w, desc_o, b * o_rb + h * o_rh + m0w, h * o_ch)
+
+
+@gluon.jit
+def _ws_store_out(out, q_w, desc_o, row, col):
+    """The output rows by a TMA store at (row, col) of desc_o's view, staged in this warpgroup's
+    Q buffer, which is free (its q·kᵀ wgmmas all retired; only it reads Q_w)."""
+    q_w.store(out.to(desc_o.dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(desc_o, [b * o_rb + h * o_rh + m0w, h * o_ch], q_w)
+    tma.async_copy_shared_to_global(desc_o, [row, col], q_w)
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
 def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_scale, softcap,
                            SQ, SK, H, GROUP, causal_offset, window_left, window_right, alibi_sb, alibi_sh,
-                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
-                           HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch, Out, o_rs,
+                           CuQ, CuK, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
-                           WINDOW: gl.constexpr = False):
+                           WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
     (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
@@ -487,8 +578,14 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     unbounded side is a bound no row reaches; any other causal call comes as WINDOW with
     window_right 0); else every key. SOFTCAP: scores = softcap * tanh(scores * sm_scale /
     softcap), softcap > 0. ALIBI: adds -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
-    SINK: Sink[h] is one more logit in each row's softmax, with no value. The pointers of the
-    features off are not read."""
+    SINK: Sink[h] is one more logit in each row's softmax, with no value.
+    VARLEN (with WINDOW): q, k, v, out are (1, H, total, D) packed sequences (x_rb unread), CuQ /
+    CuK their int32 (n + 1,) offsets; grid (ceil(max_seqlen_q / BLOCK_M), n * H); SQ = total_q
+    (Lse (1, H, total_q)), SK unread; each sequence's diagonal bottom-right (offset seqlen_k -
+    seqlen_q; causal_offset unread), the window's bounds as above (causal: left unbounded, right 0;
+    neither: both unbounded); ALiBi's slopes of sequence b at Alibi[b * alibi_sb + h * alibi_sh].
+    Out / o_rs (out's pointer, the row stride of its 2-D view) serve the masked stores of a
+    sequence's last rows. The pointers of the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -498,6 +595,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     TRIM: gl.constexpr = NUM_WG == 3
     gl.static_assert(num_warps == 4)
     gl.static_assert(not (CAUSAL and WINDOW))
+    gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
     dtype: gl.constexpr = desc_q.dtype
     q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
@@ -522,31 +620,33 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
         gl.warp_specialize([
             (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                            ALIBI, SINK, WINDOW, TRIM)),
+                            alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                            ALIBI, SINK, WINDOW, TRIM)),
+                            alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
-                            k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM)),
+                            k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
+                            VARLEN)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
             (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                            ALIBI, SINK, WINDOW, TRIM)),
+                            alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                            ALIBI, SINK, WINDOW, TRIM)),
+                            alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
-                            alibi_sh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP,
-                            ALIBI, SINK, WINDOW, TRIM)),
+                            alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
-                            k_ch, v_rb, v_rh, v_ch, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM)),
+                            k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
+                            VARLEN)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])

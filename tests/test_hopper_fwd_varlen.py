@@ -1,0 +1,420 @@
+"""Packed sequences (flash_attn_varlen_func) through the Gluon Hopper forward (kernels/fwd_hopper.py's
+VARLEN) and its dispatch (launch.py).
+
+CPU: which varlen calls take it (hopper_fwd_reason: the switch launch.HOPPER_FWD_VARLEN, off in the
+library until GPU-verified; every head dim and feature of the dense forward; D = 64's floor against
+max_seqlen_q), the kernel's launch arguments (grid over the longest sequence and n · H, always the
+WINDOW build with VARLEN, cu_seqlens, the window's bounds), that flash_attn_varlen_func reaches the
+Hopper launcher with the sequences (stubbed by a float64 emulation), and that a traced forward
+records the opaque op with them.
+GPU (marked ``gpu``): out and lse through the kernel per sequence against float64 (policy of
+TESTING.md), against the Triton varlen forward and against each sequence run alone; lengths off the
+block grid, 1 and 0, Sq != Sk, causal or not, MHA / GQA, D = 64 / 128 / 256, bf16 / fp16, the
+features (softcap, ALiBi, sink, windows), gradients through it, opcheck of the op with sequences.
+"""
+import math
+
+import pytest
+import torch
+
+import flashkernels
+from flashkernels.ops.attention import launch
+from flashkernels.ops.attention.kernels import fwd_hopper
+from flashkernels.ops.attention.reference import attention_reference, varlen_attention_reference
+from helpers import assert_close_policy, data_magnitude, f64_flash_attention, randn
+from test_hopper_bwd_varlen import (VARLEN_FEATURE_IDS, VARLEN_FEATURES, _packed, _varlen_bwd_args,
+                                    recorded_call_with_sequences)
+from test_hopper_fwd import _feature_kwargs, _needs_hopper, machine_ok, switch_unset  # noqa: F401  (fixtures)
+
+bf16, f16 = torch.bfloat16, torch.float16
+
+
+@pytest.fixture(autouse=True)
+def varlen_on(request, monkeypatch):
+    """These tests are the VARLEN build's: its switch (launch.HOPPER_FWD_VARLEN, off in the library
+    until GPU-verified) on; GPU tests check results on small shapes, so D = 64's seqlen floor
+    (launch.HOPPER_FWD_MIN_SEQLEN, a speed choice tested on CPU) is lifted for them."""
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN", True)
+    if request.node.get_closest_marker("gpu") is not None:
+        monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", {})
+
+
+def _varlen_fwd_args(lens_q=(100, 1, 0, 257), **over):
+    """hopper_fwd_reason's arguments as flash_attn_varlen_func passes them: test_hopper_bwd_varlen's
+    (1, H, total, D) views of packed (total, H, D) tensors, bshd, cu_seqlens_q; and max_seqlen_q."""
+    a = _varlen_bwd_args(lens_q, **over)
+    del a["do"]
+    a.setdefault("max_seqlen_q", max(lens_q))
+    return a
+
+
+# --------------------------------------------------------------------------------- eligibility
+def test_varlen_off_by_default(machine_ok, monkeypatch):
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN", False)
+    why = launch.hopper_fwd_reason(**_varlen_fwd_args())
+    assert "packed sequences (varlen)" in why and "HOPPER_FWD_VARLEN" in why, why
+    # (the same tensors as one batch element of 256 rows: the dense forward, whatever the switch)
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(lens_q=(256,), cu_seqlens_q=None)) is None
+
+
+# (keywords of _varlen_fwd_args, None or a piece of the reason): every head dim of the forward, its
+# features, either output layout; and what refuses packed sequences
+VARLEN_REASONS = [
+    (dict(D=128), None), (dict(D=256), None), (dict(causal=False, lens_k=(3, 300, 0, 64)), None),
+    (dict(window_left=30, softcap=5.0, alibi_slopes=torch.rand(4, 4), sink=torch.randn(4)), None),
+    (dict(bshd=False, H=8, Hkv=8), None),
+    (dict(dtype=torch.float32), "dtype"), (dict(D=96), "head dim 96"),
+    (dict(mask=torch.ones(1, 1, 358, 358, dtype=torch.bool)), "mask"),
+    (dict(lens_k=(0, 0, 0, 0)), "no keys"),
+    (dict(lens_q=(1,) * 20000, H=4, Hkv=4), "grid y"),  # one CTA row per (sequence, head) along grid y
+]
+
+
+@pytest.mark.parametrize("over,expected", VARLEN_REASONS,
+                         ids=["d128", "d256", "full-sq-ne-sk", "features", "bhsd-out", "fp32", "d96", "mask",
+                              "no-keys", "grid-y"])
+def test_fwd_reason_varlen(machine_ok, over, expected):
+    why = launch.hopper_fwd_reason(**_varlen_fwd_args(**over))
+    assert why is None if expected is None else (why is not None and expected in why), why
+
+
+def test_d64_floor_is_max_seqlen_q(machine_ok):
+    """D = 64's HOPPER_FWD_MIN_SEQLEN compares the longest sequence (max_seqlen_q, the grid's rows),
+    not the packed total."""
+    fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
+    short = _varlen_fwd_args(lens_q=(fewest - 1, fewest - 1), D=64, H=2, Hkv=2)  # total past the floor
+    assert f"max_seqlen_q {fewest - 1}" in launch.hopper_fwd_reason(**short)
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(lens_q=(fewest, 5), D=64, H=2, Hkv=2)) is None
+
+
+# ------------------------------------------------------------------------------ launch
+class _KernelStub:
+    """Stands in for fwd_hopper.attn_fwd_hopper_kernel: records the grid, arguments and keywords."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __getitem__(self, grid):
+        def run(*args, **kw):
+            self.seen.update(grid=grid, args=args, **kw)
+        return run
+
+
+# (causal, window, expected (window_left, window_right) with big = max_seqlen_q + max_seqlen_k)
+LAUNCH_WINDOWS = [(True, (-1, -1), ("big", 0)), (False, (-1, -1), ("big", "big")), (True, (30, -1), (30, 0)),
+                  (False, (5, 7), (5, 7)), (False, (-1, 3), ("big", 3))]
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal,window,bounds", LAUNCH_WINDOWS,
+                         ids=[f"{'causal' if c else 'full'}-win{w[0]}_{w[1]}" for c, w, _ in LAUNCH_WINDOWS])
+def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
+    """launch.hopper_fwd on packed sequences (the kernel stubbed): grid (ceil(max_seqlen_q /
+    BLOCK_M), n · H), VARLEN with WINDOW (never CAUSAL: each sequence's offset is the kernel's),
+    the window's bounds (unbounded: max_seqlen_q + max_seqlen_k), cu_seqlens, ALiBi slopes (H,)
+    expanded to (n, H), lse's rows total_q, out's pointer and the row stride of its 2-D view."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
+    n, H, Hkv = len(lens_q), 4, 2
+    a = _varlen_fwd_args(lens_q, lens_k=lens_k, H=H, Hkv=Hkv, D=D)
+    q, k, v = a["q"], a["k"], a["v"]
+    cu_q, cu_k = (torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32) for ls in (lens_q, lens_k))
+    out = launch._empty_like_layout(1, H, sum(lens_q), D, True, q)
+    lse = torch.empty(1, H, sum(lens_q))
+    slopes = torch.rand(H)
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, causal, window_left=window[0], window_right=window[1],
+                      alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=257, max_seqlen_k=200)
+    s = stub.seen
+    block_m = launch.hopper_fwd_config(D, True)[0]  # (ALiBi: BLOCK_M 128 at every head dim)
+    assert s["grid"] == (-(-257 // block_m), n * H)
+    assert s["VARLEN"] is True and s["WINDOW"] is True and s["CAUSAL"] is False
+    big = 257 + 200
+    assert tuple(s["args"][14:16]) == tuple(big if b == "big" else b for b in bounds), s["args"][14:16]
+    assert s["args"][9] == sum(lens_q) and s["args"][11:13] == (H, H // Hkv)  # SQ = total_q (lse's rows)
+    alibi = s["args"][5]
+    assert tuple(alibi.shape) == (n, H) and tuple(s["args"][16:18]) == (0, 1)
+    assert s["args"][30] is out and s["args"][31] == H * D  # out (total, H, D): row stride H * D
+    assert s["args"][32] is cu_q and s["args"][33] is cu_k
+    # a plain launch: no VARLEN keyword (the plain build's code), stand-ins for the sequences
+    stub.seen.clear()
+    dense = _varlen_fwd_args((256,), H=H, Hkv=Hkv, D=D)
+    launch.hopper_fwd(dense["q"], dense["k"], dense["v"], torch.empty_like(dense["q"]), torch.empty(1, H, 256), 0.125,
+                      causal)
+    assert "VARLEN" not in stub.seen and stub.seen["grid"][1] == H
+
+
+# ------------------------------------------------------------------------------ dispatch
+def _emulated_varlen_fwd(calls):
+    """launch.hopper_fwd on a CPU for packed sequences: the float64 varlen reference (each sequence
+    alone, bottom-right) into out and lse, the keywords recorded."""
+    def run(q, k, v, out, lse, scale, causal, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None,
+            sink=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, **rest):
+        assert not rest, rest  # (no causal_offset: each sequence's is the kernel's)
+        calls.append(dict(causal=causal, window=(window_left, window_right), maxlens=(max_seqlen_q, max_seqlen_k),
+                          cu=(cu_seqlens_q.tolist(), cu_seqlens_k.tolist()), out_stride=out.stride(),
+                          lse_shape=tuple(lse.shape)))
+        o, l = varlen_attention_reference(*(x[0].transpose(0, 1).double() for x in (q, k, v)), cu_seqlens_q,
+                                          cu_seqlens_k, scale=scale, causal=causal,
+                                          window_size=(window_left, window_right), softcap=softcap,
+                                          alibi_slopes=None if alibi_slopes is None else alibi_slopes.double(),
+                                          sink=None if sink is None else sink.double())
+        out.copy_(o.transpose(0, 1)[None])
+        lse.copy_(l[None])
+    return run
+
+
+# (lens_q, lens_k, causal, window, features): lengths 0 and 1, Sq > Sk (rows without keys) and Sq < Sk
+VARLEN_DISPATCH = [((5, 0, 40, 12), (9, 3, 33, 0), True, (-1, -1), False),
+                   ((30, 18), (45, 18), False, (6, 3), True)]
+
+
+@pytest.mark.parametrize("case", VARLEN_DISPATCH, ids=[
+    f"q{'_'.join(map(str, a))}-k{'_'.join(map(str, b))}-{'causal' if c else 'full'}-win{w[0]}_{w[1]}"
+    + ("-features" if f else "") for a, b, c, w, f in VARLEN_DISPATCH])
+def test_varlen_forward_takes_the_hopper_path(machine_ok, monkeypatch, case):
+    """flash_attn_varlen_func reaches the Hopper launcher (the emulation above) once, with cu_seqlens,
+    the max lengths, the window and no causal offset; its out (total, H, D) and lse (H, total)
+    come back per sequence as the float64 definition gives them."""
+    from flashkernels import _backend
+
+    if _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no Triton interpreter here")
+    lq, lk, causal, window, with_feats = case
+    calls = []
+    monkeypatch.setattr(launch, "hopper_fwd", _emulated_varlen_fwd(calls))
+    monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", {})
+    Hq, Hkv, D, n = 4, 2, 64, len(lq)
+    q, k, v, cu_q, cu_k = _packed(lq, lk, Hq, Hkv, D, f16)
+    kw = dict(softcap=2.0, alibi_slopes=torch.rand(n, Hq) * 0.1, learnable_sink=randn(Hq) * 2) if with_feats else {}
+    out, lse, _ = flashkernels.flash_attn_varlen_func(q.detach(), k.detach(), v.detach(), cu_q, cu_k, max(lq),
+                                                      max(lk), causal=causal, window_size=window,
+                                                      return_attn_probs=True, backend="triton", **kw)
+    assert len(calls) == 1, calls
+    assert calls[0] == dict(causal=causal, window=window, maxlens=(max(lq), max(lk)),
+                            cu=(cu_q.tolist(), cu_k.tolist()), out_stride=calls[0]["out_stride"],
+                            lse_shape=(1, Hq, sum(lq)))
+    assert out.shape == (sum(lq), Hq, D) and out.is_contiguous() and lse.shape == (Hq, sum(lq))
+    for b in range(n):
+        qs, ks = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        alibi = kw["alibi_slopes"][b:b + 1] if with_feats else None
+        ref, ref_lse = f64_flash_attention(q[qs][None].detach(), k[ks][None].detach(), v[ks][None].detach(),
+                                           causal=causal, window_size=window, softcap=kw.get("softcap", 0.0),
+                                           alibi=alibi, sink=kw.get("learnable_sink"))
+        torch.testing.assert_close(out[qs][None].double(), ref, atol=2e-3, rtol=2e-3, msg=lambda m: f"seq{b}: {m}")
+        torch.testing.assert_close(lse[:, qs][None].double(), ref_lse, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"seq{b} lse: {m}")
+
+
+def test_traced_varlen_forward_records_the_sequences(machine_ok, monkeypatch):
+    """make_fx of attn_fwd_impl on packed sequences: one attn_fwd_hopper call carrying cu_seqlens_q /
+    cu_seqlens_k and the max lengths, out / lse of the packed shapes from its fake, no launch; run,
+    the op hands the sequences on to hopper_fwd (misaligned: to the Triton kernel)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a kernel was launched while tracing")
+
+    monkeypatch.setattr(launch, "hopper_fwd", no_launch)
+    monkeypatch.setattr(launch, "wrap_triton", no_launch)
+    a = _varlen_fwd_args(lens_q=(100, 1, 0, 257), lens_k=(64, 3, 9, 200))
+    q, k, v = a["q"], a["k"], a["v"]
+    cu_k = torch.tensor([0, 64, 67, 76, 276], dtype=torch.int32)
+    for mode in ("fake", "symbolic"):
+        def f(q, k, v, cq, ck):
+            return launch.attn_fwd_impl(q, k, v, None, a["scale"], True, 0, True, False, cu_seqlens_q=cq,
+                                        cu_seqlens_k=ck, max_seqlen_q=257, max_seqlen_k=200)
+        gm = make_fx(f, tracing_mode=mode)(q, k, v, a["cu_seqlens_q"], cu_k)
+        out, lse = recorded_call_with_sequences(gm, "flashkernels.attn_fwd_hopper.default", (257, 200))
+        assert tuple(out.shape) == tuple(q.shape) and tuple(lse.shape) == (1, 4, q.shape[2])
+    seen = []
+    monkeypatch.setattr(launch, "hopper_fwd", lambda *x, **kw: seen.append(("gluon", kw)))
+    monkeypatch.setattr(launch, "_attn_fwd_triton", lambda *x, **kw: seen.append(("triton", x[-1])) or (x[9], x[10]))
+    launch.attn_fwd_hopper_impl(q, k, v, a["scale"], True, True, cu_seqlens_q=a["cu_seqlens_q"], cu_seqlens_k=cu_k,
+                                max_seqlen_q=257, max_seqlen_k=200)
+    assert seen[0][0] == "gluon" and seen[0][1]["cu_seqlens_k"] is cu_k and seen[0][1]["max_seqlen_q"] == 257
+    assert seen[0][1].keys() == {"cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"}
+    flat = torch.randn(q.numel() + 1).to(bf16)
+    mis = flat[1:].view(q.shape[2], 4, 128)[None].transpose(1, 2)
+    launch.attn_fwd_hopper_impl(mis, k, v, a["scale"], True, True, cu_seqlens_q=a["cu_seqlens_q"], cu_seqlens_k=cu_k,
+                                max_seqlen_q=257, max_seqlen_k=200)
+    f = seen[1][1]
+    assert seen[1][0] == "triton" and f.varlen and (f.batch, f.seqlen_q, f.seqlen_k) == (4, 257, 200)
+
+
+# ================================================================================== GPU
+# (lens_q, lens_k): lengths off the 64 / 128 / 192 grid, 1 and 0, a last sequence that ends at the
+# tensor's end (TMA zero fill past it), Sq > Sk (rows that see no key) and Sq < Sk, sequences
+# without keys (the last one's key block starts at the tensor's end: all TMA zeros), many short ones
+VARLEN_LENS = {
+    "odd": ((1, 130, 257, 64, 511, 0, 77), None),
+    "sq-ne-sk": ((100, 0, 300, 1, 129, 40), (260, 17, 128, 1, 0, 0)),
+    "many": (tuple(torch.randint(1, 700, (16,), generator=torch.Generator().manual_seed(1)).tolist()), None),
+}
+
+
+def _dead_rows(Sq, Sk, causal, window):
+    """Bool (Sq,): the rows of a sequence that see no key (bottom-right, as flash-attn)."""
+    rows = torch.arange(Sq)
+    left, right = window
+    right = 0 if causal else right
+    lo = (rows + Sk - Sq - left).clamp(min=0) if left >= 0 else torch.zeros_like(rows)
+    hi = (rows + Sk - Sq + right).clamp(max=Sk - 1) if right >= 0 else torch.full_like(rows, Sk - 1)
+    return lo > hi
+
+
+def _check_gluon_varlen_fwd(monkeypatch, D, dtype, causal, Hq, Hkv, lens_q, lens_k=None, window=(-1, -1),
+                            feats=None):
+    """flash_attn_varlen_func's out and lse through the Gluon forward (one launch more), per sequence
+    within the policy of float64 (pt: the reference in the input dtype), as close to the Triton
+    varlen forward's (HOPPER_FWD_VARLEN off) and to each sequence run alone (flash_attn_func) as the
+    policy's bound allows (lse: the same infinities, the finite ones to 1e-5 relative); rows that
+    see no key out 0 and lse -inf (the sink's logit with a sink)."""
+    lens_k = lens_q if lens_k is None else lens_k
+    n = len(lens_q)
+    q, k, v, cu_q, cu_k = (x.detach() for x in _packed(lens_q, lens_k, Hq, Hkv, D, dtype, "cuda"))
+    kw = _feature_kwargs(n, Hq, **(feats or {}))
+    kw.update(causal=causal, window_size=window)
+
+    def run():
+        return flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k),
+                                                   return_attn_probs=True, backend="triton", **kw)[:2]
+
+    before = launch.hopper_fwd_launches
+    out, lse = run()
+    assert launch.hopper_fwd_launches == before + 1, "the Gluon forward did not run"
+    with monkeypatch.context() as m:
+        m.setattr(launch, "HOPPER_FWD_VARLEN", False)
+        out_t, lse_t = run()
+    assert launch.hopper_fwd_launches == before + 1, "HOPPER_FWD_VARLEN=False ran the Gluon forward"
+    mag = data_magnitude(q, k, v)
+    alibi, sink = kw.get("alibi_slopes"), kw.get("learnable_sink")
+    for b in range(n):
+        qs, ks = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        if qs.stop == qs.start:
+            continue
+        a_b = None if alibi is None else (alibi if alibi.dim() == 1 else alibi[b:b + 1])
+        parts = [x[s][None] for x, s in ((q, qs), (k, ks), (v, ks))]
+        o_b, l_b = out[qs][None], lse[:, qs][None]
+        ref, ref_lse = f64_flash_attention(*(x.cpu() for x in parts), causal=causal, window_size=window,
+                                           softcap=kw["softcap"], alibi=None if a_b is None else a_b.cpu(),
+                                           sink=None if sink is None else sink.cpu())
+        pt, pt_lse = attention_reference(*(x.transpose(1, 2) for x in parts), causal=causal,
+                                         causal_align="bottom_right", window_size=window, softcap=kw["softcap"],
+                                         alibi_slopes=a_b, sink=sink, compute_dtype=dtype)
+        _, bound = assert_close_policy(o_b, ref, pt.transpose(1, 2), name=f"seq{b} out", data_magnitude=mag)
+        assert_close_policy(l_b, ref_lse, pt_lse, name=f"seq{b} lse", data_magnitude=mag)
+        others = [(out_t[qs][None], lse_t[:, qs][None], "Triton varlen")]
+        if ks.stop > ks.start:
+            alone, alone_lse, _ = flashkernels.flash_attn_func(*parts, causal=causal, window_size=window,
+                                                               softcap=kw["softcap"], alibi_slopes=a_b,
+                                                               learnable_sink=sink, return_attn_probs=True,
+                                                               backend="triton")
+            others.append((alone, alone_lse, "alone"))
+        for o_x, l_x, what in others:
+            diff = (o_b.double() - o_x.double()).abs().max().item()
+            assert diff <= bound, f"seq{b}: out, Gluon vs {what} {diff:.3e} > policy bound {bound:.3e}"
+            fin = torch.isfinite(l_x)
+            assert torch.equal(fin, torch.isfinite(l_b)) and torch.equal(l_b[~fin], l_x[~fin]), \
+                f"seq{b}: lse infinities differ from {what}'s"
+            if fin.any():
+                lse_diff = (l_b[fin] - l_x[fin]).abs().max().item()
+                assert lse_diff <= 1e-5 * max(1.0, l_x[fin].abs().max().item()), \
+                    f"seq{b}: lse, Gluon vs {what} {lse_diff:.3e}"
+        dead = _dead_rows(qs.stop - qs.start, ks.stop - ks.start, causal, window).cuda()
+        if dead.any():
+            assert (o_b[:, dead] == 0).all(), f"seq{b}: rows that see no key are not 0"
+            expect = torch.full((Hq,), -math.inf, device="cuda") if sink is None else sink
+            assert torch.equal(l_b[0][:, dead], expect.view(Hq, 1).expand(Hq, int(dead.sum()))), f"seq{b}: lse"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lens", ["odd", "sq-ne-sk"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", sorted(launch.HOPPER_FWD_CONFIGS), ids=lambda d: f"d{d}")
+def test_hopper_fwd_varlen_cuda(monkeypatch, D, dtype, causal, lens):
+    """Packed sequences through the Gluon forward (VARLEN) at each of its head dims (D = 64: three
+    consumer warpgroups, BLOCK_M 192), causal bottom-right per sequence or not; "odd" MHA (8 / 8),
+    "sq-ne-sk" GQA (8 / 2)."""
+    _needs_hopper()
+    Hq, Hkv = (8, 8) if lens == "odd" else (8, 2)
+    _check_gluon_varlen_fwd(monkeypatch, D, dtype, causal, Hq, Hkv, *VARLEN_LENS[lens])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_varlen_many_cuda(monkeypatch, causal):
+    """Sixteen random lengths (1 .. 700), GQA 16 / 4, D = 128, bf16."""
+    _needs_hopper()
+    _check_gluon_varlen_fwd(monkeypatch, 128, bf16, causal, 16, 4, *VARLEN_LENS["many"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", VARLEN_FEATURES, ids=VARLEN_FEATURE_IDS)  # (the backward's cases)
+@pytest.mark.parametrize("D,dtype", [(128, bf16), (64, f16)], ids=["d128-bf16", "d64-fp16"])
+def test_hopper_fwd_varlen_features_cuda(monkeypatch, D, dtype, case):
+    """Packed sequences with a sliding window (per sequence, bottom-right), softcap, ALiBi (H,) and
+    (n, H), a sink, GQA 8 / 2."""
+    _needs_hopper()
+    lens, causal, window, feats = case
+    _check_gluon_varlen_fwd(monkeypatch, D, dtype, causal, 8, 2, *VARLEN_LENS[lens], window=window, feats=feats)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_varlen_gradients_cuda(causal):
+    """Gradients (q, k, v, and a gradient at lse) through flash_attn_varlen_func on the Gluon
+    forward's out and lse (the backward: Triton, or Gluon where its own switch is on), per sequence
+    within the policy of float64."""
+    _needs_hopper()
+    lens_q, lens_k = VARLEN_LENS["sq-ne-sk"]
+    Hq, Hkv, D = 8, 2, 128
+    q, k, v, cu_q, cu_k = _packed(lens_q, lens_k, Hq, Hkv, D, bf16, "cuda")
+    n = launch.hopper_fwd_launches
+    out, lse, _ = flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                                      return_attn_probs=True, backend="triton")
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    dout = randn(*out.shape, dtype=bf16, device="cuda")
+    dlse = randn(*lse.shape, device="cuda") * torch.isfinite(lse)  # (rows without keys: no gradient)
+    grads = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+    mag = data_magnitude(q, k, v, dout, dlse)
+    for b in range(len(lens_q)):
+        qs, ks = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        parts = [x[s].detach()[None] for x, s in ((q, qs), (k, ks), (v, ks))]
+        ref_in = [x.cpu().double().requires_grad_() for x in parts]
+        ref_out, ref_lse = f64_flash_attention(*ref_in, causal=causal)
+        ref_lse = ref_lse.where(torch.isfinite(ref_lse), 0.0)
+        ref_g = torch.autograd.grad((ref_out, ref_lse), ref_in, (dout[qs][None].cpu().double(),
+                                                                 dlse[:, qs][None].cpu().double()), allow_unused=True)
+        pt_in = [x.transpose(1, 2).clone().requires_grad_() for x in parts]
+        pt_out, pt_lse = attention_reference(*pt_in, causal=causal, causal_align="bottom_right", compute_dtype=bf16)
+        pt_g = torch.autograd.grad((pt_out, pt_lse), pt_in, (dout[qs][None].transpose(1, 2), dlse[:, qs][None]),
+                                   allow_unused=True)
+        for i, (name, s) in enumerate(zip(("dq", "dk", "dv"), (qs, ks, ks))):
+            if s.stop == s.start:
+                continue
+            r = ref_g[i] if ref_g[i] is not None else torch.zeros_like(ref_in[i])
+            p = pt_g[i].transpose(1, 2) if pt_g[i] is not None else torch.zeros_like(parts[i])
+            assert_close_policy(grads[i][s][None], r, p, factor=3.0, name=f"seq{b} {name}", data_magnitude=mag,
+                                dtype=bf16)
+
+
+@pytest.mark.gpu
+@pytest.mark.no_poison
+def test_opcheck_attn_fwd_hopper_varlen_cuda():
+    """opcheck of attn_fwd_hopper with packed sequences (the schema and fake with cu_seqlens), and of
+    attn_fwd on them (eager: the Gluon kernel; traced: the op)."""
+    _needs_hopper()
+    lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
+    q, k, v, cu_q, cu_k = _packed(lens_q, lens_k, 4, 2, 128, bf16, "cuda")
+    q, k, v = (x.detach()[None].transpose(1, 2) for x in (q, k, v))
+    scale = 1 / math.sqrt(128)
+    seqs = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=257, max_seqlen_k=200)
+    n = launch.hopper_fwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_fwd_hopper.default, (q, k, v, scale, True, True), seqs)
+    assert launch.hopper_fwd_launches > n
+    n = launch.hopper_fwd_launches
+    torch.library.opcheck(torch.ops.flashkernels.attn_fwd.default, (q, k, v, None, scale, True, 0, True, False), seqs)
+    assert launch.hopper_fwd_launches > n
