@@ -186,7 +186,8 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     row's diagonal the bias splits into a column part ±slope·(j - start_n) (colbias, the columns'
     slope·c, one add a score) and a row part ±slope·(start_n - diag) that goes into the row max and
     the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
-    take |diag - j| per score.
+    take |diag - j| per score. Not with SOFTCAP or WINDOW (VARLEN builds are WINDOW's): their
+    registers spilled with it (12-36 B), and there every score takes |diag - j|.
     CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
     WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
     [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
@@ -195,8 +196,13 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         s = _tanh_approx(s * cap_scale)
     if WINDOW:
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    if ALIBI:
+    ALIBI_SPLIT: gl.constexpr = ALIBI and not (SOFTCAP or WINDOW)  # (with them the split spilled: 12-36 B)
+    if ALIBI and not ALIBI_SPLIT:
         # diag - j exactly (integers below 2^24 in fp32); the bias in the raw scores' units
+        d = (diag - start_n).to(gl.float32)[:, None] - \
+            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
+        s = s - slope * gl.abs(d)
+    if ALIBI_SPLIT:
         dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
         if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
             s = s + colbias[None, :]
@@ -216,14 +222,14 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         if (start_n < mask_lo) | (start_n > mask_hi):
             s = gl.where((offs_n[None, :] >= win_lo[:, None]) & (offs_n[None, :] <= win_hi[:, None]), s,
                          float("-inf"))
-    if ALIBI:
+    if ALIBI_SPLIT:
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) + row_bias) * qk_scale)
     else:
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     m_ref = m_new
     if WINDOW:  # a row that has seen no key yet: exp2(-inf - 0) = 0, not NaN
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
-    if ALIBI:  # the row part of the bias, in the exponent's per-row offset
+    if ALIBI_SPLIT:  # the row part of the bias, in the exponent's per-row offset
         p = gl.exp2(s * qk_scale - (m_ref - row_bias * qk_scale)[:, None])
     else:
         p = gl.exp2(s * qk_scale - m_ref[:, None])
