@@ -283,8 +283,8 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         # Q_i with lse_i (needed together: P^T), dO_i with Delta_i (dP^T, dS^T)
         if VARLEN:  # (the sequence's rows; past them 0, their P^T selected to 0 by the consumers)
             lmask = lrows < seqlen_q - (m0 - q0)
-            lse_smem.index(s).store(gl.load(desc_lse + row_l + lrows, mask=lmask, other=0.0))
-            delta_smem.index(s).store(gl.load(desc_delta + row_l + lrows, mask=lmask, other=0.0))
+            lse_smem.index(s).store(gl.load(desc_lse + row_l + lrows, mask=lmask, other=0.0))  # racecheck: varlen-state
+            delta_smem.index(s).store(gl.load(desc_delta + row_l + lrows, mask=lmask, other=0.0))  # racecheck: varlen-state
             gl.thread_barrier()  # every lane's stores before the (one-thread, release) arrive below
             mbarrier.expect(q_ready.index(s), desc_q.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_q, [row_q, h * q_ch], q_ready.index(s), q_smem.index(s))
