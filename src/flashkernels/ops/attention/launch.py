@@ -17,7 +17,7 @@ On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (b
 dim of HOPPER_FWD_CONFIGS, Sq and Sk multiples of 128, q/k/v strides that TMA can read as a 2-D
 matrix: (B, S, H, D) or (B, H, S, D) storage, or slices of a packed qkv; causal either alignment,
 sliding window, softcap, ALiBi and the learnable sink too; packed sequences (varlen) when
-HOPPER_FWD_VARLEN is on (off until verified on an H100); no mask) runs the
+HOPPER_FWD_VARLEN is on (off: GPU-tested, its timings not yet settled); no mask) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
 faster there. It fills the same out and lse, so the backward is the same. Eager calls launch it
 directly; traced ones (torch.compile, make_fx) record the opaque custom op
@@ -263,8 +263,9 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 # (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
 # as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
 # Packed sequences (flash_attn_varlen_func) in the Gluon forward (kernels/fwd_hopper.py VARLEN):
-# off until verified on an H100 (built for sm_90a and CPU-tested only); varlen forwards run the
-# Triton kernel (0.69x the dense Gluon forward's TF/s on the H100, session 7) until then.
+# off. Its GPU tests pass on the H100 (session 8), but `bench varlen` read it at 0.56-1.10x dense
+# non-causal and below the Triton kernel causal in two runs of three, while the Triton varlen
+# forward reads a steady 0.69-0.70x: on once a CUDA-graph timing settles it (docs/perf-notes.md).
 HOPPER_FWD_VARLEN = False
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
@@ -428,8 +429,8 @@ def hopper_fwd_varlen_reason(q, k, cu_seqlens_q) -> Optional[str]:
     do: its switch HOPPER_FWD_VARLEN, keys at all (a TMA descriptor has at least one row), and
     n · H CTAs along grid y."""
     if not HOPPER_FWD_VARLEN:
-        return ("packed sequences (varlen): the Gluon forward's VARLEN build is not verified on an H100 yet; "
-                "off until it is (launch.HOPPER_FWD_VARLEN)")
+        return ("packed sequences (varlen): the Gluon forward's VARLEN build is off until its timings are "
+                "settled (launch.HOPPER_FWD_VARLEN)")
     if k.shape[2] == 0:
         return "packed sequences (varlen) with no keys at all (total_k 0)"
     if (cu_seqlens_q.numel() - 1) * q.shape[1] > _GRID_Y_MAX:
