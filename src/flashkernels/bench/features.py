@@ -10,6 +10,13 @@ backward counts 2.5x the forward). The dense reference is flash_attn_func with B
 mean length (1024). Goal (issue 5): varlen within 5% of dense. The varlen call passes
 check_inputs=False (the offsets check is a device sync per call).
 
+Times are GPU time: do_bench medians of CUDA-graph replays of the call (forward) and of the
+backward over a retained graph (bench ops' ``_measure``), so that the host's launch cost (TMA
+descriptors, argument checks: ~0.1 ms a call on a slow CPU, the size of a varlen forward) does
+not enter; a call that cannot be captured falls back to its eager time, marked with ``*``.
+(Before session 9 these were eager do_bench times; on the H100 the short varlen forwards read
+0.56-1.10x dense from run to run that way.)
+
 features: B = 4, S = 4096, Hq = 16, D = 128, bf16, causal: plain, softcap=30, ALiBi slopes,
 learnable sink, all timed on the same shape (the same FLOPs). Goal: each at most 10% over plain.
 Sliding window: B = 1, S = 32768, Hq = 16, window (4096, 0) vs plain causal at the same S: the
@@ -22,7 +29,8 @@ import sys
 
 import torch
 
-from .common import CsvSink, do_bench_median, environment, gpu_missing, warm_gpu
+from .common import CsvSink, environment, gpu_missing, warm_gpu
+from .ops import _measure
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,15 +51,15 @@ def _pairs(sq: int, sk: int, causal: bool, window_left: int = -1) -> int:
 
 
 def _time(fn, backward: bool, wrt):
-    """(forward ms, backward ms or None)."""
-    fwd = do_bench_median(fn)
-    if not backward:
-        return fwd, None
-    out = fn()
-    out = out[0] if isinstance(out, tuple) else out
-    do = torch.randn_like(out)
-    bwd = do_bench_median(lambda: torch.autograd.grad(out, wrt, do, retain_graph=True))
-    return fwd, bwd
+    """(forward ms, backward ms or None, whether any of them is an eager time): GPU time from
+    CUDA-graph replays (bench ops' _measure), the eager time where a call cannot be captured."""
+    m = _measure(fn, wrt, backward)
+    fwd = m["fwd"] if m["fwd"] is not None else m["fwd_eager"]
+    bwd = None
+    if backward:
+        bwd = m["bwd"] if m["bwd"] is not None else m["bwd_eager"]
+    eager = m["fwd"] is None or (backward and m["bwd"] is None)
+    return fwd, bwd, eager
 
 
 def _row(sink, name, ms, flops, **kw):
@@ -84,7 +92,7 @@ def run_varlen(args) -> int:
     csv = CsvSink(args.csv)
     warm_gpu()
     print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}), H={H} D={D} bf16; "
-          f"dense: B={n} S={mean}")
+          f"dense: B={n} S={mean}; GPU time (CUDA graphs; * eager)")
     print(f"{'causal':>6s} {'pass':>4s} {'varlen TF/s':>12s} {'dense TF/s':>11s} {'ratio':>6s}")
     for causal in (False, True):
         q, k, v = (torch.randn(total, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
@@ -105,7 +113,8 @@ def run_varlen(args) -> int:
                         seqlen_q=max(lens), seqlen_k=max(lens), head_dim=D, causal=causal)
             tf_d = _row(csv, f"dense-{name}", b, mult * flops_den, batch=n, heads_q=H, heads_kv=H,
                         seqlen_q=mean, seqlen_k=mean, head_dim=D, causal=causal)
-            print(f"{int(causal):>6d} {name:>4s} {tf_v:12.1f} {tf_d:11.1f} {tf_v / tf_d:6.3f}")
+            mark = "*" if tv[2] or td[2] else ""
+            print(f"{int(causal):>6d} {name:>4s} {tf_v:12.1f} {tf_d:11.1f} {tf_v / tf_d:6.3f}{mark}")
     csv.close()
     return 0
 
@@ -129,14 +138,14 @@ def run_features(args) -> int:
         "sink": dict(learnable_sink=sink),
     }
     flops = B * H * D * 4 * _pairs(S, S, True)
-    print(f"features: B={B} S={S} H={H} D={D} bf16 causal")
+    print(f"features: B={B} S={S} H={H} D={D} bf16 causal; GPU time (CUDA graphs; * eager)")
     print(f"{'variant':>8s} {'fwd ms':>8s} {'fwd TF/s':>9s} {'vs plain':>9s} {'bwd ms':>8s} {'bwd TF/s':>9s} "
           f"{'vs plain':>9s}")
     base = None
     for name, kw in variants.items():
         wrt = (q, k, v) + ((sink,) if "learnable_sink" in kw else ())
-        fwd, bwd = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw), not args.no_backward,
-                         wrt)
+        fwd, bwd, eager = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw),
+                                not args.no_backward, wrt)
         base = base or (fwd, bwd)
         _row(csv, f"{name}-fwd", fwd, flops, batch=B, heads_q=H, heads_kv=H, seqlen_q=S, seqlen_k=S, head_dim=D,
              causal=True)
@@ -145,15 +154,15 @@ def run_features(args) -> int:
             _row(csv, f"{name}-bwd", bwd, 2.5 * flops, batch=B, heads_q=H, heads_kv=H, seqlen_q=S, seqlen_k=S,
                  head_dim=D, causal=True)
             line += f" {bwd:8.3f} {2.5 * flops / bwd / 1e9:9.1f} {bwd / base[1]:9.3f}"
-        print(line)
+        print(line + (" *" if eager else ""))
 
     S, B, W = 32768, 1, 4096
     q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     print(f"sliding window: B={B} S={S} H={H} D={D} bf16, window ({W}, 0) vs causal")
     times = {}
     for name, kw in (("causal", {}), ("window", dict(window_size=(W, 0)))):
-        fwd, bwd = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw), not args.no_backward,
-                         (q, k, v))
+        fwd, bwd, _ = _time(lambda: flashkernels.flash_attn_func(q, k, v, causal=True, **kw),
+                            not args.no_backward, (q, k, v))
         pairs = _pairs(S, S, True, W if name == "window" else -1)
         times[name] = (fwd, bwd, pairs)
         _row(csv, f"{name}-fwd", fwd, B * H * D * 4 * pairs, batch=B, heads_q=H, heads_kv=H, seqlen_q=S,
