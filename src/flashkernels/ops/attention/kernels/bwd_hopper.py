@@ -35,7 +35,7 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     FA3's dQ path), else with ``atomic_add`` from registers (``REDG.E.ADD.F32x2``, 16 a thread).
     On the H100 the TMA reduce made the backward 10-16% faster at D = 128 and 1-9% at D = 64
     (FA3 grid, scripts/ab_attention.py --gluon --switch HOPPER_BWD_DQ_TMA, session 8): 0.91-1.00x
-    cuDNN at D = 128, where the atomics read 0.80-0.87x.
+    cuDNN at D = 128, where the atomics read 0.82-0.87x.
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
