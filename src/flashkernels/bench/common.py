@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: the timer, the environment stamp, the CSV writer.
+"""Shared benchmark plumbing: the timer (eager, and GPU time from CUDA-graph replays), the
+environment stamp, the CSV writer.
 
 Timing follows ``triton.testing.do_bench`` with ``return_mode="median"`` (CUDA events around
 each repetition, the L2 cache flushed between them), the method the anchors in
@@ -45,6 +46,65 @@ def do_bench_median(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def _grad_outputs(out) -> tuple:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return tuple(o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad)
+
+
+def graph_ms(fn, stream) -> float | None:
+    """Median ms of ``fn``'s kernels replayed from a CUDA graph captured on ``stream`` (warmed up
+    there already); None when the call cannot be captured."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    except Exception:  # e.g. a host synchronisation inside the call
+        torch.cuda.synchronize()
+        return None
+    ms = do_bench_median(graph.replay)
+    del graph
+    return ms
+
+
+def measure_graph(fn, wrt, backward: bool) -> dict:
+    """{"fwd", "bwd", "fwd_eager", "bwd_eager": ms or None, "peak_mb": forward peak MB beyond the
+    inputs} of ``fn()`` -> tensor(s); "fwd"/"bwd" are CUDA-graph (GPU) times, see bench ops' module
+    docstring. Everything runs on a side stream: the backward's kernels go to the stream its
+    forward ran on, and a CUDA graph captures only a side stream."""
+    res = dict(fwd=None, bwd=None, fwd_eager=None, bwd_eager=None, peak_mb=None)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        # Warm-up: torch.compile / Triton JIT of forward and backward (retain_graph as in the
+        # timing: a compiled backward is lowered on its first call) stay out of memory and time.
+        for _ in range(2):
+            outs = _grad_outputs(fn())
+            if backward:
+                torch.autograd.grad(outs, wrt, tuple(torch.randn_like(o) for o in outs), retain_graph=True)
+            del outs
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        res["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        del out
+        res["fwd_eager"] = do_bench_median(fn)
+        res["fwd"] = graph_ms(fn, stream)
+        if backward:
+            outs = _grad_outputs(fn())
+            gos = tuple(torch.randn_like(o) for o in outs)
+
+            def bwd():
+                return torch.autograd.grad(outs, wrt, gos, retain_graph=True)
+
+            res["bwd_eager"] = do_bench_median(bwd)
+            res["bwd"] = graph_ms(bwd, stream)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    return res
 
 
 def warm_gpu(seconds: float = 0.5) -> None:

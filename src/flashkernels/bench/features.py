@@ -11,7 +11,7 @@ mean length (1024). Goal (issue 5): varlen within 5% of dense. The varlen call p
 check_inputs=False (the offsets check is a device sync per call).
 
 Times are GPU time: do_bench medians of CUDA-graph replays of the call (forward) and of the
-backward over a retained graph (bench ops' ``_measure``), so that the host's launch cost (TMA
+backward over a retained graph (common.measure_graph, as bench ops), so that the host's launch cost (TMA
 descriptors, argument checks: ~0.1 ms a call on a slow CPU, the size of a varlen forward) does
 not enter; a call that cannot be captured falls back to its eager time, marked with ``*``.
 (Before session 9 these were eager do_bench times; on the H100 the short varlen forwards read
@@ -29,8 +29,7 @@ import sys
 
 import torch
 
-from .common import CsvSink, environment, gpu_missing, warm_gpu
-from .ops import _measure
+from .common import CsvSink, environment, gpu_missing, measure_graph, warm_gpu
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +51,8 @@ def _pairs(sq: int, sk: int, causal: bool, window_left: int = -1) -> int:
 
 def _time(fn, backward: bool, wrt):
     """(forward ms, backward ms or None, whether any of them is an eager time): GPU time from
-    CUDA-graph replays (bench ops' _measure), the eager time where a call cannot be captured."""
-    m = _measure(fn, wrt, backward)
+    CUDA-graph replays (common.measure_graph), the eager time where a call cannot be captured."""
+    m = measure_graph(fn, wrt, backward)
     fwd = m["fwd"] if m["fwd"] is not None else m["fwd_eager"]
     bwd = None
     if backward:

@@ -104,7 +104,7 @@ import torch
 from ..ops.rms_norm.reference import rms_norm_reference  # plain torch: no triton import
 from ..ops.rope.reference import rotary_emb_reference
 from ..ops.swiglu.reference import swiglu_reference
-from .common import CsvSink, do_bench_median, dtype_name, environment, gpu_missing
+from .common import CsvSink, do_bench_median, dtype_name, environment, gpu_missing, graph_ms, measure_graph
 
 OPS = ("rmsnorm", "residual", "swiglu", "rope", "layer")
 DEVICE, DTYPE = "cuda", torch.bfloat16  # module-level so that a CPU dry run can swap them
@@ -247,65 +247,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------- measure
-def _outputs(out) -> tuple:
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return tuple(o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad)
-
-
-def _graph_ms(fn, stream) -> float | None:
-    """Median ms of ``fn``'s kernels replayed from a CUDA graph captured on ``stream`` (warmed up
-    there already); None when the call cannot be captured."""
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-    except Exception:  # e.g. a host synchronisation inside the call
-        torch.cuda.synchronize()
-        return None
-    ms = do_bench_median(graph.replay)
-    del graph
-    return ms
-
-
-def _measure(fn, wrt, backward: bool) -> dict:
-    """{"fwd", "bwd", "fwd_eager", "bwd_eager": ms or None, "peak_mb": forward peak MB beyond the
-    inputs} of ``fn()`` -> tensor(s); "fwd"/"bwd" are CUDA-graph (GPU) times, see the module
-    docstring. Everything runs on a side stream: the backward's kernels go to the stream its
-    forward ran on, and a CUDA graph captures only a side stream."""
-    res = dict(fwd=None, bwd=None, fwd_eager=None, bwd_eager=None, peak_mb=None)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        # Warm-up: torch.compile / Triton JIT of forward and backward (retain_graph as in the
-        # timing: a compiled backward is lowered on its first call) stay out of memory and time.
-        for _ in range(2):
-            outs = _outputs(fn())
-            if backward:
-                torch.autograd.grad(outs, wrt, tuple(torch.randn_like(o) for o in outs), retain_graph=True)
-            del outs
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = fn()
-        torch.cuda.synchronize()
-        res["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        del out
-        res["fwd_eager"] = do_bench_median(fn)
-        res["fwd"] = _graph_ms(fn, stream)
-        if backward:
-            outs = _outputs(fn())
-            gos = tuple(torch.randn_like(o) for o in outs)
-
-            def bwd():
-                return torch.autograd.grad(outs, wrt, gos, retain_graph=True)
-
-            res["bwd_eager"] = do_bench_median(bwd)
-            res["bwd"] = _graph_ms(bwd, stream)
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    return res
-
-
 class _Report:
     """Prints the table, writes the CSV, keeps the numbers for the goals summary."""
 
@@ -393,7 +334,7 @@ def _provider(report, op, name, build, backward, bytes_fwd, bytes_bwd, shape, co
     try:
         with ctx:
             fn, wrt = build()
-            m = _measure(fn, wrt, backward)
+            m = measure_graph(fn, wrt, backward)
     except Exception as exc:  # a peer that fails is a result, not a crash
         report.skip(op, name, f"{type(exc).__name__}: {_first_line(exc)}")
         return
@@ -423,7 +364,7 @@ def _copy_ms(m: int, n: int) -> float:
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         dst.copy_(src)
-        ms = _graph_ms(lambda: dst.copy_(src), stream)
+        ms = graph_ms(lambda: dst.copy_(src), stream)
         if ms is None:  # pragma: no cover - a copy always captures
             ms = do_bench_median(lambda: dst.copy_(src))
     torch.cuda.current_stream().wait_stream(stream)

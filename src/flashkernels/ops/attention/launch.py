@@ -489,7 +489,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     fwd_hopper.attn_fwd_hopper_kernel[(-(-rows // block_m), n_seq * H)](
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
         causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
-        out, _hopper_view(out).row_stride, *cu,
+        out, out.stride(2), *cu,  # (the row stride of out's 2-D view: its stride along S)
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
         num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **({"VARLEN": True} if varlen else {}),
