@@ -198,7 +198,8 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
     launcher passes them); a sink needs no flag; VARLEN: packed sequences; DQ_TMA: dQ by a TMA
-    reduce-add, launch.HOPPER_BWD_DQ_TMA's value unless ``dq_tma`` says)."""
+    reduce-add, launch.HOPPER_BWD_DQ_TMA's (D = 256: HOPPER_BWD256_DQ_TMA's) value unless ``dq_tma``
+    says)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -216,6 +217,9 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
                   CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     if D == 256:
         assert not (softcap or alibi or window or varlen), "the D = 256 backward has no feature flags"
+        if launch.HOPPER_BWD256_DQ_TMA if dq_tma is None else dq_tma:
+            consts["DQ_TMA"] = True
+            descs["desc_dq"] = launch._dq_acc_desc(torch.empty(1, 2, 1024, D), True, rows, 64)
         return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
     ptrs.update(Alibi="*fp32", softcap="fp32", CuQ="*i32", CuK="*i32")
     consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)

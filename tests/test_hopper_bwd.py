@@ -596,7 +596,7 @@ def test_opcheck_attn_bwd_on_the_hopper_path_cuda():
 SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
-launch.HOPPER_FWD_VARLEN = True  # (the forward's VARLEN cases below; off in the library for now)
+launch.HOPPER_FWD_VARLEN = True  # (the forward's VARLEN cases below: the library's default, set in case)
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),
@@ -687,16 +687,18 @@ def test_hopper_bwd_cta_orders_cuda(monkeypatch, causal, waves):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])
-@pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_hopper_bwd_dq_paths_cuda(monkeypatch, causal, D, layout):
-    """Both of the backward's dQ paths (launch.HOPPER_BWD_DQ_TMA: a TMA reduce-add from shared
-    memory, the default, or fp32 atomics from registers) give gradients within the policy, with the
-    dQ accumulator in either layout (B, S, H, D) / (B, H, S, D), and agree to the atomics' order."""
+    """Both of the backward's dQ paths (launch.HOPPER_BWD_DQ_TMA, at D = 256 HOPPER_BWD256_DQ_TMA:
+    a TMA reduce-add from shared memory, the default, or fp32 atomics from registers) give gradients
+    within the policy, with the dQ accumulator in either layout (B, S, H, D) / (B, H, S, D), and
+    agree to the atomics' order."""
     _needs_hopper()
     grads = {}
+    switch = "HOPPER_BWD256_DQ_TMA" if D == 256 else "HOPPER_BWD_DQ_TMA"
     for tma in (True, False):
-        monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", tma)
+        monkeypatch.setattr(launch, switch, tma)
         n = launch.hopper_bwd_launches
         api = "fa" if layout == "bshd" else "sdpa"  # (flash_attn_func's (B, S, H, D) or SDPA's (B, H, S, D))
         torch.manual_seed(0)  # (the same q, k, v and dout for both paths)

@@ -61,10 +61,11 @@ def test_bwd_reason_varlen(machine_ok):
     assert "head dim 256" in launch.hopper_bwd_reason(**_varlen_bwd_args(D=256))
     assert "bshd=False" in launch.hopper_bwd_reason(**_varlen_bwd_args(bshd=False))
     assert "head dim" in launch.hopper_bwd_reason(**_varlen_bwd_args(D=96))
-    # the forward's Gluon kernel still refuses packed sequences
+    # the forward's Gluon kernel takes them too (its VARLEN build, on by default since session 9)
     a = _varlen_bwd_args()
     a.pop("do")
-    assert "varlen" in launch.hopper_fwd_reason(**a)
+    a["max_seqlen_q"] = 257
+    assert launch.hopper_fwd_reason(**a) is None
     # one CTA row per (sequence, kv head) along grid y
     many = _varlen_bwd_args(lens_q=(1,) * 40000, Hkv=2)
     assert "grid y" in launch.hopper_bwd_reason(**many)

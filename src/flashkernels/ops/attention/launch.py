@@ -16,8 +16,8 @@ at small sizes.
 On an H100 (sm_90) the forward of the cases :func:`hopper_fwd_reason` accepts (bf16/fp16, a head
 dim of HOPPER_FWD_CONFIGS, Sq and Sk multiples of 128, q/k/v strides that TMA can read as a 2-D
 matrix: (B, S, H, D) or (B, H, S, D) storage, or slices of a packed qkv; causal either alignment,
-sliding window, softcap, ALiBi and the learnable sink too; packed sequences (varlen) when
-HOPPER_FWD_VARLEN is on (off: GPU-tested, its timings not yet settled); no mask) runs the
+sliding window, softcap, ALiBi and the learnable sink too; packed sequences (varlen) while
+HOPPER_FWD_VARLEN is on, the default; no mask) runs the
 warp-specialized Gluon kernel of kernels/fwd_hopper.py instead of the Triton one: 1.25-1.40x
 faster there. It fills the same out and lse, so the backward is the same. Eager calls launch it
 directly; traced ones (torch.compile, make_fx) record the opaque custom op
@@ -30,8 +30,9 @@ The backward of those cases runs a Gluon kernel (:func:`hopper_bwd_reason`): ker
 at D = 64 or 128 (every forward feature: softcap, ALiBi, the sink, sliding windows, Sq != Sk and
 causal offsets; and packed sequences, flash_attn_varlen_func's, when HOPPER_BWD_VARLEN is on),
 kernels/bwd_hopper256.py at D = 256 (plain attention with Sq = Sk, and the sink).
-dQ is summed with fp32 atomics: bitwise reproducible only with ``deterministic=True``, which keeps
-the Triton kernels. Eager calls launch it directly, traced ones through
+dQ is summed into an fp32 accumulator by TMA reduce-adds (fp32 atomics where HOPPER_BWD_DQ_TMA /
+HOPPER_BWD256_DQ_TMA are off), in no fixed order: bitwise reproducible only with
+``deterministic=True``, which keeps the Triton kernels. Eager calls launch it directly, traced ones through
 ``flashkernels::attn_bwd_hopper``; ``FLASHKERNELS_HOPPER_BWD=0`` turns it off.
 """
 from __future__ import annotations
@@ -263,10 +264,10 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 # (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
 # as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
 # Packed sequences (flash_attn_varlen_func) in the Gluon forward (kernels/fwd_hopper.py VARLEN):
-# off. Its GPU tests pass on the H100 (session 8), but `bench varlen` read it at 0.56-1.10x dense
-# non-causal and below the Triton kernel causal in two runs of three, while the Triton varlen
-# forward reads a steady 0.69-0.70x: on once a CUDA-graph timing settles it (docs/perf-notes.md).
-HOPPER_FWD_VARLEN = False
+# on. `bench varlen` (H100, session 9, CUDA-graph GPU time, two runs): 0.88-0.89x dense non-causal,
+# 0.93x causal, where the Triton varlen forward reads 0.70-0.73x. (Session 8's eager timings had
+# spread 0.56-1.10x: the host's launch cost, not the kernel.)
+HOPPER_FWD_VARLEN = True
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -429,8 +430,7 @@ def hopper_fwd_varlen_reason(q, k, cu_seqlens_q) -> Optional[str]:
     do: its switch HOPPER_FWD_VARLEN, keys at all (a TMA descriptor has at least one row), and
     n · H CTAs along grid y."""
     if not HOPPER_FWD_VARLEN:
-        return ("packed sequences (varlen): the Gluon forward's VARLEN build is off until its timings are "
-                "settled (launch.HOPPER_FWD_VARLEN)")
+        return "packed sequences (varlen): turned off (launch.HOPPER_FWD_VARLEN = False)"
     if k.shape[2] == 0:
         return "packed sequences (varlen) with no keys at all (total_k 0)"
     if (cu_seqlens_q.numel() - 1) * q.shape[1] > _GRID_Y_MAX:
@@ -559,10 +559,13 @@ HOPPER_BWD_LONG_FIRST_WAVES = 8
 # backwards to the Triton kernels (a switch for bisecting, as HOPPER_BWD_ENV is for the whole path).
 HOPPER_BWD_VARLEN = True
 # dQ_i into the fp32 accumulator by a TMA reduce-add from shared memory (kernels/bwd_hopper.py
-# DQ_TMA, FA3's path) instead of fp32 atomics from registers, at D = 64 / 128 (the D = 256 kernel
-# has no shared memory left for the tile). Measured on the H100 (scripts/ab_attention.py --gluon
-# --switch HOPPER_BWD_DQ_TMA, FA3 grid, session 8): D = 128 +10-16%, D = 64 +1-9%.
+# DQ_TMA, FA3's path) instead of fp32 atomics from registers, at D = 64 / 128. Measured on the
+# H100 (scripts/ab_attention.py --gluon --switch HOPPER_BWD_DQ_TMA, FA3 grid, session 8): D = 128
+# +10-16%, D = 64 +1-9%. At D = 256 (kernels/bwd_hopper256.py DQ_TMA, HOPPER_BWD256_DQ_TMA) the
+# chunks are staged in the Q / dO ring stage's halves the warpgroup has finished with (no shared
+# memory is left for a tile of their own).
 HOPPER_BWD_DQ_TMA = True
+HOPPER_BWD256_DQ_TMA = True
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -624,15 +627,16 @@ def _rows_smem_layout(rows: int):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
 
 
-def _dq_acc_desc(dq_acc: torch.Tensor, bshd: bool, rows: int):
+def _dq_acc_desc(dq_acc: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
     """TMA descriptor of the backward's fp32 dQ accumulator ((B, H, S, D) view of contiguous
-    (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernel's DQ_TMA
-    addresses it: (B·S, H·D), else (B·H·S, D), in tiles of ``rows`` x D / 2 (one consumer
-    warpgroup's half of dQ_i)."""
+    (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernels' DQ_TMA
+    addresses it: (B·S, H·D), else (B·H·S, D), in tiles of ``rows`` x ``cols`` (default D / 2:
+    one consumer warpgroup's half of dQ_i in bwd_hopper; bwd_hopper256 adds 64-column chunks)."""
     B, H, S, D = dq_acc.shape
+    cols = cols or D // 2
     shape = [B * S, H * D] if bshd else [B * H * S, D]
-    layout = fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, D // 2], fwd_hopper.gl.float32)
-    return fwd_hopper.TensorDescriptor(dq_acc, shape, [shape[1], 1], [rows, D // 2], layout)
+    layout = fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, cols], fwd_hopper.gl.float32)
+    return fwd_hopper.TensorDescriptor(dq_acc, shape, [shape[1], 1], [rows, cols], layout)
 
 
 def _rows_desc(t: torch.Tensor, rows: int):
@@ -691,6 +695,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     if D == 256:  # (hopper_bwd_reason refused softcap, ALiBi, windows and Sq != Sk there)
         features = {}
         extra = ()
+        if HOPPER_BWD256_DQ_TMA:
+            features.update(DQ_TMA=True, desc_dq=_dq_acc_desc(dq_acc, bshd, rows, 64))
     else:
         alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
         cu = (cu_seqlens_q, cu_seqlens_k) if varlen else (q, q)  # (unread stand-ins)

@@ -2,7 +2,7 @@
 
 Why a kernel of its own: kernels/bwd_hopper.py keeps dK_w and dV_w (64 keys x D fp32 each) in each
 consumer warpgroup's registers, 256 registers a thread at D = 256. Here (FA3's hdim-256 shape,
-BLOCK_M = BLOCK_N = 64, two consumer warpgroups, dQ by fp32 atomics) the two warpgroups split
+BLOCK_M = BLOCK_N = 64, two consumer warpgroups) the two warpgroups split
 dK, dV and dQ along D: warpgroup w owns dK[:, 128w : 128w + 128] and dV[:, 128w : 128w + 128]
 (64 + 64 registers a thread) for the whole loop and computes dQ_i[:, 128w : 128w + 128] = dS K.
 The scores S = Q_i K^T and dP = dO_i V^T (64 x 64, contraction 256) are shared, so they are split
@@ -21,21 +21,30 @@ head are looped inside the CTA (dK / dV summed over them in registers). Partitio
         dV_w += P^T dO_i[:, 128w..]            (A = the permuted P tile, all 64 keys)
         dS_w = scale · P_w (dP_w - Delta_i); store; barrier B
         dQ_i[:, 128w..] = dS K[:, 128w..] in two 64-column wgmmas, each added to the zeroed fp32
-        dQ accumulator with atomics while the next wgmma runs; dK_w += dS^T Q_i[:, 128w..]
+        dQ accumulator; dK_w += dS^T Q_i[:, 128w..]
   At the end dK_w, dV_w are stored with gl.store.
-Budget: 224-238 of the consumers' 240 registers, 0 spills; shared memory 230.8 KB of 232.4 (K, V
-64 KB; the Q / dO ring 128 KB; lse / Delta; P and dS double-buffered 32 KB): no room for a third
-stage.
+dQ (DQ_TMA, launch.HOPPER_BWD256_DQ_TMA, the default): each 64 x 64 fp32 chunk is stored into
+shared memory and added by a TMA reduce-add (FA3's dQ path). No shared memory is left for a tile
+of its own, so the chunks go into the halves of the ring stage's dO_i and Q_i tiles that the
+warpgroup has finished with (its own columns 128w..: 16 KB each, 64 x 64 fp32), and the stage is
+released one iteration later, once the reduces have read them (_dq_dk). H100, one process
+(scripts/ab_attention.py --gluon --switch HOPPER_BWD256_DQ_TMA --head-dims 256 --modes bwd, FA3
+grid, session 9, benchmarks/results/h100-2026-11-26-ab-bwd256-dq-tma.txt): 1.23-1.40x the
+atomics, 0.92-1.05x cuDNN. Off, fp32 atomics from the registers, overlapping the next wgmma.
+Budget: 0 spills (168 registers a thread at launch, 240 for the consumers); shared memory 230.8
+KB of 232.4 (K, V 64 KB; the Q / dO ring 128 KB; lse / Delta; P and dS double-buffered 32 KB): no
+room for a third stage.
 
 From the helper-written ``scripts/exp_gluon_bwd256.py`` (its "split dq64" variant; the others,
 a dQ of one 128-column wgmma, another dQ issue order, and S / dP on separate warpgroups, were
 within 1-3% on an H200 and are kept there). Measured (H200, bf16, that script,
 benchmarks/results/h200-2026-11-26-exp-gluon-bwd256.txt: B·S = 16k, H = 8, S = 1k-16k, causal
-or not, and GQA B=2 S=8k 16/4): 0.76-0.86x cuDNN, 1.56-1.73x the Triton backward.
+or not, and GQA B=2 S=8k 16/4): 0.76-0.86x cuDNN, 1.56-1.73x the Triton backward (with atomics).
 
 Restrictions (launch.hopper_bwd_reason): those of bwd_hopper at D = 256.
 """
-from .bwd_hopper import CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tile, _pair_barrier  # noqa: F401
+from .bwd_hopper import (CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tile, _pair_barrier,  # noqa: F401
+                         _tma_reduce_add)
 from .fwd_hopper import AVAILABLE, gl, gluon
 
 if AVAILABLE:
@@ -98,24 +107,50 @@ def _causal_mask(p, shift, col_layout: gl.constexpr, row_layout: gl.constexpr):
 
 @gluon.jit
 def _dq_dk(W: gl.constexpr, dv_tok, dk, ds_buf, p_buf, k_smem, q_s, do_s, dq_ptr, dq_zero, empty_s,
-           HALF: gl.constexpr, DQ_N: gl.constexpr):
+           HALF: gl.constexpr, DQ_N: gl.constexpr, DQ_TMA: gl.constexpr, desc_dq, dq_row, dq_col):
     """The end of an iteration, once the dS tile is complete (dV_w += P^T dO_i,w in flight):
     dQ_i columns 128W.. = dS K[:, 128W..] (A = dS, 64 queries x 64 keys) in two wgmmas of DQ_N = 64
-    columns, each added into the fp32 accumulator with atomics, then dK_w += dS^T Q_i,w, and the
-    ring stage released. Returns (dv, dk). wgmma groups retire in issue order: issue dQ0, dQ1, dK;
-    wait(2) -> dV, dQ0 retired; atomics (overlap dQ1, dK); wait(1) -> dQ1; atomics (overlap dK);
-    wait(0) -> dK; release. (In flight at once: dV, dQ0, dQ1, dK = 192 registers.)"""
+    columns, then dK_w += dS^T Q_i,w. Returns (dv, dk). wgmma groups retire in issue order: issue
+    dQ0, dQ1, dK; wait(2) -> dV, dQ0 retired; dQ0 out (overlaps dQ1, dK); wait(1) -> dQ1 ...
+    (In flight at once: dV, dQ0, dQ1, dK = 192 registers.)
+
+    Atomics (DQ_TMA off): dQ0 and dQ1 added with fp32 atomics from the registers (dQ1's overlap
+    dK), then the ring stage released (``empty_s``).
+    DQ_TMA: each 64 x 64 fp32 chunk staged in shared memory this warpgroup no longer reads and
+    added by a TMA reduce-add at (dq_row, dq_col (+ DQ_N)) of desc_dq's 2-D view (FA3's dQ path,
+    without a tile of its own: no shared memory is left for one). dQ0 goes into this warpgroup's
+    half of dO_i (columns 128W..: 64 rows x 128 bf16 = 16 KB = 64 x 64 fp32), free once its dV
+    wgmma retired (the other warpgroup reads only its own half in dV, and its dP_i, which reads
+    all of dO_i, retired before it reached barrier B); dQ1 into its half of Q_i once the dK wgmma
+    (the last reader; the other warpgroup's S_i retired before barrier A) retired. The stage is
+    not released here: the caller does it once the reduces have read the chunks (tma.store_wait)."""
     gl.static_assert(2 * DQ_N == HALF)
     dq0_tok = warpgroup_mma(ds_buf, k_smem.slice(W * HALF, DQ_N, dim=1), dq_zero, use_acc=False, is_async=True)
     dq1_tok = warpgroup_mma(ds_buf, k_smem.slice(W * HALF + DQ_N, DQ_N, dim=1), dq_zero, use_acc=False,
                             is_async=True)
     dk_tok = warpgroup_mma(ds_buf.permute((1, 0)), q_s.slice(W * HALF, HALF, dim=1), dk, is_async=True)
     dv, dq0, _, _ = warpgroup_mma_wait(2, deps=(dv_tok, dq0_tok, p_buf, k_smem))
-    gl.atomic_add(dq_ptr, dq0, sem="relaxed")  # overlaps dQ1, dK
-    dq1, _, _ = warpgroup_mma_wait(1, deps=(dq1_tok, ds_buf, k_smem))
-    gl.atomic_add(dq_ptr + DQ_N, dq1, sem="relaxed")  # overlaps dK
-    dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, ds_buf, q_s, do_s))
-    mbarrier.arrive(empty_s)  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
+    if DQ_TMA:
+        # (the stage as fp32 [64, 128]: the same 128-byte-swizzled 8 KB column chunks, so columns
+        # 64W.. of it are bf16 columns 128W.. of the tile)
+        st_do = do_s._reinterpret(gl.float32, [do_s.shape[0], HALF], desc_dq.layout).slice(W * DQ_N, DQ_N, dim=1)
+        st_do.store(dq0)
+        fence_async_shared()
+        gl.thread_barrier()  # every thread's stores before the one thread's TMA
+        _tma_reduce_add(desc_dq, [dq_row, dq_col], st_do)
+        dq1, _, _ = warpgroup_mma_wait(1, deps=(dq1_tok, ds_buf, k_smem))
+        dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, ds_buf, q_s, do_s))
+        st_q = q_s._reinterpret(gl.float32, [q_s.shape[0], HALF], desc_dq.layout).slice(W * DQ_N, DQ_N, dim=1)
+        st_q.store(dq1)
+        fence_async_shared()
+        gl.thread_barrier()
+        _tma_reduce_add(desc_dq, [dq_row, dq_col + DQ_N], st_q)
+    else:
+        gl.atomic_add(dq_ptr, dq0, sem="relaxed")  # overlaps dQ1, dK
+        dq1, _, _ = warpgroup_mma_wait(1, deps=(dq1_tok, ds_buf, k_smem))
+        gl.atomic_add(dq_ptr + DQ_N, dq1, sem="relaxed")  # overlaps dK
+        dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, ds_buf, q_s, do_s))
+        mbarrier.arrive(empty_s)  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
     return dv, dk
 
 
@@ -123,10 +158,13 @@ def _dq_dk(W: gl.constexpr, dv_tok, dk, ds_buf, p_buf, k_smem, q_s, do_s, dq_ptr
 def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
               p_smem, ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr):
+              CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, DQ_TMA: gl.constexpr,
+              desc_dq):
     """Consumer warpgroup W: scores of keys n0 + 32W .. + 31; dK, dV, dQ columns 128W .. + 127.
     DQ (fp32, H heads) and DK / DV (H / GROUP heads) contiguous (B, S, heads, D) when OUT_BSHD,
-    else (B, heads, S, D) (strides from S and the head counts, as bwd_hopper)."""
+    else (B, heads, S, D) (strides from S and the head counts, as bwd_hopper). DQ_TMA: dQ by TMA
+    reduce-adds through desc_dq (DQ's 2-D view, launch._dq_acc_desc), each iteration's stage
+    released in the next one, after the S / dP wgmmas are issued, once the reduces have read it."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
     b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
@@ -187,6 +225,11 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
         s_tok = warpgroup_mma(q_s, k_w.permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.wait(do_ready.index(s), ph)
         dp_tok = warpgroup_mma(do_s, v_w.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        if DQ_TMA:  # the last iteration's stage, once its dQ reduces have read their chunks of it
+            if t > 0:
+                tma.store_wait(0)    # (the issuing thread)
+                gl.thread_barrier()  # ... before the warpgroup's arrival
+                mbarrier.arrive(empty.index((t - 1) % STAGES))
         sc = warpgroup_mma_wait(1, deps=(s_tok, ))
         # P_w (overlaps the dP_w wgmma); lse_i: 2 rows a thread, from shared memory (TMA)
         lse2 = lse_smem.index(s).load(row_s) * LOG2E
@@ -206,11 +249,24 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
         fence_async_shared()
         _pair_barrier(m0)     # B: the whole dS tile is in shared memory
         # dQ_i columns 128W.. = dS K[:, 128W..] (A = dS, 64 queries x 64 keys), issued before dK_w
-        # so that the atomics overlap the dK wgmma. Row pointers in int64: 2 base registers +
+        # so that dQ's adds overlap the dK wgmma. (Atomics:) row pointers in int64: 2 base registers +
         # immediate column offsets in the REDGs (int32 offsets cost a 64-bit address per column group).
-        dq_ptr = (dq_base + g * q_sh + (m0 + dq_rows).to(gl.int64)[:, None] * q_ss) + dq_cols[None, :]
+        if DQ_TMA:  # DQ (B, S, H, D) as (B·S, H·D), else (B, H, S, D) as (B·H·S, D)
+            dq_ptr = dq_base  # (unused)
+            if OUT_BSHD:
+                dq_row = b * S + m0
+                dq_col = (hk * GROUP + g) * HEAD_DIM + W * HALF
+            else:
+                dq_row = (b * H + hk * GROUP + g) * S + m0
+                dq_col = W * HALF
+        else:
+            dq_ptr = (dq_base + g * q_sh + (m0 + dq_rows).to(gl.int64)[:, None] * q_ss) + dq_cols[None, :]
+            dq_row = 0
+            dq_col = 0
         dv, dk = _dq_dk(W, dv_tok, dk, ds_buf, p_buf, k_smem, q_s, do_s, dq_ptr, dq_zero, empty.index(s),
-                        HALF, DQ_N)
+                        HALF, DQ_N, DQ_TMA, desc_dq, dq_row, dq_col)
+    if DQ_TMA:
+        tma.store_wait(0)  # (the shared memory must outlive the last reduces' reads)
 
     # dK_w (already scaled), dV_w, summed over the group's query heads: columns 128W.. of 64 keys.
     o_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
@@ -225,12 +281,14 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
                               GROUP, q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
-                              LONG_FIRST: gl.constexpr, num_warps: gl.constexpr):
+                              LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, DQ_TMA: gl.constexpr = False,
+                              desc_dq=None):
     """Grid (S // BLOCK_N, B * H // GROUP), or (B * H // GROUP, S // BLOCK_N) if LONG_FIRST; launch
     with num_warps=4 (the default partition = consumer warpgroup 0) and maxnreg=MAXNREG.
     desc_q/k/v/do: 2-D views ((rb, rh, ch) placement, launch._hopper_view), blocks of 64 x 256;
     desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of BLOCK_M; DQ fp32 zeroed, DK, DV in
-    the input dtype, (B, S, heads, D) contiguous when OUT_BSHD, else (B, heads, S, D)."""
+    the input dtype, (B, S, heads, D) contiguous when OUT_BSHD, else (B, heads, S, D). DQ_TMA: dQ
+    added by TMA reduce-adds (desc_dq: launch._dq_acc_desc with 64-column tiles) instead of atomics."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 64)
     gl.static_assert(BLOCK_M == 64)
@@ -265,10 +323,10 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
     gl.warp_specialize([
         (_bwd256_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
+                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq)),
         (_bwd256_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST)),
+                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq)),
         (_bwd256_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                             lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                             q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,

@@ -60,7 +60,7 @@ Restrictions (the launcher, launch.hopper_fwd_reason, checks every one): bf16 or
 of launch.HOPPER_FWD_CONFIGS (128: BLOCK_N 128; 256: BLOCK_N 64; 2 stages; BLOCK_M 128), Sq and Sk
 multiples of 128 and Sk of BLOCK_N (with BLOCK_M 192 the grid is ceil(Sq / 192)), H a multiple of
 Hkv (GQA), scale > 0 (the row max is taken before scaling), no mask; packed sequences (any
-lengths; VARLEN) only where launch.HOPPER_FWD_VARLEN is on (off: GPU-tested, timings unsettled). Each of q, k, v
+lengths; VARLEN) while launch.HOPPER_FWD_VARLEN is on (the default). Each of q, k, v
 and out is read or written through a 2-D TMA descriptor (launch._hopper_view): row m of head h of
 batch b is row b*rb + h*rh + m of the matrix, its D values start at column h*ch, so (B, S, H, D)
 storage (rb = S, rh = 0, ch = D), (B, H, S, D) storage (rb = H*S, rh = S, ch = 0) and slices of a
