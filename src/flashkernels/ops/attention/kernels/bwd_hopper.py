@@ -41,7 +41,7 @@ At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CT
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
 
 Features (constexpr flags, each off in the plain build, whose SASS they leave as it was; the
-forward's semantics, fwd_hopper._softmax_step, in its order and rounding, so that P^T matches the
+forward's semantics, hopper_softmax._softmax_step, in its order and rounding, so that P^T matches the
 forward's lse; the gradients as kernels/bwd.py's):
   - SOFTCAP: t = tanh.approx(S^T·scale/softcap), P^T = exp2(t·softcap·log2e - lse_i·log2e), and
     dS^T = scale · P^T (1 - t²) (dP^T - Delta_i) (d(softcap·tanh(x·scale/softcap))/dx). P^T goes
@@ -86,9 +86,9 @@ accumulator and the dK / dV outputs (B·S·H·D < 2^31). GQA costs no memory or 
 (the group's heads loop inside the CTA, as FA3's); it does make B·Hkv·Sk / 128 CTAs, GROUP times
 fewer than MHA's.
 
-Without a Gluon that imports (see fwd_hopper.AVAILABLE) the definitions below are inert.
+Without a Gluon that imports (see gluon_base.AVAILABLE) the definitions below are inert.
 """
-from .fwd_hopper import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, _varlen_seq, gl,  # noqa: F401
+from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _tanh_approx, _varlen_seq, gl,  # noqa: F401
                          gluon)  # (UNAVAILABLE_REASON: re-exported)
 
 if AVAILABLE:
@@ -483,7 +483,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         # used: in this layout each thread holds 16 of the 64 columns, 32 registers for the pair
         # if kept live across the waits (loaded early from global memory, the loop spilled).
         if FEATURES:
-            # The forward's scores (fwd_hopper._softmax_step: cap, bias, in that order and rounding)
+            # The forward's scores (hopper_softmax._softmax_step: cap, bias, in that order and rounding)
             lse2 = lse_smem.index(s).load(col_st) * LOG2E
             dx = (m0 - n0) + d_lane  # i + off - j = dx + d_reg (off: 0 unless WINDOW or VARLEN)
             if WINDOW or VARLEN:

@@ -45,7 +45,7 @@ Restrictions (launch.hopper_bwd_reason): those of bwd_hopper at D = 256.
 """
 from .bwd_hopper import (CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tile, _pair_barrier,  # noqa: F401
                          _tma_reduce_add)
-from .fwd_hopper import AVAILABLE, gl, gluon
+from .gluon_base import AVAILABLE, gl, gluon
 
 if AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,

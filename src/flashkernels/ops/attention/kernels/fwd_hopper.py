@@ -90,7 +90,8 @@ stages (the only ring that fits the shared memory: 197 KB), 0 spills: 1.24-1.61x
 kernel, 0.94-1.02x cuDNN through the public API.
 
 Three consumer warpgroups (BLOCK_M 192, BLOCK_N 128, registers 160 / 168 / 24, launch cap 128;
-0 spills): built for D = 64 (scripts/ab_fwd64.py), not measured yet. Larger BLOCK_N with three do
+0 spills): D = 64 from 2048 query rows (H100, scripts/ab_fwd64.py, session 7: 1.03-1.20x the
+Triton kernel from S = 2k, 0.75-0.95x below, where the Triton kernel stays). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
 Not done: persistent scheduling, long-first causal order, P through shared memory (FA3's D = 64
@@ -101,45 +102,13 @@ want.
 Without a triton whose Gluon has these Hopper modules the definitions below are inert and
 ``AVAILABLE`` is False, with the reason in ``UNAVAILABLE_REASON``; the package imports either way.
 """
-from typing import Optional
+from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
+                         _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
+from .hopper_softmax import _softmax_step
 
-# The Gluon API is experimental and changes between triton releases (gl.warp_specialize took
-# another signature in 3.5): the kernel is built and measured with 3.6 only.
-TESTED_TRITON = (3, 6)
-
-
-class _NoGluon:
-    """Stands in for ``gluon`` and ``gl`` when they do not import: enough for the definitions
-    below to evaluate (the decorator, the constexpr annotations); nothing launches them then."""
-
-    @staticmethod
-    def constexpr(x):
-        return x
-
-    @staticmethod
-    def jit(fn):
-        return fn
-
-
-UNAVAILABLE_REASON: Optional[str] = None
-try:
-    import triton
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
+if AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    _version = tuple(int(x) for x in triton.__version__.split(".")[:2])
-    if _version != TESTED_TRITON:
-        UNAVAILABLE_REASON = (f"triton {triton.__version__}: the Gluon kernel is built for triton "
-                              f"{TESTED_TRITON[0]}.{TESTED_TRITON[1]} (Gluon's API is experimental)")
-except Exception as exc:  # ImportError, or an older Gluon without a name used here
-    gluon = gl = _NoGluon()
-    TensorDescriptor = None
-    UNAVAILABLE_REASON = f"triton's Gluon Hopper modules do not import ({type(exc).__name__}: {exc})"
-
-AVAILABLE: bool = UNAVAILABLE_REASON is None
 
 # Partition register budgets (setmaxnreg) and the launch's register cap: 3 warpgroups x 128
 # threads x 168 registers = the 64K-register file, so 1 CTA / SM with its 240-register consumers.
@@ -156,86 +125,6 @@ MAXNREG3 = 128
 def maxnreg(block_m: int) -> int:
     """The launch's register cap for a tile of ``block_m`` query rows (64 a consumer warpgroup)."""
     return MAXNREG if block_m == 128 else MAXNREG3
-
-
-LOG2E = gl.constexpr(1.4426950408889634)
-LN2 = gl.constexpr(0.6931471805599453)
-
-
-@gluon.jit
-def _tanh_approx(x):
-    """The GPU's tanh.approx.f32 (one MUFU op, relative error ~2^-11), as kernels/fwd.py's
-    _softcap_tanh uses for fp16/bf16 inputs: the softcap's tanh."""
-    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
-                                     pack=1)
-
-
-@gluon.jit
-def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, diag, diag0, win_lo, win_hi,
-                  mask_lo, mask_hi, start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
-                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
-    """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
-    m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi), diag0
-    the first row's.
-
-    Plain: the row max is taken over the raw products and qk_scale = scale·log2 e goes into the
-    exponent's FMA. SOFTCAP: s = tanh(s · cap_scale) (cap_scale = scale / softcap) first, with
-    qk_scale = softcap·log2 e (the cap is > 0: the max still commutes with the scaling). ALIBI:
-    s - slope·|diag - j| (slope: the ALiBi slope over the scores' scale, so that qk_scale times it
-    is the slope in log2 units), before the max. On a block whose keys all lie on one side of every
-    row's diagonal the bias splits into a column part ±slope·(j - start_n) (colbias, the columns'
-    slope·c, one add a score) and a row part ±slope·(start_n - diag) that goes into the row max and
-    the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
-    take |diag - j| per score. Not with SOFTCAP or WINDOW (VARLEN builds are WINDOW's): their
-    registers spilled with it (12-36 B), and there every score takes |diag - j|.
-    CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
-    WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
-    [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
-    the exponent is then taken against 0, as kernels/fwd.py does."""
-    if SOFTCAP:
-        s = _tanh_approx(s * cap_scale)
-    if WINDOW:
-        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    ALIBI_SPLIT: gl.constexpr = ALIBI and not (SOFTCAP or WINDOW)  # (with them the split spilled: 12-36 B)
-    if ALIBI and not ALIBI_SPLIT:
-        # diag - j exactly (integers below 2^24 in fp32); the bias in the raw scores' units
-        d = (diag - start_n).to(gl.float32)[:, None] - \
-            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-        s = s - slope * gl.abs(d)
-    if ALIBI_SPLIT:
-        dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
-        if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
-            s = s + colbias[None, :]
-            row_bias = -slope * dn
-        elif start_n >= diag0 + s.shape[0] - 1:  # every key at or after every row's diagonal
-            s = s - colbias[None, :]
-            row_bias = slope * dn
-        else:
-            d = dn[:, None] - gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-            s = s - slope * gl.abs(d)
-            row_bias = dn * 0.0
-    if CAUSAL:  # (top-left = bottom-right: causal_offset 0)
-        if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
-            offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-            s = gl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
-    if WINDOW:
-        if (start_n < mask_lo) | (start_n > mask_hi):
-            s = gl.where((offs_n[None, :] >= win_lo[:, None]) & (offs_n[None, :] <= win_hi[:, None]), s,
-                         float("-inf"))
-    if ALIBI_SPLIT:
-        m_new = gl.maximum(m_i, (gl.max(s, axis=1) + row_bias) * qk_scale)
-    else:
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-    m_ref = m_new
-    if WINDOW:  # a row that has seen no key yet: exp2(-inf - 0) = 0, not NaN
-        m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
-    if ALIBI_SPLIT:  # the row part of the bias, in the exponent's per-row offset
-        p = gl.exp2(s * qk_scale - (m_ref - row_bias * qk_scale)[:, None])
-    else:
-        p = gl.exp2(s * qk_scale - m_ref[:, None])
-    alpha = gl.exp2(m_i - m_ref)
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    return p, alpha, m_new, l_i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +150,6 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
 #   producer to have seen empty[s] phase r, i.e. both consumers done waiting on ready phase r;
 #   a consumer's arrive for use r + 1 needs ready phase r + 1, so empty phase r has both arrivals.
 # ---------------------------------------------------------------------------------------------
-
-
-@gluon.jit
-def _varlen_seq(CuQ, CuK, b):
-    """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
-    q0 = gl.load(CuQ + b)
-    k0 = gl.load(CuK + b)
-    return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
 
 
 @gluon.jit

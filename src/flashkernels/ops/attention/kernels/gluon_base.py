@@ -1,0 +1,67 @@
+"""Gluon on Hopper: the import shim the Gluon kernels share, and their common helpers.
+
+kernels/fwd_hopper.py, bwd_hopper.py and bwd_hopper256.py import ``gl``, ``gluon`` and the
+Hopper ops through here. Without a triton whose Gluon has these Hopper modules (or with another
+triton than the one they were built and measured with) ``AVAILABLE`` is False, the reason is in
+``UNAVAILABLE_REASON``, ``gl`` / ``gluon`` are stand-ins that let the kernels' definitions
+evaluate, and nothing launches them; the package imports either way.
+"""
+from typing import Optional
+
+# The Gluon API is experimental and changes between triton releases (gl.warp_specialize took
+# another signature in 3.5): the kernel is built and measured with 3.6 only.
+TESTED_TRITON = (3, 6)
+
+
+class _NoGluon:
+    """Stands in for ``gluon`` and ``gl`` when they do not import: enough for the definitions
+    below to evaluate (the decorator, the constexpr annotations); nothing launches them then."""
+
+    @staticmethod
+    def constexpr(x):
+        return x
+
+    @staticmethod
+    def jit(fn):
+        return fn
+
+
+UNAVAILABLE_REASON: Optional[str] = None
+try:
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    # (the Hopper ops the kernels use, imported here to find out whether they exist)
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,  # noqa: F401
+                                                                  warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    _version = tuple(int(x) for x in triton.__version__.split(".")[:2])
+    if _version != TESTED_TRITON:
+        UNAVAILABLE_REASON = (f"triton {triton.__version__}: the Gluon kernel is built for triton "
+                              f"{TESTED_TRITON[0]}.{TESTED_TRITON[1]} (Gluon's API is experimental)")
+except Exception as exc:  # ImportError, or an older Gluon without a name used here
+    gluon = gl = _NoGluon()
+    TensorDescriptor = None
+    UNAVAILABLE_REASON = f"triton's Gluon Hopper modules do not import ({type(exc).__name__}: {exc})"
+
+AVAILABLE: bool = UNAVAILABLE_REASON is None
+
+LOG2E = gl.constexpr(1.4426950408889634)
+LN2 = gl.constexpr(0.6931471805599453)
+
+
+@gluon.jit
+def _tanh_approx(x):
+    """The GPU's tanh.approx.f32 (one MUFU op, relative error ~2^-11), as kernels/fwd.py's
+    _softcap_tanh uses for fp16/bf16 inputs: the softcap's tanh."""
+    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _varlen_seq(CuQ, CuK, b):
+    """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
+    q0 = gl.load(CuQ + b)
+    k0 = gl.load(CuK + b)
+    return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
