@@ -3,16 +3,19 @@
     PYTHONPATH=src python scripts/ab_attention.py --switch NAME [--modes fwd,bwd]
         [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3] [--gluon]
 
-``--switch`` names a boolean attribute of flashkernels.ops.attention.launch (a module-level flag,
-added for the experiment,) that selects a kernel variant through a constexpr. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
+``--switch`` names an attribute of flashkernels.ops.attention.launch (a module-level flag, added
+for the experiment,) that selects a kernel variant through a constexpr: True vs False, or the
+values ``--on`` / ``--off`` give (Python literals, e.g. ``--switch HOPPER_BWD_STAGES --on
+"{(128, True): 3}" --off "{}"``); the original is restored after each shape. FA3-paper shapes (B*S = 16384, Hq*D = 2048),
 bf16, causal and not; each (shape, mode) is timed with the switch on and off, `--rounds` times
 alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
 cuDNN is timed once per shape and mode for scale. The Triton kernels by default; ``--gluon`` lets
 the library pick its Gluon kernels on an H100 (a switch of theirs), and then the backward's
 gradients with the switch on and off are compared first (max |diff|). Needs a CUDA GPU.
 """
-import os
 import argparse
+import ast
+import os
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +35,17 @@ def main():
     ap.add_argument("--head-dims", default="128")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gluon", action="store_true", help="the Gluon kernels (the switch is theirs)")
+    ap.add_argument("--on", default="True", help="the switch's value for 'on' (a Python literal)")
+    ap.add_argument("--off", default="False", help="the switch's value for 'off' (a Python literal)")
     args = ap.parse_args()
     if not args.gluon:  # the Triton kernels: on an H100 the library would otherwise run its Gluon ones
         os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
         os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
-    if not isinstance(getattr(launch, args.switch, None), bool):
-        raise SystemExit(f"--switch: launch.{args.switch} is not a boolean switch")
+    if not hasattr(launch, args.switch):
+        raise SystemExit(f"--switch: launch has no {args.switch}")
+    original = getattr(launch, args.switch)
+    value = {True: ast.literal_eval(args.on), False: ast.literal_eval(args.off)}
+    print(f"launch.{args.switch}: on = {value[True]!r}, off = {value[False]!r}")
     warm_gpu()
     print(f"{'D':>4s} {'S':>6s} {'causal':>6s} {'mode':>4s} {'on TF/s':>8s} {'off TF/s':>9s} {'on/off':>7s} "
           f"{'cudnn':>7s}")
@@ -65,7 +73,7 @@ def main():
                     if mode == "bwd" and args.gluon:
                         grads = {}
                         for on in (True, False):
-                            setattr(launch, args.switch, on)
+                            setattr(launch, args.switch, value[on])
                             out = flashkernels.flash_attn_func(q, k, v, causal=causal)
                             grads[on] = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
                         diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads[True], grads[False]))
@@ -73,7 +81,7 @@ def main():
                     times = {True: [], False: []}
                     for _ in range(args.rounds):
                         for on in (True, False):
-                            setattr(launch, args.switch, on)
+                            setattr(launch, args.switch, value[on])
                             if mode == "fwd":
                                 with torch.no_grad():
                                     ms = do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal))
@@ -83,7 +91,7 @@ def main():
                                 ms = do_bench_median(lambda: torch.autograd.grad(out, (q, k, v), do,
                                                                                  retain_graph=True))
                             times[on].append(ms)
-                    setattr(launch, args.switch, True)
+                    setattr(launch, args.switch, original)
                     mult = 1.0 if mode == "fwd" else 2.5
                     tf = {on: mult * flops / sorted(t)[len(t) // 2] / 1e9 for on, t in times.items()}
                     print(f"{D:>4d} {S:>6d} {int(causal):>6d} {mode:>4s} {tf[True]:8.1f} {tf[False]:9.1f} "

@@ -213,7 +213,8 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
         ptrs.update(desc_lse="*fp32", desc_delta="*fp32")
     else:
         descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
-    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=launch.HOPPER_STAGES,
+    stages = launch.hopper_bwd_stages(D, not (causal or softcap or alibi or window or varlen))  # (as launched)
+    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     if D == 256:
         assert not (softcap or alibi or window or varlen), "the D = 256 backward has no feature flags"

@@ -468,8 +468,11 @@ def test_kernel_builds_for_sm90a_without_spills():
     for ln in fwd + bwd:
         spill = re.search(r"spill\s+(\d+)B", ln)
         # the backward's causal build spills 52 B (3 LDL per iteration in each warpgroup's loop,
-        # ``compile_check.py --sass``); the others nothing
-        assert spill and int(spill.group(1)) <= (64 if ln in bwd and "causal=1" in ln else 0), ln
+        # ``compile_check.py --sass``); its D = 128 non-causal one, with the 3-stage ring
+        # (launch.HOPPER_BWD_STAGES, +3-6% for it), 8 B (one LDL an iteration in one warpgroup);
+        # the others nothing
+        bound = (64 if "causal=1" in ln else 8 if "D=128" in ln else 0) if ln in bwd else 0
+        assert spill and int(spill.group(1)) <= bound, ln
 
 
 # The forward's feature flags (kernels/fwd_hopper.py), as launch.hopper_fwd passes them: each one
