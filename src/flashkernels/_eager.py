@@ -22,7 +22,16 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch._library.triton import set_wrap_triton_enabled
+from torch._library.triton import is_wrap_triton_enabled, set_wrap_triton_enabled
+from torch.library import wrap_triton
+
+
+def launchable(kernel):
+    """``wrap_triton(kernel)`` where wrap_triton is on (torch.compile tracing, a custom op's
+    dispatch), else the kernel itself, launched straight (the eager calls, see :func:`direct`).
+    torch 2.13's wrap_triton returns the kernel itself there too; 2.11's builds its wrapper
+    anyway, 7-12 µs a launch on the H100 machine (scripts/exp_launch_overhead.py, session 9)."""
+    return wrap_triton(kernel) if is_wrap_triton_enabled() else kernel
 
 
 def direct(fn: Callable) -> Callable:

@@ -43,9 +43,10 @@ import os
 from typing import NamedTuple, Optional
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
 
 from .kernels import bwd_hopper, bwd_hopper256, fwd_hopper
@@ -798,7 +799,7 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
     grid = (triton_cdiv(f.seqlen_q, cfg.block_m) * f.batch * H,)
-    wrap_triton(attn_fwd_kernel)[grid](
+    launchable(attn_fwd_kernel)[grid](
         q, k, v, m, out, lse, f.alibi, f.sink, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         *_batch_strides(out, f.varlen),
@@ -820,7 +821,7 @@ def attn_bwd_delta(out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor, dlse:
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=out.device)
     if Sq > 0 and B * H > 0:
         pre_m = 64 if out.device.type == "cuda" else 32
-        wrap_triton(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
+        launchable(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
             out, do, delta,
             out.stride(0), out.stride(1), out.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
@@ -894,7 +895,7 @@ def attn_bwd_impl(
         dv_out = torch.empty_like(dk_out)
     else:
         dk_out, dv_out = dk, dv
-    wrap_triton(attn_bwd_dkdv_kernel)[(kv_programs * split,)](
+    launchable(attn_bwd_dkdv_kernel)[(kv_programs * split,)](
         q, k, v, m, do, lse, delta, dk_out, dv_out, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
@@ -907,7 +908,7 @@ def attn_bwd_impl(
     if split > 1:
         for part, grad in ((dk_out, dk), (dv_out, dv)):
             grad.copy_(part.unflatten(1, (Hkv, split)).sum(dim=2))
-    wrap_triton(attn_bwd_dq_kernel)[(triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,)](
+    launchable(attn_bwd_dq_kernel)[(triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,)](
         q, k, v, m, do, lse, delta, dq, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],

@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
+from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
 
 from .kernels.rope import rope_kernel
@@ -62,7 +63,7 @@ def _launch(x, out, k, kout, cos, sin, pos, pos_mode: int, offset: int, seq_dim:
         spb = pos.stride(0)
         sps = pos.stride(1) if pos.dim() == 2 else 0
     kk, ko = (k, kout) if k is not None else (x, out)
-    wrap_triton(rope_kernel)[(B * S, n_hb)](
+    launchable(rope_kernel)[(B * S, n_hb)](
         x, out, kk, ko, cos, sin, pos_t,
         S, H, HK, D, r_half, offset, cos.shape[-2],
         *_bshd_strides(x, seq_dim), *_bshd_strides(out, seq_dim),
