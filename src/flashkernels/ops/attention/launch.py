@@ -269,9 +269,6 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 # 0.93x causal, where the Triton varlen forward reads 0.70-0.73x. (Session 8's eager timings had
 # spread 0.56-1.10x: the host's launch cost, not the kernel.)
 HOPPER_FWD_VARLEN = True
-# Packed sequences' (BLOCK_M, BLOCK_N, STAGES) by head dim where they differ from
-# HOPPER_FWD_CONFIGS' (none: an experiment's override).
-HOPPER_FWD_VARLEN_CONFIGS: dict[int, tuple[int, int, int]] = {}
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -470,8 +467,6 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     Sk = k.shape[2]
     block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
-    if varlen and D in HOPPER_FWD_VARLEN_CONFIGS:
-        block_m, block_n, stages = HOPPER_FWD_VARLEN_CONFIGS[D]
     if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
         n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
         big = rows + int(max_seqlen_k)  # (no row's bound reaches it)
@@ -580,12 +575,12 @@ HOPPER_BWD256_DQ_TMA = True
 # dim); its causal build lost 0.4-10% with 3 (48 B of spill), D = 64 with 3 or 4 read -1-+4%
 # (noise-level) and D = 256 has no room for a third.
 HOPPER_BWD_STAGES: dict[tuple[int, bool], int] = {(128, True): 3}
+hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
 def hopper_bwd_stages(head_dim: int, plain_noncausal: bool) -> int:
     """Stages of the Gluon backward's Q / dO ring for this build (HOPPER_BWD_STAGES, else 2)."""
     return HOPPER_BWD_STAGES.get((head_dim, plain_noncausal), 2)
-hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
 def hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
