@@ -100,7 +100,8 @@ def test_eager_launches_skip_wrap_tritons_higher_order_op(monkeypatch):
     triton_kernel_wrapper_mutation higher-order op (~0.9 ms of host time a launch on the H100
     machine). Every public eager call, forward and backward, must launch with wrap_triton off, as
     the custom ops' own eager path does. (Under the interpreter wrap_triton returns the kernel
-    either way, so the launchers' wrap_triton is replaced by one that checks the flag.)"""
+    either way, so the launchers' flashkernels._eager.launchable, which calls wrap_triton only
+    where it is on, is replaced by one that checks the flag.)"""
     _needs_triton()
     import importlib
 
@@ -114,7 +115,7 @@ def test_eager_launches_skip_wrap_tritons_higher_order_op(monkeypatch):
         return kernel
 
     for op in ("attention", "kvcache", "rms_norm", "swiglu", "rope"):
-        monkeypatch.setattr(importlib.import_module(f"flashkernels.ops.{op}.launch"), "wrap_triton", checked_wrap)
+        monkeypatch.setattr(importlib.import_module(f"flashkernels.ops.{op}.launch"), "launchable", checked_wrap)
     dev = _dev()
     q, k, v = (randn(1, 20, 2, 16, device=dev, requires_grad=True) for _ in range(3))
     out = flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton")
@@ -148,7 +149,7 @@ def test_launchers_trace_with_symbolic_shapes(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    monkeypatch.setattr(launch, "wrap_triton", lambda kernel: _NoLaunch())
+    monkeypatch.setattr(launch, "launchable", lambda kernel: _NoLaunch())
     rest = (0.25, True, 0, False, False, -1, -1, 0.0, None, None, None, None, 0, 0)
     q, k, v = torch.randn(1, 2, 33, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
     make_fx(lambda q, k, v: launch.attn_fwd_impl(q, k, v, None, *rest), tracing_mode="symbolic")(q, k, v)
