@@ -220,13 +220,17 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
         assert not (softcap or alibi or window or varlen), "the D = 256 backward has no feature flags"
         if launch.HOPPER_BWD256_DQ_TMA if dq_tma is None else dq_tma:
             consts["DQ_TMA"] = True
-            descs["desc_dq"] = launch._dq_acc_desc(torch.empty(1, 2, 1024, D), True, rows, 64)
+            descs["desc_dq"] = launch._grad_desc(torch.empty(1, 2, 1024, D), True, rows, 64)
+            if launch.HOPPER_BWD256_EPI_TMA:
+                consts["EPI_TMA"] = True
+                for n in ("desc_dk", "desc_dv"):
+                    descs[n] = launch._grad_desc(torch.empty(1, 2, 1024, D, dtype=dtype), True, 64, 128)
         return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
     ptrs.update(Alibi="*fp32", softcap="fp32", CuQ="*i32", CuK="*i32")
     consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)
     if launch.HOPPER_BWD_DQ_TMA if dq_tma is None else dq_tma:  # (dQ by a TMA reduce-add, as launched)
         consts["DQ_TMA"] = True
-        descs["desc_dq"] = launch._dq_acc_desc(torch.empty(1, 2, 1024, D), True, rows)
+        descs["desc_dq"] = launch._grad_desc(torch.empty(1, 2, 1024, D), True, rows)
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,

@@ -567,6 +567,11 @@ HOPPER_BWD_VARLEN = True
 # memory is left for a tile of their own).
 HOPPER_BWD_DQ_TMA = True
 HOPPER_BWD256_DQ_TMA = True
+# D = 256: dK / dV out by TMA stores staged in shared memory (kernels/bwd_hopper256.py EPI_TMA)
+# instead of from the registers (with HOPPER_BWD256_DQ_TMA only): +2-9% at S = 1k-4k, where the
+# CTAs' loops are short (H100, session 9, scripts/ab_attention.py --gluon --switch
+# HOPPER_BWD256_EPI_TMA --head-dims 256 --modes bwd --rounds 3, ...-ab-bwd256-epi-tma.txt).
+HOPPER_BWD256_EPI_TMA = True
 # Stages of the backward's Q / dO ring: 2, or what this dict gives by (head dim, plain non-causal
 # build: no causal mask, window, softcap, ALiBi or varlen). D = 128 plain non-causal: 3 (231 KB of
 # shared memory, 8 B of spill), +3.4-5.9% over 2 at S = 1k-16k (H100, session 9,
@@ -641,16 +646,19 @@ def _rows_smem_layout(rows: int):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
 
 
-def _dq_acc_desc(dq_acc: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
-    """TMA descriptor of the backward's fp32 dQ accumulator ((B, H, S, D) view of contiguous
-    (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernels' DQ_TMA
-    addresses it: (B·S, H·D), else (B·H·S, D), in tiles of ``rows`` x ``cols`` (default D / 2:
-    one consumer warpgroup's half of dQ_i in bwd_hopper; bwd_hopper256 adds 64-column chunks)."""
-    B, H, S, D = dq_acc.shape
+def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
+    """TMA descriptor of a backward output (the fp32 dQ accumulator, dK, dV: a (B, H, S, D) view of
+    contiguous (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernels'
+    DQ_TMA / EPI_TMA address it: (B·S, H·D), else (B·H·S, D), in tiles of ``rows`` x ``cols``
+    (default D / 2: one consumer warpgroup's half of dQ_i in bwd_hopper; bwd_hopper256 adds
+    64-column dQ chunks and stores 128-column halves of dK / dV)."""
+    B, H, S, D = t.shape
     cols = cols or D // 2
     shape = [B * S, H * D] if bshd else [B * H * S, D]
-    layout = fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows, cols], fwd_hopper.gl.float32)
-    return fwd_hopper.TensorDescriptor(dq_acc, shape, [shape[1], 1], [rows, cols], layout)
+    gl = fwd_hopper.gl
+    gdt = {torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([rows, cols], gdt)
+    return fwd_hopper.TensorDescriptor(t, shape, [shape[1], 1], [rows, cols], layout)
 
 
 def _rows_desc(t: torch.Tensor, rows: int):
@@ -710,7 +718,10 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         features = {}
         extra = ()
         if HOPPER_BWD256_DQ_TMA:
-            features.update(DQ_TMA=True, desc_dq=_dq_acc_desc(dq_acc, bshd, rows, 64))
+            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, rows, 64))
+            if HOPPER_BWD256_EPI_TMA:
+                features.update(EPI_TMA=True, desc_dk=_grad_desc(dk, bshd, 64, 128),
+                                desc_dv=_grad_desc(dv, bshd, 64, 128))
     else:
         alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
         cu = (cu_seqlens_q, cu_seqlens_k) if varlen else (q, q)  # (unread stand-ins)
@@ -719,7 +730,7 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         if varlen:
             features["VARLEN"] = True
         if HOPPER_BWD_DQ_TMA:
-            features.update(DQ_TMA=True, desc_dq=_dq_acc_desc(dq_acc, bshd, rows))
+            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, rows))
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,

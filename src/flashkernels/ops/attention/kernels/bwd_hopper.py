@@ -642,7 +642,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     their int32 (n + 1,) offsets; grid (S // BLOCK_N, n · H // GROUP) (LONG_FIRST: swapped) with S
     = max_seqlen_k rounded up to BLOCK_N; S stays total_q (lse / Delta (1, H, total_q)); each
     sequence's diagonal bottom-right (causal_offset is not read); CAUSAL or WINDOW per sequence.
-    DQ_TMA: dQ_i goes through shared memory into DQ by a TMA reduce-add (desc_dq: launch._dq_acc_desc,
+    DQ_TMA: dQ_i goes through shared memory into DQ by a TMA reduce-add (desc_dq: launch._grad_desc,
     tiles of BLOCK_M x D / 2) instead of fp32 atomics from registers.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)

@@ -27,7 +27,9 @@ dQ (DQ_TMA, launch.HOPPER_BWD256_DQ_TMA, the default): each 64 x 64 fp32 chunk i
 shared memory and added by a TMA reduce-add (FA3's dQ path). No shared memory is left for a tile
 of its own, so the chunks go into the halves of the ring stage's dO_i and Q_i tiles that the
 warpgroup has finished with (its own columns 128w..: 16 KB each, 64 x 64 fp32), and the stage is
-released one iteration later, once the reduces have read them (_dq_dk). H100, one process
+released one iteration later, once the reduces have read them (_dq_dk). EPI_TMA
+(launch.HOPPER_BWD256_EPI_TMA, the default): dK_w / dV_w leave by TMA stores, staged in the ring
+stage the last iteration did not use, +2-9% at S = 1k-4k (H100, session 9). H100, one process
 (scripts/ab_attention.py --gluon --switch HOPPER_BWD256_DQ_TMA --head-dims 256 --modes bwd, FA3
 grid, session 9, benchmarks/results/h100-2026-11-26-ab-bwd256-dq-tma.txt): 1.23-1.40x the
 atomics, 0.92-1.05x cuDNN. Off, fp32 atomics from the registers, overlapping the next wgmma.
@@ -159,12 +161,18 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
               p_smem, ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, DQ_TMA: gl.constexpr,
-              desc_dq):
+              desc_dq, EPI_TMA: gl.constexpr, desc_dk, desc_dv):
     """Consumer warpgroup W: scores of keys n0 + 32W .. + 31; dK, dV, dQ columns 128W .. + 127.
     DQ (fp32, H heads) and DK / DV (H / GROUP heads) contiguous (B, S, heads, D) when OUT_BSHD,
     else (B, heads, S, D) (strides from S and the head counts, as bwd_hopper). DQ_TMA: dQ by TMA
-    reduce-adds through desc_dq (DQ's 2-D view, launch._dq_acc_desc), each iteration's stage
-    released in the next one, after the S / dP wgmmas are issued, once the reduces have read it."""
+    reduce-adds through desc_dq (DQ's 2-D view, launch._grad_desc), each iteration's stage
+    released in the next one, after the S / dP wgmmas are issued, once the reduces have read it.
+    EPI_TMA (with DQ_TMA): dK_w and dV_w go out by TMA stores (desc_dk / desc_dv: 64 x 128 tiles of
+    DK / DV's 2-D views), staged in this warpgroup's column half of the ring stage the last
+    iteration did not use: both warpgroups are past its last readers (their S / dP / dV / dK
+    wgmmas and dQ reduces of iteration t - 1 retired before their release of it at iteration t,
+    and each passed the other's pair barrier B of the last iteration) and the producer loads
+    nothing more into it."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
     b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
@@ -269,11 +277,30 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
         tma.store_wait(0)  # (the shared memory must outlive the last reduces' reads)
 
     # dK_w (already scaled), dV_w, summed over the group's query heads: columns 128W.. of 64 keys.
-    o_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
-    o_cols = gl.arange(0, HALF, layout=gl.SliceLayout(0, kv_layout))
-    o_offs = b * k_sb + hk * k_sh + (n0 + o_rows)[:, None] * k_ss + W * HALF + o_cols[None, :]
-    gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
-    gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
+    if EPI_TMA:
+        gl.static_assert(DQ_TMA)  # (the stage's release argument above is DQ_TMA's)
+        free = (GROUP * n_blocks) % STAGES  # (STAGES 2: the stage the last iteration did not use)
+        ep_k = q_smem.index(free).slice(W * HALF, HALF, dim=1)
+        ep_v = do_smem.index(free).slice(W * HALF, HALF, dim=1)
+        ep_k.store(dk.to(dtype))
+        ep_v.store(dv.to(dtype))
+        fence_async_shared()
+        gl.thread_barrier()  # every thread's stores before the one thread's TMA
+        if OUT_BSHD:  # DK / DV (B, S, Hkv, D) as (B·S, Hkv·D), else (B, Hkv, S, D) as (B·Hkv·S, D)
+            row = b * S + n0
+            col = hk * HEAD_DIM + W * HALF
+        else:
+            row = (b * HKV + hk) * S + n0
+            col = W * HALF
+        tma.async_copy_shared_to_global(desc_dk, [row, col], ep_k)
+        tma.async_copy_shared_to_global(desc_dv, [row, col], ep_v)
+        tma.store_wait(0)
+    else:
+        o_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
+        o_cols = gl.arange(0, HALF, layout=gl.SliceLayout(0, kv_layout))
+        o_offs = b * k_sb + hk * k_sh + (n0 + o_rows)[:, None] * k_ss + W * HALF + o_cols[None, :]
+        gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
+        gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
 
 
 @gluon.jit
@@ -282,13 +309,15 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
                               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                               LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, DQ_TMA: gl.constexpr = False,
-                              desc_dq=None):
+                              desc_dq=None, EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None):
     """Grid (S // BLOCK_N, B * H // GROUP), or (B * H // GROUP, S // BLOCK_N) if LONG_FIRST; launch
     with num_warps=4 (the default partition = consumer warpgroup 0) and maxnreg=MAXNREG.
     desc_q/k/v/do: 2-D views ((rb, rh, ch) placement, launch._hopper_view), blocks of 64 x 256;
     desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of BLOCK_M; DQ fp32 zeroed, DK, DV in
     the input dtype, (B, S, heads, D) contiguous when OUT_BSHD, else (B, heads, S, D). DQ_TMA: dQ
-    added by TMA reduce-adds (desc_dq: launch._dq_acc_desc with 64-column tiles) instead of atomics."""
+    added by TMA reduce-adds (desc_dq: launch._grad_desc with 64-column tiles) instead of atomics.
+    EPI_TMA (with DQ_TMA): dK / dV stored by TMA (desc_dk / desc_dv: their 2-D views in 64 x 128
+    tiles, launch._grad_desc's placement) instead of from the registers."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 64)
     gl.static_assert(BLOCK_M == 64)
@@ -323,10 +352,12 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
     gl.warp_specialize([
         (_bwd256_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq)),
+                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq,
+                            EPI_TMA, desc_dk, desc_dv)),
         (_bwd256_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
-                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq)),
+                            HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq,
+                            EPI_TMA, desc_dk, desc_dv)),
         (_bwd256_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                             lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                             q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
