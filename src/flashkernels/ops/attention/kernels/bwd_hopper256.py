@@ -279,7 +279,8 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
     # dK_w (already scaled), dV_w, summed over the group's query heads: columns 128W.. of 64 keys.
     if EPI_TMA:
         gl.static_assert(DQ_TMA)  # (the stage's release argument above is DQ_TMA's)
-        free = (GROUP * n_blocks) % STAGES  # (STAGES 2: the stage the last iteration did not use)
+        gl.static_assert(STAGES == 2)
+        free = (GROUP * n_blocks) % STAGES  # the stage the last iteration did not use
         ep_k = q_smem.index(free).slice(W * HALF, HALF, dim=1)
         ep_v = do_smem.index(free).slice(W * HALF, HALF, dim=1)
         ep_k.store(dk.to(dtype))
