@@ -709,7 +709,7 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
                        (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
-    # (kernels/bwd_hopper._bwd_tile)
+    # (kernels/bwd_hopper_tiles._bwd_tile)
     key_blocks = triton_cdiv(Sk_max, block_n)  # (varlen: CTAs past a sequence's keys visit no query block)
     ctas = n_seq * Hkv * key_blocks
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)

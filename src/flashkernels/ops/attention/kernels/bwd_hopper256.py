@@ -45,8 +45,9 @@ or not, and GQA B=2 S=8k 16/4): 0.76-0.86x cuDNN, 1.56-1.73x the Triton backward
 
 Restrictions (launch.hopper_bwd_reason): those of bwd_hopper at D = 256.
 """
-from .bwd_hopper import (CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tile, _pair_barrier,  # noqa: F401
-                         _tma_reduce_add)
+from .bwd_hopper import CONSUMER_REGS, MAXNREG, PRODUCER_REGS  # noqa: F401
+from .bwd_hopper_tiles import _bwd_tile
+from .gluon_base import _pair_barrier, _tma_reduce_add
 from .gluon_base import AVAILABLE, gl, gluon
 
 if AVAILABLE:

@@ -189,7 +189,7 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
     causal offset seqlen_k - seqlen_q (bottom-right). The rows end at seqlen_q, the keys at
     seqlen_k (a last partial block). A CTA whose rows start past seqlen_q (the grid covers the
     longest sequence) gets no block at all (n_blocks 0: not an early return before
-    gl.warp_specialize, which faulted in the backward, bwd_hopper._bwd_tile); one whose rows see no
+    gl.warp_specialize, which faulted in the backward, bwd_hopper_tiles._bwd_tile); one whose rows see no
     key (seqlen_k 0 too) one block, all masked, as _ws_tile's."""
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)

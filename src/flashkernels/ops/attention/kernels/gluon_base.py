@@ -65,3 +65,29 @@ def _varlen_seq(CuQ, CuK, b):
     q0 = gl.load(CuQ + b)
     k0 = gl.load(CuK + b)
     return q0, k0, gl.load(CuQ + b + 1) - q0, gl.load(CuK + b + 1) - k0
+
+
+if AVAILABLE:
+    from triton._C.libtriton import ir
+    from triton.experimental.gluon.language._core import builtin
+
+    @builtin
+    def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        """cp.reduce.async.bulk.tensor .add: the shared-memory tile ``src`` added into the global
+        tensor of ``tensor_desc`` at ``coord`` (triton 3.6's Gluon builds the op, tma.py has no
+        wrapper for it); completes as the TMA stores do (tma.store_wait)."""
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
+else:
+    def _tma_reduce_add(tensor_desc, coord, src):  # (never called without Gluon)
+        raise RuntimeError("Gluon is not available")
+
+
+@gluon.jit
+def _pair_barrier(x):
+    """Named barrier 15 over both consumer warpgroups (256 threads); returns x. Gluon 3.6 has no
+    named-barrier API (gl.thread_barrier() in a partition syncs that partition only); Triton's
+    warp-specialize lowering uses the low ids (0..2 in this kernel's SASS)."""
+    return gl.inline_asm_elementwise("bar.sync 15, 256; mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                     is_pure=False, pack=1)
