@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import flashkernels
-from flashkernels.bench.features import _pairs, _seqlens, _time
+from flashkernels.bench.features import _pairs, _time, varlen_case
 from flashkernels.bench.common import warm_gpu
 from flashkernels.ops.attention import launch
 
@@ -28,10 +28,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     dev, dt = "cuda", torch.bfloat16
-    H, D, n, total = 16, 128, 16, 16384
-    lens = _seqlens(n, total)
-    mean = total // n
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    H, D, n, total, lens, mean, cu = varlen_case(dev)
     default = dict(launch.HOPPER_FWD_CONFIGS)
     warm_gpu()
     for causal in (False, True):

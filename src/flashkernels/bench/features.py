@@ -76,6 +76,18 @@ def _seqlens(n: int, total: int, seed: int = 0) -> list[int]:
     return lens.tolist()
 
 
+# `bench varlen`'s case: n sequences of random lengths (fixed seed) summing to total, H heads of D
+VARLEN_CASE = dict(H=16, D=128, n=16, total=16384)
+
+
+def varlen_case(dev):
+    """(H, D, n, total, lens, mean, cu_seqlens int32 on ``dev``) of VARLEN_CASE."""
+    H, D, n, total = (VARLEN_CASE[k] for k in ("H", "D", "n", "total"))
+    lens = _seqlens(n, total)
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    return H, D, n, total, lens, total // n, cu
+
+
 def run_varlen(args) -> int:
     import flashkernels
 
@@ -84,10 +96,7 @@ def run_varlen(args) -> int:
         print(why, file=sys.stderr)
         return 2
     dev, dt = "cuda", torch.bfloat16
-    H, D, n, total = 16, 128, 16, 16384
-    lens = _seqlens(n, total)
-    mean = total // n
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    H, D, n, total, lens, mean, cu = varlen_case(dev)
     csv = CsvSink(args.csv)
     warm_gpu()
     print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}), H={H} D={D} bf16; "
