@@ -149,6 +149,9 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
+    from flashkernels._launch import real_desc
+
+    descs = {n: real_desc(d) for n, d in descs.items()}  # (the launcher's TmaDesc -> TensorDescriptor)
     names = fn.arg_names
     sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
            ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}

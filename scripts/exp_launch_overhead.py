@@ -110,6 +110,17 @@ def main():
     print(f"  {'SDPA (default backend)':36s} "
           f"{per_call(lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True), a.calls // 3):7.1f}"
           " us a call")
+    import flashkernels
+    from triton.testing import do_bench
+    for shape in ((1, 8, 256, 128), (16, 16, 1024, 128), (16, 32, 1024, 64)):
+        qb, kb, vb = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for causal in (False, True):
+            def fk():
+                return flashkernels.scaled_dot_product_attention(qb, kb, vb, is_causal=causal, backend="triton")
+            host = per_call(fk, 100)
+            gpu = do_bench(fk, warmup=25, rep=100, return_mode="median") * 1e3
+            print(f"  flashkernels sdpa {str(shape):18s} causal={int(causal)}: host {host:7.1f} us a call, "
+                  f"do_bench {gpu:7.1f} us", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ backward steps under ``torch.profiler`` (after a warm-up step), then the CUDA ke
 GPU time (per step), the summed kernel time per step, and the wall time per step: their
 difference is time the GPU waited for the host.
 
+``--gaps``: one profiled step of each model as a GPU timeline: every kernel in launch order with
+the idle time before it (the GPU waiting for the host to launch it), then the idle time summed by
+the kernel waited for; the profiler's own host cost makes the gaps an upper bound.
+
 ``--host``: where the host's time goes instead. For each model: the host time to enqueue one
 step (no sync inside the timed steps) and the wall time per step, at seqlen 4096 and at seqlen
 256 (where the GPU work is small, so the wall time is the host's), and the CPU ops by self time
@@ -34,22 +38,19 @@ def main():
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--batch", type=int, default=1, help="sequences in the batch (bench ops --layer-batch)")
     ap.add_argument("--host", action="store_true", help="host time per step instead of kernel time")
+    ap.add_argument("--gaps", action="store_true", help="the GPU's idle gaps in one step, by the kernel waited for")
     ap.add_argument("--syncs", action="store_true",
                     help="the operations of one step that synchronise the host with the GPU, with their stacks")
     args = ap.parse_args()
     ops.LAYER["batch"] = args.batch
     if args.syncs:
         return syncs()
+    if args.gaps:
+        return gaps(args.rows)
     if args.host:
         return host(args.rows)
-    fk_hf._import_transformers()
-    from transformers import LlamaConfig, LlamaModel
-
-    eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
     steps = 3
-    for name, model in (("transformers_sdpa", eager),
-                        ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
-        _, step = ops.layer_fns(model, x, proj)
+    for name, model, step in _models():
         step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
@@ -69,19 +70,57 @@ def main():
         torch.cuda.empty_cache()
 
 
+def _models(seqlen=None):
+    """(name, model, step) for eager transformers and the same weights after
+    ``fk_hf.apply``: the layer benchmark's model, input and loss (``seqlen``: another length)."""
+    fk_hf._import_transformers()
+    from transformers import LlamaConfig, LlamaModel
+
+    saved = dict(ops.LAYER)
+    if seqlen is not None:
+        ops.LAYER["seqlen"] = seqlen
+    eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
+    ops.LAYER.update(saved)
+    for name, model in (("transformers_sdpa", eager),
+                        ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
+        yield name, model, ops.layer_fns(model, x, proj)[1]
+
+
+def gaps(rows: int, min_gap_us: float = 2.0):
+    """Print one step's GPU timeline per model (see the module docstring)."""
+    for name, model, step in _models():
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            step()
+            torch.cuda.synchronize()
+        kern = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda t: t[0])
+        busy, idle, by_next, end = 0.0, 0.0, {}, kern[0][0]
+        print(f"\n{name}: {len(kern)} GPU events in one step; gap (us) before each, duration (us), name")
+        for start, stop, kname in kern:
+            gap = max(0.0, start - end)
+            if gap >= min_gap_us:
+                idle += gap
+                by_next[kname[:70]] = by_next.get(kname[:70], 0.0) + gap
+            busy += max(0.0, stop - max(start, end))
+            end = max(end, stop)
+            print(f"  {gap:8.1f} {stop - start:8.1f}  {kname[:90]}")
+        print(f"  first to last: {end - kern[0][0]:.0f} us, busy {busy:.0f}, idle gaps >= {min_gap_us} us: {idle:.0f}")
+        for kname, gap in sorted(by_next.items(), key=lambda t: -t[1])[:rows]:
+            print(f"  {gap:8.1f}  waiting for {kname}")
+        del model
+        torch.cuda.empty_cache()
+
+
 def syncs():
     """One step of each model under torch.cuda.set_sync_debug_mode("warn"): each synchronising
     call warns; print each distinct one with the last frames of its Python stack."""
     import traceback
     import warnings
 
-    fk_hf._import_transformers()
-    from transformers import LlamaConfig, LlamaModel
-
-    eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
-    for name, model in (("transformers_sdpa", eager),
-                        ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
-        _, step = ops.layer_fns(model, x, proj)
+    for name, model, step in _models():
         step()
         torch.cuda.synchronize()
         seen = {}
@@ -107,17 +146,8 @@ def syncs():
 
 
 def host(rows: int, steps: int = 10):
-    fk_hf._import_transformers()
-    from transformers import LlamaConfig, LlamaModel
-
     for seqlen in (4096, 256):
-        saved = dict(ops.LAYER)
-        ops.LAYER["seqlen"] = seqlen
-        eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
-        ops.LAYER.update(saved)
-        for name, model in (("transformers_sdpa", eager),
-                            ("flashkernels", fk_hf.apply(copy.deepcopy(eager), backend="triton"))):
-            _, step = ops.layer_fns(model, x, proj)
+        for name, model, step in _models(seqlen):
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
@@ -149,7 +179,6 @@ def host(rows: int, steps: int = 10):
                 pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(rows * 2)
                 print("  cProfile, 3 steps, by cumulative time:\n" + buf.getvalue()[-12000:])
             del model
-        del eager
         torch.cuda.empty_cache()
 
 

@@ -100,22 +100,25 @@ def test_eager_launches_skip_wrap_tritons_higher_order_op(monkeypatch):
     triton_kernel_wrapper_mutation higher-order op (~0.9 ms of host time a launch on the H100
     machine). Every public eager call, forward and backward, must launch with wrap_triton off, as
     the custom ops' own eager path does. (Under the interpreter wrap_triton returns the kernel
-    either way, so the launchers' flashkernels._eager.launchable, which calls wrap_triton only
-    where it is on, is replaced by one that checks the flag.)"""
+    either way, so the launchers' flashkernels._launch.cached_launch, which calls wrap_triton
+    only where it is on, is wrapped by one that checks the flag.)"""
     _needs_triton()
     import importlib
 
     from torch._library.triton import is_wrap_triton_enabled
 
+    from flashkernels._launch import cached_launch
+
     launches = []
 
-    def checked_wrap(kernel):
+    def checked_launch(kernel, grid, *args, **kwargs):
         assert not is_wrap_triton_enabled(), "an eager kernel launch would go through the higher-order op"
         launches.append(kernel)
-        return kernel
+        return cached_launch(kernel, grid, *args, **kwargs)
 
     for op in ("attention", "kvcache", "rms_norm", "swiglu", "rope"):
-        monkeypatch.setattr(importlib.import_module(f"flashkernels.ops.{op}.launch"), "launchable", checked_wrap)
+        monkeypatch.setattr(importlib.import_module(f"flashkernels.ops.{op}.launch"), "cached_launch",
+                            checked_launch)
     dev = _dev()
     q, k, v = (randn(1, 20, 2, 16, device=dev, requires_grad=True) for _ in range(3))
     out = flashkernels.flash_attn_func(q, k, v, causal=True, backend="triton")
@@ -145,11 +148,7 @@ def test_launchers_trace_with_symbolic_shapes(monkeypatch):
 
     from flashkernels.ops.attention import launch
 
-    class _NoLaunch:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: None
-
-    monkeypatch.setattr(launch, "launchable", lambda kernel: _NoLaunch())
+    monkeypatch.setattr(launch, "cached_launch", lambda *args, **kwargs: None)
     rest = (0.25, True, 0, False, False, -1, -1, 0.0, None, None, None, None, 0, 0)
     q, k, v = torch.randn(1, 2, 33, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
     make_fx(lambda q, k, v: launch.attn_fwd_impl(q, k, v, None, *rest), tracing_mode="symbolic")(q, k, v)

@@ -271,7 +271,7 @@ def test_traced_calls_record_the_opaque_op(machine_ok, monkeypatch):
         raise AssertionError("a kernel was launched while tracing")
 
     monkeypatch.setattr(launch, "hopper_fwd", no_launch)
-    monkeypatch.setattr(launch, "launchable", no_launch)
+    monkeypatch.setattr(launch, "cached_launch", no_launch)
     rest = (a["scale"], True, 0, True, False, -1, -1, 0.0, None, None, None, None, 0, 0)
     for mode in ("fake", "symbolic"):
         gm = make_fx(lambda q, k, v: launch.attn_fwd_impl(q, k, v, None, *rest), tracing_mode=mode)(
@@ -295,7 +295,7 @@ def test_traced_calls_with_features_record_them(machine_ok, monkeypatch):
         raise AssertionError("a kernel was launched while tracing")
 
     monkeypatch.setattr(launch, "hopper_fwd", no_launch)
-    monkeypatch.setattr(launch, "launchable", no_launch)
+    monkeypatch.setattr(launch, "cached_launch", no_launch)
     rest = (a["scale"], True, 128, True, False, 100, -1, 5.0)
     for mode in ("fake", "symbolic"):
         gm = make_fx(lambda q, k, v, al, sk: launch.attn_fwd_impl(q, k, v, None, *rest, al, sk, None, None, 0, 0),

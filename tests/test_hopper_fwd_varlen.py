@@ -221,7 +221,7 @@ def test_traced_varlen_forward_records_the_sequences(machine_ok, monkeypatch):
         raise AssertionError("a kernel was launched while tracing")
 
     monkeypatch.setattr(launch, "hopper_fwd", no_launch)
-    monkeypatch.setattr(launch, "launchable", no_launch)
+    monkeypatch.setattr(launch, "cached_launch", no_launch)
     a = _varlen_fwd_args(lens_q=(100, 1, 0, 257), lens_k=(64, 3, 9, 200))
     q, k, v = a["q"], a["k"], a["v"]
     cu_k = torch.tensor([0, 64, 67, 76, 276], dtype=torch.int32)

@@ -74,6 +74,13 @@ def requested_backend(backend: str | None) -> str:
     return backend.lower()
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    """(major, minor) of a CUDA device, asked once (torch's lookup cost ~5 us of host time a
+    call on the H100 machine, and every op asks; scripts/exp_host_attention.py)."""
+    return torch.cuda.get_device_capability(device_index)
+
+
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device``, or None when they can."""
     err = triton_import_error()
@@ -82,7 +89,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         if interpreter_enabled():
             return "TRITON_INTERPRET=1 is set, and the interpreter runs CPU tensors only"
-        cap = torch.cuda.get_device_capability(device)
+        cap = _capability(device.index if device.index is not None else torch.cuda.current_device())
         if cap < MIN_CAPABILITY:
             return (
                 f"GPU compute capability {cap[0]}.{cap[1]} is below the supported "

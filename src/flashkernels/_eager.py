@@ -10,8 +10,8 @@ torch.compile, calls the op's Python implementation directly: through a
 ``torch.autograd.Function`` built from the same setup_context and backward when a gradient is
 needed, plainly otherwise. Under torch.compile it calls the custom op.
 
-The launchers call their kernels through ``torch.library.wrap_triton`` (what torch.compile
-traces). Called outside a custom op, ``wrap_triton`` routes every launch through the
+The launchers call their kernels through ``flashkernels._launch.cached_launch``, which goes
+through ``torch.library.wrap_triton`` (what torch.compile traces) where wrap_triton is on. Called outside a custom op, ``wrap_triton`` routes every launch through the
 ``triton_kernel_wrapper_mutation`` higher-order op, which cost ~0.9 ms of host time a launch on
 the H100 machine (decode read 0.49 TB/s instead of 2.7, 2026-11-25); the custom op's own eager
 path turns that off with ``set_wrap_triton_enabled(False)``, and :func:`direct` does the same

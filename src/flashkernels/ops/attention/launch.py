@@ -46,8 +46,8 @@ import torch
 from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
+from ..._launch import TmaDesc, cached_launch
 
 from .kernels import bwd_hopper, bwd_hopper256, fwd_hopper
 from .kernels.bwd import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel, attn_bwd_preprocess_kernel
@@ -330,10 +330,20 @@ def _hopper_view(t: torch.Tensor) -> Optional[_HopperView]:
     are further rows (sh and sb multiples of ss: (B, H, S, D) contiguous, for one), or heads sit
     side by side in the columns of each token's row (sb a multiple of ss and the heads within
     one row: (B, S, H, D) contiguous, or q/k/v sliced from a packed qkv projection). TMA needs
-    the row stride a multiple of 16 bytes."""
-    B, H, S, D = t.shape
-    sb, sh, ss, sd = t.stride()
-    if sd != 1 or ss <= 0 or (ss * t.element_size()) % 16:
+    the row stride a multiple of 16 bytes. (Memoised on shape and strides: a call asks for the
+    same few views up to seven times; traced sizes, which do not hash, are computed each time.)"""
+    shape, stride, size = t.shape, t.stride(), t.element_size()
+    try:
+        return _hopper_view_of(shape, stride, size)
+    except TypeError:  # SymInt sizes
+        return _hopper_view_of.__wrapped__(shape, stride, size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hopper_view_of(shape, stride, element_size: int) -> Optional[_HopperView]:
+    B, H, S, D = shape
+    sb, sh, ss, sd = stride
+    if sd != 1 or ss <= 0 or (ss * element_size) % 16:
         return None
     rb = 0 if B == 1 else sb // ss
     if B > 1 and sb != rb * ss:
@@ -449,8 +459,8 @@ def _hopper_smem_layout(rows: int, dtype: torch.dtype, head_dim: int = HOPPER_HE
 def _hopper_desc(t: torch.Tensor, rows: int):
     """(TMA descriptor of t's 2-D view in blocks of ``rows`` x D, (rb, rh, ch))."""
     view = _hopper_view(t)
-    desc = fwd_hopper.TensorDescriptor(t, [view.rows, view.cols], [view.row_stride, 1], [rows, t.shape[3]],
-                                       _hopper_smem_layout(rows, t.dtype, t.shape[3]))
+    desc = TmaDesc(t, [view.rows, view.cols], [view.row_stride, 1], [rows, t.shape[3]],
+                   _hopper_smem_layout(rows, t.dtype, t.shape[3]))
     return desc, (view.rb, view.rh, view.ch)
 
 
@@ -487,13 +497,15 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
     # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
     # kernel skips it; VARLEN: each sequence's last tile)
-    fwd_hopper.attn_fwd_hopper_kernel[(-(-rows // block_m), n_seq * H)](
+    cached_launch(
+        fwd_hopper.attn_fwd_hopper_kernel, (-(-rows // block_m), n_seq * H),
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
         causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
         out, out.stride(2), *cu,  # (the row stride of out's 2-D view: its stride along S)
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **({"VARLEN": True} if varlen else {}),
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False,
+        **({"VARLEN": True} if varlen else {}),
     )
     hopper_fwd_launches += 1
 
@@ -658,13 +670,13 @@ def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
     gl = fwd_hopper.gl
     gdt = {torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
     layout = gl.NVMMASharedLayout.get_default_for([rows, cols], gdt)
-    return fwd_hopper.TensorDescriptor(t, shape, [shape[1], 1], [rows, cols], layout)
+    return TmaDesc(t, shape, [shape[1], 1], [rows, cols], layout)
 
 
 def _rows_desc(t: torch.Tensor, rows: int):
     """1-D TMA descriptor of a contiguous float32 tensor (lse, Delta), blocks of ``rows``."""
     flat = t.view(-1)
-    return fwd_hopper.TensorDescriptor(flat, [flat.numel()], [1], [rows], _rows_smem_layout(rows))
+    return TmaDesc(flat, [flat.numel()], [1], [rows], _rows_smem_layout(rows))
 
 
 def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
@@ -737,12 +749,13 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     # and a TMA copy's start must be 16-byte aligned (kernels/bwd_hopper._bwd_producer)
     lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if varlen else
                           (_rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows)))
-    kernel[grid](
-        dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv,
+    cached_launch(
+        kernel, grid, dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
         HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, CAUSAL=causal_,
         STAGES=hopper_bwd_stages(D, not (causal_ or has_window or softcap > 0 or alibi_slopes is not None or varlen)),
-        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features,
+        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, fk_traceable=False,
+        **features,
     )
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
@@ -805,7 +818,8 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
     m, ms, kind = _mask_args(mask, (B, H, Sq, Sk), q)
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
     grid = (triton_cdiv(f.seqlen_q, cfg.block_m) * f.batch * H,)
-    launchable(attn_fwd_kernel)[grid](
+    cached_launch(
+        attn_fwd_kernel, grid,
         q, k, v, m, out, lse, f.alibi, f.sink, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         *_batch_strides(out, f.varlen),
@@ -827,7 +841,8 @@ def attn_bwd_delta(out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor, dlse:
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=out.device)
     if Sq > 0 and B * H > 0:
         pre_m = 64 if out.device.type == "cuda" else 32
-        launchable(attn_bwd_preprocess_kernel)[(triton_cdiv(Sq, pre_m) * B * H,)](
+        cached_launch(
+            attn_bwd_preprocess_kernel, (triton_cdiv(Sq, pre_m) * B * H,),
             out, do, delta,
             out.stride(0), out.stride(1), out.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
@@ -901,7 +916,8 @@ def attn_bwd_impl(
         dv_out = torch.empty_like(dk_out)
     else:
         dk_out, dv_out = dk, dv
-    launchable(attn_bwd_dkdv_kernel)[(kv_programs * split,)](
+    cached_launch(
+        attn_bwd_dkdv_kernel, (kv_programs * split,),
         q, k, v, m, do, lse, delta, dk_out, dv_out, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],
@@ -914,7 +930,8 @@ def attn_bwd_impl(
     if split > 1:
         for part, grad in ((dk_out, dk), (dv_out, dv)):
             grad.copy_(part.unflatten(1, (Hkv, split)).sum(dim=2))
-    launchable(attn_bwd_dq_kernel)[(triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,)](
+    cached_launch(
+        attn_bwd_dq_kernel, (triton_cdiv(f.seqlen_q, q_cfg.block_m) * f.batch * H,),
         q, k, v, m, do, lse, delta, dq, f.alibi, f.cu_q, f.cu_k, scale,
         *_batch_strides(q, f.varlen), *_batch_strides(k, f.varlen), *_batch_strides(v, f.varlen),
         ms[0], ms[1], ms[2], ms[3],

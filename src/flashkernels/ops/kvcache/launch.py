@@ -21,8 +21,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch.library import triton_op
 
-from ..._eager import direct, launchable
+from ..._eager import direct
 from ..._interpreter import kernels_interpreted
+from ..._launch import cached_launch
 
 from ..attention.launch import _fit, _smem_limit, block_d, dot_precision
 from .kernels.decode import kvcache_append_kernel, kvcache_attn_kernel, kvcache_combine_kernel
@@ -153,7 +154,7 @@ def kvcache_append_impl(
     capacity, num_rows, page = _capacity(k_cache, block_table)
     bt = block_table if block_table is not None else cache_seqlens
     bi = cache_batch_idx if cache_batch_idx is not None else cache_seqlens
-    launchable(kvcache_append_kernel)[(B * Sn,)](
+    cached_launch(kvcache_append_kernel, (B * Sn,),
         k, v, k_cache, v_cache, cache_seqlens, bi, bt,
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -205,7 +206,7 @@ def kvcache_attn_impl(
     use_tma = cfg.tma and tma_ok(k_cache, v_cache, block_table, cfg.block_n)
     if use_tma and q.device.type == "cuda":
         _set_tma_allocator()
-    launchable(kvcache_attn_kernel)[(programs, num_splits)](
+    cached_launch(kvcache_attn_kernel, (programs, num_splits),
         q, k_cache, v_cache, out, lse, opart, lpart,
         cache_seqlens, bi, lp, bt, al,
         scale, float(softcap),
@@ -226,7 +227,7 @@ def kvcache_attn_impl(
     )
     if split:
         block_r = 16 if q.device.type != "cuda" else min(64, max(16, _next_pow2(rows)))
-        launchable(kvcache_combine_kernel)[(B * Hkv, triton_cdiv(rows, block_r))](
+        cached_launch(kvcache_combine_kernel, (B * Hkv, triton_cdiv(rows, block_r)),
             opart, lpart, out, lse,
             out.stride(0), out.stride(1), out.stride(2),
             Hkv, group, Sq, num_splits,

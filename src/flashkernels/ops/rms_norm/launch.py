@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
-from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
+from ..._launch import cached_launch
 
 from .kernels.rms_norm import rms_norm_bwd_kernel, rms_norm_dw_reduce_kernel, rms_norm_fwd_kernel
 
@@ -89,7 +89,7 @@ def rms_norm_fwd_impl(
         return y, h, rstd
     block, single, num_warps = block_config(N, x.device)
     r = residual if residual is not None else x
-    launchable(rms_norm_fwd_kernel)[(M,)](
+    cached_launch(rms_norm_fwd_kernel, (M,),
         x, r, weight if weight is not None else x, y, h if residual is not None else y, rstd,
         x.stride(0), r.stride(0), y.stride(0), h.stride(0) if residual is not None else 0,
         N, eps, offset,
@@ -122,7 +122,7 @@ def rms_norm_bwd_impl(
     # The chunked path accumulates into its row (zeros); the single-block path writes it whole.
     alloc = torch.empty if single else torch.zeros
     partial = alloc((programs if has_w else 1, N), dtype=torch.float32, device=x.device)
-    launchable(rms_norm_bwd_kernel)[(programs,)](
+    cached_launch(rms_norm_bwd_kernel, (programs,),
         x, weight if has_w else x, rstd, dy, dh if dh is not None else dy, dx,
         dr if has_residual else dx, partial,
         x.stride(0), dy.stride(0), dh.stride(0) if dh is not None else 0, dx.stride(0),
@@ -133,7 +133,7 @@ def rms_norm_bwd_impl(
     )
     if has_w:
         dw = torch.empty((N,), dtype=weight.dtype, device=x.device)
-        launchable(rms_norm_dw_reduce_kernel)[(triton_cdiv(N, DW_REDUCE_BLOCK),)](
+        cached_launch(rms_norm_dw_reduce_kernel, (triton_cdiv(N, DW_REDUCE_BLOCK),),
             partial, dw, programs, N, partial.stride(0), BLOCK_N=DW_REDUCE_BLOCK, BLOCK_P=DW_REDUCE_ROWS)
     return dx, dw, dr
 

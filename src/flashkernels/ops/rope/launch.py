@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
-from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
+from ..._launch import cached_launch
 
 from .kernels.rope import rope_kernel
 
@@ -63,7 +63,7 @@ def _launch(x, out, k, kout, cos, sin, pos, pos_mode: int, offset: int, seq_dim:
         spb = pos.stride(0)
         sps = pos.stride(1) if pos.dim() == 2 else 0
     kk, ko = (k, kout) if k is not None else (x, out)
-    launchable(rope_kernel)[(B * S, n_hb)](
+    cached_launch(rope_kernel, (B * S, n_hb),
         x, out, kk, ko, cos, sin, pos_t,
         S, H, HK, D, r_half, offset, cos.shape[-2],
         *_bshd_strides(x, seq_dim), *_bshd_strides(out, seq_dim),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
-from ..._eager import launchable
 from ..._interpreter import kernels_interpreted
+from ..._launch import cached_launch
 
 from .kernels.glu import glu_bwd_kernel, glu_fwd_kernel
 
@@ -32,7 +32,7 @@ def glu_fwd_impl(gate: torch.Tensor, up: torch.Tensor, act: int) -> torch.Tensor
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     n = gate.numel()
     if n:
-        launchable(glu_fwd_kernel)[_grid(n)](gate, up, out, n, ACT=act, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        cached_launch(glu_fwd_kernel, _grid(n), gate, up, out, n, ACT=act, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
 
 
@@ -43,8 +43,8 @@ def glu_bwd_impl(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
     du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
     n = gate.numel()
     if n:
-        launchable(glu_bwd_kernel)[_grid(n)](dout, gate, up, dg, du, n, ACT=act, BLOCK=BLOCK,
-                                              num_warps=NUM_WARPS)
+        cached_launch(glu_bwd_kernel, _grid(n), dout, gate, up, dg, du, n, ACT=act, BLOCK=BLOCK,
+                      num_warps=NUM_WARPS)
     return dg, du
 
 
