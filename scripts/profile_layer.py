@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1, help="sequences in the batch (bench ops --layer-batch)")
     ap.add_argument("--host", action="store_true", help="host time per step instead of kernel time")
     ap.add_argument("--gaps", action="store_true", help="the GPU's idle gaps in one step, by the kernel waited for")
+    ap.add_argument("--cuda-only", action="store_true",
+                    help="with --gaps: profile CUDA activity only (no CPU op records: less host overhead)")
     ap.add_argument("--syncs", action="store_true",
                     help="the operations of one step that synchronise the host with the GPU, with their stacks")
     args = ap.parse_args()
@@ -46,7 +48,7 @@ def main():
     if args.syncs:
         return syncs()
     if args.gaps:
-        return gaps(args.rows)
+        return gaps(args.rows, cuda_only=args.cuda_only)
     if args.host:
         return host(args.rows)
     steps = 3
@@ -86,13 +88,14 @@ def _models(seqlen=None):
         yield name, model, ops.layer_fns(model, x, proj)[1]
 
 
-def gaps(rows: int, min_gap_us: float = 2.0):
+def gaps(rows: int, min_gap_us: float = 2.0, cuda_only: bool = False):
     """Print one step's GPU timeline per model (see the module docstring)."""
     for name, model, step in _models():
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        acts = [ProfilerActivity.CUDA] + ([] if cuda_only else [ProfilerActivity.CPU])
+        with profile(activities=acts) as prof:
             step()
             torch.cuda.synchronize()
         kern = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()

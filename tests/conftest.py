@@ -4,10 +4,23 @@ The helpers the tests share (inputs, the float64 reference, the tolerance policy
 ``helpers.py`` beside this file, so test modules import them by name.
 """
 import os
+import platform
 import zlib
 
-import pytest
-import torch
+# Triton's interpreter runs tl.dot through numpy's matmul, i.e. OpenBLAS, which picks its sgemm
+# kernels by CPU. On this project's CI host (an AMD EPYC; OpenBLAS takes its AVX-512 "SkylakeX"
+# kernels there) one fp32 grid case (sdpa, D=192, scale 0.3, float mask) read dv 2.3e-5 from
+# float64 against the policy's bound of 1.9e-5, the same at the commit before (session 10); with
+# OPENBLAS_CORETYPE=Haswell or Zen it passes, and the backward emulated in torch from the kernel's
+# own lse reads 5.6e-6: the interpreter's backward scores round differently from its forward's
+# under those kernels, which the GPU does not run. Pinning the AVX2 kernels, which every x86-64 CI
+# host has, gives the interpreter the same numerics on every host. Set before torch (it imports
+# numpy); a value already set is kept; x86-64 only.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 
