@@ -32,8 +32,8 @@ class _Kernel(triton.runtime.jit.JITFunction):
     """A JITFunction over _body whose compile+launch is a recorder: one _Compiled per distinct
     (int classes, dtypes, alignments, constexprs), as Triton's own cache would hand out."""
 
-    def __init__(self):
-        super().__init__(_body)
+    def __init__(self, fn=_body):
+        super().__init__(fn)
         self.compiled = {}
         self.slow_calls = 0
 
@@ -160,9 +160,7 @@ def test_constexpr_given_positionally_is_not_cached(fast):
     def body(X, BLOCK: tl.constexpr):
         pass
 
-    k = _Kernel()
-    k.__init__()
-    triton.runtime.jit.JITFunction.__init__(k, body)
+    k = _Kernel(body)
     x = torch.zeros(4)
     _launch.cached_launch(k, (1,), x, 16)
     _launch.cached_launch(k, (1,), x, 32)  # a different constexpr, same int class: must not hit
