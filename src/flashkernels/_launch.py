@@ -20,7 +20,8 @@ needed) and stores what it returned. ``$FLASHKERNELS_LAUNCH_CACHE=check`` (the G
 asks Triton for each hit's kernel (``kernel.warmup``, which compiles but does not launch) and
 raises if it is not the cached one: a key that failed to tell two specialisations apart. Every
 launch goes through ``kernel[grid]`` instead when
-wrap_triton is on (torch.compile tracing, custom-op dispatch: see flashkernels._eager), when
+wrap_triton is on for a traceable launch (torch.compile tracing, custom-op dispatch: see
+flashkernels._eager; then through ``wrap_triton``), when
 Triton's launch hooks are set (profilers), under Triton's interpreter, with a Triton outside the
 3.6 series whose launcher this calls, with an argument of another type, or with
 ``$FLASHKERNELS_LAUNCH_CACHE=0``.
@@ -180,14 +181,13 @@ def cached_launch(kernel, grid: tuple, *args, fk_traceable: bool = True, **kwarg
         return _slow(kernel, grid, args, kwargs, wrap=fk_traceable)
     device = torch.cuda.current_device()
     runtime, params = _params(kernel)
+    cache = kernel.__dict__.setdefault("_flashkernels_launches", {})
     try:
         key = (device, tuple(map(_spec, args)),
                tuple((k, _spec(v)) if k in runtime else (k, v) for k, v in kwargs.items()))
-        hash(key)
-    except TypeError:  # an argument the key does not cover
+        entry = cache.get(key)
+    except TypeError:  # an argument the key does not cover (or a constexpr that does not hash)
         return _slow(kernel, grid, args, kwargs)
-    cache = kernel.__dict__.setdefault("_flashkernels_launches", {})
-    entry = cache.get(key)
     if entry is None:
         compiled = _slow(kernel, grid, args, kwargs)
         if hasattr(compiled, "result"):
