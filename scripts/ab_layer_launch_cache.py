@@ -9,15 +9,11 @@ the benchmark's own timing (do_bench medians, warm-up 200 ms, 1500 ms of repetit
 device machine's host timings drift between processes, so only ratios within a round count.
 """
 import argparse
-import copy
 import os
-
-import torch
 
 from flashkernels._launch import ENV_VAR
 from flashkernels.bench import ops
 from flashkernels.bench.common import do_bench_median
-from flashkernels.integrations import transformers as fk_hf
 
 
 def main():
@@ -25,16 +21,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seqlen", type=int, default=ops.LAYER["seqlen"])
     a = ap.parse_args()
-    ops.LAYER["seqlen"] = a.seqlen
-    fk_hf._import_transformers()
-    from transformers import LlamaConfig, LlamaModel
-
-    eager, x, proj = ops.layer_setup(LlamaConfig, LlamaModel)
-    ours = fk_hf.apply(copy.deepcopy(eager), backend="triton")
-    steps = {"eager": ops.layer_fns(eager, x, proj)[1], "ours": ops.layer_fns(ours, x, proj)[1]}
-    for step in steps.values():
-        step()
-    torch.cuda.synchronize()
+    steps = ops.layer_steps(a.seqlen)
 
     def timed(name, cache):
         if cache:

@@ -13,6 +13,9 @@ difference is time the GPU waited for the host.
 ``--gaps``: one profiled step of each model as a GPU timeline: every kernel in launch order with
 the idle time before it (the GPU waiting for the host to launch it), then the idle time summed by
 the kernel waited for; the profiler's own host cost makes the gaps an upper bound.
+``--gaps --steady``: five steps back to back as do_bench runs them (the L2 cleared before each,
+no synchronisation between), the timeline of the fourth: where the GPU still waits once the host
+may run ahead.
 
 ``--host``: where the host's time goes instead. For each model: the host time to enqueue one
 step (no sync inside the timed steps) and the wall time per step, at seqlen 4096 and at seqlen
@@ -41,6 +44,9 @@ def main():
     ap.add_argument("--gaps", action="store_true", help="the GPU's idle gaps in one step, by the kernel waited for")
     ap.add_argument("--cuda-only", action="store_true",
                     help="with --gaps: profile CUDA activity only (no CPU op records: less host overhead)")
+    ap.add_argument("--steady", action="store_true",
+                    help="with --gaps: five steps back to back as do_bench runs them (the L2 cleared between, "
+                         "no sync), the timeline of the fourth")
     ap.add_argument("--syncs", action="store_true",
                     help="the operations of one step that synchronise the host with the GPU, with their stacks")
     args = ap.parse_args()
@@ -48,7 +54,7 @@ def main():
     if args.syncs:
         return syncs()
     if args.gaps:
-        return gaps(args.rows, cuda_only=args.cuda_only)
+        return gaps(args.rows, cuda_only=args.cuda_only, steady=args.steady)
     if args.host:
         return host(args.rows)
     steps = 3
@@ -88,18 +94,30 @@ def _models(seqlen=None):
         yield name, model, ops.layer_fns(model, x, proj)[1]
 
 
-def gaps(rows: int, min_gap_us: float = 2.0, cuda_only: bool = False):
+def gaps(rows: int, min_gap_us: float = 2.0, cuda_only: bool = False, steady: bool = False):
     """Print one step's GPU timeline per model (see the module docstring)."""
+    import triton
+
     for name, model, step in _models():
         for _ in range(3):
             step()
         torch.cuda.synchronize()
         acts = [ProfilerActivity.CUDA] + ([] if cuda_only else [ProfilerActivity.CPU])
+        cache = triton.runtime.driver.active.get_empty_cache_for_benchmark()
         with profile(activities=acts) as prof:
-            step()
+            for _ in range(5 if steady else 1):
+                if steady:  # as do_bench's repetitions: the L2 cleared between steps, no synchronisation
+                    triton.runtime.driver.active.clear_cache(cache)
+                step()
             torch.cuda.synchronize()
         kern = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
                        if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda t: t[0])
+        if steady:  # the fourth step: from its first kernel (the position ids' arange) to the fifth's
+            starts = [k[0] for k in kern if "arange" in k[2]]
+            if len(starts) != 5:
+                raise RuntimeError(f"expected 5 steps starting with an arange kernel, found {len(starts)}")
+            kern = [k for k in kern if starts[3] <= k[0] < starts[4]]
+            print(f"\n{name}: steady state, the fourth of five steps run as do_bench runs them")
         busy, idle, by_next, end = 0.0, 0.0, {}, kern[0][0]
         print(f"\n{name}: {len(kern)} GPU events in one step; gap (us) before each, duration (us), name")
         for start, stop, kname in kern:

@@ -122,6 +122,56 @@ def test_training_losses_match_eager(name, extra):
     assert_close_policy(*losses, factor=3.0, dtype=torch.float32, name=f"{name} losses")
 
 
+PACKED = ((10, 7), (5, 12))  # two sequences packed into each row of S = 17 tokens
+
+
+@pytest.mark.parametrize("name,extra", _arch_params())
+def test_packed_position_ids_match_each_sequence_alone(name, extra):
+    """Position ids that restart mark packed sequences (looked for only without a cache):
+    transformers' packed-sequence check runs (the patched model skips it only when it made the
+    positions itself), and each sequence's logits equal those of the sequence run alone."""
+    out_m, pt_m, ref_m = trio(build(name, extra))
+    ids, _ = inputs(seed=3)
+    pos = torch.tensor([list(range(n0)) + list(range(n1)) for n0, n1 in PACKED])
+    with torch.no_grad():
+        out = out_m(ids, position_ids=pos, use_cache=False).logits
+        alone = [[], []]
+        for b, (n0, n1) in enumerate(PACKED):
+            for start, n in ((0, n0), (n0, n1)):
+                seq = ids[b:b + 1, start:start + n]
+                for k, m in enumerate((pt_m, ref_m)):
+                    alone[k].append(m(seq, use_cache=False).logits[0])
+    pt, ref = (torch.cat(a).reshape(out.shape) for a in alone)
+    assert_close_policy(out, pt, ref, dtype=torch.float32, name=f"{name} packed logits")
+
+
+def test_packed_check_skipped_only_for_positions_the_model_made(monkeypatch):
+    """transformers' packed-sequence check (a GPU read on CUDA) is not called by a patched model's
+    forward without position_ids, is called with them, and by unpatched models as before."""
+    from transformers import masking_utils
+
+    model = build("Llama")
+    patched = fk_hf.apply(copy.deepcopy(model), backend="reference")
+    hf_check = masking_utils.find_packed_sequence_indices._flashkernels_original
+    calls = []
+
+    def counted(position_ids):
+        calls.append(position_ids)
+        return hf_check(position_ids)
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", fk_hf._packed_check_dispatcher(counted))
+    ids, _ = inputs()
+    with torch.no_grad():
+        patched(ids, use_cache=False)
+        assert calls == []
+        patched(ids, position_ids=torch.arange(S).expand(B, S), use_cache=False)
+        assert len(calls) == 1
+        model.set_attn_implementation("sdpa")
+        model(ids, use_cache=False)  # unpatched: checks as transformers does
+        assert len(calls) == 2
+    assert fk_hf._ARANGE_POSITIONS.get() is False  # reset after each forward
+
+
 def _count(monkeypatch, module, attr, counts):
     fn = getattr(module, attr)
 
@@ -251,7 +301,7 @@ def test_triton_kernels_are_called(monkeypatch):
     from flashkernels.ops.swiglu import autograd as glu
 
     counts = {}
-    for mod, attr in ((att, "flash_attention"), (rms, "rms_norm_rows"), (rope, "rope_qk"), (glu, "gated_activation")):
+    for mod, attr in ((att, "flash_attention"), (rms, "rms_norm_triton"), (rope, "rope_qk"), (glu, "gated_activation")):
         _count(monkeypatch, mod, attr, counts)
     out_m, pt_m, ref_m = trio(build("Llama", num_hidden_layers=1), backend="triton")
     ids = inputs()[0][:, :9]
@@ -260,7 +310,7 @@ def test_triton_kernels_are_called(monkeypatch):
         loss = m(ids, labels=ids).loss
         loss.backward()
         results.append((loss.detach(), m.model.embed_tokens.weight.grad, m.model.layers[0].mlp.gate_proj.weight.grad))
-    assert counts == {"rms_norm_rows": 3, "rope_qk": 1, "flash_attention": 1, "gated_activation": 1}
+    assert counts == {"rms_norm_triton": 3, "rope_qk": 1, "flash_attention": 1, "gated_activation": 1}
     (lo, *go), (lp, *gp), (lr, *gr) = results
     assert_close_policy(lo, lr, lp, dtype=torch.float32, name="loss")
     for name, o, p, r in zip(("d embed", "d gate_proj"), go, gp, gr):

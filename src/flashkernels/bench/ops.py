@@ -593,6 +593,27 @@ def layer_fns(model, x, proj):
     return fwd, step
 
 
+def layer_steps(seqlen: int | None = None) -> dict:
+    """{"eager": step, "ours": step}: the benchmark's forward + backward step of eager
+    transformers + SDPA and of the same weights after ``integrations.transformers.apply``
+    (backend "triton"), each run once (compiles, first launches); for the scripts that time them
+    side by side in one process. ``seqlen`` sets LAYER["seqlen"] first."""
+    from ..integrations import transformers as fk_hf
+
+    if seqlen is not None:
+        LAYER["seqlen"] = seqlen
+    fk_hf._import_transformers()
+    from transformers import LlamaConfig, LlamaModel
+
+    eager, x, proj = layer_setup(LlamaConfig, LlamaModel)
+    ours = fk_hf.apply(copy.deepcopy(eager), backend="triton")
+    steps = {"eager": layer_fns(eager, x, proj)[1], "ours": layer_fns(ours, x, proj)[1]}
+    for step in steps.values():
+        step()
+    torch.cuda.synchronize()
+    return steps
+
+
 def _bench_layer(report):
     op = "llama_layer"
     L = LAYER

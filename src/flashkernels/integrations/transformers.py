@@ -49,6 +49,18 @@ What ``apply`` changes, precisely:
   key j seen by query i iff i - sliding_window < j <= i (bottom-right aligned), blocks outside
   it skipped.
 
+* **Mask set-up** -- transformers checks the position ids for packed sequences before it builds
+  the mask (``masking_utils.find_packed_sequence_indices``, called when no attention mask and no
+  cache are given), and that check reads a GPU tensor on the host: one device synchronisation a
+  forward, after which the GPU idles until the host has launched the next kernels. When the
+  caller gives no ``position_ids``, the model makes them ``arange(seqlen)`` itself, and that
+  check's answer is known: no packing. So every ``<Arch>Model`` module gets an instance-level
+  ``forward`` that, when called without ``position_ids``, sets a ``contextvars`` flag for its
+  run, and ``masking_utils.find_packed_sequence_indices`` is replaced, once per process, by a
+  function that returns None (what the original returns for an arange, without the sync) while
+  that flag is set, and calls the original everywhere else. Position ids given by the caller
+  (packed sequences) are checked by transformers as before.
+
 Not supported (raise ``NotImplementedError``): attention logit soft-capping, attention dropout > 0
 while training, position biases and attention sinks.
 
@@ -97,6 +109,8 @@ _ACTIVATIONS = {"silu": None, "swish": None, "gelu_pytorch_tanh": "tanh", "gelu"
 
 # While a patched attention module runs: a 1-tuple holding its backend (None = from the env).
 _ROPE_ACTIVE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("flashkernels_hf_rope", default=None)
+# While a patched <Arch>Model runs a forward called without position_ids (they are an arange).
+_ARANGE_POSITIONS: contextvars.ContextVar[bool] = contextvars.ContextVar("flashkernels_hf_arange", default=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +165,32 @@ def _rope_dispatcher(original):
 
     apply_rotary_pos_emb._flashkernels_original = original
     return apply_rotary_pos_emb
+
+
+def _base_model_forward(self, *args, **kwargs):
+    # position_ids is the third positional parameter of every supported <Arch>Model.forward
+    if len(args) > 2 or kwargs.get("position_ids") is not None:
+        return type(self).forward(self, *args, **kwargs)
+    token = _ARANGE_POSITIONS.set(True)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        _ARANGE_POSITIONS.reset(token)
+
+
+def _packed_check_dispatcher(original):
+    """A drop-in for ``masking_utils.find_packed_sequence_indices``: None without reading the GPU
+    while a patched model runs a forward whose position ids it made itself (an arange: no packed
+    sequences, the original's answer too), the original everywhere else."""
+
+    @functools.wraps(original)
+    def find_packed_sequence_indices(position_ids):
+        if _ARANGE_POSITIONS.get():
+            return None
+        return original(position_ids)
+
+    find_packed_sequence_indices._flashkernels_original = original
+    return find_packed_sequence_indices
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +264,11 @@ def _register_attention(transformers):
     from transformers.masking_utils import sdpa_mask
 
     transformers.AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    from transformers import masking_utils
+
+    if not hasattr(masking_utils.find_packed_sequence_indices, "_flashkernels_original"):
+        masking_utils.find_packed_sequence_indices = _packed_check_dispatcher(
+            masking_utils.find_packed_sequence_indices)
 
 
 def _check_config(model, config, model_type):
@@ -267,6 +312,10 @@ def apply(model, *, backend=None):
     norms = [m for m in model.modules() if isinstance(m, norm_cls)]
     mlps = [m for m in model.modules() if isinstance(m, mlp_cls)]
     attns = [m for m in model.modules() if isinstance(m, attn_cls)]
+    base_cls = getattr(modeling, f"{prefix}Model", None)
+    bases = [m for m in model.modules() if base_cls is not None and isinstance(m, base_cls)
+             and list(inspect.signature(base_cls.forward).parameters)[1:4] == [
+                 "input_ids", "attention_mask", "position_ids"]]
     if not (norms and mlps and attns):
         raise NotImplementedError(
             f"{type(model).__name__}: found {len(norms)} {norm_cls.__name__}, {len(mlps)} {mlp_cls.__name__} "
@@ -292,6 +341,8 @@ def apply(model, *, backend=None):
     for m in attns:
         m._flashkernels_backend = backend
         m.forward = types.MethodType(_attention_module_forward, m)
+    for m in bases:
+        m.forward = types.MethodType(_base_model_forward, m)
 
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(ATTENTION_NAME)
