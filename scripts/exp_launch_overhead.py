@@ -82,7 +82,7 @@ def main():
         print(f"  {'rms_norm_fwd_impl (1 launch)':36s} "
               f"{per_call(lambda: rl.rms_norm_fwd_impl(h, w, None, 1e-6, 0.0, 0), a.calls // 3):7.1f} us a call")
         print(f"  {'rms_norm_bwd_impl (2 launches)':36s} "
-              f"{per_call(lambda: rl.rms_norm_bwd_impl(y, h, w, rstd, None, 0.0, False), a.calls // 3):7.1f} us a call")
+              f"{per_call(lambda: rl.rms_norm_bwd_impl(y, h, w, rstd, None, 0.0), a.calls // 3):7.1f} us a call")
     q, k, v = (torch.randn(1, 256, 8, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
     out = torch.empty_like(q)
     lse = torch.empty(1, 8, 256, device="cuda", dtype=torch.float32)

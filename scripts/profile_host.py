@@ -109,7 +109,7 @@ def pieces(calls):
 
     def launcher():
         with set_wrap_triton_enabled(False):
-            rn_launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0, False)
+            rn_launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0)
 
     def backward():
         with set_wrap_triton_enabled(False):

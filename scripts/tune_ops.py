@@ -10,8 +10,8 @@ flushed). Each candidate's output is compared with the default's before it is ti
 the knobs change the order of the sums, not the formula).
 
 Knobs: RMSNorm ``num_warps`` (launch.block_config), backward programs per SM
-(launch.bwd_programs) and the backward's row prefetch (launch.BWD_PREFETCH, off vs on); RoPE elements per program (launch.ELEMS) and ``num_warps``
-(launch.NUM_WARPS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first.
+(launch.bwd_programs) and the backward's rows loaded ahead (launch.BWD_PREFETCH, 0 / 1); RoPE elements per program (launch.ELEMS) and ``num_warps``
+(launch.NUM_WARPS); op ``rms_dw``: the backward's dW reduce tile (launch.DW_REDUCE_ROWS / _ELEMS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first.
 """
 import argparse
 import itertools
@@ -38,7 +38,7 @@ def rms(args, backward):
     _, _, rstd = launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)
     if backward:
         nbytes = e * (3 * M * N + 2 * N) + 4 * M  # read x, dy, w, rstd; write dx, dw
-        run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0, False)  # noqa: E731
+        run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0)  # noqa: E731
     else:
         nbytes = e * (2 * M * N + N) + 4 * M
         run = lambda: launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)  # noqa: E731
@@ -48,14 +48,13 @@ def rms(args, backward):
     per_sm = [int(v) for v in args.per_sm.split(",")] if backward else [0]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     base = None
-    cands = [(None, None)] + list(itertools.product(warps, per_sm if backward else [None]))
-    if backward:  # the A/B of the row prefetch: off, at the default and at 2 programs per SM
-        cands += [("noprefetch", None), ("noprefetch", 2)]
-    for nw, ps in cands:
-        prefetch0 = launch.BWD_PREFETCH
+    prefetch = [int(v) for v in args.prefetch.split(",")] if backward else [None]
+    cands = [(None, None, None)] + list(itertools.product(warps, per_sm if backward else [None], prefetch))
+    prefetch0 = launch.BWD_PREFETCH
+    for nw, ps, pf in cands:
         try:
-            if nw == "noprefetch":
-                launch.BWD_PREFETCH, nw = False, None
+            if pf is not None:
+                launch.BWD_PREFETCH = pf
             if nw:
                 launch.block_config = lambda n, d, nw=nw: (cfg0(n, d)[0], cfg0(n, d)[1], nw)
             if ps:
@@ -67,15 +66,42 @@ def rms(args, backward):
                     torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
             ms = do_bench_median(run)
         except Exception as ex:  # noqa: BLE001 - a sweep: report and go on
-            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'}: FAILED {str(ex).splitlines()[0][:160]}")
+            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'} prefetch {pf}: FAILED "
+                  f"{str(ex).splitlines()[0][:160]}")
             continue
         finally:
-            tag = "" if launch.BWD_PREFETCH or not backward else " (no prefetch)"
             launch.block_config, launch.bwd_programs, launch.BWD_PREFETCH = cfg0, prog0, prefetch0
         base = base or ms
-        print(f"  rms_norm {'bwd' if backward else 'fwd'}{tag} warps {nw or 'default':>7} programs/SM "
-              f"{ps or ('default' if backward else '-'):>7}: {ms * 1e3:7.1f} us "
+        tag = f" prefetch {'default' if pf is None else pf:>7}" if backward else ""
+        print(f"  rms_norm {'bwd' if backward else 'fwd'} warps {nw or 'default':>7} programs/SM "
+              f"{ps or ('default' if backward else '-'):>7}{tag}: {ms * 1e3:7.1f} us "
               f"{_gbs(nbytes, ms):6.0f} GB/s  ({base / ms:.2f}x default)", flush=True)
+
+
+def rms_dw_reduce(args):
+    """The backward (main kernel + dW reduce) at each (DW_REDUCE_ROWS, DW_REDUCE_ELEMS); 32 x 2048
+    is the earlier fixed 32-row x 64-column tile."""
+    from flashkernels.ops.rms_norm import launch
+
+    M, N = 16384, 4096
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, dy = (torch.randn(M, N, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16, generator=g)
+    _, _, rstd = launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)
+    nbytes = 2 * (3 * M * N + 2 * N) + 4 * M
+    run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0)  # noqa: E731
+    ref = run()[1]
+    rows0, elems0 = launch.DW_REDUCE_ROWS, launch.DW_REDUCE_ELEMS
+    for spec in args.dw_reduce.split(","):
+        rows, elems = (int(v) for v in spec.split("x"))
+        launch.DW_REDUCE_ROWS, launch.DW_REDUCE_ELEMS = rows, elems
+        try:
+            torch.testing.assert_close(run()[1], ref, rtol=1e-2, atol=1e-2)
+            ms = do_bench_median(run)
+        finally:
+            launch.DW_REDUCE_ROWS, launch.DW_REDUCE_ELEMS = rows0, elems0
+        print(f"  rms_norm bwd, dW reduce at most {rows} rows x {elems} elements a program: {ms * 1e3:7.1f} us "
+              f"{_gbs(nbytes, ms):6.0f} GB/s", flush=True)
 
 
 def rope(args):
@@ -142,7 +168,7 @@ def host(args):
     calls = {
         "rms_norm raw launch": raw,
         "rms_norm launcher": impl,
-        "rms_norm rows (eager)": lambda: rn_autograd.rms_norm_rows(x, w, None, 1e-6, 0.0, 0),
+        "rms_norm_triton (eager)": lambda: rn_autograd.rms_norm_triton(x, w, None, 1e-6, 0.0, 0),
         "rms_norm fwd": lambda: flashkernels.rms_norm(x, w),
         "rms_norm fwd (grad)": lambda: flashkernels.rms_norm(xg, wg),
         "rms_norm bwd": lambda: torch.autograd.grad(y, (xg, wg), gy, retain_graph=True),
@@ -187,7 +213,10 @@ def main():
     ap.add_argument("--ops", default="rms_bwd,rms_fwd,rope,host")
     ap.add_argument("--warps", default="4,8,16")
     ap.add_argument("--per-sm", default="1,2,4,8,16")
+    ap.add_argument("--prefetch", default="0,1", help="the RMSNorm backward's rows loaded ahead (0 or 1)")
     ap.add_argument("--elems", default="1024,2048,4096,8192")
+    ap.add_argument("--dw-reduce", default="32x2048,256x4096,512x4096,1024x8192,1024x16384",
+                    help="(DW_REDUCE_ROWS x DW_REDUCE_ELEMS) candidates of the dW reduce (op rms_dw)")
     args = ap.parse_args()
     warm_gpu()
     with set_wrap_triton_enabled(False):
@@ -199,6 +228,8 @@ def main():
         ops = args.ops.split(",")
         if "rms_bwd" in ops:
             rms(args, True)
+        if "rms_dw" in ops:
+            rms_dw_reduce(args)
         if "rms_fwd" in ops:
             rms(args, False)
         if "rope" in ops:

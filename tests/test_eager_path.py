@@ -64,7 +64,7 @@ def test_norm_glu_rope_eager_equal_custom_ops():
 
     x, r = randn(33, 70, device=dev, requires_grad=True), randn(33, 70, device=dev, requires_grad=True)
     w = randn(70, device=dev, requires_grad=True)
-    eager, op = rn.rms_norm_rows(x, w, r, 1e-6, 0.5, 0), torch.ops.flashkernels.rms_norm_fwd(x, w, r, 1e-6, 0.5, 0)
+    eager, op = rn.rms_norm_triton(x, w, r, 1e-6, 0.5, 0), torch.ops.flashkernels.rms_norm_fwd(x, w, r, 1e-6, 0.5, 0)
     _same(eager, op)
     _same(_grads(eager[:2], (x, w, r)), _grads(op[:2], (x, w, r)))
 

@@ -189,6 +189,20 @@ def test_kernel_matches_float64(case):
     check_case(case, device="cpu" if not ON_GPU else DEVICE)
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])
+@pytest.mark.parametrize("case", [Case(f32, (37, 100), "llama", residual=True),  # 10 rows a program, 7 in the last
+                                  Case(f16, (6, 33), "gemma"),  # 2 rows a program
+                                  Case(f32, (3, 61), "llama", residual=True)],  # 1 row a program
+                         ids=lambda c: c.id)
+def test_backward_rows_loaded_ahead(case, prefetch, monkeypatch):
+    """The single-block backward with row r + 1 loaded ahead or not (launch.BWD_PREFETCH), with
+    programs of several rows, two and one."""
+    from flashkernels.ops.rms_norm import launch
+
+    monkeypatch.setattr(launch, "BWD_PREFETCH", prefetch)
+    check_case(case, device="cpu" if not ON_GPU else DEVICE)
+
+
 def test_kernel_large_magnitude_finite():
     """x * 100 in fp16: finite outputs and gradients (the kernels square in fp32)."""
     case = Case(f16, (4, 300), "llama", residual=True)
@@ -264,6 +278,24 @@ def test_llama_mode_with_offset_rounds_the_weight_in_input_dtype():
 # dW in fp32
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("partials,n,block_n,block_p", [(37, 50, 16, 8), (264, 100, 16, 512), (5, 3, 2048, 8)],
+                         ids=["several-tiles", "one-tile", "one-program"])
+def test_dw_reduce_kernel_sums_the_partials(partials, n, block_n, block_p):
+    """The dW reduce over (partials, n) fp32 rows, with more partial rows than one tile holds
+    (its loop), all in one tile (the launcher's choice on a GPU) and one program for all columns:
+    the column sums within fp32 rounding of float64's (launch.dw_reduce_config picks the tile)."""
+    import triton
+
+    from flashkernels.ops.rms_norm.kernels.rms_norm import rms_norm_dw_reduce_kernel
+
+    p = randn(partials, n + 3, device=DEVICE)[:, :n]  # a row stride wider than n
+    dw = torch.empty(n, device=DEVICE, dtype=f16)
+    rms_norm_dw_reduce_kernel[(triton.cdiv(n, block_n),)](p, dw, partials, n, p.stride(0),
+                                                           BLOCK_N=block_n, BLOCK_P=block_p)
+    expected = p.double().sum(0)
+    assert (dw.double() - expected).abs().max().item() <= ulp_at(expected.abs().max().item(), f16)
+
+
 @pytest.mark.parametrize("n", [37, 4099], ids=["single", "chunked"])
 def test_dweight_accumulated_in_fp32(n):
     """fp16 dW over many rows (300; 256 on the chunked path, 64 a program under the interpreter)
@@ -296,11 +328,13 @@ def test_zero_rows(backend):
     assert dx.shape == dr.shape == (0, 3, 16) and torch.equal(dw, torch.zeros(16))
 
 
+@pytest.mark.parametrize("shape", [(3, 40), (2, 3, 40)], ids=["2d", "3d"])
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_residual_grads_do_not_alias(backend):
+def test_residual_grads_do_not_alias(backend, shape):
     """x and residual get gradients in separate memory, so a second backward accumulates into
-    each once."""
-    x, r, w = (randn(3, 40, requires_grad=True), randn(3, 40, requires_grad=True),
+    each once (the kernels return one dx for both, as torch's add does; autograd copies it for
+    the second leaf)."""
+    x, r, w = (randn(*shape, requires_grad=True), randn(*shape, requires_grad=True),
                randn(40, requires_grad=True))
     for _ in range(2):
         y, h = flashkernels.rms_norm(x, w, residual=r, backend=backend)
@@ -451,7 +485,7 @@ OPCHECK = [(True, False, 0), (True, True, 1), (False, True, 2), (False, False, 0
 @pytest.mark.parametrize("weight,residual,mode", OPCHECK, ids=str)
 def test_opcheck_rms_norm_fwd_and_bwd(weight, residual, mode):
     """rms_norm_fwd(x, weight, residual, eps, offset, mode) -> (y, h, rstd);
-    rms_norm_bwd(dy, x, weight, rstd, dh, offset, has_residual) -> (dx, dweight, dresidual)."""
+    rms_norm_bwd(dy, x, weight, rstd, dh, offset) -> (dx, dweight)."""
     args = _op_args(weight, residual, mode=mode)
     torch.library.opcheck(torch.ops.flashkernels.rms_norm_fwd.default, args)
     x, w, r, eps, offset, _ = args
@@ -460,7 +494,7 @@ def test_opcheck_rms_norm_fwd_and_bwd(weight, residual, mode):
     dh = torch.randn_like(h) if residual else None
     xn = h if residual else x
     torch.library.opcheck(torch.ops.flashkernels.rms_norm_bwd.default,
-                          (dy, xn.detach(), None if w is None else w.detach(), rstd.detach(), dh, offset, residual))
+                          (dy, xn.detach(), None if w is None else w.detach(), rstd.detach(), dh, offset))
 
 
 @pytest.mark.gpu

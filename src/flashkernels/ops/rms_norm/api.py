@@ -33,14 +33,6 @@ def _check(x, weight, eps, residual, offset, casting_mode):
                          f"got {casting_mode!r}")
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(M, N) view of ``t``; a copy only when the last stride is not 1 or the leading dims do not
-    flatten into one row stride (reshape decides)."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, t.shape[-1])
-
-
 def rms_norm(x, weight, eps=1e-6, *, residual=None, offset=0.0, casting_mode="llama", backend=None):
     """Root-mean-square norm over the last dim, optionally fused with the residual add.
 
@@ -72,13 +64,11 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, offset=0.0, casting_mode="ll
     choice = _backend.resolve(x.device, backend, dtype_ok=x.dtype in KERNEL_DTYPES, dtype=x.dtype)
     if choice.backend == "reference":
         return rms_norm_reference(x, weight, eps, residual=residual, offset=offset, casting_mode=casting_mode)
-    from .autograd import rms_norm_rows  # imports triton: only once the Triton backend is chosen
+    from .autograd import rms_norm_triton  # imports triton: only once the Triton backend is chosen
     from .launch import KERNELS_INTERPRETED, MODES
 
     require_kernels_can_run(x.device, KERNELS_INTERPRETED)
     if weight is not None and weight.stride(0) != 1:
         weight = weight.contiguous()
-    y, h, _ = rms_norm_rows(_rows(x), weight, None if residual is None else _rows(residual),
-                            float(eps), float(offset), MODES[casting_mode])
-    y = y.view(x.shape)
-    return y if residual is None else (y, h.view(x.shape))
+    y, h, _ = rms_norm_triton(x, weight, residual, float(eps), float(offset), MODES[casting_mode])
+    return y if residual is None else (y, h)

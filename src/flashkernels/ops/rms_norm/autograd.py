@@ -2,7 +2,11 @@
 
 The ops stay pure, so torch.compile traces forward and backward ops into its graphs. With a
 residual, h = x + residual feeds both the norm and the caller, so the gradient reaching h is
-dh + d(norm)/dh, and it is the gradient of both x and residual (two copies, see the kernel).
+dh + d(norm)/dh, and it is the gradient of both x and residual: one tensor returned for both, as
+torch's add does (autograd copies it where two leaves would otherwise share one .grad). The ops
+take the caller's (..., N) tensors themselves: a view between them (the (M, N) rows the kernels
+walk) would hand AccumulateGrad two distinct views of one storage, and two leaves' .grad would
+alias.
 """
 from __future__ import annotations
 
@@ -23,21 +27,14 @@ def _setup_context(ctx, inputs, output):
     ctx.offset = offset
 
 
-def _unit_last_stride(t):
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
 def _backward(ctx, dy, dh, drstd, rms_norm_bwd=None):
     xn, weight, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(xn)
     dh = dh if ctx.has_residual else None
     rms_norm_bwd = rms_norm_bwd or torch.ops.flashkernels.rms_norm_bwd
-    dx, dw, dr = rms_norm_bwd(
-        _unit_last_stride(dy), xn, weight, rstd, _unit_last_stride(dh), ctx.offset, ctx.has_residual)
-    # dr holds dx's values in its own memory: returning dx twice would give two leaves one .grad
-    return (dx, dw if weight is not None else None, dr if ctx.has_residual else None,
-            None, None, None)
+    dx, dw = rms_norm_bwd(dy, xn, weight, rstd, dh, ctx.offset)
+    return (dx, dw if weight is not None else None, dx if ctx.has_residual else None, None, None, None)
 
 
 torch.library.register_autograd("flashkernels::rms_norm_fwd", _backward, setup_context=_setup_context)
@@ -48,10 +45,10 @@ _rms_norm_fwd = eager_call(torch.ops.flashkernels.rms_norm_fwd, launch.rms_norm_
                            "RMSNorm")
 
 
-def rms_norm_rows(x, weight, residual, eps, offset, mode):
-    """(y, h, rstd) for (M, N) rows through the Triton kernels, differentiable in x, weight,
+def rms_norm_triton(x, weight, residual, eps, offset, mode):
+    """(y, h, rstd) for x (..., N) through the Triton kernels, differentiable in x, weight,
     residual."""
     return _rms_norm_fwd(x, weight, residual, eps, offset, mode)
 
 
-__all__ = ["rms_norm_rows", "launch"]
+__all__ = ["rms_norm_triton", "launch"]

@@ -105,18 +105,29 @@ def rms_norm_fwd_kernel(
 
 
 @triton.jit
+def _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh, cols, mask, valid, HAS_DH: tl.constexpr):
+    """Row r's x, dy, dh (dy's values without HAS_DH) and rstd, as stored; zeros unless valid."""
+    x = tl.load(X + r * stride_x + cols, mask=mask & valid, other=0.0)
+    dy = tl.load(DY + r * stride_dy + cols, mask=mask & valid, other=0.0)
+    dh = dy
+    if HAS_DH:
+        dh = tl.load(DH + r * stride_dh + cols, mask=mask & valid, other=0.0)
+    rstd = tl.load(RSTD + r, mask=valid, other=0.0)
+    return x, dy, dh, rstd
+
+
+@triton.jit
 def rms_norm_bwd_kernel(
-    X, W, RSTD, DY, DH, DX, DR, DW,
-    stride_x, stride_dy, stride_dh, stride_dx, stride_dr, stride_dw,
+    X, W, RSTD, DY, DH, DX, DW,
+    stride_x, stride_dy, stride_dh, stride_dx, stride_dw,
     M, N, rows_per_program, offset,
-    HAS_WEIGHT: tl.constexpr, HAS_DH: tl.constexpr, STORE_DR: tl.constexpr,
-    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = True,
+    HAS_WEIGHT: tl.constexpr, HAS_DH: tl.constexpr,
+    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = 1,
 ):
     """X is the normalized input (h when there was a residual). With xhat = x * rstd and
     g = dy * (offset + w):  dx = rstd * (g - xhat * mean(g * xhat)) (+ dh),  dw += dy * xhat.
-    All in fp32; casts are treated as identities (as autograd does). With ``STORE_DR`` dx is
-    also written to DR, the residual's gradient: one tensor returned for both inputs would be
-    the same .grad memory of two leaves, and a second backward would add into it twice."""
+    All in fp32; casts are treated as identities (as autograd does). With a residual, dx is
+    also the residual's gradient (autograd gets the one tensor for both, as from an add)."""
     offset = tl.cast(offset, tl.float32)  # fp64 under torch.compile (see the forward)
     pid = tl.program_id(0).to(tl.int64)
     # int64 loop bounds make the row index (and so every row offset) int64 on the GPU
@@ -131,30 +142,22 @@ def rms_norm_bwd_kernel(
             wt = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset
         dw = tl.zeros([BLOCK], dtype=tl.float32)
         # Row r + 1 (x, dy, rstd, dh) is loaded before row r is reduced and stored: two rows'
-        # loads in flight per program, so a few programs per SM keep enough bytes moving (row_start < row_end here).
-        x_nxt = tl.load(X + row_start * stride_x + cols, mask=mask, other=0.0)
-        dy_nxt = tl.load(DY + row_start * stride_dy + cols, mask=mask, other=0.0)
-        rstd_nxt = tl.load(RSTD + row_start)
-        dh_nxt = dy_nxt
-        if HAS_DH:
-            dh_nxt = tl.load(DH + row_start * stride_dh + cols, mask=mask, other=0.0)
+        # loads in flight per program, so a few programs per SM keep enough bytes moving
+        # (row_start < row_end here). PREFETCH 0 loads each row in its own iteration (the A/B of
+        # scripts/tune_ops.py); two rows ahead gained nothing on the H100 (session 11).
+        x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, row_start, stride_x, stride_dy, stride_dh,
+                                                   cols, mask, True, HAS_DH)
         for r in range(row_start, row_end):
-            if not PREFETCH:  # (the A/B switch of scripts/tune_ops.py: one row at a time)
-                x_nxt = tl.load(X + r * stride_x + cols, mask=mask, other=0.0)
-                dy_nxt = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0)
-                rstd_nxt = tl.load(RSTD + r)
-                if HAS_DH:
-                    dh_nxt = tl.load(DH + r * stride_dh + cols, mask=mask, other=0.0)
+            if PREFETCH == 0:
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh,
+                                                           cols, mask, True, HAS_DH)
             dh = dh_nxt
             x = x_nxt.to(tl.float32)
             dy = dy_nxt.to(tl.float32)
             rstd = rstd_nxt
-            more = (r + 1 < row_end) & PREFETCH
-            x_nxt = tl.load(X + (r + 1) * stride_x + cols, mask=mask & more, other=0.0)
-            dy_nxt = tl.load(DY + (r + 1) * stride_dy + cols, mask=mask & more, other=0.0)
-            rstd_nxt = tl.load(RSTD + r + 1, mask=more, other=0.0)
-            if HAS_DH:
-                dh_nxt = tl.load(DH + (r + 1) * stride_dh + cols, mask=mask & more, other=0.0)
+            if PREFETCH == 1:
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r + 1, stride_x, stride_dy, stride_dh,
+                                                           cols, mask, r + 1 < row_end, HAS_DH)
             xhat = x * rstd
             g = dy * wt
             if HAS_WEIGHT:
@@ -164,8 +167,6 @@ def rms_norm_bwd_kernel(
             if HAS_DH:
                 dx += dh.to(tl.float32)
             tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-            if STORE_DR:
-                tl.store(DR + r * stride_dr + cols, dx.to(DR.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
             tl.store(DW + cols, dw, mask=mask)
     else:
@@ -198,8 +199,6 @@ def rms_norm_bwd_kernel(
                 if HAS_DH:
                     dx += tl.load(DH + r * stride_dh + cc, mask=mask, other=0.0).to(tl.float32)
                 tl.store(DX + r * stride_dx + cc, dx.to(DX.dtype.element_ty), mask=mask)
-                if STORE_DR:
-                    tl.store(DR + r * stride_dr + cc, dx.to(DR.dtype.element_ty), mask=mask)
 
 
 @triton.jit
