@@ -11,7 +11,8 @@ the knobs change the order of the sums, not the formula).
 
 Knobs: RMSNorm ``num_warps`` (launch.block_config), backward programs per SM
 (launch.bwd_programs) and the backward's rows loaded ahead (launch.BWD_PREFETCH, 0 / 1); RoPE elements per program (launch.ELEMS) and ``num_warps``
-(launch.NUM_WARPS); op ``rms_dw``: the backward's dW reduce tile (launch.DW_REDUCE_ROWS / _ELEMS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first.
+(launch.NUM_WARPS); op ``rms_dw``: the backward's dW reduce tile (launch.DW_REDUCE_ROWS / _ELEMS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first, and an add (read 2, write 1: the
+RMSNorm backward's mix).
 """
 import argparse
 import itertools
@@ -37,8 +38,10 @@ def rms(args, backward):
     e = 2
     _, _, rstd = launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)
     if backward:
-        nbytes = e * (3 * M * N + 2 * N) + 4 * M  # read x, dy, w, rstd; write dx, dw
-        run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, None, 0.0)  # noqa: E731
+        dh = torch.randn(M, N, device="cuda", dtype=torch.bfloat16, generator=g) if args.dh else None
+        # read x, dy (, dh), w, rstd; write dx, dw
+        nbytes = e * ((4 if args.dh else 3) * M * N + 2 * N) + 4 * M
+        run = lambda: launch.rms_norm_bwd_impl(dy, x, w, rstd, dh, 0.0)  # noqa: E731
     else:
         nbytes = e * (2 * M * N + N) + 4 * M
         run = lambda: launch.rms_norm_fwd_impl(x, w, None, 1e-6, 0.0, 0)  # noqa: E731
@@ -49,14 +52,24 @@ def rms(args, backward):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     base = None
     prefetch = [int(v) for v in args.prefetch.split(",")] if backward else [None]
-    cands = [(None, None, None)] + list(itertools.product(warps, per_sm if backward else [None], prefetch))
-    prefetch0 = launch.BWD_PREFETCH
-    for nw, ps, pf in cands:
+    tile_rows = [int(v) for v in args.tile_rows.split(",")] if backward else [None]
+    strided = [bool(int(v)) for v in args.strided.split(",")] if backward else [None]
+    cands = [(None, None, None, None, None)] + list(itertools.product(warps, per_sm if backward else [None], prefetch,
+                                                                      tile_rows, strided))
+    prefetch0, rows0, strided0 = launch.BWD_PREFETCH, launch.BWD_ROWS, launch.BWD_STRIDED
+    min_warps0 = launch.BWD_MIN_WARPS_WIDE
+    kernel = launch.rms_norm_bwd_kernel if backward else launch.rms_norm_fwd_kernel
+    for nw, ps, pf, tr, st in cands:
         try:
+            if st is not None:
+                launch.BWD_STRIDED = st
             if pf is not None:
                 launch.BWD_PREFETCH = pf
+            if tr is not None:
+                launch.BWD_ROWS = tr
             if nw:
                 launch.block_config = lambda n, d, nw=nw: (cfg0(n, d)[0], cfg0(n, d)[1], nw)
+                launch.BWD_MIN_WARPS_WIDE = 0  # the warps asked for, not the backward's floor
             if ps:
                 launch.bwd_programs = lambda m, d, ps=ps: (-(-m // -(-m // min(m, ps * sms))),
                                                            -(-m // min(m, ps * sms)))
@@ -66,16 +79,31 @@ def rms(args, backward):
                     torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
             ms = do_bench_median(run)
         except Exception as ex:  # noqa: BLE001 - a sweep: report and go on
-            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'} prefetch {pf}: FAILED "
+            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'} prefetch {pf} rows {tr}: FAILED "
                   f"{str(ex).splitlines()[0][:160]}")
             continue
         finally:
-            launch.block_config, launch.bwd_programs, launch.BWD_PREFETCH = cfg0, prog0, prefetch0
+            launch.block_config, launch.bwd_programs = cfg0, prog0
+            launch.BWD_PREFETCH, launch.BWD_ROWS, launch.BWD_STRIDED = prefetch0, rows0, strided0
+            launch.BWD_MIN_WARPS_WIDE = min_warps0
         base = base or ms
-        tag = f" prefetch {'default' if pf is None else pf:>7}" if backward else ""
+        tag = (f" prefetch {'default' if pf is None else pf:>7} rows {'default' if tr is None else tr:>7}"
+               f" strided {'default' if st is None else int(st):>7}"
+               f" [{_regs(kernel)}]" if backward else "")
         print(f"  rms_norm {'bwd' if backward else 'fwd'} warps {nw or 'default':>7} programs/SM "
               f"{ps or ('default' if backward else '-'):>7}{tag}: {ms * 1e3:7.1f} us "
               f"{_gbs(nbytes, ms):6.0f} GB/s  ({base / ms:.2f}x default)", flush=True)
+
+
+def _regs(kernel):
+    """Registers / spill bytes a thread of ``kernel``'s most recently compiled variant uses on this
+    GPU (Triton's own compile, specialised as launched: the compile-only reports differ)."""
+    try:
+        compiled = list(kernel.device_caches[torch.cuda.current_device()][0].values())[-1]
+        compiled._init_handles()
+        return f"{compiled.n_regs} regs, {compiled.n_spills} B spill"
+    except Exception as ex:  # noqa: BLE001 - diagnostics only
+        return f"regs n/a: {type(ex).__name__}"
 
 
 def rms_dw_reduce(args):
@@ -213,6 +241,10 @@ def main():
     ap.add_argument("--ops", default="rms_bwd,rms_fwd,rope,host")
     ap.add_argument("--warps", default="4,8,16")
     ap.add_argument("--per-sm", default="1,2,4,8,16")
+    ap.add_argument("--dh", action="store_true",
+                    help="RMSNorm backward with the gradient of h too (the fused residual norm's backward)")
+    ap.add_argument("--strided", default="0,1", help="RMSNorm backward: rows p, p + P, ... a program (1) or blocks (0)")
+    ap.add_argument("--tile-rows", default="1,2,4", help="rows the RMSNorm backward reduces as one tile")
     ap.add_argument("--prefetch", default="0,1", help="the RMSNorm backward's rows loaded ahead (0 or 1)")
     ap.add_argument("--elems", default="1024,2048,4096,8192")
     ap.add_argument("--dw-reduce", default="32x2048,256x4096,512x4096,1024x8192,1024x16384",
@@ -225,6 +257,9 @@ def main():
             dst = torch.empty_like(src)
             ms = do_bench_median(lambda: dst.copy_(src))
             print(f"copy {n} bf16: {ms * 1e3:.1f} us {_gbs(4 * n, ms):.0f} GB/s", flush=True)
+            other = torch.randn_like(src)
+            ms = do_bench_median(lambda other=other: torch.add(src, other, out=dst))
+            print(f"add  {n} bf16 (read 2, write 1): {ms * 1e3:.1f} us {_gbs(6 * n, ms):.0f} GB/s", flush=True)
         ops = args.ops.split(",")
         if "rms_bwd" in ops:
             rms(args, True)

@@ -139,6 +139,24 @@ def test_output_and_gradient_layouts(api):
         assert g.is_contiguous(), f"d{name} strides {g.stride()}"
 
 
+def test_sdpa_output_and_gradients_follow_query_memory_order():
+    """scaled_dot_product_attention on (B, H, S, D) views of (B, S, H, D) memory (as
+    q_proj(x).view(B, S, H, D).transpose(1, 2) gives) returns the output and the gradients in that
+    memory order, as torch's flash / cuDNN SDPA does, with the values of contiguous inputs."""
+    case = Case("sdpa", f16, 2, 4, 2, 33, 47, 24)
+    q, k, v = make_inputs(case, "cpu")
+    views = [t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v)]
+    assert not views[0].is_contiguous() and views[0].transpose(1, 2).is_contiguous()
+    dout = torch.randn(case.B, case.Hq, case.Sq, case.D, dtype=f16)
+    out, _ = call(case, *views, None, "triton")
+    ref, _ = call(case, q, k, v, None, "triton")
+    assert out.transpose(1, 2).is_contiguous() and torch.equal(out, ref)
+    grads = torch.autograd.grad(out, views, dout)
+    for name, g, r in zip("qkv", grads, torch.autograd.grad(ref, (q, k, v), dout)):
+        assert g.transpose(1, 2).is_contiguous(), f"d{name} strides {g.stride()}"
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # GQA backward with the kv head's query heads split over several dK/dV programs
 # --------------------------------------------------------------------------------------------

@@ -329,6 +329,26 @@ def test_apply_rotary_pos_emb_kernel(case):
     check_hf(case)
 
 
+def test_apply_rotary_pos_emb_keeps_the_memory_order():
+    """q, k as (B, H, S, D) views of (B, S, H, D) memory (Hugging Face's projections): the
+    rotated q, k come back in that memory order, and so do their gradients when the incoming
+    ones are (no copy on the way to the projections' backward), with the values of contiguous
+    inputs."""
+    B, H, HK, S, D = 2, 4, 2, 7, 16
+    cos, sin = randn(S, D), randn(S, D)
+    q, k = randn(B, H, S, D), randn(B, HK, S, D)
+    views = [t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k)]
+    q.requires_grad_(), k.requires_grad_()
+    outs = flashkernels.apply_rotary_pos_emb(*views, cos, sin, backend="triton")
+    refs = flashkernels.apply_rotary_pos_emb(q, k, cos, sin, backend="triton")
+    # the gradients arriving in the same memory order (as the attention's dq, dk do)
+    douts = [randn(*t.shape).transpose(1, 2).contiguous().transpose(1, 2) for t in refs]
+    for o, r in zip(outs, refs):
+        assert o.transpose(1, 2).is_contiguous() and torch.equal(o, r)
+    for g, r in zip(torch.autograd.grad(outs, views, douts), torch.autograd.grad(refs, (q, k), douts)):
+        assert g.transpose(1, 2).is_contiguous() and torch.equal(g, r)
+
+
 def test_apply_rotary_pos_emb_reference_is_hf_formula():
     """The reference path in float64 is HF's formula; with full-width tables that are not
     duplicated (columns j and j + rd/2 differ), the kernel still follows the formula exactly:

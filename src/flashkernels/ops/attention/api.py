@@ -127,7 +127,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         backend: "auto" (default; Triton on a CUDA GPU, PyTorch on a CPU), "triton" or
             "reference"; default from ``$FLASHKERNELS_BACKEND``.
     Returns:
-        (B, Hq, Sq, D) in the input dtype. A row with every key masked gives 0 (torch gives NaN).
+        (B, Hq, Sq, D) in the input dtype, in query's memory order (a (B, H, S, D) view of
+        (B, S, H, D) memory when query is one, as torch's flash / cuDNN kernels return; else
+        contiguous); the gradients likewise. A row with every key masked gives 0 (torch gives NaN).
     """
     check_qkv(query, key, value, ("query", "key", "value"), "BHSD")
     check_dropout(dropout_p)
@@ -143,8 +145,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                              "attn_mask or pass one of the two")
         check_mask(attn_mask, "attn_mask", (B, Hq, Sq, Sk), query)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    # The output (and the gradients) in query's memory order, as torch's flash / cuDNN SDPA: a
+    # (B, H, S, D) view of (B, S, H, D) memory (the usual q_proj(x).view(B, S, H, D).transpose(1, 2))
+    # gets one back, so the caller's out.transpose(1, 2).contiguous() copies nothing.
+    bshd = query.stride(1) < query.stride(2)
     out, _ = _attention(query, key, value, mask=attn_mask, causal=bool(is_causal), causal_align="top_left",
-                        scale=scale, backend=backend, bshd=False)
+                        scale=scale, backend=backend, bshd=bshd)
     return out
 
 

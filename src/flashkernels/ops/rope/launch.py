@@ -1,9 +1,11 @@
 """Launchers for the RoPE kernel, registered as torch.library custom ops.
 
 * ``torch.ops.flashkernels.rope(x, cos, sin, pos, pos_mode, offset, seq_dim, interleaved,
-  full_table, conj)`` -> a new tensor shaped like x (contiguous in x's layout);
+  full_table, conj)`` -> a new tensor in x's memory order (``torch.empty_like``: a dense x
+  permuted, e.g. a (B, H, S, D) view of (B, S, H, D) memory, gives the same permutation;
+  otherwise contiguous);
 * ``torch.ops.flashkernels.rope_qk(q, k, cos, sin, pos, pos_mode, seq_dim, full_table, conj)``
-  -> (q_out, k_out), both tensors in one launch;
+  -> (q_out, k_out), both tensors in one launch, each in its input's memory order;
 * ``torch.ops.flashkernels.rope_inplace(x, ...)`` (same arguments as ``rope``) writes into x.
 
 x, q, k are 4-d with the sequence on dim ``seq_dim`` (1: (B, S, H, D), 2: (B, H, S, D)) and
@@ -81,7 +83,7 @@ def triton_cdiv(a: int, b: int) -> int:
 def rope_impl(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: Optional[torch.Tensor],
          pos_mode: int, offset: int, seq_dim: int, interleaved: bool, full_table: bool,
          conj: bool) -> torch.Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x)
     _launch(x, out, None, None, cos, sin, pos, pos_mode, offset, seq_dim, interleaved, full_table, conj)
     return out
 
@@ -96,8 +98,7 @@ def rope_inplace_impl(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos
 def rope_qk_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             pos: Optional[torch.Tensor], pos_mode: int, seq_dim: int, full_table: bool,
             conj: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
     _launch(q, q_out, k, k_out, cos, sin, pos, pos_mode, 0, seq_dim, False, full_table, conj)
     return q_out, k_out
 

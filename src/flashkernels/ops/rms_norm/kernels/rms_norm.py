@@ -105,14 +105,16 @@ def rms_norm_fwd_kernel(
 
 
 @triton.jit
-def _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh, cols, mask, valid, HAS_DH: tl.constexpr):
-    """Row r's x, dy, dh (dy's values without HAS_DH) and rstd, as stored; zeros unless valid."""
-    x = tl.load(X + r * stride_x + cols, mask=mask & valid, other=0.0)
-    dy = tl.load(DY + r * stride_dy + cols, mask=mask & valid, other=0.0)
+def _bwd_rows(X, DY, DH, RSTD, rows, stride_x, stride_dy, stride_dh, cols, mask, valid, HAS_DH: tl.constexpr):
+    """Rows ``rows`` ((R,) indices) of x, dy, dh (dy's values without HAS_DH) as (R, BLOCK) tiles
+    as stored, and their rstd (R,); zeros where not ``valid`` ((R,))."""
+    m = valid[:, None] & mask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0)
+    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=m, other=0.0)
     dh = dy
     if HAS_DH:
-        dh = tl.load(DH + r * stride_dh + cols, mask=mask & valid, other=0.0)
-    rstd = tl.load(RSTD + r, mask=valid, other=0.0)
+        dh = tl.load(DH + rows[:, None] * stride_dh + cols[None, :], mask=m, other=0.0)
+    rstd = tl.load(RSTD + rows, mask=valid, other=0.0)
     return x, dy, dh, rstd
 
 
@@ -122,7 +124,8 @@ def rms_norm_bwd_kernel(
     stride_x, stride_dy, stride_dh, stride_dx, stride_dw,
     M, N, rows_per_program, offset,
     HAS_WEIGHT: tl.constexpr, HAS_DH: tl.constexpr,
-    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = 1,
+    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = 1, ROWS: tl.constexpr = 1,
+    STRIDED: tl.constexpr = False,
 ):
     """X is the normalized input (h when there was a residual). With xhat = x * rstd and
     g = dy * (offset + w):  dx = rstd * (g - xhat * mean(g * xhat)) (+ dh),  dw += dy * xhat.
@@ -140,35 +143,47 @@ def rms_norm_bwd_kernel(
         wt = tl.full([BLOCK], 1.0, dtype=tl.float32)
         if HAS_WEIGHT:
             wt = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset
-        dw = tl.zeros([BLOCK], dtype=tl.float32)
-        # Row r + 1 (x, dy, rstd, dh) is loaded before row r is reduced and stored: two rows'
-        # loads in flight per program, so a few programs per SM keep enough bytes moving
-        # (row_start < row_end here). PREFETCH 0 loads each row in its own iteration (the A/B of
-        # scripts/tune_ops.py); two rows ahead gained nothing on the H100 (session 11).
-        x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, row_start, stride_x, stride_dy, stride_dh,
-                                                   cols, mask, True, HAS_DH)
-        for r in range(row_start, row_end):
+        dw = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        rr = tl.arange(0, ROWS)
+        # ROWS rows at a time as one (ROWS, BLOCK) tile (one cross-warp reduction for all of
+        # them); the next tile (x, dy, rstd, dh) is loaded before this one is reduced and stored,
+        # so a few programs per SM keep enough bytes moving. PREFETCH 0 loads each tile in its own
+        # iteration (the A/B of scripts/tune_ops.py). STRIDED: program p takes tiles p, p + P,
+        # ... (all programs walk the tensor together), else its own block of rows_per_program.
+        if STRIDED:
+            first = pid * ROWS
+            step = tl.num_programs(0).to(tl.int64) * ROWS
+            last = M + pid * 0  # int64
+        else:
+            first = row_start
+            step = ROWS
+            last = row_end
+        x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, first + rr, stride_x, stride_dy,
+                                                    stride_dh, cols, mask, first + rr < last, HAS_DH)
+        for r in range(first, last, step):
+            rows = r + rr
             if PREFETCH == 0:
-                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh,
-                                                           cols, mask, True, HAS_DH)
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, rows, stride_x, stride_dy, stride_dh,
+                                                            cols, mask, rows < last, HAS_DH)
             dh = dh_nxt
             x = x_nxt.to(tl.float32)
             dy = dy_nxt.to(tl.float32)
-            rstd = rstd_nxt
+            rstd = rstd_nxt[:, None]
             if PREFETCH == 1:
-                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r + 1, stride_x, stride_dy, stride_dh,
-                                                           cols, mask, r + 1 < row_end, HAS_DH)
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, rows + step, stride_x, stride_dy,
+                                                            stride_dh, cols, mask, rows + step < last, HAS_DH)
             xhat = x * rstd
-            g = dy * wt
+            g = dy * wt[None, :]
             if HAS_WEIGHT:
-                dw += dy * xhat
-            c = tl.sum(g * xhat, axis=0) / N
-            dx = (g - xhat * c) * rstd
+                dw += dy * xhat  # rows past the end load zeros: they add nothing
+            c = tl.sum(g * xhat, axis=1) / N
+            dx = (g - xhat * c[:, None]) * rstd
             if HAS_DH:
                 dx += dh.to(tl.float32)
-            tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty),
+                     mask=(rows < last)[:, None] & mask[None, :])
         if HAS_WEIGHT:
-            tl.store(DW + cols, dw, mask=mask)
+            tl.store(DW + cols, tl.sum(dw, axis=0), mask=mask)
     else:
         for r in range(row_start, row_end):
             rstd = tl.load(RSTD + r)
