@@ -59,6 +59,8 @@ BWD_ROWS = 1
 # gained nothing from deeper prefetch, 2-row tiles or other warp / program counts (~151.5 us).
 BWD_STRIDED = True
 # The backward's warps at rows of 4096+ columns (with BWD_STRIDED; the forward keeps block_config's).
+# Without dh only: the fused residual norm's backward (dh too) ran 191.9 us with 8 warps against
+# 200.8 with 16 (16384 x 4096, tune_ops.py --dh).
 BWD_MIN_WARPS_WIDE = 16
 BWD_PROGRAMS_PER_SM = 2
 
@@ -154,7 +156,7 @@ def rms_norm_bwd_impl(
             dw = torch.zeros((N,), dtype=weight.dtype, device=x.device)
         return dx, dw
     block, single, num_warps = block_config(N, x.device)
-    if block >= 4096 and single and BWD_STRIDED:
+    if block >= 4096 and single and BWD_STRIDED and dh is None:
         num_warps = max(num_warps, BWD_MIN_WARPS_WIDE)
     # The chunked path accumulates into its row (zeros); the single-block path writes it whole.
     alloc = torch.empty if single else torch.zeros
