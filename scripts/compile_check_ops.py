@@ -57,10 +57,10 @@ def main():
                 go(f"rms_fwd {dt} B{block} single={single} mode={mode}", rms_norm_fwd_kernel, p, {"eps", "offset"},
                    dict(HAS_WEIGHT=True, HAS_RESIDUAL=True, MODE=mode, BLOCK=block, SINGLE=single), w)
             p = {n: dt for n in "X W DY DH DX".split()}; p["RSTD"] = "fp32"; p["DW"] = "fp32"
-            for prefetch, rows in (((0, 1), (1, 1), (1, 2)) if single else ((1, 1),)):
-                go(f"rms_bwd {dt} B{block} single={single} prefetch={prefetch} rows={rows}", rms_norm_bwd_kernel, p,
-                   {"offset"}, dict(HAS_WEIGHT=True, HAS_DH=True, BLOCK=block, SINGLE=single, PREFETCH=prefetch,
-                                    ROWS=rows), w)
+            for prefetch, strided in (((0, False), (1, False), (1, True)) if single else ((1, False),)):
+                go(f"rms_bwd {dt} B{block} single={single} prefetch={prefetch} strided={strided}",
+                   rms_norm_bwd_kernel, p, {"offset"}, dict(HAS_WEIGHT=True, HAS_DH=True, BLOCK=block, SINGLE=single,
+                                                            PREFETCH=prefetch, STRIDED=strided), w)
         go(f"rms_dw {dt}", rms_norm_dw_reduce_kernel, {"P": "fp32", "DW": dt}, set(), dict(BLOCK_N=16, BLOCK_P=512), 4)
         for act in (0, 1, 2):
             go(f"glu_fwd {dt} act={act}", glu_fwd_kernel, {n: dt for n in "G U OUT".split()}, set(), dict(ACT=act, BLOCK=1024), 4, i64=("n",))

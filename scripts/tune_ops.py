@@ -52,21 +52,18 @@ def rms(args, backward):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     base = None
     prefetch = [int(v) for v in args.prefetch.split(",")] if backward else [None]
-    tile_rows = [int(v) for v in args.tile_rows.split(",")] if backward else [None]
     strided = [bool(int(v)) for v in args.strided.split(",")] if backward else [None]
-    cands = [(None, None, None, None, None)] + list(itertools.product(warps, per_sm if backward else [None], prefetch,
-                                                                      tile_rows, strided))
-    prefetch0, rows0, strided0 = launch.BWD_PREFETCH, launch.BWD_ROWS, launch.BWD_STRIDED
+    cands = [(None, None, None, None)] + list(itertools.product(warps, per_sm if backward else [None], prefetch,
+                                                                strided))
+    prefetch0, strided0 = launch.BWD_PREFETCH, launch.BWD_STRIDED
     min_warps0 = launch.BWD_MIN_WARPS_WIDE
     kernel = launch.rms_norm_bwd_kernel if backward else launch.rms_norm_fwd_kernel
-    for nw, ps, pf, tr, st in cands:
+    for nw, ps, pf, st in cands:
         try:
             if st is not None:
                 launch.BWD_STRIDED = st
             if pf is not None:
                 launch.BWD_PREFETCH = pf
-            if tr is not None:
-                launch.BWD_ROWS = tr
             if nw:
                 launch.block_config = lambda n, d, nw=nw: (cfg0(n, d)[0], cfg0(n, d)[1], nw)
                 launch.BWD_MIN_WARPS_WIDE = 0  # the warps asked for, not the backward's floor
@@ -79,16 +76,15 @@ def rms(args, backward):
                     torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
             ms = do_bench_median(run)
         except Exception as ex:  # noqa: BLE001 - a sweep: report and go on
-            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'} prefetch {pf} rows {tr}: FAILED "
+            print(f"  warps {nw or 'default'} programs/SM {ps or 'default'} prefetch {pf} strided {st}: FAILED "
                   f"{str(ex).splitlines()[0][:160]}")
             continue
         finally:
             launch.block_config, launch.bwd_programs = cfg0, prog0
-            launch.BWD_PREFETCH, launch.BWD_ROWS, launch.BWD_STRIDED = prefetch0, rows0, strided0
+            launch.BWD_PREFETCH, launch.BWD_STRIDED = prefetch0, strided0
             launch.BWD_MIN_WARPS_WIDE = min_warps0
         base = base or ms
-        tag = (f" prefetch {'default' if pf is None else pf:>7} rows {'default' if tr is None else tr:>7}"
-               f" strided {'default' if st is None else int(st):>7}"
+        tag = (f" prefetch {'default' if pf is None else pf:>7} strided {'default' if st is None else int(st):>7}"
                f" [{_regs(kernel)}]" if backward else "")
         print(f"  rms_norm {'bwd' if backward else 'fwd'} warps {nw or 'default':>7} programs/SM "
               f"{ps or ('default' if backward else '-'):>7}{tag}: {ms * 1e3:7.1f} us "
@@ -244,7 +240,6 @@ def main():
     ap.add_argument("--dh", action="store_true",
                     help="RMSNorm backward with the gradient of h too (the fused residual norm's backward)")
     ap.add_argument("--strided", default="0,1", help="RMSNorm backward: rows p, p + P, ... a program (1) or blocks (0)")
-    ap.add_argument("--tile-rows", default="1,2,4", help="rows the RMSNorm backward reduces as one tile")
     ap.add_argument("--prefetch", default="0,1", help="the RMSNorm backward's rows loaded ahead (0 or 1)")
     ap.add_argument("--elems", default="1024,2048,4096,8192")
     ap.add_argument("--dw-reduce", default="32x2048,256x4096,512x4096,1024x8192,1024x16384",

@@ -190,21 +190,18 @@ def test_kernel_matches_float64(case):
 
 
 @pytest.mark.parametrize("strided", [False, True], ids=["blocks", "strided"])
-@pytest.mark.parametrize("tile_rows", [1, 2, 4])
 @pytest.mark.parametrize("prefetch", [0, 1])
 @pytest.mark.parametrize("case", [Case(f32, (37, 100), "llama", residual=True),  # 10 rows a program, 7 in the last
                                   Case(f16, (6, 33), "gemma"),  # 2 rows a program
                                   Case(f32, (3, 61), "llama", residual=True)],  # 1 row a program
                          ids=lambda c: c.id)
-def test_backward_rows_loaded_ahead(case, prefetch, tile_rows, strided, monkeypatch):
-    """The single-block backward with the next tile of rows loaded ahead or not
-    (launch.BWD_PREFETCH), 1, 2 or 4 rows a tile (launch.BWD_ROWS), a block of rows a program or
-    every P-th tile (launch.BWD_STRIDED), with programs of several rows (not a multiple of the
-    tile), two and one."""
+def test_backward_rows_loaded_ahead(case, prefetch, strided, monkeypatch):
+    """The single-block backward with the next row loaded ahead or not (launch.BWD_PREFETCH),
+    a block of rows a program or every P-th row (launch.BWD_STRIDED), with programs of several
+    rows, two and one."""
     from flashkernels.ops.rms_norm import launch
 
     monkeypatch.setattr(launch, "BWD_PREFETCH", prefetch)
-    monkeypatch.setattr(launch, "BWD_ROWS", tile_rows)
     monkeypatch.setattr(launch, "BWD_STRIDED", strided)
     check_case(case, device="cpu" if not ON_GPU else DEVICE)
 

@@ -51,12 +51,11 @@ def block_config(n: int, device: torch.device) -> tuple[int, bool, int]:
 # The single-block backward loads row r + 1 while it reduces row r (the kernel's PREFETCH, 1);
 # 0 loads each row in its own iteration (scripts/tune_ops.py's A/B).
 BWD_PREFETCH = 1
-# Rows the single-block backward reduces as one tile (scripts/tune_ops.py sweeps it).
-BWD_ROWS = 1
 # Program p takes rows p, p + P, ... (all P programs walk the tensor together, as an elementwise
 # kernel's blocks do) instead of a block of rows_per_program: on the H100 (16384 x 4096 bf16,
 # scripts/tune_ops.py, session 11) 151.8 -> 145.3 us with 16 warps (147.0 with 8); blocks of rows
-# gained nothing from deeper prefetch, 2-row tiles or other warp / program counts (~151.5 us).
+# gained nothing from deeper prefetch, 2- or 4-row tiles (tried, removed) or other warp / program
+# counts (~151.5 us).
 BWD_STRIDED = True
 # The backward's warps at rows of 4096+ columns (with BWD_STRIDED; the forward keeps block_config's).
 # Without dh only: the fused residual norm's backward (dh too) ran 191.9 us with 8 warps against
@@ -167,7 +166,7 @@ def rms_norm_bwd_impl(
         partial.stride(0) if has_w else 0,
         M, N, rows_per_program, offset,
         HAS_WEIGHT=has_w, HAS_DH=dh2 is not None, BLOCK=block, SINGLE=single,
-        PREFETCH=BWD_PREFETCH, ROWS=BWD_ROWS if single else 1, STRIDED=BWD_STRIDED and single,
+        PREFETCH=BWD_PREFETCH, STRIDED=BWD_STRIDED and single,
         num_warps=num_warps,
     )
     if has_w:

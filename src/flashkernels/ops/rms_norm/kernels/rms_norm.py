@@ -105,16 +105,14 @@ def rms_norm_fwd_kernel(
 
 
 @triton.jit
-def _bwd_rows(X, DY, DH, RSTD, rows, stride_x, stride_dy, stride_dh, cols, mask, valid, HAS_DH: tl.constexpr):
-    """Rows ``rows`` ((R,) indices) of x, dy, dh (dy's values without HAS_DH) as (R, BLOCK) tiles
-    as stored, and their rstd (R,); zeros where not ``valid`` ((R,))."""
-    m = valid[:, None] & mask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0)
-    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=m, other=0.0)
+def _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh, cols, mask, valid, HAS_DH: tl.constexpr):
+    """Row r's x, dy, dh (dy's values without HAS_DH) as stored, and its rstd; zeros unless valid."""
+    x = tl.load(X + r * stride_x + cols, mask=mask & valid, other=0.0)
+    dy = tl.load(DY + r * stride_dy + cols, mask=mask & valid, other=0.0)
     dh = dy
     if HAS_DH:
-        dh = tl.load(DH + rows[:, None] * stride_dh + cols[None, :], mask=m, other=0.0)
-    rstd = tl.load(RSTD + rows, mask=valid, other=0.0)
+        dh = tl.load(DH + r * stride_dh + cols, mask=mask & valid, other=0.0)
+    rstd = tl.load(RSTD + r, mask=valid, other=0.0)
     return x, dy, dh, rstd
 
 
@@ -124,7 +122,7 @@ def rms_norm_bwd_kernel(
     stride_x, stride_dy, stride_dh, stride_dx, stride_dw,
     M, N, rows_per_program, offset,
     HAS_WEIGHT: tl.constexpr, HAS_DH: tl.constexpr,
-    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = 1, ROWS: tl.constexpr = 1,
+    BLOCK: tl.constexpr, SINGLE: tl.constexpr, PREFETCH: tl.constexpr = 1,
     STRIDED: tl.constexpr = False,
 ):
     """X is the normalized input (h when there was a residual). With xhat = x * rstd and
@@ -143,47 +141,44 @@ def rms_norm_bwd_kernel(
         wt = tl.full([BLOCK], 1.0, dtype=tl.float32)
         if HAS_WEIGHT:
             wt = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset
-        dw = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
-        rr = tl.arange(0, ROWS)
-        # ROWS rows at a time as one (ROWS, BLOCK) tile (one cross-warp reduction for all of
-        # them); the next tile (x, dy, rstd, dh) is loaded before this one is reduced and stored,
-        # so a few programs per SM keep enough bytes moving. PREFETCH 0 loads each tile in its own
-        # iteration (the A/B of scripts/tune_ops.py). STRIDED: program p takes tiles p, p + P,
-        # ... (all programs walk the tensor together), else its own block of rows_per_program.
+        dw = tl.zeros([BLOCK], dtype=tl.float32)
+        # Row r + step (x, dy, rstd, dh) is loaded before row r is reduced and stored: two rows'
+        # loads in flight per program, so a few programs per SM keep enough bytes moving.
+        # PREFETCH 0 loads each row in its own iteration (the A/B of scripts/tune_ops.py).
+        # STRIDED: program p takes rows p, p + P, ... (all programs walk the tensor together, as an
+        # elementwise kernel's blocks do), else its own block of rows_per_program.
         if STRIDED:
-            first = pid * ROWS
-            step = tl.num_programs(0).to(tl.int64) * ROWS
+            first = pid
+            step = tl.num_programs(0).to(tl.int64)
             last = M + pid * 0  # int64
         else:
             first = row_start
-            step = ROWS
+            step = 1
             last = row_end
-        x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, first + rr, stride_x, stride_dy,
-                                                    stride_dh, cols, mask, first + rr < last, HAS_DH)
+        x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, first, stride_x, stride_dy, stride_dh,
+                                                   cols, mask, first < last, HAS_DH)
         for r in range(first, last, step):
-            rows = r + rr
             if PREFETCH == 0:
-                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, rows, stride_x, stride_dy, stride_dh,
-                                                            cols, mask, rows < last, HAS_DH)
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r, stride_x, stride_dy, stride_dh,
+                                                           cols, mask, True, HAS_DH)
             dh = dh_nxt
             x = x_nxt.to(tl.float32)
             dy = dy_nxt.to(tl.float32)
-            rstd = rstd_nxt[:, None]
+            rstd = rstd_nxt
             if PREFETCH == 1:
-                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_rows(X, DY, DH, RSTD, rows + step, stride_x, stride_dy,
-                                                            stride_dh, cols, mask, rows + step < last, HAS_DH)
+                x_nxt, dy_nxt, dh_nxt, rstd_nxt = _bwd_row(X, DY, DH, RSTD, r + step, stride_x, stride_dy,
+                                                           stride_dh, cols, mask, r + step < last, HAS_DH)
             xhat = x * rstd
-            g = dy * wt[None, :]
+            g = dy * wt
             if HAS_WEIGHT:
-                dw += dy * xhat  # rows past the end load zeros: they add nothing
-            c = tl.sum(g * xhat, axis=1) / N
-            dx = (g - xhat * c[:, None]) * rstd
+                dw += dy * xhat
+            c = tl.sum(g * xhat, axis=0) / N
+            dx = (g - xhat * c) * rstd
             if HAS_DH:
                 dx += dh.to(tl.float32)
-            tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty),
-                     mask=(rows < last)[:, None] & mask[None, :])
+            tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
-            tl.store(DW + cols, tl.sum(dw, axis=0), mask=mask)
+            tl.store(DW + cols, dw, mask=mask)
     else:
         for r in range(row_start, row_end):
             rstd = tl.load(RSTD + r)
