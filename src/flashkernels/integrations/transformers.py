@@ -233,7 +233,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out, _ = _attention(query, key, value, mask=None, causal=bool(q_len > 1 and is_causal),
                             causal_align="bottom_right", scale=float(scale),
-                            backend=getattr(module, "_flashkernels_backend", None), bshd=False,
+                            backend=getattr(module, "_flashkernels_backend", None),
+                            bshd=query.stride(1) < query.stride(2),  # out in query's memory order, as SDPA
                             window_size=(int(sliding) - 1, 0))
         return out.transpose(1, 2).contiguous(), None
     out = scaled_dot_product_attention(
