@@ -125,14 +125,10 @@ def test_training_losses_match_eager(name, extra):
 PACKED = ((10, 7), (5, 12))  # two sequences packed into each row of S = 17 tokens
 
 
-@pytest.mark.parametrize("name,extra", _arch_params())
-def test_packed_position_ids_match_each_sequence_alone(name, extra):
-    """Position ids that restart mark packed sequences (looked for only without a cache):
-    transformers' packed-sequence check runs (the patched model skips it only when it made the
-    positions itself), and each sequence's logits equal those of the sequence run alone."""
-    out_m, pt_m, ref_m = trio(build(name, extra))
-    ids, _ = inputs(seed=3)
-    pos = torch.tensor([list(range(n0)) + list(range(n1)) for n0, n1 in PACKED])
+def check_packed(name, out_m, pt_m, ref_m, ids):
+    """The patched model's logits for ``ids`` packed as PACKED (position ids that restart)
+    against each sequence run alone through the eager models, under the fp32 policy."""
+    pos = torch.tensor([list(range(n0)) + list(range(n1)) for n0, n1 in PACKED], device=ids.device)
     with torch.no_grad():
         out = out_m(ids, position_ids=pos, use_cache=False).logits
         alone = [[], []]
@@ -143,6 +139,32 @@ def test_packed_position_ids_match_each_sequence_alone(name, extra):
                     alone[k].append(m(seq, use_cache=False).logits[0])
     pt, ref = (torch.cat(a).reshape(out.shape) for a in alone)
     assert_close_policy(out, pt, ref, dtype=torch.float32, name=f"{name} packed logits")
+
+
+@pytest.mark.parametrize("name,extra", _arch_params())
+def test_packed_position_ids_match_each_sequence_alone(name, extra):
+    """Position ids that restart mark packed sequences (looked for only without a cache):
+    transformers' packed-sequence check runs (the patched model skips it only when it made the
+    positions itself), and each sequence's logits equal those of the sequence run alone."""
+    check_packed(name, *trio(build(name, extra)), inputs(seed=3)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,extra", [*_arch_params(), pytest.param("Mistral", {"sliding_window": 32},
+                                                                      id="Mistral-window")])
+def test_models_match_eager_cuda(name, extra):
+    """On the GPU, fp32 models through the kernels (backend "triton"): logits without position ids
+    (the packed-sequence check skipped) and with packed ones (checked: each sequence as run
+    alone) against eager; Mistral-window: a window longer than the sequence, so transformers
+    builds no mask and the kernels get the window (the output in query's memory order)."""
+    if not hasattr(transformers, f"{name}ForCausalLM"):
+        pytest.skip(f"no {name} in this transformers")
+    out_m, pt_m, ref_m = (m.cuda() for m in trio(build(name, extra), backend="triton"))
+    ids = inputs(seed=3)[0].cuda()
+    with torch.no_grad():
+        logits = [m(ids, use_cache=False).logits for m in (out_m, pt_m, ref_m)]
+    assert_close_policy(*logits, dtype=torch.float32, name=f"{name} logits")
+    check_packed(name, out_m, pt_m, ref_m, ids)
 
 
 def test_packed_check_skipped_only_for_positions_the_model_made(monkeypatch):
@@ -254,10 +276,12 @@ def test_sliding_window_matches_eager(name, extra, padded):
     assert (full.logits - logits[1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("memory", ["bhsd", "bshd"])
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_sliding_window_without_a_mask_is_applied_by_the_kernels(backend):
+def test_sliding_window_without_a_mask_is_applied_by_the_kernels(backend, memory):
     """When transformers passes no mask, the attention function applies the window itself:
-    equal to the same call with the window written out as a bool mask."""
+    equal to the same call with the window written out as a bool mask, for q, k, v contiguous
+    and as (B, H, S, D) views of (B, S, H, D) memory (as transformers passes them)."""
     from flashkernels import _backend
 
     if backend == "triton" and _backend.triton_unavailable_reason(torch.device("cpu")) is not None:
@@ -269,6 +293,8 @@ def test_sliding_window_without_a_mask_is_applied_by_the_kernels(backend):
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, 19, 16, generator=g) for h in (4, 2, 2))
+    if memory == "bshd":
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     out, _ = fk_hf.attention_forward(Layer(), q, k, v, None, scaling=0.25, sliding_window=5)
     i, j = torch.arange(19)[:, None], torch.arange(19)[None, :]
     allowed = (j <= i) & (j > i - 5)
