@@ -103,7 +103,7 @@ def gaps(rows: int, min_gap_us: float = 2.0, cuda_only: bool = False, steady: bo
             step()
         torch.cuda.synchronize()
         acts = [ProfilerActivity.CUDA] + ([] if cuda_only else [ProfilerActivity.CPU])
-        cache = triton.runtime.driver.active.get_empty_cache_for_benchmark()
+        cache = triton.runtime.driver.active.get_empty_cache_for_benchmark() if steady else None
         with profile(activities=acts) as prof:
             for _ in range(5 if steady else 1):
                 if steady:  # as do_bench's repetitions: the L2 cleared between steps, no synchronisation

@@ -9,10 +9,15 @@ autograd wrapper's. Bytes as in ``flashkernels bench ops``; GB/s = bytes / do_be
 flushed). Each candidate's output is compared with the default's before it is timed (to 1e-2:
 the knobs change the order of the sums, not the formula).
 
-Knobs: RMSNorm ``num_warps`` (launch.block_config), backward programs per SM
-(launch.bwd_programs) and the backward's rows loaded ahead (launch.BWD_PREFETCH, 0 / 1); RoPE elements per program (launch.ELEMS) and ``num_warps``
-(launch.NUM_WARPS); op ``rms_dw``: the backward's dW reduce tile (launch.DW_REDUCE_ROWS / _ELEMS). The copy ceiling (``dst.copy_(src)`` of the same bytes) is printed first, and an add (read 2, write 1: the
-RMSNorm backward's mix).
+Knobs: RMSNorm ``num_warps`` (launch.block_config; the backward's 16-warp floor is lifted while
+a count is forced), backward programs per SM (launch.bwd_programs), the backward's next row
+loaded ahead (launch.BWD_PREFETCH, 0 / 1) and its row order (launch.BWD_STRIDED, 0 blocks / 1
+strided); ``--dh`` times the backward with the gradient of h too (the fused residual norm's);
+RoPE elements per program (launch.ELEMS) and ``num_warps`` (launch.NUM_WARPS); op ``rms_dw``:
+the backward's dW reduce tile (launch.DW_REDUCE_ROWS / _ELEMS). The copy ceiling
+(``dst.copy_(src)`` of the same bytes) is printed first, and an add (read 2, write 1: the RMSNorm
+backward's mix). The ``[regs]`` column of the backward rows names the variant Triton compiled
+last: on a launch-cache hit that is another row's.
 """
 import argparse
 import itertools
