@@ -50,6 +50,11 @@ VARIANTS = {
     "fast-bn64-st4-s8": (C(16, 64, 4, 4, fast=True), 8, 66),
     "tma-st3":         (C(16, 128, 8, 3, tma=True), 0, 0),
     "tma-bn64-st4":    (C(16, 64, 4, 4, tma=True), 0, 0),
+    # session 12: one split at B=16 (128 programs, no combine kernel), more splits at B=1
+    "fast-bn64-st4-s1": (C(16, 64, 4, 4, fast=True), 1, 33),
+    "fast-bn64-st4-s66": (C(16, 64, 4, 4, fast=True), 2, 66),
+    "fast-st3-s1":     (C(16, 128, 8, 3, fast=True), 1, 16),
+    "fast-bn64-st4-s16": (C(16, 64, 4, 4, fast=True), 2, 16),
 }
 EAGER_TOO = ("old", "fast-st3", "sdpa-cudnn", "sdpa-flash")
 CASES = ((16, 8192), (1, 131072))
@@ -131,6 +136,8 @@ def main():
     ap.add_argument("--rep-ms", type=float, default=60)
     ap.add_argument("--variants", default="", help="comma subset of " + ",".join(VARIANTS))
     ap.add_argument("--no-sdpa", action="store_true")
+    ap.add_argument("--profile", default="", help="comma list of variants (and sdpa-cudnn / sdpa-flash) whose "
+                    "kernels' GPU times torch.profiler reports per call on the contiguous cache, after the timing")
     ap.add_argument("--csv", default=None, help="default $OUT/ab_decode.csv when $OUT is set")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -252,7 +259,48 @@ def main():
                     dd = f"{dd:.1e}" if isinstance(dd, float) else ""
                     print(f"{B:3d} {S:7d} {layout:9} {n:18} {mode:5} {min(v):6.2f} {med:6.2f} {max(v):6.2f} "
                           f"{xc:>7} {pc:>9} {dd:>9}")
+    if args.profile and gpu:
+        profile(args.profile.split(","), dtype, dev, g, default_cfg)
     print(f"\nab_decode: {time.perf_counter() - t_start:.0f} s" + (f", CSV {path}" if path else ""))
+
+
+def profile(names, dtype, dev, g, default_cfg, calls=20):
+    """Each kernel's mean GPU time per call (torch.profiler, eager calls after a warm-up): how a
+    step divides between the attention kernel, the split combine and any copies."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    print(f"\nkernels per call (torch.profiler, {calls} eager calls, contiguous cache)")
+    for B, S in CASES:
+        inp = make_inputs(B, S, "contig", dtype, dev, g)
+        sd = tuple(t.transpose(1, 2).contiguous() for t in inp[:3])
+        nbytes = 2 * B * HKV * S * D * dtype.itemsize
+        for n in names:
+            if n in VARIANTS:
+                cfg, s16, s1 = VARIANTS[n]
+                fn = ours(cfg, s16 if B > 1 else s1, *inp)
+            else:
+                fn = sdpa({"sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-flash": "FLASH_ATTENTION"}[n], *sd)
+            try:
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        fn()
+                    torch.cuda.synchronize()
+            finally:
+                launch.attn_config = default_cfg
+            tot = 0.0
+            rows = []
+            for ev in prof.key_averages():
+                us = ev.device_time_total / calls if hasattr(ev, "device_time_total") else ev.cuda_time_total / calls
+                if us > 0 and ev.count >= calls:
+                    rows.append((us, ev.key, ev.count // calls))
+                    tot += us
+            print(f"B={B:2d} S={S:6d} {n:18s} sum {tot:7.1f} us = {nbytes / tot / 1e6:5.2f} TB/s")
+            for us, key, c in sorted(rows, reverse=True):
+                print(f"    {us:7.1f} us x{c}  {nbytes / us / 1e6 if us else 0:5.2f} TB/s  {key[:90]}")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,10 @@ def main():
                                    f"{'paged' + str(page) if page else 'contig'} split={int(split)}"
                                    f"{' +' + '+'.join(feats) if feats else ''} {path}")
                             ok &= go(tag, kvcache_attn_kernel, dt, consts, cfg.num_warps, cfg.num_stages)
-            ok &= go(f"combine {dname} D={d}", kvcache_combine_kernel, dt,
-                     dict(HEAD_DIM=d, BLOCK_D=bd, BLOCK_R=16), 4)
+            for ns in (2, 33, 128):
+                bs, bdc = launch.combine_config(ns, d)
+                ok &= go(f"combine {dname} D={d} splits={ns}", kvcache_combine_kernel, dt,
+                         dict(HEAD_DIM=d, BLOCK_S=bs, BLOCK_DC=bdc), 4)
             for page in (0, 16):
                 ok &= go(f"append {dname} D={d} Hkv=8 {'paged' if page else 'contig'}", kvcache_append_kernel, dt,
                          dict(HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_H=8, PAGE_SIZE=max(page, 1),

@@ -315,14 +315,35 @@ def test_num_splits_agree(dtype):
         torch.testing.assert_close(res[n][1], res[1][1], rtol=0, atol=2e-6)
 
 
+def test_combine_many_splits_and_column_blocks():
+    """The split combine's tiles: 40 splits (a 64-row tile, 24 padding rows), head dim 80 cut in
+    column blocks (the last one partly past D), and splits that saw no key (the short row):
+    the same output and lse as one split."""
+    bs, bdc = kv_launch.combine_config(40, 80)
+    assert (bs, bdc) == (64, 64) and bdc < 80  # the case below does cover several column blocks
+    c = Case(D=80, Hq=4, Hkv=2, S_cache=1024, seqlens=(1000, 90), Sn=1)
+    args = make_inputs(c)
+    res = {}
+    for n in (1, 40):
+        a = clone_args(args)
+        a["num_splits"] = n
+        res[n] = flash_attn_with_kvcache(**a, return_softmax_lse=True, backend="triton")
+    torch.testing.assert_close(res[40][0], res[1][0], rtol=0, atol=2e-6)
+    torch.testing.assert_close(res[40][1], res[1][1], rtol=0, atol=2e-6)
+
+
 def test_auto_num_splits_heuristic():
     cuda = torch.device("cuda", 0)
     kv_launch._num_sms.cache_clear()
     orig = kv_launch._num_sms
     kv_launch._num_sms = lambda idx: 132  # an H100
     try:
-        assert kv_launch.auto_num_splits(16 * 8, 8192, 64, cuda) == 2      # B=16, Hkv=8: 128 programs
+        assert kv_launch.auto_num_splits(16 * 8, 8192, 64, cuda, paged=True) == 2  # B=16, Hkv=8: 128 programs
+        assert kv_launch.auto_num_splits(16 * 8, 8192, 64, cuda) == 1      # contiguous: one an SM will do
+        assert kv_launch.auto_num_splits(116, 8192, 64, cuda) == 1         # 7/8 of the SMs (115.5)
+        assert kv_launch.auto_num_splits(115, 8192, 64, cuda) == 2
         assert kv_launch.auto_num_splits(1 * 8, 131072, 64, cuda) == 33    # B=1: 8 programs
+        assert kv_launch.auto_num_splits(1 * 8, 131072, 64, cuda, paged=True) == 33
         assert kv_launch.auto_num_splits(512, 8192, 64, cuda) == 1         # grid already fills the GPU
         assert kv_launch.auto_num_splits(8, 512, 64, cuda) == 2            # short cache: >= 4 tiles a split
     finally:

@@ -76,20 +76,34 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     return Config(*fit, *cfg[4:])
 
 
+def combine_config(num_splits: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_DC) of the split combine: every split in one tile, columns cut so a tile
+    holds at most 4096 fp32 (32 a thread at 4 warps); at least 16 columns."""
+    block_s = _next_pow2(num_splits)
+    return block_s, max(16, min(block_d(head_dim), 4096 // block_s))
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
 
 
-def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
+def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device, paged: bool = False) -> int:
     """Splits so that programs x splits fills at most two programs an SM (132 SMs on an H100; the
-    decode tiles fit two an SM), rounded down so no partial wave trails (B=16, Hkv=8: 2 splits,
-    2.73 TB/s, where 3 read 2.56), with at least MIN_TILES_PER_SPLIT tiles of the cache's capacity
-    a split: flash decoding's rule. ``capacity`` (not the live lengths, which would need a host
-    sync) bounds the keys; a split past a row's length exits at once. 1 when the grid already
-    fills the GPU."""
+    decode tiles fit two an SM), rounded down so no partial wave trails, with at least
+    MIN_TILES_PER_SPLIT tiles of the cache's capacity a split: flash decoding's rule.
+    ``capacity`` (not the live lengths, which would need a host sync) bounds the keys; a split
+    past a row's length exits at once. 1 when the grid already fills the GPU, and for a
+    contiguous cache already when it holds one program on 7/8 of the SMs.
+
+    H100, bf16, D=128, Hq/Hkv 32/8 (scripts/ab_decode.py, session 12, graph time, K+V TB/s):
+    B=16 cache 8192 (128 programs) contiguous 2.79-2.80 with 1 split against 2.73-2.74 with 2
+    (the combine kernel and a second launch), but paged 2.23 (page 16) / 2.33 (page 256) with 1
+    against 2.67 / 2.74 with 2: the page lookups need a second program an SM to hide them.
+    B=1 cache 128k (8 programs): 33 splits 2.75 contiguous, 2.66 / 2.74 paged; 3 splits at B=16
+    read 2.56 where 2 read 2.73 (session 7: a trailing partial wave)."""
     n_sm = _num_sms(device.index or 0) if device.type == "cuda" else 4
-    if programs >= n_sm:
+    if programs >= n_sm or (not paged and 8 * programs >= 7 * n_sm):
         return 1
     tiles = triton_cdiv(capacity, block_n)
     return max(1, min(2 * n_sm // programs, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
@@ -190,7 +204,7 @@ def kvcache_attn_impl(
     cfg = attn_config(rows, D, q.dtype, q.device)
     programs = triton_cdiv(rows, cfg.block_m) * B * Hkv
     if num_splits <= 0:
-        num_splits = auto_num_splits(programs, capacity, cfg.block_n, q.device)
+        num_splits = auto_num_splits(programs, capacity, cfg.block_n, q.device, block_table is not None)
     num_splits = max(1, min(num_splits, triton_cdiv(max(capacity, 1), cfg.block_n), MAX_SPLITS))
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, capacity, Sq)
     split = num_splits > 1
@@ -226,12 +240,12 @@ def kvcache_attn_impl(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split:
-        block_r = 16 if q.device.type != "cuda" else min(64, max(16, _next_pow2(rows)))
-        cached_launch(kvcache_combine_kernel, (B * Hkv, triton_cdiv(rows, block_r)),
+        block_s, block_dc = combine_config(num_splits, D)
+        cached_launch(kvcache_combine_kernel, (B * Hkv * rows, triton_cdiv(D, block_dc)),
             opart, lpart, out, lse,
             out.stride(0), out.stride(1), out.stride(2),
             Hkv, group, Sq, num_splits,
-            HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_R=block_r, num_warps=4,
+            HEAD_DIM=D, BLOCK_S=block_s, BLOCK_DC=block_dc, num_warps=4,
         )
     return out, lse
 

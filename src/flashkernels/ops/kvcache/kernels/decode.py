@@ -367,38 +367,38 @@ def kvcache_combine_kernel(
     OPart, LPart, Out, Lse,
     stride_ob, stride_os, stride_oh,
     num_heads_kv, group, seqlen_q, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DC: tl.constexpr,
 ):
-    """Grid (B * Hkv, cdiv(Sq * group, BLOCK_R)): merge the splits' partial results."""
-    pid_bh = tl.program_id(0).to(tl.int64)
+    """Grid (B * Hkv * Sq * group, cdiv(HEAD_DIM, BLOCK_DC)): program (row, c) merges columns
+    [c * BLOCK_DC, (c + 1) * BLOCK_DC) of one packed row's splits, all BLOCK_S >= num_splits of
+    them in one load (no loop over the splits: the first version looped over them in B * Hkv
+    programs, 17 us of a 197 us decode step at B = 1 with 33 splits). Column block 0 writes the lse."""
+    row = tl.program_id(0).to(tl.int64)
     rows_total = seqlen_q * group
-    num_bh = tl.num_programs(0)
-    offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_r < rows_total
-    io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-
-    m = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    for s in range(0, num_splits):
-        part = (s * num_bh + pid_bh) * rows_total + offs_r
-        m = tl.maximum(m, tl.load(LPart + part, mask=row_ok, other=float("-inf")))
+    pid_bh = row // rows_total
+    r = row % rows_total
+    num_bh = tl.num_programs(0) // rows_total
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.program_id(1) * BLOCK_DC + tl.arange(0, BLOCK_DC)
+    s_ok = offs_s < num_splits
+    part = (offs_s * num_bh + pid_bh) * rows_total + r
+    ls = tl.load(LPart + part, mask=s_ok, other=float("-inf"))
+    m = tl.max(ls, 0)
     m_ref = tl.where(m == float("-inf"), 0.0, m)
-    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
-    den = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for s in range(0, num_splits):
-        part = (s * num_bh + pid_bh) * rows_total + offs_r
-        w = tl.math.exp2(tl.load(LPart + part, mask=row_ok, other=float("-inf")) - m_ref)
-        o = tl.load(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], mask=io_mask & (w[:, None] > 0), other=0.0)
-        acc += w[:, None] * o
-        den += w
+    w = tl.math.exp2(ls - m_ref)  # 0 for empty splits and the padding
+    den = tl.sum(w, 0)
+    o = tl.load(OPart + part[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=(w > 0)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    acc = tl.sum(w[:, None] * o, 0)
     empty = den == 0.0
-    out = acc / tl.where(empty, 1.0, den)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_ref + tl.math.log2(tl.where(empty, 1.0, den))) * LN2)
+    out = acc / tl.where(empty, 1.0, den)
 
     b = pid_bh // num_heads_kv
     hk = pid_bh % num_heads_kv
-    qi = (offs_r // group).to(tl.int64)
-    qh = (hk * group + offs_r % group).to(tl.int64)
-    o_ptrs = Out + b * stride_ob + qi[:, None] * stride_os + qh[:, None] * stride_oh + offs_d[None, :]
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=io_mask)
-    tl.store(Lse + (b * (num_heads_kv * group) + qh) * seqlen_q + qi, lse, mask=row_ok)
+    qi = r // group
+    qh = hk * group + r % group
+    tl.store(Out + b * stride_ob + qi * stride_os + qh * stride_oh + offs_d, out.to(Out.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+    if tl.program_id(1) == 0:
+        lse = tl.where(empty, float("-inf"), (m_ref + tl.math.log2(tl.where(empty, 1.0, den))) * LN2)
+        tl.store(Lse + (b * (num_heads_kv * group) + qh) * seqlen_q + qi, lse)
