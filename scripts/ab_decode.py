@@ -55,6 +55,9 @@ VARIANTS = {
     "fast-bn64-st4-s66": (C(16, 64, 4, 4, fast=True), 2, 66),
     "fast-st3-s1":     (C(16, 128, 8, 3, fast=True), 1, 16),
     "fast-bn64-st4-s16": (C(16, 64, 4, 4, fast=True), 2, 16),
+    "fast-bn128-w4-st3-s1": (C(16, 128, 4, 3, fast=True), 1, 16),  # cuDNN's tile: 16 x 128 keys, 4 warps
+    "fast-bn64-st6-s1": (C(16, 64, 4, 6, fast=True), 1, 16),       # a deeper ring, one program an SM
+    "tma-bn64-st4-s1": (C(16, 64, 4, 4, tma=True), 1, 33),
 }
 EAGER_TOO = ("old", "fast-st3", "sdpa-cudnn", "sdpa-flash")
 CASES = ((16, 8192), (1, 131072))

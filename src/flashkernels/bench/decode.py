@@ -17,7 +17,8 @@ bytes); the ``gqa`` column says which was used.
 Counting: bytes = K + V read = 2 * B * Hkv * S * D * e (e the element size; q, out and the lse
 are < 0.1% here); TB/s = bytes / time. FLOPs = 4 * B * Hq * S * D. Timing with
 ``triton.testing.do_bench`` (median, L2 flushed between repetitions), all providers in one
-process.
+process; ``--graph`` times CUDA-graph replays of each call instead (GPU time, no host time: how a
+server that captures its decode step runs it).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing, warm_gpu
+from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing, graph_ms, warm_gpu
 
 OURS = "flashkernels"
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn")
@@ -107,17 +108,29 @@ def make_fn(provider: str, layout: str, s: DecodeShape, dtype: torch.dtype, num_
 
 
 def measure(provider: str, layout: str, s: DecodeShape, dtype: torch.dtype, num_splits: int,
-            warmup_ms: float, rep_ms: float) -> dict:
+            warmup_ms: float, rep_ms: float, graph: bool = False) -> dict:
+    """One row; ``graph``: the call captured in a CUDA graph (on a side stream) and the replay
+    timed, its ``timing`` then "graph" (else "eager"; the CSV row's mode becomes e.g. "contig-graph")."""
     row = dict(op="decode", provider=provider, dtype=dtype_name(dtype), batch=s.batch, heads_q=s.heads_q,
                heads_kv=s.heads_kv, seqlen_q=1, seqlen_k=s.seqlen_k, head_dim=s.head_dim, causal=False,
-               mode=layout, gqa="")
+               mode=layout, gqa="", timing="graph" if graph else "eager")
     try:
         fn, gqa = make_fn(provider, layout, s, dtype, num_splits)
         row["gqa"] = gqa
         with torch.no_grad():
-            fn()
-            torch.cuda.synchronize()
-            ms = do_bench_median(fn, warmup_ms, rep_ms)
+            if graph:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    fn()
+                    torch.cuda.synchronize()
+                    ms = graph_ms(fn, stream)
+                if ms is None:
+                    raise RuntimeError("the call could not be captured in a CUDA graph")
+            else:
+                fn()
+                torch.cuda.synchronize()
+                ms = do_bench_median(fn, warmup_ms, rep_ms)
         nbytes = s.kv_bytes(torch.finfo(dtype).bits // 8)
         row.update(ms=ms, tflops=s.flops() / ms / 1e9, gbps=nbytes / ms / 1e6)
     except Exception as exc:  # a peer that cannot run a shape is a result, not a crash
@@ -147,12 +160,13 @@ def format_table(rows: list[dict]) -> str:
 
 def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: torch.dtype = torch.bfloat16,
                      num_splits: int = 0, warmup_ms: float = 25, rep_ms: float = 100, csv_path=None,
-                     verbose: bool = True, repeat: int = 1) -> list[dict]:
+                     verbose: bool = True, repeat: int = 1, graph: bool = False) -> list[dict]:
     """Time every (case, provider, layout) on the current CUDA device; return the result rows
     (and append them to ``csv_path`` when given). SDPA peers run once a case (contiguous).
     ``repeat`` > 1 runs the whole list that many times in this process, each time on freshly
     allocated inputs: the spread between runs is the measurement's (session 3 saw one kernel
-    read 30-40% apart between processes, docs/perf-notes.md)."""
+    read 30-40% apart between processes, docs/perf-notes.md). ``graph``: GPU time of CUDA-graph
+    replays (see :func:`measure`)."""
     why = gpu_missing("run_decode_bench")
     if why:
         raise RuntimeError(why)
@@ -166,10 +180,10 @@ def run_decode_bench(cases=CASES, providers=PROVIDERS, layouts=LAYOUTS, dtype: t
                 s = DecodeShape(batch, seqlen)
                 for provider in providers:
                     for layout in (layouts if provider == OURS else ("contig",)):
-                        row = measure(provider, layout, s, dtype, num_splits, warmup_ms, rep_ms)
+                        row = measure(provider, layout, s, dtype, num_splits, warmup_ms, rep_ms, graph)
                         row.update(env)
                         rows.append(row)
-                        sink.write(row)
+                        sink.write(dict(row, mode=row["mode"] + "-graph") if graph else row)  # CSV: mode says it
                         if verbose:
                             msg = row.get("error") or f"{row['ms']:.4f} ms {row['gbps'] / 1e3:.2f} TB/s"
                             tag = f" (run {run + 1}/{repeat})" if repeat > 1 else ""
@@ -191,6 +205,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rep", type=float, default=100, metavar="MS", help="do_bench repetitions in ms (default 100)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run every measurement N times in this process, on fresh inputs (default 1)")
+    p.add_argument("--graph", action="store_true",
+                   help="time CUDA-graph replays of each call (GPU time without the host's; default: eager calls)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,9 +233,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         env = environment()
         print(f"flashkernels bench decode: {env['gpu']}, torch {env['torch']}, triton {env['triton']}, "
-              f"code {env['git_sha']}, {args.dtype}, do_bench median", flush=True)
+              f"code {env['git_sha']}, {args.dtype}, do_bench median of "
+              f"{'CUDA-graph replays' if args.graph else 'eager calls'}", flush=True)
         rows = run_decode_bench(cases, providers, layouts, DTYPES[args.dtype], args.num_splits, args.warmup,
-                                args.rep, args.csv, repeat=args.repeat)
+                                args.rep, args.csv, repeat=args.repeat, graph=args.graph)
     except RuntimeError as exc:
         print(f"flashkernels bench decode: {exc}", file=sys.stderr)
         return 2

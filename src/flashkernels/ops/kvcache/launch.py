@@ -63,7 +63,9 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     D=128, Hq/Hkv 32/8, one process, CUDA-graph GPU time (scripts/ab_decode.py, 2026-11-26),
     K+V TB/s contiguous / paged 16 / paged 256: B=16 cache 8192 2.73 / 2.67 / 2.74 (two splits;
     was 2.64 / 2.47 / 2.52), B=1 cache 128k 2.57 / 2.53 / 2.59 (was 2.58 / 2.53 / 2.56); SDPA
-    cuDNN 2.84 / 2.79. Other tiles were picked for no register spills at sm_90a
+    cuDNN 2.84 / 2.79. Session 12 (one-load combine, one split at B=16 contiguous): 2.80 / 2.67 /
+    2.75 and 2.74 / 2.67 / 2.74; cuDNN's own tile (16, 128, 4 warps, 3 stages) and a 6-stage ring
+    read the same within 1% contiguous. Other tiles were picked for no register spills at sm_90a
     (scripts/compile_check_kvcache.py). All shrink to the device's shared memory."""
     if device.type != "cuda":  # interpreter: small blocks hit every masked branch on small shapes
         return Config(16, 16, 4, 1)
