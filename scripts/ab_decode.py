@@ -61,7 +61,7 @@ VARIANTS = {
 }
 EAGER_TOO = ("old", "fast-st3", "sdpa-cudnn", "sdpa-flash")
 CASES = ((16, 8192), (1, 131072))
-LAYOUTS = ("contig", "paged16", "paged256")
+LAYOUTS = ("contig", "paged16", "paged256")  # --layouts adds "headmajor" (SDPA's memory order)
 HQ, HKV, D = 32, 8, 128
 
 
@@ -84,6 +84,9 @@ def make_inputs(B, S, layout, dtype, dev, g):
     vc = torch.randn(B, S, HKV, D, device=dev, dtype=dtype, generator=g)
     lens = torch.full((B,), S, dtype=torch.int32, device=dev)
     table = None
+    if layout == "headmajor":  # (B, Hkv, S, D) memory seen as (B, S, Hkv, D): each head's keys contiguous
+        kc = kc.transpose(1, 2).contiguous().transpose(1, 2)
+        vc = vc.transpose(1, 2).contiguous().transpose(1, 2)
     if layout.startswith("paged"):
         page = int(layout.removeprefix("paged"))
         nb = S // page
@@ -139,6 +142,7 @@ def main():
     ap.add_argument("--rep-ms", type=float, default=60)
     ap.add_argument("--variants", default="", help="comma subset of " + ",".join(VARIANTS))
     ap.add_argument("--no-sdpa", action="store_true")
+    ap.add_argument("--layouts", default="", help="comma subset of contig,paged16,paged256,headmajor")
     ap.add_argument("--profile", default="", help="comma list of variants (and sdpa-cudnn / sdpa-flash) whose "
                     "kernels' GPU times torch.profiler reports per call on the contiguous cache, after the timing")
     ap.add_argument("--csv", default=None, help="default $OUT/ab_decode.csv when $OUT is set")
@@ -151,6 +155,9 @@ def main():
     bad = [n for n in names if n not in VARIANTS]
     if bad:
         sys.exit(f"--variants: unknown {bad}; expected names from {list(VARIANTS)}")
+    global LAYOUTS
+    if args.layouts:
+        LAYOUTS = tuple(args.layouts.split(","))
     gpu = torch.cuda.is_available() and not args.smoke
     dev = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float16
