@@ -24,7 +24,8 @@ os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
 os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"
 
 FWD = [Config(128, 64, 8, 3), Config(128, 128, 8, 3), Config(128, 64, 4, 3), Config(64, 64, 4, 3),
-       Config(128, 32, 4, 3), Config(128, 64, 8, 2), Config(64, 32, 4, 2), Config(64, 64, 8, 2)]
+       Config(128, 32, 4, 3), Config(128, 64, 8, 2), Config(64, 32, 4, 2), Config(64, 64, 8, 2),
+       Config(128, 128, 4, 3), Config(128, 128, 8, 2), Config(64, 128, 4, 3)]
 BWD_KV = [Config(32, 128, 8, 3), Config(64, 64, 8, 3), Config(32, 64, 4, 3), Config(64, 128, 8, 2),
           Config(16, 64, 8, 2), Config(32, 64, 8, 2), Config(16, 128, 8, 2)]
 BWD_Q = [Config(128, 32, 8, 3), Config(128, 64, 8, 3), Config(64, 64, 4, 3), Config(64, 32, 4, 3),
@@ -46,7 +47,18 @@ def main():
     ap.add_argument("--dims", default="64,128,256")
     ap.add_argument("--seqlen", type=int, default=4096)
     ap.add_argument("--causal", default="0,1")
+    ap.add_argument("--seqlens", default="", help="several sequence lengths (comma list); overrides --seqlen")
+    ap.add_argument("--fwd-only", action="store_true", help="the forward candidates only")
+    ap.add_argument("--direct", action="store_true",
+                    help="call the launcher (launch.attn_fwd_impl, wrap_triton off) as eager calls do, not the "
+                         "custom op: at S <= 2k the op's dispatcher time is of the kernel's order")
     args = ap.parse_args()
+    for S in (map(int, args.seqlens.split(",")) if args.seqlens else (args.seqlen,)):
+        args.seqlen = S
+        sweep(args)
+
+
+def sweep(args):
     log = open(os.path.join(os.environ["OUT"], "tune.jsonl"), "a") if os.environ.get("OUT") else None
     default_fwd, default_bwd = launch.fwd_config, launch.bwd_configs
     S = args.seqlen
@@ -62,13 +74,21 @@ def main():
             ref_o, ref_lse = torch.ops.flashkernels.attn_fwd(*call)
             ref_g = torch.ops.flashkernels.attn_bwd(do, q, k, v, ref_o, ref_lse, None, *call[3:])
             fwd_cands = FWD_256 if D > 128 else FWD
+            if args.direct:
+                from torch._library.triton import set_wrap_triton_enabled
+
+                def fwd():
+                    with set_wrap_triton_enabled(False):
+                        return launch.attn_fwd_impl(*call)
+            else:
+                def fwd():
+                    return torch.ops.flashkernels.attn_fwd(*call)
             for cfg in fwd_cands:
                 launch.fwd_config = lambda *a, cfg=cfg: cfg
                 try:
-                    o, lse = torch.ops.flashkernels.attn_fwd(*call)
+                    o, lse = fwd()
                     err = (o.float() - ref_o.float()).abs().max().item()
-                    ms = do_bench(lambda: torch.ops.flashkernels.attn_fwd(*call), warmup=25, rep=100,
-                                  return_mode="median")
+                    ms = do_bench(fwd, warmup=25, rep=100, return_mode="median")
                     row = dict(kind="fwd", D=D, S=S, causal=causal, cfg=tuple(cfg), ms=ms,
                                tflops=flops / ms / 1e9, err=err)
                 except Exception as e:  # out of resources, say
@@ -77,6 +97,8 @@ def main():
                 if log:
                     log.write(json.dumps(row) + "\n")
             launch.fwd_config = default_fwd
+            if args.fwd_only:
+                continue
             # The dK/dV and dQ kernels run one after the other, so their times add: sweep each
             # with the other at its default.
             kv0, q0 = default_bwd(D, q.dtype, q.device)
