@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python scripts/ab_decode.py                 # H100, ~3 min with compiles
     TRITON_INTERPRET=1 PYTHONPATH=src python scripts/ab_decode.py --smoke   # CPU: every path runs once
+    ... --variants a,b --layouts contig,headmajor --profile a,sdpa-cudnn    # a subset; kernel times
 
 Shapes of ``flashkernels bench decode`` (bf16, D = 128, Hq = 32, Hkv = 8, one query token, every
 row full): B = 16 cache 8192 and B = 1 cache 131072; flashkernels on the contiguous cache and on
@@ -18,7 +19,9 @@ decode readings of session 3; the eager time of the old path and of SDPA is prin
 Repeats are interleaved (every variant once, then again, in a rotated order), each repeat on
 freshly allocated inputs (new addresses, the previous ones kept alive); the table gives
 min / median / max K+V TB/s over repeats. CSV of every measurement to ``$OUT/ab_decode.csv``
-(or --csv).
+(or --csv). ``--profile``: afterwards, each named variant's kernels (the attention kernel, the
+split combine) and SDPA's with their GPU times per call (torch.profiler over eager calls).
+``--layouts ...,headmajor``: the cache as (B, Hkv, S, D) memory seen through the strides.
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@
 FA3-paper shapes (B*S = 16384 tokens, Hq*D = 2048), bf16, causal and not. For each head dim it
 times every forward candidate and every (dK/dV, dQ) backward candidate by swapping the config
 functions of launch.py, checks each against the default config's output, and prints TFLOP/s.
-Rows go to $OUT/tune.jsonl when OUT is set.
+Rows go to $OUT/tune.jsonl when OUT is set. ``--seqlens 1024,2048`` sweeps several lengths,
+``--fwd-only`` skips the backward, ``--direct`` calls the launcher as eager calls do (the custom
+op's dispatcher costs host time of a short kernel's order).
 """
 import argparse
 import json
@@ -53,13 +55,18 @@ def main():
                     help="call the launcher (launch.attn_fwd_impl, wrap_triton off) as eager calls do, not the "
                          "custom op: at S <= 2k the op's dispatcher time is of the kernel's order")
     args = ap.parse_args()
-    for S in (map(int, args.seqlens.split(",")) if args.seqlens else (args.seqlen,)):
-        args.seqlen = S
-        sweep(args)
-
-
-def sweep(args):
     log = open(os.path.join(os.environ["OUT"], "tune.jsonl"), "a") if os.environ.get("OUT") else None
+    try:
+        for S in (map(int, args.seqlens.split(",")) if args.seqlens else (args.seqlen,)):
+            args.seqlen = S
+            sweep(args, log)
+    finally:
+        if log:
+            log.close()
+
+
+def sweep(args, log):
+    """Every candidate at ``args.seqlen`` (rows printed, and written to ``log`` when given)."""
     default_fwd, default_bwd = launch.fwd_config, launch.bwd_configs
     S = args.seqlen
     for D in map(int, args.dims.split(",")):
