@@ -9,7 +9,10 @@ other processes. Here, in one process, alternating for ``--rounds`` rounds: ours
 flash_attn_func (BSHD), through scaled_dot_product_attention on BHSD tensors and on BHSD views
 of BSHD memory, and SDPA cuDNN on BHSD; forward and backward (autograd.grad over a retained
 graph, as bench attention), do_bench medians. Then each variant's kernels per backward call
-(torch.profiler), to see where a difference comes from.
+(torch.profiler), to see where a difference comes from; before them, each variant's allocator
+segments over 20 calls, its host time to issue them against their GPU time, and cProfile's top
+host functions. ``--pads N`` instead times two of the backwards with 0..N-1 extra 2 MB blocks
+held first (their buffers at other addresses), twice over.
 """
 import argparse
 
