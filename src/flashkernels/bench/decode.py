@@ -109,11 +109,12 @@ def make_fn(provider: str, layout: str, s: DecodeShape, dtype: torch.dtype, num_
 
 def measure(provider: str, layout: str, s: DecodeShape, dtype: torch.dtype, num_splits: int,
             warmup_ms: float, rep_ms: float, graph: bool = False) -> dict:
-    """One row; ``graph``: the call captured in a CUDA graph (on a side stream) and the replay
-    timed, its ``timing`` then "graph" (else "eager"; the CSV row's mode becomes e.g. "contig-graph")."""
+    """One row; ``graph``: the call captured in a CUDA graph (on a side stream, as
+    common.measure_graph does) and the replay timed (run_decode_bench then writes the CSV row's
+    mode as e.g. "contig-graph")."""
     row = dict(op="decode", provider=provider, dtype=dtype_name(dtype), batch=s.batch, heads_q=s.heads_q,
                heads_kv=s.heads_kv, seqlen_q=1, seqlen_k=s.seqlen_k, head_dim=s.head_dim, causal=False,
-               mode=layout, gqa="", timing="graph" if graph else "eager")
+               mode=layout, gqa="")
     try:
         fn, gqa = make_fn(provider, layout, s, dtype, num_splits)
         row["gqa"] = gqa
