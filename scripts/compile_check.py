@@ -207,17 +207,19 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
                        (bwd_hopper.attn_bwd_hopper_kernel, launch.HOPPER_BLOCK_N))
-    rows = launch.HOPPER_BWD_BLOCK_M
+    rows = launch.HOPPER_BWD_BLOCK_M  # (K / V tiles)
+    block_m = rows if D == 256 else launch.hopper_bwd_block_m(D, softcap or alibi or window or varlen)
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     lse = torch.empty(1, 2, 1024)
-    descs = {n: launch._hopper_desc(x, rows)[0] for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
+    descs = {n: launch._hopper_desc(x, block_m if n in ("desc_q", "desc_do") else rows)[0]
+             for n in ("desc_q", "desc_k", "desc_v", "desc_do")}
     ptrs = {"DQ": "*fp32", "DK": f"*{TORCH_TO_TT[dtype]}", "DV": f"*{TORCH_TO_TT[dtype]}"}
     if varlen:  # lse / Delta as pointers (launch.attn_bwd_hopper_impl: a TMA start must be 16-byte aligned)
         ptrs.update(desc_lse="*fp32", desc_delta="*fp32")
     else:
-        descs.update(desc_lse=launch._rows_desc(lse, rows), desc_delta=launch._rows_desc(lse, rows))
+        descs.update(desc_lse=launch._rows_desc(lse, block_m), desc_delta=launch._rows_desc(lse, block_m))
     stages = launch.hopper_bwd_stages(D, not (causal or softcap or alibi or window or varlen))  # (as launched)
-    consts = dict(HEAD_DIM=D, BLOCK_M=rows, BLOCK_N=block_n, STAGES=stages,
+    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, OUT_BSHD=True, LONG_FIRST=causal, num_warps=4)
     if D == 256:
         assert not (softcap or alibi or window or varlen), "the D = 256 backward has no feature flags"
@@ -233,7 +235,7 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)
     if launch.HOPPER_BWD_DQ_TMA if dq_tma is None else dq_tma:  # (dQ by a TMA reduce-add, as launched)
         consts["DQ_TMA"] = True
-        descs["desc_dq"] = launch._grad_desc(torch.empty(1, 2, 1024, D), True, rows)
+        descs["desc_dq"] = launch._grad_desc(torch.empty(1, 2, 1024, D), True, 64, D if block_m == 128 else 0)
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,
@@ -327,7 +329,9 @@ def main():
                              and not (mk or sink) and not (d == 256 and (softcap or alibi or window or varlen)))
                 if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:
                     block_n = 64 if d == 256 else launch.HOPPER_BLOCK_N  # keys a CTA (bwd_hopper256 at 256)
-                    cfg = (launch.HOPPER_BWD_BLOCK_M, block_n, 4, launch.HOPPER_STAGES)
+                    bm = (launch.HOPPER_BWD_BLOCK_M if d == 256 else
+                          launch.hopper_bwd_block_m(d, bool(softcap or alibi or window or varlen)))
+                    cfg = (bm, block_n, 4, launch.HOPPER_STAGES)
                     feats = dict(softcap=bool(softcap), alibi=alibi, window=window, varlen=varlen)
                     tag = f"gluon-bwd {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
                     if softcap or alibi or window or varlen:

@@ -87,6 +87,16 @@ def test_bwd_reason(machine_ok, monkeypatch):
     assert launch.HOPPER_BWD_ENV in launch.hopper_bwd_reason(**_bwd_args())
 
 
+def test_bwd_block_m(monkeypatch):
+    """128 query rows an iteration at D = 64 without the feature flags (causal is none), 64 with any
+    of them, at D = 128 and with the switch off."""
+    assert launch.hopper_bwd_block_m(64, features=False) == 128
+    assert launch.hopper_bwd_block_m(64, features=True) == 64
+    assert launch.hopper_bwd_block_m(128, features=False) == 64
+    monkeypatch.setattr(launch, "HOPPER_BWD_M128", False)
+    assert launch.hopper_bwd_block_m(64, features=False) == 64
+
+
 @pytest.mark.parametrize("over", [
     dict(window_left=64), dict(causal=False, window_left=-1, window_right=0), dict(causal=False, window_left=0,
                                                                                   window_right=0),
@@ -706,6 +716,32 @@ def test_hopper_bwd_dq_paths_cuda(monkeypatch, causal, D, layout):
         assert launch.hopper_bwd_launches == n + 1
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b, rtol=2 ** -7, atol=2 ** -7 * b.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_bwd_block_m_cuda(monkeypatch, causal, heads, layout):
+    """D = 64 with 128 query rows an iteration (launch.HOPPER_BWD_M128: the warpgroups split dQ_i
+    by rows) and with 64 (by columns), with either dQ path (TMA reduce, atomics): gradients within
+    the policy, at S = 640 (five 128-row blocks: the causal diagonal cuts both warpgroups' keys in
+    one block), both output layouts, and the four builds agree to the accumulation order."""
+    _needs_hopper()
+    grads = {}
+    for m128 in (True, False):
+        for tma in (True, False):
+            monkeypatch.setattr(launch, "HOPPER_BWD_M128", m128)
+            monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", tma)
+            n = launch.hopper_bwd_launches
+            torch.manual_seed(0)  # (the same q, k, v and dout for every build)
+            api = "fa" if layout == "bshd" else "sdpa"
+            grads[m128, tma] = check_case(Case(api, bf16, 2, heads[0], heads[1], 640, 640, 64, causal=causal),
+                                          device="cuda").grads
+            assert launch.hopper_bwd_launches == n + 1
+    for key in ((True, False), (False, True), (False, False)):
+        for a, b in zip(grads[True, True], grads[key]):
+            torch.testing.assert_close(a, b, rtol=2 ** -7, atol=2 ** -7 * b.abs().max().item())
 
 
 # ------------------------------------------------------------------ GPU: the backward's features

@@ -592,7 +592,20 @@ HOPPER_BWD256_EPI_TMA = True
 # dim); its causal build lost 0.4-10% with 3 (48 B of spill), D = 64 with 3 or 4 read -1-+4%
 # (noise-level) and D = 256 has no room for a third.
 HOPPER_BWD_STAGES: dict[tuple[int, bool], int] = {(128, True): 3}
+# D = 64 without features: 128 query rows an iteration (kernels/bwd_hopper.py BLOCK_M = 128, the
+# warpgroups split dQ_i by rows; FA3's tile at D = 64) instead of 64, halving the per-iteration
+# waits, barriers and dQ reduces for the same tensor-core work (Nsight Compute, session 12: the
+# 64-row backward ran the tensor pipe at 41% against cuDNN's 49%). Measured on the H100, FA3 grid:
+# +5-20% (scripts/ab_attention.py --gluon --switch HOPPER_BWD_M128 --modes bwd --head-dims 64
+# --seqlens 1024,2048,4096,8192,16384, benchmarks/results/h100-2026-11-27-ab-bwd-m128.txt).
+HOPPER_BWD_M128 = True
 hopper_bwd_launches = 0  # Gluon backward launches in this process
+
+
+def hopper_bwd_block_m(head_dim: int, features: bool) -> int:
+    """Query rows an iteration of kernels/bwd_hopper.py: 128 at D = 64 without the feature flags
+    (softcap, ALiBi, window, varlen; causal is no feature) while HOPPER_BWD_M128, else 64."""
+    return 128 if HOPPER_BWD_M128 and head_dim == 64 and not features else HOPPER_BWD_BLOCK_M
 
 
 def hopper_bwd_stages(head_dim: int, plain_noncausal: bool) -> int:
@@ -714,9 +727,11 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
     dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
-    rows = HOPPER_BWD_BLOCK_M  # every TMA tile of the backward has 64 rows
-    (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, rows), _hopper_desc(k, rows),
-                                                    _hopper_desc(v, rows), _hopper_desc(do, rows))
+    rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
+    featured = has_window or softcap > 0 or alibi_slopes is not None or varlen
+    block_m = hopper_bwd_block_m(D, featured) if D != 256 else rows  # the Q / dO / lse / Delta tiles
+    (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, block_m), _hopper_desc(k, rows),
+                                                    _hopper_desc(v, rows), _hopper_desc(do, block_m))
     # keys a CTA: 128 (two warpgroups of 64) at D = 64 / 128; 64 at D = 256 (the warpgroups split D)
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
                        (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
@@ -741,19 +756,19 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, WINDOW=has_window)
         if varlen:
             features["VARLEN"] = True
-        if HOPPER_BWD_DQ_TMA:
-            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, rows))
+        if HOPPER_BWD_DQ_TMA:  # (a warpgroup's part of dQ_i: 64 rows x D / 2, or with 128 rows 64 x D)
+            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, 64, D if block_m == 128 else 0))
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,
     # and a TMA copy's start must be 16-byte aligned (kernels/bwd_hopper._bwd_producer)
     lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if varlen else
-                          (_rows_desc(lse.contiguous(), rows), _rows_desc(delta, rows)))
+                          (_rows_desc(lse.contiguous(), block_m), _rows_desc(delta, block_m)))
     cached_launch(
         kernel, grid, dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv,
         scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
-        HEAD_DIM=D, BLOCK_M=HOPPER_BWD_BLOCK_M, BLOCK_N=block_n, CAUSAL=causal_,
-        STAGES=hopper_bwd_stages(D, not (causal_ or has_window or softcap > 0 or alibi_slopes is not None or varlen)),
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal_,
+        STAGES=hopper_bwd_stages(D, not (causal_ or featured)),
         OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, fk_traceable=False,
         **features,
     )

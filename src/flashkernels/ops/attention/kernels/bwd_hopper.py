@@ -11,7 +11,8 @@ Structure of one CTA (grid over (B·Hkv, S / BLOCK_N): see _bwd_tile for the ord
 visited by each of the GROUP = H / Hkv query heads that share it, one after another, so dK and
 dV sum over the group in registers; ``gl.warp_specialize``):
   - a 1-warp producer partition issues every TMA load: the CTA's K and V (two 64-row halves
-    each, loaded once), then per (query head, query block i of BLOCK_M = 64 rows) Q_i with lse_i and dO_i with
+    each, loaded once), then per (query head, query block i of BLOCK_M = 64 rows; 128 at D = 64
+    without the feature flags, FA3's tile there) Q_i with lse_i and dO_i with
     Delta_i into a ring of STAGES stages (ready mbarriers per tile, one empty mbarrier a stage);
     lse and Delta (B, H, S) fp32 arrive by 1-D TMA copies of BLOCK_M floats (VARLEN: loads);
   - two consumer warpgroups (the default partition and a 4-warp worker); warpgroup w owns keys
@@ -27,7 +28,8 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     dS^T = scale · P^T (dP^T - Delta_i)          (the scale folded in: dK and dQ need no scaling)
     both warpgroups store their dS^T into one 128-key x 64 shared tile (double-buffered by
     iteration), meet at a 256-thread named barrier, and warpgroup w computes columns
-    64w .. 64w + 63 of dQ_i = dS K over all 128 keys
+    w·D/2 .. (w + 1)·D/2 - 1 of dQ_i = dS K over all 128 keys (BLOCK_M = 128: rows 64w .. 64w + 63,
+    all D columns; +5-20% over 64-row blocks at D = 64, H100, session 13)
     dK_w += dS^T Q_i                             A = dS^T from registers, issued after dQ_i
     dQ_i's columns go to the zeroed fp32 dQ accumulator while the dK wgmma runs: with DQ_TMA
     (launch's default) through a shared-memory tile and one TMA reduce-add
@@ -235,10 +237,15 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         k_sb = HKV * S * HEAD_DIM
         k_sh = S * HEAD_DIM
         k_ss = HEAD_DIM
-    DQ_N: gl.constexpr = HEAD_DIM // 2  # the columns of dQ_i this warpgroup computes
+    # The part of dQ_i this warpgroup computes: with BLOCK_M = 128 (D = 64, launch.hopper_bwd_block_m)
+    # query rows 64W .. 64W + 63, all D columns (FA3's dQ split at D = 64), else all BLOCK_M rows,
+    # columns W·D/2 .. (W + 1)·D/2 - 1
+    DQ_ROWS: gl.constexpr = BLOCK_M == 128
+    DQ_M: gl.constexpr = 64 if DQ_ROWS else BLOCK_M
+    DQ_N: gl.constexpr = HEAD_DIM if DQ_ROWS else HEAD_DIM // 2
     # wgmma accumulators (instruction m = 16, k = 16 for 16-bit inputs, n = the tile's width).
     # st_layout: S^T / dP^T, 64 keys x BLOCK_M queries; kv_layout: dK_w / dV_w, 64 keys x D;
-    # dq_layout: this warpgroup's half of dQ_i, BLOCK_M queries x DQ_N columns.
+    # dq_layout: this warpgroup's half of dQ_i, DQ_M queries x DQ_N columns.
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                         instr_shape=[16, BLOCK_M, 16])
     kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -270,7 +277,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         slope_row = slope_smem._reinterpret(gl.float32, [2, ALIBI_GROUP_MAX], slope_smem.layout).index(W)
         slope_row.store(slopes.to(gl.float32) * LOG2E / qk_scale)
         gl.thread_barrier()  # (this warpgroup's 128 threads: a named barrier in a partition)
-    if FEATURES:
+    LANE_DIFF: gl.constexpr = FEATURES or (CAUSAL and DQ_ROWS)  # (128 rows: the plain causal mask's 32 column indices spilled)
+    if LANE_DIFF:
         # i - j for query i = m0 + c, key j = n0w + r (ALiBi's distance, the causal and window
         # masks) as dx + d_reg, dx = m0 - n0w + d_lane: in the wgmma accumulator's layout thread (warp w,
         # lane l) holds rows r = 16w + l // 4 + 8a and columns c = 8b + 2(l % 4) + e, so the lane's
@@ -282,30 +290,38 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         d_lane = (offs_mq & 6)[None, :] - (offs_r & ~8)[:, None] - _opaque(W * 64)
         d_reg = (offs_mq & ~6)[None, :] - (offs_r & 8)[:, None]
         d_regf = d_reg.to(gl.float32)
-    dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
+    dq_rows = gl.arange(0, DQ_M, layout=gl.SliceLayout(1, dq_layout))
     dq_cols = gl.arange(0, DQ_N, layout=gl.SliceLayout(0, dq_layout))
     dq_offs = dq_rows[:, None] * q_ss + dq_cols[None, :]
     if VARLEN:
         dq_base = DQ + q0 * q_ss + (hk * GROUP) * q_sh + W * DQ_N
         dq_rows_lane = dq_rows & ~8  # (row m0 + r is the sequence's iff r < seqlen_q - m0: as _varlen_keep)
         dq_rows_reg = dq_rows & 8
+    elif DQ_ROWS:
+        dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + (W * 64) * q_ss  # + the head's offset, per t
     else:
         dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
 
     if DQ_TMA and not VARLEN:  # the group's first query head's place in the accumulator's 2-D view (two registers
         # across the loop; re-read from the CTA's id in the loop instead (_bwd_tile_again) they cost
         # 40-50 instructions an iteration, an integer division)
+        if DQ_ROWS:  # (this warpgroup's rows)
+            dq_m0 = W * 64
+            dq_c0 = 0
+        else:  # (its columns)
+            dq_m0 = 0
+            dq_c0 = W * DQ_N
         if OUT_BSHD:
-            dq_row0 = b * S
-            dq_col0 = (hk * GROUP) * HEAD_DIM + W * DQ_N
+            dq_row0 = b * S + dq_m0
+            dq_col0 = (hk * GROUP) * HEAD_DIM + dq_c0
         else:
-            dq_row0 = (b * H + hk * GROUP) * S
-            dq_col0 = W * DQ_N
+            dq_row0 = (b * H + hk * GROUP) * S + dq_m0
+            dq_col0 = dq_c0
 
     dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     st_zero = gl.zeros([64, BLOCK_M], gl.float32, layout=st_layout)
-    dq_zero = gl.zeros([BLOCK_M, DQ_N], gl.float32, layout=dq_layout)
+    dq_zero = gl.zeros([DQ_M, DQ_N], gl.float32, layout=dq_layout)
 
     if VARLEN:  # (a key block past the sequence's keys: no K / V arrive, no iteration reads them)
         kv_pred = n_blocks > 0
@@ -396,7 +412,10 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             pt = gl.exp2(st * qk_scale - lse2[None, :])
             if CAUSAL:
                 if m0 < n0w + 64:  # the diagonal cuts this block: keys > query rows get P = 0
-                    pt = gl.where(offs_n[:, None] <= (m0 + offs_mq)[None, :], pt, 0.0)
+                    if DQ_ROWS:  # (i - j = (m0 - n0) + d_lane + d_reg, as the features' masks)
+                        pt = gl.where((m0 - n0) + d_lane >= -d_reg, pt, 0.0)
+                    else:
+                        pt = gl.where(offs_n[:, None] <= (m0 + offs_mq)[None, :], pt, 0.0)
             dpt, _, _, _, _ = warpgroup_mma_wait(0, deps=(dpt_tok, k_w, v_w, q_s, do_s))
             pt_op = gl.convert_layout(pt.to(dtype), a_layout)
             dv_tok = warpgroup_mma(pt_op, do_s, dv, is_async=True)
@@ -410,8 +429,12 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         ds_all.slice(W * 64, 64).store(dst16)
         fence_async_shared()  # each thread's generic-proxy stores, before the wgmmas read them
         _pair_barrier(m0)
-        dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_smem.slice(W * DQ_N, DQ_N, dim=1), dq_zero,
-                               use_acc=False, is_async=True)
+        if DQ_ROWS:  # rows 64W .. of dS_i (its columns 64W .. of the 128 x 128 dS^T tile) times all of K
+            dq_tok = warpgroup_mma(ds_all.slice(W * 64, 64, dim=1).permute((1, 0)), k_smem, dq_zero,
+                                   use_acc=False, is_async=True)
+        else:  # all of dS_i times columns W·D/2 .. of K
+            dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_smem.slice(W * DQ_N, DQ_N, dim=1), dq_zero,
+                                   use_acc=False, is_async=True)
         # dK_i after dQ_i (groups retire in issue order: dV_i, dQ_i, dK_i): wait(1) retires dV_i
         # and dQ_i, so the dQ atomics overlap the dK_i wgmma instead of trailing every wgmma of
         # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
@@ -482,7 +505,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
-    placement), blocks of 64 rows; desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
+    placement), blocks of 64 rows (desc_q, desc_do: BLOCK_M); desc_lse, desc_delta: 1-D over (B, H, S) fp32, blocks of
     BLOCK_M; DQ fp32, zeroed, (B, S, H, D) contiguous when OUT_BSHD, else (B, H, S, D); DK, DV
     likewise with H // GROUP heads and SK keys. S is Sq; the grid's key blocks cover SK (= S unless
     WINDOW). SOFTCAP: the forward's scores were softcap * tanh(scores * sm_scale / softcap),
@@ -494,12 +517,14 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     = max_seqlen_k rounded up to BLOCK_N; S stays total_q (lse / Delta (1, H, total_q)); each
     sequence's diagonal bottom-right (causal_offset is not read); CAUSAL or WINDOW per sequence.
     DQ_TMA: dQ_i goes through shared memory into DQ by a TMA reduce-add (desc_dq: launch._grad_desc,
-    tiles of BLOCK_M x D / 2) instead of fp32 atomics from registers.
+    tiles of BLOCK_M x D / 2; BLOCK_M 128: 64 x D) instead of fp32 atomics from registers.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
-    gl.static_assert(BLOCK_M == 64)
-    gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves
+    # BLOCK_M 128: D = 64 without the feature flags (register room: S^T and dP^T are 64 x 128 fp32)
+    gl.static_assert(BLOCK_M == 64 or (BLOCK_M == 128 and HEAD_DIM == 64 and not (SOFTCAP or ALIBI or WINDOW
+                                                                                  or VARLEN)))
+    gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves (BLOCK_M 128: rows)
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(OUT_BSHD or not VARLEN)
     dtype: gl.constexpr = desc_q.dtype
@@ -519,8 +544,11 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], desc_delta.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
-    if DQ_TMA:  # each consumer warpgroup's dQ_i tile (fp32, BLOCK_M x D / 2) for its TMA reduce
-        dq_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM // 2], desc_dq.layout)
+    if DQ_TMA:  # each consumer warpgroup's dQ_i tile (fp32, BLOCK_M x D / 2; BLOCK_M 128: 64 x D) for its TMA reduce
+        if BLOCK_M == 128:
+            dq_smem = gl.allocate_shared_memory(gl.float32, [2, 64, HEAD_DIM], desc_dq.layout)
+        else:
+            dq_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM // 2], desc_dq.layout)
     else:
         dq_smem = ds_smem  # (not read)
     if ALIBI:  # a row of the group's slopes for each consumer warpgroup
