@@ -169,7 +169,7 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
 
 
 def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM, softcap=False, alibi=False,
-                       sink=False, window=False, config=None, varlen=False):
+                       sink=False, window=False, config=None, varlen=False, persistent=None):
     """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it at head dim D
     (its launch.HOPPER_FWD_CONFIGS entry, or ``config`` = (BLOCK_M, BLOCK_N, STAGES)), with its
     feature flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as
@@ -187,7 +187,11 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
                   CAUSAL=causal and not window, num_warps=4, SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
     types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32", "Out": f"*{TORCH_TO_TT[dtype]}",
              "CuQ": "*i32", "CuK": "*i32"}
-    plain = ("H", "GROUP")
+    plain = ("H", "GROUP", "n_bh")
+    if persistent is None:  # (as the launcher builds it)
+        persistent = launch.hopper_fwd_persistent(D, block_m, softcap or alibi or sink or window or varlen, causal)
+    if persistent:
+        consts["PERSISTENT"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True
         plain += ("SQ", "SK", "causal_offset", "window_left", "window_right", "alibi_sb", "alibi_sh")

@@ -198,11 +198,26 @@ def test_launch_grid_and_register_cap(monkeypatch, cfg, S, grid, maxnreg):
 
     monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, cfg)
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", Stub())
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", False)
     B, H = 2, 4
     q, k, v = (_bshd(B, S, H, 64) for _ in range(3))
     out, lse = torch.empty_like(q), torch.empty(B, H, S)
     launch.hopper_fwd(q, k, v, out, lse, 0.125, True)
     assert seen["grid"] == (grid, B * H) and seen["maxnreg"] == maxnreg
+    assert "PERSISTENT" not in seen
+    # persistent (two warpgroups, no feature; here at D = 64 and causal): one CTA an SM, at most one
+    # a tile, n_bh = B·H
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64,))
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132 if grid * B * H > 132 else 7)
+    seen.clear()
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, True)
+    if len(cfg) > 2:  # (three warpgroups: not persistent)
+        assert seen["grid"] == (grid, B * H) and "PERSISTENT" not in seen
+    else:
+        assert seen["grid"] == (min(grid * B * H, launch._sm_count(0)),)
+        assert seen["PERSISTENT"] is True and seen["n_bh"] == B * H
     assert seen["BLOCK_M"] == (cfg[2] if len(cfg) > 2 else 128) and (seen["BLOCK_N"], seen["STAGES"]) == cfg[:2]
     assert seen["args"][0].block_shape == [64, 64] and seen["args"][1].block_shape == [cfg[0], 64]
 
@@ -562,6 +577,46 @@ HEADS = {"mha": (8, 8), "gqa": (32, 8), "mqa": (8, 1)}
 # batch/seqlen pairs (one config each, the same code; the GPU run has a time budget)
 FWD_DBS = [(128, b, s) for b in (1, 3) for s in (128, 384, 1024)] + \
     [(d, b, s) for d in sorted(launch.HOPPER_FWD_CONFIGS) if d != 128 for b, s in ((3, 128), (1, 1024))]
+
+
+def test_hopper_fwd_persistent_choice(monkeypatch):
+    """The persistent forward: the plain non-causal build at D = 128 (causal with its own switch)."""
+    assert launch.hopper_fwd_persistent(128, 128, features=False)
+    assert not launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
+    assert not launch.hopper_fwd_persistent(256, 128, features=False)
+    assert not launch.hopper_fwd_persistent(128, 128, features=True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64, 128, 256))
+    assert not launch.hopper_fwd_persistent(64, 192, features=False)  # (three warpgroups: TRIM)
+    assert launch.hopper_fwd_persistent(256, 128, features=False)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
+    assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", False)
+    assert not launch.hopper_fwd_persistent(128, 128, features=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [128, 256], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("heads", ["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D):
+    """The persistent forward (launch.HOPPER_FWD_PERSISTENT; here at D = 128 and 256 and causal too:
+    HOPPER_FWD_PERSISTENT_DIMS / _CAUSAL, which the default leaves out) with more tiles than SMs (4 · Hq
+    heads x 8 query tiles: each CTA runs several, the K / V ring and the Q buffers carried from
+    tile to tile, causal ones longest first): within the policy of float64, and bitwise the grid
+    launch's out and lse (the same arithmetic per tile)."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (128, 256))
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
+    Hq, Hkv = {"mha": (16, 16), "gqa": (32, 8)}[heads]
+    n = launch.hopper_fwd_launches
+    torch.manual_seed(0)
+    r = check_case(Case("fa", bf16, 4, Hq, Hkv, 1024, 1024, D, causal=causal, backward=False), device="cuda")
+    assert launch.hopper_fwd_launches == n + 1
+    assert 4 * Hq * 1024 // 128 > torch.cuda.get_device_properties(0).multi_processor_count
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", False)
+    out, lse, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True)
+    assert launch.hopper_fwd_launches == n + 2
+    assert torch.equal(out, r.out) and torch.equal(lse, r.lse)
 
 
 @pytest.mark.gpu

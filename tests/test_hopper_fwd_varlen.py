@@ -142,6 +142,8 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     assert s["args"][30] is out and s["args"][31] == H * D  # out (total, H, D): row stride H * D
     assert s["args"][32] is cu_q and s["args"][33] is cu_k
     # a plain launch: no VARLEN keyword (the plain build's code), stand-ins for the sequences
+    # (the grid launch's, not the persistent one's)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", False)
     stub.seen.clear()
     dense = _varlen_fwd_args((256,), H=H, Hkv=Hkv, D=D)
     launch.hopper_fwd(dense["q"], dense["k"], dense["v"], torch.empty_like(dense["q"]), torch.empty(1, H, 256), 0.125,

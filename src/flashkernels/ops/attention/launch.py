@@ -261,6 +261,27 @@ HOPPER_HEAD_DIM = 128
 # below HOPPER_FWD_MIN_SEQLEN[64] query rows D = 64 keeps the Triton kernel.
 HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES),
                                                   256: (64, 2)}
+# The plain forward (no feature flag) with two warpgroups as a persistent kernel (kernels/fwd_hopper.py
+# PERSISTENT): one CTA an SM walks the tiles, and the next tile's first K / V blocks load during a
+# tile's output store. Measured on the H100 (scripts/ab_attention.py --gluon --switch
+# HOPPER_FWD_PERSISTENT --head-dims 128,256, FA3 grid, session 13): non-causal D = 128 +0.8-8.5%
+# (1k: +8.5%), D = 256 -2.3 to +1.6%; causal, its tiles longest first across all heads, -6 to -30%
+# (the CTAs that run together no longer share a head's K / V in L2), and head by head, each head's
+# tiles longest first (switch HOPPER_FWD_PERSISTENT_CAUSAL), -1 to +1% to 4k, -4.5% at 8k, -25% at
+# 16k (a static stride leaves the CTAs unbalanced). So: non-causal at D = 128 only.
+HOPPER_FWD_PERSISTENT = True
+HOPPER_FWD_PERSISTENT_DIMS = (128,)
+HOPPER_FWD_PERSISTENT_CAUSAL = False
+
+
+def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False) -> bool:
+    """Whether the Gluon forward runs persistent for this build: HOPPER_FWD_PERSISTENT, a head dim of
+    HOPPER_FWD_PERSISTENT_DIMS, two warpgroups, no feature, not causal unless
+    HOPPER_FWD_PERSISTENT_CAUSAL."""
+    return (HOPPER_FWD_PERSISTENT and head_dim in HOPPER_FWD_PERSISTENT_DIMS and block_m == HOPPER_BLOCK_M
+            and not features and (not causal or HOPPER_FWD_PERSISTENT_CAUSAL))
+
+
 HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
 # (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
 # as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
@@ -497,15 +518,23 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
     # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
     # kernel skips it; VARLEN: each sequence's last tile)
+    grid = (-(-rows // block_m), n_seq * H)
+    persistent = hopper_fwd_persistent(D, block_m, has_window or softcap > 0 or alibi_slopes is not None
+                                       or sink is not None or varlen, causal)
+    extra = {}
+    if persistent:  # (one CTA an SM, at most one a tile)
+        grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
+        extra = dict(PERSISTENT=True, n_bh=n_seq * H)
+    if varlen:
+        extra["VARLEN"] = True
     cached_launch(
-        fwd_hopper.attn_fwd_hopper_kernel, (-(-rows // block_m), n_seq * H),
+        fwd_hopper.attn_fwd_hopper_kernel, grid,
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
         causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
         out, out.stride(2), *cu,  # (the row stride of out's 2-D view: its stride along S)
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False,
-        **({"VARLEN": True} if varlen else {}),
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False, **extra,
     )
     hopper_fwd_launches += 1
 

@@ -94,7 +94,16 @@ Three consumer warpgroups (BLOCK_M 192, BLOCK_N 128, registers 160 / 168 / 24, l
 Triton kernel from S = 2k, 0.75-0.95x below, where the Triton kernel stays). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
-Not done: persistent scheduling, long-first causal order, P through shared memory (FA3's D = 64
+PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: non-causal D = 128):
+grid (SMs,), each CTA walking tiles t = its id + k · SMs in _ws_tile_id's order, the K / V ring's
+position and the Q buffers' phases carried from tile to tile; the producer loads the next tile's
+K_0 while the warpgroups store the last tile's output, then its Q once both released their Q
+buffer (q_empty). H100, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
+non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%; causal with a static stride
+-1 to -25% (longest first across heads: no K / V shared in L2; head by head: unbalanced at 16k),
+so causal keeps the grid, which the hardware balances.
+
+Not done: a dynamic (atomic counter) tile scheduler for causal, P through shared memory (FA3's D = 64
 config, which frees the registers BLOCK_N 192 needs); offloading
 part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
 want.
@@ -153,16 +162,15 @@ def maxnreg(block_m: int) -> int:
 
 
 @gluon.jit
-def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-             CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
-    """(pid_bh, b, h, m0, lo, n_blocks) of this CTA: rows m0 .. m0 + BLOCK_M of (b, h) and the key
+def _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr,
+             BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
+    """(pid_bh, b, h, m0, lo, n_blocks) of the tile (pid_m, pid_bh) (the CTA's: its program ids;
+    PERSISTENT: _ws_tile_id's): rows m0 .. m0 + BLOCK_M of (b, h) and the key
     blocks lo .. lo + n_blocks - 1 they see. CAUSAL (causal_offset 0, SQ <= SK): up to the last
     row's diagonal. WINDOW: the union of the rows' windows [i + off - left, i + off +
     right]; when no row sees a key, one block all masked (so that every CTA runs one block).
     TRIM (BLOCK_M not a multiple of BLOCK_N, the last tile may pass SQ): the rows end at SQ and
     the causal range is rounded up to whole key blocks."""
-    pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
     m0 = pid_m * BLOCK_M
     if TRIM:
         m_end = gl.minimum(m0 + BLOCK_M, SQ)
@@ -180,6 +188,18 @@ def _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.co
         lo = 0
         n_blocks = SK // BLOCK_N
     return pid_bh, pid_bh // H, pid_bh % H, m0, lo, n_blocks
+
+
+@gluon.jit
+def _ws_tile_id(t, n_m, n_bh, CAUSAL: gl.constexpr):
+    """(pid_m, pid_bh) of tile t of a PERSISTENT launch (n_m query tiles of each of n_bh (batch,
+    head) pairs): head by head, the query tiles of one head next to each other (the CTAs that run
+    together share its K / V in L2, as the grid's order does); causal, each head's longest tiles
+    (its last rows) first. (Every head's longest tiles first, then the next, ran 6-30% slower than
+    the grid: no head's K / V shared in L2.)"""
+    if CAUSAL:
+        return n_m - 1 - t % n_m, t // n_m
+    return t % n_m, t // n_m
 
 
 @gluon.jit
@@ -211,13 +231,47 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  SQ, SK, H, GROUP, causal_offset, window_left, window_right,
                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, CuQ, CuK,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr):
+                 CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
+                 PERSISTENT: gl.constexpr, q_empty, n_bh):
+    if PERSISTENT:  # (the plain build's tiles, one after another; the ring's position carries over)
+        n_m = SQ // (NUM_WG * WG_M)
+        it = 0  # K / V blocks loaded so far
+        tc = 0  # tiles so far
+        for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
+            pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+            _, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
+                                                 window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
+            hk = h // GROUP
+            row_q = b * q_rb + h * q_rh + m0
+            row_k = b * k_rb + hk * k_rh
+            row_v = b * v_rb + hk * v_rh
+            for j in range(n_blocks):
+                s = (it + j) % STAGES
+                ph = (((it + j) // STAGES) & 1) ^ 1
+                mbarrier.wait(k_empty.index(s), ph)
+                mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
+                tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, hk * k_ch], k_ready.index(s),
+                                                k_smem.index(s))
+                if j == 0:  # Q after K_0 (which may load during the previous tile's epilogue): the Q
+                    # buffers are free once every warpgroup's previous output store has read them
+                    mbarrier.wait(q_empty, (tc & 1) ^ 1)
+                    for w in gl.static_range(NUM_WG):
+                        mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
+                        tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w),
+                                                        q_smem.index(w))
+                mbarrier.wait(v_empty.index(s), ph)
+                mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
+                tma.async_copy_global_to_shared(desc_v, [row_v + j * BLOCK_N, hk * v_ch], v_ready.index(s),
+                                                v_smem.index(s))
+            it += n_blocks
+            tc += 1
+        return
     if VARLEN:
         _, b, h, m0, lo, n_blocks, q0, k0, rows, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right,
                                                                         NUM_WG * WG_M, BLOCK_N)
     else:
-        _, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right, NUM_WG * WG_M,
-                                             BLOCK_N, CAUSAL, WINDOW, TRIM)
+        _, b, h, m0, lo, n_blocks = _ws_tile(gl.program_id(0), gl.program_id(1), SQ, SK, H, causal_offset,
+                                             window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
         rows = SQ
     hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
     # Row m of head h of batch b is row b*rb + h*rh + m, columns h*ch .. + D, of a tensor's 2-D view
@@ -258,19 +312,39 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK,
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                 SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr):
+                 SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
+                 PERSISTENT: gl.constexpr, q_empty, n_bh):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
     VARLEN likewise none when they start past the sequence's seqlen_q. It
     still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
-    each block's ready phase (so that no arrival runs a phase ahead)."""
+    each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (the plain build):
+    the tiles of _ws_tile_id, striding by the grid, the ring's position carried from tile to tile;
+    after each tile's output store the warpgroup releases its Q buffer (q_empty)."""
+    if PERSISTENT:
+        n_m = SQ // (NUM_WG * WG_M)
+        it = 0  # K / V blocks consumed so far
+        tc = 0  # tiles so far
+        for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
+            pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+            pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
+                                                      window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
+            _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                       k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0 + W * WG_M, lo, n_blocks, causal_offset,
+                       window_left, window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, 0, SQ, SK,
+                       HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, it, tc & 1)
+            mbarrier.arrive(q_empty)  # (after _ws_store_out's store_wait: Q_W is free)
+            it += n_blocks
+            tc += 1
+        return
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
             CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N)
     else:
-        pid_bh, b, h, m0, lo, n_blocks = _ws_tile(SQ, SK, H, causal_offset, window_left, window_right,
-                                                  NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
+        pid_bh, b, h, m0, lo, n_blocks = _ws_tile(gl.program_id(0), gl.program_id(1), SQ, SK, H, causal_offset,
+                                                  window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW,
+                                                  TRIM)
         q0 = 0
         rows = SQ
         seqlen_k = SK
@@ -285,7 +359,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
                        window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM,
-                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN)
+                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
         for j in range(n_w, n_blocks):
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(j % STAGES), ph)
@@ -296,7 +370,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
                    alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
-                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN)
+                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
 
 
 @gluon.jit
@@ -305,9 +379,11 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
-               WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
+    The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
+    else 0), Q_W's barrier in phase q_phase.
     VARLEN: of packed sequence b, whose rows start at q0 (SQ: total_q, lse (1, H, total_q)); keys
     from seqlen_k on masked as outside the window (the next sequence's rows, or TMA's zeros), out
     and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
@@ -358,23 +434,24 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
     # Block 0's scores, and its softmax.
-    mbarrier.wait(q_bars.index(W), 0)
-    mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
-    mbarrier.arrive(k_empty.index(0))
+    mbarrier.wait(q_bars.index(W), q_phase)
+    st0 = it0 % STAGES
+    mbarrier.wait(k_ready.index(st0), (it0 // STAGES) & 1)
+    s_tok = warpgroup_mma(q_w, k_smem.index(st0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(st0)))
+    mbarrier.arrive(k_empty.index(st0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
                                        win_lo, win_hi, mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
                                        ALIBI, WINDOW, s_layout)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
-        stage = j % STAGES
-        nxt = (j + 1) % STAGES
+        stage = (it0 + j) % STAGES
+        nxt = (it0 + j + 1) % STAGES
         # S_{j+1} first, then O += P_j V_j: both in flight.
-        mbarrier.wait(k_ready.index(nxt), ((j + 1) // STAGES) & 1)
+        mbarrier.wait(k_ready.index(nxt), ((it0 + j + 1) // STAGES) & 1)
         s_tok = warpgroup_mma(q_w, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(stage), (j // STAGES) & 1)
+        mbarrier.wait(v_ready.index(stage), ((it0 + j) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
         # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
         s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_w, k_smem.index(nxt)))
@@ -403,7 +480,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
         # reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
         p_op = gl.convert_layout(p.to(dtype), p_layout)
 
-    last = n_blocks - 1
+    last = it0 + n_blocks - 1
     mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
     o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
     acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
@@ -452,8 +529,11 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            CuQ, CuK, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
-                           WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False):
-    """Grid (ceil(SQ / BLOCK_M), B * H); launch with num_warps=4 (the default partition = consumer
+                           WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
+                           PERSISTENT: gl.constexpr = False, n_bh=0):
+    """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
+    grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
+    (n_bh = B * H) in _ws_tile_id's order; launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
     (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
     BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of batch b of tensor x in its view (see
@@ -483,6 +563,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(num_warps == 4)
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
+    gl.static_assert(not (PERSISTENT and (TRIM or SOFTCAP or ALIBI or SINK or WINDOW or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
     q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
@@ -492,6 +573,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # (PERSISTENT)
+    mbarrier.init(q_empty, count=NUM_WG)
     for w in gl.static_range(NUM_WG):
         mbarrier.init(q_bars.index(w), count=1)
     for i in gl.static_range(STAGES):
@@ -508,32 +591,37 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
             (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
-                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
+                            n_bh)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
-                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
+                            n_bh)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN)),
+                            VARLEN, PERSISTENT, q_empty, n_bh)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
             (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
-                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
+                            n_bh)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
-                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
+                            n_bh)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
-                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN)),
+                            STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
+                            n_bh)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN)),
+                            VARLEN, PERSISTENT, q_empty, n_bh)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
