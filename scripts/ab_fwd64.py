@@ -42,6 +42,7 @@ D = 64
 # and does not compile with three (128-register cap); 192 is no power of two (Gluon's shapes).
 VARIANTS = {
     "wg2-n128-s2": (128, 2, 128),
+    "wg2-n128-s2-persist": (128, 2, 128, True),  # (launch.hopper_fwd_persistent: the plain non-causal build)
     "wg2-n128-s3": (128, 3, 128),
     "wg3-n128-s2": (128, 2, 192),
     "wg3-n128-s3": (128, 3, 192),
@@ -69,11 +70,21 @@ def tflops(B, H, S, causal, ms):
     return 4 * B * H * S * S * D * (0.5 if causal else 1.0) / ms / 1e9
 
 
+_SAVED = (dict(launch.HOPPER_FWD_MIN_SEQLEN), launch.HOPPER_FWD_PERSISTENT_DIMS)
+
+
 def set_variant(cfg):
-    """The Gluon forward at D = 64 with ``cfg`` ((BLOCK_N, STAGES, BLOCK_M)); None: the Triton one."""
+    """The Gluon forward at D = 64 with ``cfg`` ((BLOCK_N, STAGES, BLOCK_M[, persistent])) at every
+    seqlen (HOPPER_FWD_MIN_SEQLEN lifted); None: the Triton one."""
     launch.HOPPER_FWD_CONFIGS.pop(D, None)
+    launch.HOPPER_FWD_MIN_SEQLEN.clear()
+    launch.HOPPER_FWD_MIN_SEQLEN.update(_SAVED[0])
+    launch.HOPPER_FWD_PERSISTENT_DIMS = _SAVED[1]
     if cfg is not None:
-        launch.HOPPER_FWD_CONFIGS[D] = cfg
+        launch.HOPPER_FWD_CONFIGS[D] = tuple(cfg[:3])
+        launch.HOPPER_FWD_MIN_SEQLEN.pop(D, None)
+        if len(cfg) > 3 and cfg[3]:
+            launch.HOPPER_FWD_PERSISTENT_DIMS = (*_SAVED[1], D)
 
 
 def dry(args):
@@ -81,7 +92,7 @@ def dry(args):
 
     print(f"variants {VARIANTS}\nshapes {shapes(args.seqlens)}\nchecks {len(CHECKS)}", flush=True)
     ok = True
-    for name, (bn, st, bm) in VARIANTS.items():
+    for name, (bn, st, bm, *_) in VARIANTS.items():
         for causal in (False, True):
             ok &= cc.report(f"{name} causal={int(causal)}",
                             lambda: cc.compile_hopper_fwd(torch.bfloat16, causal, args.sass, D=D, config=(bm, bn, st)))

@@ -192,6 +192,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         persistent = launch.hopper_fwd_persistent(D, block_m, softcap or alibi or sink or window or varlen, causal)
     if persistent:
         consts["PERSISTENT"] = True
+    elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
+        consts["REVERSE_M"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True
         plain += ("SQ", "SK", "causal_offset", "window_left", "window_right", "alibi_sb", "alibi_sh")

@@ -204,7 +204,10 @@ def test_launch_grid_and_register_cap(monkeypatch, cfg, S, grid, maxnreg):
     out, lse = torch.empty_like(q), torch.empty(B, H, S)
     launch.hopper_fwd(q, k, v, out, lse, 0.125, True)
     assert seen["grid"] == (grid, B * H) and seen["maxnreg"] == maxnreg
-    assert "PERSISTENT" not in seen
+    assert "PERSISTENT" not in seen and seen["REVERSE_M"] is True  # (causal: a head's longest tiles first)
+    seen.clear()
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, False)
+    assert "REVERSE_M" not in seen
     # persistent (two warpgroups, no feature; here at D = 64 and causal): one CTA an SM, at most one
     # a tile, n_bh = B·H
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", True)
@@ -217,7 +220,7 @@ def test_launch_grid_and_register_cap(monkeypatch, cfg, S, grid, maxnreg):
         assert seen["grid"] == (grid, B * H) and "PERSISTENT" not in seen
     else:
         assert seen["grid"] == (min(grid * B * H, launch._sm_count(0)),)
-        assert seen["PERSISTENT"] is True and seen["n_bh"] == B * H
+        assert seen["PERSISTENT"] is True and seen["n_bh"] == B * H and "REVERSE_M" not in seen
     assert seen["BLOCK_M"] == (cfg[2] if len(cfg) > 2 else 128) and (seen["BLOCK_N"], seen["STAGES"]) == cfg[:2]
     assert seen["args"][0].block_shape == [64, 64] and seen["args"][1].block_shape == [cfg[0], 64]
 

@@ -271,6 +271,12 @@ HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD
 # 16k (a static stride leaves the CTAs unbalanced). So: non-causal at D = 128 only.
 HOPPER_FWD_PERSISTENT = True
 HOPPER_FWD_PERSISTENT_DIMS = (128,)
+# Causal grid launches of the Gluon forward take their query tiles last first (kernels/fwd_hopper.py
+# REVERSE_M): each head's longest tiles start first, so the last wave is short ones. H100, session
+# 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE --head-dims 64,128,256
+# --seqlens 2048,4096,8192,16384, ...-ab-fwd-causal-reverse.txt): -0.6 to +1.8% to 8k, +4% / +7% /
+# +9% at 16k (D = 64 / 128 / 256).
+HOPPER_FWD_CAUSAL_REVERSE = True
 HOPPER_FWD_PERSISTENT_CAUSAL = False
 
 
@@ -527,6 +533,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
     if varlen:
         extra["VARLEN"] = True
+    elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
+        extra["REVERSE_M"] = True
     cached_launch(
         fwd_hopper.attn_fwd_hopper_kernel, grid,
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],

@@ -103,6 +103,10 @@ non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%; causal with 
 -1 to -25% (longest first across heads: no K / V shared in L2; head by head: unbalanced at 16k),
 so causal keeps the grid, which the hardware balances.
 
+REVERSE_M (causal grid launches, launch.HOPPER_FWD_CAUSAL_REVERSE): CTA x of a head takes its
+query tile n - 1 - x, so each head's longest tiles start first (the GPU starts CTAs in grid order)
+and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below.
+
 Not done: a dynamic (atomic counter) tile scheduler for causal, P through shared memory (FA3's D = 64
 config, which frees the registers BLOCK_N 192 needs); offloading
 part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
@@ -191,6 +195,15 @@ def _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left, window_right,
 
 
 @gluon.jit
+def _grid_m(REVERSE_M: gl.constexpr):
+    """The query tile of this CTA of the grid launch: program id 0, or with REVERSE_M counted from
+    the last (the GPU starts CTAs in grid order: causal, a head's longest tiles first)."""
+    if REVERSE_M:
+        return gl.num_programs(0) - 1 - gl.program_id(0)
+    return gl.program_id(0)
+
+
+@gluon.jit
 def _ws_tile_id(t, n_m, n_bh, CAUSAL: gl.constexpr):
     """(pid_m, pid_bh) of tile t of a PERSISTENT launch (n_m query tiles of each of n_bh (batch,
     head) pairs): head by head, the query tiles of one head next to each other (the CTAs that run
@@ -232,7 +245,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, CuQ, CuK,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr):
     if PERSISTENT:  # (the plain build's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
@@ -270,7 +283,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         _, b, h, m0, lo, n_blocks, q0, k0, rows, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right,
                                                                         NUM_WG * WG_M, BLOCK_N)
     else:
-        _, b, h, m0, lo, n_blocks = _ws_tile(gl.program_id(0), gl.program_id(1), SQ, SK, H, causal_offset,
+        _, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                              window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
         rows = SQ
     hk = h // GROUP  # GQA: query heads hk*GROUP .. share kv head hk
@@ -313,7 +326,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -342,7 +355,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
             CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N)
     else:
-        pid_bh, b, h, m0, lo, n_blocks = _ws_tile(gl.program_id(0), gl.program_id(1), SQ, SK, H, causal_offset,
+        pid_bh, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                                   window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW,
                                                   TRIM)
         q0 = 0
@@ -530,10 +543,11 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
-                           PERSISTENT: gl.constexpr = False, n_bh=0):
+                           PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
     grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
-    (n_bh = B * H) in _ws_tile_id's order; launch with num_warps=4 (the default partition = consumer
+    (n_bh = B * H) in _ws_tile_id's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
+    tile ceil(SQ / BLOCK_M) - 1 - x; launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
     (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
     BLOCK_N rows; (x_rb, x_rh, x_ch) place row m of head h of batch b of tensor x in its view (see
@@ -564,6 +578,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
     gl.static_assert(not (PERSISTENT and (TRIM or SOFTCAP or ALIBI or SINK or WINDOW or VARLEN)))
+    gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
     q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
@@ -592,16 +607,16 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh)),
+                            n_bh, REVERSE_M)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh)),
+                            n_bh, REVERSE_M)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
@@ -609,19 +624,19 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh)),
+                            n_bh, REVERSE_M)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh)),
+                            n_bh, REVERSE_M)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh)),
+                            n_bh, REVERSE_M)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
