@@ -277,6 +277,11 @@ HOPPER_FWD_PERSISTENT_DIMS = (128,)
 # --seqlens 2048,4096,8192,16384, ...-ab-fwd-causal-reverse.txt): -0.6 to +1.8% to 8k, +4% / +7% /
 # +9% at 16k (D = 64 / 128 / 256).
 HOPPER_FWD_CAUSAL_REVERSE = True
+# The same for the Triton forward's causal launches (kernels/fwd.py REVERSE_M). H100, session 13
+# (scripts/ab_attention.py --switch TRITON_FWD_CAUSAL_REVERSE --head-dims 64,128 --seqlens
+# 1024,4096,16384, ...-ab-triton-fwd-causal-reverse.txt): -1.3 to 0% at 1k and 4k, +1.4% / +4.9% at
+# 16k (D = 64 / 128).
+TRITON_FWD_CAUSAL_REVERSE = True
 HOPPER_FWD_PERSISTENT_CAUSAL = False
 
 
@@ -883,6 +888,7 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
         HAS_WINDOW=has_window, HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None,
         HAS_SINK=sink is not None, VARLEN=f.varlen, SCALE_POSITIVE=scale > 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({"REVERSE_M": True} if causal and TRITON_FWD_CAUSAL_REVERSE else {}),
     )
     return out, lse
 

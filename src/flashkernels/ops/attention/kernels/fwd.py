@@ -253,12 +253,13 @@ def attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_WINDOW: tl.constexpr = False, HAS_SOFTCAP: tl.constexpr = False,
     HAS_ALIBI: tl.constexpr = False, HAS_SINK: tl.constexpr = False, VARLEN: tl.constexpr = False,
-    SCALE_POSITIVE: tl.constexpr = False,
+    SCALE_POSITIVE: tl.constexpr = False, REVERSE_M: tl.constexpr = False,
 ):
     """Out[b, h, m, :] = softmax(Q K^T * sm_scale + mask) V;  Lse[b, h, m] in natural log.
 
     Grid: (cdiv(seqlen_q, BLOCK_M) * B * num_heads,), query blocks of one head adjacent (they
-    share K and V in L2); one axis because CUDA caps grid axes 1 and 2 at 65535.
+    share K and V in L2); one axis because CUDA caps grid axes 1 and 2 at 65535. REVERSE_M: a
+    head's query blocks last first (causal: its longest blocks start first).
     Lse[b, h, m] is at Lse + b * stride_lb + h * stride_lh + m.
     VARLEN: B counts packed sequences; sequence b's queries are rows CuQ[b] .. CuQ[b + 1] - 1 and
     its keys CuK[b] .. CuK[b + 1] - 1 (the batch strides are 0), seqlen_q/seqlen_k are the
@@ -277,6 +278,8 @@ def attn_fwd_kernel(
     num_m = tl.cdiv(seqlen_q, BLOCK_M)
     pid_m = tl.program_id(0) % num_m
     pid_bh = tl.program_id(0) // num_m
+    if REVERSE_M:
+        pid_m = num_m - 1 - pid_m
     off_b = (pid_bh // num_heads).to(tl.int64)
     off_h = (pid_bh % num_heads).to(tl.int64)
     off_hk = off_h // group
