@@ -2,8 +2,9 @@
 
     PYTHONPATH=src python scripts/ab_fwd64.py [--seqlens 512 1024 ...] [--rep 100] [--dry]
 
-One GPU process (an H100): for each variant of ``VARIANTS`` ((BLOCK_N, STAGES, BLOCK_M), set as
-``launch.HOPPER_FWD_CONFIGS[64]`` for the call), first its out and lse on small shapes against the
+One GPU process (an H100): for each variant of ``VARIANTS`` ((BLOCK_N, STAGES, BLOCK_M[, persistent]),
+set as ``launch.HOPPER_FWD_CONFIGS[64]`` for the call, with HOPPER_FWD_MIN_SEQLEN lifted and, when
+persistent, 64 added to HOPPER_FWD_PERSISTENT_DIMS), first its out and lse on small shapes against the
 float64 definition under TESTING.md's policy (max|out - ref| <= 2 max|pt - ref| + one rounding
 step; pt: the reference in bf16): plain and causal with Sq = 640 (not a multiple of 192: the last
 tile's last warpgroup has no rows), Sq = 128 causal (one tile, 3 WGs: two of them idle), GQA,

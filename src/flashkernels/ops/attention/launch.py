@@ -261,6 +261,9 @@ HOPPER_HEAD_DIM = 128
 # below HOPPER_FWD_MIN_SEQLEN[64] query rows D = 64 keeps the Triton kernel.
 HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES),
                                                   256: (64, 2)}
+HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
+# (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
+# as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
 # The plain forward (no feature flag) with two warpgroups as a persistent kernel (kernels/fwd_hopper.py
 # PERSISTENT): one CTA an SM walks the tiles, and the next tile's first K / V blocks load during a
 # tile's output store. Measured on the H100 (scripts/ab_attention.py --gluon --switch
@@ -271,6 +274,7 @@ HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD
 # 16k (a static stride leaves the CTAs unbalanced). So: non-causal at D = 128 only.
 HOPPER_FWD_PERSISTENT = True
 HOPPER_FWD_PERSISTENT_DIMS = (128,)
+HOPPER_FWD_PERSISTENT_CAUSAL = False
 # Causal grid launches of the Gluon forward take their query tiles last first (kernels/fwd_hopper.py
 # REVERSE_M): each head's longest tiles start first, so the last wave is short ones. H100, session
 # 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE --head-dims 64,128,256
@@ -282,7 +286,6 @@ HOPPER_FWD_CAUSAL_REVERSE = True
 # 1024,4096,16384, ...-ab-triton-fwd-causal-reverse.txt): -1.3 to 0% at 1k and 4k, +1.4% / +4.9% at
 # 16k (D = 64 / 128).
 TRITON_FWD_CAUSAL_REVERSE = True
-HOPPER_FWD_PERSISTENT_CAUSAL = False
 
 
 def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False) -> bool:
@@ -293,9 +296,6 @@ def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: b
             and not features and (not causal or HOPPER_FWD_PERSISTENT_CAUSAL))
 
 
-HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
-# (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
-# as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
 # Packed sequences (flash_attn_varlen_func) in the Gluon forward (kernels/fwd_hopper.py VARLEN):
 # on. `bench varlen` (H100, session 9, CUDA-graph GPU time, two runs): 0.88-0.89x dense non-causal,
 # 0.93x causal, where the Triton varlen forward reads 0.70-0.73x. (Session 8's eager timings had
