@@ -488,7 +488,7 @@ def test_kernel_builds_for_sm90a_without_spills():
         # the backward's causal build spills 52 B (3 LDL per iteration in each warpgroup's loop,
         # ``compile_check.py --sass``); its D = 128 non-causal one, with the 3-stage ring
         # (launch.HOPPER_BWD_STAGES, +3-6% for it), 8 B (one LDL an iteration in one warpgroup);
-        # at D = 64, with 128 query rows an iteration (launch.HOPPER_BWD_M128, +1-17% for it:
+        # at D = 64, with 128 query rows an iteration (launch.HOPPER_BWD_M128, +5-20% for it on the H100:
         # S^T and dP^T take 64 registers each) 68 B causal (7 LDL an iteration), 44 B not (2-4);
         # the others nothing
         if ln in bwd and "D=64" in ln and "(128, " in ln:

@@ -29,7 +29,8 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     both warpgroups store their dS^T into one 128-key x 64 shared tile (double-buffered by
     iteration), meet at a 256-thread named barrier, and warpgroup w computes columns
     w·D/2 .. (w + 1)·D/2 - 1 of dQ_i = dS K over all 128 keys (BLOCK_M = 128: rows 64w .. 64w + 63,
-    all D columns; +5-20% over 64-row blocks at D = 64, H100, session 13)
+    all D columns; +5-20% over 64-row blocks at D = 64: H100, FA3 grid, scripts/ab_attention.py --gluon
+    --switch HOPPER_BWD_M128, session 13)
     dK_w += dS^T Q_i                             A = dS^T from registers, issued after dQ_i
     dQ_i's columns go to the zeroed fp32 dQ accumulator while the dK wgmma runs: with DQ_TMA
     (launch's default) through a shared-memory tile and one TMA reduce-add

@@ -98,14 +98,15 @@ PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: n
 grid (SMs,), each CTA walking tiles t = its id + k · SMs in _ws_tile_id's order, the K / V ring's
 position and the Q buffers' phases carried from tile to tile; the producer loads the next tile's
 K_0 while the warpgroups store the last tile's output, then its Q once both released their Q
-buffer (q_empty). H100, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
+buffer (q_empty). H100, FA3 grid, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
 non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%; causal with a static stride
--1 to -25% (longest first across heads: no K / V shared in L2; head by head: unbalanced at 16k),
-so causal keeps the grid, which the hardware balances.
+-6 to -30% with every head's longest tiles first (no K / V shared in L2), -1 to +1% to 4k and -4.5%
+/ -25% at 8k / 16k head by head (unbalanced), so causal keeps the grid, which the hardware balances.
 
 REVERSE_M (causal grid launches, launch.HOPPER_FWD_CAUSAL_REVERSE): CTA x of a head takes its
 query tile n - 1 - x, so each head's longest tiles start first (the GPU starts CTAs in grid order)
-and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below.
+and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below (H100, FA3
+grid, scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE, session 13).
 
 Not done: a dynamic (atomic counter) tile scheduler for causal, P through shared memory (FA3's D = 64
 config, which frees the registers BLOCK_N 192 needs); offloading
