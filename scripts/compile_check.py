@@ -196,6 +196,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         consts["REVERSE_M"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True
+        if launch.HOPPER_FWD_VARLEN_PACKED:  # (the packed-tile grid, as launched for 16 sequences)
+            consts["VARLEN_NB"] = 128
         plain += ("SQ", "SK", "causal_offset", "window_left", "window_right", "alibi_sb", "alibi_sh")
     return _compile_gluon(fwd_hopper.attn_fwd_hopper_kernel, descs, types, consts, fwd_hopper.maxnreg(block_m), sass,
                           plain=plain)

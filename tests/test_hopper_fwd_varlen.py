@@ -114,8 +114,9 @@ LAUNCH_WINDOWS = [(True, (-1, -1), ("big", 0)), (False, (-1, -1), ("big", "big")
 @pytest.mark.parametrize("causal,window,bounds", LAUNCH_WINDOWS,
                          ids=[f"{'causal' if c else 'full'}-win{w[0]}_{w[1]}" for c, w, _ in LAUNCH_WINDOWS])
 def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
-    """launch.hopper_fwd on packed sequences (the kernel stubbed): grid (ceil(max_seqlen_q /
-    BLOCK_M), n · H), VARLEN with WINDOW (never CAUSAL: each sequence's offset is the kernel's),
+    """launch.hopper_fwd on packed sequences (the kernel stubbed): grid (total_q // BLOCK_M + n, H)
+    over the packed tiles with VARLEN_NB (a power of two > n, at least 128) and n_bh = n · H, or
+    with HOPPER_FWD_VARLEN_PACKED off (ceil(max_seqlen_q / BLOCK_M), n · H); VARLEN with WINDOW (never CAUSAL: each sequence's offset is the kernel's),
     the window's bounds (unbounded: max_seqlen_q + max_seqlen_k), cu_seqlens, ALiBi slopes (H,)
     expanded to (n, H), lse's rows total_q, out's pointer and the row stride of its 2-D view."""
     stub = _KernelStub()
@@ -132,7 +133,12 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
                       alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=257, max_seqlen_k=200)
     s = stub.seen
     block_m = launch.hopper_fwd_config(D, True)[0]  # (ALiBi: BLOCK_M 128 at every head dim)
-    assert s["grid"] == (-(-257 // block_m), n * H)
+    assert s["grid"] == (sum(lens_q) // block_m + n, H) and s["VARLEN_NB"] == 128 and s["n_bh"] == n * H
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", False)
+    stub.seen.clear()
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, causal, window_left=window[0], window_right=window[1],
+                      alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=257, max_seqlen_k=200)
+    assert s["grid"] == (-(-257 // block_m), n * H) and "VARLEN_NB" not in s
     assert s["VARLEN"] is True and s["WINDOW"] is True and s["CAUSAL"] is False
     big = 257 + 200
     assert tuple(s["args"][14:16]) == tuple(big if b == "big" else b for b in bounds), s["args"][14:16]
@@ -355,6 +361,45 @@ def test_hopper_fwd_varlen_many_cuda(monkeypatch, causal):
     """Sixteen random lengths (1 .. 700), GQA 16 / 4, D = 128, bf16."""
     _needs_hopper()
     _check_gluon_varlen_fwd(monkeypatch, 128, bf16, causal, 16, 4, *VARLEN_LENS["many"])
+
+
+# (lens, D): zero and one-row sequences, lengths on and off the 128 / 192 tile grid; 300 sequences
+# (past launch.HOPPER_FWD_VARLEN_PACKED_MAX - 1, where the launcher keeps the other grid: the test
+# raises the cap so that 512 offsets are searched)
+PACKED_CASES = {
+    "odd-d128": (VARLEN_LENS["odd"][0], 128),
+    "odd-d64": (VARLEN_LENS["odd"][0] + (192, 383, 384), 64),
+    "aligned": ((128, 256, 0, 128, 1, 127, 129), 128),
+    "many300": (tuple(torch.randint(0, 90, (300,), generator=torch.Generator().manual_seed(2)).tolist()), 128),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", sorted(PACKED_CASES))
+def test_hopper_fwd_varlen_packed_grid_cuda(monkeypatch, case, causal):
+    """The VARLEN build's grid over the packed query tiles (launch.HOPPER_FWD_VARLEN_PACKED: a CTA
+    finds its sequence from the offsets) computes bitwise what the grid over the longest sequence's
+    tiles does: every tile once, the empty ones writing nothing."""
+    _needs_hopper()
+    lens, D = PACKED_CASES[case]
+    q, k, v, cu, _ = _packed(lens, lens, 8, 2, D, bf16, "cuda")
+    outs = {}
+    assert (len(lens) < launch.HOPPER_FWD_VARLEN_PACKED_MAX) == (case != "many300")
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED_MAX", 1024)
+    for packed in (False, True):
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", packed)
+        n = launch.hopper_fwd_launches
+        with torch.no_grad():
+            out, lse, _ = flashkernels.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
+                                                              return_attn_probs=True)
+        assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+        outs[packed] = (out, lse)
+    assert torch.equal(outs[True][0], outs[False][0]), "out differs between the grids"
+    assert torch.equal(outs[True][1], outs[False][1]), "lse differs between the grids"
+    # (and against the reference, per sequence: the test above checks the grid it leaves on)
+    if case == "odd-d128":
+        _check_gluon_varlen_fwd(monkeypatch, D, bf16, causal, 8, 2, lens)
 
 
 @pytest.mark.gpu

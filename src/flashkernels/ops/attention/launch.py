@@ -301,6 +301,15 @@ def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: b
 # 0.93x causal, where the Triton varlen forward reads 0.70-0.73x. (Session 8's eager timings had
 # spread 0.56-1.10x: the host's launch cost, not the kernel.)
 HOPPER_FWD_VARLEN = True
+# The VARLEN build's grid over the packed query tiles (kernels/fwd_hopper._ws_tile_varlen's NB > 0):
+# total_q // BLOCK_M + n CTAs a head, at most one of them empty a sequence, instead of n times the
+# longest sequence's tiles (in `bench varlen`'s case 47% of those CTAs had no rows, and doubling
+# their number cost 6% non-causal / 15% causal). H100, `bench varlen`'s case, three rounds
+# alternating (scripts/exp_varlen_grid.py, session 14): +2.5-3.1% non-causal, +1.1-2.8% causal.
+# Up to HOPPER_FWD_VARLEN_PACKED_MAX - 1 sequences: each CTA loads that many offsets (its producer
+# warp into 24 registers).
+HOPPER_FWD_VARLEN_PACKED = True
+HOPPER_FWD_VARLEN_PACKED_MAX = 256
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -503,7 +512,9 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     """Fill ``out`` ((B, H, Sq, D), (B, S, H, D) or (B, H, S, D) storage) and ``lse`` ((B, H, Sq)
     float32) with the Gluon kernel; the arguments (attn_fwd_impl's) must pass
     :func:`hopper_fwd_reason`. Packed sequences (``cu_seqlens_q``: B = 1, S = total_q; lse (1, H,
-    total_q)): the kernel's VARLEN build, grid (ceil(max_seqlen_q / BLOCK_M), n · H)."""
+    total_q)): the kernel's VARLEN build, grid (total_q // BLOCK_M + n, H) over the packed query
+    tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences), else
+    (ceil(max_seqlen_q / BLOCK_M), n · H)."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
@@ -538,6 +549,10 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
     if varlen:
         extra["VARLEN"] = True
+        nb = max(1 << n_seq.bit_length(), 128)  # (a power of two > n_seq, one offset a consumer thread at least)
+        if HOPPER_FWD_VARLEN_PACKED and nb <= HOPPER_FWD_VARLEN_PACKED_MAX:  # (kernels/fwd_hopper._ws_tile_varlen)
+            grid = (S // block_m + n_seq, H)
+            extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
         extra["REVERSE_M"] = True
     cached_launch(

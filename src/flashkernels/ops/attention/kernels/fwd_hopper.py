@@ -42,8 +42,11 @@ diagonal j <= i (causal_offset 0, Sq <= Sk); every other causal call (bottom-rig
 top-left with Sq > Sk) comes as WINDOW with right = 0.
 VARLEN (packed sequences, flash_attn_varlen_func's; always with WINDOW, whose bounds are then
 unbounded on a side the call leaves open, right = 0 when causal): q, k, v, out are (1, H, total,
-D); the grid's y runs over (sequence, head), its x over the longest sequence's query tiles. Each
-CTA reads its sequence's bounds from cu_seqlens (_ws_tile_varlen) and takes its bottom-right
+D); the grid's x runs over the packed query tiles (sequence b's from cu_seqlens_q[b] // BLOCK_M +
+b, at most one empty CTA a sequence; +1-3% over a grid of the longest sequence's tiles for every
+sequence: H100, session 14, scripts/exp_varlen_grid.py), its y over the heads (with more than
+launch.HOPPER_FWD_VARLEN_PACKED_MAX - 1 sequences: x over the longest sequence's tiles, y over
+(sequence, head)). Each CTA reads its sequence's bounds from cu_seqlens (_ws_tile_varlen) and takes its bottom-right
 offset seqlen_k - seqlen_q as off (causal, window and ALiBi per sequence); its TMA tiles start at
 the sequence's rows q0 / k0, so its last query / key blocks read the next sequence's rows (or
 TMA's zeros past the tensor): keys from seqlen_k on are masked as outside the window (the window
@@ -217,19 +220,37 @@ def _ws_tile_id(t, n_m, n_bh, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
-def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, n_bh,
+                    NB: gl.constexpr, NUM_WARPS: gl.constexpr):
     """_ws_tile of a VARLEN build (always a WINDOW one): (pid_bh, b, h, m0, lo, n_blocks, q0, k0,
     seqlen_q, seqlen_k, off), b the packed sequence, q0 / k0 its first query / key row, off its
     causal offset seqlen_k - seqlen_q (bottom-right). The rows end at seqlen_q, the keys at
-    seqlen_k (a last partial block). A CTA whose rows start past seqlen_q (the grid covers the
-    longest sequence) gets no block at all (n_blocks 0: not an early return before
-    gl.warp_specialize, which faulted in the backward, bwd_hopper_tiles._bwd_tile); one whose rows see no
-    key (seqlen_k 0 too) one block, all masked, as _ws_tile's."""
-    pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    m0 = pid_m * BLOCK_M
-    b = pid_bh // H
-    q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
+    seqlen_k (a last partial block). A CTA whose rows start past seqlen_q gets no block at all
+    (n_blocks 0: not an early return before gl.warp_specialize, which faulted in the backward,
+    bwd_hopper_tiles._bwd_tile); one whose rows see no key (seqlen_k 0 too) one block, all masked,
+    as _ws_tile's.
+
+    Grid: NB = 0: (the longest sequence's query tiles, n · H), every sequence's row of it as long
+    (about half the CTAs empty in `bench varlen`'s case); NB > 0 (a power of two > n = n_bh / H,
+    at least 32 x the caller's warps NUM_WARPS): (total_q // BLOCK_M + n, H), sequence b's tiles starting at
+    x = P_b = cu_seqlens_q[b] // BLOCK_M + b (P_{b+1} - P_b >= its tiles, by at most one: at most
+    one empty CTA a sequence); a CTA finds its b by counting the P_j <= x in one load of the offsets."""
+    if NB:  # (None where compile_check leaves it out)
+        x = gl.program_id(0)
+        h = gl.program_id(1)
+        gl.static_assert(NB >= 32 * NUM_WARPS)  # (a layout without replicas: each offset counted once)
+        j = gl.arange(0, NB, layout=gl.BlockedLayout([NB // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0]))
+        cu_j = gl.load(CuQ + j, mask=(j >= 1) & (j < n_bh // H), other=1 << 30)  # (sequence 0 starts at 0)
+        b = gl.sum(((cu_j // BLOCK_M + j) <= x).to(gl.int32), axis=0)
+        pid_bh = b * H + h
+        q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
+        m0 = (x - (q0 // BLOCK_M + b)) * BLOCK_M
+    else:
+        pid_m = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        m0 = pid_m * BLOCK_M
+        b = pid_bh // H
+        q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
     off = seqlen_k - seqlen_q
     m_end = gl.minimum(m0 + BLOCK_M, seqlen_q)
     lo_key = gl.maximum(m0 + off - window_left, 0)
@@ -246,7 +267,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, CuQ, CuK,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr):
     if PERSISTENT:  # (the plain build's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
@@ -282,7 +303,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         return
     if VARLEN:
         _, b, h, m0, lo, n_blocks, q0, k0, rows, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right,
-                                                                        NUM_WG * WG_M, BLOCK_N)
+                                                                        NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 1)
     else:
         _, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                              window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
@@ -327,7 +348,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -354,7 +375,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         return
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
-            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N)
+            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 4)
     else:
         pid_bh, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                                   window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW,
@@ -544,7 +565,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
-                           PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False):
+                           PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
+                           VARLEN_NB: gl.constexpr = 0):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
     grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
     (n_bh = B * H) in _ws_tile_id's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
@@ -562,7 +584,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     softcap), softcap > 0. ALIBI: adds -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
     SINK: Sink[h] is one more logit in each row's softmax, with no value.
     VARLEN (with WINDOW): q, k, v, out are (1, H, total, D) packed sequences (x_rb unread), CuQ /
-    CuK their int32 (n + 1,) offsets; grid (ceil(max_seqlen_q / BLOCK_M), n * H); SQ = total_q
+    CuK their int32 (n + 1,) offsets; grid (ceil(max_seqlen_q / BLOCK_M), n * H), or with VARLEN_NB
+    (a power of two > n, >= 128; n_bh = n * H) (total_q // BLOCK_M + n, H); SQ = total_q
     (Lse (1, H, total_q)), SK unread; each sequence's diagonal bottom-right (offset seqlen_k -
     seqlen_q; causal_offset unread), the window's bounds as above (causal: left unbounded, right 0;
     neither: both unbounded); ALiBi's slopes of sequence b at Alibi[b * alibi_sb + h * alibi_sh].
@@ -608,16 +631,16 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M)),
+                            n_bh, REVERSE_M, VARLEN_NB)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M)),
+                            n_bh, REVERSE_M, VARLEN_NB)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
@@ -625,19 +648,19 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M)),
+                            n_bh, REVERSE_M, VARLEN_NB)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M)),
+                            n_bh, REVERSE_M, VARLEN_NB)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M)),
+                            n_bh, REVERSE_M, VARLEN_NB)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
