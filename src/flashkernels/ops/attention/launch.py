@@ -303,9 +303,9 @@ def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: b
 HOPPER_FWD_VARLEN = True
 # The VARLEN build's grid over the packed query tiles (kernels/fwd_hopper._ws_tile_varlen's NB > 0):
 # total_q // BLOCK_M + n CTAs a head, at most one of them empty a sequence, instead of n times the
-# longest sequence's tiles (in `bench varlen`'s case 47% of those CTAs had no rows, and doubling
-# their number cost 6% non-causal / 15% causal). H100, `bench varlen`'s case, three rounds
-# alternating (scripts/exp_varlen_grid.py, session 14): +2.5-3.1% non-causal, +1.1-2.8% causal.
+# longest sequence's tiles (in `bench varlen`'s case 47% of those CTAs had no rows, and 256 more
+# empty ones a head cost 6-7% non-causal / 15-17% causal). H100, `bench varlen`'s case, three rounds
+# alternating (scripts/exp_varlen_grid.py, session 14): +2.5-3.2% non-causal, +1.1-2.8% causal.
 # Up to HOPPER_FWD_VARLEN_PACKED_MAX - 1 sequences: each CTA loads that many offsets (its producer
 # warp into 24 registers).
 HOPPER_FWD_VARLEN_PACKED = True
