@@ -1,7 +1,8 @@
 """What the varlen forward's empty CTAs cost: `bench varlen`'s case, timed with the grid sized by
 max_seqlen_q x 1, 2, 4 (``--mults``; the CTAs past a sequence's query tiles exit at once, more of
 them with a larger max), with the packed-tile grid (launch.HOPPER_FWD_VARLEN_PACKED) off and on,
-against equal lengths (no empty CTA, no partial tile) and dense at the mean length.
+against equal lengths (no empty CTA, no partial tile) and dense at the mean length (non-causal:
+also with the dense forward's persistent launch off, launch.HOPPER_FWD_PERSISTENT).
 
     PYTHONPATH=src python scripts/exp_varlen_grid.py [--rounds 2] [--mults 1,2,4]
 
@@ -48,6 +49,12 @@ def main():
             res["varlen equal"] = fl_den / _time(f, False, ())[0] / 1e9
             res["dense"] = fl_den / _time(lambda: flashkernels.flash_attn_func(qd, kd, vd, causal=causal), False,
                                           ())[0] / 1e9
+            if not causal:  # (the dense non-causal forward's grid launch, as the varlen build's)
+                saved_p = launch.HOPPER_FWD_PERSISTENT
+                launch.HOPPER_FWD_PERSISTENT = False
+                res["dense grid"] = fl_den / _time(lambda: flashkernels.flash_attn_func(qd, kd, vd, causal=causal),
+                                                   False, ())[0] / 1e9
+                launch.HOPPER_FWD_PERSISTENT = saved_p
             print(f"causal={int(causal)} round {r}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items())
                   + f"  (varlen/dense {res['varlen max x1'] / res['dense']:.3f}, packed "
                   f"{res['varlen packed max x1'] / res['dense']:.3f})", flush=True)
