@@ -2,7 +2,8 @@
 max_seqlen_q x 1, 2, 4 (``--mults``; the CTAs past a sequence's query tiles exit at once, more of
 them with a larger max), with the packed-tile grid (launch.HOPPER_FWD_VARLEN_PACKED) off and on,
 against equal lengths (no empty CTA, no partial tile) and dense at the mean length (non-causal:
-also with the dense forward's persistent launch off, launch.HOPPER_FWD_PERSISTENT).
+also with the dense forward's persistent launch off, launch.HOPPER_FWD_PERSISTENT, and through the
+WINDOW build with a window no row reaches).
 
     PYTHONPATH=src python scripts/exp_varlen_grid.py [--rounds 2] [--mults 1,2,4]
 
@@ -54,6 +55,10 @@ def main():
                 launch.HOPPER_FWD_PERSISTENT = False
                 res["dense grid"] = fl_den / _time(lambda: flashkernels.flash_attn_func(qd, kd, vd, causal=causal),
                                                    False, ())[0] / 1e9
+                # (the WINDOW build, as the varlen one, with bounds no row reaches: every block whole)
+                res["dense window"] = fl_den / _time(
+                    lambda: flashkernels.flash_attn_func(qd, kd, vd, window_size=(4 * mean, 4 * mean)), False,
+                    ())[0] / 1e9
                 launch.HOPPER_FWD_PERSISTENT = saved_p
             print(f"causal={int(causal)} round {r}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items())
                   + f"  (varlen/dense {res['varlen max x1'] / res['dense']:.3f}, packed "
