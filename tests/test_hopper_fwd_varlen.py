@@ -116,9 +116,10 @@ LAUNCH_WINDOWS = [(True, (-1, -1), ("big", 0)), (False, (-1, -1), ("big", "big")
 def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     """launch.hopper_fwd on packed sequences (the kernel stubbed): grid (total_q // BLOCK_M + n, H)
     over the packed tiles with VARLEN_NB (a power of two > n, at least 128) and n_bh = n · H, or
-    with HOPPER_FWD_VARLEN_PACKED off (ceil(max_seqlen_q / BLOCK_M), n · H); VARLEN with WINDOW (never CAUSAL: each sequence's offset is the kernel's),
-    the window's bounds (unbounded: max_seqlen_q + max_seqlen_k), cu_seqlens, ALiBi slopes (H,)
-    expanded to (n, H), lse's rows total_q, out's pointer and the row stride of its 2-D view."""
+    with HOPPER_FWD_VARLEN_PACKED off (ceil(max_seqlen_q / BLOCK_M), n · H); VARLEN with WINDOW
+    (never CAUSAL: each sequence's offset is the kernel's), the window's bounds (unbounded:
+    max_seqlen_q + max_seqlen_k), cu_seqlens, ALiBi slopes (H,) expanded to (n, H), lse's rows
+    total_q, out's pointer and the row stride of its 2-D view."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
@@ -397,7 +398,7 @@ def test_hopper_fwd_varlen_packed_grid_cuda(monkeypatch, case, causal):
         outs[packed] = (out, lse)
     assert torch.equal(outs[True][0], outs[False][0]), "out differs between the grids"
     assert torch.equal(outs[True][1], outs[False][1]), "lse differs between the grids"
-    # (and against the reference, per sequence: the test above checks the grid it leaves on)
+    # (the packed grid, left on, against the float64 reference per sequence, for one case)
     if case == "odd-d128":
         _check_gluon_varlen_fwd(monkeypatch, D, bf16, causal, 8, 2, lens)
 

@@ -46,8 +46,8 @@ D); the grid's x runs over the packed query tiles (sequence b's from cu_seqlens_
 b, at most one empty CTA a sequence; +1-3% over a grid of the longest sequence's tiles for every
 sequence: H100, session 14, scripts/exp_varlen_grid.py), its y over the heads (with more than
 launch.HOPPER_FWD_VARLEN_PACKED_MAX - 1 sequences: x over the longest sequence's tiles, y over
-(sequence, head)). Each CTA reads its sequence's bounds from cu_seqlens (_ws_tile_varlen) and takes its bottom-right
-offset seqlen_k - seqlen_q as off (causal, window and ALiBi per sequence); its TMA tiles start at
+(sequence, head)). Each CTA reads its sequence's bounds from cu_seqlens (_ws_tile_varlen) and
+takes its bottom-right offset seqlen_k - seqlen_q as off (causal, window and ALiBi per sequence); its TMA tiles start at
 the sequence's rows q0 / k0, so its last query / key blocks read the next sequence's rows (or
 TMA's zeros past the tensor): keys from seqlen_k on are masked as outside the window (the window
 mask's upper bound capped at seqlen_k - 1, so only the sequence's last key block pays for it),
@@ -232,9 +232,10 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
 
     Grid: NB = 0: (the longest sequence's query tiles, n · H), every sequence's row of it as long
     (about half the CTAs empty in `bench varlen`'s case); NB > 0 (a power of two > n = n_bh / H,
-    at least 32 x the caller's warps NUM_WARPS): (total_q // BLOCK_M + n, H), sequence b's tiles starting at
-    x = P_b = cu_seqlens_q[b] // BLOCK_M + b (P_{b+1} - P_b >= its tiles, by at most one: at most
-    one empty CTA a sequence); a CTA finds its b by counting the P_j <= x in one load of the offsets."""
+    at least 32 x the caller's warps NUM_WARPS): (total_q // BLOCK_M + n, H), sequence b's tiles
+    starting at x = P_b = cu_seqlens_q[b] // BLOCK_M + b (P_{b+1} - P_b >= its tiles, by at most
+    one: at most one empty CTA a sequence); a CTA finds its b by counting the P_j <= x in one load
+    of the offsets."""
     if NB:  # (None where compile_check leaves it out)
         x = gl.program_id(0)
         h = gl.program_id(1)
