@@ -158,6 +158,34 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     assert "VARLEN" not in stub.seen and stub.seen["grid"][1] == H
 
 
+@pytest.mark.parametrize("block_m", [128, 192])
+@pytest.mark.parametrize("seed", range(4))
+def test_varlen_packed_tile_map(block_m, seed):
+    """The packed grid's tile map as kernels/fwd_hopper._ws_tile_varlen computes it (CTA x of a head
+    takes sequence b = #{j in 1 .. n-1: cu[j] // BLOCK_M + j <= x}, rows from (x - cu[b] // BLOCK_M
+    - b) · BLOCK_M; grid total // BLOCK_M + n): every query tile of every sequence exactly once, no
+    negative row, at most one CTA a sequence past its rows. Random lengths with zeros, ones and
+    multiples of the tile."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 40, (1,), generator=g))
+    lens = torch.randint(0, 3 * block_m, (n,), generator=g)
+    lens[torch.rand(n, generator=g) < 0.2] = 0
+    lens[torch.rand(n, generator=g) < 0.2] = block_m * torch.randint(1, 3, (1,), generator=g)
+    cu = [0] + torch.cumsum(lens, 0).tolist()
+    seen, empty = [], [0] * n
+    for x in range(cu[-1] // block_m + n):
+        b = sum(1 for j in range(1, n) if cu[j] // block_m + j <= x)
+        m0 = (x - (cu[b] // block_m + b)) * block_m
+        assert m0 >= 0, (x, b, m0)
+        if m0 < lens[b]:
+            seen.append((b, m0))
+        else:
+            empty[b] += 1
+    want = [(b, m) for b in range(n) for m in range(0, int(lens[b]), block_m)]
+    assert sorted(seen) == want, "a tile missing or visited twice"
+    assert max(empty) <= 1, empty
+
+
 # ------------------------------------------------------------------------------ dispatch
 def _emulated_varlen_fwd(calls):
     """launch.hopper_fwd on a CPU for packed sequences: the float64 varlen reference (each sequence
