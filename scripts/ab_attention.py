@@ -1,7 +1,7 @@
 """A/B of a launcher switch in one process: each variant timed on the same inputs, alternately.
 
     PYTHONPATH=src python scripts/ab_attention.py --switch NAME [--modes fwd,bwd]
-        [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3] [--gluon]
+        [--seqlens 1024,4096,16384] [--head-dims 64,128] [--rounds 3] [--gluon] [--also "NAME=VALUE;..."]
 
 ``--switch`` names an attribute of flashkernels.ops.attention.launch (a module-level flag, added
 for the experiment,) that selects a kernel variant through a constexpr: True vs False, or the
@@ -11,7 +11,9 @@ bf16, causal and not; each (shape, mode) is timed with the switch on and off, `-
 alternating (so clock drift hits both), do_bench medians; prints TF/s and the on/off ratio. SDPA
 cuDNN is timed once per shape and mode for scale. The Triton kernels by default; ``--gluon`` lets
 the library pick its Gluon kernels on an H100 (a switch of theirs), and then the backward's
-gradients with the switch on and off are compared first (max |diff|). Needs a CUDA GPU.
+gradients with the switch on and off are compared first (max |diff|). ``--also`` sets more
+launch attributes (Python literals) for the whole run, on and off alike (e.g. ``--switch
+HOPPER_FWD_CHAIN --also "HOPPER_FWD_PERSISTENT_DIMS=(64, 128)"``). Needs a CUDA GPU.
 """
 import argparse
 import ast
@@ -37,7 +39,14 @@ def main():
     ap.add_argument("--gluon", action="store_true", help="the Gluon kernels (the switch is theirs)")
     ap.add_argument("--on", default="True", help="the switch's value for 'on' (a Python literal)")
     ap.add_argument("--off", default="False", help="the switch's value for 'off' (a Python literal)")
+    ap.add_argument("--also", default="", help="'NAME=VALUE;...': launch attributes set for the whole run")
     args = ap.parse_args()
+    for item in filter(None, args.also.split(";")):
+        name, _, literal = item.partition("=")
+        if not hasattr(launch, name.strip()):
+            raise SystemExit(f"--also: launch has no {name.strip()}")
+        setattr(launch, name.strip(), ast.literal_eval(literal.strip()))
+        print(f"launch.{name.strip()} = {getattr(launch, name.strip())!r} (whole run)")
     if not args.gluon:  # the Triton kernels: on an H100 the library would otherwise run its Gluon ones
         os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
         os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"

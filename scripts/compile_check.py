@@ -192,6 +192,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         persistent = launch.hopper_fwd_persistent(D, block_m, softcap or alibi or sink or window or varlen, causal)
     if persistent:
         consts["PERSISTENT"] = True
+        if launch.HOPPER_FWD_CHAIN and D <= launch.HOPPER_FWD_CHAIN_MAX_DIM:  # (as launched)
+            consts["CHAIN"] = True
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
@@ -333,6 +335,12 @@ def main():
                     if any(ffeats.values()):
                         tag += " +" + ",".join(k for k, v in ffeats.items() if v)
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d, **ffeats))
+                    if d in launch.HOPPER_FWD_SHORT and not (causal or any(ffeats.values())):
+                        # (the plain non-causal build below the head dim's HOPPER_FWD_MIN_SEQLEN)
+                        cfg = (launch.HOPPER_BLOCK_M, *launch.HOPPER_FWD_SHORT[d])
+                        tag = f"gluon-short {dname} D={d:<3} causal=0 mask=0 {cfg}"
+                        bad += not report(tag, lambda: compile_hopper_fwd(dtype, False, args.sass, D=d, config=cfg,
+                                                                          persistent=True))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
                              and not (mk or sink) and not (d == 256 and (softcap or alibi or window or varlen)))
                 if gluon_bwd and d in launch.HOPPER_BWD_HEAD_DIMS:

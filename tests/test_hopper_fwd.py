@@ -167,6 +167,70 @@ def test_d64_from_its_min_seqlen(machine_ok):
     assert launch.hopper_fwd_reason(**_args(D=128, S=256)) is None  # (no floor at 128)
 
 
+def test_d64_short_plain_calls(machine_ok, monkeypatch):
+    """Below HOPPER_FWD_MIN_SEQLEN[64], a plain non-causal D = 64 call runs HOPPER_FWD_SHORT's build
+    (launch.hopper_fwd_short); causal, with a feature or packed, or with persistent or chained
+    launches off, it keeps the Triton kernel; at D = 128 there is no floor to be below."""
+    fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
+    short = _args(D=64, S=1024, Sk=1024, causal=False)
+    assert launch.hopper_fwd_reason(**short) is None
+    assert launch.hopper_fwd_short(64, 1024, plain=True) and not launch.hopper_fwd_short(64, fewest, plain=True)
+    assert not launch.hopper_fwd_short(128, 1024, plain=True)
+    for over in (dict(causal=True), dict(window_left=100), dict(window_right=0), dict(softcap=5.0),
+                 dict(alibi_slopes=torch.rand(4)), dict(sink=torch.randn(4))):
+        why = launch.hopper_fwd_reason(**{**short, **over})
+        assert why is not None and "faster below" in why, (over, why)
+    for switch in ("HOPPER_FWD_CHAIN", "HOPPER_FWD_PERSISTENT"):
+        with monkeypatch.context() as m:
+            m.setattr(launch, switch, False)
+            assert "faster below" in launch.hopper_fwd_reason(**short)
+    assert launch.hopper_fwd_reason(**_args(D=64, S=1024, Sk=1024, causal=False, window_left=-3)) is None
+
+
+class _KernelStub:
+    """Stands in for fwd_hopper.attn_fwd_hopper_kernel: records the grid and the keywords."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __getitem__(self, grid):
+        def run(*args, **kw):
+            self.seen.clear()
+            self.seen.update(grid=grid, **kw)
+        return run
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+def test_persistent_launch_arguments(monkeypatch):
+    """launch.hopper_fwd (the kernel stubbed, 132 SMs): the plain non-causal forward at D = 128 runs
+    persistent and chained (grid: the SMs, or the tiles when fewer); D = 64 below its floor
+    HOPPER_FWD_SHORT's build (two warpgroups: BLOCK_M 128) chained too; with HOPPER_FWD_CHAIN off
+    the D = 128 launch is persistent without CHAIN; causal calls keep the grid (B · H along y)."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, S, causal, B=4, H=16):
+        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
+        out, lse = torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S)
+        launch.hopper_fwd(q, k, v, out, lse, 0.125, causal)
+        return dict(stub.seen)
+
+    s = run(128, 1024, False)
+    assert s["grid"] == (132,) and s["PERSISTENT"] and s["CHAIN"] and s["n_bh"] == 64 and s["BLOCK_M"] == 128
+    assert run(128, 256, False, B=1, H=2)["grid"] == (4,)  # (2 tiles x 2 heads: fewer than the SMs)
+    s = run(64, 1024, False)
+    block_n, stages = launch.HOPPER_FWD_SHORT[64]
+    assert (s["BLOCK_M"], s["BLOCK_N"], s["STAGES"]) == (128, block_n, stages) and s["CHAIN"] and s["grid"] == (132,)
+    s = run(64, 1024, True)
+    assert s["BLOCK_M"] == launch.hopper_fwd_config(64)[0] and "PERSISTENT" not in s and s["grid"][1] == 64
+    s = run(128, 1024, True)
+    assert "PERSISTENT" not in s and s["grid"] == (8, 64) and s["REVERSE_M"]
+    monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN", False)
+    s = run(128, 1024, False)
+    assert s["PERSISTENT"] and "CHAIN" not in s
+
+
 def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
     """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
     three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""
@@ -463,7 +527,8 @@ def test_descriptors_view_each_layout_as_2d():
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
 def test_kernel_builds_for_sm90a_without_spills():
     """The four specialisations (bf16/fp16 x causal) of the forward and of the backward
-    (kernels/bwd_hopper.py) at each of their head dims compile for sm_90a with ptxas (no GPU
+    (kernels/bwd_hopper.py) at each of their head dims, and the forward's short-sequence builds
+    (bf16/fp16, launch.HOPPER_FWD_SHORT), compile for sm_90a with ptxas (no GPU
     needed) and spill nothing (the causal backward a few bytes), through scripts/compile_check.py (in its own process: the
     compiler cannot run functions decorated for the interpreter)."""
     import triton
@@ -480,7 +545,10 @@ def test_kernel_builds_for_sm90a_without_spills():
     log = res.stdout + res.stderr
     fwd = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon ")]
     bwd = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-bwd ")]
+    short = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-short ")]  # (launch.HOPPER_FWD_SHORT)
     assert res.returncode == 0 and len(fwd) == 4 * len(launch.HOPPER_FWD_CONFIGS), log[-4000:]
+    assert len(short) == 2 * len(launch.HOPPER_FWD_SHORT), log[-4000:]
+    fwd += short
     assert len(bwd) == 4 * len(launch.HOPPER_BWD_HEAD_DIMS), log[-4000:]
     assert "serialized" not in log, log  # ptxas serialising wgmmas (registers): slow
     for ln in fwd + bwd:
@@ -602,18 +670,23 @@ def test_hopper_fwd_persistent_choice(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("D", [128, 256], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("chain", [False, True], ids=["tiles", "chain"])
+@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("heads", ["mha", "gqa"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D):
-    """The persistent forward (launch.HOPPER_FWD_PERSISTENT; here at D = 128 and 256 and causal too:
-    HOPPER_FWD_PERSISTENT_DIMS / _CAUSAL, which the default leaves out) with more tiles than SMs (4 · Hq
-    heads x 8 query tiles: each CTA runs several, the K / V ring and the Q buffers carried from
-    tile to tile, causal ones longest first): within the policy of float64, and bitwise the grid
-    launch's out and lse (the same arithmetic per tile)."""
+def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
+    """The persistent forward (launch.HOPPER_FWD_PERSISTENT; here at D = 64 (two warpgroups), 128 and
+    256 and causal too: HOPPER_FWD_PERSISTENT_DIMS / _CAUSAL, which the default leaves out) with more
+    tiles than SMs (4 · Hq heads x 8 query tiles: each CTA runs several, the K / V ring and the Q
+    buffers carried from tile to tile, causal ones longest first), its tiles one after another or
+    chained into one stream of key blocks (HOPPER_FWD_CHAIN, D <= 128): within the policy of
+    float64, and bitwise the grid launch's out and lse (the same arithmetic per tile)."""
     _needs_hopper()
-    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (128, 256))
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64, 128, 256))
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN", chain)
+    monkeypatch.setitem(launch.HOPPER_FWD_CONFIGS, 64, (128, 2))  # (two warpgroups: the persistent build's)
+    monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", {})
     Hq, Hkv = {"mha": (16, 16), "gqa": (32, 8)}[heads]
     n = launch.hopper_fwd_launches
     torch.manual_seed(0)

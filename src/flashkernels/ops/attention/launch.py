@@ -275,6 +275,20 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 HOPPER_FWD_PERSISTENT = True
 HOPPER_FWD_PERSISTENT_DIMS = (128,)
 HOPPER_FWD_PERSISTENT_CAUSAL = False
+# A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
+# q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads a tile ahead (two sets
+# of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
+# (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CHAIN --rounds 5, FA3 grid, D = 128
+# non-causal): +3.0 / +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k; causal persistent with it still
+# -11% / -2.5% at 1k / 2k against the grid, so causal keeps the grid.
+HOPPER_FWD_CHAIN = True
+HOPPER_FWD_CHAIN_MAX_DIM = 128
+# Head dim -> (BLOCK_N, STAGES) of the build that runs the plain non-causal forward below
+# HOPPER_FWD_MIN_SEQLEN query rows, where the head dim's own config loses to the Triton kernel:
+# two warpgroups, persistent and chained (needs HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN). H100,
+# session 15 (scripts/ab_fwd64.py, FA3 grid, S = 1k): 417 TF/s against the Triton kernel's 381,
+# three warpgroups' 388, two chained with 2 stages 399, cuDNN 415, FA2 284.
+HOPPER_FWD_SHORT: dict[int, tuple[int, int]] = {64: (128, 3)}
 # Causal grid launches of the Gluon forward take their query tiles last first (kernels/fwd_hopper.py
 # REVERSE_M): each head's longest tiles start first, so the last wave is short ones. H100, session
 # 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE --head-dims 64,128,256
@@ -286,6 +300,15 @@ HOPPER_FWD_CAUSAL_REVERSE = True
 # 1024,4096,16384, ...-ab-triton-fwd-causal-reverse.txt): -1.3 to 0% at 1k and 4k, +1.4% / +4.9% at
 # 16k (D = 64 / 128).
 TRITON_FWD_CAUSAL_REVERSE = True
+
+
+def hopper_fwd_short(head_dim: int, rows: int, plain: bool) -> bool:
+    """Whether a forward of ``rows`` query rows runs HOPPER_FWD_SHORT's build: a plain (no feature,
+    not causal, not packed) call below its head dim's HOPPER_FWD_MIN_SEQLEN, with persistent
+    chained launches on."""
+    fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == head_dim), 0)  # (SymInt: by ==)
+    return (plain and rows < fewest and any(d == head_dim for d in HOPPER_FWD_SHORT) and HOPPER_FWD_PERSISTENT
+            and HOPPER_FWD_CHAIN and head_dim <= HOPPER_FWD_CHAIN_MAX_DIM)
 
 
 def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False) -> bool:
@@ -470,10 +493,17 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        if rows < fewest:
+        plain = _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)
+        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, plain):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
             return f"{what} {rows} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
     return why
+
+
+def _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q) -> bool:
+    """A forward with no feature: not causal, no window, softcap, ALiBi, sink or packed sequences."""
+    return (not causal and window_left < 0 and window_right < 0 and not softcap > 0 and alibi_slopes is None
+            and sink is None and cu_seqlens_q is None)
 
 
 def hopper_fwd_varlen_reason(q, k, cu_seqlens_q) -> Optional[str]:
@@ -518,7 +548,12 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
-    block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
+    short = hopper_fwd_short(D, S, _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink,
+                                               cu_seqlens_q))
+    if short:  # (two warpgroups, persistent and chained)
+        block_m, (block_n, stages) = HOPPER_BLOCK_M, next(c for d, c in HOPPER_FWD_SHORT.items() if d == D)
+    else:
+        block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
     if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
         n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
@@ -541,12 +576,14 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
     # kernel skips it; VARLEN: each sequence's last tile)
     grid = (-(-rows // block_m), n_seq * H)
-    persistent = hopper_fwd_persistent(D, block_m, has_window or softcap > 0 or alibi_slopes is not None
-                                       or sink is not None or varlen, causal)
+    persistent = short or hopper_fwd_persistent(D, block_m, has_window or softcap > 0 or alibi_slopes is not None
+                                                or sink is not None or varlen, causal)
     extra = {}
     if persistent:  # (one CTA an SM, at most one a tile)
         grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
+        if HOPPER_FWD_CHAIN and D <= HOPPER_FWD_CHAIN_MAX_DIM:
+            extra["CHAIN"] = True
     if varlen:
         extra["VARLEN"] = True
         nb = max(1 << n_seq.bit_length(), 128)  # (a power of two > n_seq, one offset a consumer thread at least)

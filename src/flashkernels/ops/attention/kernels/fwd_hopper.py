@@ -85,8 +85,9 @@ non-causal, 571-612 causal / GQA, 1.25-1.40x the Triton kernel (kernels/fwd.py) 
 cuDNN. Config: BLOCK_M = 128, BLOCK_N = 128, STAGES = 2, scheduling fence on, no ping-pong
 between the warpgroups (within 2% of the best of the variants tried, everywhere measured);
 register budgets 240 (consumers) / 24 (producer), launched with maxnreg = 168. At D = 64 the
-same structure gained nothing over the Triton kernel, so it is not used there. (Measured with the
-experiment's kernel; this port of it at that config compiles to the same inner-loop SASS.)
+same structure gained nothing over the Triton kernel (in a grid launch; see CHAIN below for the
+build D = 64 runs under 2048 rows). (Measured with the experiment's kernel; this port of it at that
+config compiles to the same inner-loop SASS.)
 
 D = 256 (H200, ``scripts/exp_fwd_dims.py``, the same FA3 shapes with H = 8): BLOCK_N = 64, 2
 stages (the only ring that fits the shared memory: 197 KB), 0 spills: 1.24-1.61x the Triton
@@ -94,14 +95,24 @@ kernel, 0.94-1.02x cuDNN through the public API.
 
 Three consumer warpgroups (BLOCK_M 192, BLOCK_N 128, registers 160 / 168 / 24, launch cap 128;
 0 spills): D = 64 from 2048 query rows (H100, scripts/ab_fwd64.py, session 7: 1.03-1.20x the
-Triton kernel from S = 2k, 0.75-0.95x below, where the Triton kernel stays). Larger BLOCK_N with three do
+Triton kernel from S = 2k, 0.75-0.95x below, where launch.HOPPER_FWD_SHORT's two-warpgroup CHAIN
+build runs plain non-causal calls and the Triton kernel the others). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
-PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: non-causal D = 128):
-grid (SMs,), each CTA walking tiles t = its id + k · SMs in _ws_tile_id's order, the K / V ring's
-position and the Q buffers' phases carried from tile to tile; the producer loads the next tile's
-K_0 while the warpgroups store the last tile's output, then its Q once both released their Q
-buffer (q_empty). H100, FA3 grid, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
+PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: non-causal D = 128,
+and launch.HOPPER_FWD_SHORT's D = 64 build below 2048 query rows): grid (SMs,), each CTA walking
+tiles t = its id + k · SMs in _ws_tile_id's order, the K / V ring's position and the Q buffers'
+phases carried from tile to tile; the producer loads the next tile's K_0 while the warpgroups
+store the last tile's output, then its Q once both released their Q buffer (q_empty).
+CHAIN (PERSISTENT, D <= 128; launch.HOPPER_FWD_CHAIN, on): two sets of Q buffers, so the next
+tile's Q loads while this one runs, and each consumer runs its tiles as one stream of key blocks
+(_ws_attend_chain): the next tile's first q·kᵀ wgmma is issued with this tile's last p·v one, its
+softmax overlaps that wgmma, and the finished tile's output is stored after it. H100, session 15
+(scripts/ab_attention.py --gluon --switch HOPPER_FWD_CHAIN, 5 rounds): D = 128 non-causal +3.0 /
++1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k over PERSISTENT alone; D = 64 at 1k (scripts/ab_fwd64.py)
+417 TF/s with 3 stages against PERSISTENT's 377 and the Triton kernel's 381. A first form with
+one loop over all of a CTA's blocks and the tile switch inside it read 4-5% slower from 4k on (its
+loop: a branch, a Q barrier wait and the tile's scalars an iteration). H100, FA3 grid, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
 non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%; causal with a static stride
 -6 to -30% with every head's longest tiles first (no K / V shared in L2), -1 to +1% to 4k and -4.5%
 / -25% at 8k / 16k head by head (unbalanced), so causal keeps the grid, which the hardware balances.
@@ -111,7 +122,8 @@ query tile n - 1 - x, so each head's longest tiles start first (the GPU starts C
 and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below (H100, FA3
 grid, scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE, session 13).
 
-Not done: a dynamic (atomic counter) tile scheduler for causal, P through shared memory (FA3's D = 64
+Not done: a dynamic (atomic counter) tile scheduler for causal (the chained persistent
+causal build, head by head, read -11% / -2.5% at 1k / 2k against the grid), P through shared memory (FA3's D = 64
 config, which frees the registers BLOCK_N 192 needs); offloading
 part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
 want.
@@ -268,7 +280,8 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, CuQ, CuK,
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
+                 CHAIN: gl.constexpr):
     if PERSISTENT:  # (the plain build's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
@@ -290,11 +303,19 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                                                 k_smem.index(s))
                 if j == 0:  # Q after K_0 (which may load during the previous tile's epilogue): the Q
                     # buffers are free once every warpgroup's previous output store has read them
-                    mbarrier.wait(q_empty, (tc & 1) ^ 1)
-                    for w in gl.static_range(NUM_WG):
-                        mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
-                        tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w),
-                                                        q_smem.index(w))
+                    if CHAIN:  # (two sets of Q buffers, tile tc's the set tc % 2, its use tc // 2)
+                        mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
+                        for w in gl.static_range(NUM_WG):
+                            qb = (tc & 1) * NUM_WG + w
+                            mbarrier.expect(q_bars.index(qb), desc_q.block_type.nbytes)
+                            tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(qb),
+                                                            q_smem.index(qb))
+                    else:
+                        mbarrier.wait(q_empty, (tc & 1) ^ 1)
+                        for w in gl.static_range(NUM_WG):
+                            mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
+                            tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w),
+                                                            q_smem.index(w))
                 mbarrier.wait(v_empty.index(s), ph)
                 mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
                 tma.async_copy_global_to_shared(desc_v, [row_v + j * BLOCK_N, hk * v_ch], v_ready.index(s),
@@ -349,7 +370,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
-                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr):
+                 PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
+                 CHAIN: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -358,7 +380,10 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (the plain build):
     the tiles of _ws_tile_id, striding by the grid, the ring's position carried from tile to tile;
     after each tile's output store the warpgroup releases its Q buffer (q_empty)."""
-    if PERSISTENT:
+    if CHAIN:  # (PERSISTENT)
+        _ws_attend_chain(W, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                         q_empty, SQ, SK, H, n_bh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)
+    elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
         tc = 0  # tiles so far
@@ -373,7 +398,22 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
             mbarrier.arrive(q_empty)  # (after _ws_store_out's store_wait: Q_W is free)
             it += n_blocks
             tc += 1
-        return
+    else:
+        _ws_consumer_tile(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                          k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
+                          alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES,
+                          CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, n_bh, REVERSE_M, VARLEN_NB)
+
+
+@gluon.jit
+def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                      k_ready, k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right,
+                      alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM: gl.constexpr,
+                      WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                      CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
+                      WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr, n_bh, REVERSE_M: gl.constexpr,
+                      VARLEN_NB: gl.constexpr):
+    """_ws_consumer of a grid launch: the CTA's one tile."""
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
             CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 4)
@@ -407,6 +447,46 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
                    alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
                    STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
+
+
+@gluon.jit
+def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc, s_zero, m_i, l_i, qk_scale,
+             cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi, start_n,
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
+             ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
+    """One step of a consumer's loop: S = q · K^T of the ring's block i + 1 and O = acc + P V of its
+    block i (P: p_op) both issued; S's online softmax (_softmax_step, key block start_n) while the P V
+    wgmma runs; both blocks released. Returns (p, alpha, m, l, O): O not yet rescaled by alpha."""
+    stage = i % STAGES
+    nxt = (i + 1) % STAGES
+    # S first, then O += P V: both in flight.
+    mbarrier.wait(k_ready.index(nxt), ((i + 1) // STAGES) & 1)
+    s_tok = warpgroup_mma(q, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    mbarrier.wait(v_ready.index(stage), (i // STAGES) & 1)
+    o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+    # S retires first (in order); its softmax overlaps the P V wgmma.
+    s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q, k_smem.index(nxt)))
+    mbarrier.arrive(k_empty.index(nxt))  # S retired: K_{i+1} released by this warpgroup
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
+                                       win_lo, win_hi, mask_lo, mask_hi, start_n, BLOCK_N, CAUSAL, SOFTCAP, ALIBI,
+                                       WINDOW, s_layout)
+    # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
+    # inside a basic block: without a fence it issues the wait_group 0 below right after the
+    # first SHFL of the softmax, so the softmax does not overlap the P V wgmma. A basic-block
+    # boundary after the softmax pins it there (ptxas does not move it across a branch). l_i
+    # passes through unchanged: it is a sum of exp2 values, never < 0 (NaN compares false), so
+    # the loop body never runs. The loop (ptxas can neither if-convert nor drop it: the body
+    # writes the outputs) ends the basic block after the whole softmax (l_i depends on every
+    # exp2). Two rows per thread (pack=2): one loop per thread.
+    l_i = gl.inline_asm_elementwise(
+        "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
+        "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
+        "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
+        "bra fence_loop; fence_done: }",
+        "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
+    acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
+    mbarrier.arrive(v_empty.index(stage))  # P V retired: V_i released
+    return p, alpha, m_i, l_i, acc
 
 
 @gluon.jit
@@ -482,38 +562,13 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
-        stage = (it0 + j) % STAGES
-        nxt = (it0 + j + 1) % STAGES
-        # S_{j+1} first, then O += P_j V_j: both in flight.
-        mbarrier.wait(k_ready.index(nxt), ((it0 + j + 1) // STAGES) & 1)
-        s_tok = warpgroup_mma(q_w, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(stage), ((it0 + j) // STAGES) & 1)
-        o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
-        # S_{j+1} retires first (in order); its softmax overlaps the P_j V_j wgmma.
-        s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q_w, k_smem.index(nxt)))
-        mbarrier.arrive(k_empty.index(nxt))  # S_{j+1} retired: K_{j+1} released by this warpgroup
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag,
-                                           diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N, BLOCK_N,
-                                           CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout)
-        # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
-        # inside a basic block: without a fence it issues the wait_group 0 below right after the
-        # first SHFL of the softmax, so the softmax does not overlap the P_j V_j wgmma. A
-        # basic-block boundary after the softmax pins it there (ptxas does not move it across a
-        # branch). l_i passes through unchanged: it is a sum of exp2 values, never < 0 (NaN
-        # compares false), so the loop body never runs. The loop (ptxas can neither if-convert nor
-        # drop it: the body writes the outputs) ends the basic block after the whole softmax (l_i
-        # depends on every exp2). Two rows per thread (pack=2): one loop per thread.
-        l_i = gl.inline_asm_elementwise(
-            "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
-            "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
-            "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
-            "bra fence_loop; fence_done: }",
-            "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
-        acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
-        mbarrier.arrive(v_empty.index(stage))  # P_j V_j retired: V_j released
+        p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
+                                           acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
+                                           diag, diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N,
+                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout)
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-        # P_{j+1} into the operand registers only now: until the wait above, the P_j V_j wgmma still
-        # reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
+        # P_{j+1} into the operand registers only now: until _ws_pair's last wait, the P_j V_j wgmma
+        # still reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
         p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     last = it0 + n_blocks - 1
@@ -549,6 +604,116 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
 
 
 @gluon.jit
+def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
+                     v_ready, v_empty, q_empty, SQ, SK, H, n_bh, o_rb, o_rh, o_ch, HEAD_DIM: gl.constexpr,
+                     WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                     CAUSAL: gl.constexpr):
+    """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
+    programs, _ws_tile_id's order) as one stream of key blocks. Inside a tile the loop is
+    _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
+    tile's last P V wgmma, so that softmax overlaps the wgmma instead of running alone, then stores
+    this tile's output; the next tile's P V accumulates from zero. Tile c's Q is in q_smem[(c % 2) ·
+    NUM_WG + W] (barrier q_bars likewise, phase c // 2), released with q_empty[c % 2] after its
+    output store, which stages in that buffer."""
+    dtype: gl.constexpr = desc_o.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    BLOCK_M: gl.constexpr = NUM_WG * WG_M
+    qk_scale = sm_scale * LOG2E
+    n_m = SQ // BLOCK_M
+    t = gl.program_id(0)
+    stride = gl.num_programs(0)
+    pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+    pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, BLOCK_M, BLOCK_N, CAUSAL, False,
+                                              False)
+    m0w = m0 + W * WG_M
+    offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
+    m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+    acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    # Block 0 of the first tile: its scores and softmax.
+    q_w = q_smem.index(W)
+    mbarrier.wait(q_bars.index(W), 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
+    mbarrier.arrive(k_empty.index(0))
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, sm_scale, 0.0, 0.0, offs_m, m0w, offs_m, m0w, offs_m,
+                                       offs_m, 0, 0, 0, BLOCK_N, CAUSAL, False, False, False, s_layout)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    it = 0  # the ring's block of the tile's block 0
+    tc = 0  # the tile's number in this CTA
+    n_t = (n_m * n_bh - t + stride - 1) // stride
+    for c in range(n_t):
+        for j in range(0, n_blocks - 1):  # (_ws_attend's loop)
+            p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
+                                               acc, s_zero, m_i, l_i, qk_scale, sm_scale, 0.0, 0.0, offs_m, m0w,
+                                               offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
+                                               STAGES, CAUSAL, False, False, False, s_layout)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+        last = it + n_blocks - 1
+        if c + 1 < n_t:  # the next tile's block 0 with this tile's last P V
+            t += stride
+            pid_m_n, pid_bh_n = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+            pid_bh_n, b_n, h_n, m0_n, lo_n, n_blocks_n = _ws_tile(pid_m_n, pid_bh_n, SQ, SK, H, 0, 0, 0, BLOCK_M,
+                                                                  BLOCK_N, CAUSAL, False, False)
+            qb = ((tc + 1) & 1) * NUM_WG + W
+            q_n = q_smem.index(qb)
+            mbarrier.wait(q_bars.index(qb), ((tc + 1) >> 1) & 1)
+            m0w_n = m0_n + W * WG_M
+            offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
+            m_n = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
+            l_n = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+            p, alpha, m_n, l_n, acc = _ws_pair(q_n, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, last, p_op,
+                                               acc, s_zero, m_n, l_n, qk_scale, sm_scale, 0.0, 0.0, offs_n, m0w_n,
+                                               offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES, CAUSAL,
+                                               False, False, False, s_layout)
+            _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb, o_rh,
+                          o_ch, WG_M, row_s, row_o)
+            acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            m_i = m_n
+            l_i = l_n
+            q_w = q_n
+            pid_bh = pid_bh_n
+            b = b_n
+            h = h_n
+            m0w = m0w_n
+            offs_m = offs_n
+            it = last + 1
+            n_blocks = n_blocks_n
+            tc += 1
+        else:
+            mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+            o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
+            acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
+            mbarrier.arrive(v_empty.index(last % STAGES))
+            _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb, o_rh,
+                          o_ch, WG_M, row_s, row_o)
+
+
+@gluon.jit
+def _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
+                  WG_M: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr):
+    """_ws_attend_chain's end of a tile: out = acc / l and lse stored (rows m0w .. of (b, h)), then
+    the tile's Q buffer q_w (the output's staging buffer) released on q_free."""
+    out = acc / gl.convert_layout(l_i, row_o)[:, None]
+    lse = (m_i + gl.log2(l_i)) * LN2
+    gl.store(Lse + pid_bh * SQ + m0w + gl.arange(0, WG_M, layout=row_s), lse)
+    _ws_store_out(out, q_w, desc_o, b * o_rb + h * o_rh + m0w, h * o_ch)
+    mbarrier.arrive(q_free)
+
+
+@gluon.jit
 def _ws_store_out(out, q_w, desc_o, row, col):
     """The output rows by a TMA store at (row, col) of desc_o's view, staged in this warpgroup's
     Q buffer, which is free (its q·kᵀ wgmmas all retired; only it reads Q_w)."""
@@ -567,7 +732,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
-                           VARLEN_NB: gl.constexpr = 0):
+                           VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
     grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
     (n_bh = B * H) in _ws_tile_id's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
@@ -605,17 +770,24 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(not (PERSISTENT and (TRIM or SOFTCAP or ALIBI or SINK or WINDOW or VARLEN)))
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
+    gl.static_assert(PERSISTENT or not CHAIN)
+    QSETS: gl.constexpr = 2 if CHAIN else 1  # (CHAIN: the next tile's Q loads while this one's runs)
+    q_smem = gl.allocate_shared_memory(dtype, [QSETS * NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_v.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
+    q_bars = gl.allocate_shared_memory(gl.int64, [QSETS * NUM_WG, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # (PERSISTENT)
-    mbarrier.init(q_empty, count=NUM_WG)
-    for w in gl.static_range(NUM_WG):
+    if CHAIN:  # (PERSISTENT: one a set of Q buffers)
+        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_empty.index(0), count=NUM_WG)
+        mbarrier.init(q_empty.index(1), count=NUM_WG)
+    else:
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # (PERSISTENT)
+        mbarrier.init(q_empty, count=NUM_WG)
+    for w in gl.static_range(QSETS * NUM_WG):
         mbarrier.init(q_bars.index(w), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
@@ -632,16 +804,16 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
@@ -649,19 +821,19 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
