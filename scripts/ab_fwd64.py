@@ -46,6 +46,7 @@ VARIANTS = {
     "wg2-n128-s2-persist": (128, 2, 128, True),  # (launch.hopper_fwd_persistent: the plain non-causal build)
     "wg2-n128-s2-chain": (128, 2, 128, "chain"),  # (persistent with launch.HOPPER_FWD_CHAIN)
     "wg2-n128-s3-chain": (128, 3, 128, "chain"),
+    "wg2-n128-s3-chain-causal": (128, 3, 128, "chain-causal"),  # (causal persistent too: pairs of tiles)
     "wg2-n128-s3": (128, 3, 128),
     "wg3-n128-s2": (128, 2, 192),
     "wg3-n128-s3": (128, 3, 192),
@@ -73,7 +74,8 @@ def tflops(B, H, S, causal, ms):
     return 4 * B * H * S * S * D * (0.5 if causal else 1.0) / ms / 1e9
 
 
-_SAVED = (dict(launch.HOPPER_FWD_MIN_SEQLEN), launch.HOPPER_FWD_PERSISTENT_DIMS, launch.HOPPER_FWD_CHAIN)
+_SAVED = (dict(launch.HOPPER_FWD_MIN_SEQLEN), launch.HOPPER_FWD_PERSISTENT_DIMS, launch.HOPPER_FWD_CHAIN,
+          launch.HOPPER_FWD_PERSISTENT_CAUSAL)
 
 
 def set_variant(cfg):
@@ -84,12 +86,14 @@ def set_variant(cfg):
     launch.HOPPER_FWD_MIN_SEQLEN.update(_SAVED[0])
     launch.HOPPER_FWD_PERSISTENT_DIMS = _SAVED[1]
     launch.HOPPER_FWD_CHAIN = _SAVED[2]
+    launch.HOPPER_FWD_PERSISTENT_CAUSAL = _SAVED[3]
     if cfg is not None:
         launch.HOPPER_FWD_CONFIGS[D] = tuple(cfg[:3])
         launch.HOPPER_FWD_MIN_SEQLEN.pop(D, None)
         if len(cfg) > 3 and cfg[3]:
             launch.HOPPER_FWD_PERSISTENT_DIMS = (*_SAVED[1], D)
-            launch.HOPPER_FWD_CHAIN = cfg[3] == "chain"
+            launch.HOPPER_FWD_CHAIN = str(cfg[3]).startswith("chain")
+            launch.HOPPER_FWD_PERSISTENT_CAUSAL = cfg[3] == "chain-causal"
 
 
 def dry(args):

@@ -335,11 +335,11 @@ def main():
                     if any(ffeats.values()):
                         tag += " +" + ",".join(k for k, v in ffeats.items() if v)
                     bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d, **ffeats))
-                    if d in launch.HOPPER_FWD_SHORT and not (causal or any(ffeats.values())):
-                        # (the plain non-causal build below the head dim's HOPPER_FWD_MIN_SEQLEN)
-                        cfg = (launch.HOPPER_BLOCK_M, *launch.HOPPER_FWD_SHORT[d])
-                        tag = f"gluon-short {dname} D={d:<3} causal=0 mask=0 {cfg}"
-                        bad += not report(tag, lambda: compile_hopper_fwd(dtype, False, args.sass, D=d, config=cfg,
+                    if d in launch.HOPPER_FWD_SHORT and not any(ffeats.values()):
+                        # (the plain build for short sequences: launch.hopper_fwd_short)
+                        cfg = (launch.HOPPER_BLOCK_M, *launch.HOPPER_FWD_SHORT[d][:2])
+                        tag = f"gluon-short {dname} D={d:<3} causal={int(causal)} mask=0 {cfg}"
+                        bad += not report(tag, lambda: compile_hopper_fwd(dtype, causal, args.sass, D=d, config=cfg,
                                                                           persistent=True))
                 gluon_bwd = ("hopper" in args.kernels.split(",") and dtype != torch.float32
                              and not (mk or sink) and not (d == 256 and (softcap or alibi or window or varlen)))

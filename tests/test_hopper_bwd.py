@@ -619,9 +619,12 @@ for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 512, 256, 128, True, (-1, -1)),   # rows without keys (WINDOW)
         (torch.float16, False, 1, 4, 2, 256, 640, 64, False, (70, 3)),  # keys no row sees
         (torch.float16, False, 1, 2, 2, 256, 256, 64, False, (-1, -1)),  # the backward's 128 rows, not causal
-        (torch.bfloat16, False, 2, 2, 1, 512, 512, 128, False, (-1, -1))]:  # the persistent forward, below
+        (torch.bfloat16, False, 2, 2, 1, 512, 512, 128, False, (-1, -1)),  # the persistent forward, below
+        (torch.bfloat16, True, 2, 2, 1, 512, 512, 128, False, (-1, -1)),  # causal: pairs of query tiles
+        (torch.float16, True, 1, 4, 2, 512, 512, 64, False, (-1, -1))]:  # D = 64's short build, causal
     sm_count = launch._sm_count
-    if S == 512:  # (3 SMs' worth of CTAs: each runs several of the 16 tiles, the ring and Q carried over)
+    if S == 512:  # (3 SMs' worth of CTAs: each runs several tiles or pairs, the ring and Q carried over,
+        # chained: launch.HOPPER_FWD_CHAIN)
         launch._sm_count = lambda index: 3
     q = torch.randn(B, S, H, D, device="cuda", dtype=dt, requires_grad=True)
     k, v = (torch.randn(B, Sk, Hkv, D, device="cuda", dtype=dt, requires_grad=True) for _ in range(2))
@@ -653,9 +656,10 @@ for causal, lens_q, lens_k, D, dt, window, feats in [
     flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
                                         window_size=window, backend="triton", **feats).sum().backward()
 torch.cuda.synchronize()
-# the forward is Gluon at D = 128 and 256 and packed (64, 128, 256), the backward at 64, 128 and
-# 256, and packed (64, 128)
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (11, 14), \
+# the forward is Gluon at D = 128 and 256, at D = 64 plain below 2048 rows (launch.HOPPER_FWD_SHORT:
+# 256 non-causal, 512 causal) and packed (64, 128, 256), the backward at 64, 128 and 256, and
+# packed (64, 128)
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (14, 16), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
@@ -666,7 +670,8 @@ print("done")
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
 def test_hopper_kernels_memcheck(tmp_path):
     """memcheck over the Gluon kernels: GQA causal, MQA, MHA at D = 128 (and the persistent forward,
-    several tiles a CTA), GQA causal and MHA at D = 64 (the backward's 128 rows) and
+    chained, several tiles or causal pairs a CTA; D = 64's short build, causal and not), GQA causal
+    and MHA at D = 64 (the backward's 128 rows) and
     256 (the backward's own kernel there), softcap + ALiBi + sink (GQA causal at D = 128, MQA at
     D = 64), the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
     Sq < Sk at D = 64) and VARLEN in both (packed sequences of lengths 0, 1 and off the block grid;

@@ -121,7 +121,8 @@ def _bhsd_meta(B, H, S, D=128):
 
 INELIGIBLE = [
     ("fp32", lambda: _args(dtype=torch.float32), "dtype"),
-    ("d64-short", lambda: _args(D=64), "the Triton kernel is faster below 2048"),
+    # (causal with 3 query tiles a head: no pairs for HOPPER_FWD_SHORT's build)
+    ("d64-short", lambda: _args(D=64, S=384), "the Triton kernel is faster below 2048"),
     ("d96", lambda: _args(D=96), "head dim 96"),
     ("mask", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool)), "mask"),
     ("mask-with-features", lambda: _args(mask=torch.ones(1, 1, 256, 256, dtype=torch.bool), softcap=5.0), "mask"),
@@ -168,23 +169,36 @@ def test_d64_from_its_min_seqlen(machine_ok):
 
 
 def test_d64_short_plain_calls(machine_ok, monkeypatch):
-    """Below HOPPER_FWD_MIN_SEQLEN[64], a plain non-causal D = 64 call runs HOPPER_FWD_SHORT's build
-    (launch.hopper_fwd_short); causal, with a feature or packed, or with persistent or chained
-    launches off, it keeps the Triton kernel; at D = 128 there is no floor to be below."""
+    """Below its row limits (non-causal HOPPER_FWD_MIN_SEQLEN[64], causal 4096 and whole pairs of
+    query tiles), a plain D = 64 call runs HOPPER_FWD_SHORT's build (launch.hopper_fwd_short); with a
+    feature, packed, causal off the top-left diagonal or with an odd count of query tiles, or with
+    persistent or chained launches off, it keeps the Triton kernel below HOPPER_FWD_MIN_SEQLEN; at
+    D = 128 there is no short build."""
     fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
+    rows_full, rows_causal = launch.HOPPER_FWD_SHORT[64][2:]
     short = _args(D=64, S=1024, Sk=1024, causal=False)
     assert launch.hopper_fwd_reason(**short) is None
-    assert launch.hopper_fwd_short(64, 1024, plain=True) and not launch.hopper_fwd_short(64, fewest, plain=True)
-    assert not launch.hopper_fwd_short(128, 1024, plain=True)
-    for over in (dict(causal=True), dict(window_left=100), dict(window_right=0), dict(softcap=5.0),
-                 dict(alibi_slopes=torch.rand(4)), dict(sink=torch.randn(4))):
+    assert launch.hopper_fwd_reason(**{**short, "causal": True}) is None
+    assert launch.hopper_fwd_short(64, 1024, False, plain=True) and launch.hopper_fwd_short(64, 1024, True, True)
+    assert not launch.hopper_fwd_short(64, rows_full, False, plain=True)
+    assert launch.hopper_fwd_short(64, rows_causal - 256, True, plain=True)
+    assert not launch.hopper_fwd_short(64, rows_causal, True, plain=True)
+    assert not launch.hopper_fwd_short(64, 1024 + 128, True, plain=True)  # (9 query tiles: no pairs)
+    assert not launch.hopper_fwd_short(64, 1024, False, plain=False)
+    assert not launch.hopper_fwd_short(128, 1024, False, plain=True)
+    for over in (dict(window_left=100), dict(window_right=0), dict(softcap=5.0), dict(alibi_slopes=torch.rand(4)),
+                 dict(sink=torch.randn(4)), dict(causal=True, causal_offset=128),
+                 dict(causal=True, q=_bshd(2, 1024, 4, 64), k=_bshd(2, 640, 2, 64), v=_bshd(2, 640, 2, 64)),
+                 dict(causal=True, q=_bshd(2, 1152, 4, 64), k=_bshd(2, 1152, 2, 64), v=_bshd(2, 1152, 2, 64))):
         why = launch.hopper_fwd_reason(**{**short, **over})
-        assert why is not None and "faster below" in why, (over, why)
+        assert why is not None and "faster below" in why, (list(over), why)
     for switch in ("HOPPER_FWD_CHAIN", "HOPPER_FWD_PERSISTENT"):
         with monkeypatch.context() as m:
             m.setattr(launch, switch, False)
             assert "faster below" in launch.hopper_fwd_reason(**short)
+    # (an unbounded window is no window; causal with a right bound is plain causal)
     assert launch.hopper_fwd_reason(**_args(D=64, S=1024, Sk=1024, causal=False, window_left=-3)) is None
+    assert launch.hopper_fwd_reason(**_args(D=64, S=1024, Sk=1024, causal=True, window_right=5)) is None
 
 
 class _KernelStub:
@@ -204,8 +218,10 @@ class _KernelStub:
 def test_persistent_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed, 132 SMs): the plain non-causal forward at D = 128 runs
     persistent and chained (grid: the SMs, or the tiles when fewer); D = 64 below its floor
-    HOPPER_FWD_SHORT's build (two warpgroups: BLOCK_M 128) chained too; with HOPPER_FWD_CHAIN off
-    the D = 128 launch is persistent without CHAIN; causal calls keep the grid (B · H along y)."""
+    HOPPER_FWD_SHORT's build (two warpgroups: BLOCK_M 128) chained too, causal or not; causal calls
+    run persistent over pairs of query tiles (grid: the SMs, or the pairs when fewer) when a head's
+    query tiles pair up, else the grid (B · H along y), as with HOPPER_FWD_PERSISTENT_CAUSAL off;
+    with HOPPER_FWD_CHAIN off the D = 128 launch is persistent without CHAIN."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
@@ -219,11 +235,19 @@ def test_persistent_launch_arguments(monkeypatch):
     s = run(128, 1024, False)
     assert s["grid"] == (132,) and s["PERSISTENT"] and s["CHAIN"] and s["n_bh"] == 64 and s["BLOCK_M"] == 128
     assert run(128, 256, False, B=1, H=2)["grid"] == (4,)  # (2 tiles x 2 heads: fewer than the SMs)
-    s = run(64, 1024, False)
-    block_n, stages = launch.HOPPER_FWD_SHORT[64]
-    assert (s["BLOCK_M"], s["BLOCK_N"], s["STAGES"]) == (128, block_n, stages) and s["CHAIN"] and s["grid"] == (132,)
-    s = run(64, 1024, True)
+    block_n, stages = launch.HOPPER_FWD_SHORT[64][:2]
+    for causal in (False, True):  # (causal: pairs of query tiles)
+        s = run(64, 1024, causal)
+        assert (s["BLOCK_M"], s["BLOCK_N"], s["STAGES"]) == (128, block_n, stages), s
+        assert s["PERSISTENT"] and s["CHAIN"] and s["grid"] == (132,) and s["CAUSAL"] is causal
+    s = run(64, 4096, True)  # (past the short build's causal rows: the head dim's own config, a grid)
     assert s["BLOCK_M"] == launch.hopper_fwd_config(64)[0] and "PERSISTENT" not in s and s["grid"][1] == 64
+    s = run(128, 1024, True)
+    assert s["PERSISTENT"] and s["CHAIN"] and s["grid"] == (132,)
+    assert run(128, 512, True, B=1, H=4)["grid"] == (8,)  # (4 tiles = 2 pairs a head x 4 heads)
+    s = run(128, 384, True)  # (3 query tiles a head: no pairs, the grid launch, last tiles first)
+    assert "PERSISTENT" not in s and s["grid"] == (3, 64) and s["REVERSE_M"]
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", False)
     s = run(128, 1024, True)
     assert "PERSISTENT" not in s and s["grid"] == (8, 64) and s["REVERSE_M"]
     monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN", False)
@@ -272,14 +296,18 @@ def test_launch_grid_and_register_cap(monkeypatch, cfg, S, grid, maxnreg):
     seen.clear()
     launch.hopper_fwd(q, k, v, out, lse, 0.125, False)
     assert "REVERSE_M" not in seen
-    # persistent (two warpgroups, no feature; here at D = 64 and causal): one CTA an SM, at most one
-    # a tile, n_bh = B·H
+    # persistent (two warpgroups, no feature; here at D = 64): one CTA an SM, at most one a tile,
+    # n_bh = B·H; causal with 5 query tiles a head (no pairs, _ws_tile_c) a grid launch
+    monkeypatch.setattr(launch, "HOPPER_FWD_SHORT", {})  # (this config, not the short-sequence build)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", True)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64,))
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132 if grid * B * H > 132 else 7)
     seen.clear()
     launch.hopper_fwd(q, k, v, out, lse, 0.125, True)
+    assert seen["grid"] == (grid, B * H) and "PERSISTENT" not in seen
+    seen.clear()
+    launch.hopper_fwd(q, k, v, out, lse, 0.125, False)
     if len(cfg) > 2:  # (three warpgroups: not persistent)
         assert seen["grid"] == (grid, B * H) and "PERSISTENT" not in seen
     else:
@@ -528,7 +556,7 @@ def test_descriptors_view_each_layout_as_2d():
 def test_kernel_builds_for_sm90a_without_spills():
     """The four specialisations (bf16/fp16 x causal) of the forward and of the backward
     (kernels/bwd_hopper.py) at each of their head dims, and the forward's short-sequence builds
-    (bf16/fp16, launch.HOPPER_FWD_SHORT), compile for sm_90a with ptxas (no GPU
+    (bf16/fp16 x causal, launch.HOPPER_FWD_SHORT), compile for sm_90a with ptxas (no GPU
     needed) and spill nothing (the causal backward a few bytes), through scripts/compile_check.py (in its own process: the
     compiler cannot run functions decorated for the interpreter)."""
     import triton
@@ -547,7 +575,7 @@ def test_kernel_builds_for_sm90a_without_spills():
     bwd = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-bwd ")]
     short = [ln for ln in res.stdout.splitlines() if ln.startswith("gluon-short ")]  # (launch.HOPPER_FWD_SHORT)
     assert res.returncode == 0 and len(fwd) == 4 * len(launch.HOPPER_FWD_CONFIGS), log[-4000:]
-    assert len(short) == 2 * len(launch.HOPPER_FWD_SHORT), log[-4000:]
+    assert len(short) == 4 * len(launch.HOPPER_FWD_SHORT), log[-4000:]
     fwd += short
     assert len(bwd) == 4 * len(launch.HOPPER_BWD_HEAD_DIMS), log[-4000:]
     assert "serialized" not in log, log  # ptxas serialising wgmmas (registers): slow
@@ -561,6 +589,11 @@ def test_kernel_builds_for_sm90a_without_spills():
         # the others nothing
         if ln in bwd and "D=64" in ln and "(128, " in ln:
             bound = 68 if "causal=1" in ln else 44
+        elif ln in fwd and "D=128" in ln and "causal=1" in ln:
+            # the causal forward at D = 128 is the chained persistent build (launch.HOPPER_FWD_CHAIN,
+            # HOPPER_FWD_PERSISTENT_CAUSAL): one 4-byte value stored at the start and loaded twice
+            # outside the loops (compile_check --dump-sass; --sass: no LDL/STL in its loops)
+            bound = 4
         else:
             bound = (64 if "causal=1" in ln else 8 if "D=128" in ln else 0) if ln in bwd else 0
         assert spill and int(spill.group(1)) <= bound, ln
@@ -655,16 +688,16 @@ FWD_DBS = [(128, b, s) for b in (1, 3) for s in (128, 384, 1024)] + \
 
 
 def test_hopper_fwd_persistent_choice(monkeypatch):
-    """The persistent forward: the plain non-causal build at D = 128 (causal with its own switch)."""
+    """The persistent forward: the plain build at D = 128, causal too (its own switch)."""
     assert launch.hopper_fwd_persistent(128, 128, features=False)
-    assert not launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
+    assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
     assert not launch.hopper_fwd_persistent(256, 128, features=False)
     assert not launch.hopper_fwd_persistent(128, 128, features=True)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64, 128, 256))
     assert not launch.hopper_fwd_persistent(64, 192, features=False)  # (three warpgroups: TRIM)
     assert launch.hopper_fwd_persistent(256, 128, features=False)
-    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", True)
-    assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", False)
+    assert not launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT", False)
     assert not launch.hopper_fwd_persistent(128, 128, features=False)
 
@@ -678,7 +711,7 @@ def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
     """The persistent forward (launch.HOPPER_FWD_PERSISTENT; here at D = 64 (two warpgroups), 128 and
     256 and causal too: HOPPER_FWD_PERSISTENT_DIMS / _CAUSAL, which the default leaves out) with more
     tiles than SMs (4 · Hq heads x 8 query tiles: each CTA runs several, the K / V ring and the Q
-    buffers carried from tile to tile, causal ones longest first), its tiles one after another or
+    buffers carried from tile to tile, causal ones in pairs, _ws_tile_c), its tiles one after another or
     chained into one stream of key blocks (HOPPER_FWD_CHAIN, D <= 128): within the policy of
     float64, and bitwise the grid launch's out and lse (the same arithmetic per tile)."""
     _needs_hopper()
@@ -697,6 +730,35 @@ def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
     out, lse, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True)
     assert launch.hopper_fwd_launches == n + 2
     assert torch.equal(out, r.out) and torch.equal(lse, r.lse)
+
+
+_MIN_SEQLEN = dict(launch.HOPPER_FWD_MIN_SEQLEN)  # (the default, before any test's monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [512, 1024])
+@pytest.mark.parametrize("heads", ["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+def test_hopper_fwd_short_cuda(monkeypatch, dtype, causal, heads, S):
+    """D = 64 below its seqlen floor (the default launch.HOPPER_FWD_MIN_SEQLEN) runs
+    HOPPER_FWD_SHORT's build (two warpgroups, persistent, chained; causal over pairs of query
+    tiles): within the policy of float64, and as close to the Triton kernel's out as that bound
+    (lse to 1e-5 relative)."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", _MIN_SEQLEN)
+    assert launch.hopper_fwd_short(64, S, causal, plain=True)
+    Hq, Hkv = HEADS[heads]
+    n = launch.hopper_fwd_launches
+    r = check_case(Case("fa", dtype, 3, Hq, Hkv, S, S, 64, causal=causal, backward=False), device="cuda")
+    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
+    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
+    out_t, lse_t, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True,
+                                                   backend="triton")
+    diff = (r.out.double() - out_t.double()).abs().max().item()
+    assert diff <= r.errs["out"][1], f"out: Gluon vs Triton {diff:.3e} > policy bound {r.errs['out'][1]:.3e}"
+    lse_diff = (r.lse - lse_t).abs().max().item()
+    assert lse_diff <= 1e-5 * max(1.0, lse_t.abs().max().item()), f"lse: Gluon vs Triton {lse_diff:.3e}"
 
 
 @pytest.mark.gpu

@@ -274,21 +274,29 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 # 16k (a static stride leaves the CTAs unbalanced). So: non-causal at D = 128 only.
 HOPPER_FWD_PERSISTENT = True
 HOPPER_FWD_PERSISTENT_DIMS = (128,)
-HOPPER_FWD_PERSISTENT_CAUSAL = False
+# Causal persistent launches walk pairs of query tiles (n_m - 1 - j, j) of one head, n_m + 1 key
+# blocks a pair, so every CTA's share of the work is the same (kernels/fwd_hopper._ws_tile_c; a head's
+# query tiles must pair up, else the grid launch). H100, session 15 (scripts/ab_attention.py --gluon
+# --switch HOPPER_FWD_PERSISTENT_CAUSAL --head-dims 128,256, 3 rounds, ...-ab-fwd-causal-pairs.txt):
+# D = 128 (chained) +8.8 / +7.8 / -1.3% at 1k / 4k / 16k against the grid launch (its tiles
+# last first), D = 256 (not chained) +0.2-1.3%, so D = 256 keeps the grid. (Session 13, each head's
+# tiles longest first, striding by the grid: -1 to +1% to 4k, -25% at 16k, the CTAs unbalanced.)
+HOPPER_FWD_PERSISTENT_CAUSAL = True
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads a tile ahead (two sets
 # of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
 # (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CHAIN --rounds 5, FA3 grid, D = 128
-# non-causal): +3.0 / +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k; causal persistent with it still
-# -11% / -2.5% at 1k / 2k against the grid, so causal keeps the grid.
+# non-causal, ...-ab-fwd-chain.txt): +3.0 / +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k.
 HOPPER_FWD_CHAIN = True
 HOPPER_FWD_CHAIN_MAX_DIM = 128
-# Head dim -> (BLOCK_N, STAGES) of the build that runs the plain non-causal forward below
-# HOPPER_FWD_MIN_SEQLEN query rows, where the head dim's own config loses to the Triton kernel:
-# two warpgroups, persistent and chained (needs HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN). H100,
-# session 15 (scripts/ab_fwd64.py, FA3 grid, S = 1k): 417 TF/s against the Triton kernel's 381,
-# three warpgroups' 388, two chained with 2 stages 399, cuDNN 415, FA2 284.
-HOPPER_FWD_SHORT: dict[int, tuple[int, int]] = {64: (128, 3)}
+# Head dim -> (BLOCK_N, STAGES, rows, causal rows): the build that runs a plain forward (no feature;
+# causal with its diagonal at the top-left corner, Sq <= Sk) below that many query rows (non-causal,
+# causal), where the head dim's own config loses: two warpgroups, persistent and chained (needs
+# HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN; causal, in pairs of query tiles: Sq a multiple of 256).
+# H100, session 15 (scripts/ab_fwd64.py, FA3 grid, ...-ab-fwd64-chain*.txt): non-causal 1k 413-417
+# TF/s against the Triton kernel's 381-388 (2k: 423-430 against three warpgroups' 445); causal 1k /
+# 2k / 4k 288 / 372 / 419 against the Triton kernel's 264 and three warpgroups' 355 at 2k, 421 at 4k.
+HOPPER_FWD_SHORT: dict[int, tuple[int, int, int, int]] = {64: (128, 3, 2048, 4096)}
 # Causal grid launches of the Gluon forward take their query tiles last first (kernels/fwd_hopper.py
 # REVERSE_M): each head's longest tiles start first, so the last wave is short ones. H100, session
 # 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE --head-dims 64,128,256
@@ -302,13 +310,16 @@ HOPPER_FWD_CAUSAL_REVERSE = True
 TRITON_FWD_CAUSAL_REVERSE = True
 
 
-def hopper_fwd_short(head_dim: int, rows: int, plain: bool) -> bool:
-    """Whether a forward of ``rows`` query rows runs HOPPER_FWD_SHORT's build: a plain (no feature,
-    not causal, not packed) call below its head dim's HOPPER_FWD_MIN_SEQLEN, with persistent
-    chained launches on."""
-    fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == head_dim), 0)  # (SymInt: by ==)
-    return (plain and rows < fewest and any(d == head_dim for d in HOPPER_FWD_SHORT) and HOPPER_FWD_PERSISTENT
-            and HOPPER_FWD_CHAIN and head_dim <= HOPPER_FWD_CHAIN_MAX_DIM)
+def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:
+    """Whether a forward of ``rows`` query rows runs HOPPER_FWD_SHORT's build: a plain call (``plain``:
+    no feature, not packed; causal with its diagonal top-left) below its row limit (causal: rows a
+    multiple of 256, whole pairs of query tiles), with persistent chained launches on."""
+    cfg = next((c for d, c in HOPPER_FWD_SHORT.items() if d == head_dim), None)  # (SymInt: by ==)
+    if cfg is None or not plain or head_dim > HOPPER_FWD_CHAIN_MAX_DIM:
+        return False
+    if not (HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN):
+        return False
+    return rows < cfg[3] and rows % (2 * HOPPER_BLOCK_M) == 0 if causal else rows < cfg[2]
 
 
 def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False) -> bool:
@@ -493,17 +504,24 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        plain = _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)
-        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, plain):
+        plain = _plain_call(q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink,
+                            cu_seqlens_q)
+        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, causal, plain):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
             return f"{what} {rows} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
     return why
 
 
-def _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q) -> bool:
-    """A forward with no feature: not causal, no window, softcap, ALiBi, sink or packed sequences."""
-    return (not causal and window_left < 0 and window_right < 0 and not softcap > 0 and alibi_slopes is None
-            and sink is None and cu_seqlens_q is None)
+def _plain_call(q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink,
+                cu_seqlens_q) -> bool:
+    """A forward the kernel runs without a feature flag: no window, softcap, ALiBi, sink or packed
+    sequences, and if causal, its diagonal at the top-left corner (causal_offset 0, Sq <= Sk: the
+    kernel's CAUSAL; other causal calls are its WINDOW builds)."""
+    if cu_seqlens_q is not None or softcap > 0 or alibi_slopes is not None or sink is not None:
+        return False
+    if causal and (causal_offset != 0 or q.shape[2] > k.shape[2]):
+        return False
+    return not _window_args(window_left, window_right, causal, q.shape[2], k.shape[2])[0]
 
 
 def hopper_fwd_varlen_reason(q, k, cu_seqlens_q) -> Optional[str]:
@@ -548,10 +566,10 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
-    short = hopper_fwd_short(D, S, _plain_call(causal, window_left, window_right, softcap, alibi_slopes, sink,
-                                               cu_seqlens_q))
+    short = hopper_fwd_short(D, S, causal, _plain_call(q, k, causal, causal_offset, window_left, window_right,
+                                                       softcap, alibi_slopes, sink, cu_seqlens_q))
     if short:  # (two warpgroups, persistent and chained)
-        block_m, (block_n, stages) = HOPPER_BLOCK_M, next(c for d, c in HOPPER_FWD_SHORT.items() if d == D)
+        block_m, (block_n, stages) = HOPPER_BLOCK_M, next(c for d, c in HOPPER_FWD_SHORT.items() if d == D)[:2]
     else:
         block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
@@ -578,9 +596,10 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     grid = (-(-rows // block_m), n_seq * H)
     persistent = short or hopper_fwd_persistent(D, block_m, has_window or softcap > 0 or alibi_slopes is not None
                                                 or sink is not None or varlen, causal)
+    persistent = persistent and not (causal and grid[0] % 2)  # (causal: pairs of query tiles, _ws_tile_c)
     extra = {}
-    if persistent:  # (one CTA an SM, at most one a tile)
-        grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
+    if persistent:  # (one CTA an SM, at most one a tile; causal, a pair of tiles)
+        grid = (min(grid[0] * grid[1] // (2 if causal else 1), _sm_count(q.device.index or 0)),)
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
         if HOPPER_FWD_CHAIN and D <= HOPPER_FWD_CHAIN_MAX_DIM:
             extra["CHAIN"] = True

@@ -101,7 +101,7 @@ not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
 PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: non-causal D = 128,
 and launch.HOPPER_FWD_SHORT's D = 64 build below 2048 query rows): grid (SMs,), each CTA walking
-tiles t = its id + k · SMs in _ws_tile_id's order, the K / V ring's position and the Q buffers'
+tiles t = its id + k · SMs in _ws_tile_c's order, the K / V ring's position and the Q buffers'
 phases carried from tile to tile; the producer loads the next tile's K_0 while the warpgroups
 store the last tile's output, then its Q once both released their Q buffer (q_empty).
 CHAIN (PERSISTENT, D <= 128; launch.HOPPER_FWD_CHAIN, on): two sets of Q buffers, so the next
@@ -185,7 +185,7 @@ def maxnreg(block_m: int) -> int:
 def _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left, window_right, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr):
     """(pid_bh, b, h, m0, lo, n_blocks) of the tile (pid_m, pid_bh) (the CTA's: its program ids;
-    PERSISTENT: _ws_tile_id's): rows m0 .. m0 + BLOCK_M of (b, h) and the key
+    PERSISTENT: _ws_tile_c's): rows m0 .. m0 + BLOCK_M of (b, h) and the key
     blocks lo .. lo + n_blocks - 1 they see. CAUSAL (causal_offset 0, SQ <= SK): up to the last
     row's diagonal. WINDOW: the union of the rows' windows [i + off - left, i + off +
     right]; when no row sees a key, one block all masked (so that every CTA runs one block).
@@ -220,14 +220,39 @@ def _grid_m(REVERSE_M: gl.constexpr):
 
 
 @gluon.jit
-def _ws_tile_id(t, n_m, n_bh, CAUSAL: gl.constexpr):
-    """(pid_m, pid_bh) of tile t of a PERSISTENT launch (n_m query tiles of each of n_bh (batch,
-    head) pairs): head by head, the query tiles of one head next to each other (the CTAs that run
-    together share its K / V in L2, as the grid's order does); causal, each head's longest tiles
-    (its last rows) first. (Every head's longest tiles first, then the next, ran 6-30% slower than
-    the grid: no head's K / V shared in L2.)"""
+def _ws_n_tiles(n_m, n_bh, CAUSAL: gl.constexpr):
+    """How many tiles this CTA of a PERSISTENT launch runs (n_m query tiles of each of n_bh (batch,
+    head) pairs; _ws_tile_c's c = 0 ..): one of every `programs` tiles; causal (n_m even: the
+    launcher's condition) two of every 2 · programs, a pair (see _ws_tile_c)."""
+    i = gl.program_id(0)
+    g = gl.num_programs(0)
     if CAUSAL:
-        return n_m - 1 - t % n_m, t // n_m
+        return (n_bh * (n_m // 2) - i + g - 1) // g * 2
+    return (n_m * n_bh - i + g - 1) // g
+
+
+@gluon.jit
+def _ws_tile_c(c, n_m, n_bh, CAUSAL: gl.constexpr):
+    """(pid_m, pid_bh) of this CTA's c-th tile of a PERSISTENT launch: tile t = its id + c · programs,
+    head by head, the query tiles of one head next to each other (the CTAs that run together share
+    its K / V in L2, as the grid's order does). Causal: pair p = its id + (c // 2) · programs of each
+    head's n_m / 2 pairs of query tiles (n_m - 1 - j, j), the long one first, so that every CTA's
+    pairs hold the same work (n_m + 1 key blocks) and a head's pairs run next to each other. (Tried
+    before: each head's tiles longest first, striding by the grid, left the CTAs unbalanced, -11% at
+    1k (chained) to -25% at 16k against the grid launch; every head's longest tiles first lost the
+    L2 sharing, -6 to -30%.)"""
+    i = gl.program_id(0)
+    g = gl.num_programs(0)
+    if CAUSAL:
+        half = n_m // 2
+        p = i + (c // 2) * g
+        j = p % half
+        if c % 2 == 0:
+            pid_m = n_m - 1 - j
+        else:
+            pid_m = j
+        return pid_m, p // half
+    t = i + c * g
     return t % n_m, t // n_m
 
 
@@ -286,8 +311,8 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
         tc = 0  # tiles so far
-        for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
-            pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+        for c in range(_ws_n_tiles(n_m, n_bh, CAUSAL)):
+            pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, CAUSAL)
             _, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
                                                  window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
             hk = h // GROUP
@@ -378,7 +403,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     VARLEN likewise none when they start past the sequence's seqlen_q. It
     still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
     each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (the plain build):
-    the tiles of _ws_tile_id, striding by the grid, the ring's position carried from tile to tile;
+    the tiles of _ws_tile_c, striding by the grid, the ring's position carried from tile to tile;
     after each tile's output store the warpgroup releases its Q buffer (q_empty)."""
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
@@ -387,8 +412,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
         tc = 0  # tiles so far
-        for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
-            pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+        for c in range(_ws_n_tiles(n_m, n_bh, CAUSAL)):
+            pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, CAUSAL)
             pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
                                                       window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
@@ -609,7 +634,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
                      WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                      CAUSAL: gl.constexpr):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
-    programs, _ws_tile_id's order) as one stream of key blocks. Inside a tile the loop is
+    programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
     tile's last P V wgmma, so that softmax overlaps the wgmma instead of running alone, then stores
     this tile's output; the next tile's P V accumulates from zero. Tile c's Q is in q_smem[(c % 2) ·
@@ -626,9 +651,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
     BLOCK_M: gl.constexpr = NUM_WG * WG_M
     qk_scale = sm_scale * LOG2E
     n_m = SQ // BLOCK_M
-    t = gl.program_id(0)
-    stride = gl.num_programs(0)
-    pid_m, pid_bh = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+    pid_m, pid_bh = _ws_tile_c(0, n_m, n_bh, CAUSAL)
     pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, BLOCK_M, BLOCK_N, CAUSAL, False,
                                               False)
     m0w = m0 + W * WG_M
@@ -651,7 +674,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
 
     it = 0  # the ring's block of the tile's block 0
     tc = 0  # the tile's number in this CTA
-    n_t = (n_m * n_bh - t + stride - 1) // stride
+    n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
     for c in range(n_t):
         for j in range(0, n_blocks - 1):  # (_ws_attend's loop)
             p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
@@ -662,8 +685,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
         if c + 1 < n_t:  # the next tile's block 0 with this tile's last P V
-            t += stride
-            pid_m_n, pid_bh_n = _ws_tile_id(t, n_m, n_bh, CAUSAL)
+            pid_m_n, pid_bh_n = _ws_tile_c(c + 1, n_m, n_bh, CAUSAL)
             pid_bh_n, b_n, h_n, m0_n, lo_n, n_blocks_n = _ws_tile(pid_m_n, pid_bh_n, SQ, SK, H, 0, 0, 0, BLOCK_M,
                                                                   BLOCK_N, CAUSAL, False, False)
             qb = ((tc + 1) & 1) * NUM_WG + W
@@ -735,7 +757,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
     grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
-    (n_bh = B * H) in _ws_tile_id's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
+    (n_bh = B * H) in _ws_tile_c's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
     tile ceil(SQ / BLOCK_M) - 1 - x; launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
     (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
