@@ -258,7 +258,8 @@ HOPPER_HEAD_DIM = 128
 # kernel, 0.85-1.02x cuDNN; BLOCK_N 64 with 2 stages is the one config whose K/V ring fits the
 # shared memory. D = 64 (H100, scripts/ab_fwd64.py, FA3 grid): three warpgroups with 2 stages
 # 1.03-1.20x the Triton kernel from S = 2k (two: 0.88-1.08x), but 0.75-0.95x at S = 512-1k, so
-# below HOPPER_FWD_MIN_SEQLEN[64] query rows D = 64 keeps the Triton kernel.
+# below HOPPER_FWD_MIN_SEQLEN[64] query rows D = 64 runs HOPPER_FWD_SHORT's build (plain calls) or
+# the Triton kernel (the others).
 HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD_DIM: (HOPPER_BLOCK_N, HOPPER_STAGES),
                                                   256: (64, 2)}
 HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
@@ -271,7 +272,8 @@ HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query r
 # (1k: +8.5%), D = 256 -2.3 to +1.6%; causal, its tiles longest first across all heads, -6 to -30%
 # (the CTAs that run together no longer share a head's K / V in L2), and head by head, each head's
 # tiles longest first (switch HOPPER_FWD_PERSISTENT_CAUSAL), -1 to +1% to 4k, -4.5% at 8k, -25% at
-# 16k (a static stride leaves the CTAs unbalanced). So: non-causal at D = 128 only.
+# 16k (a static stride leaves the CTAs unbalanced). So: D = 128 only, causal since session 15 in
+# pairs of query tiles (HOPPER_FWD_PERSISTENT_CAUSAL below).
 HOPPER_FWD_PERSISTENT = True
 HOPPER_FWD_PERSISTENT_DIMS = (128,)
 # Causal persistent launches walk pairs of query tiles (n_m - 1 - j, j) of one head, n_m + 1 key
@@ -283,8 +285,8 @@ HOPPER_FWD_PERSISTENT_DIMS = (128,)
 # tiles longest first, striding by the grid: -1 to +1% to 4k, -25% at 16k, the CTAs unbalanced.)
 HOPPER_FWD_PERSISTENT_CAUSAL = True
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
-# q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads a tile ahead (two sets
-# of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
+# q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
+# sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
 # (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CHAIN --rounds 5, FA3 grid, D = 128
 # non-causal, ...-ab-fwd-chain.txt): +3.0 / +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k.
 HOPPER_FWD_CHAIN = True

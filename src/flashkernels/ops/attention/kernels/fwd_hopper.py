@@ -96,34 +96,38 @@ kernel, 0.94-1.02x cuDNN through the public API.
 Three consumer warpgroups (BLOCK_M 192, BLOCK_N 128, registers 160 / 168 / 24, launch cap 128;
 0 spills): D = 64 from 2048 query rows (H100, scripts/ab_fwd64.py, session 7: 1.03-1.20x the
 Triton kernel from S = 2k, 0.75-0.95x below, where launch.HOPPER_FWD_SHORT's two-warpgroup CHAIN
-build runs plain non-causal calls and the Triton kernel the others). Larger BLOCK_N with three do
+build runs plain calls and the Triton kernel the others). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
-PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: non-causal D = 128,
-and launch.HOPPER_FWD_SHORT's D = 64 build below 2048 query rows): grid (SMs,), each CTA walking
-tiles t = its id + k · SMs in _ws_tile_c's order, the K / V ring's position and the Q buffers'
-phases carried from tile to tile; the producer loads the next tile's K_0 while the warpgroups
-store the last tile's output, then its Q once both released their Q buffer (q_empty).
+PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: D = 128, and
+launch.HOPPER_FWD_SHORT's D = 64 build): grid (SMs,), each CTA walking its tiles in _ws_tile_c's
+order (non-causal t = its id + k · SMs, head by head; causal, pairs of one head's query tiles
+(n - 1 - j, j), n + 1 key blocks a pair, so every CTA's share is the same), the K / V ring's
+position and the Q buffers' phases carried from tile to tile; the producer loads the next tile's
+K_0 while the warpgroups store the last tile's output, then its Q once both released their Q
+buffer (q_empty). H100, FA3 grid, session 13 (scripts/ab_attention.py --gluon --switch
+HOPPER_FWD_PERSISTENT): non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%;
+causal, each head's tiles longest first and a static stride, -25% at 16k (a 2x spread of work
+between CTAs); in pairs (session 15, --switch HOPPER_FWD_PERSISTENT_CAUSAL) D = 128 +8.8 / +7.8 /
+-1.3% at 1k / 4k / 16k against the grid, D = 256 +0.2-1.3% (D = 256 keeps the grid).
 CHAIN (PERSISTENT, D <= 128; launch.HOPPER_FWD_CHAIN, on): two sets of Q buffers, so the next
-tile's Q loads while this one runs, and each consumer runs its tiles as one stream of key blocks
+tile's Q loads while this one runs (when the producer reaches the next tile's first K / V
+blocks, STAGES blocks ahead), and each consumer runs its tiles as one stream of key blocks
 (_ws_attend_chain): the next tile's first q·kᵀ wgmma is issued with this tile's last p·v one, its
 softmax overlaps that wgmma, and the finished tile's output is stored after it. H100, session 15
 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_CHAIN, 5 rounds): D = 128 non-causal +3.0 /
 +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k over PERSISTENT alone; D = 64 at 1k (scripts/ab_fwd64.py)
 417 TF/s with 3 stages against PERSISTENT's 377 and the Triton kernel's 381. A first form with
 one loop over all of a CTA's blocks and the tile switch inside it read 4-5% slower from 4k on (its
-loop: a branch, a Q barrier wait and the tile's scalars an iteration). H100, FA3 grid, session 13 (scripts/ab_attention.py --gluon --switch HOPPER_FWD_PERSISTENT):
-non-causal D = 128 +0.8-8.5% (S = 1k +8.5%), D = 256 -2.3 to +1.6%; causal with a static stride
--6 to -30% with every head's longest tiles first (no K / V shared in L2), -1 to +1% to 4k and -4.5%
-/ -25% at 8k / 16k head by head (unbalanced), so causal keeps the grid, which the hardware balances.
+loop: a branch, a Q barrier wait and the tile's scalars an iteration).
 
 REVERSE_M (causal grid launches, launch.HOPPER_FWD_CAUSAL_REVERSE): CTA x of a head takes its
 query tile n - 1 - x, so each head's longest tiles start first (the GPU starts CTAs in grid order)
 and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below (H100, FA3
 grid, scripts/ab_attention.py --gluon --switch HOPPER_FWD_CAUSAL_REVERSE, session 13).
 
-Not done: a dynamic (atomic counter) tile scheduler for causal (the chained persistent
-causal build, head by head, read -11% / -2.5% at 1k / 2k against the grid), P through shared memory (FA3's D = 64
+Not done: a dynamic (atomic counter) tile scheduler (D = 256 causal keeps the grid; the pairs
+above balance the static stride), P through shared memory (FA3's D = 64
 config, which frees the registers BLOCK_N 192 needs); offloading
 part of the exponentials to the FMA units (FA4's polynomial exp2), which softcap's tanh would
 want.
@@ -404,7 +408,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
     each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (the plain build):
     the tiles of _ws_tile_c, striding by the grid, the ring's position carried from tile to tile;
-    after each tile's output store the warpgroup releases its Q buffer (q_empty)."""
+    after each tile's output store the warpgroup releases its Q buffer (q_empty); with CHAIN as one
+    stream of key blocks (_ws_attend_chain)."""
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                          q_empty, SQ, SK, H, n_bh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)
@@ -474,6 +479,13 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
                    STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
 
 
+@gluon.constexpr_function
+def _acc_layout(n):
+    """A consumer warpgroup's wgmma accumulator of 64 rows x n (S: n = BLOCK_N, O: n = HEAD_DIM):
+    instruction m = 16, k = 16 (16-bit inputs), n = the tile's width, 4 warps along the rows."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
 @gluon.jit
 def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc, s_zero, m_i, l_i, qk_scale,
              cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi, start_n,
@@ -531,11 +543,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
     tensor's end and would write the next sequence's rows)."""
     dtype: gl.constexpr = desc_o.dtype
-    # wgmma accumulators: instruction m = 16, k = 16 (16-bit inputs), n = the tile's width.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _acc_layout(BLOCK_N)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -641,10 +650,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
     NUM_WG + W] (barrier q_bars likewise, phase c // 2), released with q_empty[c % 2] after its
     output store, which stages in that buffer."""
     dtype: gl.constexpr = desc_o.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _acc_layout(BLOCK_N)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -756,8 +763,10 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
-    grid (programs,), each CTA taking tiles t = its id + k · programs of the SQ / BLOCK_M · n_bh
-    (n_bh = B * H) in _ws_tile_c's order; REVERSE_M (grid launch, not VARLEN): CTA x takes query
+    grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
+    _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
+    programs <= the tiles), with CHAIN (HEAD_DIM <= 128) as one stream of key blocks a consumer
+    (_ws_attend_chain); REVERSE_M (grid launch, not VARLEN): CTA x takes query
     tile ceil(SQ / BLOCK_M) - 1 - x; launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=maxnreg(BLOCK_M). BLOCK_M: 128 (two consumer warpgroups) or 192
     (three). desc_q / desc_o: 2-D views in blocks of WG_M = 64 rows; desc_k / desc_v in blocks of
