@@ -506,9 +506,8 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        plain = _plain_call(q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink,
-                            cu_seqlens_q)
-        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, causal, plain):
+        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, causal, _plain_call(
+                q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
             return f"{what} {rows} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
     return why
