@@ -192,7 +192,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         persistent = launch.hopper_fwd_persistent(D, block_m, softcap or alibi or sink or window or varlen, causal)
     if persistent:
         consts["PERSISTENT"] = True
-        if launch.HOPPER_FWD_CHAIN and D <= launch.HOPPER_FWD_CHAIN_MAX_DIM:  # (as launched)
+        if launch.hopper_fwd_chained(D):  # (as launched)
             consts["CHAIN"] = True
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True

@@ -174,7 +174,6 @@ def test_d64_short_plain_calls(machine_ok, monkeypatch):
     feature, packed, causal off the top-left diagonal or with an odd count of query tiles, or with
     persistent or chained launches off, it keeps the Triton kernel below HOPPER_FWD_MIN_SEQLEN; at
     D = 128 there is no short build."""
-    fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
     rows_full, rows_causal = launch.HOPPER_FWD_SHORT[64][2:]
     short = _args(D=64, S=1024, Sk=1024, causal=False)
     assert launch.hopper_fwd_reason(**short) is None
@@ -743,22 +742,15 @@ _MIN_SEQLEN = dict(launch.HOPPER_FWD_MIN_SEQLEN)  # (the default, before any tes
 def test_hopper_fwd_short_cuda(monkeypatch, dtype, causal, heads, S):
     """D = 64 below its seqlen floor (the default launch.HOPPER_FWD_MIN_SEQLEN) runs
     HOPPER_FWD_SHORT's build (two warpgroups, persistent, chained; causal over pairs of query
-    tiles): within the policy of float64, and as close to the Triton kernel's out as that bound
-    (lse to 1e-5 relative)."""
+    tiles): within the policy of float64 and as close to the Triton kernel's as that bound
+    (_check_gluon_fwd)."""
     _needs_hopper()
     monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", _MIN_SEQLEN)
     assert launch.hopper_fwd_short(64, S, causal, plain=True)
     Hq, Hkv = HEADS[heads]
-    n = launch.hopper_fwd_launches
-    r = check_case(Case("fa", dtype, 3, Hq, Hkv, S, S, 64, causal=causal, backward=False), device="cuda")
-    assert launch.hopper_fwd_launches == n + 1, "the Gluon forward did not run"
-    monkeypatch.setenv(launch.HOPPER_FWD_ENV, "0")
-    out_t, lse_t, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True,
-                                                   backend="triton")
-    diff = (r.out.double() - out_t.double()).abs().max().item()
-    assert diff <= r.errs["out"][1], f"out: Gluon vs Triton {diff:.3e} > policy bound {r.errs['out'][1]:.3e}"
-    lse_diff = (r.lse - lse_t).abs().max().item()
-    assert lse_diff <= 1e-5 * max(1.0, lse_t.abs().max().item()), f"lse: Gluon vs Triton {lse_diff:.3e}"
+    q, k, v = make_inputs(Case("fa", dtype, 3, Hq, Hkv, S, S, 64, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    _check_gluon_fwd(monkeypatch, q, k, v, causal=causal)
 
 
 @pytest.mark.gpu

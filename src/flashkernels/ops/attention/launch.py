@@ -312,14 +312,18 @@ HOPPER_FWD_CAUSAL_REVERSE = True
 TRITON_FWD_CAUSAL_REVERSE = True
 
 
+def hopper_fwd_chained(head_dim: int) -> bool:
+    """Whether a persistent forward at ``head_dim`` runs its tiles chained (HOPPER_FWD_CHAIN, two sets
+    of Q buffers: up to HOPPER_FWD_CHAIN_MAX_DIM)."""
+    return HOPPER_FWD_CHAIN and head_dim <= HOPPER_FWD_CHAIN_MAX_DIM
+
+
 def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:
     """Whether a forward of ``rows`` query rows runs HOPPER_FWD_SHORT's build: a plain call (``plain``:
     no feature, not packed; causal with its diagonal top-left) below its row limit (causal: rows a
     multiple of 256, whole pairs of query tiles), with persistent chained launches on."""
     cfg = next((c for d, c in HOPPER_FWD_SHORT.items() if d == head_dim), None)  # (SymInt: by ==)
-    if cfg is None or not plain or head_dim > HOPPER_FWD_CHAIN_MAX_DIM:
-        return False
-    if not (HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN):
+    if cfg is None or not plain or not (HOPPER_FWD_PERSISTENT and hopper_fwd_chained(head_dim)):
         return False
     return rows < cfg[3] and rows % (2 * HOPPER_BLOCK_M) == 0 if causal else rows < cfg[2]
 
@@ -567,8 +571,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
-    short = hopper_fwd_short(D, S, causal, _plain_call(q, k, causal, causal_offset, window_left, window_right,
-                                                       softcap, alibi_slopes, sink, cu_seqlens_q))
+    short = D in HOPPER_FWD_SHORT and hopper_fwd_short(D, S, causal, _plain_call(
+        q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q))
     if short:  # (two warpgroups, persistent and chained)
         block_m, (block_n, stages) = HOPPER_BLOCK_M, next(c for d, c in HOPPER_FWD_SHORT.items() if d == D)[:2]
     else:
@@ -602,7 +606,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     if persistent:  # (one CTA an SM, at most one a tile; causal, a pair of tiles)
         grid = (min(grid[0] * grid[1] // (2 if causal else 1), _sm_count(q.device.index or 0)),)
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
-        if HOPPER_FWD_CHAIN and D <= HOPPER_FWD_CHAIN_MAX_DIM:
+        if hopper_fwd_chained(D):
             extra["CHAIN"] = True
     if varlen:
         extra["VARLEN"] = True
