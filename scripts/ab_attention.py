@@ -13,7 +13,8 @@ cuDNN is timed once per shape and mode for scale. The Triton kernels by default;
 the library pick its Gluon kernels on an H100 (a switch of theirs), and then the backward's
 gradients with the switch on and off are compared first (max |diff|). ``--also`` sets more
 launch attributes (Python literals) for the whole run, on and off alike (e.g. ``--switch
-HOPPER_FWD_CHAIN --also "HOPPER_FWD_PERSISTENT_DIMS=(64, 128)"``). Needs a CUDA GPU.
+HOPPER_FWD_CHAIN --also "HOPPER_FWD_PERSISTENT_DIMS=(64, 128)"``); ``--softcap X``, ``--alibi``,
+``--sink`` give our calls those features (cuDNN's stays plain). Needs a CUDA GPU.
 """
 import argparse
 import ast
@@ -40,6 +41,9 @@ def main():
     ap.add_argument("--on", default="True", help="the switch's value for 'on' (a Python literal)")
     ap.add_argument("--off", default="False", help="the switch's value for 'off' (a Python literal)")
     ap.add_argument("--also", default="", help="'NAME=VALUE;...': launch attributes set for the whole run")
+    ap.add_argument("--softcap", type=float, default=0.0, help="flash_attn_func's softcap for our calls")
+    ap.add_argument("--alibi", action="store_true", help="ALiBi slopes (H,) 2^(-8 (h + 1) / H) for our calls")
+    ap.add_argument("--sink", action="store_true", help="a learnable sink (H,) randn for our calls")
     args = ap.parse_args()
     for item in filter(None, args.also.split(";")):
         name, _, literal = item.partition("=")
@@ -64,6 +68,11 @@ def main():
             B = 16384 // S
             q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                        for _ in range(3))
+            feats = dict(softcap=args.softcap)  # (ours only; cuDNN runs plain attention, for scale)
+            if args.alibi:
+                feats["alibi_slopes"] = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device="cuda")
+            if args.sink:
+                feats["learnable_sink"] = torch.randn(H, device="cuda")
             for causal in (False, True):
                 flops = 4 * B * H * S * S * D / (2 if causal else 1)
                 qt, kt, vt = (x.detach().transpose(1, 2) for x in (q, k, v))
@@ -83,7 +92,7 @@ def main():
                         grads = {}
                         for on in (True, False):
                             setattr(launch, args.switch, value[on])
-                            out = flashkernels.flash_attn_func(q, k, v, causal=causal)
+                            out = flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
                             grads[on] = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
                         diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads[True], grads[False]))
                         print(f"  D={D} S={S} causal={int(causal)}: gradients on vs off max |diff| {diff:.3e}", flush=True)
@@ -93,9 +102,10 @@ def main():
                             setattr(launch, args.switch, value[on])
                             if mode == "fwd":
                                 with torch.no_grad():
-                                    ms = do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal))
+                                    ms = do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal,
+                                                                                              **feats))
                             else:
-                                out = flashkernels.flash_attn_func(q, k, v, causal=causal)
+                                out = flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
                                 do = torch.randn_like(out)
                                 ms = do_bench_median(lambda: torch.autograd.grad(out, (q, k, v), do,
                                                                                  retain_graph=True))

@@ -189,7 +189,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
              "CuQ": "*i32", "CuK": "*i32"}
     plain = ("H", "GROUP", "n_bh")
     if persistent is None:  # (as the launcher builds it)
-        persistent = launch.hopper_fwd_persistent(D, block_m, softcap or alibi or sink or window or varlen, causal)
+        persistent = launch.hopper_fwd_persistent(D, block_m, window or varlen, causal, softcap or alibi or sink)
     if persistent:
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)

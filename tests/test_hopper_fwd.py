@@ -692,6 +692,11 @@ def test_hopper_fwd_persistent_choice(monkeypatch):
     assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
     assert not launch.hopper_fwd_persistent(256, 128, features=False)
     assert not launch.hopper_fwd_persistent(128, 128, features=True)
+    assert not launch.hopper_fwd_persistent(128, 128, features=False, score_features=True)
+    with monkeypatch.context() as m:
+        m.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", True)
+        assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True, score_features=True)
+        assert not launch.hopper_fwd_persistent(128, 128, features=True, score_features=True)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64, 128, 256))
     assert not launch.hopper_fwd_persistent(64, 192, features=False)  # (three warpgroups: TRIM)
     assert launch.hopper_fwd_persistent(256, 128, features=False)
@@ -976,6 +981,32 @@ def test_hopper_fwd_features_cuda(monkeypatch, D, dtype, causal, heads, feature)
     q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal, backward=False), "cuda",
                           requires_grad=False)
     _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, **_feature_kwargs(B, Hq, **FEATURES[feature]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("heads", ["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_persistent_features_cuda(monkeypatch, causal, heads, feature):
+    """The score features in the persistent forward (launch.HOPPER_FWD_PERSISTENT_FEATURES; D = 128,
+    chained, causal in pairs of query tiles) with more tiles than SMs (4 · Hq heads x 8 query tiles:
+    each CTA runs several, the ALiBi slope and the sink loaded for each tile's head): within the
+    policy of float64 and of the Triton kernel, and bitwise the grid launch's out and lse."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", True)
+    assert launch.hopper_fwd_persistent(128, 128, features=False, causal=causal, score_features=True)
+    Hq, Hkv = {"mha": (16, 16), "gqa": (32, 8)}[heads]
+    B, S = 4, 1024
+    assert B * Hq * S // 128 > torch.cuda.get_device_properties(0).multi_processor_count
+    torch.manual_seed(0)
+    q, k, v = make_inputs(Case("fa", bf16, B, Hq, Hkv, S, S, 128, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    kw = _feature_kwargs(B, Hq, **FEATURES[feature])
+    _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, **kw)
+    out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, **kw)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", False)
+    out_g, lse_g, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, **kw)
+    assert torch.equal(out, out_g) and torch.equal(lse, lse_g)
 
 
 # (Sq, Sk, causal, window_size, features): sliding windows (block-aligned or not, one key a row,

@@ -284,6 +284,13 @@ HOPPER_FWD_PERSISTENT_DIMS = (128,)
 # last first), D = 256 (not chained) +0.2-1.3%, so D = 256 keeps the grid. (Session 13, each head's
 # tiles longest first, striding by the grid: -1 to +1% to 4k, -25% at 16k, the CTAs unbalanced.)
 HOPPER_FWD_PERSISTENT_CAUSAL = True
+# The score features (softcap, ALiBi, sink) in the persistent (chained, paired) forward too, so that
+# their cost over plain attention stays what it was before the plain forward went persistent (issue
+# 5's 10%). Compiled for sm_90a (compile_check: 0-20 B spill, ALiBi alone 64 B non-causal / 336 B
+# causal, in the boundary step between tiles, not in the loops), not yet run on a GPU: off. Next:
+# `pytest -k persistent_features` and `scripts/ab_attention.py --gluon --switch
+# HOPPER_FWD_PERSISTENT_FEATURES --softcap 2 / --alibi / --sink`.
+HOPPER_FWD_PERSISTENT_FEATURES = False
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
@@ -328,12 +335,15 @@ def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> boo
     return rows < cfg[3] and rows % (2 * HOPPER_BLOCK_M) == 0 if causal else rows < cfg[2]
 
 
-def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False) -> bool:
+def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False,
+                          score_features: bool = False) -> bool:
     """Whether the Gluon forward runs persistent for this build: HOPPER_FWD_PERSISTENT, a head dim of
-    HOPPER_FWD_PERSISTENT_DIMS, two warpgroups, no feature, not causal unless
-    HOPPER_FWD_PERSISTENT_CAUSAL."""
+    HOPPER_FWD_PERSISTENT_DIMS, two warpgroups, no window or packed sequences (``features``), the
+    score features (softcap, ALiBi, sink: ``score_features``) only with HOPPER_FWD_PERSISTENT_FEATURES,
+    not causal unless HOPPER_FWD_PERSISTENT_CAUSAL."""
     return (HOPPER_FWD_PERSISTENT and head_dim in HOPPER_FWD_PERSISTENT_DIMS and block_m == HOPPER_BLOCK_M
-            and not features and (not causal or HOPPER_FWD_PERSISTENT_CAUSAL))
+            and not features and (not score_features or HOPPER_FWD_PERSISTENT_FEATURES)
+            and (not causal or HOPPER_FWD_PERSISTENT_CAUSAL))
 
 
 # Packed sequences (flash_attn_varlen_func) in the Gluon forward (kernels/fwd_hopper.py VARLEN):
@@ -599,8 +609,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     # (S a multiple of 128: with BLOCK_M 192 the last tile's last warpgroup may have no rows; the
     # kernel skips it; VARLEN: each sequence's last tile)
     grid = (-(-rows // block_m), n_seq * H)
-    persistent = short or hopper_fwd_persistent(D, block_m, has_window or softcap > 0 or alibi_slopes is not None
-                                                or sink is not None or varlen, causal)
+    persistent = short or hopper_fwd_persistent(D, block_m, has_window or varlen, causal,
+                                                softcap > 0 or alibi_slopes is not None or sink is not None)
     persistent = persistent and not (causal and grid[0] % 2)  # (causal: pairs of query tiles, _ws_tile_c)
     extra = {}
     if persistent:  # (one CTA an SM, at most one a tile; causal, a pair of tiles)

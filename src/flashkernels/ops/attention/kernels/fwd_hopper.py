@@ -411,8 +411,9 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     after each tile's output store the warpgroup releases its Q buffer (q_empty); with CHAIN as one
     stream of key blocks (_ws_attend_chain)."""
     if CHAIN:  # (PERSISTENT)
-        _ws_attend_chain(W, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                         q_empty, SQ, SK, H, n_bh, o_rb, o_rh, o_ch, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL)
+        _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                         k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
+                         HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -527,6 +528,66 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
 
 
 @gluon.jit
+def _ws_scales(sm_scale, softcap, SOFTCAP: gl.constexpr):
+    """(cap_scale, qk_scale) of _softmax_step: SOFTCAP, s = softcap * tanh(q·kᵀ · scale / softcap),
+    in log2 units."""
+    if SOFTCAP:
+        return sm_scale / softcap, softcap * LOG2E
+    return sm_scale, sm_scale * LOG2E
+
+
+@gluon.jit
+def _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N: gl.constexpr, ALIBI: gl.constexpr,
+              s_layout: gl.constexpr):
+    """(slope, colbias) of _softmax_step for (b, h): ALIBI, the slope over the scores' scale
+    (qk_scale * slope = slope * log2 e) and the columns' slope · c; else 0, 0."""
+    slope = 0.0
+    if ALIBI:
+        slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
+    return slope, _ws_colbias(slope, BLOCK_N, ALIBI, s_layout)
+
+
+@gluon.jit
+def _ws_colbias(slope, BLOCK_N: gl.constexpr, ALIBI: gl.constexpr, s_layout: gl.constexpr):
+    """ALIBI: the columns' slope · c of a key block (_softmax_step's colbias); else 0."""
+    colbias = 0.0
+    if ALIBI:
+        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
+    return colbias
+
+
+@gluon.jit
+def _ws_stats_init(Sink, h, WG_M: gl.constexpr, SINK: gl.constexpr, row_s: gl.constexpr):
+    """(m, l, sink): the online softmax's start for head h. SINK: the sink, a key already seen, its
+    logit the first max and exp2(0) = 1 in the sum; else -inf, 0 (sink 0.0, unused)."""
+    if SINK:
+        sink = gl.load(Sink + h).to(gl.float32)
+        return (gl.full([WG_M], 0.0, gl.float32, layout=row_s) + sink * LOG2E,
+                gl.full([WG_M], 1.0, gl.float32, layout=row_s), sink)
+    return (gl.full([WG_M], float("-inf"), gl.float32, layout=row_s),
+            gl.full([WG_M], 0.0, gl.float32, layout=row_s), 0.0)
+
+
+@gluon.jit
+def _ws_finish(acc, m_i, l_i, sink, WINDOW: gl.constexpr, SINK: gl.constexpr, row_o: gl.constexpr):
+    """(out, lse) of a warpgroup's rows: out = acc / l, lse = (m + log2 l) · ln 2 (natural log).
+    WINDOW without a sink: a row that saw no key, out 0 and lse -inf. SINK: while the sink is the
+    row's max, lse takes its logit as is (kernels/fwd.py: m · ln 2 would add two roundings, which
+    d sink multiplies by a sum over every row)."""
+    if WINDOW and not SINK:
+        empty = l_i == 0.0
+        l_safe = gl.where(empty, 1.0, l_i)
+        out = acc / gl.convert_layout(l_safe, row_o)[:, None]
+        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * LN2)
+    else:  # (with a sink l >= 1)
+        out = acc / gl.convert_layout(l_i, row_o)[:, None]
+        lse = (m_i + gl.log2(l_i)) * LN2
+    if SINK:
+        lse = gl.where(m_i == sink * LOG2E, sink + gl.log2(l_i) * LN2, lse)
+    return out, lse
+
+
+@gluon.jit
 def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                k_ready, k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left,
                window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
@@ -550,17 +611,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_w = q_smem.index(W)
 
-    if SOFTCAP:  # s = softcap * tanh(q·kᵀ · scale / softcap), in log2 units
-        cap_scale = sm_scale / softcap
-        qk_scale = softcap * LOG2E
-    else:
-        cap_scale = sm_scale
-        qk_scale = sm_scale * LOG2E
-    slope = 0.0
-    colbias = 0.0
-    if ALIBI:  # the slope of (b, h) over the scores' scale: qk_scale * slope = slope * log2 e
-        slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
-        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
+    cap_scale, qk_scale = _ws_scales(sm_scale, softcap, SOFTCAP)
+    slope, colbias = _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
     offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
     diag = offs_m + causal_offset  # row i's diagonal (ALiBi, WINDOW)
     diag0 = m0w + causal_offset
@@ -573,13 +625,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     if VARLEN:  # the sequence's keys end at seqlen_k: past it as outside the window
         win_hi = gl.minimum(win_hi, seqlen_k - 1)
         mask_hi = gl.minimum(mask_hi, seqlen_k - BLOCK_N)
-    if SINK:  # the sink: a key already seen, its logit the first max, exp2(0) = 1 in the sum
-        sink = gl.load(Sink + h).to(gl.float32)
-        m_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s) + sink * LOG2E
-        l_i = gl.full([WG_M], 1.0, gl.float32, layout=row_s)
-    else:
-        m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+    m_i, l_i, sink = _ws_stats_init(Sink, h, WG_M, SINK, row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
@@ -611,18 +657,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
     mbarrier.arrive(v_empty.index(last % STAGES))
 
-    if WINDOW and not SINK:  # a row that saw no key: out 0, lse -inf
-        empty = l_i == 0.0
-        l_safe = gl.where(empty, 1.0, l_i)
-        out = acc / gl.convert_layout(l_safe, row_o)[:, None]
-        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * LN2)
-    else:  # (with a sink l >= 1)
-        out = acc / gl.convert_layout(l_i, row_o)[:, None]
-        lse = (m_i + gl.log2(l_i)) * LN2
-    if SINK:
-        # While the sink is the row's max, its logit as is (kernels/fwd.py: m * ln 2 would add two
-        # roundings, which d sink multiplies by a sum over every row)
-        lse = gl.where(m_i == sink * LOG2E, sink + gl.log2(l_i) * LN2, lse)
+    out, lse = _ws_finish(acc, m_i, l_i, sink, WINDOW, SINK, row_o)
     if VARLEN:  # (a masked store, not a 1-D TMA copy: the rows start anywhere, not 16-byte aligned)
         gl.store(Lse + h * SQ + q0 + offs_m, lse, mask=offs_m < seqlen_q)
         if m0w + WG_M <= seqlen_q:
@@ -638,17 +673,19 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
 
 
 @gluon.jit
-def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
-                     v_ready, v_empty, q_empty, SQ, SK, H, n_bh, o_rb, o_rh, o_ch, HEAD_DIM: gl.constexpr,
-                     WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     CAUSAL: gl.constexpr):
+def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                     k_ready, k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh,
+                     o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
+                     SINK: gl.constexpr):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
     programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
     tile's last P V wgmma, so that softmax overlaps the wgmma instead of running alone, then stores
     this tile's output; the next tile's P V accumulates from zero. Tile c's Q is in q_smem[(c % 2) ·
     NUM_WG + W] (barrier q_bars likewise, phase c // 2), released with q_empty[c % 2] after its
-    output store, which stages in that buffer."""
+    output store, which stages in that buffer. The score features SOFTCAP, ALIBI and SINK as in
+    _ws_attend (the slope and the sink loaded for each tile's (b, h))."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -656,15 +693,15 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     BLOCK_M: gl.constexpr = NUM_WG * WG_M
-    qk_scale = sm_scale * LOG2E
+    cap_scale, qk_scale = _ws_scales(sm_scale, softcap, SOFTCAP)
     n_m = SQ // BLOCK_M
     pid_m, pid_bh = _ws_tile_c(0, n_m, n_bh, CAUSAL)
     pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, BLOCK_M, BLOCK_N, CAUSAL, False,
                                               False)
     m0w = m0 + W * WG_M
     offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
-    m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+    slope, colbias = _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
+    m_i, l_i, sink = _ws_stats_init(Sink, h, WG_M, SINK, row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
@@ -675,19 +712,20 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
     s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
-    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, sm_scale, 0.0, 0.0, offs_m, m0w, offs_m, m0w, offs_m,
-                                       offs_m, 0, 0, 0, BLOCK_N, CAUSAL, False, False, False, s_layout)
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, offs_m, m0w,
+                                       offs_m, offs_m, 0, 0, 0, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, False, s_layout)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     it = 0  # the ring's block of the tile's block 0
     tc = 0  # the tile's number in this CTA
     n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
     for c in range(n_t):
+        colbias = _ws_colbias(slope, BLOCK_N, ALIBI, s_layout)  # (not carried from tile to tile: registers)
         for j in range(0, n_blocks - 1):  # (_ws_attend's loop)
             p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
-                                               acc, s_zero, m_i, l_i, qk_scale, sm_scale, 0.0, 0.0, offs_m, m0w,
-                                               offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
-                                               STAGES, CAUSAL, False, False, False, s_layout)
+                                               acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
+                                               m0w, offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
+                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
@@ -700,14 +738,18 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
             mbarrier.wait(q_bars.index(qb), ((tc + 1) >> 1) & 1)
             m0w_n = m0_n + W * WG_M
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
-            m_n = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
-            l_n = gl.full([WG_M], 0.0, gl.float32, layout=row_s)
+            slope_n, colbias_n = _ws_alibi(Alibi, b_n, h_n, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
+            m_n, l_n, sink_n = _ws_stats_init(Sink, h_n, WG_M, SINK, row_s)
             p, alpha, m_n, l_n, acc = _ws_pair(q_n, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, last, p_op,
-                                               acc, s_zero, m_n, l_n, qk_scale, sm_scale, 0.0, 0.0, offs_n, m0w_n,
-                                               offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES, CAUSAL,
-                                               False, False, False, s_layout)
-            _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb, o_rh,
-                          o_ch, WG_M, row_s, row_o)
+                                               acc, s_zero, m_n, l_n, qk_scale, cap_scale, slope_n, colbias_n,
+                                               offs_n, m0w_n, offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES,
+                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout)
+            _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
+                          o_rh, o_ch, WG_M, SINK, row_s, row_o)
+            if ALIBI:
+                slope = slope_n
+            if SINK:
+                sink = sink_n
             acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             m_i = m_n
@@ -726,17 +768,16 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, sm_scale, q_smem, k_smem, v_s
             o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
             acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
             mbarrier.arrive(v_empty.index(last % STAGES))
-            _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb, o_rh,
-                          o_ch, WG_M, row_s, row_o)
+            _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
+                          o_rh, o_ch, WG_M, SINK, row_s, row_o)
 
 
 @gluon.jit
-def _ws_chain_out(acc, m_i, l_i, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
-                  WG_M: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr):
-    """_ws_attend_chain's end of a tile: out = acc / l and lse stored (rows m0w .. of (b, h)), then
-    the tile's Q buffer q_w (the output's staging buffer) released on q_free."""
-    out = acc / gl.convert_layout(l_i, row_o)[:, None]
-    lse = (m_i + gl.log2(l_i)) * LN2
+def _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
+                  WG_M: gl.constexpr, SINK: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr):
+    """_ws_attend_chain's end of a tile: out and lse (_ws_finish) stored (rows m0w .. of (b, h)),
+    then the tile's Q buffer q_w (the output's staging buffer) released on q_free."""
+    out, lse = _ws_finish(acc, m_i, l_i, sink, False, SINK, row_o)
     gl.store(Lse + pid_bh * SQ + m0w + gl.arange(0, WG_M, layout=row_s), lse)
     _ws_store_out(out, q_w, desc_o, b * o_rb + h * o_rh + m0w, h * o_ch)
     mbarrier.arrive(q_free)
@@ -798,7 +839,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(num_warps == 4)
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
-    gl.static_assert(not (PERSISTENT and (TRIM or SOFTCAP or ALIBI or SINK or WINDOW or VARLEN)))
+    gl.static_assert(not (PERSISTENT and (TRIM or WINDOW or VARLEN)))  # (the score features: see the launcher)
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
     gl.static_assert(PERSISTENT or not CHAIN)
