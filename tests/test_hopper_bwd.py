@@ -607,6 +607,7 @@ SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 launch.HOPPER_FWD_VARLEN = True  # (the forward's VARLEN cases below: the library's default, set in case)
+launch.HOPPER_FWD_PERSISTENT_FEATURES = True  # (the score features in the persistent forward: one case below)
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),
@@ -621,7 +622,8 @@ for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.float16, False, 1, 2, 2, 256, 256, 64, False, (-1, -1)),  # the backward's 128 rows, not causal
         (torch.bfloat16, False, 2, 2, 1, 512, 512, 128, False, (-1, -1)),  # the persistent forward, below
         (torch.bfloat16, True, 2, 2, 1, 512, 512, 128, False, (-1, -1)),  # causal: pairs of query tiles
-        (torch.float16, True, 1, 4, 2, 512, 512, 64, False, (-1, -1))]:  # D = 64's short build, causal
+        (torch.float16, True, 1, 4, 2, 512, 512, 64, False, (-1, -1)),  # D = 64's short build, causal
+        (torch.bfloat16, True, 2, 4, 2, 512, 512, 128, True, (-1, -1))]:  # the persistent forward's features
     sm_count = launch._sm_count
     if S == 512:  # (3 SMs' worth of CTAs: each runs several tiles or pairs, the ring and Q carried over,
         # chained: launch.HOPPER_FWD_CHAIN)
@@ -659,7 +661,7 @@ torch.cuda.synchronize()
 # the forward is Gluon at D = 128 and 256, at D = 64 plain below 2048 rows (launch.HOPPER_FWD_SHORT:
 # 256 non-causal, 512 causal) and packed (64, 128, 256), the backward at 64, 128 and 256, and
 # packed (64, 128)
-assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (14, 16), \
+assert (launch.hopper_fwd_launches, launch.hopper_bwd_launches) == (15, 17), \
     (launch.hopper_fwd_launches, launch.hopper_bwd_launches)
 print("done")
 """
