@@ -542,9 +542,11 @@ def _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N: gl.constexpr, 
     """(slope, colbias) of _softmax_step for (b, h): ALIBI, the slope over the scores' scale
     (qk_scale * slope = slope * log2 e) and the columns' slope · c; else 0, 0."""
     slope = 0.0
-    if ALIBI:
+    colbias = 0.0
+    if ALIBI:  # (colbias written out here, not through _ws_colbias: that form spilled 80 B in the causal grid build)
         slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
-    return slope, _ws_colbias(slope, BLOCK_N, ALIBI, s_layout)
+        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
+    return slope, colbias
 
 
 @gluon.jit
