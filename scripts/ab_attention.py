@@ -14,7 +14,9 @@ the library pick its Gluon kernels on an H100 (a switch of theirs), and then the
 gradients with the switch on and off are compared first (max |diff|). ``--also`` sets more
 launch attributes (Python literals) for the whole run, on and off alike (e.g. ``--switch
 HOPPER_FWD_CHAIN --also "HOPPER_FWD_PERSISTENT_DIMS=(64, 128)"``); ``--softcap X``, ``--alibi``,
-``--sink`` give our calls those features (cuDNN's stays plain). Needs a CUDA GPU.
+``--sink`` give our calls those features (cuDNN's stays plain). ``--graph`` times CUDA-graph replays
+of the calls (GPU time, no host cost: at 1k our eager calls can take longer on the host than the
+kernel on the GPU) instead of eager calls. Needs a CUDA GPU.
 """
 import argparse
 import ast
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashkernels
-from flashkernels.bench.common import do_bench_median, warm_gpu
+from flashkernels.bench.common import do_bench_median, graph_ms, warm_gpu
 from flashkernels.ops.attention import launch
 
 
@@ -44,7 +46,20 @@ def main():
     ap.add_argument("--softcap", type=float, default=0.0, help="flash_attn_func's softcap for our calls")
     ap.add_argument("--alibi", action="store_true", help="ALiBi slopes (H,) 2^(-8 (h + 1) / H) for our calls")
     ap.add_argument("--sink", action="store_true", help="a learnable sink (H,) randn for our calls")
+    ap.add_argument("--graph", action="store_true", help="time CUDA-graph replays (GPU time), not eager calls")
     args = ap.parse_args()
+    stream = torch.cuda.Stream()  # (--graph: everything on a side stream, which a CUDA graph can capture)
+
+    def bench(fn):
+        if not args.graph:
+            return do_bench_median(fn)
+        fn()  # (warm: compiles stay out of the capture)
+        torch.cuda.synchronize()
+        ms = graph_ms(fn, stream)
+        if ms is None:
+            raise SystemExit("--graph: the call could not be captured in a CUDA graph")
+        return ms
+
     for item in filter(None, args.also.split(";")):
         name, _, literal = item.partition("=")
         if not hasattr(launch, name.strip()):
@@ -60,6 +75,14 @@ def main():
     value = {True: ast.literal_eval(args.on), False: ast.literal_eval(args.off)}
     print(f"launch.{args.switch}: on = {value[True]!r}, off = {value[False]!r}")
     warm_gpu()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run(args, value, original, bench)
+    torch.cuda.synchronize()
+
+
+def run(args, value, original, bench):
+    """The shapes, each timed with the switch on and off (main()'s docstring)."""
     print(f"{'D':>4s} {'S':>6s} {'causal':>6s} {'mode':>4s} {'on TF/s':>8s} {'off TF/s':>9s} {'on/off':>7s} "
           f"{'cudnn':>7s}")
     for D in map(int, args.head_dims.split(",")):
@@ -80,13 +103,13 @@ def main():
                     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                         if mode == "fwd":
                             with torch.no_grad():
-                                ms = do_bench_median(lambda: F.scaled_dot_product_attention(qt, kt, vt,
+                                ms = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt,
                                                                                             is_causal=causal))
                         else:
                             qc, kc, vc = (x.detach().requires_grad_() for x in (qt, kt, vt))
                             oc = F.scaled_dot_product_attention(qc, kc, vc, is_causal=causal)
                             doc = torch.randn_like(oc)
-                            ms = do_bench_median(lambda: torch.autograd.grad(oc, (qc, kc, vc), doc, retain_graph=True))
+                            ms = bench(lambda: torch.autograd.grad(oc, (qc, kc, vc), doc, retain_graph=True))
                     cudnn = (1.0 if mode == "fwd" else 2.5) * flops / ms / 1e9
                     if mode == "bwd" and args.gluon:
                         grads = {}
@@ -102,12 +125,12 @@ def main():
                             setattr(launch, args.switch, value[on])
                             if mode == "fwd":
                                 with torch.no_grad():
-                                    ms = do_bench_median(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal,
+                                    ms = bench(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal,
                                                                                               **feats))
                             else:
                                 out = flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
                                 do = torch.randn_like(out)
-                                ms = do_bench_median(lambda: torch.autograd.grad(out, (q, k, v), do,
+                                ms = bench(lambda: torch.autograd.grad(out, (q, k, v), do,
                                                                                  retain_graph=True))
                             times[on].append(ms)
                     setattr(launch, args.switch, original)

@@ -607,7 +607,7 @@ SANITIZE_HOPPER = """
 import torch, flashkernels
 from flashkernels.ops.attention import launch
 launch.HOPPER_FWD_VARLEN = True  # (the forward's VARLEN cases below: the library's default, set in case)
-launch.HOPPER_FWD_PERSISTENT_FEATURES = True  # (the score features in the persistent forward: one case below)
+launch.HOPPER_FWD_PERSISTENT_FEATURES = True  # (the library's default, set in case: one case below)
 torch.manual_seed(0)
 for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
         (torch.bfloat16, True, 1, 4, 2, 384, 384, 128, False, (-1, -1)),

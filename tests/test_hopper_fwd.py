@@ -219,16 +219,17 @@ def test_persistent_launch_arguments(monkeypatch):
     persistent and chained (grid: the SMs, or the tiles when fewer); D = 64 below its floor
     HOPPER_FWD_SHORT's build (two warpgroups: BLOCK_M 128) chained too, causal or not; causal calls
     run persistent over pairs of query tiles (grid: the SMs, or the pairs when fewer) when a head's
-    query tiles pair up, else the grid (B · H along y), as with HOPPER_FWD_PERSISTENT_CAUSAL off;
-    with HOPPER_FWD_CHAIN off the D = 128 launch is persistent without CHAIN."""
+    query tiles pair up and are no more than HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS, else the grid
+    (B · H along y), as with HOPPER_FWD_PERSISTENT_CAUSAL off; softcap, ALiBi and sinks persistent
+    too, windows not; with HOPPER_FWD_CHAIN off the D = 128 launch is persistent without CHAIN."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
 
-    def run(D, S, causal, B=4, H=16):
+    def run(D, S, causal, B=4, H=16, **kw):
         q, k, v = (_bshd(B, S, H, D) for _ in range(3))
         out, lse = torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S)
-        launch.hopper_fwd(q, k, v, out, lse, 0.125, causal)
+        launch.hopper_fwd(q, k, v, out, lse, 0.125, causal, **kw)
         return dict(stub.seen)
 
     s = run(128, 1024, False)
@@ -246,6 +247,17 @@ def test_persistent_launch_arguments(monkeypatch):
     assert run(128, 512, True, B=1, H=4)["grid"] == (8,)  # (4 tiles = 2 pairs a head x 4 heads)
     s = run(128, 384, True)  # (3 query tiles a head: no pairs, the grid launch, last tiles first)
     assert "PERSISTENT" not in s and s["grid"] == (3, 64) and s["REVERSE_M"]
+    cap = launch.HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS
+    assert run(128, cap, True, B=1, H=2)["grid"] == (cap // 256 * 2,)
+    s = run(128, cap + 256, True, B=1, H=2)  # (past the cap: the grid)
+    assert "PERSISTENT" not in s and s["grid"] == ((cap + 256) // 128, 2) and s["REVERSE_M"]
+    assert run(128, cap + 256, False, B=1, H=2)["grid"] == (132,)  # (non-causal: no cap)
+    for feature in (dict(softcap=2.0), dict(alibi_slopes=torch.ones(16)), dict(sink=torch.zeros(16))):
+        for causal in (False, True):  # (the score features: persistent too)
+            s = run(128, 1024, causal, **feature)
+            assert s["PERSISTENT"] and s["CHAIN"] and s["grid"] == (132,), (feature, causal)
+    s = run(128, 1024, False, window_left=256)  # (a window: the grid)
+    assert "PERSISTENT" not in s and s["WINDOW"]
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_CAUSAL", False)
     s = run(128, 1024, True)
     assert "PERSISTENT" not in s and s["grid"] == (8, 64) and s["REVERSE_M"]
@@ -692,11 +704,12 @@ def test_hopper_fwd_persistent_choice(monkeypatch):
     assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True)
     assert not launch.hopper_fwd_persistent(256, 128, features=False)
     assert not launch.hopper_fwd_persistent(128, 128, features=True)
-    assert not launch.hopper_fwd_persistent(128, 128, features=False, score_features=True)
+    assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True, score_features=True)
+    assert not launch.hopper_fwd_persistent(128, 128, features=True, score_features=True)
     with monkeypatch.context() as m:
-        m.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", True)
-        assert launch.hopper_fwd_persistent(128, 128, features=False, causal=True, score_features=True)
-        assert not launch.hopper_fwd_persistent(128, 128, features=True, score_features=True)
+        m.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", False)
+        assert not launch.hopper_fwd_persistent(128, 128, features=False, score_features=True)
+        assert launch.hopper_fwd_persistent(128, 128, features=False)
     monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_DIMS", (64, 128, 256))
     assert not launch.hopper_fwd_persistent(64, 192, features=False)  # (three warpgroups: TRIM)
     assert launch.hopper_fwd_persistent(256, 128, features=False)

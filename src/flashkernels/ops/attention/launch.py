@@ -284,13 +284,23 @@ HOPPER_FWD_PERSISTENT_DIMS = (128,)
 # last first), D = 256 (not chained) +0.2-1.3%, so D = 256 keeps the grid. (Session 13, each head's
 # tiles longest first, striding by the grid: -1 to +1% to 4k, -25% at 16k, the CTAs unbalanced.)
 HOPPER_FWD_PERSISTENT_CAUSAL = True
+# ... up to this many query rows; longer causal calls keep the grid launch (its tiles last first).
+# H100, session 16, CUDA-graph replays (scripts/ab_attention.py --gluon --graph --switch
+# HOPPER_FWD_PERSISTENT_CAUSAL --seqlens 8192,16384 --rounds 5, ...-ab-fwd-causal-cap.txt), D = 128:
+# +3.2% at 8k, -2.3% at 16k (there 64 pairs a head x 16 heads = 1024 pairs on 132 CTAs: 7.76 a CTA,
+# so a quarter of the CTAs idle through the last pair's time, where the grid's hardware scheduler
+# fills in with short tiles); with a sink or ALiBi +4.0 / +3.7% at 8k.
+HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS = 8192
 # The score features (softcap, ALiBi, sink) in the persistent (chained, paired) forward too, so that
 # their cost over plain attention stays what it was before the plain forward went persistent (issue
-# 5's 10%). Compiled for sm_90a (compile_check: 0-20 B spill, ALiBi alone 64 B non-causal / 336 B
-# causal, in the boundary step between tiles, not in the loops), not yet run on a GPU: off. Next:
-# `pytest -k persistent_features` and `scripts/ab_attention.py --gluon --switch
-# HOPPER_FWD_PERSISTENT_FEATURES --softcap 2 / --alibi / --sink`.
-HOPPER_FWD_PERSISTENT_FEATURES = False
+# 5's 10%). H100, session 16, CUDA-graph replays (scripts/ab_attention.py --gluon --graph --switch
+# HOPPER_FWD_PERSISTENT_FEATURES --softcap 2 / --alibi / --sink --rounds 5, D = 128, FA3 grid,
+# ...-ab-fwd-persistent-features.txt), non-causal / causal at 1k, 2k, 4k, 16k: softcap +9.1 / +2.8 /
+# +0.9 / -0.9%, causal +3.9 / +8.3 / +6.1 / -1.1%; sink +7.4 / +3.3 / +2.4 / +0.9%, causal +7.7 /
+# +9.1 / +5.3 / -2.1%; ALiBi +11.2 / +5.4 / +3.0 / +1.2%, causal -8.8 / +2.6 / +3.8 / -2.9% (that
+# build then spilled 320 B in the step between two tiles; 56 B since its |i - j| bias is an
+# explicit fma). 16k causal: see HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS.
+HOPPER_FWD_PERSISTENT_FEATURES = True
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
@@ -611,7 +621,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     grid = (-(-rows // block_m), n_seq * H)
     persistent = short or hopper_fwd_persistent(D, block_m, has_window or varlen, causal,
                                                 softcap > 0 or alibi_slopes is not None or sink is not None)
-    persistent = persistent and not (causal and grid[0] % 2)  # (causal: pairs of query tiles, _ws_tile_c)
+    if causal and not short:  # (causal: pairs of query tiles, _ws_tile_c; long calls keep the grid)
+        persistent = persistent and grid[0] % 2 == 0 and rows <= HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS
     extra = {}
     if persistent:  # (one CTA an SM, at most one a tile; causal, a pair of tiles)
         grid = (min(grid[0] * grid[1] // (2 if causal else 1), _sm_count(q.device.index or 0)),)

@@ -136,7 +136,7 @@ Without a triton whose Gluon has these Hopper modules the definitions below are 
 ``AVAILABLE`` is False, with the reason in ``UNAVAILABLE_REASON``; the package imports either way.
 """
 from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
-                         _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
+                         _mul_rn, _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
 from .hopper_softmax import _softmax_step
 
 if AVAILABLE:
@@ -545,7 +545,7 @@ def _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N: gl.constexpr, 
     colbias = 0.0
     if ALIBI:  # (colbias written out here, not through _ws_colbias: that form spilled 80 B in the causal grid build)
         slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
-        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
+        colbias = _mul_rn(slope, gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32))
     return slope, colbias
 
 
@@ -554,7 +554,7 @@ def _ws_colbias(slope, BLOCK_N: gl.constexpr, ALIBI: gl.constexpr, s_layout: gl.
     """ALIBI: the columns' slope · c of a key block (_softmax_step's colbias); else 0."""
     colbias = 0.0
     if ALIBI:
-        colbias = slope * gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)
+        colbias = _mul_rn(slope, gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32))
     return colbias
 
 

@@ -62,6 +62,15 @@ def _tanh_approx(x):
 
 
 @gluon.jit
+def _mul_rn(a, b):
+    """a · b rounded (PTX mul.rn.f32), which the compilers never fuse into a later add: a product
+    that must round the same in every build (the ALiBi column bias: LLVM fuses a plain product into
+    the add of the scores in one build and not in another, which moves results by an ulp)."""
+    return gl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
 def _varlen_seq(CuQ, CuK, b):
     """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""
     q0 = gl.load(CuQ + b)

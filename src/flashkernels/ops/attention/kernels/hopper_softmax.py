@@ -22,6 +22,10 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
     take |diag - j| per score. Not with SOFTCAP or WINDOW (VARLEN builds are WINDOW's): their
     registers spilled with it (12-36 B), and there every score takes |diag - j|.
+    Every build rounds the bias alike (kernels whose results the tests compare bitwise: the
+    persistent and grid launches): s - slope·|diag - j| is an explicit fma, and colbias comes
+    rounded (gluon_base._mul_rn); left to LLVM, a product was fused into its add in one build and
+    not in another.
     CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
     WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
     [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
@@ -35,7 +39,7 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         # diag - j exactly (integers below 2^24 in fp32); the bias in the raw scores' units
         d = (diag - start_n).to(gl.float32)[:, None] - \
             gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-        s = s - slope * gl.abs(d)
+        s = gl.fma(-slope, gl.abs(d), s)  # (written as the fma LLVM makes of s - slope · |d|: see below)
     if ALIBI_SPLIT:
         dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
         if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
@@ -46,7 +50,7 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
             row_bias = slope * dn
         else:
             d = dn[:, None] - gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-            s = s - slope * gl.abs(d)
+            s = gl.fma(-slope, gl.abs(d), s)
             row_bias = dn * 0.0
     if CAUSAL:  # (top-left = bottom-right: causal_offset 0)
         if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
