@@ -136,7 +136,7 @@ Without a triton whose Gluon has these Hopper modules the definitions below are 
 ``AVAILABLE`` is False, with the reason in ``UNAVAILABLE_REASON``; the package imports either way.
 """
 from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
-                         _mul_rn, _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
+                         _mul_rn, _rescale_lazy, _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
 from .hopper_softmax import _softmax_step
 
 if AVAILABLE:
@@ -648,7 +648,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                                            acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
                                            diag, diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N,
                                            BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout)
-        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)  # (O *= alpha)
         # P_{j+1} into the operand registers only now: until _ws_pair's last wait, the P_j V_j wgmma
         # still reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
         p_op = gl.convert_layout(p.to(dtype), p_layout)
@@ -728,7 +728,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                                                acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
                                                m0w, offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
                                                STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
         if c + 1 < n_t:  # the next tile's block 0 with this tile's last P V

@@ -70,6 +70,42 @@ def _mul_rn(a, b):
                                      is_pure=True, pack=1)
 
 
+# The forward's lazy rescale (hopper_softmax._softmax_step): a row's running max m is replaced only when
+# the block's max passes it by more than this (log2 units), so p = 2^(s - m) stays below 2^8 = 256 (fp32
+# sums, bf16 / fp16 P: no overflow) and on most blocks alpha = 2^(m_old - m_new) is exactly 1;
+# _rescale_lazy then skips O *= alpha in every warp whose rows all kept their max.
+LAZY_THRESHOLD = gl.constexpr(8.0)
+
+
+@gluon.constexpr_function
+def _rescale_asm(n):
+    """PTX for _rescale_lazy over a thread's n accumulator values ($0.. tied to the inputs) and their
+    rows' factors ($2n..): the warp votes whether any factor of its lanes' rows (a thread's first four
+    values cover both its rows) differs from 1; only then it multiplies."""
+    lines = ["{", ".reg .pred p, q;", f"setp.ne.f32 q, ${2 * n}, 0f3F800000;"]
+    lines += [f"setp.ne.or.f32 q, ${2 * n + i}, 0f3F800000, q;" for i in (1, 2, 3)]
+    lines += ["vote.sync.any.pred p, q, 0xffffffff;", "@!p bra LAZY_DONE_${:uid};"]
+    lines += [f"mul.f32 ${i}, ${i}, ${2 * n + i};" for i in range(n)]
+    lines += ["LAZY_DONE_${:uid}:", "}"]
+    return "\n".join(lines)
+
+
+@gluon.constexpr_function
+def _rescale_constraints(n):
+    return ",".join(["=f"] * n + [str(i) for i in range(n)] + ["f"] * n)
+
+
+@gluon.jit
+def _rescale_lazy(acc, alpha, N: gl.constexpr):
+    """acc * alpha (alpha broadcast to acc, N = a thread's values of acc), skipped by each warp whose
+    rows' factors are all 1 (a row max that did not move: LAZY_THRESHOLD). The multiply sits between
+    two P V wgmmas of the warpgroup (it needs the last one retired); skipping it shortened the H100's
+    forward by 3-5% at D = 128 and 5-11% at D = 256 (docs/perf-notes.md, session 16)."""
+    acc, alpha = gl.broadcast(acc, alpha)
+    return gl.inline_asm_elementwise(_rescale_asm(N), _rescale_constraints(N), [acc, alpha], dtype=gl.float32,
+                                     is_pure=True, pack=N)
+
+
 @gluon.jit
 def _varlen_seq(CuQ, CuK, b):
     """(first query row, first key row, queries, keys) of packed sequence b (cu_seqlens int32)."""

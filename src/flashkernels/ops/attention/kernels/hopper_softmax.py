@@ -1,7 +1,7 @@
 """The Gluon forward's online-softmax step (kernels/fwd_hopper.py) with its score features
 (softcap, ALiBi, causal and window masks): the semantics the Gluon backward (kernels/bwd_hopper.py)
 recomputes P from, in the same order and rounding."""
-from .gluon_base import _tanh_approx, gl, gluon
+from .gluon_base import LAZY_THRESHOLD, _tanh_approx, gl, gluon
 
 
 @gluon.jit
@@ -11,6 +11,11 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
     m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi), diag0
     the first row's.
+
+    The running max m is lazy (gluon_base.LAZY_THRESHOLD): it moves only when a block's max passes it
+    by more than 8 (log2 units), so p <= 2^8 and on most blocks alpha = 1 exactly, which lets the
+    caller skip O's rescale (gluon_base._rescale_lazy); out = O / l and lse = m + log2 l hold for any
+    m (the backward recomputes P from lse alone).
 
     Plain: the row max is taken over the raw products and qk_scale = scale·log2 e goes into the
     exponent's FMA. SOFTCAP: s = tanh(s · cap_scale) (cap_scale = scale / softcap) first, with
@@ -64,6 +69,8 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) + row_bias) * qk_scale)
     else:
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    # lazy: a row keeps its max until the block's passes it by more than LAZY_THRESHOLD (then alpha = 1)
+    m_new = gl.where(m_new > m_i + LAZY_THRESHOLD, m_new, m_i)
     m_ref = m_new
     if WINDOW:  # a row that has seen no key yet: exp2(-inf - 0) = 0, not NaN
         m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
