@@ -984,8 +984,10 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
         IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
         HAS_WINDOW=has_window, HAS_SOFTCAP=_softcap_mode(softcap, q), HAS_ALIBI=alibi_slopes is not None,
         HAS_SINK=sink is not None, VARLEN=f.varlen, SCALE_POSITIVE=scale > 0,
+        REVERSE_M=causal and TRITON_FWD_CAUSAL_REVERSE,  # (always passed: torch.compile's wrapper of a
+        # traced launch wants every argument; without it, it assumed every input mutated and then failed
+        # on a bool mask)
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **({"REVERSE_M": True} if causal and TRITON_FWD_CAUSAL_REVERSE else {}),
     )
     return out, lse
 
