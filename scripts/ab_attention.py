@@ -103,8 +103,7 @@ def run(args, value, original, bench):
                     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                         if mode == "fwd":
                             with torch.no_grad():
-                                ms = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt,
-                                                                                            is_causal=causal))
+                                ms = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))
                         else:
                             qc, kc, vc = (x.detach().requires_grad_() for x in (qt, kt, vt))
                             oc = F.scaled_dot_product_attention(qc, kc, vc, is_causal=causal)
@@ -126,12 +125,11 @@ def run(args, value, original, bench):
                             if mode == "fwd":
                                 with torch.no_grad():
                                     ms = bench(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal,
-                                                                                              **feats))
+                                                                                    **feats))
                             else:
                                 out = flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
                                 do = torch.randn_like(out)
-                                ms = bench(lambda: torch.autograd.grad(out, (q, k, v), do,
-                                                                                 retain_graph=True))
+                                ms = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
                             times[on].append(ms)
                     setattr(launch, args.switch, original)
                     mult = 1.0 if mode == "fwd" else 2.5
