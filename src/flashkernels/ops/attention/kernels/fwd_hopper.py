@@ -99,8 +99,9 @@ Triton kernel from S = 2k, 0.75-0.95x below, where launch.HOPPER_FWD_SHORT's two
 build runs plain calls and the Triton kernel the others). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
-PERSISTENT (the plain build with two warpgroups; launch.hopper_fwd_persistent: D = 128, and
-launch.HOPPER_FWD_SHORT's D = 64 build): grid (SMs,), each CTA walking its tiles in _ws_tile_c's
+PERSISTENT (two warpgroups, no window and not packed; launch.hopper_fwd_persistent: D = 128, with
+or without softcap, ALiBi and a sink, causal up to 8192 rows, and launch.HOPPER_FWD_SHORT's D = 64
+build): grid (SMs,), each CTA walking its tiles in _ws_tile_c's
 order (non-causal t = its id + k · SMs, head by head; causal, pairs of one head's query tiles
 (n - 1 - j, j), n + 1 key blocks a pair, so every CTA's share is the same), the K / V ring's
 position and the Q buffers' phases carried from tile to tile; the producer loads the next tile's
@@ -311,7 +312,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
                  CHAIN: gl.constexpr):
-    if PERSISTENT:  # (the plain build's tiles, one after another; the ring's position carries over)
+    if PERSISTENT:  # (the CTA's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
         tc = 0  # tiles so far
@@ -406,7 +407,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
     VARLEN likewise none when they start past the sequence's seqlen_q. It
     still releases every block of the CTA's ring (the producer waits for NUM_WG arrivals), after
-    each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (the plain build):
+    each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (no window, not packed):
     the tiles of _ws_tile_c, striding by the grid, the ring's position carried from tile to tile;
     after each tile's output store the warpgroup releases its Q buffer (q_empty); with CHAIN as one
     stream of key blocks (_ws_attend_chain)."""
@@ -805,7 +806,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False):
-    """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (the plain build: no feature, two warpgroups):
+    """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
     programs <= the tiles), with CHAIN (HEAD_DIM <= 128) as one stream of key blocks a consumer
