@@ -299,7 +299,8 @@ HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS = 8192
 # +0.9 / -0.9%, causal +3.9 / +8.3 / +6.1 / -1.1%; sink +7.4 / +3.3 / +2.4 / +0.9%, causal +7.7 /
 # +9.1 / +5.3 / -2.1%; ALiBi +11.2 / +5.4 / +3.0 / +1.2%, causal -8.8 / +2.6 / +3.8 / -2.9% (that
 # build then spilled 320 B in the step between two tiles; 56 B since its |i - j| bias is an
-# explicit fma). 16k causal: see HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS.
+# explicit fma: then -3.5 / +1.6 / +3.5% at 1k / 2k / 4k). 16k causal: see
+# HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS.
 HOPPER_FWD_PERSISTENT_FEATURES = True
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two

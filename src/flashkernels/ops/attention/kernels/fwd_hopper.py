@@ -137,7 +137,8 @@ Without a triton whose Gluon has these Hopper modules the definitions below are 
 ``AVAILABLE`` is False, with the reason in ``UNAVAILABLE_REASON``; the package imports either way.
 """
 from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
-                         _mul_rn, _rescale_lazy, _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
+                         _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
+from .gluon_base import _mul_rn, _rescale_lazy
 from .hopper_softmax import _softmax_step
 
 if AVAILABLE:
@@ -544,7 +545,8 @@ def _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N: gl.constexpr, 
     (qk_scale * slope = slope * log2 e) and the columns' slope · c; else 0, 0."""
     slope = 0.0
     colbias = 0.0
-    if ALIBI:  # (colbias written out here, not through _ws_colbias: that form spilled 80 B in the causal grid build)
+    if ALIBI:  # (colbias written out, not through _ws_colbias: with a plain product that form spilled 80 B in the
+        # causal grid build; with _mul_rn it changes only one build's schedule, persistent softcap + ALiBi, unmeasured)
         slope = gl.load(Alibi + b * alibi_sb + h * alibi_sh).to(gl.float32) * LOG2E / qk_scale
         colbias = _mul_rn(slope, gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32))
     return slope, colbias
@@ -574,8 +576,8 @@ def _ws_stats_init(Sink, h, WG_M: gl.constexpr, SINK: gl.constexpr, row_s: gl.co
 @gluon.jit
 def _ws_finish(acc, m_i, l_i, sink, WINDOW: gl.constexpr, SINK: gl.constexpr, row_o: gl.constexpr):
     """(out, lse) of a warpgroup's rows: out = acc / l, lse = (m + log2 l) · ln 2 (natural log).
-    WINDOW without a sink: a row that saw no key, out 0 and lse -inf. SINK: while the sink is the
-    row's max, lse takes its logit as is (kernels/fwd.py: m · ln 2 would add two roundings, which
+    WINDOW without a sink: a row that saw no key, out 0 and lse -inf. SINK: while m is still the
+    sink's logit (no key passed it by more than _softmax_step's lazy threshold), lse takes it as is (kernels/fwd.py: m · ln 2 would add two roundings, which
     d sink multiplies by a sum over every row)."""
     if WINDOW and not SINK:
         empty = l_i == 0.0

@@ -100,7 +100,8 @@ def _rescale_lazy(acc, alpha, N: gl.constexpr):
     """acc * alpha (alpha broadcast to acc, N = a thread's values of acc), skipped by each warp whose
     rows' factors are all 1 (a row max that did not move: LAZY_THRESHOLD). The multiply sits between
     two P V wgmmas of the warpgroup (it needs the last one retired); skipping it shortened the H100's
-    forward by 3-5% at D = 128 and 5-11% at D = 256 (docs/perf-notes.md, session 16)."""
+    forward by 1-5% at D = 128 and 5-11% at D = 256 (H100, FA3 grid shapes, CUDA graphs;
+    docs/perf-notes.md, session 16)."""
     acc, alpha = gl.broadcast(acc, alpha)
     return gl.inline_asm_elementwise(_rescale_asm(N), _rescale_constraints(N), [acc, alpha], dtype=gl.float32,
                                      is_pure=True, pack=N)
