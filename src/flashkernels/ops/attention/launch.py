@@ -302,6 +302,9 @@ HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS = 8192
 # explicit fma: then -3.5 / +1.6 / +3.5% at 1k / 2k / 4k). 16k causal: see
 # HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS.
 HOPPER_FWD_PERSISTENT_FEATURES = True
+# ALiBi's column bias (without softcap or a window: the split of hopper_softmax._softmax_step) added by
+# the tensor cores, one more k = 16 wgmma a block (kernels/fwd_hopper._ws_qk), instead of one add a score.
+HOPPER_FWD_ALIBI_MMA = True
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
@@ -638,6 +641,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
             extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
         extra["REVERSE_M"] = True
+    if HOPPER_FWD_ALIBI_MMA and alibi_slopes is not None and not (softcap > 0 or has_window):
+        extra["ALIBI_MMA"] = True
     cached_launch(
         fwd_hopper.attn_fwd_hopper_kernel, grid,
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
