@@ -414,7 +414,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     stream of key blocks (_ws_attend_chain). ALIBI_MMA: the ALiBi column bias by the tensor cores
     (_ws_qk; the keys' tiles written once here)."""
     if ALIBI_MMA:
-        _ws_alibi_x(x_smem, W, 0.0, True, False)
+        _ws_alibi_keys(x_smem, W)
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
@@ -495,53 +495,56 @@ def _acc_layout(n):
 
 
 @gluon.jit
-def _ws_qk(q, k, s_zero, x_smem, W: gl.constexpr, start_n, diag0, CAUSAL: gl.constexpr, ALIBI_MMA: gl.constexpr):
-    """S = q · kᵀ issued (async; returns the token); ALIBI_MMA: plus the ALiBi column bias ±slope · (j -
-    start_n) by one more k = 16 wgmma (x_smem: _ws_alibi_x's tiles of warpgroup W), + on the blocks not
-    after every row's diagonal, - on those after it (hopper_softmax._softmax_step's split)."""
+def _ws_qk(q, k, s_zero, x_smem, qx, W: gl.constexpr, start_n, diag0, CAUSAL: gl.constexpr):
+    """ALIBI_MMA's S = q · kᵀ issued (async; returns the token), plus the ALiBi column bias ±slope · (j -
+    start_n) by one more k = 16 wgmma: qx (_ws_alibi_q, registers) times warpgroup W's keys' tile
+    (_ws_alibi_keys), + on the blocks not after every row's diagonal, - on those after it
+    (hopper_softmax._softmax_step's split)."""
     s_tok = warpgroup_mma(q, k.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    if ALIBI_MMA:
-        sign = 0
-        if not CAUSAL:  # (causal: no block lies after the diagonal)
-            sign = (start_n >= diag0 + s_zero.shape[0] - 1).to(gl.int32)
-        s_tok = warpgroup_mma(x_smem.index(3 * W).slice(0, s_zero.shape[0]),
-                              x_smem.index(3 * W + 1 + sign).permute((1, 0)), s_tok, is_async=True)
-    return s_tok
+    sign = 0
+    if not CAUSAL:  # (causal: no block lies after the diagonal)
+        sign = (start_n >= diag0 + s_zero.shape[0] - 1).to(gl.int32)
+    return warpgroup_mma(qx, x_smem.index(2 * W + sign).permute((1, 0)), s_tok, is_async=True)
 
 
 @gluon.jit
-def _ws_alibi_x(x_smem, W: gl.constexpr, slope, KEYS: gl.constexpr, QROWS: gl.constexpr):
-    """Warpgroup W's ALiBi bias tiles for _ws_qk (k = 16 columns, 16-bit): with KEYS, the keys' tiles
-    x_smem[3W + 1] (columns 0-2 = c, the key's place in its block) and x_smem[3W + 2] (columns 3-5 = c);
-    with QROWS, the rows' tile x_smem[3W] (its first rows: columns 0-2 the slope split in three
-    16-bit parts hi + mid + lo (exact: 3 x 8 significant bits), 3-5 their negatives). Their product
-    is ±slope · c in fp32; stores fenced for the wgmma and the warpgroup synced."""
-    dtype: gl.constexpr = x_smem.dtype
+def _ws_alibi_keys(x_smem, W: gl.constexpr):
+    """Warpgroup W's keys' tiles of _ws_qk (k = 16 columns, 16-bit, written once): x_smem[2W] with c (the
+    key's place in its block) in columns 0-2, x_smem[2W + 1] with it in columns 3-5; stores fenced for
+    the wgmma and the warpgroup synced."""
     R: gl.constexpr = x_smem.shape[1]
     layout: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
     col = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))[None, :]
-    row = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None]
-    if KEYS:
-        c = row.to(gl.float32) + gl.zeros([R, 16], gl.float32, layout=layout)
-        x_smem.index(3 * W + 1).store(gl.where(col < 3, c, 0.0).to(dtype))
-        x_smem.index(3 * W + 2).store(gl.where((col >= 3) & (col < 6), c, 0.0).to(dtype))
-    if QROWS:
-        hi = slope.to(dtype).to(gl.float32)
-        mid = (slope - hi).to(dtype).to(gl.float32)
-        lo = (slope - hi - mid).to(dtype).to(gl.float32)
-        part = gl.where(col % 3 == 0, hi, gl.where(col % 3 == 1, mid, lo))
-        part = gl.where(col < 3, part, gl.where(col < 6, -part, 0.0)) + gl.zeros([R, 16], gl.float32, layout=layout)
-        x_smem.index(3 * W).store(part.to(dtype))
+    c = gl.arange(0, R, layout=gl.SliceLayout(1, layout)).to(gl.float32)[:, None] + \
+        gl.zeros([R, 16], gl.float32, layout=layout)
+    x_smem.index(2 * W).store(gl.where(col < 3, c, 0.0).to(x_smem.dtype))
+    x_smem.index(2 * W + 1).store(gl.where((col >= 3) & (col < 6), c, 0.0).to(x_smem.dtype))
     fence_async_shared()
     gl.thread_barrier()  # (the warpgroup's named barrier: every thread's stores before its wgmma)
+
+
+@gluon.jit
+def _ws_alibi_q(slope, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, dtype: gl.constexpr):
+    """The rows' operand of _ws_qk (registers, k = 16): in every row, the slope split in three 16-bit
+    parts hi + mid + lo (exact: 3 x 8 significant bits) in columns 0-2, their negatives in 3-5, so that
+    its product with the keys' tiles is +slope · c or -slope · c in fp32."""
+    hi = slope.to(dtype).to(gl.float32)
+    mid = (slope - hi).to(dtype).to(gl.float32)
+    lo = (slope - hi - mid).to(dtype).to(gl.float32)
+    x_acc: gl.constexpr = _acc_layout(16)
+    col = gl.arange(0, 16, layout=gl.SliceLayout(0, x_acc))[None, :]
+    part = gl.where(col % 3 == 0, hi, gl.where(col % 3 == 1, mid, lo))
+    part = gl.where(col < 3, part, gl.where(col < 6, -part, 0.0)) + gl.zeros([WG_M, 16], gl.float32, layout=x_acc)
+    return gl.convert_layout(part.to(dtype), gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BLOCK_N),
+                                                                 k_width=2))
 
 
 @gluon.jit
 def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc, s_zero, m_i, l_i, qk_scale,
              cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi, start_n,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
-             ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, x_smem=None, W: gl.constexpr = 0,
-             ALIBI_MMA: gl.constexpr = False):
+             ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, x_smem=None, qx=None,
+             W: gl.constexpr = 0, ALIBI_MMA: gl.constexpr = False):
     """One step of a consumer's loop: S = q · K^T of the ring's block i + 1 and O = acc + P V of its
     block i (P: p_op) both issued; S's online softmax (_softmax_step, key block start_n) while the P V
     wgmma runs; both blocks released. Returns (p, alpha, m, l, O): O not yet rescaled by alpha."""
@@ -549,7 +552,10 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
     nxt = (i + 1) % STAGES
     # S first, then O += P V: both in flight.
     mbarrier.wait(k_ready.index(nxt), ((i + 1) // STAGES) & 1)
-    s_tok = _ws_qk(q, k_smem.index(nxt), s_zero, x_smem, W, start_n, diag0, CAUSAL, ALIBI_MMA)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q, k_smem.index(nxt), s_zero, x_smem, qx, W, start_n, diag0, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(stage), (i // STAGES) & 1)
     o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
     # S retires first (in order); its softmax overlaps the P V wgmma.
@@ -681,14 +687,18 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     m_i, l_i, sink = _ws_stats_init(Sink, h, WG_M, SINK, row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
-    if ALIBI_MMA:  # (the tile's slope; the previous tile's wgmmas that read the tile all retired)
-        _ws_alibi_x(x_smem, W, slope, False, True)
+    qx = None
+    if ALIBI_MMA:  # (the tile's slope)
+        qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
 
     # Block 0's scores, and its softmax.
     mbarrier.wait(q_bars.index(W), q_phase)
     st0 = it0 % STAGES
     mbarrier.wait(k_ready.index(st0), (it0 // STAGES) & 1)
-    s_tok = _ws_qk(q_w, k_smem.index(st0), s_zero, x_smem, W, lo * BLOCK_N, diag0, CAUSAL, ALIBI_MMA)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q_w, k_smem.index(st0), s_zero, x_smem, qx, W, lo * BLOCK_N, diag0, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q_w, k_smem.index(st0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(st0)))
     mbarrier.arrive(k_empty.index(st0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
@@ -700,8 +710,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
         p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
                                            acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
                                            diag, diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N,
-                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, W,
-                                           ALIBI_MMA)
+                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, qx,
+                                           W, ALIBI_MMA)
         acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)  # (O *= alpha)
         # P_{j+1} into the operand registers only now: until _ws_pair's last wait, the P_j V_j wgmma
         # still reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
@@ -761,14 +771,18 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
+    qx = None
     if ALIBI_MMA:
-        _ws_alibi_x(x_smem, W, slope, False, True)
+        qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
 
     # Block 0 of the first tile: its scores and softmax.
     q_w = q_smem.index(W)
     mbarrier.wait(q_bars.index(W), 0)
     mbarrier.wait(k_ready.index(0), 0)
-    s_tok = _ws_qk(q_w, k_smem.index(0), s_zero, x_smem, W, 0, m0w, CAUSAL, ALIBI_MMA)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q_w, k_smem.index(0), s_zero, x_smem, qx, W, 0, m0w, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, offs_m, m0w,
@@ -785,7 +799,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
                                                acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
                                                m0w, offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
-                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, W, ALIBI_MMA)
+                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx, W,
+                                               ALIBI_MMA)
             acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
@@ -800,18 +815,21 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
             slope_n, colbias_n = _ws_alibi(Alibi, b_n, h_n, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
             m_n, l_n, sink_n = _ws_stats_init(Sink, h_n, WG_M, SINK, row_s)
-            if ALIBI_MMA:  # (this tile's wgmmas that read the tile all retired)
-                _ws_alibi_x(x_smem, W, slope_n, False, True)
+            qx_n = None
+            if ALIBI_MMA:
+                qx_n = _ws_alibi_q(slope_n, WG_M, BLOCK_N, dtype)
             p, alpha, m_n, l_n, acc = _ws_pair(q_n, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, last, p_op,
                                                acc, s_zero, m_n, l_n, qk_scale, cap_scale, slope_n, colbias_n,
                                                offs_n, m0w_n, offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES,
-                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, W, ALIBI_MMA)
+                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o)
             if ALIBI:
                 slope = slope_n
             if SINK:
                 sink = sink_n
+            if ALIBI_MMA:
+                qx = qx_n
             acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             m_i = m_n
@@ -922,10 +940,10 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     else:
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # (PERSISTENT)
         mbarrier.init(q_empty, count=NUM_WG)
-    # ALIBI_MMA (ALiBi without softcap or window): a consumer's ALiBi bias tiles (_ws_alibi_x), 3 a warpgroup
+    # ALIBI_MMA (ALiBi without softcap or window): a consumer's two keys' tiles of the ALiBi bias (_ws_alibi_keys)
     gl.static_assert(not ALIBI_MMA or (ALIBI and not (SOFTCAP or WINDOW) and BLOCK_N >= WG_M))
     if ALIBI_MMA:
-        x_smem = gl.allocate_shared_memory(dtype, [3 * NUM_WG, BLOCK_N, 16],
+        x_smem = gl.allocate_shared_memory(dtype, [2 * NUM_WG, BLOCK_N, 16],
                                            gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2))
     else:
         x_smem = q_smem  # (unread)
