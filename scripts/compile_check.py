@@ -196,7 +196,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
             consts["CHAIN"] = True
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
-    if launch.HOPPER_FWD_ALIBI_MMA and alibi and not (softcap or window):  # (as launched)
+    if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched)
         consts["ALIBI_MMA"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True
