@@ -196,6 +196,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
             consts["CHAIN"] = True
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
+    if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched)
+        consts["ALIBI_MMA"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True
         if launch.HOPPER_FWD_VARLEN_PACKED:  # (the packed-tile grid, as launched for 16 sequences)

@@ -266,6 +266,35 @@ def test_persistent_launch_arguments(monkeypatch):
     assert s["PERSISTENT"] and "CHAIN" not in s
 
 
+def test_alibi_mma_launch_arguments(monkeypatch):
+    """launch.hopper_fwd (the kernel stubbed): ALiBi's column bias goes to the tensor cores (ALIBI_MMA)
+    at the head dims of HOPPER_FWD_ALIBI_MMA_DIMS, causal or not, persistent or not, and only without
+    softcap or a window (those builds do not split the bias), nor with the switch off; no other call
+    passes the flag."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, S, causal, B=2, H=4, **kw):
+        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
+        launch.hopper_fwd(q, k, v, torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S), 0.125, causal, **kw)
+        return dict(stub.seen)
+
+    alibi = dict(alibi_slopes=torch.rand(4))
+    for D in (64, 128, 256):
+        for causal in (False, True):
+            s = run(D, 1024, causal, **alibi)
+            assert s.get("ALIBI_MMA", False) is (D in launch.HOPPER_FWD_ALIBI_MMA_DIMS), (D, causal)
+            assert "ALIBI_MMA" not in run(D, 1024, causal), (D, causal)
+    s = run(128, 16384, True, B=1, **alibi)  # (past HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS: the grid)
+    assert s["ALIBI_MMA"] and "PERSISTENT" not in s
+    for other in (dict(softcap=2.0), dict(window_left=256), dict(sink=torch.zeros(4))):
+        s = run(128, 1024, False, **alibi, **other)
+        assert s.get("ALIBI_MMA", False) is ("sink" in other), other
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_MMA", False)
+    assert "ALIBI_MMA" not in run(128, 1024, False, **alibi)
+
+
 def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
     """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
     three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""
@@ -650,8 +679,9 @@ def test_kernel_feature_builds_for_sm90a_without_spills():
     (session 14: the sequence index comes from a search, no longer from the CTA's id) 16 B, outside
     the loops too (the loop check below holds for it). The persistent builds (D = 128's score
     features since session 16: chained tiles, causal in pairs) spill in the step between two tiles,
-    which holds two tiles' state (ALiBi alone 56-64 B, the others up to 24 B): a few local loads
-    there, none in the tile loops (the loops with the fewest HGMMA)."""
+    which holds two tiles' state (ALiBi alone 48-56 B, the others up to 24 B): a few local loads
+    there (up to 10; 18 in ALiBi's non-causal build, whose column bias a wgmma adds since session 17),
+    none in the tile loops (the loops with the fewest HGMMA)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -689,7 +719,9 @@ def test_kernel_feature_builds_for_sm90a_without_spills():
         assert spill and int(spill.group(1)) <= bound, ln
         for lp, n in zip(loops, hgmma):
             local = sum(int(k) for k in re.findall(r"(?:LDL|STL) (\d+)", lp))
-            assert local <= (0 if n == min(hgmma) else 10), f"{ln}\n{lp}"
+            # (the step between two tiles: 10 local loads / stores, 20 for ALiBi's split, whose build adds
+            # the column bias by a wgmma since session 17: 13 LDL + 5 STL there in the non-causal one)
+            assert local <= (0 if n == min(hgmma) else 20 if alibi_split else 10), f"{ln}\n{lp}"
 
 
 # ================================================================================== GPU

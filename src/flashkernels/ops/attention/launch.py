@@ -302,6 +302,16 @@ HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS = 8192
 # explicit fma: then -3.5 / +1.6 / +3.5% at 1k / 2k / 4k). 16k causal: see
 # HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS.
 HOPPER_FWD_PERSISTENT_FEATURES = True
+# ALiBi's column bias (without softcap or a window: the split of hopper_softmax._softmax_step) added by
+# the tensor cores, one more k = 16 wgmma a block (kernels/fwd_hopper._ws_qk: the slope in three 16-bit
+# parts, in registers, times a constant tile of the keys' places), instead of one add a score (64 of a
+# step's ~480 instructions at D = 128). H100, session 17 (scripts/ab_attention.py --gluon --graph --switch
+# HOPPER_FWD_ALIBI_MMA --alibi, FA3 grid, ...-ab-fwd-alibi-mma.txt): D = 128 non-causal +0.0 / +3.7 / +3.2%
+# at 1k / 4k / 16k, causal +7.0 / +2.9 / +5.0% (ALiBi over plain at B 4, S 4k, causal: 12% -> 9%); D = 64
+# -0.8 to +5.1%. D = 256 (an earlier form, the rows' operand in shared memory; H200) lost 0.5-3.3%: its
+# wgmmas (k = 256) weigh more against its softmax, so it keeps the add.
+HOPPER_FWD_ALIBI_MMA = True
+HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128)
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
@@ -344,6 +354,13 @@ def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> boo
     if cfg is None or not plain or not (HOPPER_FWD_PERSISTENT and hopper_fwd_chained(head_dim)):
         return False
     return rows < cfg[3] and rows % (2 * HOPPER_BLOCK_M) == 0 if causal else rows < cfg[2]
+
+
+def hopper_fwd_alibi_mma(head_dim: int, alibi: bool, softcap_or_window: bool) -> bool:
+    """Whether the Gluon forward adds ALiBi's column bias with the tensor cores (kernels/fwd_hopper.py
+    ALIBI_MMA): HOPPER_FWD_ALIBI_MMA, a head dim of HOPPER_FWD_ALIBI_MMA_DIMS, ALiBi without softcap or a
+    window (packed sequences are window builds)."""
+    return HOPPER_FWD_ALIBI_MMA and head_dim in HOPPER_FWD_ALIBI_MMA_DIMS and alibi and not softcap_or_window
 
 
 def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False,
@@ -638,6 +655,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
             extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
         extra["REVERSE_M"] = True
+    if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window):
+        extra["ALIBI_MMA"] = True
     cached_launch(
         fwd_hopper.attn_fwd_hopper_kernel, grid,
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],

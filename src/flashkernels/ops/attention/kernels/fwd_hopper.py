@@ -402,7 +402,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
-                 CHAIN: gl.constexpr):
+                 CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -411,11 +411,14 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     each block's ready phase (so that no arrival runs a phase ahead). PERSISTENT (no window, not packed):
     the tiles of _ws_tile_c, striding by the grid, the ring's position carried from tile to tile;
     after each tile's output store the warpgroup releases its Q buffer (q_empty); with CHAIN as one
-    stream of key blocks (_ws_attend_chain)."""
+    stream of key blocks (_ws_attend_chain). ALIBI_MMA: the ALiBi column bias by the tensor cores
+    (_ws_qk; the keys' tiles written once here)."""
+    if ALIBI_MMA:
+        _ws_alibi_keys(x_smem, W)
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
-                         HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK)
+                         HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -427,7 +430,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0 + W * WG_M, lo, n_blocks, causal_offset,
                        window_left, window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, 0, SQ, SK,
-                       HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, it, tc & 1)
+                       HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, it, tc & 1,
+                       x_smem, ALIBI_MMA)
             mbarrier.arrive(q_empty)  # (after _ws_store_out's store_wait: Q_W is free)
             it += n_blocks
             tc += 1
@@ -435,7 +439,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         _ws_consumer_tile(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                           k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                           alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES,
-                          CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, n_bh, REVERSE_M, VARLEN_NB)
+                          CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, n_bh, REVERSE_M, VARLEN_NB, x_smem,
+                          ALIBI_MMA)
 
 
 @gluon.jit
@@ -445,7 +450,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
                       WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                       CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                       WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr, n_bh, REVERSE_M: gl.constexpr,
-                      VARLEN_NB: gl.constexpr):
+                      VARLEN_NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
     """_ws_consumer of a grid launch: the CTA's one tile."""
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
@@ -468,7 +473,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
                        window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM,
-                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
+                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA)
         for j in range(n_w, n_blocks):
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(j % STAGES), ph)
@@ -479,7 +484,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
         _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
                    alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
-                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0)
+                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA)
 
 
 @gluon.constexpr_function
@@ -490,10 +495,56 @@ def _acc_layout(n):
 
 
 @gluon.jit
+def _ws_qk(q, k, s_zero, x_smem, qx, W: gl.constexpr, start_n, diag0, CAUSAL: gl.constexpr):
+    """ALIBI_MMA's S = q · kᵀ issued (async; returns the token), plus the ALiBi column bias ±slope · (j -
+    start_n) by one more k = 16 wgmma: qx (_ws_alibi_q, registers) times warpgroup W's keys' tile
+    (_ws_alibi_keys), + on the blocks not after every row's diagonal, - on those after it
+    (hopper_softmax._softmax_step's split)."""
+    s_tok = warpgroup_mma(q, k.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    sign = 0
+    if not CAUSAL:  # (causal: no block lies after the diagonal)
+        sign = (start_n >= diag0 + s_zero.shape[0] - 1).to(gl.int32)
+    return warpgroup_mma(qx, x_smem.index(2 * W + sign).permute((1, 0)), s_tok, is_async=True)
+
+
+@gluon.jit
+def _ws_alibi_keys(x_smem, W: gl.constexpr):
+    """Warpgroup W's keys' tiles of _ws_qk (k = 16 columns, 16-bit, written once): x_smem[2W] with c (the
+    key's place in its block) in columns 0-2, x_smem[2W + 1] with it in columns 3-5; stores fenced for
+    the wgmma and the warpgroup synced."""
+    R: gl.constexpr = x_smem.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+    col = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))[None, :]
+    c = gl.arange(0, R, layout=gl.SliceLayout(1, layout)).to(gl.float32)[:, None] + \
+        gl.zeros([R, 16], gl.float32, layout=layout)
+    x_smem.index(2 * W).store(gl.where(col < 3, c, 0.0).to(x_smem.dtype))
+    x_smem.index(2 * W + 1).store(gl.where((col >= 3) & (col < 6), c, 0.0).to(x_smem.dtype))
+    fence_async_shared()
+    gl.thread_barrier()  # (the warpgroup's named barrier: every thread's stores before its wgmma)
+
+
+@gluon.jit
+def _ws_alibi_q(slope, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, dtype: gl.constexpr):
+    """The rows' operand of _ws_qk (registers, k = 16): in every row, the slope split in three 16-bit
+    parts hi + mid + lo (exact: 3 x 8 significant bits) in columns 0-2, their negatives in 3-5, so that
+    its product with the keys' tiles is +slope · c or -slope · c in fp32."""
+    hi = slope.to(dtype).to(gl.float32)
+    mid = (slope - hi).to(dtype).to(gl.float32)
+    lo = (slope - hi - mid).to(dtype).to(gl.float32)
+    x_acc: gl.constexpr = _acc_layout(16)
+    col = gl.arange(0, 16, layout=gl.SliceLayout(0, x_acc))[None, :]
+    part = gl.where(col % 3 == 0, hi, gl.where(col % 3 == 1, mid, lo))
+    part = gl.where(col < 3, part, gl.where(col < 6, -part, 0.0)) + gl.zeros([WG_M, 16], gl.float32, layout=x_acc)
+    return gl.convert_layout(part.to(dtype), gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BLOCK_N),
+                                                                 k_width=2))
+
+
+@gluon.jit
 def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc, s_zero, m_i, l_i, qk_scale,
              cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi, start_n,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
-             ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
+             ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, x_smem=None, qx=None,
+             W: gl.constexpr = 0, ALIBI_MMA: gl.constexpr = False):
     """One step of a consumer's loop: S = q · K^T of the ring's block i + 1 and O = acc + P V of its
     block i (P: p_op) both issued; S's online softmax (_softmax_step, key block start_n) while the P V
     wgmma runs; both blocks released. Returns (p, alpha, m, l, O): O not yet rescaled by alpha."""
@@ -501,7 +552,10 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
     nxt = (i + 1) % STAGES
     # S first, then O += P V: both in flight.
     mbarrier.wait(k_ready.index(nxt), ((i + 1) // STAGES) & 1)
-    s_tok = warpgroup_mma(q, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q, k_smem.index(nxt), s_zero, x_smem, qx, W, start_n, diag0, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(stage), (i // STAGES) & 1)
     o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
     # S retires first (in order); its softmax overlaps the P V wgmma.
@@ -509,7 +563,7 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
     mbarrier.arrive(k_empty.index(nxt))  # S retired: K_{i+1} released by this warpgroup
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
                                        win_lo, win_hi, mask_lo, mask_hi, start_n, BLOCK_N, CAUSAL, SOFTCAP, ALIBI,
-                                       WINDOW, s_layout)
+                                       WINDOW, s_layout, ALIBI_MMA)
     # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
     # inside a basic block: without a fence it issues the wait_group 0 below right after the
     # first SHFL of the softmax, so the softmax does not overlap the P V wgmma. A basic-block
@@ -598,7 +652,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
-               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase):
+               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
     The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
@@ -633,24 +687,31 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     m_i, l_i, sink = _ws_stats_init(Sink, h, WG_M, SINK, row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+    qx = None
+    if ALIBI_MMA:  # (the tile's slope)
+        qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
 
     # Block 0's scores, and its softmax.
     mbarrier.wait(q_bars.index(W), q_phase)
     st0 = it0 % STAGES
     mbarrier.wait(k_ready.index(st0), (it0 // STAGES) & 1)
-    s_tok = warpgroup_mma(q_w, k_smem.index(st0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q_w, k_smem.index(st0), s_zero, x_smem, qx, W, lo * BLOCK_N, diag0, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q_w, k_smem.index(st0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(st0)))
     mbarrier.arrive(k_empty.index(st0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
                                        win_lo, win_hi, mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
-                                       ALIBI, WINDOW, s_layout)
+                                       ALIBI, WINDOW, s_layout, ALIBI_MMA)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
         p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
                                            acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
                                            diag, diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N,
-                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout)
+                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, qx,
+                                           W, ALIBI_MMA)
         acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)  # (O *= alpha)
         # P_{j+1} into the operand registers only now: until _ws_pair's last wait, the P_j V_j wgmma
         # still reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
@@ -682,7 +743,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      k_ready, k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh,
                      o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                     SINK: gl.constexpr):
+                     SINK: gl.constexpr, x_smem=None, ALIBI_MMA: gl.constexpr = False):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
     programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
@@ -710,15 +771,23 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
 
+    qx = None
+    if ALIBI_MMA:
+        qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
+
     # Block 0 of the first tile: its scores and softmax.
     q_w = q_smem.index(W)
     mbarrier.wait(q_bars.index(W), 0)
     mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    if ALIBI_MMA:
+        s_tok = _ws_qk(q_w, k_smem.index(0), s_zero, x_smem, qx, W, 0, m0w, CAUSAL)
+    else:
+        s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, offs_m, m0w,
-                                       offs_m, offs_m, 0, 0, 0, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, False, s_layout)
+                                       offs_m, offs_m, 0, 0, 0, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, False, s_layout,
+                                       ALIBI_MMA)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     it = 0  # the ring's block of the tile's block 0
@@ -730,7 +799,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
                                                acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
                                                m0w, offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
-                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout)
+                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx, W,
+                                               ALIBI_MMA)
             acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
@@ -745,16 +815,21 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
             slope_n, colbias_n = _ws_alibi(Alibi, b_n, h_n, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
             m_n, l_n, sink_n = _ws_stats_init(Sink, h_n, WG_M, SINK, row_s)
+            qx_n = None
+            if ALIBI_MMA:
+                qx_n = _ws_alibi_q(slope_n, WG_M, BLOCK_N, dtype)
             p, alpha, m_n, l_n, acc = _ws_pair(q_n, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, last, p_op,
                                                acc, s_zero, m_n, l_n, qk_scale, cap_scale, slope_n, colbias_n,
                                                offs_n, m0w_n, offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES,
-                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout)
+                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o)
             if ALIBI:
                 slope = slope_n
             if SINK:
                 sink = sink_n
+            if ALIBI_MMA:
+                qx = qx_n
             acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             m_i = m_n
@@ -807,7 +882,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            SOFTCAP: gl.constexpr = False, ALIBI: gl.constexpr = False, SINK: gl.constexpr = False,
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
-                           VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False):
+                           VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
+                           ALIBI_MMA: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -864,6 +940,13 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     else:
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # (PERSISTENT)
         mbarrier.init(q_empty, count=NUM_WG)
+    # ALIBI_MMA (ALiBi without softcap or window): a consumer's two keys' tiles of the ALiBi bias (_ws_alibi_keys)
+    gl.static_assert(not ALIBI_MMA or (ALIBI and not (SOFTCAP or WINDOW) and BLOCK_N >= WG_M))
+    if ALIBI_MMA:
+        x_smem = gl.allocate_shared_memory(dtype, [2 * NUM_WG, BLOCK_N, 16],
+                                           gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2))
+    else:
+        x_smem = q_smem  # (unread)
     for w in gl.static_range(QSETS * NUM_WG):
         mbarrier.init(q_bars.index(w), count=1)
     for i in gl.static_range(STAGES):
@@ -881,12 +964,12 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
@@ -898,17 +981,17 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,

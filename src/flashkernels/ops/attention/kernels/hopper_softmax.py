@@ -7,7 +7,7 @@ from .gluon_base import LAZY_THRESHOLD, _tanh_approx, gl, gluon
 @gluon.jit
 def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, diag, diag0, win_lo, win_hi,
                   mask_lo, mask_hi, start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
-                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr):
+                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, ALIBI_MMA: gl.constexpr = False):
     """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
     m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi), diag0
     the first row's.
@@ -27,6 +27,10 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
     take |diag - j| per score. Not with SOFTCAP or WINDOW (VARLEN builds are WINDOW's): their
     registers spilled with it (12-36 B), and there every score takes |diag - j|.
+    ALIBI_MMA (the split's builds): s came with the column part from the tensor cores already
+    (fwd_hopper._ws_qk: + slope·c on the blocks not after the diagonal, - after), so the split's
+    blocks add nothing a score, and a block the diagonal crosses takes s - slope·max(dn, 2c - dn)
+    (= s - slope·c - slope·|dn - c|).
     Every build rounds the bias alike (kernels whose results the tests compare bitwise: the
     persistent and grid launches): s - slope·|diag - j| is an explicit fma, and colbias comes
     rounded (gluon_base._mul_rn); left to LLVM, a product was fused into its add in one build and
@@ -48,14 +52,19 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     if ALIBI_SPLIT:
         dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
         if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
-            s = s + colbias[None, :]
+            if not ALIBI_MMA:
+                s = s + colbias[None, :]
             row_bias = -slope * dn
         elif start_n >= diag0 + s.shape[0] - 1:  # every key at or after every row's diagonal
-            s = s - colbias[None, :]
+            if not ALIBI_MMA:
+                s = s - colbias[None, :]
             row_bias = slope * dn
         else:
-            d = dn[:, None] - gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
-            s = gl.fma(-slope, gl.abs(d), s)
+            c = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
+            if ALIBI_MMA:  # (s holds + slope·c)
+                s = gl.fma(-slope, gl.maximum(dn[:, None], 2.0 * c - dn[:, None]), s)
+            else:
+                s = gl.fma(-slope, gl.abs(dn[:, None] - c), s)
             row_bias = dn * 0.0
     if CAUSAL:  # (top-left = bottom-right: causal_offset 0)
         if start_n + BLOCK_N > m0:  # only the blocks the diagonal cuts pay for the mask
