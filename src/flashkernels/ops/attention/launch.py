@@ -305,11 +305,12 @@ HOPPER_FWD_PERSISTENT_FEATURES = True
 # ALiBi's column bias (without softcap or a window: the split of hopper_softmax._softmax_step) added by
 # the tensor cores, one more k = 16 wgmma a block (kernels/fwd_hopper._ws_qk: the slope in three 16-bit
 # parts, in registers, times a constant tile of the keys' places), instead of one add a score (64 of a
-# step's ~480 instructions at D = 128). H100, session 17 (scripts/ab_attention.py --gluon --graph --switch
-# HOPPER_FWD_ALIBI_MMA --alibi, FA3 grid, ...-ab-fwd-alibi-mma.txt): D = 128 non-causal +0.0 / +3.7 / +3.2%
-# at 1k / 4k / 16k, causal +7.0 / +2.9 / +5.0% (ALiBi over plain at B 4, S 4k, causal: 12% -> 9%); D = 64
-# -0.8 to +5.1%. D = 256 (an earlier form, the rows' operand in shared memory; H200) lost 0.5-3.3%: its
-# wgmmas (k = 256) weigh more against its softmax, so it keeps the add.
+# step's ~480 instructions at D = 128). H100, session 17, off / on in separate processes, two rounds
+# (scripts/ab_attention.py --gluon --graph --also HOPPER_FWD_ALIBI_MMA=..., ...-ab-fwd-alibi-mma-2proc.txt):
+# D = 128 non-causal +4.2 / +5.4% at 4k / 16k, causal +1.4 / +1.9%; in one process (on timed first, which
+# favours it by ~1-6%: ...-ab-fwd-alibi-mma.txt) D = 64 -0.8 to +5.1%. D = 256 (an earlier form, the
+# rows' operand in shared memory; H200) lost 0.5-3.3%: its wgmmas (k = 256) weigh more against its
+# softmax, so it keeps the add.
 HOPPER_FWD_ALIBI_MMA = True
 HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128)
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
