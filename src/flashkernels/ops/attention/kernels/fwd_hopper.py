@@ -526,8 +526,10 @@ def _ws_alibi_keys(x_smem, W: gl.constexpr):
 @gluon.jit
 def _ws_alibi_q(slope, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, dtype: gl.constexpr):
     """The rows' operand of _ws_qk (registers, k = 16): in every row, the slope split in three 16-bit
-    parts hi + mid + lo (exact: 3 x 8 significant bits) in columns 0-2, their negatives in 3-5, so that
-    its product with the keys' tiles is +slope · c or -slope · c in fp32."""
+    parts hi + mid + lo in columns 0-2, their negatives in 3-5, so that its product with the keys'
+    tiles is +slope · c or -slope · c in fp32. bf16: exact (3 x 8 significant bits); fp16: the low
+    part can be subnormal, within 7e-6 of the slope (relative) over 2^-8..1 slopes and scales 0.01..1
+    (checked with torch's round-to-nearest conversions, as the kernel's)."""
     hi = slope.to(dtype).to(gl.float32)
     mid = (slope - hi).to(dtype).to(gl.float32)
     lo = (slope - hi - mid).to(dtype).to(gl.float32)
