@@ -911,7 +911,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     seqlen_q; causal_offset unread), the window's bounds as above (causal: left unbounded, right 0;
     neither: both unbounded); ALiBi's slopes of sequence b at Alibi[b * alibi_sb + h * alibi_sh].
     Out / o_rs (out's pointer, the row stride of its 2-D view) serve the masked stores of a
-    sequence's last rows. The pointers of the features off are not read."""
+    sequence's last rows. ALIBI_MMA (ALIBI without SOFTCAP or WINDOW): the column part of the ALiBi
+    bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. The pointers of
+    the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
