@@ -307,12 +307,13 @@ HOPPER_FWD_PERSISTENT_FEATURES = True
 # parts, in registers, times a constant tile of the keys' places), instead of one add a score (64 of a
 # step's ~480 instructions at D = 128). H100, session 17, off / on in separate processes, two rounds
 # (scripts/ab_attention.py --gluon --graph --also HOPPER_FWD_ALIBI_MMA=..., ...-ab-fwd-alibi-mma-2proc.txt):
-# D = 128 non-causal +4.2 / +5.4% at 4k / 16k, causal +1.4 / +1.9%; in one process (on timed first, which
-# favours it by ~1-6%: ...-ab-fwd-alibi-mma.txt) D = 64 -0.8 to +5.1%. D = 256 (an earlier form, the
-# rows' operand in shared memory; H200) lost 0.5-3.3%: its wgmmas (k = 256) weigh more against its
-# softmax, so it keeps the add.
+# D = 128 non-causal +4.2 / +5.4% at 4k / 16k, causal +1.4 / +1.9%. D = 64 read -0.8 to +5.1% in one
+# process (on timed first, which favoured it by ~1-6% there: ...-ab-fwd-alibi-mma.txt), within the noise
+# of that order once the same call's no-op readings are taken off; D = 256 (an earlier form, the rows'
+# operand in shared memory; H200) lost 0.5-3.3%: its wgmmas (k = 256) weigh more against its softmax.
+# Both keep the add (tested on the GPU at D = 64 too: set the dims to measure it again).
 HOPPER_FWD_ALIBI_MMA = True
-HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128)
+HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
