@@ -18,7 +18,7 @@ loop that issues HGMMA (the tensor-core loops), its instruction count, the count
 instructions that matter there, and ``shortest``: the instructions of an iteration that takes every
 branch over code (loop_shortest_path: the masks of the blocks a diagonal or a sequence end cuts, the
 rare rescale of O), which is the usual iteration's issue count where the count includes such code
-(the varlen forward's loop: 772 instructions, 416 on its fast path against plain's 411): what a
+(the varlen forward's loop: 772 instructions, 415 on its fast path against plain's 410): what a
 kernel edit changes in the inner loops, without a GPU.
 With --dump-sass DIR it writes each build's whole SASS to DIR (one file a build, named by its
 line's tag): run it before and after a change, then ``diff -r`` the two folders.
@@ -117,7 +117,7 @@ def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
         ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
         if (len(body) >= min_instr) if min_instr is not None else ops["HGMMA"]:
             out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys)
-                       + f"  shortest {loop_shortest_path(lines[labels[m.group(1)]:i + 1])}")
+                       + f"  shortest {loop_shortest_path(lines[labels[m.group(1)]:i])}")
     return "\n".join(out)
 
 
@@ -125,13 +125,13 @@ _BRANCH = re.compile(r"/\*[0-9a-f]{4,6}\*/\s+(@!?U?P\w+\s+)?BRA(?:\.\w+)*\s+(?:!
 
 
 def loop_shortest_path(seg: list[str]) -> int:
-    """Instructions on the shortest way through one iteration of a loop: ``seg`` is its SASS from the
-    head's label through the back-edge branch. A loop's count (``len(body)``) holds every branch's
-    code, e.g. the forward's masking of the blocks a diagonal or a sequence end cuts and its rare
-    rescale of O, which most iterations jump over: this count takes every forward branch inside the
-    loop that skips code, and none that leaves it (an mbarrier wait's out-of-line retry) or goes
-    back (an inner loop, counted once). For a loop whose usual iteration is its fast path (masks
-    off, no rescale), that is the iteration's issue count."""
+    """Instructions on the shortest way through one iteration of a loop, ``seg`` being its SASS from
+    the head's label on (sass_loops passes it up to the back-edge branch, which its counts leave
+    out). A loop's count holds every branch's code, e.g. the forward's masking of the blocks a
+    diagonal or a sequence end cuts and its rare rescale of O, which most iterations jump over. This
+    count takes every forward branch inside the loop that skips code, and none that leaves the loop
+    (an mbarrier wait's out-of-line retry) or goes back (an inner loop, counted once). Where a loop's
+    usual iteration is its fast path (masks off, no rescale), that is the iteration's issue count."""
     blocks = [[0, None, False]]  # [instructions, branch target label, conditional], split at labels / branches
     where = {}  # label -> block index
     for ln in seg:
