@@ -61,8 +61,10 @@ VARIANTS = {
     "fast-bn128-w4-st3-s1": (C(16, 128, 4, 3, fast=True), 1, 16),  # cuDNN's tile: 16 x 128 keys, 4 warps
     "fast-bn64-st6-s1": (C(16, 64, 4, 6, fast=True), 1, 16),       # a deeper ring, one program an SM
     "tma-bn64-st4-s1": (C(16, 64, 4, 4, tma=True), 1, 33),
-    # session 18 (not yet run): 16-key tiles, so that TMA takes paged 16 too (page % BLOCK_N == 0);
-    # 8 stages = 64 KB of K and V in flight a program, as (16, 64, 4, 4)'s 3-deep ring holds 96 KB
+    # session 18: 16-key tiles, so that TMA takes paged 16 too (page % BLOCK_N == 0); 8 stages = 64 KB
+    # of K and V in flight a program, as (16, 64, 4, 4)'s 3-deep ring holds 96 KB. Session 19 (H100,
+    # ...-s19-ab-decode-bn16.txt): 1.81 / 2.51 TB/s contiguous / paged 16 at B = 16 against the
+    # default's 2.79 / 2.68, 2.63 / 2.54 against 2.75 / 2.67 at B = 1: lost
     "tma-bn16-st8-s1": (C(16, 16, 4, 8, tma=True), 1, 33),
     "tma-bn16-st8": (C(16, 16, 4, 8, tma=True), 0, 0),
 }
