@@ -18,7 +18,12 @@ launch attributes (Python literals) for the whole run, on and off alike (e.g. ``
 HOPPER_FWD_CHAIN --also "HOPPER_FWD_PERSISTENT_DIMS=(64, 128)"``); ``--softcap X``, ``--alibi``,
 ``--sink`` give our calls those features (cuDNN's stays plain). ``--graph`` times CUDA-graph replays
 of the calls (GPU time, no host cost: at 1k our eager calls can take longer on the host than the
-kernel on the GPU) instead of eager calls. Needs a CUDA GPU.
+kernel on the GPU) instead of eager calls. ``--paired N`` (implies ``--graph``): both variants'
+CUDA graphs replayed in alternation, N repetitions each (bench.common.paired_ms: A B, B A, ...,
+the L2 flushed before each), and the on/off ratio read per repetition (median, with its 10th and
+90th percentiles): a clock drift over the run lands on both variants alike (with separate medians
+the same build read up to 7% apart at 16k, session 19); ``--rounds`` is then not used. Needs a
+CUDA GPU.
 """
 import argparse
 import ast
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashkernels
-from flashkernels.bench.common import do_bench_median, graph_ms, warm_gpu
+from flashkernels.bench.common import capture_graph, do_bench_median, graph_ms, paired_ms, paired_ratio, warm_gpu
 from flashkernels.ops.attention import launch
 
 
@@ -50,7 +55,12 @@ def main():
     ap.add_argument("--alibi", action="store_true", help="ALiBi slopes (H,) 2^(-8 (h + 1) / H) for our calls")
     ap.add_argument("--sink", action="store_true", help="a learnable sink (H,) randn for our calls")
     ap.add_argument("--graph", action="store_true", help="time CUDA-graph replays (GPU time), not eager calls")
+    ap.add_argument("--paired", type=int, default=0, metavar="N",
+                    help="both variants' CUDA graphs replayed in alternation, N repetitions; the ratio per repetition")
     args = ap.parse_args()
+    if args.paired < 0:
+        raise SystemExit("--paired: a count of repetitions (> 0), or 0 for off")
+    args.graph = args.graph or args.paired > 0
     stream = torch.cuda.Stream()  # (--graph: everything on a side stream, which a CUDA graph can capture)
 
     def bench(fn):
@@ -80,13 +90,14 @@ def main():
     warm_gpu()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        run(args, value, original, bench)
+        run(args, value, original, bench, stream)
     torch.cuda.synchronize()
 
 
-def run(args, value, original, bench):
+def run(args, value, original, bench, stream):
     """The shapes, each timed with the switch on and off (main()'s docstring)."""
-    print(f"{'D':>4s} {'S':>6s} {'causal':>6s} {'mode':>4s} {'on TF/s':>8s} {'off TF/s':>9s} {'on/off':>7s} "
+    spread = f" {'p10':>6s} {'p90':>6s}" if args.paired else ""
+    print(f"{'D':>4s} {'S':>6s} {'causal':>6s} {'mode':>4s} {'on TF/s':>8s} {'off TF/s':>9s} {'on/off':>7s}{spread} "
           f"{'cudnn':>7s}")
     for D in map(int, args.head_dims.split(",")):
         H = 2048 // D
@@ -121,6 +132,13 @@ def run(args, value, original, bench):
                             grads[on] = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
                         diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads[True], grads[False]))
                         print(f"  D={D} S={S} causal={int(causal)}: gradients on vs off max |diff| {diff:.3e}", flush=True)
+                    mult = 1.0 if mode == "fwd" else 2.5
+                    if args.paired:
+                        tf, (ratio, p10, p90) = paired_shape(args, value, original, q, k, v, causal, feats, mode,
+                                                             stream, mult * flops)
+                        print(f"{D:>4d} {S:>6d} {int(causal):>6d} {mode:>4s} {tf[True]:8.1f} {tf[False]:9.1f} "
+                              f"{ratio:7.3f} {p10:6.3f} {p90:6.3f} {cudnn:7.1f}", flush=True)
+                        continue
                     times = {True: [], False: []}
                     for r in range(args.rounds):
                         # (the first variant timed in a shape can read a few % faster than the second, even
@@ -137,10 +155,36 @@ def run(args, value, original, bench):
                                 ms = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
                             times[on].append(ms)
                     setattr(launch, args.switch, original)
-                    mult = 1.0 if mode == "fwd" else 2.5
                     tf = {on: mult * flops / statistics.median(t) / 1e9 for on, t in times.items()}
                     print(f"{D:>4d} {S:>6d} {int(causal):>6d} {mode:>4s} {tf[True]:8.1f} {tf[False]:9.1f} "
                           f"{tf[True] / tf[False]:7.3f} {cudnn:7.1f}", flush=True)
+
+
+def paired_shape(args, value, original, q, k, v, causal, feats, mode, stream, flops):
+    """--paired: ({on: TF/s from the median time}, paired_ratio(off times, on times)) of one shape
+    and mode, each variant's call captured in its own CUDA graph with the switch set for it."""
+    graphs = {}
+    for on in (True, False):
+        setattr(launch, args.switch, value[on])
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
+        else:
+            out = flashkernels.flash_attn_func(q, k, v, causal=causal, **feats)
+            do = torch.randn_like(out)
+
+            def fn(out=out, do=do):
+                torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        fn()  # (warm: compiles stay out of the capture)
+        torch.cuda.synchronize()
+        graphs[on] = capture_graph(fn, stream)
+        if graphs[on] is None:
+            raise SystemExit("--paired: the call could not be captured in a CUDA graph")
+    setattr(launch, args.switch, original)
+    t_on, t_off = paired_ms([graphs[True].replay, graphs[False].replay], reps=args.paired)
+    tf = {True: flops / statistics.median(t_on) / 1e9, False: flops / statistics.median(t_off) / 1e9}
+    return tf, paired_ratio(t_off, t_on)
 
 
 if __name__ == "__main__":

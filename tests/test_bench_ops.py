@@ -199,3 +199,55 @@ def test_bench_decode_refuses_a_bad_repeat_count(capsys):
 
     assert main(["bench", "decode", "--repeat", "0"]) == 2
     assert "--repeat: expected a count >= 1, got 0" in capsys.readouterr().err
+
+
+class _FakeClock:
+    """A clock whose time the fake calls advance: paired_ms's marks read it."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.synced = False
+
+    def mark(self):
+        return self.now
+
+    def sync(self):
+        self.synced = True
+
+    def elapsed(self, a, b):
+        return b - a
+
+
+def test_paired_ms_alternates_and_pairs_each_repetition():
+    """paired_ms runs the calls in an order rotated by repetition (A B, B A, ...), flushes before
+    each, and returns one time per call and repetition: with a clock that drifts (each call slower
+    than the one before) the per-repetition ratio stays the variants' true ratio where medians of
+    the two lists alone would not."""
+    clock = _FakeClock()
+    order, flushes = [], []
+
+    def call(name, cost):
+        def f():
+            order.append(name)
+            clock.now += cost * (1 + 0.01 * len(order))  # (a drift: 1% slower per call)
+        return f
+
+    t_a, t_b = common.paired_ms([call("a", 2.0), call("b", 1.0)], reps=4, flush=lambda: flushes.append(1),
+                                clock=clock)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert len(flushes) == 8 and clock.synced
+    assert len(t_a) == len(t_b) == 4
+    ratio, p10, p90 = common.paired_ratio(t_a, t_b)
+    assert ratio == pytest.approx(2.0, rel=0.02) and p10 <= ratio <= p90
+    assert common.paired_ratio([1.0, 2.0, 4.0], [1.0, 1.0, 1.0]) == pytest.approx((2.0, 1.2, 3.6))
+
+
+@pytest.mark.parametrize("calls,reps", [([], 3), ([lambda: None], 0)])
+def test_paired_ms_refuses_no_calls_or_reps(calls, reps):
+    with pytest.raises(ValueError):
+        common.paired_ms(calls, reps=reps, clock=_FakeClock())
+
+
+def test_paired_ratio_refuses_unequal_lists():
+    with pytest.raises(ValueError):
+        common.paired_ratio([1.0], [1.0, 2.0])

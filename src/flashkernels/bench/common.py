@@ -48,20 +48,93 @@ def do_bench_median(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+class _CudaClock:
+    """paired_ms's default clock: CUDA events on the current stream, read after one synchronise."""
+
+    def mark(self):
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def sync(self):
+        torch.cuda.synchronize()
+
+    def elapsed(self, a, b) -> float:
+        return a.elapsed_time(b)
+
+
+def paired_ms(calls, reps: int = 40, flush=None, clock=None) -> list[list[float]]:
+    """Milliseconds of each of ``calls`` (callables without arguments, e.g. CUDA-graph replays),
+    measured in alternation: repetition r runs every call once, in the order rotated by r (for two:
+    A B, B A, A B, ...), each after ``flush()``. So a drift of the clock over the run (the card's
+    power cap, its temperature) lands on every variant alike, and the ratio of two variants can be
+    read per repetition (:func:`paired_ratio`) instead of from medians taken minutes apart, where
+    the same build read up to 7% apart on an H100 (session 19). Returns one list of ``reps`` times
+    per call, in repetition order. ``clock`` (default: CUDA events, the L2 cache flushed as
+    ``triton.testing.do_bench`` does unless ``flush`` is given) has mark() -> a time mark, sync(),
+    and elapsed(a, b) -> ms between two marks."""
+    if not calls:
+        raise ValueError("paired_ms: no calls to time")
+    if reps < 1:
+        raise ValueError(f"paired_ms: reps must be at least 1, got {reps}")
+    if clock is None:
+        clock = _CudaClock()
+        if flush is None:
+            cache = torch.empty(int(256e6 // 4), dtype=torch.int, device="cuda")  # (do_bench's L2 flush)
+            flush = cache.zero_
+    marks = [[] for _ in calls]
+    n = len(calls)
+    for r in range(reps):
+        for j in range(n):
+            i = (j + r) % n
+            if flush is not None:
+                flush()
+            a = clock.mark()
+            calls[i]()
+            marks[i].append((a, clock.mark()))
+    clock.sync()
+    return [[clock.elapsed(a, b) for a, b in m] for m in marks]
+
+
+def paired_ratio(base: list[float], other: list[float]) -> tuple[float, float, float]:
+    """(median, 10th, 90th percentile) over repetitions of base[r] / other[r]: how many times faster
+    ``other`` ran than ``base`` in the same repetition of :func:`paired_ms` (> 1: ``other`` faster)."""
+    if len(base) != len(other) or not base:
+        raise ValueError("paired_ratio: two equally long, non-empty lists of times")
+    ratios = sorted(b / o for b, o in zip(base, other))
+
+    def pct(q):  # (linear interpolation between the closest ranks)
+        x = q * (len(ratios) - 1)
+        lo = int(x)
+        hi = min(lo + 1, len(ratios) - 1)
+        return ratios[lo] + (ratios[hi] - ratios[lo]) * (x - lo)
+
+    return pct(0.5), pct(0.1), pct(0.9)
+
+
 def _grad_outputs(out) -> tuple:
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return tuple(o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad)
 
 
-def graph_ms(fn, stream) -> float | None:
-    """Median ms of ``fn``'s kernels replayed from a CUDA graph captured on ``stream`` (warmed up
-    there already); None when the call cannot be captured."""
+def capture_graph(fn, stream):
+    """``fn``'s kernels captured in a CUDA graph on ``stream`` (``fn`` warmed up there already),
+    or None when the call cannot be captured."""
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph, stream=stream):
             fn()
     except Exception:  # e.g. a host synchronisation inside the call
         torch.cuda.synchronize()
+        return None
+    return graph
+
+
+def graph_ms(fn, stream) -> float | None:
+    """Median ms of ``fn``'s kernels replayed from a CUDA graph captured on ``stream`` (warmed up
+    there already); None when the call cannot be captured."""
+    graph = capture_graph(fn, stream)
+    if graph is None:
         return None
     ms = do_bench_median(graph.replay)
     del graph
