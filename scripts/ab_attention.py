@@ -163,7 +163,7 @@ def run(args, value, original, bench, stream):
 def paired_shape(args, value, original, q, k, v, causal, feats, mode, stream, flops):
     """--paired: ({on: TF/s from the median time}, paired_ratio(off times, on times)) of one shape
     and mode, each variant's call captured in its own CUDA graph with the switch set for it."""
-    graphs = {}
+    graphs, alive = {}, []
     for on in (True, False):
         setattr(launch, args.switch, value[on])
         if mode == "fwd":
@@ -176,6 +176,7 @@ def paired_shape(args, value, original, q, k, v, causal, feats, mode, stream, fl
 
             def fn(out=out, do=do):
                 torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        alive.append(fn)  # (its out and dO, which the graph reads, must outlive the replays)
         fn()  # (warm: compiles stay out of the capture)
         torch.cuda.synchronize()
         graphs[on] = capture_graph(fn, stream)
