@@ -24,10 +24,10 @@ the L2 flushed before each), and the on/off ratio read per repetition (median, w
 90th percentiles): a clock drift over the run lands on both variants alike (with separate medians
 the same build read up to 7% apart at 16k, session 19); ``--rounds`` is then not used. First run
 (H100, session 19): A/A 1.000 [0.997, 1.004] forward, 0.999 [0.997, 1.002] backward at 4k
-non-causal; HOPPER_BWD_DQ_TMA 1.231 [1.215, 1.235]. But both runs died at the first causal
-backward with an illegal memory access (each variant's out and dO were then freed before the
-replays, fixed since; not yet re-run): run it non-causal first, or under compute-sanitizer, until
-tests/test_cuda_graphs.py has passed on the GPU. Needs a CUDA GPU.
+non-causal; HOPPER_BWD_DQ_TMA 1.231 [1.215, 1.235]. Both runs then died at the first causal
+backward with an illegal memory access: the first variant's out and dO were freed before the
+replays, and the second capture's empty_cache (torch.cuda.graph) unmapped them; fixed (they are
+kept), not yet re-run. Needs a CUDA GPU.
 """
 import argparse
 import ast
