@@ -200,6 +200,11 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
 
     descs = {n: real_desc(d) for n, d in descs.items()}  # (the launcher's TmaDesc -> TensorDescriptor)
     names = fn.arg_names
+    # Every constexpr by value, defaults too: triton 3.6's ASTSource.hash keys the on-disk cache by
+    # the constants' values in argument order without their names, so two builds that set different
+    # flags to the same value (PAIRS=True here, PRESCALE=True there) shared one cached binary
+    consts = {**{n: p.default for n, p in zip(names, fn.params)
+                 if p.is_constexpr and p.has_default and n != "num_warps"}, **consts}
     sig = {n: "constexpr" if fn.params[i].is_constexpr else mangle_type(descs[n]) if n in descs else
            ptrs.get(n, "fp32" if n == "sm_scale" else "i32") for i, n in enumerate(names)}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
