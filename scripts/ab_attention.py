@@ -22,12 +22,10 @@ kernel on the GPU) instead of eager calls. ``--paired N`` (implies ``--graph``):
 CUDA graphs replayed in alternation, N repetitions each (bench.common.paired_ms: A B, B A, ...,
 the L2 flushed before each), and the on/off ratio read per repetition (median, with its 10th and
 90th percentiles): a clock drift over the run lands on both variants alike (with separate medians
-the same build read up to 7% apart at 16k, session 19); ``--rounds`` is then not used. First run
-(H100, session 19): A/A 1.000 [0.997, 1.004] forward, 0.999 [0.997, 1.002] backward at 4k
-non-causal; HOPPER_BWD_DQ_TMA 1.231 [1.215, 1.235]. Both runs then died at the first causal
-backward with an illegal memory access: the first variant's out and dO were freed before the
-replays, and the second capture's empty_cache (torch.cuda.graph) unmapped them; fixed (they are
-kept), not yet re-run. Needs a CUDA GPU.
+the same build read up to 7% apart at 16k, session 19); ``--rounds`` is then not used. Each
+variant's call (its out and dO) stays alive until the replays end: a later capture's empty_cache
+would otherwise unmap what an earlier graph reads (perf-notes, session 19: its first runs, and the
+causal backward not yet re-run since that fix). Needs a CUDA GPU.
 """
 import argparse
 import ast
