@@ -474,6 +474,42 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
         assert spill and int(spill.group(1)) <= bound, ln
 
 
+
+@pytest.mark.skipif(not bwd_hopper.AVAILABLE, reason=f"Gluon: {bwd_hopper.UNAVAILABLE_REASON}")
+def test_split_bar_launch_arguments(monkeypatch):
+    """launch.attn_bwd_hopper_impl (the kernels stubbed): the D = 64 / 128 builds whose CAUSAL flag is
+    in HOPPER_BWD_SPLIT_BAR (the causal ones by default) split the pair barrier (SPLIT_BAR); the
+    non-causal ones, the windows (a causal call with Sq != Sk is a WINDOW build) and D = 256 (its own
+    kernel) do not, nor any build with the switch emptied."""
+    from test_hopper_fwd import _KernelStub
+
+    from flashkernels.ops.attention.kernels import bwd_hopper256
+
+    stub = _KernelStub()
+    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", stub)
+    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, causal, S=256, Sk=None, H=4, Hkv=2):
+        Sk = S if Sk is None else Sk
+        q, do = _bshd(1, S, H, D), _bshd(1, S, H, D)
+        k, v = _bshd(1, Sk, Hkv, D), _bshd(1, Sk, Hkv, D)
+        lse, delta = torch.zeros(1, H, S), torch.zeros(1, H, S)
+        launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, 1 / math.sqrt(D), causal, True)
+        return dict(stub.seen)
+
+    for D in (64, 128):
+        for causal in (False, True):
+            seen = run(D, causal)
+            assert seen["CAUSAL"] is causal and seen.get("SPLIT_BAR", False) is causal, (D, causal)
+        seen = run(D, True, S=256, Sk=384)  # (bottom-right: the WINDOW build)
+        assert seen["WINDOW"] and not seen["CAUSAL"] and "SPLIT_BAR" not in seen
+    assert "SPLIT_BAR" not in run(256, True)
+    monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", ())
+    assert "SPLIT_BAR" not in run(128, True)
+    monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", (False, True))
+    assert run(128, False)["SPLIT_BAR"]
+
 # ================================================================================== GPU
 LAYOUTS = [("fa", "contig"), ("sdpa", "contig"), ("fa", "packed"), ("sdpa", "transposed")]
 
@@ -910,3 +946,25 @@ def test_opcheck_attn_bwd_hopper_features_cuda():
     delta = launch.attn_bwd_delta(out, do, lse, None)
     torch.library.opcheck(torch.ops.flashkernels.attn_bwd_hopper.default,
                           (do, q, k, v, lse, delta, scale, True, True, 5.0, alibi))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_bwd_split_bar_cuda(monkeypatch, causal, heads, D):
+    """The pair barrier split (SPLIT_BAR, forced on for both causal settings) and whole (the switch
+    emptied) give the same dK and dV bit for bit (the same wgmmas in the same order: only when they
+    are issued moves) and dQ to its reduce-adds' order; the split build's gradients within the policy."""
+    _needs_hopper()
+    Hq, Hkv = heads
+    grads = {}
+    for split in ((False, True), ()):
+        monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", split)
+        n = launch.hopper_bwd_launches
+        torch.manual_seed(0)  # (the same q, k, v and dout for both)
+        grads[split] = check_case(Case("fa", bf16, 2, Hq, Hkv, 640, 640, D, causal=causal), device="cuda").grads
+        assert launch.hopper_bwd_launches == n + 1
+    (dq, dk, dv), (dq0, dk0, dv0) = grads[(False, True)], grads[()]
+    assert torch.equal(dk, dk0) and torch.equal(dv, dv0)
+    torch.testing.assert_close(dq, dq0, rtol=2 ** -7, atol=2 ** -7 * dq0.abs().max().item())

@@ -740,6 +740,12 @@ HOPPER_BWD_VARLEN = True
 # memory is left for a tile of their own).
 HOPPER_BWD_DQ_TMA = True
 HOPPER_BWD256_DQ_TMA = True
+# The causal settings (of the kernel's CAUSAL flag) whose D = 64 / 128 builds split the consumers'
+# pair barrier into an arrive and a sync with the dK wgmma between (kernels/bwd_hopper.py SPLIT_BAR).
+# H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon --paired 30 --switch
+# HOPPER_BWD_SPLIT_BAR --on "(False, True)" --off "()", FA3 grid, S 4k / 16k, session 20): causal
+# +1.2 / +1.4% at D = 128 and +2.6 / +3.4% at D = 64; non-causal -5.7 / -6.5% at D = 128, 0% at 64.
+HOPPER_BWD_SPLIT_BAR: tuple = (True,)
 # D = 256: dK / dV out by TMA stores staged in shared memory (kernels/bwd_hopper256.py EPI_TMA)
 # instead of from the registers (with HOPPER_BWD256_DQ_TMA only): +2-9% at S = 1k-4k, where the
 # CTAs' loops are short (H100, session 9, scripts/ab_attention.py --gluon --switch
@@ -919,6 +925,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
             features["VARLEN"] = True
         if HOPPER_BWD_DQ_TMA:  # (a warpgroup's part of dQ_i: 64 rows x D / 2, or with 128 rows 64 x D)
             features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, 64, D if block_m == 128 else 0))
+        if causal_ in HOPPER_BWD_SPLIT_BAR:
+            features["SPLIT_BAR"] = True
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,

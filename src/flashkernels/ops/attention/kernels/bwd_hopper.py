@@ -39,6 +39,12 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     On the H100 the TMA reduce made the backward 10-16% faster at D = 128 and 1-9% at D = 64
     (FA3 grid, scripts/ab_attention.py --gluon --switch HOPPER_BWD_DQ_TMA, session 8): 0.91-1.00x
     cuDNN at D = 128, where the atomics read 0.82-0.87x.
+    Causal builds split the pair barrier (SPLIT_BAR, launch.HOPPER_BWD_SPLIT_BAR): an arrive after
+    this warpgroup's dS^T store, a sync before its dQ_i wgmma, the dK_i wgmma issued between (so
+    the order is dV_i, dK_i, dQ_i, and dQ_i's staging follows all three). On the blocks the diagonal
+    crosses the two warpgroups' work differs, and the one that comes first has tensor work queued
+    while it waits: causal +1-3%, but non-causal -6% at D = 128, where the warpgroups arrive together
+    and the staging's overlap with dK_i is what counts (H100, paired A/B, docs/perf-notes.md session 20).
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
@@ -93,8 +99,8 @@ Without a Gluon that imports (see gluon_base.AVAILABLE) the definitions below ar
 """
 from .bwd_hopper_tiles import (_bwd_tile, _bwd_tile_again, _diag_cuts, _opaque, _varlen_cuts,  # noqa: F401
                                _varlen_keep, _window_cuts, _window_keep)
-from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _pair_barrier, _tanh_approx,  # noqa: F401
-                         _tma_reduce_add, _varlen_seq, gl, gluon)  # (UNAVAILABLE_REASON: re-exported)
+from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _bar_arrive, _bar_sync, _pair_barrier,  # noqa: F401
+                         _tanh_approx, _tma_reduce_add, _varlen_seq, gl, gluon)  # (UNAVAILABLE_REASON: re-exported)
 
 if AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
@@ -108,6 +114,11 @@ MAXNREG = 168
 # ALiBi: the slopes of a GQA group's query heads are read once into shared memory (launch.py
 # refuses larger groups with ALiBi)
 ALIBI_GROUP_MAX = gl.constexpr(128)
+# SPLIT_BAR's named barriers: SPLIT_BAR_ID + 2 (t % 2) + w, "warpgroup w's dS^T of iteration t is stored"
+# (w arrives, the other warpgroup syncs; 256 threads). By iteration parity, so that a warpgroup one
+# iteration ahead arrives at the other pair: it cannot complete a barrier of the iteration the other
+# warpgroup has not yet waited at (with one pair it could, and both would then wait forever).
+SPLIT_BAR_ID = gl.constexpr(11)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +128,9 @@ ALIBI_GROUP_MAX = gl.constexpr(128)
 #   empty[s]       count 2: one arrive per consumer warpgroup, once its last wgmmas reading
 #                  Q_i and dO_i of that stage (dK += dS^T Q_i, dV += P^T dO_i) retired (lse_i,
 #                  Delta_i: read with ld.shared before that).
-#   Named barrier 15 (_pair_barrier) syncs the two consumer warpgroups before the dQ wgmma.
+#   Named barrier 15 (_pair_barrier) syncs the two consumer warpgroups before the dQ wgmma; with
+#   SPLIT_BAR named barriers 11..14 instead (an arrive and a sync, SPLIT_BAR_ID). Triton's
+#   warp-specialize lowering uses ids 0..2.
 #
 # mbarrier.arrive is ONE thread per partition in triton 3.6 (see fwd_hopper), hence count 2;
 # that thread arrives after its own warpgroup_mma_wait, which covers the whole warpgroup.
@@ -205,7 +218,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                  WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq):
+                  WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq,
+                  SPLIT_BAR: gl.constexpr):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -429,21 +443,37 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         ds_all = ds_smem.index(t % 2)
         ds_all.slice(W * 64, 64).store(dst16)
         fence_async_shared()  # each thread's generic-proxy stores, before the wgmmas read them
-        _pair_barrier(m0)
+        if SPLIT_BAR:  # the pair barrier as an arrive (this warpgroup's dS^T is stored) and a sync (the
+            # other's is), with the dK_i wgmma issued between: the warpgroup that comes first has tensor
+            # work queued while it waits (see the barriers' notes above the producer)
+            par = (t % 2) * 2
+            _bar_arrive(m0, SPLIT_BAR_ID + par + W, 256)
+            dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
+            _bar_sync(m0, SPLIT_BAR_ID + 1 + par - W, 256)
+        else:
+            _pair_barrier(m0)
         if DQ_ROWS:  # rows 64W .. of dS_i (its columns 64W .. of the 128 x 128 dS^T tile) times all of K
             dq_tok = warpgroup_mma(ds_all.slice(W * 64, 64, dim=1).permute((1, 0)), k_smem, dq_zero,
                                    use_acc=False, is_async=True)
         else:  # all of dS_i times columns W·D/2 .. of K
             dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_smem.slice(W * DQ_N, DQ_N, dim=1), dq_zero,
                                    use_acc=False, is_async=True)
-        # dK_i after dQ_i (groups retire in issue order: dV_i, dQ_i, dK_i): wait(1) retires dV_i
-        # and dQ_i, so the dQ atomics overlap the dK_i wgmma instead of trailing every wgmma of
-        # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
-        dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
-        if DQ_TMA:
-            tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
-            gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
-        dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
+        if SPLIT_BAR:  # (issued dV_i, dK_i, dQ_i: dQ_i retires last, with the others)
+            if DQ_TMA:
+                tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
+                gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
+            dv, dk, dq, _, _, _, _, _, _ = warpgroup_mma_wait(
+                0, deps=(dv_tok, dk_tok, dq_tok, pt_op, dst_op, ds_all, k_smem, q_s, do_s))
+            mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
+        else:
+            # dK_i after dQ_i (groups retire in issue order: dV_i, dQ_i, dK_i): wait(1) retires dV_i
+            # and dQ_i, so the dQ atomics overlap the dK_i wgmma instead of trailing every wgmma of
+            # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
+            dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
+            if DQ_TMA:
+                tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
+                gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
+            dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
         if DQ_TMA:  # dQ_i through shared memory, added by one TMA reduce (FA3's dQ path)
             dq_w = dq_smem.index(W)
             dq_w.store(dq)
@@ -463,8 +493,9 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                           sem="relaxed")
         else:
             gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, sem="relaxed")
-        dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, dst_op, q_s, do_s))
-        mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
+        if not SPLIT_BAR:
+            dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, dst_op, q_s, do_s))
+            mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
     if DQ_TMA:
         tma.store_wait(0)  # (the shared memory must outlive the last reduce's reads)
@@ -502,7 +533,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
                            ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
-                           DQ_TMA: gl.constexpr = False, desc_dq=None):
+                           DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -519,6 +550,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     sequence's diagonal bottom-right (causal_offset is not read); CAUSAL or WINDOW per sequence.
     DQ_TMA: dQ_i goes through shared memory into DQ by a TMA reduce-add (desc_dq: launch._grad_desc,
     tiles of BLOCK_M x D / 2; BLOCK_M 128: 64 x D) instead of fp32 atomics from registers.
+    SPLIT_BAR: the consumers' pair barrier as an arrive and a sync with the dK wgmma issued between
+    (launch.HOPPER_BWD_SPLIT_BAR: the causal builds).
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
@@ -577,12 +610,12 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,

@@ -139,3 +139,24 @@ def _pair_barrier(x):
     warp-specialize lowering uses the low ids (0..2 in this kernel's SASS)."""
     return gl.inline_asm_elementwise("bar.sync 15, 256; mov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
                                      is_pure=False, pack=1)
+
+
+@gluon.constexpr_function
+def _bar_asm(kind, count):
+    return f"bar.{kind} $2, {count}; mov.b32 $0, $1;"
+
+
+@gluon.jit
+def _bar_sync(x, bar_id, COUNT: gl.constexpr):
+    """bar.sync on named barrier ``bar_id`` (a register: it may change with the iteration) until
+    COUNT threads of the CTA arrived or synced there; returns x."""
+    return gl.inline_asm_elementwise(_bar_asm("sync", COUNT), "=r,r,r", [x, bar_id], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bar_arrive(x, bar_id, COUNT: gl.constexpr):
+    """bar.arrive on named barrier ``bar_id``: counts this thread toward COUNT and goes on (the
+    threads that wait for it sync there); returns x."""
+    return gl.inline_asm_elementwise(_bar_asm("arrive", COUNT), "=r,r,r", [x, bar_id], dtype=gl.int32,
+                                     is_pure=False, pack=1)
