@@ -459,9 +459,6 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_smem.slice(W * DQ_N, DQ_N, dim=1), dq_zero,
                                    use_acc=False, is_async=True)
         if SPLIT_BAR:  # (issued dV_i, dK_i, dQ_i: dQ_i retires last, with the others)
-            if DQ_TMA:
-                tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
-                gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
             dv, dk, dq, _, _, _, _, _, _ = warpgroup_mma_wait(
                 0, deps=(dv_tok, dk_tok, dq_tok, pt_op, dst_op, ds_all, k_smem, q_s, do_s))
             mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
@@ -475,6 +472,9 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                 gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
             dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
         if DQ_TMA:  # dQ_i through shared memory, added by one TMA reduce (FA3's dQ path)
+            if SPLIT_BAR:  # (after the wgmmas' wait: measured faster than before it, session 20)
+                tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
+                gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
             dq_w = dq_smem.index(W)
             dq_w.store(dq)
             fence_async_shared()
