@@ -474,7 +474,6 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
         assert spill and int(spill.group(1)) <= bound, ln
 
 
-
 @pytest.mark.skipif(not bwd_hopper.AVAILABLE, reason=f"Gluon: {bwd_hopper.UNAVAILABLE_REASON}")
 def test_split_bar_launch_arguments(monkeypatch):
     """launch.attn_bwd_hopper_impl (the kernels stubbed): the D = 64 / 128 builds whose CAUSAL flag is
@@ -509,6 +508,7 @@ def test_split_bar_launch_arguments(monkeypatch):
     assert "SPLIT_BAR" not in run(128, True)
     monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", (False, True))
     assert run(128, False)["SPLIT_BAR"]
+
 
 # ================================================================================== GPU
 LAYOUTS = [("fa", "contig"), ("sdpa", "contig"), ("fa", "packed"), ("sdpa", "transposed")]

@@ -743,8 +743,9 @@ HOPPER_BWD256_DQ_TMA = True
 # The causal settings (of the kernel's CAUSAL flag) whose D = 64 / 128 builds split the consumers'
 # pair barrier into an arrive and a sync with the dK wgmma between (kernels/bwd_hopper.py SPLIT_BAR).
 # H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon --paired 30 --switch
-# HOPPER_BWD_SPLIT_BAR --on "(False, True)" --off "()", FA3 grid, S 4k / 16k, session 20): causal
-# +1.2 / +1.4% at D = 128 and +2.6 / +3.4% at D = 64; non-causal -5.7 / -6.5% at D = 128, 0% at 64.
+# HOPPER_BWD_SPLIT_BAR --on "(True,)" --off "()", FA3 grid, S 4k / 16k, session 20,
+# ...-s20-ab-splitbar-final.txt): causal +1.3 / +1.4% at D = 128, +2.6 / +3.3% at D = 64; forced on
+# for non-causal builds -5.7 / -6.5% at D = 128 and 0% at D = 64 (...-s20-ab-dqwriter-splitbar.txt).
 HOPPER_BWD_SPLIT_BAR: tuple = (True,)
 # D = 256: dK / dV out by TMA stores staged in shared memory (kernels/bwd_hopper256.py EPI_TMA)
 # instead of from the registers (with HOPPER_BWD256_DQ_TMA only): +2-9% at S = 1k-4k, where the
