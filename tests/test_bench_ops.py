@@ -251,3 +251,17 @@ def test_paired_ms_refuses_no_calls_or_reps(calls, reps):
 def test_paired_ratio_refuses_unequal_lists():
     with pytest.raises(ValueError):
         common.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_capture_calls_warms_each_call_and_names_one_that_cannot_be_captured(monkeypatch):
+    """capture_calls runs each call once before capturing it, returns the graphs in order, and
+    raises naming the first call capture_graph could not capture (CUDA graphs stubbed: CPU)."""
+    ran = []
+    fns = [lambda: ran.append("a"), lambda: ran.append("b")]
+    monkeypatch.setattr(common.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(common, "capture_graph", lambda fn, stream: f"graph of {fns.index(fn)}")
+    assert common.capture_calls(fns, stream=None) == ["graph of 0", "graph of 1"]
+    assert ran == ["a", "b"]
+    monkeypatch.setattr(common, "capture_graph", lambda fn, stream: None if fn is fns[1] else "g")
+    with pytest.raises(RuntimeError, match="call 1 could not be captured"):
+        common.capture_calls(fns, stream=None)

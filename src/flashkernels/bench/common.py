@@ -130,6 +130,24 @@ def capture_graph(fn, stream):
     return graph
 
 
+def capture_calls(fns, stream) -> list:
+    """One CUDA graph per callable of ``fns`` (no arguments), each run once on ``stream`` first (the
+    compiles stay out of the capture) and captured there; call inside ``torch.cuda.stream(stream)``.
+    Raises RuntimeError naming the first call that cannot be captured. The callables, and the
+    tensors they close over, must stay alive while the graphs replay: a graph reads its inputs'
+    memory, and a later capture's ``torch.cuda.empty_cache()`` can unmap freed blocks (session 19's
+    crash, docs/perf-notes.md)."""
+    graphs = []
+    for i, fn in enumerate(fns):
+        fn()
+        torch.cuda.synchronize()
+        graph = capture_graph(fn, stream)
+        if graph is None:
+            raise RuntimeError(f"capture_calls: call {i} could not be captured in a CUDA graph")
+        graphs.append(graph)
+    return graphs
+
+
 def graph_ms(fn, stream) -> float | None:
     """Median ms of ``fn``'s kernels replayed from a CUDA graph captured on ``stream`` (warmed up
     there already); None when the call cannot be captured."""

@@ -19,6 +19,11 @@ not enter; a call that cannot be captured falls back to its eager time, marked w
 
 features: B = 4, S = 4096, Hq = 16, D = 128, bf16, causal: plain, softcap=30, ALiBi slopes,
 learnable sink, all timed on the same shape (the same FLOPs). Goal: each at most 10% over plain.
+With ``--paired N`` the four variants' graphs are then also replayed in alternation, N
+repetitions (common.paired_ms: each repetition runs all four, the order rotated, the L2 flushed
+before each), and each feature's time over plain is read per repetition: median [10th, 90th
+percentile]. The separate medians above are taken seconds apart, and on an H100 the same build's
+medians read up to 7% apart at 16k (docs/perf-notes.md, session 19): too coarse for a 10% line.
 Sliding window: B = 1, S = 32768, Hq = 16, window (4096, 0) vs plain causal at the same S: the
 time should follow the visible pairs (about 4096 / 16384 of causal's), not S^2.
 """
@@ -29,12 +34,14 @@ import sys
 
 import torch
 
-from .common import CsvSink, environment, gpu_missing, measure_graph, warm_gpu
+from .common import CsvSink, capture_calls, environment, gpu_missing, measure_graph, paired_ms, paired_ratio, warm_gpu
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, help="append rows to this CSV file")
     p.add_argument("--no-backward", action="store_true", help="forward only")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="features: also each feature's time over plain from N alternating replays (see above)")
 
 
 def _pairs(sq: int, sk: int, causal: bool, window_left: int = -1) -> int:
@@ -91,6 +98,10 @@ def varlen_case(dev):
 def run_varlen(args) -> int:
     import flashkernels
 
+    if getattr(args, "paired", 0):
+        print("flashkernels bench varlen: --paired is bench features' option", file=sys.stderr)
+        return 2
+
     why = gpu_missing("flashkernels bench varlen")
     if why:
         print(why, file=sys.stderr)
@@ -125,6 +136,41 @@ def run_varlen(args) -> int:
             print(f"{int(causal):>6d} {name:>4s} {tf_v:12.1f} {tf_d:11.1f} {tf_v / tf_d:6.3f}{mark}")
     csv.close()
     return 0
+
+
+def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -> None:
+    """Print each variant's time over the first's (plain) from ``reps`` alternating CUDA-graph
+    replays of all of them, forward and (``backward``) backward: median [p10, p90]."""
+    import flashkernels
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    print(f"paired ({reps} repetitions, each variant's time over plain: median [p10, p90])")
+    with torch.cuda.stream(stream):
+        for mode in ("fwd", "bwd") if backward else ("fwd",):
+            fns = []
+            for kw in variants.values():
+                if mode == "fwd":
+                    def fn(kw=kw):
+                        with torch.no_grad():
+                            flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
+                else:
+                    wrt = (q, k, v) + ((sink,) if "learnable_sink" in kw else ())
+                    out = flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
+
+                    def fn(out=out, do=torch.randn_like(out), wrt=wrt):
+                        torch.autograd.grad(out, wrt, do, retain_graph=True)
+                fns.append(fn)  # (alive, with its out and dO, until the replays end)
+            graphs = capture_calls(fns, stream)
+            times = paired_ms([g.replay for g in graphs], reps=reps)
+            cells = []
+            for name, t in zip(list(variants)[1:], times[1:]):
+                med, lo, hi = paired_ratio(t, times[0])
+                cells.append(f"{name} {med:.3f} [{lo:.3f}, {hi:.3f}]")
+            print(f"  {mode}: " + "; ".join(cells))
+            del graphs
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
 
 
 def run_features(args) -> int:
@@ -163,6 +209,8 @@ def run_features(args) -> int:
                  head_dim=D, causal=True)
             line += f" {bwd:8.3f} {2.5 * flops / bwd / 1e9:9.1f} {bwd / base[1]:9.3f}"
         print(line + (" *" if eager else ""))
+    if args.paired:
+        _paired_features(q, k, v, sink, variants, args.paired, not args.no_backward)
 
     S, B, W = 32768, 1, 4096
     q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
