@@ -150,10 +150,9 @@ def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -
         for mode in ("fwd", "bwd") if backward else ("fwd",):
             fns = []
             for kw in variants.values():
-                if mode == "fwd":
+                if mode == "fwd":  # (with the inputs' grad on, as the table above times it)
                     def fn(kw=kw):
-                        with torch.no_grad():
-                            flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
+                        flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
                 else:
                     wrt = (q, k, v) + ((sink,) if "learnable_sink" in kw else ())
                     out = flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
