@@ -30,6 +30,7 @@ time should follow the visible pairs (about 4096 / 16384 of causal's), not S^2.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
 import torch
@@ -145,7 +146,8 @@ def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    print(f"paired ({reps} repetitions, each variant's time over plain: median [p10, p90])")
+    print(f"paired ({reps} repetitions: each variant's median time, and its time over plain's in the same "
+          "repetition: median [p10, p90])")
     with torch.cuda.stream(stream):
         for mode in ("fwd", "bwd") if backward else ("fwd",):
             fns = []
@@ -162,10 +164,10 @@ def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -
                 fns.append(fn)  # (alive, with its out and dO, until the replays end)
             graphs = capture_calls(fns, stream)
             times = paired_ms([g.replay for g in graphs], reps=reps)
-            cells = []
+            cells = [f"plain {statistics.median(times[0]):.3f} ms"]
             for name, t in zip(list(variants)[1:], times[1:]):
                 med, lo, hi = paired_ratio(t, times[0])
-                cells.append(f"{name} {med:.3f} [{lo:.3f}, {hi:.3f}]")
+                cells.append(f"{name} {statistics.median(t):.3f} ms, {med:.3f} [{lo:.3f}, {hi:.3f}]")
             print(f"  {mode}: " + "; ".join(cells))
             del graphs
     torch.cuda.current_stream().wait_stream(stream)
