@@ -300,6 +300,8 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     if launch.HOPPER_BWD_DQ_TMA if dq_tma is None else dq_tma:  # (dQ by a TMA reduce-add, as launched)
         consts["DQ_TMA"] = True
         descs["desc_dq"] = launch._grad_desc(torch.empty(1, 2, 1024, D), True, 64, D if block_m == 128 else 0)
+        if consts["CAUSAL"] in launch.HOPPER_BWD_PROD_WRITER:  # (as launched)
+            consts["PROD_WRITER"] = True
     if consts["CAUSAL"] in launch.HOPPER_BWD_SPLIT_BAR:  # (as launched)
         consts["SPLIT_BAR"] = True
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's

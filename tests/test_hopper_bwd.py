@@ -475,11 +475,14 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
 
 
 @pytest.mark.skipif(not bwd_hopper.AVAILABLE, reason=f"Gluon: {bwd_hopper.UNAVAILABLE_REASON}")
-def test_split_bar_launch_arguments(monkeypatch):
+@pytest.mark.parametrize("flag, switch", [("SPLIT_BAR", "HOPPER_BWD_SPLIT_BAR"),
+                                          ("PROD_WRITER", "HOPPER_BWD_PROD_WRITER")])
+def test_causal_switch_launch_arguments(monkeypatch, flag, switch):
     """launch.attn_bwd_hopper_impl (the kernels stubbed): the D = 64 / 128 builds whose CAUSAL flag is
-    in HOPPER_BWD_SPLIT_BAR (the causal ones by default) split the pair barrier (SPLIT_BAR); the
-    non-causal ones, the windows (a causal call with Sq != Sk is a WINDOW build) and D = 256 (its own
-    kernel) do not, nor any build with the switch emptied."""
+    in the switch (the causal ones by default) get the flag: SPLIT_BAR splits the pair barrier,
+    PROD_WRITER has the producer issue the dQ reduces; the non-causal ones, the windows (a causal
+    call with Sq != Sk is a WINDOW build) and D = 256 (its own kernel) do not, nor any build with
+    the switch emptied. PROD_WRITER only with the TMA dQ path (HOPPER_BWD_DQ_TMA)."""
     from test_hopper_fwd import _KernelStub
 
     from flashkernels.ops.attention.kernels import bwd_hopper256
@@ -500,14 +503,18 @@ def test_split_bar_launch_arguments(monkeypatch):
     for D in (64, 128):
         for causal in (False, True):
             seen = run(D, causal)
-            assert seen["CAUSAL"] is causal and seen.get("SPLIT_BAR", False) is causal, (D, causal)
+            assert seen["CAUSAL"] is causal and seen.get(flag, False) is causal, (D, causal)
         seen = run(D, True, S=256, Sk=384)  # (bottom-right: the WINDOW build)
-        assert seen["WINDOW"] and not seen["CAUSAL"] and "SPLIT_BAR" not in seen
-    assert "SPLIT_BAR" not in run(256, True)
-    monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", ())
-    assert "SPLIT_BAR" not in run(128, True)
-    monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", (False, True))
-    assert run(128, False)["SPLIT_BAR"]
+        assert seen["WINDOW"] and not seen["CAUSAL"] and flag not in seen
+    assert flag not in run(256, True)
+    monkeypatch.setattr(launch, switch, ())
+    assert flag not in run(128, True)
+    monkeypatch.setattr(launch, switch, (False, True))
+    assert run(128, False)[flag]
+    if flag == "PROD_WRITER":
+        monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", False)
+        seen = run(128, True)
+        assert "DQ_TMA" not in seen and flag not in seen
 
 
 # ================================================================================== GPU
@@ -949,21 +956,23 @@ def test_opcheck_attn_bwd_hopper_features_cuda():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("switch", ["HOPPER_BWD_SPLIT_BAR", "HOPPER_BWD_PROD_WRITER"], ids=["split_bar", "prod_writer"])
 @pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("heads", [(8, 8), (8, 2)], ids=["mha", "gqa"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_hopper_bwd_split_bar_cuda(monkeypatch, causal, heads, D):
-    """The pair barrier split (SPLIT_BAR, forced on for both causal settings) and whole (the switch
-    emptied) give the same dK and dV bit for bit (the same wgmmas in the same order: only when they
-    are issued moves) and dQ to its reduce-adds' order; the split build's gradients within the policy."""
+def test_hopper_bwd_causal_switch_cuda(monkeypatch, causal, heads, D, switch):
+    """Each causal-build switch forced on for both causal settings and emptied gives the same dK and
+    dV bit for bit (SPLIT_BAR: the same wgmmas in the same order, only when they are issued moves;
+    PROD_WRITER: only who issues dQ's reduces changes) and dQ to its reduce-adds' order; the
+    switched build's gradients within the policy."""
     _needs_hopper()
     Hq, Hkv = heads
     grads = {}
-    for split in ((False, True), ()):
-        monkeypatch.setattr(launch, "HOPPER_BWD_SPLIT_BAR", split)
+    for on in ((False, True), ()):
+        monkeypatch.setattr(launch, switch, on)
         n = launch.hopper_bwd_launches
         torch.manual_seed(0)  # (the same q, k, v and dout for both)
-        grads[split] = check_case(Case("fa", bf16, 2, Hq, Hkv, 640, 640, D, causal=causal), device="cuda").grads
+        grads[on] = check_case(Case("fa", bf16, 2, Hq, Hkv, 640, 640, D, causal=causal), device="cuda").grads
         assert launch.hopper_bwd_launches == n + 1
     (dq, dk, dv), (dq0, dk0, dv0) = grads[(False, True)], grads[()]
     assert torch.equal(dk, dk0) and torch.equal(dv, dv0)

@@ -747,6 +747,13 @@ HOPPER_BWD256_DQ_TMA = True
 # ...-s20-ab-splitbar-final.txt): causal +1.3 / +1.4% at D = 128, +2.6 / +3.3% at D = 64; forced on
 # for non-causal builds -5.7 / -6.5% at D = 128 and 0% at D = 64 (...-s20-ab-dqwriter-splitbar.txt).
 HOPPER_BWD_SPLIT_BAR: tuple = (True,)
+# The causal settings whose D = 64 / 128 builds (with HOPPER_BWD_DQ_TMA) have the producer warp
+# issue the dQ reduces, an iteration's once its stage is released (kernels/bwd_hopper.py
+# PROD_WRITER). H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon --paired 30 --switch
+# HOPPER_BWD_PROD_WRITER, on = every build, off = none, FA3 grid, S 4k / 16k, session 21,
+# ...-s21-ab-prodwriter.txt): causal +2.2 / +3.1% at D = 128, +1.2 / +1.3% at D = 64 (over
+# SPLIT_BAR); non-causal -2.7 / -3.5% at D = 128, -0.8 / -0.4% at D = 64.
+HOPPER_BWD_PROD_WRITER: tuple = (True,)
 # D = 256: dK / dV out by TMA stores staged in shared memory (kernels/bwd_hopper256.py EPI_TMA)
 # instead of from the registers (with HOPPER_BWD256_DQ_TMA only): +2-9% at S = 1k-4k, where the
 # CTAs' loops are short (H100, session 9, scripts/ab_attention.py --gluon --switch
@@ -926,6 +933,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
             features["VARLEN"] = True
         if HOPPER_BWD_DQ_TMA:  # (a warpgroup's part of dQ_i: 64 rows x D / 2, or with 128 rows 64 x D)
             features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, 64, D if block_m == 128 else 0))
+            if causal_ in HOPPER_BWD_PROD_WRITER:
+                features["PROD_WRITER"] = True
         if causal_ in HOPPER_BWD_SPLIT_BAR:
             features["SPLIT_BAR"] = True
     if ctas == 0:  # (varlen, no keys: every gradient zero)

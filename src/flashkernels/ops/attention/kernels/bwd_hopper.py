@@ -45,6 +45,12 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     crosses the two warpgroups' work differs, and the one that comes first has tensor work queued
     while it waits: causal +1-3%, but non-causal -6% at D = 128, where the warpgroups arrive together
     and the staging's overlap with dK_i is what counts (H100, paired A/B, docs/perf-notes.md session 20).
+    Causal builds also hand the dQ reduces to the producer warp (PROD_WRITER,
+    launch.HOPPER_BWD_PROD_WRITER): the consumers store dQ_i's tiles and release the stage; the
+    producer, once it waited for that release (to reuse the stage), issues the two reduces, waits
+    for their reads of the tiles and arrives at dq_free, which the consumers wait for before the
+    next store. The TMA issue and its wait leave the consumers' instruction stream: causal +2-3% at
+    D = 128, +1% at D = 64; non-causal -3% at D = 128 (H100, paired A/B, perf-notes session 21).
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
@@ -128,6 +134,10 @@ SPLIT_BAR_ID = gl.constexpr(11)
 #   empty[s]       count 2: one arrive per consumer warpgroup, once its last wgmmas reading
 #                  Q_i and dO_i of that stage (dK += dS^T Q_i, dV += P^T dO_i) retired (lse_i,
 #                  Delta_i: read with ld.shared before that).
+#   dq_free        (PROD_WRITER) count 1: the producer's arrive once the reduces of iteration t's dQ
+#                  tiles have read them (its t-th completion); consumers wait parity (t & 1) ^ 1
+#                  before storing iteration t's tiles (t = 0: passes). The producer reduces iteration
+#                  t only after t released its stage, so it is never ahead of the consumers' wait.
 #   Named barrier 15 (_pair_barrier) syncs the two consumer warpgroups before the dQ wgmma; with
 #   SPLIT_BAR named barriers 11..14 instead (an arrive and a sync, SPLIT_BAR_ID). Triton's
 #   warp-specialize lowering uses ids 0..2.
@@ -146,12 +156,37 @@ SPLIT_BAR_ID = gl.constexpr(11)
 
 
 @gluon.jit
+def _dq_reduce(desc_dq, dq_smem, t, i0, n_blocks, row0, col0, q0, S, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+               OUT_BSHD: gl.constexpr, VARLEN: gl.constexpr):
+    """PROD_WRITER: the TMA reduce-adds of iteration t's dQ tiles (dq_smem[0], dq_smem[1], the two
+    consumer warpgroups') into the fp32 accumulator, at the consumers' DQ_TMA coordinates."""
+    DQ_ROWS: gl.constexpr = BLOCK_M == 128
+    DQ_N: gl.constexpr = HEAD_DIM if DQ_ROWS else HEAD_DIM // 2
+    g = t // n_blocks
+    m0 = (i0 + t - g * n_blocks) * BLOCK_M
+    if VARLEN:
+        m0 = q0 + m0
+    for w in gl.static_range(2):
+        if DQ_ROWS:  # (warpgroup w's rows)
+            row = row0 + m0 + w * 64
+            col = col0
+        else:  # (its columns)
+            row = row0 + m0
+            col = col0 + w * DQ_N
+        if OUT_BSHD:
+            _tma_reduce_add(desc_dq, [row, col + g * HEAD_DIM], dq_smem.index(w))
+        else:
+            _tma_reduce_add(desc_dq, [row + g * S, col], dq_smem.index(w))
+
+
+@gluon.jit
 def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                   lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                   q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                   causal_offset, window_left, window_right, CuQ, CuK,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                  LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+                  LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, PROD_WRITER: gl.constexpr,
+                  desc_dq, dq_smem, dq_free, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr):
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view);
     # VARLEN (one batch of S = total_q rows): row h*rh + q0 + m of sequence b, whose rows start at q0 (keys: k0)
     if VARLEN:
@@ -170,6 +205,17 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         row_k = b * k_rb + hk * k_rh + n0
         row_v = b * v_rb + hk * v_rh + n0
         kv_pred = True
+        q0 = 0
+    if PROD_WRITER:  # the dQ accumulator's 2-D view: (B·S, H·D) when OUT_BSHD (VARLEN: (total_q, H·D)), else (B·H·S, D)
+        if VARLEN:
+            row0 = 0
+            col0 = (hk * GROUP) * HEAD_DIM
+        elif OUT_BSHD:
+            row0 = b * S
+            col0 = (hk * GROUP) * HEAD_DIM
+        else:
+            row0 = (b * H + hk * GROUP) * S
+            col0 = 0
     # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
     mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes, pred=kv_pred)
     for w in gl.static_range(2):
@@ -179,9 +225,14 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
     for w in gl.static_range(2):
         tma.async_copy_global_to_shared(desc_v, [row_v + w * 64, hk * v_ch], v_bar, v_smem.index(w), pred=kv_pred)
     # t runs over (query head of the group, query block): the group's heads one after another
-    for t in range(GROUP * n_blocks):
+    n_iter = GROUP * n_blocks
+    for t in range(n_iter):
         s = t % STAGES
         mbarrier.wait(empty.index(s), ((t // STAGES) & 1) ^ 1)
+        if PROD_WRITER:  # iteration t - STAGES released its stage, after its dQ tiles were stored: add them
+            if t >= STAGES:
+                _dq_reduce(desc_dq, dq_smem, t - STAGES, i0, n_blocks, row0, col0, q0, S, HEAD_DIM, BLOCK_M,
+                           OUT_BSHD, VARLEN)
         h = hk * GROUP + t // n_blocks
         m0 = (i0 + t % n_blocks) * BLOCK_M
         if VARLEN:  # (a block past the sequence's end reads the next one's rows, or TMA's zeros: masked)
@@ -210,6 +261,16 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
             mbarrier.expect(do_ready.index(s), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_do, [row_do, h * do_ch], do_ready.index(s), do_smem.index(s))
             tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
+        if PROD_WRITER:
+            if t >= STAGES:  # (the loads first: the reduce's read of dq_smem overlaps them)
+                tma.store_wait(0)
+                mbarrier.arrive(dq_free)  # the consumers may store the next dQ tiles
+    if PROD_WRITER:  # the last STAGES iterations' dQ tiles
+        for t in range(gl.maximum(n_iter - STAGES, 0), n_iter):
+            mbarrier.wait(empty.index(t % STAGES), (t // STAGES) & 1)
+            _dq_reduce(desc_dq, dq_smem, t, i0, n_blocks, row0, col0, q0, S, HEAD_DIM, BLOCK_M, OUT_BSHD, VARLEN)
+            tma.store_wait(0)
+            mbarrier.arrive(dq_free)
 
 
 @gluon.jit
@@ -219,7 +280,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                   WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq,
-                  SPLIT_BAR: gl.constexpr):
+                  SPLIT_BAR: gl.constexpr, PROD_WRITER: gl.constexpr, dq_free):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -317,7 +378,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
     else:
         dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
 
-    if DQ_TMA and not VARLEN:  # the group's first query head's place in the accumulator's 2-D view (two registers
+    if DQ_TMA and not VARLEN and not PROD_WRITER:  # the group's first query head's place in the accumulator's 2-D view (two registers
         # across the loop; re-read from the CTA's id in the loop instead (_bwd_tile_again) they cost
         # 40-50 instructions an iteration, an integer division)
         if DQ_ROWS:  # (this warpgroup's rows)
@@ -461,17 +522,26 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         if SPLIT_BAR:  # (issued dV_i, dK_i, dQ_i: dQ_i retires last, with the others)
             dv, dk, dq, _, _, _, _, _, _ = warpgroup_mma_wait(
                 0, deps=(dv_tok, dk_tok, dq_tok, pt_op, dst_op, ds_all, k_smem, q_s, do_s))
-            mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
+            if not PROD_WRITER:  # (PROD_WRITER: after the dQ tile's store, which the release announces)
+                mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
         else:
             # dK_i after dQ_i (groups retire in issue order: dV_i, dQ_i, dK_i): wait(1) retires dV_i
             # and dQ_i, so the dQ atomics overlap the dK_i wgmma instead of trailing every wgmma of
             # the iteration (+1-5% over issuing dK_i first, exp_gluon_bwd.py's DQ_EARLY on an H200).
             dk_tok = warpgroup_mma(dst_op, q_s, dk, is_async=True)
-            if DQ_TMA:
+            if DQ_TMA and not PROD_WRITER:
                 tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
                 gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
             dv, dq, _, _, _ = warpgroup_mma_wait(1, deps=(dv_tok, dq_tok, pt_op, ds_all, k_smem))
-        if DQ_TMA:  # dQ_i through shared memory, added by one TMA reduce (FA3's dQ path)
+        if PROD_WRITER:  # dQ_i into shared memory; the producer adds it once this iteration released its stage
+            mbarrier.wait(dq_free, (t & 1) ^ 1)  # the reduce of iteration t - 1's tiles has read them (t = 0: passes)
+            dq_w = dq_smem.index(W)
+            dq_w.store(dq)
+            fence_async_shared()  # each thread's stores, before the producer's TMA reads them
+            gl.thread_barrier()  # ... every thread's, before the one thread's empty arrive below
+            if SPLIT_BAR:
+                mbarrier.arrive(empty.index(s))  # the stage is free, and dQ_i's tile stored
+        elif DQ_TMA:  # dQ_i through shared memory, added by one TMA reduce (FA3's dQ path)
             if SPLIT_BAR:  # (after the wgmmas' wait: measured faster than before it, session 20)
                 tma.store_wait(0)  # (the issuing thread) this warpgroup's previous reduce has read dq_smem[W]
                 gl.thread_barrier()  # (the warpgroup's named barrier) ... before any thread overwrites it
@@ -497,7 +567,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             dk, _, _, _ = warpgroup_mma_wait(0, deps=(dk_tok, dst_op, q_s, do_s))
             mbarrier.arrive(empty.index(s))  # dV_i (dO_i) and dK_i (Q_i) retired: the stage is free
 
-    if DQ_TMA:
+    if DQ_TMA and not PROD_WRITER:
         tma.store_wait(0)  # (the shared memory must outlive the last reduce's reads)
     # dK_w (already scaled), dV_w, summed over the group's query heads.
     if FEATURES:  # the tile's place read again, not kept across the loop (it spilled)
@@ -533,7 +603,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
                            ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
-                           DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False):
+                           DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False,
+                           PROD_WRITER: gl.constexpr = False):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -552,6 +623,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     tiles of BLOCK_M x D / 2; BLOCK_M 128: 64 x D) instead of fp32 atomics from registers.
     SPLIT_BAR: the consumers' pair barrier as an arrive and a sync with the dK wgmma issued between
     (launch.HOPPER_BWD_SPLIT_BAR: the causal builds).
+    PROD_WRITER (with DQ_TMA): the producer warp issues the dQ reduces, the consumers only store the
+    tiles (launch.HOPPER_BWD_PROD_WRITER: the causal builds).
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(BLOCK_N == 2 * 64)
@@ -561,6 +634,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(HEAD_DIM == 64 or HEAD_DIM == 128)  # the warpgroups split dQ_i's D in halves (BLOCK_M 128: rows)
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(OUT_BSHD or not VARLEN)
+    gl.static_assert(DQ_TMA or not PROD_WRITER)
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
@@ -597,6 +671,11 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(k_bar, count=1)
     mbarrier.init(v_bar, count=1)
+    if PROD_WRITER:  # completes once per iteration: the producer's reduce has read the dQ tiles
+        dq_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(dq_free, count=1)
+    else:
+        dq_free = k_bar  # (not read)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(do_ready.index(i), count=1)
@@ -610,15 +689,15 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                          causal_offset, window_left, window_right, CuQ, CuK, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
-                         LONG_FIRST, WINDOW, VARLEN)),
+                         LONG_FIRST, WINDOW, VARLEN, PROD_WRITER, desc_dq, dq_smem, dq_free, HEAD_DIM, OUT_BSHD)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Session 21's device calls (launcher switch HOPPER_BWD_PROD_WRITER, kernels/bwd_hopper.py; default
+# off). One section a call:
+#   bash scripts/exp_session21.sh tests   the backward's GPU test files twice with the switch on
+#                                         (session 20's DQ_WRITER hung in every such full run)
+#   bash scripts/exp_session21.sh san     the sanitizer tests (memcheck, racecheck) with it on
+#   bash scripts/exp_session21.sh ab      paired A/B (scripts/ab_attention.py --paired) on / off
+#   bash scripts/exp_session21.sh final   the defaults as committed: GPU files + CUDA graphs + sanitizers
+# Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=2 PYTHONPATH=src:scripts PYTHONUNBUFFERED=1
+python -m pip install --no-deps -q .gpu-wheels/*.whl >/dev/null 2>&1
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
+T="tests/test_hopper_bwd.py tests/test_hopper_bwd_varlen.py"
+SW=${SW:-HOPPER_BWD_PROD_WRITER=True}
+case "${1:-}" in
+  tests)
+    for r in 1 2; do
+      echo "== run $r FK_SWITCHES=$SW" | tee -a "$OUT/tests.txt"
+      FK_SWITCHES="$SW" timeout "${TT:-250}" python -m pytest -v -p no:warnings -p pytest_switch -m gpu -n 8 \
+        --tb=short $T -k "not memcheck and not racecheck" > "$OUT/tests-run$r.log" 2>&1
+      echo "rc=$?" | tee -a "$OUT/tests.txt"
+      tail -4 "$OUT/tests-run$r.log" | tee -a "$OUT/tests.txt"
+    done ;;
+  san)  # (the sanitizer's script runs in a subprocess: the switch is set in this copy's launch.py)
+    sed -i 's/^HOPPER_BWD_PROD_WRITER = False/HOPPER_BWD_PROD_WRITER = True/' src/flashkernels/ops/attention/launch.py
+    grep -n "^HOPPER_BWD_PROD_WRITER" src/flashkernels/ops/attention/launch.py | tee -a "$OUT/san.txt"
+    FK_SWITCHES="$SW" timeout 280 python -m pytest -q -p no:warnings -p pytest_switch -m gpu \
+      --tb=short tests/test_hopper_bwd.py -k "memcheck or racecheck" 2>&1 | tail -30 | tee -a "$OUT/san.txt" ;;
+  ab)
+    timeout "${TA:-280}" python scripts/ab_attention.py --gluon --paired "${N:-30}" --switch HOPPER_BWD_PROD_WRITER \
+      --modes bwd --seqlens "${SEQLENS:-4096,16384}" --head-dims "${DIMS:-128,64}" 2>&1 | tail -24 | tee -a "$OUT/ab.txt" ;;
+  final)  # the defaults as committed: the backward's GPU files, the CUDA-graph test, the sanitizers
+    timeout 300 python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short $T tests/test_cuda_graphs.py \
+      -k "not memcheck and not racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
+    timeout 200 python -m pytest -q -p no:warnings -m gpu --tb=short tests/test_hopper_bwd.py \
+      -k "memcheck or racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt" ;;
+  *) echo "usage: $0 tests|san|ab|final"; exit 2 ;;
+esac
