@@ -6,6 +6,9 @@
 #   bash scripts/exp_session21.sh san     the sanitizer tests (memcheck, racecheck) with it on
 #   bash scripts/exp_session21.sh ab      paired A/B (scripts/ab_attention.py --paired) on / off
 #   bash scripts/exp_session21.sh final   the defaults as committed: GPU files + CUDA graphs + sanitizers
+#   bash scripts/exp_session21.sh ready   HOPPER_BWD_DQ_READY on every build: tests, then two paired A/Bs
+#                                         (the switch was not kept: docs/perf-notes.md, session 21; its
+#                                         section needs that code back)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -38,5 +41,15 @@ case "${1:-}" in
       -k "not memcheck and not racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
     timeout 200 python -m pytest -q -p no:warnings -m gpu --tb=short tests/test_hopper_bwd.py \
       -k "memcheck or racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt" ;;
-  *) echo "usage: $0 tests|san|ab|final"; exit 2 ;;
+  ready)  # DQ_READY (the producer waits for the stored tiles, not the stage's release), every build
+    B="HOPPER_BWD_PROD_WRITER=(False, True);HOPPER_BWD_DQ_READY=(False, True)"
+    FK_SWITCHES="$B" timeout 200 python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 --tb=short $T \
+      -k "(hopper_bwd_cuda or causal_switch or varlen_cuda) and not memcheck and not racecheck" 2>&1 | tail -4 | tee -a "$OUT/ready.txt"
+    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --also "HOPPER_BWD_PROD_WRITER=(False, True)" \
+      --switch HOPPER_BWD_DQ_READY --on "(False, True)" --off "()" --modes bwd --seqlens 4096,16384 \
+      --head-dims 128,64 2>&1 | tail -20 | tee -a "$OUT/ready.txt"
+    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --also "HOPPER_BWD_DQ_READY=(False, True)" \
+      --switch HOPPER_BWD_PROD_WRITER --on "(False, True)" --off "()" --modes bwd --seqlens 4096,16384 \
+      --head-dims 128,64 2>&1 | tail -20 | tee -a "$OUT/ready.txt" ;;
+  *) echo "usage: $0 tests|san|ab|final|ready"; exit 2 ;;
 esac
