@@ -9,6 +9,8 @@
 #   bash scripts/exp_session21.sh ready   HOPPER_BWD_DQ_READY on every build: tests, then two paired A/Bs
 #                                         (the switch was not kept: docs/perf-notes.md, session 21; its
 #                                         section needs that code back)
+#   bash scripts/exp_session21.sh grid    flashkernels bench attention, the README's grid (one call)
+#   bash scripts/exp_session21.sh misc    the Hugging Face GPU tests; bench features --paired 40
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -51,5 +53,14 @@ case "${1:-}" in
     timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --also "HOPPER_BWD_DQ_READY=(False, True)" \
       --switch HOPPER_BWD_PROD_WRITER --on "(False, True)" --off "()" --modes bwd --seqlens 4096,16384 \
       --head-dims 128,64 2>&1 | tail -20 | tee -a "$OUT/ready.txt" ;;
-  *) echo "usage: $0 tests|san|ab|final|ready"; exit 2 ;;
+  grid)  # the README's grid: FA3 shapes, fwd + bwd, against cuDNN and FA2 (SDPA flash)
+    timeout "${TG:-560}" python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
+      --csv "$OUT/grid.csv" --plot "$OUT/grid.png" > "$OUT/grid.txt" 2>&1
+    echo "rc=$?"; tail -60 "$OUT/grid.txt" ;;
+  misc)  # Hugging Face models through the kernels (transformers 5.24 from .gpu-wheels); bench features
+    python -m pip install --no-deps -q .gpu-wheels/transformers-*.whl >/dev/null 2>&1
+    timeout 200 python -m pytest -q -p no:warnings -m gpu -n 6 --tb=short tests/test_transformers_integration.py \
+      2>&1 | tail -8 | tee -a "$OUT/misc.txt"
+    timeout 200 python -m flashkernels bench features --paired 40 --csv "$OUT/features.csv" 2>&1 | tail -30 | tee -a "$OUT/misc.txt" ;;
+  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc"; exit 2 ;;
 esac
