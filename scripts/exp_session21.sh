@@ -7,10 +7,14 @@
 #   bash scripts/exp_session21.sh ab      paired A/B (scripts/ab_attention.py --paired) on / off
 #   bash scripts/exp_session21.sh final   the defaults as committed: GPU files + CUDA graphs + sanitizers
 #   bash scripts/exp_session21.sh ready   HOPPER_BWD_DQ_READY on every build: tests, then two paired A/Bs
-#                                         (the switch was not kept: docs/perf-notes.md, session 21; its
-#                                         section needs that code back)
+#                                         (not kept: docs/perf-notes.md, session 21;
+#                                         docs/patches/s21-dq-ready-exp.patch)
 #   bash scripts/exp_session21.sh grid    flashkernels bench attention, the README's grid (one call)
 #   bash scripts/exp_session21.sh misc    the Hugging Face GPU tests; bench features --paired 40
+#   bash scripts/exp_session21.sh poly    HOPPER_FWD_SOFTCAP_POLY: softcap tests, paired A/Bs, bench features
+#                                         (not kept: perf-notes session 21; docs/patches/s21-softcap-poly-exp.patch)
+#   bash scripts/exp_session21.sh ncu     Nsight Compute: the plain and the softcap forward side by side
+#   bash scripts/exp_session21.sh rest    the GPU test files not run above (no big_memory ones)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -62,5 +66,27 @@ case "${1:-}" in
     timeout 200 python -m pytest -q -p no:warnings -m gpu -n 6 --tb=short tests/test_transformers_integration.py \
       2>&1 | tail -8 | tee -a "$OUT/misc.txt"
     timeout 200 python -m flashkernels bench features --paired 40 --csv "$OUT/features.csv" 2>&1 | tail -30 | tee -a "$OUT/misc.txt" ;;
-  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc"; exit 2 ;;
+  poly)  # HOPPER_FWD_SOFTCAP_POLY: softcap forward tests with 6 of 16 exponentials by the polynomial; A/Bs
+    FK_SWITCHES="HOPPER_FWD_SOFTCAP_POLY=6" timeout 200 python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 \
+      --tb=short tests/test_hopper_fwd.py tests/test_attention_features.py tests/test_alibi_sink_varlen.py \
+      -k "softcap or features or all" 2>&1 | tail -6 | tee -a "$OUT/poly.txt"
+    for k in ${KS:-6 4 8}; do
+      timeout 120 python scripts/ab_attention.py --gluon --paired "${N:-30}" --switch HOPPER_FWD_SOFTCAP_POLY --on "$k" \
+        --off 0 --softcap 30 --modes fwd --seqlens 4096,16384 --head-dims 128 2>&1 | tail -8 | tee -a "$OUT/poly.txt"
+    done
+    timeout 150 python -c "import sys; from flashkernels.ops.attention import launch; launch.HOPPER_FWD_SOFTCAP_POLY = ${KB:-6}
+from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired', '40']))" 2>&1 | tail -12 | tee -a "$OUT/poly.txt" ;;
+  ncu)  # where the softcap forward's time goes: Nsight Compute, plain vs softcap, D = 128 4k causal
+    NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+    timeout 400 "$NCU" --profile-from-start off --clock-control none --kernel-name regex:attn_fwd \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+      --section InstructionStats --metrics sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.sum,sm__inst_executed_pipe_xu.sum,sm__inst_executed.sum \
+      python scripts/ncu_attention.py --head-dim 128 --seqlen 4096 --causal --providers flashkernels,softcap \
+      > "$OUT/ncu.txt" 2>&1; echo "rc=$?"; grep -E "TF/s|attn_fwd|Duration|Throughput|Issue Slots|Executed Ipc|pipe_|No Eligible|Warp Cycles Per Issued|Stall" "$OUT/ncu.txt" | head -80 ;;
+  rest)  # the other GPU test files that run the (causal) backward, with the defaults as committed
+    timeout 540 python -m pytest -q -p no:warnings -m "gpu and not big_memory" -n 8 --tb=short tests \
+      --ignore=tests/test_hopper_bwd.py --ignore=tests/test_hopper_bwd_varlen.py --ignore=tests/test_hopper_fwd.py \
+      --ignore=tests/test_hopper_fwd_varlen.py --ignore=tests/test_transformers_integration.py \
+      --ignore=tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/rest.txt" ;;
+  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc|poly|ncu|rest"; exit 2 ;;
 esac

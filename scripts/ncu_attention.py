@@ -23,7 +23,9 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=16384)
     ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--providers", default="flashkernels,cudnn")
+    ap.add_argument("--providers", default="flashkernels,cudnn",
+                    help="flashkernels, cudnn, softcap (flashkernels with softcap=--softcap)")
+    ap.add_argument("--softcap", type=float, default=30.0, help="the softcap provider's cap")
     ap.add_argument("--no-time", action="store_true", help="skip the do_bench timings")
     args = ap.parse_args()
     import flashkernels
@@ -37,11 +39,12 @@ def main():
 
     calls = {}
     for p in args.providers.split(","):
-        if p == "flashkernels":
+        if p in ("flashkernels", "softcap"):
             qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            cap = args.softcap if p == "softcap" else 0.0
 
-            def fwd(qq=qq, kk=kk, vv=vv):
-                return flashkernels.flash_attn_func(qq, kk, vv, causal=args.causal)
+            def fwd(qq=qq, kk=kk, vv=vv, cap=cap):
+                return flashkernels.flash_attn_func(qq, kk, vv, causal=args.causal, softcap=cap)
             calls[p] = (fwd, (qq, kk, vv), do)
         elif p == "cudnn":
             qq, kk, vv = (t.transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
@@ -51,7 +54,7 @@ def main():
                     return F.scaled_dot_product_attention(qq, kk, vv, is_causal=args.causal)
             calls[p] = (fwd, (qq, kk, vv), do.transpose(1, 2).contiguous())
         else:
-            raise SystemExit(f"--providers: unknown {p!r} (flashkernels, cudnn)")
+            raise SystemExit(f"--providers: unknown {p!r} (flashkernels, cudnn, softcap)")
 
     for p, (fwd, leaves, dout) in calls.items():
         for _ in range(2):
