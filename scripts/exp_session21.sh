@@ -15,6 +15,7 @@
 #                                         (not kept: perf-notes session 21; docs/patches/s21-softcap-poly-exp.patch)
 #   bash scripts/exp_session21.sh ncu     Nsight Compute: the plain and the softcap forward side by side
 #   bash scripts/exp_session21.sh rest    the GPU test files not run above (no big_memory ones)
+#   bash scripts/exp_session21.sh static  HOPPER_FWD_SOFTCAP_STATIC_MAX: softcap tests, paired A/B, bench features
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -88,5 +89,14 @@ from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired
       --ignore=tests/test_hopper_bwd.py --ignore=tests/test_hopper_bwd_varlen.py --ignore=tests/test_hopper_fwd.py \
       --ignore=tests/test_hopper_fwd_varlen.py --ignore=tests/test_transformers_integration.py \
       --ignore=tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/rest.txt" ;;
-  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc|poly|ncu|rest"; exit 2 ;;
+  static)  # HOPPER_FWD_SOFTCAP_STATIC_MAX: the softcap forward with its row max fixed at the bound
+    FK_SWITCHES="HOPPER_FWD_SOFTCAP_STATIC_MAX=40.0" timeout 270 python -m pytest -q -p no:warnings -p pytest_switch \
+      -m gpu -n 8 --tb=short tests/test_hopper_fwd.py tests/test_attention_features.py tests/test_alibi_sink_varlen.py \
+      tests/test_hopper_bwd.py -k "softcap or features or all" 2>&1 | tail -8 | tee -a "$OUT/static.txt"
+    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --switch HOPPER_FWD_SOFTCAP_STATIC_MAX \
+      --on 40.0 --off 0.0 --softcap 30 --modes fwd --seqlens 4096,16384 --head-dims 128,64,256 2>&1 | tail -14 \
+      | tee -a "$OUT/static.txt"
+    timeout 120 python -c "import sys; from flashkernels.ops.attention import launch; launch.HOPPER_FWD_SOFTCAP_STATIC_MAX = 40.0
+from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired', '40']))" 2>&1 | tail -12 | tee -a "$OUT/static.txt" ;;
+  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc|poly|ncu|rest|static"; exit 2 ;;
 esac

@@ -89,6 +89,23 @@ def test_eligible_call_gives_none(machine_ok):
     assert launch.hopper_fwd_reason(**_args(q=q, k=k, v=v, H=4, Hkv=4)) is None
 
 
+def test_softcap_static_max_mode(monkeypatch):
+    """The softcap forward's SOFTCAP constexpr: 2 (the row max fixed at its bound) only for a cap at
+    most HOPPER_FWD_SOFTCAP_STATIC_MAX, no other score feature (ALiBi, sink, window) and a (head dim,
+    causal) build not in HOPPER_FWD_SOFTCAP_DYNAMIC (by default D = 64 non-causal, which measured
+    slower with it); True for the rest, False without a cap."""
+    monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_STATIC_MAX", 40.0)
+    monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_DYNAMIC", {(64, False)})
+    mode = launch._hopper_fwd_softcap_mode
+    assert mode(0.0, False) is False
+    assert mode(30.0, False) == 2 and mode(40.0, False) == 2 and mode(30.0, False, 256, False) == 2
+    assert mode(30.0, False, 64, True) == 2 and mode(30.0, False, 64, False) is True
+    assert mode(50.0, False) is True
+    assert mode(30.0, True) is True
+    monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_STATIC_MAX", 0.0)
+    assert mode(30.0, False) is True
+
+
 @pytest.mark.parametrize("over", [
     dict(window_left=64), dict(window_left=64, window_right=32, causal=False),
     dict(causal=False, window_left=-1, window_right=0), dict(causal=False, window_left=0, window_right=0),
@@ -1038,6 +1055,28 @@ def test_hopper_fwd_features_cuda(monkeypatch, D, dtype, causal, heads, feature)
     q, k, v = make_inputs(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=causal, backward=False), "cuda",
                           requires_grad=False)
     _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, **_feature_kwargs(B, Hq, **FEATURES[feature]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inputs", ["randn", "far"])
+@pytest.mark.parametrize("cap", [2.0, 40.0], ids=lambda c: f"cap{c:g}")
+@pytest.mark.parametrize("D", [64, 128, 256], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_softcap_static_max_cuda(monkeypatch, causal, D, cap, inputs):
+    """Softcap with the row max fixed at its bound (launch.HOPPER_FWD_SOFTCAP_STATIC_MAX: SOFTCAP = 2
+    in the build) within the policy of float64 and of the Triton kernel, also where every score sits
+    near -cap ("far": q·kᵀ large and negative, so p = 2^((t - 1)·cap·log2 e) near 2^-115 at cap 40)."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_STATIC_MAX", 40.0)
+    monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_DYNAMIC", set())  # (every head dim and causal setting)
+    assert launch._hopper_fwd_softcap_mode(cap, False, D, causal) == 2
+    B, H, S = (1, 2, 2048) if D == 64 else (2, 4, 384)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(B, S, H, D, generator=g) for _ in range(3))
+    if inputs == "far":
+        q, k = q.abs() * 4, -k.abs() * 4
+    q, k, v = (x.to("cuda", bf16) for x in (q, k, v))
+    _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, softcap=cap)
 
 
 @pytest.mark.gpu
