@@ -238,7 +238,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, num_warps=4, SOFTCAP=softcap, ALIBI=alibi, SINK=sink, WINDOW=window)
     if softcap:  # (as launched, for a cap of 30)
-        consts["SOFTCAP"] = launch._hopper_fwd_softcap_mode(30.0, bool(alibi or sink or window), D, causal)
+        consts["SOFTCAP"] = launch._hopper_fwd_softcap_mode(30.0, bool(alibi or sink or window), D, causal, dtype)
     types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32", "Out": f"*{TORCH_TO_TT[dtype]}",
              "CuQ": "*i32", "CuK": "*i32"}
     plain = ("H", "GROUP", "n_bh")

@@ -90,10 +90,11 @@ def test_eligible_call_gives_none(machine_ok):
 
 
 def test_softcap_static_max_mode(monkeypatch):
-    """The softcap forward's SOFTCAP constexpr: 2 (the row max fixed at its bound) only for a cap at
-    most HOPPER_FWD_SOFTCAP_STATIC_MAX, no other score feature (ALiBi, sink, window) and a (head dim,
-    causal) build not in HOPPER_FWD_SOFTCAP_DYNAMIC (by default D = 64 non-causal, which measured
-    slower with it); True for the rest, False without a cap."""
+    """The softcap forward's SOFTCAP constexpr: 2 (the row max fixed at its bound) only for bf16 (fp16's
+    P would flush to zero below 2^-24), a cap at most HOPPER_FWD_SOFTCAP_STATIC_MAX, no other score
+    feature (ALiBi, sink, window) and a (head dim, causal) build not in HOPPER_FWD_SOFTCAP_DYNAMIC (by
+    default D = 64 non-causal, which measured slower with it); True for the rest, False without a
+    cap."""
     monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_STATIC_MAX", 40.0)
     monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_DYNAMIC", {(64, False)})
     mode = launch._hopper_fwd_softcap_mode
@@ -102,6 +103,7 @@ def test_softcap_static_max_mode(monkeypatch):
     assert mode(30.0, False, 64, True) == 2 and mode(30.0, False, 64, False) is True
     assert mode(50.0, False) is True
     assert mode(30.0, True) is True
+    assert mode(2.0, False, 128, True, torch.float16) is True
     monkeypatch.setattr(launch, "HOPPER_FWD_SOFTCAP_STATIC_MAX", 0.0)
     assert mode(30.0, False) is True
 

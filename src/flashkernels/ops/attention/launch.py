@@ -335,10 +335,10 @@ HOPPER_FWD_SHORT: dict[int, tuple[int, int, int, int]] = {64: (128, 3, 2048, 409
 # --seqlens 2048,4096,8192,16384, ...-ab-fwd-causal-reverse.txt): -0.6 to +1.8% to 8k, +4% / +7% /
 # +9% at 16k (D = 64 / 128 / 256).
 HOPPER_FWD_CAUSAL_REVERSE = True
-# Softcap forwards with no other score feature (ALiBi, sink, window) and a cap at most this fix the
-# online softmax's row max at its bound softcap·log2 e (kernels/hopper_softmax.py: SOFTCAP = 2):
+# bf16 softcap forwards with no other score feature (ALiBi, sink, window) and a cap at most this fix
+# the online softmax's row max at its bound softcap·log2 e (kernels/hopper_softmax.py: SOFTCAP = 2):
 # no block computes a row max or rescales O, and p = 2^((t - 1)·softcap·log2 e) >= 2^-116 at 40 (a
-# normal float in fp32 and bf16). H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon
+# normal float in fp32 and bf16; not in fp16, whose P would flush: fp16 keeps the running max). H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon
 # --paired 30 --switch HOPPER_FWD_SOFTCAP_STATIC_MAX --on 40.0 --off 0.0 --softcap 30, FA3 grid,
 # S 4k / 16k, session 21, ...-s21-softcap-static.txt): D = 128 +3.8-4.2% (causal 16k +0.6%),
 # D = 256 causal +12 / +18% (non-causal +0.4-1.7%), D = 64 causal +4.7 / +5.5%; D = 64 non-causal
@@ -347,12 +347,13 @@ HOPPER_FWD_SOFTCAP_STATIC_MAX = 40.0
 HOPPER_FWD_SOFTCAP_DYNAMIC = {(64, False)}  # (head dim, causal) builds that keep the running max
 
 
-def _hopper_fwd_softcap_mode(softcap: float, other_features: bool, D: int = 128, causal: bool = True):
+def _hopper_fwd_softcap_mode(softcap: float, other_features: bool, D: int = 128, causal: bool = True,
+                             dtype: torch.dtype = torch.bfloat16):
     """The Gluon forward's SOFTCAP constexpr: False (no cap), True, or 2 (the row max fixed at its
-    bound: HOPPER_FWD_SOFTCAP_STATIC_MAX)."""
+    bound: HOPPER_FWD_SOFTCAP_STATIC_MAX; bf16 only)."""
     if softcap <= 0:
         return False
-    if (not other_features and softcap <= HOPPER_FWD_SOFTCAP_STATIC_MAX
+    if (dtype == torch.bfloat16 and not other_features and softcap <= HOPPER_FWD_SOFTCAP_STATIC_MAX
             and (D, bool(causal)) not in HOPPER_FWD_SOFTCAP_DYNAMIC):
         return 2
     return True
@@ -687,7 +688,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         out, out.stride(2), *cu,  # (the row stride of out's 2-D view: its stride along S)
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
         SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window, D,
-                                         causal),
+                                         causal, q.dtype),
         ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
         num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False, **extra,
     )

@@ -46,8 +46,8 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     stays there, p = exp2((t - 1)·softcap·log2 e), alpha = 1, and no block takes a row max (the
     max reduction and its shuffles leave the softmax's chain: D = 128 fast path 538 -> 446
     instructions, plain 410). The same as the running max up to rounding while p of a row's
-    largest score stays a normal float (launch: softcap <= 40, p >= 2^-116) and every row sees a
-    key (no WINDOW; no SINK or ALIBI either).
+    largest score stays a normal float in P's dtype (launch: bf16, softcap <= 40, p >= 2^-116; in
+    fp16 it would flush) and every row sees a key (no WINDOW; no SINK or ALIBI either).
     CAUSAL (causal_offset 0): keys j > i masked on the blocks the diagonal may cut.
     WINDOW: keys outside [win_lo, win_hi] (per row) masked on the blocks outside
     [mask_lo, mask_hi] (those some row does not fully see); a row may see nothing yet (m = -inf):
