@@ -335,12 +335,18 @@ HOPPER_FWD_SHORT: dict[int, tuple[int, int, int, int]] = {64: (128, 3, 2048, 409
 # --seqlens 2048,4096,8192,16384, ...-ab-fwd-causal-reverse.txt): -0.6 to +1.8% to 8k, +4% / +7% /
 # +9% at 16k (D = 64 / 128 / 256).
 HOPPER_FWD_CAUSAL_REVERSE = True
+# The same for the Triton forward's causal launches (kernels/fwd.py REVERSE_M). H100, session 13
+# (scripts/ab_attention.py --switch TRITON_FWD_CAUSAL_REVERSE --head-dims 64,128 --seqlens
+# 1024,4096,16384, ...-ab-triton-fwd-causal-reverse.txt): -1.3 to 0% at 1k and 4k, +1.4% / +4.9% at
+# 16k (D = 64 / 128).
+TRITON_FWD_CAUSAL_REVERSE = True
 # bf16 softcap forwards with no other score feature (ALiBi, sink, window) and a cap at most this fix
 # the online softmax's row max at its bound softcap·log2 e (kernels/hopper_softmax.py: SOFTCAP = 2):
 # no block computes a row max or rescales O, and p = 2^((t - 1)·softcap·log2 e) >= 2^-116 at 40 (a
-# normal float in fp32 and bf16; not in fp16, whose P would flush: fp16 keeps the running max). H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon
-# --paired 30 --switch HOPPER_FWD_SOFTCAP_STATIC_MAX --on 40.0 --off 0.0 --softcap 30, FA3 grid,
-# S 4k / 16k, session 21, ...-s21-softcap-static.txt): D = 128 +3.8-4.2% (causal 16k +0.6%),
+# normal float in fp32 and bf16; not in fp16, whose P would flush: fp16 keeps the running max).
+# H100, paired CUDA-graph A/B (scripts/ab_attention.py --gluon --paired 30 --switch
+# HOPPER_FWD_SOFTCAP_STATIC_MAX --on 40.0 --off 0.0 --softcap 30, FA3 grid, S 4k / 16k, session 21,
+# ...-s21-softcap-static.txt): D = 128 +3.8-4.2% (causal 16k +0.6%),
 # D = 256 causal +12 / +18% (non-causal +0.4-1.7%), D = 64 causal +4.7 / +5.5%; D = 64 non-causal
 # -1.4 / -1.7%, which keeps the running max (HOPPER_FWD_SOFTCAP_DYNAMIC). 0: off.
 HOPPER_FWD_SOFTCAP_STATIC_MAX = 40.0
@@ -357,11 +363,6 @@ def _hopper_fwd_softcap_mode(softcap: float, other_features: bool, D: int = 128,
             and (D, bool(causal)) not in HOPPER_FWD_SOFTCAP_DYNAMIC):
         return 2
     return True
-# The same for the Triton forward's causal launches (kernels/fwd.py REVERSE_M). H100, session 13
-# (scripts/ab_attention.py --switch TRITON_FWD_CAUSAL_REVERSE --head-dims 64,128 --seqlens
-# 1024,4096,16384, ...-ab-triton-fwd-causal-reverse.txt): -1.3 to 0% at 1k and 4k, +1.4% / +4.9% at
-# 16k (D = 64 / 128).
-TRITON_FWD_CAUSAL_REVERSE = True
 
 
 def hopper_fwd_chained(head_dim: int) -> bool:

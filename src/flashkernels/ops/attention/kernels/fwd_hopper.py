@@ -31,8 +31,8 @@ Schedule of one consumer warpgroup (n = number of key blocks it sees):
 Features (constexpr flags of the one kernel, each off in the plain build, whose loop they leave
 as it was): SOFTCAP (s = softcap·tanh(s·scale/softcap) with tanh.approx.f32, as kernels/fwd.py on
 a GPU; the row max is then taken over the tanh, times softcap·log2 e; SOFTCAP = 2, the launcher's
-choice for bf16 with a cap <= 40 and no other score feature: the row max fixed at its bound softcap·log2 e,
-see hopper_softmax._softmax_step), ALIBI (-slope·|i + off - j|
+choice for bf16 with a cap <= 40 and no other score feature: the row max fixed at its bound
+softcap·log2 e, see hopper_softmax._softmax_step), ALIBI (-slope·|i + off - j|
 with |i + off - j| exact in fp32, in the raw scores' units before the max; slopes (H,) or (B, H)
 through a pointer and batch/head strides), SINK (one more logit a row, no value: the running max
 and sum start at it), WINDOW (keys i + off - left .. i + off + right, off = causal_offset; both
@@ -905,7 +905,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     unbounded side is a bound no row reaches; any other causal call comes as WINDOW with
     window_right 0); else every key. SOFTCAP: scores = softcap * tanh(scores * sm_scale /
     softcap), softcap > 0 (SOFTCAP = 2: the row max fixed at softcap·log2 e, for bf16, softcap <= 40,
-    no ALIBI, SINK or WINDOW: launch._hopper_fwd_softcap_mode). ALIBI: adds -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
+    no ALIBI, SINK or WINDOW: launch._hopper_fwd_softcap_mode). ALIBI: adds
+    -Alibi[b * alibi_sb + h * alibi_sh] * |i + causal_offset - j|.
     SINK: Sink[h] is one more logit in each row's softmax, with no value.
     VARLEN (with WINDOW): q, k, v, out are (1, H, total, D) packed sequences (x_rb unread), CuQ /
     CuK their int32 (n + 1,) offsets; grid (ceil(max_seqlen_q / BLOCK_M), n * H), or with VARLEN_NB
