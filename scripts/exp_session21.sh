@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# Session 21's device calls (launcher switch HOPPER_BWD_PROD_WRITER, kernels/bwd_hopper.py; default
-# off). One section a call:
-#   bash scripts/exp_session21.sh tests   the backward's GPU test files twice with the switch on
-#                                         (session 20's DQ_WRITER hung in every such full run)
+# Session 21's device calls (docs/perf-notes.md, session 21). One section a call:
+#   bash scripts/exp_session21.sh tests   the backward's GPU test files twice with
+#                                         HOPPER_BWD_PROD_WRITER on for every build (default: causal
+#                                         ones; session 20's DQ_WRITER hung in every such full run)
 #   bash scripts/exp_session21.sh san     the sanitizer tests (memcheck, racecheck) with it on
-#   bash scripts/exp_session21.sh ab      paired A/B (scripts/ab_attention.py --paired) on / off
+#   bash scripts/exp_session21.sh ab      paired A/B (scripts/ab_attention.py --paired): every build / none
 #   bash scripts/exp_session21.sh final   the defaults as committed: GPU files + CUDA graphs + sanitizers
-#   bash scripts/exp_session21.sh ready   HOPPER_BWD_DQ_READY on every build: tests, then two paired A/Bs
-#                                         (not kept: docs/perf-notes.md, session 21;
-#                                         docs/patches/s21-dq-ready-exp.patch)
 #   bash scripts/exp_session21.sh grid    flashkernels bench attention, the README's grid (one call)
 #   bash scripts/exp_session21.sh misc    the Hugging Face GPU tests; bench features --paired 40
-#   bash scripts/exp_session21.sh poly    HOPPER_FWD_SOFTCAP_POLY: softcap tests, paired A/Bs, bench features
-#                                         (not kept: perf-notes session 21; docs/patches/s21-softcap-poly-exp.patch)
 #   bash scripts/exp_session21.sh ncu     Nsight Compute: the plain and the softcap forward side by side
 #   bash scripts/exp_session21.sh rest    the GPU test files not run above (no big_memory ones)
 #   bash scripts/exp_session21.sh static  HOPPER_FWD_SOFTCAP_STATIC_MAX: softcap tests, paired A/B, bench features
+# The sections of the experiments not kept (DQ_READY, the softcap polynomial) went with their
+# switches: docs/patches/s21-dq-ready-exp.patch (with its section), s21-softcap-poly-exp.patch.
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -25,7 +22,7 @@ export OMP_NUM_THREADS=2 PYTHONPATH=src:scripts PYTHONUNBUFFERED=1
 python -m pip install --no-deps -q .gpu-wheels/*.whl >/dev/null 2>&1
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
 T="tests/test_hopper_bwd.py tests/test_hopper_bwd_varlen.py"
-SW=${SW:-HOPPER_BWD_PROD_WRITER=True}
+SW=${SW:-HOPPER_BWD_PROD_WRITER=(False, True)}
 case "${1:-}" in
   tests)
     for r in 1 2; do
@@ -36,28 +33,20 @@ case "${1:-}" in
       tail -4 "$OUT/tests-run$r.log" | tee -a "$OUT/tests.txt"
     done ;;
   san)  # (the sanitizer's script runs in a subprocess: the switch is set in this copy's launch.py)
-    sed -i 's/^HOPPER_BWD_PROD_WRITER = False/HOPPER_BWD_PROD_WRITER = True/' src/flashkernels/ops/attention/launch.py
+    sed -i 's/^HOPPER_BWD_PROD_WRITER: tuple = (True,)/HOPPER_BWD_PROD_WRITER: tuple = (False, True)/' \
+      src/flashkernels/ops/attention/launch.py
     grep -n "^HOPPER_BWD_PROD_WRITER" src/flashkernels/ops/attention/launch.py | tee -a "$OUT/san.txt"
     FK_SWITCHES="$SW" timeout 280 python -m pytest -q -p no:warnings -p pytest_switch -m gpu \
       --tb=short tests/test_hopper_bwd.py -k "memcheck or racecheck" 2>&1 | tail -30 | tee -a "$OUT/san.txt" ;;
   ab)
     timeout "${TA:-280}" python scripts/ab_attention.py --gluon --paired "${N:-30}" --switch HOPPER_BWD_PROD_WRITER \
-      --modes bwd --seqlens "${SEQLENS:-4096,16384}" --head-dims "${DIMS:-128,64}" 2>&1 | tail -24 | tee -a "$OUT/ab.txt" ;;
+      --on "(False, True)" --off "()" --modes bwd --seqlens "${SEQLENS:-4096,16384}" --head-dims "${DIMS:-128,64}" \
+      2>&1 | tail -24 | tee -a "$OUT/ab.txt" ;;
   final)  # the defaults as committed: the backward's GPU files, the CUDA-graph test, the sanitizers
     timeout 300 python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short $T tests/test_cuda_graphs.py \
       -k "not memcheck and not racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
     timeout 200 python -m pytest -q -p no:warnings -m gpu --tb=short tests/test_hopper_bwd.py \
       -k "memcheck or racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt" ;;
-  ready)  # DQ_READY (the producer waits for the stored tiles, not the stage's release), every build
-    B="HOPPER_BWD_PROD_WRITER=(False, True);HOPPER_BWD_DQ_READY=(False, True)"
-    FK_SWITCHES="$B" timeout 200 python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 --tb=short $T \
-      -k "(hopper_bwd_cuda or causal_switch or varlen_cuda) and not memcheck and not racecheck" 2>&1 | tail -4 | tee -a "$OUT/ready.txt"
-    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --also "HOPPER_BWD_PROD_WRITER=(False, True)" \
-      --switch HOPPER_BWD_DQ_READY --on "(False, True)" --off "()" --modes bwd --seqlens 4096,16384 \
-      --head-dims 128,64 2>&1 | tail -20 | tee -a "$OUT/ready.txt"
-    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-30}" --also "HOPPER_BWD_DQ_READY=(False, True)" \
-      --switch HOPPER_BWD_PROD_WRITER --on "(False, True)" --off "()" --modes bwd --seqlens 4096,16384 \
-      --head-dims 128,64 2>&1 | tail -20 | tee -a "$OUT/ready.txt" ;;
   grid)  # the README's grid: FA3 shapes, fwd + bwd, against cuDNN and FA2 (SDPA flash)
     timeout "${TG:-560}" python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
       --csv "$OUT/grid.csv" --plot "$OUT/grid.png" > "$OUT/grid.txt" 2>&1
@@ -67,16 +56,6 @@ case "${1:-}" in
     timeout 200 python -m pytest -q -p no:warnings -m gpu -n 6 --tb=short tests/test_transformers_integration.py \
       2>&1 | tail -8 | tee -a "$OUT/misc.txt"
     timeout 200 python -m flashkernels bench features --paired 40 --csv "$OUT/features.csv" 2>&1 | tail -30 | tee -a "$OUT/misc.txt" ;;
-  poly)  # HOPPER_FWD_SOFTCAP_POLY: softcap forward tests with 6 of 16 exponentials by the polynomial; A/Bs
-    FK_SWITCHES="HOPPER_FWD_SOFTCAP_POLY=6" timeout 200 python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 \
-      --tb=short tests/test_hopper_fwd.py tests/test_attention_features.py tests/test_alibi_sink_varlen.py \
-      -k "softcap or features or all" 2>&1 | tail -6 | tee -a "$OUT/poly.txt"
-    for k in ${KS:-6 4 8}; do
-      timeout 120 python scripts/ab_attention.py --gluon --paired "${N:-30}" --switch HOPPER_FWD_SOFTCAP_POLY --on "$k" \
-        --off 0 --softcap 30 --modes fwd --seqlens 4096,16384 --head-dims 128 2>&1 | tail -8 | tee -a "$OUT/poly.txt"
-    done
-    timeout 150 python -c "import sys; from flashkernels.ops.attention import launch; launch.HOPPER_FWD_SOFTCAP_POLY = ${KB:-6}
-from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired', '40']))" 2>&1 | tail -12 | tee -a "$OUT/poly.txt" ;;
   ncu)  # where the softcap forward's time goes: Nsight Compute, plain vs softcap, D = 128 4k causal
     NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
     timeout 400 "$NCU" --profile-from-start off --clock-control none --kernel-name regex:attn_fwd \
@@ -98,5 +77,5 @@ from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired
       | tee -a "$OUT/static.txt"
     timeout 120 python -c "import sys; from flashkernels.ops.attention import launch; launch.HOPPER_FWD_SOFTCAP_STATIC_MAX = 40.0
 from flashkernels.cli import main; sys.exit(main(['bench', 'features', '--paired', '40']))" 2>&1 | tail -12 | tee -a "$OUT/static.txt" ;;
-  *) echo "usage: $0 tests|san|ab|final|ready|grid|misc|poly|ncu|rest|static"; exit 2 ;;
+  *) echo "usage: $0 tests|san|ab|final|grid|misc|ncu|rest|static"; exit 2 ;;
 esac

@@ -44,13 +44,15 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     the order is dV_i, dK_i, dQ_i, and dQ_i's staging follows all three). On the blocks the diagonal
     crosses the two warpgroups' work differs, and the one that comes first has tensor work queued
     while it waits: causal +1-3%, but non-causal -6% at D = 128, where the warpgroups arrive together
-    and the staging's overlap with dK_i is what counts (H100, paired A/B, docs/perf-notes.md session 20).
+    and the staging's overlap with dK_i is what counts (H100, bf16, FA3 grid at S 4k / 16k,
+    scripts/ab_attention.py --gluon --paired 30, docs/perf-notes.md session 20).
     Causal builds also hand the dQ reduces to the producer warp (PROD_WRITER,
     launch.HOPPER_BWD_PROD_WRITER): the consumers store dQ_i's tiles and release the stage; the
     producer, once it waited for that release (to reuse the stage), issues the two reduces, waits
     for their reads of the tiles and arrives at dq_free, which the consumers wait for before the
     next store. The TMA issue and its wait leave the consumers' instruction stream: causal +2-3% at
-    D = 128, +1% at D = 64; non-causal -3% at D = 128 (H100, paired A/B, perf-notes session 21).
+    D = 128, +1% at D = 64; non-causal -3% at D = 128 (H100, bf16, FA3 grid at S 4k / 16k,
+    scripts/ab_attention.py --gluon --paired 30, perf-notes session 21).
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
@@ -156,27 +158,51 @@ SPLIT_BAR_ID = gl.constexpr(11)
 
 
 @gluon.jit
+def _dq_place(b, hk, S, H, GROUP, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr, VARLEN: gl.constexpr):
+    """(row, col) of the group's first query head, query row 0, in the fp32 dQ accumulator's 2-D
+    view: (B·S, H·D) when OUT_BSHD (VARLEN: (total_q, H·D)), else (B·H·S, D). A warpgroup's tile
+    adds _dq_wg(W); _dq_add moves it to the iteration's head and rows."""
+    if VARLEN:
+        return 0, (hk * GROUP) * HEAD_DIM
+    elif OUT_BSHD:
+        return b * S, (hk * GROUP) * HEAD_DIM
+    else:
+        return (b * H + hk * GROUP) * S, 0
+
+
+@gluon.jit
+def _dq_wg(W, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr):
+    """(rows, cols) of warpgroup W's dQ tile from the block's: BLOCK_M 128, its 64 rows x D; else
+    all rows x its D / 2 columns."""
+    if BLOCK_M == 128:
+        return W * 64, 0
+    else:
+        return 0, W * (HEAD_DIM // 2)
+
+
+@gluon.jit
+def _dq_add(desc_dq, tile, row0, col0, g, m0, S, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr):
+    """The TMA reduce-add of a dQ tile placed at (row0, col0) (_dq_place + _dq_wg) for query head g
+    of the group and the query rows from m0 (VARLEN: the packed rows, the sequence's start included)."""
+    if OUT_BSHD:
+        _tma_reduce_add(desc_dq, [row0 + m0, col0 + g * HEAD_DIM], tile)
+    else:
+        _tma_reduce_add(desc_dq, [row0 + g * S + m0, col0], tile)
+
+
+@gluon.jit
 def _dq_reduce(desc_dq, dq_smem, t, i0, n_blocks, row0, col0, q0, S, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
                OUT_BSHD: gl.constexpr, VARLEN: gl.constexpr):
     """PROD_WRITER: the TMA reduce-adds of iteration t's dQ tiles (dq_smem[0], dq_smem[1], the two
-    consumer warpgroups') into the fp32 accumulator, at the consumers' DQ_TMA coordinates."""
-    DQ_ROWS: gl.constexpr = BLOCK_M == 128
-    DQ_N: gl.constexpr = HEAD_DIM if DQ_ROWS else HEAD_DIM // 2
+    consumer warpgroups') into the fp32 accumulator, where the consumers' DQ_TMA path adds them;
+    (row0, col0): _dq_place's."""
     g = t // n_blocks
     m0 = (i0 + t - g * n_blocks) * BLOCK_M
     if VARLEN:
         m0 = q0 + m0
     for w in gl.static_range(2):
-        if DQ_ROWS:  # (warpgroup w's rows)
-            row = row0 + m0 + w * 64
-            col = col0
-        else:  # (its columns)
-            row = row0 + m0
-            col = col0 + w * DQ_N
-        if OUT_BSHD:
-            _tma_reduce_add(desc_dq, [row, col + g * HEAD_DIM], dq_smem.index(w))
-        else:
-            _tma_reduce_add(desc_dq, [row + g * S, col], dq_smem.index(w))
+        dm, dc = _dq_wg(w, HEAD_DIM, BLOCK_M)
+        _dq_add(desc_dq, dq_smem.index(w), row0 + dm, col0 + dc, g, m0, S, HEAD_DIM, OUT_BSHD)
 
 
 @gluon.jit
@@ -206,16 +232,8 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         row_v = b * v_rb + hk * v_rh + n0
         kv_pred = True
         q0 = 0
-    if PROD_WRITER:  # the dQ accumulator's 2-D view: (B·S, H·D) when OUT_BSHD (VARLEN: (total_q, H·D)), else (B·H·S, D)
-        if VARLEN:
-            row0 = 0
-            col0 = (hk * GROUP) * HEAD_DIM
-        elif OUT_BSHD:
-            row0 = b * S
-            col0 = (hk * GROUP) * HEAD_DIM
-        else:
-            row0 = (b * H + hk * GROUP) * S
-            col0 = 0
+    if PROD_WRITER:
+        row0, col0 = _dq_place(b, hk, S, H, GROUP, HEAD_DIM, OUT_BSHD, VARLEN)
     # K and V once (K_w, V_w: the rows of consumer warpgroup w), then the Q / dO ring.
     mbarrier.expect(k_bar, 2 * desc_k.block_type.nbytes, pred=kv_pred)
     for w in gl.static_range(2):
@@ -378,21 +396,13 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
     else:
         dq_base = DQ + b * q_sb + (hk * GROUP) * q_sh + W * DQ_N  # + the head's offset, per t
 
-    if DQ_TMA and not VARLEN and not PROD_WRITER:  # the group's first query head's place in the accumulator's 2-D view (two registers
-        # across the loop; re-read from the CTA's id in the loop instead (_bwd_tile_again) they cost
-        # 40-50 instructions an iteration, an integer division)
-        if DQ_ROWS:  # (this warpgroup's rows)
-            dq_m0 = W * 64
-            dq_c0 = 0
-        else:  # (its columns)
-            dq_m0 = 0
-            dq_c0 = W * DQ_N
-        if OUT_BSHD:
-            dq_row0 = b * S + dq_m0
-            dq_col0 = (hk * GROUP) * HEAD_DIM + dq_c0
-        else:
-            dq_row0 = (b * H + hk * GROUP) * S + dq_m0
-            dq_col0 = dq_c0
+    if DQ_TMA and not VARLEN and not PROD_WRITER:  # this warpgroup's tile's place for the group's first
+        # query head (two registers across the loop; re-read from the CTA's id in the loop instead
+        # (_bwd_tile_again) they cost 40-50 instructions an iteration, an integer division)
+        dq_row0, dq_col0 = _dq_place(b, hk, S, H, GROUP, HEAD_DIM, OUT_BSHD, False)
+        dq_m0, dq_c0 = _dq_wg(W, HEAD_DIM, BLOCK_M)
+        dq_row0 += dq_m0
+        dq_col0 += dq_c0
 
     dk = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
     dv = gl.zeros([64, HEAD_DIM], gl.float32, layout=kv_layout)
@@ -554,10 +564,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             # to the next sequence's rows, or fall past the tensor (TMA drops them)
             if VARLEN:  # (q0 and hk live anyway)
                 _tma_reduce_add(desc_dq, [q0 + m0, (hk * GROUP + g) * HEAD_DIM + W * DQ_N], dq_w)
-            elif OUT_BSHD:
-                _tma_reduce_add(desc_dq, [dq_row0 + m0, dq_col0 + g * HEAD_DIM], dq_w)
             else:
-                _tma_reduce_add(desc_dq, [dq_row0 + g * S + m0, dq_col0], dq_w)
+                _dq_add(desc_dq, dq_w, dq_row0, dq_col0, g, m0, S, HEAD_DIM, OUT_BSHD)
         elif VARLEN:  # the sequence's rows only (past them: the next sequence's, or past the tensor)
             gl.atomic_add(dq_base + g * q_sh + m0 * q_ss + dq_offs, dq, mask=(dq_rows_reg < (seqlen_q - m0) - dq_rows_lane)[:, None],
                           sem="relaxed")
