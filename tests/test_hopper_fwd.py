@@ -314,6 +314,42 @@ def test_alibi_mma_launch_arguments(monkeypatch):
     assert "ALIBI_MMA" not in run(128, 1024, False, **alibi)
 
 
+def test_alibi_rotate_launch_arguments(monkeypatch):
+    """launch.hopper_fwd (the kernel stubbed): with HOPPER_FWD_ALIBI_ROTATE an ALiBi forward of two
+    warpgroups walks its key blocks from the diagonal (ROT_N), causal or not, persistent or a grid,
+    with softcap or a sink too, from HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS query rows; not with a window or
+    packed sequences (their blocks start at lo), not a plain call, and no call with the switch off."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, S, causal, B=2, H=4, **kw):
+        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
+        launch.hopper_fwd(q, k, v, torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S), 0.125, causal, **kw)
+        return dict(stub.seen)
+
+    alibi = dict(alibi_slopes=torch.rand(4))
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE", True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS", {256: 2048})
+    for D in (64, 128, 256):
+        for causal in (False, True):
+            s = run(D, 2048, causal, **alibi)
+            assert s.get("ROT_N") is True and s["BLOCK_M"] == 128, (D, causal)
+            assert "ROT_N" not in run(D, 2048, causal), (D, causal)
+            assert run(D, 1024, causal, **alibi).get("ROT_N", False) is (D != 256), (D, causal)
+    s = run(128, 16384, True, B=1, **alibi)  # (the grid launch)
+    assert s["ROT_N"] and "PERSISTENT" not in s
+    assert run(128, 1024, True, **alibi)["PERSISTENT"]
+    for other in (dict(softcap=2.0), dict(sink=torch.zeros(4)), dict(causal_offset=128)):
+        assert run(128, 1024, False, **alibi, **other).get("ROT_N") is True, other
+    assert "ROT_N" not in run(128, 1024, False, window_left=256, **alibi)
+    cu = torch.tensor([0, 300, 1024], dtype=torch.int32)
+    assert "ROT_N" not in run(128, 1024, False, B=1, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=724,
+                              max_seqlen_k=724, **alibi)
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE", False)
+    assert "ROT_N" not in run(128, 1024, False, **alibi)
+
+
 def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
     """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
     three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""
@@ -1107,6 +1143,33 @@ def test_hopper_fwd_persistent_features_cuda(monkeypatch, causal, heads, feature
     assert torch.equal(out, out_g) and torch.equal(lse, lse_g)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("Sq,Sk", [(1024, 1024), (256, 640), (640, 256)], ids=["sq-eq-sk", "sq-lt-sk", "sq-gt-sk"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("D", sorted(launch.HOPPER_FWD_CONFIGS), ids=lambda d: f"d{d}")
+def test_hopper_fwd_alibi_rotate_cuda(monkeypatch, D, causal, Sq, Sk):
+    """ALiBi's key blocks from the diagonal (launch.HOPPER_FWD_ALIBI_ROTATE, kernels/fwd_hopper.py
+    ROT_N) at every head dim, causal or not, Sq != Sk (bottom-right: causal ones pass as windows,
+    which keep key order), GQA with (B, H) slopes and a sink: within the policy of float64 and of the
+    Triton kernel; at D = 128 with Sq = Sk the persistent (chained) launch bitwise the grid's."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE", True)
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS", {})  # (every head dim at these lengths)
+    B, Hq, Hkv = 2, 8, 2
+    torch.manual_seed(0)
+    q, k, v = make_inputs(Case("fa", bf16, B, Hq, Hkv, Sq, Sk, D, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    kw = _feature_kwargs(B, Hq, alibi="bh", sink="mixed")
+    # (steeper slopes than the geometric 2^-1..2^-8 too: the max moves by up to 128 · 2 · log2 e a block)
+    kw["alibi_slopes"] = kw["alibi_slopes"] * 4.0
+    _check_gluon_fwd(monkeypatch, q, k, v, causal=causal, **kw)
+    if D == 128 and Sq == Sk:
+        out, lse, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, **kw)
+        monkeypatch.setattr(launch, "HOPPER_FWD_PERSISTENT_FEATURES", False)
+        out_g, lse_g, _ = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True, **kw)
+        assert torch.equal(out, out_g) and torch.equal(lse, lse_g)
+
+
 # (Sq, Sk, causal, window_size, features): sliding windows (block-aligned or not, one key a row,
 # one side only), causal with a window, Sq != Sk under causal (bottom-right: rows that see no key
 # when Sq > Sk) and not, windows that leave whole query blocks without a key (with a sink: all
@@ -1125,6 +1188,8 @@ WINDOW_CASES = [
     (1024, 128, False, (3, 5), dict(sink="large")),
     (128, 1024, True, (300, -1), dict(alibi="h")),
     (384, 1024, False, (64, 64), dict(softcap=2.0, alibi="bh", sink="mixed")),
+    (256, 640, False, (-1, -1), dict(alibi="h")),  # (ALiBi's |i + Sk - Sq - j| without a window:
+    (640, 256, False, (-1, -1), dict(alibi="bh", sink="mixed")),  # D = 128 runs it persistent, chained)
 ]
 
 

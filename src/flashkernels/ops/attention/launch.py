@@ -314,6 +314,31 @@ HOPPER_FWD_PERSISTENT_FEATURES = True
 # Both keep the add (tested on the GPU at D = 64 too: set the dims to measure it again).
 HOPPER_FWD_ALIBI_MMA = True
 HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
+# ALiBi forwards walk each tile's key blocks from the one before the block its diagonal lies in,
+# wrapping around (kernels/fwd_hopper.py ROT_N, _ws_rot0 / _ws_blk), instead of in key order: the bias
+# peaks at the diagonal, so the running row max is set by the first two blocks and the lazy rescale of O
+# is skipped on the rest; in key order a slope above ~0.04 (9 of 16 heads' geometric slopes) moved the
+# max past LAZY_THRESHOLD on every block before the diagonal. Two-warpgroup builds without a window or
+# packed sequences (their blocks start at lo; TRIM's warpgroups stop at their own diagonals), from
+# HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS query rows. H100, paired CUDA-graph A/B (scripts/ab_attention.py
+# --gluon --paired 24 --switch HOPPER_FWD_ALIBI_ROTATE --alibi --modes fwd, FA3 grid, session 22,
+# ...-s22-ab-alibi-rotate.txt), non-causal / causal: D = 128 -1.1 / +0.1% at 1k, +1.9 / +1.5% at 4k,
+# +3.7 / +4.6% at 16k; D = 256 -3.0 / -2.8%, +1.8 / +2.6%, +6.2 / +5.2%; D = 64 0%, +0.8 / +1.0%, +0.9 /
+# -0.3%. `bench features --paired 40` (D = 128, 4k causal): ALiBi over plain 1.139 -> 1.116. Starting
+# at the diagonal's own block instead read D = 128 1k non-causal -7.7% (that block takes the longer
+# ALiBi step, first in the tile with no P V wgmma to hide it).
+HOPPER_FWD_ALIBI_ROTATE = True
+HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows (D = 256's 1k lost)
+
+
+def hopper_fwd_alibi_rotate(alibi: bool, window_or_varlen: bool, block_m: int, head_dim: int = 128,
+                            rows: int = 4096) -> bool:
+    """Whether the Gluon forward walks its key blocks from the diagonal (kernels/fwd_hopper.py ROT_N):
+    HOPPER_FWD_ALIBI_ROTATE, ALiBi, no window or packed sequences, two warpgroups (BLOCK_M 128), at
+    least HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS[head_dim] query rows."""
+    fewest = next((n for d, n in HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS.items() if d == head_dim), 0)  # (SymInt: by ==)
+    return (HOPPER_FWD_ALIBI_ROTATE and alibi and not window_or_varlen and block_m == HOPPER_BLOCK_M
+            and rows >= fewest)
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
@@ -682,6 +707,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra["REVERSE_M"] = True
     if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window):
         extra["ALIBI_MMA"] = True
+    if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen, block_m, D, rows):
+        extra["ROT_N"] = True
     cached_launch(
         fwd_hopper.attn_fwd_hopper_kernel, grid,
         dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],

@@ -124,6 +124,12 @@ softmax overlaps that wgmma, and the finished tile's output is stored after it. 
 one loop over all of a CTA's blocks and the tile switch inside it read 4-5% slower from 4k on (its
 loop: a branch, a Q barrier wait and the tile's scalars an iteration).
 
+ROT_N (ALiBi without a window or packed sequences, two warpgroups; launch.HOPPER_FWD_ALIBI_ROTATE):
+each tile walks its key blocks from the one before its diagonal's, wrapping around (_ws_rot0,
+_ws_blk), so the row max ALiBi's bias pushes up block by block in key order is set at the start and
+O's lazy rescale is skipped after: +1.5-4.6% at D = 128 from 4k, +1.8-6.2% at D = 256 from 4k (H100,
+session 22, launch's note).
+
 REVERSE_M (causal grid launches, launch.HOPPER_FWD_CAUSAL_REVERSE): CTA x of a head takes its
 query tile n - 1 - x, so each head's longest tiles start first (the GPU starts CTAs in grid order)
 and the last wave is short: +4 / +7 / +9% at 16k (D = 64 / 128 / 256), within +-2% below (H100, FA3
@@ -228,6 +234,31 @@ def _grid_m(REVERSE_M: gl.constexpr):
 
 
 @gluon.jit
+def _ws_rot0(m0, causal_offset, n_blocks, BLOCK_N: gl.constexpr, ROT_N: gl.constexpr):
+    """ROT_N: the tile's first key block, the one before the block that holds its first row's
+    diagonal m0 + causal_offset (clamped to the tile's blocks 0 .. n_blocks - 1); else 0 (see
+    _ws_blk). (Not the diagonal's own block: a block the diagonal crosses takes the longer ALiBi
+    step, whose latency the first block of a tile does not hide behind a P V wgmma.)"""
+    if ROT_N:
+        return gl.maximum(gl.minimum(gl.maximum(m0 + causal_offset, 0) // BLOCK_N, n_blocks - 1) - 1, 0)
+    return 0
+
+
+@gluon.jit
+def _ws_blk(j, r0, n_blocks, ROT_N: gl.constexpr):
+    """The key block (from the tile's lo) of a tile's j-th step: j, or with ROT_N the blocks from
+    r0 (_ws_rot0: the one before the diagonal's) on, wrapping around to 0 .. r0 - 1. ALiBi's bias
+    is largest at the diagonal, so in this order a row's running max is set by its first two
+    blocks and the later ones rarely pass it: the lazy rescale of O (gluon_base._rescale_lazy) is
+    skipped where, in key order, a slope above ~0.04 moved the max by more than LAZY_THRESHOLD on
+    every block before the diagonal."""
+    if ROT_N:
+        k = j + r0
+        return k - n_blocks * (k >= n_blocks).to(gl.int32)
+    return j
+
+
+@gluon.jit
 def _ws_n_tiles(n_m, n_bh, CAUSAL: gl.constexpr):
     """How many tiles this CTA of a PERSISTENT launch runs (n_m query tiles of each of n_bh (batch,
     head) pairs; _ws_tile_c's c = 0 ..): one of every `programs` tiles; causal (n_m even: the
@@ -314,7 +345,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
-                 CHAIN: gl.constexpr):
+                 CHAIN: gl.constexpr, ROT_N: gl.constexpr):
     if PERSISTENT:  # (the CTA's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
@@ -327,12 +358,14 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
             row_q = b * q_rb + h * q_rh + m0
             row_k = b * k_rb + hk * k_rh
             row_v = b * v_rb + hk * v_rh
+            r0 = _ws_rot0(m0, causal_offset, n_blocks, BLOCK_N, ROT_N)
             for j in range(n_blocks):
                 s = (it + j) % STAGES
                 ph = (((it + j) // STAGES) & 1) ^ 1
+                kb = _ws_blk(j, r0, n_blocks, ROT_N) * BLOCK_N
                 mbarrier.wait(k_empty.index(s), ph)
                 mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, hk * k_ch], k_ready.index(s),
+                tma.async_copy_global_to_shared(desc_k, [row_k + kb, hk * k_ch], k_ready.index(s),
                                                 k_smem.index(s))
                 if j == 0:  # Q after K_0 (which may load during the previous tile's epilogue): the Q
                     # buffers are free once every warpgroup's previous output store has read them
@@ -351,7 +384,7 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                                                             q_smem.index(w))
                 mbarrier.wait(v_empty.index(s), ph)
                 mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc_v, [row_v + j * BLOCK_N, hk * v_ch], v_ready.index(s),
+                tma.async_copy_global_to_shared(desc_v, [row_v + kb, hk * v_ch], v_ready.index(s),
                                                 v_smem.index(s))
             it += n_blocks
             tc += 1
@@ -385,15 +418,17 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         else:
             mbarrier.expect(q_bars.index(w), desc_q.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(w), q_smem.index(w))
+    r0 = _ws_rot0(m0, causal_offset, n_blocks, BLOCK_N, ROT_N)  # (ROT_N: no WINDOW, lo = 0)
     for j in range(n_blocks):
         s = j % STAGES
         ph = ((j // STAGES) & 1) ^ 1  # previous use of stage s released (fresh barrier: passes)
+        kb = _ws_blk(j, r0, n_blocks, ROT_N) * BLOCK_N
         mbarrier.wait(k_empty.index(s), ph)
         mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_k, [row_k + j * BLOCK_N, hk * k_ch], k_ready.index(s), k_smem.index(s))
+        tma.async_copy_global_to_shared(desc_k, [row_k + kb, hk * k_ch], k_ready.index(s), k_smem.index(s))
         mbarrier.wait(v_empty.index(s), ph)
         mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_v, [row_v + j * BLOCK_N, hk * v_ch], v_ready.index(s), v_smem.index(s))
+        tma.async_copy_global_to_shared(desc_v, [row_v + kb, hk * v_ch], v_ready.index(s), v_smem.index(s))
 
 
 @gluon.jit
@@ -404,7 +439,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
-                 CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
+                 CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -420,7 +455,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
-                         HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA)
+                         HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA,
+                         causal_offset, ROT_N)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -433,7 +469,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0 + W * WG_M, lo, n_blocks, causal_offset,
                        window_left, window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, 0, SQ, SK,
                        HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, it, tc & 1,
-                       x_smem, ALIBI_MMA)
+                       x_smem, ALIBI_MMA, ROT_N)
             mbarrier.arrive(q_empty)  # (after _ws_store_out's store_wait: Q_W is free)
             it += n_blocks
             tc += 1
@@ -442,7 +478,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                           k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                           alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES,
                           CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, n_bh, REVERSE_M, VARLEN_NB, x_smem,
-                          ALIBI_MMA)
+                          ALIBI_MMA, ROT_N)
 
 
 @gluon.jit
@@ -452,7 +488,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
                       WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                       CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                       WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr, n_bh, REVERSE_M: gl.constexpr,
-                      VARLEN_NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
+                      VARLEN_NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr):
     """_ws_consumer of a grid launch: the CTA's one tile."""
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
@@ -475,7 +511,8 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
             _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
                        window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM,
-                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA)
+                       WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA,
+                       False)
         for j in range(n_w, n_blocks):
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(j % STAGES), ph)
@@ -486,7 +523,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
         _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
                    alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
-                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA)
+                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA, ROT_N)
 
 
 @gluon.constexpr_function
@@ -656,7 +693,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
-               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False):
+               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
+               ROT_N: gl.constexpr = False):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
     The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
@@ -665,7 +703,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     from seqlen_k on masked as outside the window (the next sequence's rows, or TMA's zeros), out
     and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
     from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
-    tensor's end and would write the next sequence's rows)."""
+    tensor's end and would write the next sequence's rows).
+    ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's diagonal on."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -695,25 +734,28 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     if ALIBI_MMA:  # (the tile's slope)
         qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
 
+    r0 = _ws_rot0(m0w - W * WG_M, causal_offset, n_blocks, BLOCK_N, ROT_N)  # (the tile's, as the producer's)
+
     # Block 0's scores, and its softmax.
     mbarrier.wait(q_bars.index(W), q_phase)
     st0 = it0 % STAGES
     mbarrier.wait(k_ready.index(st0), (it0 // STAGES) & 1)
     if ALIBI_MMA:
-        s_tok = _ws_qk(q_w, k_smem.index(st0), s_zero, x_smem, qx, W, lo * BLOCK_N, diag0, CAUSAL)
+        s_tok = _ws_qk(q_w, k_smem.index(st0), s_zero, x_smem, qx, W, (lo + r0) * BLOCK_N, diag0, CAUSAL)
     else:
         s_tok = warpgroup_mma(q_w, k_smem.index(st0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(st0)))
     mbarrier.arrive(k_empty.index(st0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
-                                       win_lo, win_hi, mask_lo, mask_hi, lo * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP,
-                                       ALIBI, WINDOW, s_layout, ALIBI_MMA)
+                                       win_lo, win_hi, mask_lo, mask_hi, (lo + r0) * BLOCK_N, BLOCK_N, CAUSAL,
+                                       SOFTCAP, ALIBI, WINDOW, s_layout, ALIBI_MMA)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
         p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
                                            acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
-                                           diag, diag0, win_lo, win_hi, mask_lo, mask_hi, (lo + j + 1) * BLOCK_N,
+                                           diag, diag0, win_lo, win_hi, mask_lo, mask_hi,
+                                           (lo + _ws_blk(j + 1, r0, n_blocks, ROT_N)) * BLOCK_N,
                                            BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, qx,
                                            W, ALIBI_MMA)
         acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)  # (O *= alpha)
@@ -747,7 +789,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      k_ready, k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh,
                      o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
-                     SINK: gl.constexpr, x_smem=None, ALIBI_MMA: gl.constexpr = False):
+                     SINK: gl.constexpr, x_smem=None, ALIBI_MMA: gl.constexpr = False, causal_offset=0,
+                     ROT_N: gl.constexpr = False):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
     programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
@@ -755,7 +798,9 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     this tile's output; the next tile's P V accumulates from zero. Tile c's Q is in q_smem[(c % 2) ·
     NUM_WG + W] (barrier q_bars likewise, phase c // 2), released with q_empty[c % 2] after its
     output store, which stages in that buffer. The score features SOFTCAP, ALIBI and SINK as in
-    _ws_attend (the slope and the sink loaded for each tile's (b, h))."""
+    _ws_attend (the slope and the sink loaded for each tile's (b, h)); ALiBi's distance |i +
+    causal_offset - j| (non-causal Sq != Sk; causal builds have offset 0); ROT_N: each tile's
+    blocks in _ws_blk's order."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -768,8 +813,11 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     pid_m, pid_bh = _ws_tile_c(0, n_m, n_bh, CAUSAL)
     pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, BLOCK_M, BLOCK_N, CAUSAL, False,
                                               False)
+    if CAUSAL:  # (causal builds have offset 0: the launcher passes any other as WINDOW)
+        causal_offset = 0
     m0w = m0 + W * WG_M
     offs_m = m0w + gl.arange(0, WG_M, layout=row_s)
+    r0 = _ws_rot0(m0, causal_offset, n_blocks, BLOCK_N, ROT_N)
     slope, colbias = _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
     m_i, l_i, sink = _ws_stats_init(Sink, h, WG_M, SINK, row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
@@ -784,14 +832,14 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     mbarrier.wait(q_bars.index(W), 0)
     mbarrier.wait(k_ready.index(0), 0)
     if ALIBI_MMA:
-        s_tok = _ws_qk(q_w, k_smem.index(0), s_zero, x_smem, qx, W, 0, m0w, CAUSAL)
+        s_tok = _ws_qk(q_w, k_smem.index(0), s_zero, x_smem, qx, W, r0 * BLOCK_N, m0w + causal_offset, CAUSAL)
     else:
         s_tok = warpgroup_mma(q_w, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s, _, _ = warpgroup_mma_wait(0, deps=(s_tok, q_w, k_smem.index(0)))
     mbarrier.arrive(k_empty.index(0))
-    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, offs_m, m0w,
-                                       offs_m, offs_m, 0, 0, 0, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, False, s_layout,
-                                       ALIBI_MMA)
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
+                                       offs_m + causal_offset, m0w + causal_offset, offs_m, offs_m, 0, 0,
+                                       r0 * BLOCK_N, BLOCK_N, CAUSAL, SOFTCAP, ALIBI, False, s_layout, ALIBI_MMA)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     it = 0  # the ring's block of the tile's block 0
@@ -802,9 +850,9 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
         for j in range(0, n_blocks - 1):  # (_ws_attend's loop)
             p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it + j, p_op,
                                                acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
-                                               m0w, offs_m, m0w, offs_m, offs_m, 0, 0, (j + 1) * BLOCK_N, BLOCK_N,
-                                               STAGES, CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx, W,
-                                               ALIBI_MMA)
+                                               m0w, offs_m + causal_offset, m0w + causal_offset, offs_m, offs_m, 0, 0,
+                                               _ws_blk(j + 1, r0, n_blocks, ROT_N) * BLOCK_N, BLOCK_N, STAGES,
+                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx, W, ALIBI_MMA)
             acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
         last = it + n_blocks - 1
@@ -817,6 +865,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             mbarrier.wait(q_bars.index(qb), ((tc + 1) >> 1) & 1)
             m0w_n = m0_n + W * WG_M
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
+            r0_n = _ws_rot0(m0_n, causal_offset, n_blocks_n, BLOCK_N, ROT_N)
             slope_n, colbias_n = _ws_alibi(Alibi, b_n, h_n, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
             m_n, l_n, sink_n = _ws_stats_init(Sink, h_n, WG_M, SINK, row_s)
             qx_n = None
@@ -824,8 +873,9 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                 qx_n = _ws_alibi_q(slope_n, WG_M, BLOCK_N, dtype)
             p, alpha, m_n, l_n, acc = _ws_pair(q_n, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, last, p_op,
                                                acc, s_zero, m_n, l_n, qk_scale, cap_scale, slope_n, colbias_n,
-                                               offs_n, m0w_n, offs_n, m0w_n, offs_n, offs_n, 0, 0, 0, BLOCK_N, STAGES,
-                                               CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
+                                               offs_n, m0w_n, offs_n + causal_offset, m0w_n + causal_offset, offs_n,
+                                               offs_n, 0, 0, r0_n * BLOCK_N, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
+                                               False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o)
             if ALIBI:
@@ -844,6 +894,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             h = h_n
             m0w = m0w_n
             offs_m = offs_n
+            r0 = r0_n
             it = last + 1
             n_blocks = n_blocks_n
             tc += 1
@@ -887,7 +938,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
-                           ALIBI_MMA: gl.constexpr = False):
+                           ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -916,8 +967,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     neither: both unbounded); ALiBi's slopes of sequence b at Alibi[b * alibi_sb + h * alibi_sh].
     Out / o_rs (out's pointer, the row stride of its 2-D view) serve the masked stores of a
     sequence's last rows. ALIBI_MMA (ALIBI without SOFTCAP or WINDOW): the column part of the ALiBi
-    bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. The pointers of
-    the features off are not read."""
+    bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. ROT_N (ALIBI,
+    no WINDOW, two warpgroups): each tile walks its key blocks from the one its diagonal lies in,
+    wrapping around (_ws_blk). The pointers of the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -930,6 +982,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
     gl.static_assert(not (PERSISTENT and (TRIM or WINDOW or VARLEN)))  # (the score features: see the launcher)
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
+    gl.static_assert(not ROT_N or (ALIBI and not (WINDOW or TRIM)))  # (lo = 0, the warpgroups' blocks alike)
     dtype: gl.constexpr = desc_q.dtype
     gl.static_assert(PERSISTENT or not CHAIN)
     QSETS: gl.constexpr = 2 if CHAIN else 1  # (CHAIN: the next tile's Q loads while this one's runs)
@@ -972,16 +1025,16 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN, ROT_N)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
@@ -989,19 +1042,19 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN, ROT_N)),
         ], [4, 4, 1], [CONSUMER_REGS3, CONSUMER_REGS3, PRODUCER_REGS])
