@@ -324,11 +324,12 @@ HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
 # --gluon --paired 24 --switch HOPPER_FWD_ALIBI_ROTATE --alibi --modes fwd, FA3 grid, session 22,
 # ...-s22-ab-alibi-rotate.txt), non-causal / causal: D = 128 -1.1 / +0.1% at 1k, +1.9 / +1.5% at 4k,
 # +3.7 / +4.6% at 16k; D = 256 -3.0 / -2.8%, +1.8 / +2.6%, +6.2 / +5.2%; D = 64 0%, +0.8 / +1.0%, +0.9 /
-# -0.3%. `bench features --paired 40` (D = 128, 4k causal): ALiBi over plain 1.139 -> 1.116. Starting
+# -0.3%; at 2k / 8k (...-s22-ab-alibi-rotate-2k-8k.txt) D = 128 -0.5 / +0.2%, +2.9 / +2.8%, D = 256 -0.3 /
+# +0.4%, +4.4 / +4.4%. `bench features --paired 40` (D = 128, 4k causal): ALiBi over plain 1.139 -> 1.116. Starting
 # at the diagonal's own block instead read D = 128 1k non-causal -7.7% (that block takes the longer
 # ALiBi step, first in the tile with no P V wgmma to hide it).
 HOPPER_FWD_ALIBI_ROTATE = True
-HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows (D = 256's 1k lost)
+HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows (D = 256: 1k lost, 2k even)
 
 
 def hopper_fwd_alibi_rotate(alibi: bool, window_or_varlen: bool, block_m: int, head_dim: int = 128,
