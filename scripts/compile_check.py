@@ -252,7 +252,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         consts["REVERSE_M"] = True
     if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched)
         consts["ALIBI_MMA"] = True
-    if launch.hopper_fwd_alibi_rotate(alibi, window, block_m, D):  # (as launched at 4k rows)
+    if launch.hopper_fwd_alibi_rotate(alibi, window or softcap, block_m, D):  # (as launched at 4k rows)
         consts["ROT_N"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)
         consts["VARLEN"] = True

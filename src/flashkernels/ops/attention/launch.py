@@ -319,8 +319,9 @@ HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
 # peaks at the diagonal, so the running row max is set by the first two blocks and the lazy rescale of O
 # is skipped on the rest; in key order a slope above ~0.04 (9 of 16 heads' geometric slopes) moved the
 # max past LAZY_THRESHOLD on every block before the diagonal. Two-warpgroup builds without a window or
-# packed sequences (their blocks start at lo; TRIM's warpgroups stop at their own diagonals), from
-# HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS query rows. H100, paired CUDA-graph A/B (scripts/ab_attention.py
+# packed sequences (their blocks start at lo; TRIM's warpgroups stop at their own diagonals) nor softcap
+# (not measured with it; its D = 128 causal build spilled 24 -> 32 B), from HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS
+# query rows. H100, paired CUDA-graph A/B (scripts/ab_attention.py
 # --gluon --paired 24 --switch HOPPER_FWD_ALIBI_ROTATE --alibi --modes fwd, FA3 grid, session 22,
 # ...-s22-ab-alibi-rotate.txt), non-causal / causal: D = 128 -1.1 / +0.1% at 1k, +1.9 / +1.5% at 4k,
 # +3.7 / +4.6% at 16k; D = 256 -3.0 / -2.8%, +1.8 / +2.6%, +6.2 / +5.2%; D = 64 0%, +0.8 / +1.0%, +0.9 /
@@ -332,13 +333,13 @@ HOPPER_FWD_ALIBI_ROTATE = True
 HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows (D = 256: 1k lost, 2k even)
 
 
-def hopper_fwd_alibi_rotate(alibi: bool, window_or_varlen: bool, block_m: int, head_dim: int = 128,
+def hopper_fwd_alibi_rotate(alibi: bool, other_features: bool, block_m: int, head_dim: int = 128,
                             rows: int = 4096) -> bool:
     """Whether the Gluon forward walks its key blocks from the diagonal (kernels/fwd_hopper.py ROT_N):
-    HOPPER_FWD_ALIBI_ROTATE, ALiBi, no window or packed sequences, two warpgroups (BLOCK_M 128), at
-    least HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS[head_dim] query rows."""
+    HOPPER_FWD_ALIBI_ROTATE, ALiBi without softcap, a window or packed sequences (``other_features``),
+    two warpgroups (BLOCK_M 128), at least HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS[head_dim] query rows."""
     fewest = next((n for d, n in HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS.items() if d == head_dim), 0)  # (SymInt: by ==)
-    return (HOPPER_FWD_ALIBI_ROTATE and alibi and not window_or_varlen and block_m == HOPPER_BLOCK_M
+    return (HOPPER_FWD_ALIBI_ROTATE and alibi and not other_features and block_m == HOPPER_BLOCK_M
             and rows >= fewest)
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
@@ -708,7 +709,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra["REVERSE_M"] = True
     if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window):
         extra["ALIBI_MMA"] = True
-    if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen, block_m, D, rows):
+    if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen or softcap > 0, block_m, D, rows):
         extra["ROT_N"] = True
     cached_launch(
         fwd_hopper.attn_fwd_hopper_kernel, grid,
