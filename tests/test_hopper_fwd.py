@@ -232,6 +232,20 @@ class _KernelStub:
         return run
 
 
+def _stubbed_hopper_fwd(monkeypatch, B=2, H=4):
+    """launch.hopper_fwd with the kernel stubbed (_KernelStub) on 132 SMs: run(D, S, causal, B, H,
+    **features) returns the grid and the keywords of its launch, on (B, S, H, D) inputs."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, S, causal, B=B, H=H, **kw):
+        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
+        launch.hopper_fwd(q, k, v, torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S), 0.125, causal, **kw)
+        return dict(stub.seen)
+    return run
+
+
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
 def test_persistent_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed, 132 SMs): the plain non-causal forward at D = 128 runs
@@ -241,15 +255,7 @@ def test_persistent_launch_arguments(monkeypatch):
     query tiles pair up and are no more than HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS, else the grid
     (B · H along y), as with HOPPER_FWD_PERSISTENT_CAUSAL off; softcap, ALiBi and sinks persistent
     too, windows not; with HOPPER_FWD_CHAIN off the D = 128 launch is persistent without CHAIN."""
-    stub = _KernelStub()
-    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
-
-    def run(D, S, causal, B=4, H=16, **kw):
-        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
-        out, lse = torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S)
-        launch.hopper_fwd(q, k, v, out, lse, 0.125, causal, **kw)
-        return dict(stub.seen)
+    run = _stubbed_hopper_fwd(monkeypatch, B=4, H=16)
 
     s = run(128, 1024, False)
     assert s["grid"] == (132,) and s["PERSISTENT"] and s["CHAIN"] and s["n_bh"] == 64 and s["BLOCK_M"] == 128
@@ -290,14 +296,7 @@ def test_alibi_mma_launch_arguments(monkeypatch):
     at the head dims of HOPPER_FWD_ALIBI_MMA_DIMS, causal or not, persistent or not, and only without
     softcap or a window (those builds do not split the bias), nor with the switch off; no other call
     passes the flag."""
-    stub = _KernelStub()
-    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
-
-    def run(D, S, causal, B=2, H=4, **kw):
-        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
-        launch.hopper_fwd(q, k, v, torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S), 0.125, causal, **kw)
-        return dict(stub.seen)
+    run = _stubbed_hopper_fwd(monkeypatch)
 
     alibi = dict(alibi_slopes=torch.rand(4))
     for D in (64, 128, 256):
@@ -319,14 +318,7 @@ def test_alibi_rotate_launch_arguments(monkeypatch):
     warpgroups walks its key blocks from the diagonal (ROT_N), causal or not, persistent or a grid,
     with a sink too, from HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS query rows; not with a window or packed
     sequences (their blocks start at lo) nor softcap, not a plain call, and no call with the switch off."""
-    stub = _KernelStub()
-    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
-
-    def run(D, S, causal, B=2, H=4, **kw):
-        q, k, v = (_bshd(B, S, H, D) for _ in range(3))
-        launch.hopper_fwd(q, k, v, torch.empty(B, H, S, D, dtype=bf16), torch.empty(B, H, S), 0.125, causal, **kw)
-        return dict(stub.seen)
+    run = _stubbed_hopper_fwd(monkeypatch)
 
     alibi = dict(alibi_slopes=torch.rand(4))
     monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_ROTATE", True)

@@ -330,7 +330,8 @@ HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
 # at the diagonal's own block instead read D = 128 1k non-causal -7.7% (that block takes the longer
 # ALiBi step, first in the tile with no P V wgmma to hide it).
 HOPPER_FWD_ALIBI_ROTATE = True
-HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows (D = 256: 1k lost, 2k even)
+# head dim -> fewest query rows that rotate (D = 256: 1k lost, 2k even)
+HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS: dict[int, int] = {256: 4096}
 
 
 def hopper_fwd_alibi_rotate(alibi: bool, other_features: bool, block_m: int, head_dim: int = 128,
@@ -341,6 +342,8 @@ def hopper_fwd_alibi_rotate(alibi: bool, other_features: bool, block_m: int, hea
     fewest = next((n for d, n in HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS.items() if d == head_dim), 0)  # (SymInt: by ==)
     return (HOPPER_FWD_ALIBI_ROTATE and alibi and not other_features and block_m == HOPPER_BLOCK_M
             and rows >= fewest)
+
+
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
 # q·kᵀ wgmma is issued with the previous tile's last p·v one, and its Q loads while that tile runs (two
 # sets of Q buffers: D <= 128 only, D = 256's ring fills the shared memory). H100, session 15
