@@ -311,9 +311,13 @@ HOPPER_FWD_PERSISTENT_FEATURES = True
 # process (on timed first, which favoured it by ~1-6% there: ...-ab-fwd-alibi-mma.txt), within the noise
 # of that order once the same call's no-op readings are taken off; D = 256 (an earlier form, the rows'
 # operand in shared memory; H200) lost 0.5-3.3%: its wgmmas (k = 256) weigh more against its softmax.
-# Both keep the add (tested on the GPU at D = 64 too: set the dims to measure it again).
+# Both kept the add (tested on the GPU at D = 64 too: set the dims to measure it again). Session 22, paired
+# CUDA-graph A/B at D = 64 (--switch HOPPER_FWD_ALIBI_MMA_DIMS --on "(64, 128)" --off "(128,)" --alibi
+# --paired 24, with ALiBi's rotated key order, ...-s22-ab-alibi-mma-d64.txt), non-causal / causal: +0.9 /
+# -0.4% at 2k, +1.5 / +2.0% at 4k, +1.9 / +6.0% at 16k (the fast path 484 -> 425 instructions, 0 spill);
+# so D = 64 takes it too (GPU tests forced on: ...-s22-alibi-mma-d64-tests.txt). D = 256 keeps the add.
 HOPPER_FWD_ALIBI_MMA = True
-HOPPER_FWD_ALIBI_MMA_DIMS = (128,)
+HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128)
 # ALiBi forwards walk each tile's key blocks from the one before the block its diagonal lies in,
 # wrapping around (kernels/fwd_hopper.py ROT_N, _ws_rot0 / _ws_blk), instead of in key order: the bias
 # peaks at the diagonal, so the running row max is set by the first two blocks and the lazy rescale of O
