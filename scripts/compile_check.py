@@ -250,7 +250,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
             consts["CHAIN"] = True
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
-    if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched)
+    if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched at 4k rows)
         consts["ALIBI_MMA"] = True
     if launch.hopper_fwd_alibi_rotate(alibi, window or softcap, block_m, D):  # (as launched at 4k rows)
         consts["ROT_N"] = True

@@ -293,17 +293,19 @@ def test_persistent_launch_arguments(monkeypatch):
 
 def test_alibi_mma_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed): ALiBi's column bias goes to the tensor cores (ALIBI_MMA)
-    at the head dims of HOPPER_FWD_ALIBI_MMA_DIMS, causal or not, persistent or not, and only without
-    softcap or a window (those builds do not split the bias), nor with the switch off; no other call
-    passes the flag."""
+    at every head dim (D = 256 from HOPPER_FWD_ALIBI_MMA_MIN_ROWS' 4096 query rows), causal or not,
+    persistent or not, and only without softcap or a window (those builds do not split the bias), nor
+    with the switch off; no other call passes the flag."""
     run = _stubbed_hopper_fwd(monkeypatch)
 
     alibi = dict(alibi_slopes=torch.rand(4))
     for D in (64, 128, 256):
         for causal in (False, True):
-            s = run(D, 1024, causal, **alibi)
-            assert s.get("ALIBI_MMA", False) is (D in launch.HOPPER_FWD_ALIBI_MMA_DIMS), (D, causal)
-            assert "ALIBI_MMA" not in run(D, 1024, causal), (D, causal)
+            assert run(D, 4096, causal, B=1, **alibi).get("ALIBI_MMA") is True, (D, causal)
+            assert run(D, 1024, causal, **alibi).get("ALIBI_MMA", False) is (D != 256), (D, causal)
+            assert "ALIBI_MMA" not in run(D, 4096, causal, B=1), (D, causal)
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_MMA_MIN_ROWS", {})
+    assert run(256, 1024, True, **alibi)["ALIBI_MMA"]
     s = run(128, 16384, True, B=1, **alibi)  # (past HOPPER_FWD_PERSISTENT_CAUSAL_MAX_ROWS: the grid)
     assert s["ALIBI_MMA"] and "PERSISTENT" not in s
     for other in (dict(softcap=2.0), dict(window_left=256), dict(sink=torch.zeros(4))):

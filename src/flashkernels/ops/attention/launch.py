@@ -315,9 +315,13 @@ HOPPER_FWD_PERSISTENT_FEATURES = True
 # CUDA-graph A/B at D = 64 (--switch HOPPER_FWD_ALIBI_MMA_DIMS --on "(64, 128)" --off "(128,)" --alibi
 # --paired 24, with ALiBi's rotated key order, ...-s22-ab-alibi-mma-d64.txt), non-causal / causal: +0.9 /
 # -0.4% at 2k, +1.5 / +2.0% at 4k, +1.9 / +6.0% at 16k (the fast path 484 -> 425 instructions, 0 spill);
-# so D = 64 takes it too (GPU tests forced on: ...-s22-alibi-mma-d64-tests.txt). D = 256 keeps the add.
+# so D = 64 takes it too (GPU tests forced on: ...-s22-alibi-mma-d64-tests.txt). D = 256 (the final form,
+# rows' operand in registers; ...-s22-ab-alibi-mma-d256.txt): -0.3 / -1.3% at 1k, +0.7 / +2.5% at 4k, +1.1 /
+# +4.9% at 16k (fast path 354 -> 333 non-causal, spill 4 / 12 -> 0 B), so from 4096 query rows
+# (HOPPER_FWD_ALIBI_MMA_MIN_ROWS; GPU tests forced on at every length: ...-s22-alibi-mma-d256-tests.txt).
 HOPPER_FWD_ALIBI_MMA = True
-HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128)
+HOPPER_FWD_ALIBI_MMA_DIMS = (64, 128, 256)
+HOPPER_FWD_ALIBI_MMA_MIN_ROWS: dict[int, int] = {256: 4096}  # head dim -> fewest query rows
 # ALiBi forwards walk each tile's key blocks from the one before the block its diagonal lies in,
 # wrapping around (kernels/fwd_hopper.py ROT_N, _ws_rot0 / _ws_blk), instead of in key order: the bias
 # peaks at the diagonal, so the running row max is set by the first two blocks and the lazy rescale of O
@@ -343,9 +347,13 @@ def hopper_fwd_alibi_rotate(alibi: bool, other_features: bool, block_m: int, hea
     """Whether the Gluon forward walks its key blocks from the diagonal (kernels/fwd_hopper.py ROT_N):
     HOPPER_FWD_ALIBI_ROTATE, ALiBi without softcap, a window or packed sequences (``other_features``),
     two warpgroups (BLOCK_M 128), at least HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS[head_dim] query rows."""
-    fewest = next((n for d, n in HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS.items() if d == head_dim), 0)  # (SymInt: by ==)
     return (HOPPER_FWD_ALIBI_ROTATE and alibi and not other_features and block_m == HOPPER_BLOCK_M
-            and rows >= fewest)
+            and rows >= _rows_floor(HOPPER_FWD_ALIBI_ROTATE_MIN_ROWS, head_dim))
+
+
+def _rows_floor(floors: dict, head_dim) -> int:
+    """floors[head_dim], else 0 (looked up by ==: head_dim may be a SymInt)."""
+    return next((n for d, n in floors.items() if d == head_dim), 0)
 
 
 # A persistent forward's tiles as one stream of key blocks (kernels/fwd_hopper.py CHAIN): a tile's first
@@ -415,11 +423,13 @@ def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> boo
     return rows < cfg[3] and rows % (2 * HOPPER_BLOCK_M) == 0 if causal else rows < cfg[2]
 
 
-def hopper_fwd_alibi_mma(head_dim: int, alibi: bool, softcap_or_window: bool) -> bool:
+def hopper_fwd_alibi_mma(head_dim: int, alibi: bool, softcap_or_window: bool, rows: int = 4096) -> bool:
     """Whether the Gluon forward adds ALiBi's column bias with the tensor cores (kernels/fwd_hopper.py
     ALIBI_MMA): HOPPER_FWD_ALIBI_MMA, a head dim of HOPPER_FWD_ALIBI_MMA_DIMS, ALiBi without softcap or a
-    window (packed sequences are window builds)."""
-    return HOPPER_FWD_ALIBI_MMA and head_dim in HOPPER_FWD_ALIBI_MMA_DIMS and alibi and not softcap_or_window
+    window (packed sequences are window builds), at least HOPPER_FWD_ALIBI_MMA_MIN_ROWS[head_dim] query
+    rows."""
+    return (HOPPER_FWD_ALIBI_MMA and head_dim in HOPPER_FWD_ALIBI_MMA_DIMS and alibi and not softcap_or_window
+            and rows >= _rows_floor(HOPPER_FWD_ALIBI_MMA_MIN_ROWS, head_dim))
 
 
 def hopper_fwd_persistent(head_dim: int, block_m: int, features: bool, causal: bool = False,
@@ -714,7 +724,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
             extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
         extra["REVERSE_M"] = True
-    if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window):
+    if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window, rows):
         extra["ALIBI_MMA"] = True
     if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen or softcap > 0, block_m, D, rows):
         extra["ROT_N"] = True
