@@ -247,7 +247,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     if persistent:
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)
-            consts["CHAIN"] = True
+            consts["CHAIN"] = launch.hopper_fwd_chain_flag(D)
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
     if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched at 4k rows)

@@ -291,6 +291,31 @@ def test_persistent_launch_arguments(monkeypatch):
     assert s["PERSISTENT"] and "CHAIN" not in s
 
 
+def test_chain_defer_and_probe_launch_arguments(monkeypatch):
+    """launch.hopper_fwd (the kernel stubbed): chained launches (D = 128, and D = 64's short build, causal
+    or not, with a score feature too) pass CHAIN = 2 at the head dims HOPPER_FWD_CHAIN_DEFER names (the
+    store's wait deferred; by default D = 64) and CHAIN = True at the others; grid launches pass no
+    CHAIN. HOPPER_FWD_PROBE reaches chained launches only (Probe, PROBE), and none while it is None."""
+    run = _stubbed_hopper_fwd(monkeypatch)
+
+    assert launch.HOPPER_FWD_CHAIN_DEFER == (64,)
+    for defer in ((64,), (64, 128), ()):
+        monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN_DEFER", defer)
+        for D, causal, kw in ((128, False, {}), (128, True, {}), (64, False, {}), (64, True, {}),
+                              (128, False, dict(sink=torch.zeros(4)))):
+            s = run(D, 1024, causal, **kw)
+            assert s["PERSISTENT"] and s["CHAIN"] == (2 if D in defer else 1), (defer, D, causal, kw)
+            assert (s["CHAIN"] is True) is (D not in defer) and "PROBE" not in s and "Probe" not in s
+        s = run(128, 1024, False, window_left=256)  # (a window: a grid launch, no chain)
+        assert "CHAIN" not in s and "PROBE" not in s
+    probe = torch.zeros(8, dtype=torch.int64)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PROBE", probe)
+    s = run(128, 1024, False)
+    assert s["PROBE"] is True and s["Probe"] is probe
+    s = run(256, 1024, False)  # (D = 256: not chained)
+    assert "CHAIN" not in s and "PROBE" not in s
+
+
 def test_alibi_mma_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed): ALiBi's column bias goes to the tensor cores (ALIBI_MMA)
     at every head dim (D = 256 from HOPPER_FWD_ALIBI_MMA_MIN_ROWS' 4096 query rows), causal or not,
@@ -844,6 +869,32 @@ def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
     out, lse, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True)
     assert launch.hopper_fwd_launches == n + 2
     assert torch.equal(out, r.out) and torch.equal(lse, r.lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [256, 1024])
+@pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hopper_fwd_chain_defer_cuda(monkeypatch, causal, D, S):
+    """launch.HOPPER_FWD_CHAIN_DEFER (the chained forward waits for a tile's output store one loop step
+    later, then releases its Q buffer) changes no bit of out or lse: D = 128 chained and D = 64's short
+    build, more tiles than SMs, tiles of two key blocks (S = 256: the wait in the only loop step) and of
+    eight, causal pairs whose short tile has one block (the wait at the boundary)."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", _MIN_SEQLEN)
+    Hq = 2048 // D
+    B = 4 * 1024 // S
+    assert launch.hopper_fwd_chained(D) and B * Hq * S // 128 > torch.cuda.get_device_properties(0).multi_processor_count
+    torch.manual_seed(0)
+    q, k, v = make_inputs(Case("fa", bf16, B, Hq, Hq, S, S, D, causal=causal, backward=False), "cuda",
+                          requires_grad=False)
+    res = {}
+    for defer in (True, False):
+        monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN_DEFER", (D,) if defer else ())
+        n = launch.hopper_fwd_launches
+        res[defer] = flashkernels.flash_attn_func(q, k, v, causal=causal, return_attn_probs=True)[:2]
+        assert launch.hopper_fwd_launches == n + 1
+    assert torch.equal(res[True][0], res[False][0]) and torch.equal(res[True][1], res[False][1])
 
 
 _MIN_SEQLEN = dict(launch.HOPPER_FWD_MIN_SEQLEN)  # (the default, before any test's monkeypatch)

@@ -363,6 +363,16 @@ def _rows_floor(floors: dict, head_dim) -> int:
 # non-causal, ...-ab-fwd-chain.txt): +3.0 / +1.5 / +0.8 / -0.4% at 1k / 2k / 4k / 16k.
 HOPPER_FWD_CHAIN = True
 HOPPER_FWD_CHAIN_MAX_DIM = 128
+# The chained forward's output store waited for in the next tile's first loop step, not at the tile
+# boundary (kernels/fwd_hopper.py CHAIN = 2, _ws_attend_chain's DEFER): the TMA store's read of its
+# staging buffer overlaps that step. H100, session 23 (scripts/ab_attention.py --gluon --paired 24
+# --switch HOPPER_FWD_CHAIN_DEFER, FA3 grid, ...-s23-ab-chain-defer.txt): D = 64 1k (the short build)
+# +1.2% / +1.4% non-causal / causal, D = 128 -0.9 to +0.4% (1k-16k): head dims whose chained builds
+# defer (at D = 128 ALiBi's non-causal build would spill 104 B, not measured).
+HOPPER_FWD_CHAIN_DEFER: tuple = (64,)
+# An int64 tensor: chained forwards record their warpgroups' clocks there (kernels/fwd_hopper._probe;
+# scripts/exp_chain_probe.py). None: off.
+HOPPER_FWD_PROBE = None
 # Head dim -> (BLOCK_N, STAGES, rows, causal rows): the build that runs a plain forward (no feature;
 # causal with its diagonal at the top-left corner, Sq <= Sk) below that many query rows (non-causal,
 # causal), where the head dim's own config loses: two warpgroups, persistent and chained (needs
@@ -411,6 +421,12 @@ def hopper_fwd_chained(head_dim: int) -> bool:
     """Whether a persistent forward at ``head_dim`` runs its tiles chained (HOPPER_FWD_CHAIN, two sets
     of Q buffers: up to HOPPER_FWD_CHAIN_MAX_DIM)."""
     return HOPPER_FWD_CHAIN and head_dim <= HOPPER_FWD_CHAIN_MAX_DIM
+
+
+def hopper_fwd_chain_flag(head_dim: int):
+    """The kernel's CHAIN value of a chained build at ``head_dim``: 2 where HOPPER_FWD_CHAIN_DEFER
+    names it, else True."""
+    return 2 if any(d == head_dim for d in HOPPER_FWD_CHAIN_DEFER) else True  # (by ==: a SymInt)
 
 
 def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:
@@ -715,7 +731,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         grid = (min(grid[0] * grid[1] // (2 if causal else 1), _sm_count(q.device.index or 0)),)
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
         if hopper_fwd_chained(D):
-            extra["CHAIN"] = True
+            extra["CHAIN"] = hopper_fwd_chain_flag(D)
     if varlen:
         extra["VARLEN"] = True
         nb = max(1 << n_seq.bit_length(), 128)  # (a power of two > n_seq, one offset a consumer thread at least)
@@ -737,7 +753,9 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window, D,
                                          causal, q.dtype),
         ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False, **extra,
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False,
+        **(dict(Probe=HOPPER_FWD_PROBE, PROBE=True) if HOPPER_FWD_PROBE is not None and extra.get("CHAIN") else {}),
+        **extra,
     )
     hopper_fwd_launches += 1
 

@@ -439,7 +439,8 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
-                 CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr):
+                 CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr, Probe=None,
+                 PROBE: gl.constexpr = False):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -456,7 +457,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
                          HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA,
-                         causal_offset, ROT_N)
+                         causal_offset, ROT_N, CHAIN == 2, Probe, PROBE)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -790,7 +791,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      o_ch, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                      SINK: gl.constexpr, x_smem=None, ALIBI_MMA: gl.constexpr = False, causal_offset=0,
-                     ROT_N: gl.constexpr = False):
+                     ROT_N: gl.constexpr = False, DEFER: gl.constexpr = False, Probe=None,
+                     PROBE: gl.constexpr = False):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
     programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
@@ -800,7 +802,10 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     output store, which stages in that buffer. The score features SOFTCAP, ALIBI and SINK as in
     _ws_attend (the slope and the sink loaded for each tile's (b, h)); ALiBi's distance |i +
     causal_offset - j| (non-causal Sq != Sk; causal builds have offset 0); ROT_N: each tile's
-    blocks in _ws_blk's order."""
+    blocks in _ws_blk's order. DEFER: a tile's output store is only issued at the boundary; its
+    wait and the Q buffer's release come after the next tile's first loop step (at the boundary
+    itself when the next tile has one block: no step to wait in). PROBE: the warpgroup's clock at
+    three points of each tile's end into Probe (_probe)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -855,7 +860,14 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                                                CAUSAL, SOFTCAP, ALIBI, False, s_layout, x_smem, qx, W, ALIBI_MMA)
             acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
+            if DEFER:  # the previous tile's output store, issued at the boundary, has read its Q buffer by now
+                if j == 0:
+                    if tc > 0:
+                        tma.store_wait(pendings=0)
+                        mbarrier.arrive(q_empty.index((tc + 1) & 1))
         last = it + n_blocks - 1
+        if PROBE:
+            _probe(Probe, c, W, 0)
         if c + 1 < n_t:  # the next tile's block 0 with this tile's last P V
             pid_m_n, pid_bh_n = _ws_tile_c(c + 1, n_m, n_bh, CAUSAL)
             pid_bh_n, b_n, h_n, m0_n, lo_n, n_blocks_n = _ws_tile(pid_m_n, pid_bh_n, SQ, SK, H, 0, 0, 0, BLOCK_M,
@@ -876,8 +888,16 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                                                offs_n, m0w_n, offs_n + causal_offset, m0w_n + causal_offset, offs_n,
                                                offs_n, 0, 0, r0_n * BLOCK_N, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
                                                False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
+            if PROBE:
+                _probe(Probe, c, W, 1)
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
-                          o_rh, o_ch, WG_M, SINK, row_s, row_o)
+                          o_rh, o_ch, WG_M, SINK, row_s, row_o, not DEFER)
+            if DEFER:  # (a one-block tile has no loop step to wait in: wait here)
+                if n_blocks_n == 1:
+                    tma.store_wait(pendings=0)
+                    mbarrier.arrive(q_empty.index(tc & 1))
+            if PROBE:
+                _probe(Probe, c, W, 2)
             if ALIBI:
                 slope = slope_n
             if SINK:
@@ -908,24 +928,40 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
 
 
 @gluon.jit
-def _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
-                  WG_M: gl.constexpr, SINK: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr):
-    """_ws_attend_chain's end of a tile: out and lse (_ws_finish) stored (rows m0w .. of (b, h)),
-    then the tile's Q buffer q_w (the output's staging buffer) released on q_free."""
-    out, lse = _ws_finish(acc, m_i, l_i, sink, False, SINK, row_o)
-    gl.store(Lse + pid_bh * SQ + m0w + gl.arange(0, WG_M, layout=row_s), lse)
-    _ws_store_out(out, q_w, desc_o, b * o_rb + h * o_rh + m0w, h * o_ch)
-    mbarrier.arrive(q_free)
+def _probe(Probe, c, W: gl.constexpr, k: gl.constexpr):
+    """PROBE: warpgroup W's %clock64 into Probe[((CTA * 64 + c) * 2 + W) * 4 + k] (int64) at point k of the
+    CTA's tile c, for its first 64 tiles: 0 after the tile's loop, 1 after the boundary step, 2 after the
+    tile's end (scripts/exp_chain_probe.py reads them)."""
+    t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [c], dtype=gl.int64, is_pure=False, pack=1)
+    if c < 64:
+        gl.store(Probe + ((gl.program_id(0) * 64 + c) * 2 + W) * 4 + k, t)
 
 
 @gluon.jit
-def _ws_store_out(out, q_w, desc_o, row, col):
+def _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
+                  WG_M: gl.constexpr, SINK: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr,
+                  WAIT: gl.constexpr = True):
+    """_ws_attend_chain's end of a tile: out and lse (_ws_finish) stored (rows m0w .. of (b, h)),
+    then the tile's Q buffer q_w (the output's staging buffer) released on q_free. WAIT False: the
+    output's TMA store is issued only; the caller waits for it and releases q_w later (q_free
+    unread)."""
+    out, lse = _ws_finish(acc, m_i, l_i, sink, False, SINK, row_o)
+    gl.store(Lse + pid_bh * SQ + m0w + gl.arange(0, WG_M, layout=row_s), lse)
+    _ws_store_out(out, q_w, desc_o, b * o_rb + h * o_rh + m0w, h * o_ch, WAIT)
+    if WAIT:
+        mbarrier.arrive(q_free)
+
+
+@gluon.jit
+def _ws_store_out(out, q_w, desc_o, row, col, WAIT: gl.constexpr = True):
     """The output rows by a TMA store at (row, col) of desc_o's view, staged in this warpgroup's
-    Q buffer, which is free (its q·kᵀ wgmmas all retired; only it reads Q_w)."""
+    Q buffer, which is free (its q·kᵀ wgmmas all retired; only it reads Q_w). WAIT: until the store
+    has read the buffer (else the caller waits before reusing it)."""
     q_w.store(out.to(desc_o.dtype))
     fence_async_shared()
     tma.async_copy_shared_to_global(desc_o, [row, col], q_w)
-    tma.store_wait(pendings=0)
+    if WAIT:
+        tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -938,7 +974,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
-                           ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False):
+                           ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
+                           PROBE: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -969,7 +1006,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     sequence's last rows. ALIBI_MMA (ALIBI without SOFTCAP or WINDOW): the column part of the ALiBi
     bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. ROT_N (ALIBI,
     no WINDOW, two warpgroups): each tile walks its key blocks from the one its diagonal lies in,
-    wrapping around (_ws_blk). The pointers of the features off are not read."""
+    wrapping around (_ws_blk). CHAIN = 2: the chain's DEFER (_ws_attend_chain). PROBE (CHAIN): each
+    consumer's clocks at its tiles' ends into Probe (_probe). The pointers of the features off are
+    not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -1025,12 +1064,12 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
@@ -1042,17 +1081,17 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Session 23's device calls (docs/perf-notes.md, session 23). One section a call:
+#   bash scripts/exp_session23.sh defer   the forward's chained GPU tests with HOPPER_FWD_CHAIN_DEFER at both
+#                                         chained head dims, then a paired A/B of it (on: D = 64 and 128, off:
+#                                         none). The session's run switched an int (1 / 0, and 2 against 1 for
+#                                         the lse stored after the output's TMA store, since dropped)
+#   bash scripts/exp_session23.sh probe   scripts/exp_chain_probe.py (where a chained tile's time goes), then
+#                                         a paired A/B of D = 64's short build with 64-key blocks
+#                                         (HOPPER_FWD_SHORT). The session's run also had the tile end under
+#                                         the next tile's wgmmas (docs/patches/s23-chain-epi-late-exp.patch),
+#                                         which hung
+#   bash scripts/exp_session23.sh san     memcheck and racecheck of the Gluon kernels' sanitizer workload
+#                                         (tests/test_hopper_bwd.py SANITIZE_HOPPER) with SW's switches set
+#   bash scripts/exp_session23.sh final   the defaults as committed: test_hopper_fwd.py's GPU tests and the
+#                                         Gluon kernels' memcheck / racecheck; exp_chain_probe.py at D = 128
+#                                         and D = 64 causal
+# Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=2 PYTHONPATH=src:scripts PYTHONUNBUFFERED=1
+python -m pip install --no-deps -q .gpu-wheels/pytest_xdist*.whl .gpu-wheels/execnet*.whl >/dev/null 2>&1
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
+git log -1 --format=%h | tee -a "$OUT/card.txt"
+SW=${SW:-HOPPER_FWD_CHAIN_DEFER=(64, 128)}
+case "${1:-}" in
+  defer)
+    FK_SWITCHES="$SW" timeout "${TT:-200}" python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 \
+      --tb=short tests/test_hopper_fwd.py -k "persistent or short or rotate or softcap_static" 2>&1 | tail -8 \
+      | tee -a "$OUT/tests.txt"
+    timeout "${TA:-260}" python scripts/ab_attention.py --gluon --paired "${N:-24}" --switch HOPPER_FWD_CHAIN_DEFER \
+      --on "(64, 128)" --off "()" --modes fwd --seqlens "${SEQLENS:-1024,2048,4096,16384}" --head-dims "${DIMS:-64,128}" 2>&1 \
+      | tail -20 | tee -a "$OUT/ab.txt" ;;
+  probe)
+    timeout 150 python scripts/exp_chain_probe.py --cases "${CASES:-64:1024:0,64:1024:1,128:1024:0,128:4096:0}" \
+      --defer 0,1 2>&1 | tail -14 | tee -a "$OUT/probe.txt"
+    timeout 150 python scripts/ab_attention.py --gluon --paired "${N:-24}" --switch HOPPER_FWD_SHORT \
+      --on "{64: (64, 4, 2048, 4096)}" --off "{64: (128, 3, 2048, 4096)}" --also "HOPPER_FWD_CHAIN_DEFER=(64,)" \
+      --modes fwd --seqlens 1024,2048 --head-dims 64 2>&1 | tail -7 | tee -a "$OUT/ab-bn64.txt" ;;
+  san)
+    python - "$SW" > /tmp/san.py <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import test_hopper_bwd
+sets = "".join(f"launch.{p.split('=')[0].strip()} = {p.split('=', 1)[1].strip()}\n"
+               for p in sys.argv[1].split(";") if p.strip())
+src = test_hopper_bwd.SANITIZE_HOPPER
+i = src.index("\n", src.index("import launch")) + 1  # (after the script's own imports)
+print(src[:i] + sets + src[i:])
+PY
+    head -20 /tmp/san.py | grep -n "launch\." | head -5 | tee -a "$OUT/san.txt"
+    python /tmp/san.py 2>&1 | tail -2 | tee -a "$OUT/san.txt"
+    for tool in memcheck racecheck; do
+      echo "== $tool" | tee -a "$OUT/san.txt"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${TS:-240}" compute-sanitizer --tool $tool --error-exitcode 1 \
+        python /tmp/san.py 2>&1 | tail -6 | tee -a "$OUT/san.txt"
+    done ;;
+  final)
+    timeout "${TF:-330}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short tests/test_hopper_fwd.py 2>&1 \
+      | tail -8 | tee -a "$OUT/final.txt"
+    timeout "${TS:-300}" python -m pytest -q -p no:warnings -m gpu -n 2 --tb=short tests/test_hopper_bwd.py \
+      -k "memcheck or racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
+    timeout 120 python scripts/exp_chain_probe.py --cases "${CASES:-128:1024:0,128:4096:0,64:1024:1}" --defer 0,1 2>&1 \
+      | tail -8 | tee -a "$OUT/probe.txt" ;;
+  *) echo "usage: $0 defer|probe|san|final"; exit 2 ;;
+esac
