@@ -5,12 +5,14 @@
         [--defer 0,1]   (1: launch.HOPPER_FWD_CHAIN_DEFER at both chained head dims, 0: at none)
 
 With launch.HOPPER_FWD_PROBE set, each consumer warpgroup of the chained forward (kernels/fwd_hopper.py
-_ws_attend_chain) records %clock64 at three points of its first 64 tiles: after the tile's loop (T0),
-after the boundary step that issues the next tile's first q·kᵀ with this tile's last p·v (T1), and
-after the tile's end (output and lse stored; T2). Per case (head dim : query rows : causal, FA3 grid
-B·S = 16384, Hq·D = 2048, bf16) and launch.HOPPER_FWD_CHAIN_DEFER value (--defer) it prints medians over every CTA, warpgroup and tile of: the
-boundary step (T1 - T0), the tile end (T2 - T1), the next tile's loop (T0' - T2) and that loop per
-step, in SM clocks, and the share of a tile's time the boundary and the end take.
+_ws_attend_chain) records %clock64 at four points of its first 64 tiles: after the tile's loop (T0),
+before the wait for the next tile's Q (its place computed: T3), after the boundary step that issues
+the next tile's first q·kᵀ with this tile's last p·v (T1), and after the tile's end (output and lse
+stored; T2). Per case (head dim : query rows : causal, FA3 grid B·S = 16384, Hq·D = 2048, bf16) and
+launch.HOPPER_FWD_CHAIN_DEFER value (--defer) it prints medians over every CTA, warpgroup and tile
+of: the boundary step (T1 - T0; the next tile's place T3 - T0, the Q wait and the step T1 - T3), the
+tile end (T2 - T1), the next tile's loop (T0' - T2) and that loop per step, in SM clocks, and the
+share of a tile's time the boundary and the end take.
 """
 import argparse
 import statistics
@@ -39,23 +41,26 @@ def run(D, S, causal, defer):
         launch.HOPPER_FWD_PROBE = None
         launch.HOPPER_FWD_CHAIN_DEFER = saved
     t = probe.view(sms, 64, 2, 4).cpu()
-    pair, epi, loop, per_step = [], [], [], []
+    pair, epi, loop, per_step, place, qwait = [], [], [], [], [], []
     n_blk = S // 128
     for p in range(sms):
         for w in range(2):
             for c in range(63):
-                t0, t1, t2 = (int(t[p, c, w, i]) for i in range(3))
+                t0, t1, t2, t3 = (int(t[p, c, w, i]) for i in range(4))
                 t0n = int(t[p, c + 1, w, 0])
-                if not (t0 and t1 and t2 and t0n):
+                if not (t0 and t1 and t2 and t3 and t0n):
                     continue
                 pair.append(t1 - t0)
+                place.append(t3 - t0)
+                qwait.append(t1 - t3)
                 epi.append(t2 - t1)
                 loop.append(t0n - t2)
                 if not causal:
                     per_step.append((t0n - t2) / (n_blk - 1))
     med = statistics.median
     tile = med(pair) + med(epi) + med(loop)
-    line = (f"D={D:3d} S={S:5d} causal={int(causal)} defer={defer}: boundary step {med(pair):6.0f}  end {med(epi):6.0f}"
+    line = (f"D={D:3d} S={S:5d} causal={int(causal)} defer={defer}: boundary step {med(pair):6.0f} (next tile's place"
+            f" {med(place):5.0f}, Q wait and step {med(qwait):5.0f})  end {med(epi):6.0f}"
             f"  next loop {med(loop):7.0f}")
     if per_step:
         line += f" ({med(per_step):5.0f} a step)"

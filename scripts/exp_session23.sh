@@ -14,6 +14,8 @@
 #   bash scripts/exp_session23.sh final   the defaults as committed: test_hopper_fwd.py's GPU tests and the
 #                                         Gluon kernels' memcheck / racecheck; exp_chain_probe.py at D = 128
 #                                         and D = 64 causal
+#   bash scripts/exp_session23.sh grid    exp_chain_probe.py at D = 128 / 64 1k; flashkernels bench attention
+#                                         (the FA3 grid, fwd and bwd, against SDPA cuDNN and flash)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -63,5 +65,11 @@ PY
       -k "memcheck or racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
     timeout 120 python scripts/exp_chain_probe.py --cases "${CASES:-128:1024:0,128:4096:0,64:1024:1}" --defer 0,1 2>&1 \
       | tail -8 | tee -a "$OUT/probe.txt" ;;
-  *) echo "usage: $0 defer|probe|san|final"; exit 2 ;;
+  grid)
+    timeout 120 python scripts/exp_chain_probe.py --cases "${CASES:-128:1024:0,64:1024:0}" --defer 1 2>&1 | tail -4 \
+      | tee -a "$OUT/probe.txt"
+    timeout 400 python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
+      --csv "$OUT/attention-s23.csv" --plot "$OUT/attention-s23.png" > "$OUT/attention-s23.txt" 2>&1
+    tail -70 "$OUT/attention-s23.txt" | grep "x[0-9]" | head -64 ;;
+  *) echo "usage: $0 defer|probe|san|final|grid"; exit 2 ;;
 esac

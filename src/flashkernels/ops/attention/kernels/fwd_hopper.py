@@ -805,7 +805,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     blocks in _ws_blk's order. DEFER: a tile's output store is only issued at the boundary; its
     wait and the Q buffer's release come after the next tile's first loop step (at the boundary
     itself when the next tile has one block: no step to wait in). PROBE: the warpgroup's clock at
-    three points of each tile's end into Probe (_probe)."""
+    four points of each tile's end into Probe (_probe)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -874,6 +874,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                                                                   BLOCK_N, CAUSAL, False, False)
             qb = ((tc + 1) & 1) * NUM_WG + W
             q_n = q_smem.index(qb)
+            if PROBE:
+                _probe(Probe, c, W, 3)
             mbarrier.wait(q_bars.index(qb), ((tc + 1) >> 1) & 1)
             m0w_n = m0_n + W * WG_M
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
@@ -930,8 +932,9 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
 @gluon.jit
 def _probe(Probe, c, W: gl.constexpr, k: gl.constexpr):
     """PROBE: warpgroup W's %clock64 into Probe[((CTA * 64 + c) * 2 + W) * 4 + k] (int64) at point k of the
-    CTA's tile c, for its first 64 tiles: 0 after the tile's loop, 1 after the boundary step, 2 after the
-    tile's end (scripts/exp_chain_probe.py reads them)."""
+    CTA's tile c, for its first 64 tiles: 0 after the tile's loop, 3 before the wait for the next tile's
+    Q (its place computed), 1 after the boundary step, 2 after the tile's end (scripts/exp_chain_probe.py
+    reads them)."""
     t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [c], dtype=gl.int64, is_pure=False, pack=1)
     if c < 64:
         gl.store(Probe + ((gl.program_id(0) * 64 + c) * 2 + W) * 4 + k, t)
