@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Host time of an eager flash_attn_func call at S = 1k against its GPU time (session 23; needs a GPU).
+
+    PYTHONPATH=src python scripts/exp_host_1k.py [--profile N]
+
+For the FA3 grid's 1k shapes (B 16, Hq·D = 2048, bf16, no grad) it prints the host time a call (100
+calls with no synchronisation, five rounds, min-max), do_bench's eager median (its L2 flush before
+each call gives the host a head start of the flush's GPU time only) and the CUDA-graph replay's. Where
+the host's time exceeds the GPU's flush + kernel, the eager timing reads the host. ``--profile N``:
+cProfile of N calls at D = 128 causal, the 25 entries with the most cumulative time.
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+import triton
+
+import flashkernels
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", type=int, default=0)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    for D, H in ((64, 32), (128, 16), (256, 8)):
+        B, S = 16, 1024
+        q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for causal in (False, True):
+            def f():
+                return flashkernels.flash_attn_func(q, k, v, causal=causal)
+            for _ in range(30):
+                f()
+            torch.cuda.synchronize()
+            hs = []
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(100):
+                    f()
+                hs.append((time.perf_counter() - t) / 100 * 1e6)
+                torch.cuda.synchronize()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                f()
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                f()
+            eager = triton.testing.do_bench(f, return_mode="median") * 1e3
+            graph = triton.testing.do_bench(g.replay, return_mode="median") * 1e3
+            print(f"D={D} causal={int(causal)}: host {min(hs):.1f}-{max(hs):.1f} us a call; do_bench eager "
+                  f"{eager:.1f} us, graph {graph:.1f} us", flush=True)
+            if a.profile and D == 128 and causal:
+                pr = cProfile.Profile()
+                pr.enable()
+                for _ in range(a.profile):
+                    f()
+                pr.disable()
+                torch.cuda.synchronize()
+                pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
