@@ -884,7 +884,8 @@ def test_hopper_fwd_chain_defer_cuda(monkeypatch, causal, D, S):
     monkeypatch.setattr(launch, "HOPPER_FWD_MIN_SEQLEN", _MIN_SEQLEN)
     Hq = 2048 // D
     B = 4 * 1024 // S
-    assert launch.hopper_fwd_chained(D) and B * Hq * S // 128 > torch.cuda.get_device_properties(0).multi_processor_count
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert launch.hopper_fwd_chained(D) and B * Hq * S // 128 > sms
     torch.manual_seed(0)
     q, k, v = make_inputs(Case("fa", bf16, B, Hq, Hq, S, S, D, causal=causal, backward=False), "cuda",
                           requires_grad=False)
