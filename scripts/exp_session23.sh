@@ -14,6 +14,8 @@
 #                                         and D = 64 causal
 #   bash scripts/exp_session23.sh grid    exp_chain_probe.py at D = 128 / 64 1k; flashkernels bench attention
 #                                         (the FA3 grid, fwd and bwd, against SDPA cuDNN and flash)
+#   bash scripts/exp_session23.sh graph   bench attention's --graph test, then the grid's 1k / 2k shapes timed
+#                                         from CUDA-graph replays (GPU time)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-23 rows name.
 set -uo pipefail
@@ -52,5 +54,12 @@ case "${1:-}" in
     timeout 400 python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
       --csv "$OUT/attention-s23.csv" --plot "$OUT/attention-s23.png" > "$OUT/attention-s23.txt" 2>&1
     tail -70 "$OUT/attention-s23.txt" | grep "x[0-9]" | head -64 ;;
-  *) echo "usage: $0 defer|probe|final|grid"; exit 2 ;;
+  graph)
+    timeout 100 python -m pytest -q -p no:warnings -m gpu tests/test_bench_ops.py -k bench_attention 2>&1 | tail -3 \
+      | tee -a "$OUT/graph.txt"
+    timeout 240 python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
+      --seqlens "${SEQLENS:-1024,2048}" --no-gqa --graph --csv "$OUT/attention-s23-graph.csv" \
+      > "$OUT/attention-s23-graph.txt" 2>&1
+    grep "x[0-9]\|do_bench" "$OUT/attention-s23-graph.txt" | tee -a "$OUT/graph.txt" ;;
+  *) echo "usage: $0 defer|probe|final|grid|graph"; exit 2 ;;
 esac

@@ -265,3 +265,37 @@ def test_capture_calls_warms_each_call_and_names_one_that_cannot_be_captured(mon
     monkeypatch.setattr(common, "capture_graph", lambda fn, stream: None if fn is fns[1] else "g")
     with pytest.raises(RuntimeError, match="call 1 could not be captured"):
         common.capture_calls(fns, stream=None)
+
+
+# ------------------------------------------------------------------------------- bench attention
+def test_bench_attention_graph_flag_parses_and_needs_a_gpu(monkeypatch, capsys):
+    """``flashkernels bench attention --graph`` is an option of the command (CUDA-graph replays), and
+    without a GPU the command says so and exits 2 before measuring anything."""
+    import argparse
+
+    from flashkernels.bench import attention
+
+    p = argparse.ArgumentParser()
+    attention.add_arguments(p)
+    assert p.parse_args(["--graph"]).graph and not p.parse_args([]).graph
+    monkeypatch.setattr(attention, "gpu_missing", lambda what: f"{what}: no CUDA GPU")
+    assert attention.run(p.parse_args(["--graph", "--quick"])) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_attention_measures_cuda_graph_replays():
+    """bench attention's measure with graph=True: forward and backward timed from CUDA-graph replays
+    (present, positive, no slower than the eager calls by more than the timing's spread), with the
+    same FLOP count per ms as its eager row."""
+    from flashkernels.bench import attention
+
+    s = attention.Shape(4, 8, 8, 512, 512, 64, True)
+    for mode in ("fwd", "bwd"):
+        inputs = attention.make_inputs(s, torch.bfloat16, requires_grad=mode == "bwd")
+        eager = attention.measure("flashkernels", s, mode, torch.bfloat16, 25, 100, inputs)
+        graph = attention.measure("flashkernels", s, mode, torch.bfloat16, 25, 100, inputs, graph=True)
+        assert "error" not in eager and "error" not in graph, (eager, graph)
+        assert 0 < graph["ms"] <= eager["ms"] * 1.1, (mode, graph["ms"], eager["ms"])
+        assert graph["tflops"] == pytest.approx(attention.flops(s, mode) / graph["ms"] / 1e9)

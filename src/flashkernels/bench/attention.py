@@ -17,6 +17,10 @@ Counting (FlashAttention papers, Triton tutorial; docs/perf-notes.md):
     bytes bwd = e·(4·B·Hq·Sq·D + 4·B·Hkv·Sk·D) + 4·B·Hq·Sq          (q, k, v, o, dO, lse read;
                                                                      dq, dk, dv written)
 with e the element size. ``bwd`` times the backward alone (autograd.grad over a retained graph).
+``--graph`` times each call's CUDA-graph replays (GPU time) instead of eager calls: do_bench flushes
+the L2 before each call, and only that flush's GPU time hides the next call's host time, so where an
+eager call's Python and launch take longer than flush + kernel (our 1k causal forwards on the H100's
+host, docs/perf-notes.md session 23) the eager timing reads the host.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing
+from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing, graph_ms
 
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex")
 OPTIONAL_PROVIDERS = ("sdpa-math",)
@@ -143,8 +147,34 @@ def _flex_compiled(flex_attention, s: Shape):
 
 # ------------------------------------------------------------------------------------ measure
 def measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: float, rep_ms: float,
-            inputs) -> dict:
-    """Time one provider on one shape and mode. Returns a result dict (``error`` set on failure)."""
+            inputs, graph: bool = False) -> dict:
+    """Time one provider on one shape and mode. Returns a result dict (``error`` set on failure).
+    ``graph``: the call's kernels replayed from a CUDA graph (GPU time, no host time; common.graph_ms)
+    instead of eager calls; all of it on a side stream (a graph captures only one)."""
+    if graph:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(stream):
+                return _measure(provider, s, mode, dtype, warmup_ms, rep_ms, inputs, stream)
+        finally:
+            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.synchronize()
+    return _measure(provider, s, mode, dtype, warmup_ms, rep_ms, inputs, None)
+
+
+def _timed(fn, warmup_ms: float, rep_ms: float, stream) -> float:
+    """do_bench's median ms of ``fn`` (eager), or with ``stream`` of its CUDA-graph replays."""
+    if stream is None:
+        return do_bench_median(fn, warmup_ms, rep_ms)
+    ms = graph_ms(fn, stream)
+    if ms is None:
+        raise RuntimeError("the call could not be captured in a CUDA graph")
+    return ms
+
+
+def _measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: float, rep_ms: float, inputs,
+             stream) -> dict:
     row = dict(op="attention", provider=provider, dtype=dtype_name(dtype), batch=s.batch,
                heads_q=s.heads_q, heads_kv=s.heads_kv, seqlen_q=s.seqlen_q, seqlen_k=s.seqlen_k,
                head_dim=s.head_dim, causal=s.causal, mode=mode)
@@ -160,7 +190,7 @@ def measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: f
                 fn()
                 torch.cuda.synchronize()
                 peak = torch.cuda.max_memory_allocated() - base
-                ms = do_bench_median(fn, warmup_ms, rep_ms)
+                ms = _timed(fn, warmup_ms, rep_ms, stream)
         else:
             leaves = (q, k, v)
             o = fn()
@@ -174,8 +204,7 @@ def measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: f
             torch.autograd.grad(o, leaves, do, retain_graph=True)
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
-            ms = do_bench_median(lambda: torch.autograd.grad(o, leaves, do, retain_graph=True),
-                                 warmup_ms, rep_ms)
+            ms = _timed(lambda: torch.autograd.grad(o, leaves, do, retain_graph=True), warmup_ms, rep_ms, stream)
             del o
         row.update(ms=ms, tflops=flops(s, mode) / ms / 1e9,
                    gbps=bytes_moved(s, mode, q.element_size()) / ms / 1e6, peak_mem_mb=peak / 2**20)
@@ -315,6 +344,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gqa", action="store_true", help="leave out the GQA shape (full runs only)")
     p.add_argument("--warmup", type=float, default=25, metavar="MS", help="do_bench warm-up in ms (default 25)")
     p.add_argument("--rep", type=float, default=100, metavar="MS", help="do_bench repetitions in ms (default 100)")
+    p.add_argument("--graph", action="store_true",
+                   help="time each call's CUDA-graph replays (GPU time) instead of eager calls: at 1k an eager "
+                        "call's host time can exceed its kernel's and do_bench then reads the host (a call that "
+                        "cannot be captured is reported as an error; --warmup / --rep then unused)")
 
 
 def _ints(text: str | None, default) -> tuple[int, ...]:
@@ -385,8 +418,9 @@ def run(args: argparse.Namespace) -> int:
 
     env = environment()
     print(f"flashkernels bench attention: {env['gpu']}, torch {env['torch']}, triton {env['triton']}, "
-          f"code {env['git_sha']}, {args.dtype}, do_bench median (warmup {args.warmup:g} ms, "
-          f"rep {args.rep:g} ms)", flush=True)
+          f"code {env['git_sha']}, {args.dtype}, "
+          + ("do_bench median of CUDA-graph replays (GPU time)" if args.graph
+             else f"do_bench median (warmup {args.warmup:g} ms, rep {args.rep:g} ms)"), flush=True)
     print(f"{len(shapes)} shapes x {len(modes)} modes x providers {', '.join(providers)}", flush=True)
     sink = CsvSink(args.csv)
     results = []
@@ -400,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
                 inputs = make_inputs(s, dtype, requires_grad=mode == "bwd")
                 rows = []
                 for prov in providers:
-                    r = measure(prov, s, mode, dtype, args.warmup, args.rep, inputs)
+                    r = measure(prov, s, mode, dtype, args.warmup, args.rep, inputs, graph=args.graph)
                     r.update(env)
                     rows.append(r)
                     if "error" not in r:
