@@ -16,6 +16,8 @@
 #                                         (the FA3 grid, fwd and bwd, against SDPA cuDNN and flash)
 #   bash scripts/exp_session23.sh graph   bench attention's --graph test, then the grid's 1k / 2k shapes timed
 #                                         from CUDA-graph replays (GPU time)
+#   bash scripts/exp_session23.sh qfirst  paired A/B of HOPPER_FWD_CHAIN_QFIRST (the producer loads a tile's Q
+#                                         before its K_0), then the chained GPU tests with it on
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-23 rows name.
 set -uo pipefail
@@ -61,5 +63,12 @@ case "${1:-}" in
       --seqlens "${SEQLENS:-1024,2048}" --no-gqa --graph --csv "$OUT/attention-s23-graph.csv" \
       > "$OUT/attention-s23-graph.txt" 2>&1
     grep "x[0-9]\|do_bench" "$OUT/attention-s23-graph.txt" | tee -a "$OUT/graph.txt" ;;
-  *) echo "usage: $0 defer|probe|final|grid|graph"; exit 2 ;;
+  qfirst)
+    timeout 130 python scripts/ab_attention.py --gluon --paired "${N:-24}" --switch HOPPER_FWD_CHAIN_QFIRST \
+      --on "(64, 128)" --off "()" --modes fwd --seqlens "${SEQLENS:-1024,2048,4096}" --head-dims "${DIMS:-128,64}" \
+      2>&1 | tail -14 | tee -a "$OUT/ab-qfirst.txt"
+    FK_SWITCHES="HOPPER_FWD_CHAIN_QFIRST=(64, 128)" timeout "${TT:-170}" python -m pytest -q -p no:warnings \
+      -p pytest_switch -m gpu -n 8 --tb=short tests/test_hopper_fwd.py -k "persistent or short or chain_defer" 2>&1 \
+      | tail -4 | tee -a "$OUT/tests-qfirst.txt" ;;
+  *) echo "usage: $0 defer|probe|final|grid|graph|qfirst"; exit 2 ;;
 esac
