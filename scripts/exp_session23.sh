@@ -17,7 +17,8 @@
 #   bash scripts/exp_session23.sh graph   bench attention's --graph test, then the grid's 1k / 2k shapes timed
 #                                         from CUDA-graph replays (GPU time)
 #   bash scripts/exp_session23.sh qfirst  paired A/B of HOPPER_FWD_CHAIN_QFIRST (the producer loads a tile's Q
-#                                         before its K_0), then the chained GPU tests with it on
+#                                         before its K_0), then the chained GPU tests with it on (the switch is
+#                                         in docs/patches/s23-chain-qfirst-exp.patch: apply it first)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-23 rows name.
 set -uo pipefail

@@ -370,9 +370,6 @@ HOPPER_FWD_CHAIN_MAX_DIM = 128
 # +1.2% / +1.4% non-causal / causal, D = 128 -0.9 to +0.4% (1k-16k): head dims whose chained builds
 # defer (at D = 128 ALiBi's non-causal build would spill 104 B, not measured).
 HOPPER_FWD_CHAIN_DEFER: tuple = (64,)
-# Head dims whose chained builds load each tile's Q before its first K block (kernel CHAIN & 4,
-# fwd_hopper._ws_producer's QFIRST). Experiment, session 23.
-HOPPER_FWD_CHAIN_QFIRST: tuple = ()
 # An int64 tensor: chained forwards record their warpgroups' clocks there (kernels/fwd_hopper._probe;
 # scripts/exp_chain_probe.py). None: off.
 HOPPER_FWD_PROBE = None
@@ -427,11 +424,9 @@ def hopper_fwd_chained(head_dim: int) -> bool:
 
 
 def hopper_fwd_chain_flag(head_dim: int):
-    """The kernel's CHAIN value of a chained build at ``head_dim``: bit 2 where HOPPER_FWD_CHAIN_DEFER
-    names it, bit 4 where HOPPER_FWD_CHAIN_QFIRST does, True (neither) otherwise."""
-    flag = (2 if any(d == head_dim for d in HOPPER_FWD_CHAIN_DEFER) else 0) | \
-        (4 if any(d == head_dim for d in HOPPER_FWD_CHAIN_QFIRST) else 0)  # (by ==: a SymInt)
-    return flag or True
+    """The kernel's CHAIN value of a chained build at ``head_dim``: 2 where HOPPER_FWD_CHAIN_DEFER
+    names it, else True."""
+    return 2 if any(d == head_dim for d in HOPPER_FWD_CHAIN_DEFER) else True  # (by ==: a SymInt)
 
 
 def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:

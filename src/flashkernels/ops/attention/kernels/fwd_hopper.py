@@ -346,7 +346,6 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
                  CHAIN: gl.constexpr, ROT_N: gl.constexpr):
-    QFIRST: gl.constexpr = (CHAIN & 4) != 0
     if PERSISTENT:  # (the CTA's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
@@ -364,21 +363,12 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                 s = (it + j) % STAGES
                 ph = (((it + j) // STAGES) & 1) ^ 1
                 kb = _ws_blk(j, r0, n_blocks, ROT_N) * BLOCK_N
-                if QFIRST:  # (CHAIN & 4) the tile's Q before its K_0, whose stage frees only as the
-                    # consumers finish the previous tile: the Q set was freed a tile earlier
-                    if j == 0:
-                        mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
-                        for w in gl.static_range(NUM_WG):
-                            qb = (tc & 1) * NUM_WG + w
-                            mbarrier.expect(q_bars.index(qb), desc_q.block_type.nbytes)
-                            tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, h * q_ch], q_bars.index(qb),
-                                                            q_smem.index(qb))
                 mbarrier.wait(k_empty.index(s), ph)
                 mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
                 tma.async_copy_global_to_shared(desc_k, [row_k + kb, hk * k_ch], k_ready.index(s),
                                                 k_smem.index(s))
-                if j == 0 and not QFIRST:  # Q after K_0 (which may load during the previous tile's
-                    # epilogue): the Q buffers are free once every warpgroup's previous output store has read them
+                if j == 0:  # Q after K_0 (which may load during the previous tile's epilogue): the Q
+                    # buffers are free once every warpgroup's previous output store has read them
                     if CHAIN:  # (two sets of Q buffers, tile tc's the set tc % 2, its use tc // 2)
                         mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
                         for w in gl.static_range(NUM_WG):
@@ -467,7 +457,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
                          HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA,
-                         causal_offset, ROT_N, (CHAIN & 2) != 0, Probe, PROBE)
+                         causal_offset, ROT_N, CHAIN == 2, Probe, PROBE)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -1019,8 +1009,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     sequence's last rows. ALIBI_MMA (ALIBI without SOFTCAP or WINDOW): the column part of the ALiBi
     bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. ROT_N (ALIBI,
     no WINDOW, two warpgroups): each tile walks its key blocks from the one its diagonal lies in,
-    wrapping around (_ws_blk). CHAIN & 2: the chain's DEFER (_ws_attend_chain); CHAIN & 4: the producer
-    loads each tile's Q before its first K block (QFIRST). PROBE (CHAIN): each
+    wrapping around (_ws_blk). CHAIN = 2: the chain's DEFER (_ws_attend_chain). PROBE (CHAIN): each
     consumer's clocks at its tiles' ends into Probe (_probe). The pointers of the features off are
     not read."""
     WG_M: gl.constexpr = 64
