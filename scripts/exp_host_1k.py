@@ -4,20 +4,23 @@
     PYTHONPATH=src python scripts/exp_host_1k.py [--profile N]
 
 For the FA3 grid's 1k shapes (B 16, Hq·D = 2048, bf16, no grad) it prints the host time a call (100
-calls with no synchronisation, five rounds, min-max), do_bench's eager median (its L2 flush before
-each call gives the host a head start of the flush's GPU time only) and the CUDA-graph replay's. Where
-the host's time exceeds the GPU's flush + kernel, the eager timing reads the host. ``--profile N``:
-cProfile of N calls at D = 128 causal, the 25 entries with the most cumulative time.
+calls with no synchronisation, five rounds of exp_launch_overhead.per_call, min-max), do_bench's eager
+median (its L2 flush before each call gives the host a head start of the flush's GPU time only) and the
+CUDA-graph replays' (bench.common.graph_ms). Where the host's time exceeds the GPU's flush + kernel, the
+eager timing reads the host. ``--profile N``: cProfile of N calls at D = 128 causal, the 25 entries with
+the most cumulative time. (Session 23's two runs had these loops written out in the script: the same
+measurements.)
 """
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
 import triton
+from exp_launch_overhead import per_call  # (scripts/ is on sys.path: this script's folder)
 
 import flashkernels
+from flashkernels.bench.common import graph_ms
 
 
 def main():
@@ -31,26 +34,14 @@ def main():
         for causal in (False, True):
             def f():
                 return flashkernels.flash_attn_func(q, k, v, causal=causal)
-            for _ in range(30):
-                f()
-            torch.cuda.synchronize()
-            hs = []
-            for _ in range(5):
-                t = time.perf_counter()
-                for _ in range(100):
-                    f()
-                hs.append((time.perf_counter() - t) / 100 * 1e6)
-                torch.cuda.synchronize()
+            hs = [per_call(f, 100) for _ in range(5)]
+            eager = triton.testing.do_bench(f, return_mode="median") * 1e3
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
                 f()
+                graph = graph_ms(f, s) * 1e3
             torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                f()
-            eager = triton.testing.do_bench(f, return_mode="median") * 1e3
-            graph = triton.testing.do_bench(g.replay, return_mode="median") * 1e3
             print(f"D={D} causal={int(causal)}: host {min(hs):.1f}-{max(hs):.1f} us a call; do_bench eager "
                   f"{eager:.1f} us, graph {graph:.1f} us", flush=True)
             if a.profile and D == 128 and causal:

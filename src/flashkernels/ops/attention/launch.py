@@ -426,7 +426,7 @@ def hopper_fwd_chained(head_dim: int) -> bool:
 def hopper_fwd_chain_flag(head_dim: int):
     """The kernel's CHAIN value of a chained build at ``head_dim``: 2 where HOPPER_FWD_CHAIN_DEFER
     names it, else True."""
-    return 2 if any(d == head_dim for d in HOPPER_FWD_CHAIN_DEFER) else True  # (by ==: a SymInt)
+    return 2 if head_dim in HOPPER_FWD_CHAIN_DEFER else True
 
 
 def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:
@@ -732,6 +732,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra = dict(PERSISTENT=True, n_bh=n_seq * H)
         if hopper_fwd_chained(D):
             extra["CHAIN"] = hopper_fwd_chain_flag(D)
+            if HOPPER_FWD_PROBE is not None:
+                extra.update(Probe=HOPPER_FWD_PROBE, PROBE=True)
     if varlen:
         extra["VARLEN"] = True
         nb = max(1 << n_seq.bit_length(), 128)  # (a power of two > n_seq, one offset a consumer thread at least)
@@ -753,9 +755,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window, D,
                                          causal, q.dtype),
         ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False,
-        **(dict(Probe=HOPPER_FWD_PROBE, PROBE=True) if HOPPER_FWD_PROBE is not None and extra.get("CHAIN") else {}),
-        **extra,
+        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False, **extra,
     )
     hopper_fwd_launches += 1
 
