@@ -31,6 +31,10 @@ if not ON_GPU:
 
 
 def pytest_configure(config):
+    # oneMKL's kernel choice for exp / log / tanh made before any test calls them in parallel
+    # (flashkernels._cpu_math: its first parallel call can take a low-accuracy kernel for one chunk)
+    from flashkernels._cpu_math import settle
+    settle()
     config.addinivalue_line(
         "markers", "no_poison: leave the kernels' output allocations alone (torch.compile, opcheck)")
     config.addinivalue_line(

@@ -326,3 +326,31 @@ def test_auto_backend_on_cpu_is_reference(monkeypatch):
     a = flashkernels.scaled_dot_product_attention(q, k, v)
     b = flashkernels.scaled_dot_product_attention(q, k, v, backend="reference")
     assert torch.equal(a, b)
+
+
+def test_reference_settles_onemkl_kernel_choice_first(monkeypatch):
+    """attention_reference first calls flashkernels._cpu_math.settle: each of its functions once on
+    one element, float32 then float64, before the reference's own math, and only in the first call
+    of the process; its functions are every oneMKL (VML) unary function the reference calls."""
+    import re
+    from pathlib import Path
+
+    from flashkernels import _cpu_math
+    from flashkernels.ops.attention import reference
+
+    vml = {"abs", "acos", "asin", "atan", "cos", "erf", "erfc", "exp", "expm1", "log", "log10", "log1p",
+           "log2", "sin", "sqrt", "tan", "tanh", "trunc"}  # ATen's unary ops through oneMKL's VML
+    used = set(re.findall(r"torch\.(\w+)\(", Path(reference.__file__).read_text())) & vml
+    assert used and used <= {fn.__name__ for fn in _cpu_math._FUNCTIONS}, used
+
+    calls = []
+    monkeypatch.setattr(_cpu_math, "_FUNCTIONS",
+                        tuple((lambda t, n=fn.__name__: calls.append((n, t.dtype, t.numel())))
+                              for fn in _cpu_math._FUNCTIONS))
+    monkeypatch.setattr(_cpu_math, "_settled", False)
+    q = torch.randn(1, 2, 3, 4)
+    attention_reference(q, q, q, softcap=2.0)
+    names = [fn.__name__ for fn in (torch.exp, torch.log, torch.tanh)]
+    assert calls == [(n, dt, 1) for dt in (torch.float32, torch.float64) for n in names]
+    attention_reference(q, q, q)
+    assert len(calls) == 6

@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from ..._cpu_math import settle as _settle_cpu_math
+
 # Bytes allowed for one chunk of scores (per call, all heads together); 256 MiB keeps
 # Sq = Sk = 16384, D = 64 (one head) within a few hundred MB on a CPU.
 CHUNK_BYTES = 256 * 2**20
@@ -88,6 +90,7 @@ def attention_reference(
         out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (natural log; float64 when
         computing in float64).
     """
+    _settle_cpu_math()  # (oneMKL's first exp / log / tanh in a process, see flashkernels._cpu_math)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     if scale is None:
