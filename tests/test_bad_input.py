@@ -295,3 +295,49 @@ def test_unknown_backend_from_env(api, monkeypatch, nothing_runs):
     q, k, v = qkv(api)
     with pytest.raises(ValueError, match=r"FLASHKERNELS_BACKEND.*'fast'"):
         run(api, q, k, v, backend=None)
+
+
+def test_fast_qkv_check_accepts_only_what_the_full_checks_accept():
+    """_validate._qkv_ok (check_qkv's fast path) is True exactly where check_qkv's own checks
+    pass, over shapes at and past each check's edge, in both layouts."""
+    from flashkernels import _validate
+
+    def full(q, k, v, layout):
+        ok = _validate._qkv_ok
+        _validate._qkv_ok = lambda *a: False  # the checks alone
+        try:
+            _validate.check_qkv(q, k, v, ("q", "k", "v"), layout)
+            return True
+        except (ValueError, TypeError, NotImplementedError):
+            return False
+        finally:
+            _validate._qkv_ok = ok
+
+    base = dict(B=2, Hq=4, Hkv=2, Sq=3, Sk=5, D=8)
+    edits = [{}, dict(B=0), dict(Sq=0), dict(Sk=0), dict(Hkv=0), dict(Hkv=3), dict(Hkv=4), dict(Hq=1, Hkv=1),
+             dict(D=0), dict(D=256), dict(D=257), dict(kB=1), dict(vS=4), dict(vH=1), dict(kD=4), dict(vD=4),
+             dict(vdtype=torch.float16), dict(dtype=torch.int32), dict(dtype=torch.float64), dict(qrank=3),
+             dict(vrank=5), dict(knot=True)]
+    seen = set()
+    for layout in ("BHSD", "BSHD"):
+        for e in edits:
+            p = {**base, **e}
+            dt = p.get("dtype", torch.float32)
+
+            def make(B, H, S, D, dtype=dt):
+                shape = (B, H, S, D) if layout == "BHSD" else (B, S, H, D)
+                return torch.zeros(shape, dtype=dtype)
+            q = make(p["B"], p["Hq"], p["Sq"], p["D"])
+            k = make(p.get("kB", p["B"]), p["Hkv"], p["Sk"], p.get("kD", p["D"]))
+            v = make(p["B"], p.get("vH", p["Hkv"]), p.get("vS", p["Sk"]), p.get("vD", p["D"]),
+                     p.get("vdtype", dt))
+            if "qrank" in p:
+                q = q.flatten(0, 1)
+            if "vrank" in p:
+                v = v[None]
+            if "knot" in p:
+                k = k.tolist()
+            fast = _validate._qkv_ok(q, k, v, layout.index("H"), layout.index("S"))
+            assert fast == full(q, k, v, layout), (layout, e)
+            seen.add(fast)
+    assert seen == {True, False}

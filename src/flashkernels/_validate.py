@@ -33,8 +33,28 @@ def require_same(tensors: dict, attr: str, err=ValueError) -> None:
         raise err(f"{'/'.join(vals)}: expected the same {attr}, got {desc}")
 
 
+def _qkv_ok(q, k, v, h_ax: int, s_ax: int) -> bool:
+    """True when q, k, v pass every check of :func:`check_qkv` (heads on axis ``h_ax``, sequence
+    on ``s_ax``): the common case, tested without building the checks' arguments (it runs on
+    every attention call, whose host time shows at small shapes)."""
+    T = torch.Tensor
+    if not (isinstance(q, T) and isinstance(k, T) and isinstance(v, T)):
+        return False
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if not len(qs) == len(ks) == len(vs) == 4:
+        return False
+    dt, dev = q.dtype, q.device
+    if dt not in FLOAT_DTYPES or k.dtype != dt or v.dtype != dt or k.device != dev or v.device != dev:
+        return False
+    hkv, d = ks[h_ax], qs[3]
+    return (qs[0] == ks[0] == vs[0] and ks[s_ax] == vs[s_ax] and vs[h_ax] == hkv != 0 and qs[h_ax] % hkv == 0
+            and ks[3] == d == vs[3] and 1 <= d <= MAX_HEAD_DIM)
+
+
 def check_qkv(q, k, v, names: tuple[str, str, str], layout: str) -> None:
     """Checks common to every attention entry point; ``layout`` is "BHSD" or "BSHD"."""
+    if _qkv_ok(q, k, v, layout.index("H"), layout.index("S")):
+        return
     for x, n in zip((q, k, v), names):
         require_tensor(x, n)
     for x, n in zip((q, k, v), names):
