@@ -84,6 +84,7 @@ def test_keys_tell_apart_what_triton_specialises(fast):
         (buf[1:65], buf[:64], 100, 0.5),          # a pointer not 16-byte aligned
         (buf[:64].half(), buf[:64], 100, 0.5),    # another dtype
         (buf[:64], buf[:64], 100, 1),             # an int where a float was
+        (buf[:64], buf[:64], True, 0.5),          # a bool where an int was (True == 1: the class of 96)
     ]
     for args in variants:
         before = k.slow_calls

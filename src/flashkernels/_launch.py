@@ -76,7 +76,8 @@ _UINT = 2**63
 
 def _spec(a):
     """The part of argument ``a`` that Triton's specialisation depends on (see the module
-    docstring); raises TypeError for a type this key does not cover."""
+    docstring); raises TypeError for a type this key does not cover. A bool is keyed apart from
+    the int classes (True == 1 would otherwise match an int's class 1)."""
     t = type(a)
     if t is int:
         width = 0 if _INT32[0] <= a < _INT32[1] else (2 if a >= _UINT else 1)
@@ -84,7 +85,7 @@ def _spec(a):
     if t is float:
         return float
     if t is bool or a is None:
-        return a
+        return (bool, a)
     if t is TmaDesc:
         return (TmaDesc, a.base.dtype, tuple(a.block_shape), a.layout, a.base.data_ptr() % 16 == 0, a.padding)
     if isinstance(a, torch.Tensor):
