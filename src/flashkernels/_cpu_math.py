@@ -5,9 +5,11 @@ On a CPU, ATen computes contiguous float32 / float64 ``exp``, ``log``, ``tanh`` 
 ops) through oneMKL's vector math library, each intra-op thread on its chunk. oneMKL picks a
 function's kernel lazily, on that function's first call in the process; when that first call runs
 on several threads at once, one thread's chunk can come from a low-accuracy kernel (the issue
-names oneMKL 2024.2, the torch wheels' version). The next calls are right, so it shows as a rare,
-unrepeatable wrong result: here ``flashkernels check`` failed its first case (the float32
-reference path, whose first ``exp`` had up to 1.5e-4 relative error) on a 2-core CI machine.
+names oneMKL 2024.2, in the torch 2.10 wheels; torch 2.13's CPU wheel shows it too). The next calls
+are right, so it shows as a rare, unrepeatable wrong result: here ``flashkernels check`` failed its
+first case (the float32 reference path, whose first ``exp`` had up to 1.5e-4 relative error) on a
+2-core CI machine; without this guard the case came out wrong in 9 of 120 fresh processes with 3
+OpenMP threads, with it in none of 120 (docs/perf-notes.md, session 24).
 
 :func:`settle` calls each of those functions once on a one-element tensor (one thread) per dtype,
 so that the choice is made before any parallel call; the reference attention calls it first.
