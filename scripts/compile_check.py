@@ -244,7 +244,15 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     plain = ("H", "GROUP", "n_bh")
     if persistent is None:  # (as the launcher builds it)
         persistent = launch.hopper_fwd_persistent(D, block_m, window or varlen, causal, softcap or alibi or sink)
-    if persistent:
+        if varlen:  # (the packed tiles by the dynamic scheduler)
+            persistent = (launch.HOPPER_FWD_VARLEN_PACKED and D in launch.HOPPER_FWD_VARLEN_PERSISTENT
+                          and block_m == launch.HOPPER_BLOCK_M)
+    if persistent and varlen:
+        consts["PERSISTENT"] = True
+        types["Sched"] = "*i32"
+        if launch.HOPPER_FWD_VARLEN_SORT:  # (as launched for 16 sequences)
+            consts["VARLEN_SORT"] = int(launch.HOPPER_FWD_VARLEN_SORT)
+    elif persistent:
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)
             consts["CHAIN"] = launch.hopper_fwd_chain_flag(D)

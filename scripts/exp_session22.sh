@@ -11,13 +11,7 @@
 #                                         backward's ALiBi tests
 #   bash scripts/exp_session22.sh misc    bench features --paired 40; the Hugging Face GPU tests
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet, transformers).
-set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export OMP_NUM_THREADS=2 PYTHONPATH=src:scripts PYTHONUNBUFFERED=1
-python -m pip install --no-deps -q .gpu-wheels/pytest_xdist*.whl .gpu-wheels/execnet*.whl >/dev/null 2>&1
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 git log -1 --format=%h | tee -a "$OUT/card.txt"
 SW=${SW:-HOPPER_FWD_ALIBI_ROTATE=True}
 FEATS="from flashkernels.ops.attention import launch; from flashkernels.cli import main"

@@ -21,13 +21,7 @@
 #                                         in docs/patches/s23-chain-qfirst-exp.patch: apply it first)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-23 rows name.
-set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export OMP_NUM_THREADS=2 PYTHONPATH=src:scripts PYTHONUNBUFFERED=1
-python -m pip install --no-deps -q .gpu-wheels/pytest_xdist*.whl .gpu-wheels/execnet*.whl >/dev/null 2>&1
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
+source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 git log -1 --format=%h | tee -a "$OUT/card.txt"
 SW=${SW:-HOPPER_FWD_CHAIN_DEFER=(64, 128)}
 case "${1:-}" in

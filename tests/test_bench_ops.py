@@ -299,3 +299,34 @@ def test_bench_attention_measures_cuda_graph_replays():
         assert "error" not in eager and "error" not in graph, (eager, graph)
         assert 0 < graph["ms"] <= eager["ms"] * 1.1, (mode, graph["ms"], eager["ms"])
         assert graph["tflops"] == pytest.approx(attention.flops(s, mode) / graph["ms"] / 1e9)
+
+
+# ------------------------------------------------------------------------------- bench varlen
+def test_bench_varlen_paired_flag_checks_its_count_then_needs_a_gpu(monkeypatch, capsys):
+    """``flashkernels bench varlen --paired N`` (varlen's TF/s over dense's from alternating graph
+    replays) refuses a negative N before it looks for a GPU; without a GPU it says so and exits 2."""
+    from flashkernels.bench import features
+    from flashkernels.cli import main
+
+    assert main(["bench", "varlen", "--paired", "-1"]) == 2
+    assert "--paired must be 0 or more, got -1" in capsys.readouterr().err
+    monkeypatch.setattr(features, "gpu_missing", lambda what: f"{what}: no CUDA GPU")
+    assert main(["bench", "varlen", "--paired", "4"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_varlen_paired_prints_the_ratio(capsys):
+    """``bench varlen --paired 3 --no-backward`` prints, per causal setting, the table's rows and the
+    paired forward's line: both medians and varlen / dense TF/s between its 10th and 90th percentile."""
+    import re
+
+    from flashkernels.cli import main
+
+    assert main(["bench", "varlen", "--paired", "3", "--no-backward"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "paired fwd" in ln]
+    assert len(lines) == 2, lines
+    for ln in lines:
+        med, lo, hi = map(float, re.search(r"TF/s ([\d.]+) \[([\d.]+), ([\d.]+)\]", ln).groups())
+        assert 0.3 < lo <= med <= hi < 2.0, ln

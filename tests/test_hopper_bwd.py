@@ -685,6 +685,9 @@ for dt, causal, B, H, Hkv, S, Sk, D, feats, window in [
 # ALiBi (n, H)): lengths off the block grid, 0 and 1, Sq > Sk (rows without keys), the last
 # sequence ending at the tensor's end (TMA zero fill)
 launch.HOPPER_FWD_MIN_SEQLEN = {}
+sm_count = launch._sm_count
+launch._sm_count = lambda index: 3  # (D = 128's persistent forward, the packed tiles by its dynamic scheduler:
+# several tiles a CTA, the ring and the Q buffers carried over; launch.HOPPER_FWD_VARLEN_PERSISTENT)
 for causal, lens_q, lens_k, D, dt, window, feats in [
         (True, (1, 130, 0, 257, 77), (1, 100, 9, 257, 300), 128, torch.bfloat16, (-1, -1), {}),
         (False, (64, 3, 200), (5, 128, 199), 128, torch.bfloat16, (-1, -1), {}),
@@ -700,6 +703,7 @@ for causal, lens_q, lens_k, D, dt, window, feats in [
         feats = dict(feats, learnable_sink=torch.randn(4, device="cuda", requires_grad=True))
     flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
                                         window_size=window, backend="triton", **feats).sum().backward()
+launch._sm_count = sm_count
 torch.cuda.synchronize()
 # the forward is Gluon at D = 128 and 256, at D = 64 plain below 2048 rows (launch.HOPPER_FWD_SHORT:
 # 256 non-causal, 512 causal) and packed (64, 128, 256), the backward at 64, 128 and 256, and
@@ -720,7 +724,8 @@ def test_hopper_kernels_memcheck(tmp_path):
     256 (the backward's own kernel there), softcap + ALiBi + sink (GQA causal at D = 128, MQA at
     D = 64), the backward's WINDOW (Sq > Sk causal with all three at D = 128, a window with
     Sq < Sk at D = 64) and VARLEN in both (packed sequences of lengths 0, 1 and off the block grid;
-    the forward's at D = 64 with softcap, a sink and a window, and at D = 256 with ALiBi)."""
+    the forward's at D = 64 with softcap, a sink and a window, and at D = 256 with ALiBi; at D = 128
+    persistent, its tiles handed out by the dynamic scheduler over 3 CTAs)."""
     _needs_hopper()
     assert_compute_sanitizer_clean("memcheck", SANITIZE_HOPPER, tmp_path)
 

@@ -1413,14 +1413,15 @@ def _warp_specialize_lines(path: Path) -> set:
                 break
         kernel_def = max(i for i in range(start) if lines[i].startswith("def "))
         found |= {kernel_def, *range(start, end + 1)}
-        if re.match(r"\s*(if .*|else):", lines[start - 1]):  # (one call a branch: the branch's line too)
+        if re.match(r"\s*(if .*|elif .*|else):", lines[start - 1]):  # (one call a branch: the branch's line too)
             found.add(start - 1)
     return {(path.name, str(n + 1)) for n in found}
 
 
 def _varlen_state_lines(path: Path) -> set:
-    """The lines of ``path`` marked ``# racecheck: varlen-state`` (the backward's VARLEN producer
-    stores of lse / Delta into shared memory: see assert_racecheck_only_handshake)."""
+    """The lines of ``path`` marked ``# racecheck: varlen-state`` (the VARLEN producers' generic stores
+    into shared memory: the backward's lse / Delta, the persistent forward's tile index; see
+    assert_racecheck_only_handshake)."""
     return {(path.name, str(i + 1)) for i, ln in enumerate(path.read_text().splitlines())
             if "racecheck: varlen-state" in ln}
 
@@ -1446,7 +1447,11 @@ def assert_racecheck_only_handshake(script: Path, kernel_files) -> None:
     (.release.cta by default) on the stage's ready barrier, which the consumers' ``try_wait``
     (.acquire.cta) observes before they read; the ring's reuse waits on the empty barrier, which a
     consumer arrives on after the pair barrier that follows its last read. racecheck does not
-    credit that order either; the varlen GPU tests pass. Any other pair with those lines fails."""
+    credit that order either; the varlen GPU tests pass. The same holds for the line so marked in
+    the forward (session 25): the persistent VARLEN producer's generic store of the next tile's
+    index (fwd_hopper._ws_sched_put), which it orders before its arrivals on the tile's Q barriers
+    and rewrites only after every consumer, having read it, arrived on q_empty. Any other pair with
+    those lines fails."""
     log, sites, pairs = _racecheck_sites(script)
     allowed = set().union(*(_warp_specialize_lines(Path(f)) for f in kernel_files))
     varlen_state = set().union(*(_varlen_state_lines(Path(f)) for f in kernel_files))

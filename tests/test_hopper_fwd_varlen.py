@@ -122,6 +122,7 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     total_q, out's pointer and the row stride of its 2-D view."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", ())  # (the grid launches; the persistent one below)
     lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
     n, H, Hkv = len(lens_q), 4, 2
     a = _varlen_fwd_args(lens_q, lens_k=lens_k, H=H, Hkv=Hkv, D=D)
@@ -156,6 +157,56 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     launch.hopper_fwd(dense["q"], dense["k"], dense["v"], torch.empty_like(dense["q"]), torch.empty(1, H, 256), 0.125,
                       causal)
     assert "VARLEN" not in stub.seen and stub.seen["grid"][1] == H
+
+
+@pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
+def test_varlen_persistent_launch_arguments(monkeypatch):
+    """launch.HOPPER_FWD_VARLEN_PERSISTENT (the kernel stubbed, 132 SMs): at the head dims it names,
+    with two consumer warpgroups (BLOCK_M 128) and the packed-tile grid, the launch is persistent:
+    grid (min(tiles, SMs),) where tiles = (total_q // 128 + n) · H, PERSISTENT, VARLEN_NB and n_bh as
+    the grid launch's, and Sched a fresh zeroed int32 counter (the dynamic scheduler's) each call;
+    D = 64 (BLOCK_M 192), the other grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not
+    name keep the grid launch without them."""
+    stub = _KernelStub()
+    monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, lens, H=4, **kw):
+        a = _varlen_fwd_args(lens, H=H, Hkv=2, D=D)
+        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+        total = sum(lens)
+        stub.seen.clear()
+        launch.hopper_fwd(a["q"], a["k"], a["v"], launch._empty_like_layout(1, H, total, D, True, a["q"]),
+                          torch.empty(1, H, total), 0.125, True, cu_seqlens_q=cu, cu_seqlens_k=cu,
+                          max_seqlen_q=max(lens), max_seqlen_k=max(lens), **kw)
+        return dict(stub.seen)
+
+    assert launch.HOPPER_FWD_VARLEN_PERSISTENT == (128,) and launch.HOPPER_FWD_VARLEN_SORT == 0  # (defaults)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (128, 256))
+    lens = (100, 1, 0, 257)
+    for D, H in ((128, 4), (256, 4), (128, 64)):
+        tiles = (sum(lens) // 128 + len(lens)) * H
+        s = run(D, lens, H=H)
+        assert s["grid"] == (min(tiles, 132),) and s["PERSISTENT"] is True and s["VARLEN"] is True, (D, H, s["grid"])
+        assert s["VARLEN_NB"] == 128 and s["n_bh"] == len(lens) * H and "CHAIN" not in s
+        assert s["Sched"].dtype == torch.int32 and s["Sched"].shape == (1,) and int(s["Sched"]) == 0
+        again = run(D, lens, H=H)["Sched"]
+        assert again is not s["Sched"] and int(again) == 0  # (a counter of its own a call)
+    s = run(128, lens, alibi_slopes=torch.rand(4), softcap=3.0, sink=torch.zeros(4))
+    assert s["PERSISTENT"] and "ROT_N" not in s and "ALIBI_MMA" not in s
+    # the tiles longest first (HOPPER_FWD_VARLEN_SORT) up to HOPPER_FWD_VARLEN_SORT_MAX sequences
+    for sort in (0, 1, 2):
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", sort)
+        assert run(128, lens).get("VARLEN_SORT", 0) == sort
+        cap = launch.HOPPER_FWD_VARLEN_SORT_MAX
+        assert "VARLEN_SORT" not in run(128, (3,) * (cap + 1))
+        assert run(128, (3,) * cap).get("VARLEN_SORT", 0) == sort
+    for D, switch, packed in ((64, (64, 128, 256), True), (128, (256,), True), (128, (128,), False)):
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", switch)
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", packed)
+        s = run(D, lens)
+        assert "PERSISTENT" not in s and "Sched" not in s and len(s["grid"]) == 2, (D, switch, packed)
+        assert "VARLEN_SORT" not in s
 
 
 @pytest.mark.parametrize("block_m", [128, 192])
@@ -429,6 +480,76 @@ def test_hopper_fwd_varlen_packed_grid_cuda(monkeypatch, case, causal):
     # (the packed grid, left on, against the float64 reference per sequence, for one case)
     if case == "odd-d128":
         _check_gluon_varlen_fwd(monkeypatch, D, bf16, causal, 8, 2, lens)
+
+
+# (lens, Hq, Hkv, D, causal, window, features): the packed-tile cases, `bench varlen`'s lengths at H 16
+# (2304 tiles: 17 a CTA), one tile (fewer than the SMs), features and a window
+_BENCH_LENS = (1183, 1723, 374, 460, 808, 1456, 1171, 1977, 1102, 1453, 890, 995, 242, 533, 781, 1236)
+PERSISTENT_CASES = {
+    "odd-d128": (VARLEN_LENS["odd"][0], 8, 2, 128, None, (-1, -1), {}),
+    "odd-d256": (VARLEN_LENS["odd"][0], 8, 2, 256, None, (-1, -1), {}),
+    "aligned": ((128, 256, 0, 128, 1, 127, 129), 8, 8, 128, None, (-1, -1), {}),
+    "bench-h16": (_BENCH_LENS, 16, 16, 128, None, (-1, -1), {}),
+    "one-tile": ((0, 37, 0), 1, 1, 128, None, (-1, -1), {}),
+    "many300": (tuple(torch.randint(0, 90, (300,), generator=torch.Generator().manual_seed(2)).tolist()), 8, 2,
+                128, None, (-1, -1), {}),
+    "features": (VARLEN_LENS["sq-ne-sk"][0], 8, 2, 128, VARLEN_LENS["sq-ne-sk"][1], (40, 9),
+                 dict(softcap=2.0, alibi="bh", sink="mixed")),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", sorted(PERSISTENT_CASES))
+def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
+    """launch.HOPPER_FWD_VARLEN_PERSISTENT (the packed tiles by a dynamic scheduler, one CTA an SM),
+    with its tiles in the packed grid's order and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
+    heads innermost or head by head; "many300"
+    passes HOPPER_FWD_VARLEN_SORT_MAX, so runs unsorted), computes bitwise what the packed-tile grid
+    launch does, in two calls in a row (each call's counter starts at zero) and in two replays of
+    one CUDA graph; every tile once, the empty ones writing nothing."""
+    _needs_hopper()
+    lens, Hq, Hkv, D, lens_k, window, feats = PERSISTENT_CASES[case]
+    lens_k = lens if lens_k is None else lens_k
+    q, k, v, cu_q, cu_k = (x.detach() for x in _packed(lens, lens_k, Hq, Hkv, D, bf16, "cuda"))
+    kw = _feature_kwargs(len(lens), Hq, **feats)
+    kw.update(causal=causal, window_size=window)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED_MAX", 1024)
+
+    def run(check_inputs=True):
+        with torch.no_grad():
+            return flashkernels.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens), max(lens_k),
+                                                       return_attn_probs=True, check_inputs=check_inputs, **kw)[:2]
+
+    outs = {}
+    for variant in ("grid", "persistent", "sorted-outer", "sorted"):
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", () if variant == "grid" else (D,))
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", {"sorted": 1, "sorted-outer": 2}.get(variant, 0))
+        n = launch.hopper_fwd_launches
+        outs[variant] = [run(), run()]
+        assert launch.hopper_fwd_launches == n + 2, "the Gluon forward did not run"
+    if len(lens) < 100:  # (two replays of one graph: the counter zeroed in each; sorted, as left set)
+        torch.cuda.synchronize()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            run(False)
+            with torch.cuda.graph(graph, stream=stream):
+                captured = run(False)  # (no offsets read: no sync inside the capture)
+        torch.cuda.current_stream().wait_stream(stream)
+        for _ in range(2):
+            captured[0].fill_(float("nan"))
+            graph.replay()
+            outs["sorted"].append(tuple(x.clone() for x in captured))
+    grid_out, grid_lse = outs["grid"][0]
+    assert torch.equal(outs["grid"][1][0], grid_out)
+    for variant in ("persistent", "sorted-outer", "sorted"):
+        for i, (out, lse) in enumerate(outs[variant]):
+            assert torch.equal(out, grid_out), f"{variant}: out differs from the grid launch's (call {i})"
+            assert torch.equal(lse, grid_lse), f"{variant}: lse differs from the grid launch's (call {i})"
+    if case == "odd-d128":  # (against the float64 reference per sequence, persistent on)
+        _check_gluon_varlen_fwd(monkeypatch, D, bf16, causal, Hq, Hkv, lens)
 
 
 @pytest.mark.gpu

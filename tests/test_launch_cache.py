@@ -198,13 +198,13 @@ def test_hits_on_the_gpu_give_the_first_launchs_results():
         pytest.skip("the launch cache is off here (triton outside 3.6, $FLASHKERNELS_LAUNCH_CACHE=0 or hooks)")
     dev, dt = "cuda", torch.bfloat16
 
-    def attention(d):
+    def attention(d, dtype=dt):
         def run(seed):
             g = torch.Generator(device=dev).manual_seed(seed)
-            q, k, v = (torch.randn(2, 1024, h, d, device=dev, dtype=dt, generator=g).requires_grad_()
+            q, k, v = (torch.randn(2, 1024, h, d, device=dev, dtype=dtype, generator=g).requires_grad_()
                        for h in (4, 2, 2))
             out = flashkernels.flash_attn_func(q, k, v, causal=True)
-            out.backward(torch.randn(out.shape, device=dev, dtype=dt, generator=g))
+            out.backward(torch.randn(out.shape, device=dev, dtype=dtype, generator=g))
             return out.detach(), q.grad, k.grad, v.grad
         return run
 
@@ -230,8 +230,11 @@ def test_hits_on_the_gpu_give_the_first_launchs_results():
                att_launch.bwd_hopper256.attn_bwd_hopper256_kernel, att_launch.attn_fwd_kernel,
                rms_launch.rms_norm_fwd_kernel, rms_launch.rms_norm_bwd_kernel]
     sizes = lambda: [len(k.__dict__.get("_flashkernels_launches", {})) for k in kernels]
+    # (fp32: the Triton forward, attn_fwd_kernel; every bf16 call here takes a Gluon one, D = 64's too since
+    # its short build runs causal calls below 2048 rows)
     for name, run in [("attention d64", attention(64)), ("attention d128", attention(128)),
-                      ("attention d256", attention(256)), ("rms_norm", norm), ("swiglu + rope", mlp_rope)]:
+                      ("attention d256", attention(256)), ("attention d64 fp32", attention(64, torch.float32)),
+                      ("rms_norm", norm), ("swiglu + rope", mlp_rope)]:
         first = run(1)
         torch.cuda.synchronize()
         seen = sizes()

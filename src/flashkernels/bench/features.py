@@ -8,7 +8,9 @@ D = 128, bf16, causal and not, forward and backward. TFLOP/s count only real tok
 (4 * Sq * Sk * H * D per sequence forward, half the square plus the diagonal when causal; the
 backward counts 2.5x the forward). The dense reference is flash_attn_func with B = 16 at the
 mean length (1024). Goal (issue 5): varlen within 5% of dense. The varlen call passes
-check_inputs=False (the offsets check is a device sync per call).
+check_inputs=False (the offsets check is a device sync per call). With ``--paired N`` the varlen and
+dense graphs are then also replayed in alternation (as features' below) and varlen's TF/s over
+dense's is read per repetition: median [10th, 90th percentile].
 
 Times are GPU time: do_bench medians of CUDA-graph replays of the call (forward) and of the
 backward over a retained graph (common.measure_graph, as bench ops), so that the host's launch cost (TMA
@@ -42,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, help="append rows to this CSV file")
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--paired", type=int, default=0, metavar="N",
-                   help="features: also each feature's time over plain from N alternating replays (see above)")
+                   help="also from N alternating CUDA-graph replays (see above): features, each feature's time "
+                        "over plain; varlen, varlen's TF/s over dense's")
 
 
 def _pairs(sq: int, sk: int, causal: bool, window_left: int = -1) -> int:
@@ -99,8 +102,8 @@ def varlen_case(dev):
 def run_varlen(args) -> int:
     import flashkernels
 
-    if getattr(args, "paired", 0):
-        print("flashkernels bench varlen: --paired is bench features' option", file=sys.stderr)
+    if getattr(args, "paired", 0) < 0:
+        print(f"flashkernels bench varlen: --paired must be 0 or more, got {args.paired}", file=sys.stderr)
         return 2
 
     why = gpu_missing("flashkernels bench varlen")
@@ -135,8 +138,39 @@ def run_varlen(args) -> int:
                         seqlen_q=mean, seqlen_k=mean, head_dim=D, causal=causal)
             mark = "*" if tv[2] or td[2] else ""
             print(f"{int(causal):>6d} {name:>4s} {tf_v:12.1f} {tf_d:11.1f} {tf_v / tf_d:6.3f}{mark}")
+        if args.paired:
+            _paired_varlen(f_var, f_den, (q, k, v), (qd, kd, vd), flops_var / flops_den, args.paired,
+                           not args.no_backward)
     csv.close()
     return 0
+
+
+def _paired_varlen(f_var, f_den, wrt_var, wrt_den, flop_ratio: float, reps: int, backward: bool) -> None:
+    """Print varlen's TF/s over dense's from ``reps`` alternating CUDA-graph replays of the two calls
+    (common.paired_ms), forward and (``backward``) backward: median [p10, p90] over repetitions."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for mode in ("fwd", "bwd") if backward else ("fwd",):
+            fns = []
+            for f, wrt in ((f_var, wrt_var), (f_den, wrt_den)):
+                if mode == "fwd":
+                    fns.append(f)
+                else:
+                    out = f()
+
+                    def fn(out=out, do=torch.randn_like(out), wrt=wrt):
+                        torch.autograd.grad(out, wrt, do, retain_graph=True)
+                    fns.append(fn)  # (alive, with its out and dO, until the replays end)
+            graphs = capture_calls(fns, stream)
+            times = paired_ms([g.replay for g in graphs], reps=reps)
+            # (varlen's TF/s over dense's in each repetition: dense's time scaled by the FLOP ratio over varlen's)
+            med, lo, hi = paired_ratio([t * flop_ratio for t in times[1]], times[0])
+            print(f"    paired {mode} ({reps} repetitions): varlen {statistics.median(times[0]):.3f} ms, dense "
+                  f"{statistics.median(times[1]):.3f} ms, varlen / dense TF/s {med:.3f} [{lo:.3f}, {hi:.3f}]")
+            del graphs
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
 
 
 def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -> None:

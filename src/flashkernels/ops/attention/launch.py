@@ -473,6 +473,24 @@ HOPPER_FWD_VARLEN = True
 # warp into 24 registers).
 HOPPER_FWD_VARLEN_PACKED = True
 HOPPER_FWD_VARLEN_PACKED_MAX = 256
+# The packed-tile VARLEN build persistent (kernels/fwd_hopper._ws_producer_dyn / _ws_consumer_dyn), at
+# these head dims (two consumer warpgroups): one CTA an SM, each taking the next packed tile from a
+# counter (a zeroed int32 a call) until none is left, so the K_0 load of a tile and its Q's overlap the
+# last tile's output store and the long sequences' tiles do not wait behind a CTA's static share. A
+# list-scheduling count over `bench varlen`'s lengths (session 25: a tile n · 1.7 µs + 3.0 µs a grid
+# CTA, + 1.9 µs persistent) predicted 0.85 -> 0.90x dense non-causal, 0.79 -> 0.87x causal; a static
+# stride of the tiles instead: 0.83x / 0.78x (lengths 242-1977: a CTA's share of ~17 tiles of 2-16
+# blocks varies by ~30%). Measured (H200, session 25, scripts/ab_varlen.py, `bench varlen`'s case,
+# paired CUDA-graph replays, two calls): D = 128 +3.3-3.9% non-causal (0.85 -> 0.88x dense), +5.5-6.0%
+# causal (0.89 -> 0.94x); D = 256 (H 8) +0.1-0.2% / +0.8-1.2%: D = 128 only.
+HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
+# The persistent varlen launch's tiles longest first (kernels/fwd_hopper._ws_sort_starts: the sequences by
+# their key counts, each one's query tiles from its last; 1: the heads innermost, 2: head by head) for up
+# to HOPPER_FWD_VARLEN_SORT_MAX sequences (the order costs each CTA's producer one pass over the offsets).
+# Off: 1 over the unsorted persistent launch (same call as above) D = 128 -2.8% non-causal / -2.6%
+# causal, D = 256 -2.4% / +4.0% (the count predicted +1.7% / +7.5% at D = 128).
+HOPPER_FWD_VARLEN_SORT = 0
+HOPPER_FWD_VARLEN_SORT_MAX = 64
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
@@ -689,8 +707,9 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     float32) with the Gluon kernel; the arguments (attn_fwd_impl's) must pass
     :func:`hopper_fwd_reason`. Packed sequences (``cu_seqlens_q``: B = 1, S = total_q; lse (1, H,
     total_q)): the kernel's VARLEN build, grid (total_q // BLOCK_M + n, H) over the packed query
-    tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences), else
-    (ceil(max_seqlen_q / BLOCK_M), n · H)."""
+    tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences; at the head
+    dims of HOPPER_FWD_VARLEN_PERSISTENT those tiles by a dynamic scheduler in a persistent launch,
+    one CTA an SM, its counter a fresh zeroed int32), else (ceil(max_seqlen_q / BLOCK_M), n · H)."""
     global hopper_fwd_launches
     B, H, S, D = q.shape
     Sk = k.shape[2]
@@ -740,6 +759,11 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         if HOPPER_FWD_VARLEN_PACKED and nb <= HOPPER_FWD_VARLEN_PACKED_MAX:  # (kernels/fwd_hopper._ws_tile_varlen)
             grid = (S // block_m + n_seq, H)
             extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
+            if D in HOPPER_FWD_VARLEN_PERSISTENT and block_m == HOPPER_BLOCK_M:  # (a dynamic scheduler's counter)
+                grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
+                extra.update(PERSISTENT=True, Sched=torch.zeros(1, dtype=torch.int32, device=q.device))
+                if HOPPER_FWD_VARLEN_SORT and n_seq <= HOPPER_FWD_VARLEN_SORT_MAX:
+                    extra["VARLEN_SORT"] = int(HOPPER_FWD_VARLEN_SORT)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:
         extra["REVERSE_M"] = True
     if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window, rows):

@@ -101,7 +101,7 @@ Triton kernel from S = 2k, 0.75-0.95x below, where launch.HOPPER_FWD_SHORT's two
 build runs plain calls and the Triton kernel the others). Larger BLOCK_N with three do
 not fit (256: the 128-register cap; 192 is no power of two for Gluon's shapes).
 
-PERSISTENT (two warpgroups, no window and not packed; launch.hopper_fwd_persistent: D = 128, with
+PERSISTENT (two warpgroups, no window and not packed (packed: below); launch.hopper_fwd_persistent: D = 128, with
 or without softcap, ALiBi and a sink, causal up to 8192 rows, and launch.HOPPER_FWD_SHORT's D = 64
 build): grid (SMs,), each CTA walking its tiles in _ws_tile_c's
 order (non-causal t = its id + k · SMs, head by head; causal, pairs of one head's query tiles
@@ -129,6 +129,16 @@ each tile walks its key blocks from the one before its diagonal's, wrapping arou
 _ws_blk), so the row max ALiBi's bias pushes up block by block in key order is set at the start and
 O's lazy rescale is skipped after: +1.5-4.6% at D = 128 from 4k, +1.8-6.2% at D = 256 from 4k (H100,
 session 22, launch's note).
+
+PERSISTENT with VARLEN (the packed-tile grid's tiles, two warpgroups; launch.HOPPER_FWD_VARLEN_PERSISTENT,
+D = 128): grid (SMs,), a dynamic scheduler: the producer takes the next packed tile from a per-call
+counter (Sched, an int32 zeroed by the launcher) with an atomic add, skips the tiles without rows,
+and hands each tile's index to the consumers through shared memory (t_smem, published before the
+tile's Q barriers complete; -1: no more), the ring's position and the Q buffers carried over
+(_ws_producer_dyn, _ws_consumer_dyn). Against the grid launch, H200, session 25
+(scripts/ab_varlen.py, `bench varlen`'s case): +3.3-3.9% non-causal, +5.5-6.0% causal; a static
+stride of the tiles would leave CTAs up to ~30% apart (sequences of 2-16 key blocks a tile). VARLEN_SORT
+(off): the counter over the sequences longest first (_ws_sort_starts): -1 to -3% at D = 128.
 
 REVERSE_M (causal grid launches, launch.HOPPER_FWD_CAUSAL_REVERSE): CTA x of a head takes its
 query tile n - 1 - x, so each head's longest tiles start first (the GPU starts CTAs in grid order)
@@ -297,7 +307,7 @@ def _ws_tile_c(c, n_m, n_bh, CAUSAL: gl.constexpr):
 
 @gluon.jit
 def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, n_bh,
-                    NB: gl.constexpr, NUM_WARPS: gl.constexpr):
+                    NB: gl.constexpr, NUM_WARPS: gl.constexpr, px, py):
     """_ws_tile of a VARLEN build (always a WINDOW one): (pid_bh, b, h, m0, lo, n_blocks, q0, k0,
     seqlen_q, seqlen_k, off), b the packed sequence, q0 / k0 its first query / key row, off its
     causal offset seqlen_k - seqlen_q (bottom-right). The rows end at seqlen_q, the keys at
@@ -311,10 +321,11 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
     at least 32 x the caller's warps NUM_WARPS): (total_q // BLOCK_M + n, H), sequence b's tiles
     starting at x = P_b = cu_seqlens_q[b] // BLOCK_M + b (P_{b+1} - P_b >= its tiles, by at most
     one: at most one empty CTA a sequence); a CTA finds its b by counting the P_j <= x in one load
-    of the offsets."""
+    of the offsets. (px, py): the tile's place in that grid, the CTA's program ids in a grid launch
+    (PERSISTENT: _ws_sched_tile's)."""
     if NB:  # (None where compile_check leaves it out)
-        x = gl.program_id(0)
-        h = gl.program_id(1)
+        x = px
+        h = py
         gl.static_assert(NB >= 32 * NUM_WARPS)  # (a layout without replicas: each offset counted once)
         j = gl.arange(0, NB, layout=gl.BlockedLayout([NB // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0]))
         cu_j = gl.load(CuQ + j, mask=(j >= 1) & (j < n_bh // H), other=1 << 30)  # (sequence 0 starts at 0)
@@ -323,8 +334,8 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
         q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
         m0 = (x - (q0 // BLOCK_M + b)) * BLOCK_M
     else:
-        pid_m = gl.program_id(0)
-        pid_bh = gl.program_id(1)
+        pid_m = px
+        pid_bh = py
         m0 = pid_m * BLOCK_M
         b = pid_bh // H
         q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
@@ -336,6 +347,173 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
     n_blocks = gl.maximum((hi_key + BLOCK_N - 1) // BLOCK_N - lo, 1)
     n_blocks = gl.where(m0 < seqlen_q, n_blocks, 0)
     return pid_bh, b, pid_bh % H, m0, lo, n_blocks, q0, k0, seqlen_q, seqlen_k, off
+
+
+@gluon.jit
+def _ws_load(desc, ring, ready, empty, s, ph, row, col):
+    """The producer's load of one K or V block: once ring stage s is free (its empty barrier past
+    phase ph), desc's block at (row, col) into it by TMA, its ready barrier counting the bytes."""
+    mbarrier.wait(empty.index(s), ph)
+    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row, col], ready.index(s), ring.index(s))
+
+
+@gluon.jit
+def _ws_load_q(desc_q, q_smem, q_bars, base, row_q, col, NUM_WG: gl.constexpr, WG_M: gl.constexpr):
+    """The producer's loads of a tile's Q: warpgroup w's WG_M rows from row_q + w · WG_M into Q buffer
+    base + w, each on its own barrier."""
+    for w in gl.static_range(NUM_WG):
+        mbarrier.expect(q_bars.index(base + w), desc_q.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_q, [row_q + w * WG_M, col], q_bars.index(base + w),
+                                        q_smem.index(base + w))
+
+
+@gluon.jit
+def _ws_sched_put(t_smem, t):
+    """The producer (one warp) publishes tile t (-1: no more) to the consumers in t_smem; they read it
+    (_ws_sched_get) once the tile's Q barriers complete, which the producer's arrivals on them,
+    after this store, release."""
+    t_smem.store(gl.full([1], t, gl.int32, layout=gl.BlockedLayout([1], [32], [1], [0])))  # racecheck: varlen-state
+
+
+@gluon.jit
+def _ws_sched_get(t_smem, NUM_WARPS: gl.constexpr):
+    """The tile the producer published last (_ws_sched_put), read by a consumer warpgroup."""
+    return gl.max(t_smem.load(gl.BlockedLayout([1], [32], [NUM_WARPS], [0])), axis=0)
+
+
+@gluon.jit
+def _ws_sort_starts(CuQ, CuK, n, BLOCK_M: gl.constexpr, NB: gl.constexpr):
+    """The dynamic scheduler's sorted order (_ws_producer_dyn's SORT), in one warp's registers:
+    (j, start_j, tiles_j, total) for sequences j < NB: sequence j has tiles_j query tiles, the
+    sequences run by their key counts, most first (ties by index), so sequence j's tiles come after
+    start_j of the others' (a head's), and total = Σ tiles_j. One pass over the n sequences'
+    offsets (scalar loads, L1 hits after the vector loads)."""
+    lay: gl.constexpr = gl.BlockedLayout([NB // 32], [32], [1], [0])
+    j = gl.arange(0, NB, layout=lay)
+    ok = j < n
+    q_lo = gl.load(CuQ + j, mask=ok, other=0)
+    tiles = (gl.load(CuQ + j + 1, mask=ok, other=0) - q_lo + BLOCK_M - 1) // BLOCK_M
+    keys = gl.load(CuK + j + 1, mask=ok, other=0) - gl.load(CuK + j, mask=ok, other=0)
+    start = gl.zeros([NB], gl.int32, layout=lay)
+    cq = gl.load(CuQ)
+    ck = gl.load(CuK)
+    for i in range(n):
+        cq1 = gl.load(CuQ + i + 1)
+        ck1 = gl.load(CuK + i + 1)
+        before = ((ck1 - ck) > keys) | (((ck1 - ck) == keys) & (i < j))
+        start += gl.where(before, (cq1 - cq + BLOCK_M - 1) // BLOCK_M, 0)
+        cq = cq1
+        ck = ck1
+    return j, start, tiles, gl.sum(tiles, axis=0)
+
+
+@gluon.jit
+def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                     q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch, k_rh, k_ch, v_rh,
+                     v_ch, CuQ, CuK, n_bh, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr, NB: gl.constexpr, SORT: gl.constexpr = 0):
+    """The producer of a PERSISTENT VARLEN launch (a dynamic tile scheduler): it takes the next of
+    the T = (SQ // BLOCK_M + n) · H packed tiles (_ws_tile_varlen's grid, head by head) from the
+    launch's counter Sched (int32, zero at the launch) until none is left, skips a tile without
+    rows (the at most one a sequence past its last tile), and for any other loads K_0, then, once
+    the consumers released the last tile's Q buffers (q_empty), publishes the tile (_ws_sched_put)
+    and loads every warpgroup's Q (also one whose rows start past the sequence: the next
+    sequence's rows or TMA's zeros, never stored; so every Q barrier completes once a tile), then
+    the rest of the tile's K / V blocks through the ring, whose position carries over. At the end
+    it publishes -1 and completes the Q barriers by plain arrivals.
+
+    SORT: the counter runs over the sequences' tiles longest first (_ws_sort_starts: the sequences by
+    their keys, most first; each one's query tiles from its last, a causal sequence's longest), the
+    heads innermost (1) or head by head (2; so the CTAs running together share a head's K / V in
+    L2), the order in which list scheduling leaves the shortest tail; the tile goes to the
+    consumers as its packed-grid index all the same."""
+    BLOCK_M: gl.constexpr = NUM_WG * WG_M
+    n_x = SQ // BLOCK_M + n_bh // H
+    n_t = n_x * H
+    it = 0  # K / V blocks loaded so far
+    tc = 0  # tiles published so far
+    t = gl.atomic_add(Sched, 1)
+    if SORT:
+        j_s, start_s, tiles_s, per_head = _ws_sort_starts(CuQ, CuK, n_bh // H, BLOCK_M, NB)
+        n_t = per_head * H
+    while t < n_t:
+        if SORT:  # (t in the sorted order -> its index in the packed grid)
+            if SORT == 1:  # (the heads innermost)
+                sel = (start_s * H <= t) & (t < (start_s + tiles_s) * H)
+                loc = t - gl.max(gl.where(sel, start_s, -1), axis=0) * H
+                h_s = loc % H
+                loc = loc // H
+            else:  # (head by head)
+                h_s = t // per_head
+                u = t - h_s * per_head
+                sel = (start_s <= u) & (u < start_s + tiles_s)
+                loc = u - gl.max(gl.where(sel, start_s, -1), axis=0)
+            b_s = gl.max(gl.where(sel, j_s, -1), axis=0)
+            x_s = gl.max(gl.where(sel, tiles_s, -1), axis=0) - 1 - loc
+            t = h_s * n_x + gl.load(CuQ + b_s) // BLOCK_M + b_s + x_s
+        _, b, h, m0, lo, n_blocks, q0, k0, _, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M,
+                                                                     BLOCK_N, n_bh, NB, 1, t % n_x, t // n_x)
+        hk = h // GROUP
+        row_q = h * q_rh + q0 + m0
+        row_k = hk * k_rh + k0 + lo * BLOCK_N
+        row_v = hk * v_rh + k0 + lo * BLOCK_N
+        for j in range(n_blocks):  # (0: a tile without rows, which no consumer sees)
+            s = (it + j) % STAGES
+            ph = (((it + j) // STAGES) & 1) ^ 1
+            _ws_load(desc_k, k_smem, k_ready, k_empty, s, ph, row_k + j * BLOCK_N, hk * k_ch)
+            if j == 0:
+                mbarrier.wait(q_empty, (tc & 1) ^ 1)
+                _ws_sched_put(t_smem, t)
+                _ws_load_q(desc_q, q_smem, q_bars, 0, row_q, h * q_ch, NUM_WG, WG_M)
+            _ws_load(desc_v, v_smem, v_ready, v_empty, s, ph, row_v + j * BLOCK_N, hk * v_ch)
+        it += n_blocks
+        tc += (n_blocks > 0).to(gl.int32)
+        t = gl.atomic_add(Sched, 1)
+    mbarrier.wait(q_empty, (tc & 1) ^ 1)
+    _ws_sched_put(t_smem, -1)
+    for w in gl.static_range(NUM_WG):
+        mbarrier.arrive(q_bars.index(w))
+
+
+@gluon.jit
+def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                     k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right, alibi_sb,
+                     alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr,
+                     NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SOFTCAP: gl.constexpr,
+                     ALIBI: gl.constexpr, SINK: gl.constexpr, NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
+    """Consumer warpgroup W of a PERSISTENT VARLEN launch: the tiles _ws_producer_dyn publishes, each
+    read once its Q barrier completes, until -1; its rows of each (none when they start past the
+    sequence: it only releases the tile's blocks), the ring's position carried over; after each
+    tile (its output stored) it releases its Q buffer (q_empty)."""
+    n_x = SQ // (NUM_WG * WG_M) + n_bh // H
+    it = 0  # K / V blocks consumed so far
+    tc = 0  # tiles so far
+    mbarrier.wait(q_bars.index(W), 0)
+    t = _ws_sched_get(t_smem, 4)
+    while t >= 0:
+        pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, off = _ws_tile_varlen(
+            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, NB, 4, t % n_x, t // n_x)
+        m0w = m0 + W * WG_M
+        n_w = n_blocks
+        if m0w >= rows:
+            n_w = 0
+        if n_w > 0:
+            _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                       k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
+                       alibi_sb, alibi_sh, 0, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
+                       STAGES, False, SOFTCAP, ALIBI, SINK, True, True, it, tc & 1, x_smem, ALIBI_MMA, False)
+        for j in range(n_w, n_blocks):
+            ph = ((it + j) // STAGES) & 1
+            mbarrier.wait(k_ready.index((it + j) % STAGES), ph)
+            mbarrier.arrive(k_empty.index((it + j) % STAGES))
+            mbarrier.wait(v_ready.index((it + j) % STAGES), ph)
+            mbarrier.arrive(v_empty.index((it + j) % STAGES))
+        mbarrier.arrive(q_empty)  # (after _ws_attend's output store read Q_W, and t was read)
+        it += n_blocks
+        tc += 1
+        mbarrier.wait(q_bars.index(W), tc & 1)
+        t = _ws_sched_get(t_smem, 4)
 
 
 @gluon.jit
@@ -391,7 +569,8 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         return
     if VARLEN:
         _, b, h, m0, lo, n_blocks, q0, k0, rows, _, _ = _ws_tile_varlen(CuQ, CuK, H, window_left, window_right,
-                                                                        NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 1)
+                                                                        NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 1,
+                                                                        gl.program_id(0), gl.program_id(1))
     else:
         _, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                              window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
@@ -493,7 +672,8 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
     """_ws_consumer of a grid launch: the CTA's one tile."""
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
-            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 4)
+            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, VARLEN_NB, 4, gl.program_id(0),
+            gl.program_id(1))
     else:
         pid_bh, b, h, m0, lo, n_blocks = _ws_tile(_grid_m(REVERSE_M), gl.program_id(1), SQ, SK, H, causal_offset,
                                                   window_left, window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW,
@@ -978,7 +1158,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
                            ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
-                           PROBE: gl.constexpr = False):
+                           PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -1010,8 +1190,10 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     bias comes from one more k = 16 wgmma a block (_ws_qk), not from an add a score. ROT_N (ALIBI,
     no WINDOW, two warpgroups): each tile walks its key blocks from the one its diagonal lies in,
     wrapping around (_ws_blk). CHAIN = 2: the chain's DEFER (_ws_attend_chain). PROBE (CHAIN): each
-    consumer's clocks at its tiles' ends into Probe (_probe). The pointers of the features off are
-    not read."""
+    consumer's clocks at its tiles' ends into Probe (_probe). PERSISTENT with VARLEN (VARLEN_NB > 0,
+    two warpgroups, no CHAIN): grid (programs,), the packed tiles by the dynamic scheduler
+    (_ws_producer_dyn: Sched an int32 zero at the launch, one counter a launch), VARLEN_SORT 1 / 2
+    its order longest first (_ws_sort_starts). The pointers of the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -1022,7 +1204,11 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(num_warps == 4)
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(WINDOW or not VARLEN)  # (the launcher passes packed sequences as WINDOW)
-    gl.static_assert(not (PERSISTENT and (TRIM or WINDOW or VARLEN)))  # (the score features: see the launcher)
+    # (PERSISTENT: no window, except VARLEN's, packed tiles by the dynamic scheduler; the score features: see
+    # the launcher)
+    gl.static_assert(not (PERSISTENT and (TRIM or (WINDOW and not VARLEN))))
+    gl.static_assert(not (PERSISTENT and VARLEN and (CHAIN or VARLEN_NB == 0 or ROT_N)))
+    gl.static_assert(not VARLEN_SORT or (PERSISTENT and VARLEN))
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     gl.static_assert(not ROT_N or (ALIBI and not (WINDOW or TRIM)))  # (lo = 0, the warpgroups' blocks alike)
     dtype: gl.constexpr = desc_q.dtype
@@ -1059,9 +1245,31 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
         mbarrier.init(v_empty.index(i), count=NUM_WG)
     fence_async_shared()
 
+    if PERSISTENT and VARLEN:  # (two warpgroups) the packed tiles by a dynamic scheduler, one tile index
+        # at a time from the producer to the consumers through t_smem
+        t_smem = gl.allocate_shared_memory(gl.int32, [1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    else:
+        t_smem = q_empty  # (unread)
+
     # (the argument tuples are written out in the call: a tuple assigned to a name first would turn
-    # its constexprs into tensors; so the two partition lists repeat them)
-    if NUM_WG == 2:
+    # its constexprs into tensors; so the two partition lists repeat them. Each call's branch line
+    # directly above it: tests/test_hopper_fwd._warp_specialize_lines)
+    if PERSISTENT and VARLEN:
+        gl.warp_specialize([
+            (_ws_consumer_dyn, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                                k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
+                                alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA)),
+            (_ws_consumer_dyn, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+                                k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
+                                alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA)),
+            (_ws_producer_dyn, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
+                                v_empty, q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch,
+                                k_rh, k_ch, v_rh, v_ch, CuQ, CuK, n_bh, WG_M, NUM_WG, BLOCK_N, STAGES, VARLEN_NB,
+                                VARLEN_SORT)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    elif NUM_WG == 2:
         gl.warp_specialize([
             (_ws_consumer, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,

@@ -1,0 +1,90 @@
+"""The varlen forward's launches side by side: `bench varlen`'s case (16 sequences of lengths 242-1977
+summing to 16384, bf16, forward), the packed-tile grid launch, the persistent one with the dynamic
+tile scheduler (launch.HOPPER_FWD_VARLEN_PERSISTENT) and that with its tiles longest first
+(HOPPER_FWD_VARLEN_SORT 1: the heads innermost, 2: head by head), and the dense forward at the
+mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs of all replayed in alternation
+(bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
+
+    PYTHONPATH=src python scripts/ab_varlen.py [--paired 24] [--head-dims 128,256] [--causal 0,1]
+        [--variants grid,persistent,sorted,sorted-outer]
+
+H = 2048 / D heads (16 at D = 128: `bench varlen`'s), FLOPs counted on real tokens only (4 · D · H ·
+Σ L², half the pairs causal, bench.features._pairs). Prints each variant's median ms and TF/s and
+the ratios (median [p10, p90] over repetitions): each varlen launch's TF/s over dense's, and its
+speed over the first variant's (> 1: faster). Needs a GPU.
+"""
+import argparse
+import statistics
+
+import torch
+
+import flashkernels
+from flashkernels.bench.common import capture_calls, paired_ms, paired_ratio, warm_gpu
+from flashkernels.bench.features import _pairs, varlen_case
+from flashkernels.ops.attention import launch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--paired", type=int, default=24, help="repetitions of the alternating replays")
+    ap.add_argument("--head-dims", default="128")
+    ap.add_argument("--causal", default="0,1")
+    ap.add_argument("--variants", default="grid,persistent,sorted,sorted-outer",
+                    help="of grid (the packed-tile grid launch), persistent (HOPPER_FWD_VARLEN_PERSISTENT), "
+                         "sorted / sorted-outer (with HOPPER_FWD_VARLEN_SORT 1 / 2 too); ratios over the first")
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    assert names and set(names) <= {"grid", "persistent", "sorted", "sorted-outer"}, names
+    dev, dt = "cuda", torch.bfloat16
+    _, _, n, total, lens, mean, cu = varlen_case(dev)
+    warm_gpu()
+    print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}); dense B={n} S={mean}; bf16, "
+          f"forward, CUDA-graph replays paired {args.paired}x; {torch.cuda.get_device_name()}")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    for D in (int(x) for x in args.head_dims.split(",")):
+        H = 2048 // D
+        q, k, v = (torch.randn(total, H, D, device=dev, dtype=dt) for _ in range(3))
+        qd, kd, vd = (torch.randn(n, mean, H, D, device=dev, dtype=dt) for _ in range(3))
+        for causal in (bool(int(x)) for x in args.causal.split(",")):
+            fl_var = sum(4 * _pairs(L, L, causal) * H * D for L in lens)
+            fl_den = n * 4 * _pairs(mean, mean, causal) * H * D
+
+            def varlen(name, causal=causal, D=D, q=q, k=k, v=v):
+                saved = launch.HOPPER_FWD_VARLEN_PERSISTENT, launch.HOPPER_FWD_VARLEN_SORT
+                launch.HOPPER_FWD_VARLEN_PERSISTENT = () if name == "grid" else (D,)
+                launch.HOPPER_FWD_VARLEN_SORT = {"sorted": 1, "sorted-outer": 2}.get(name, 0)
+                try:
+                    flashkernels.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
+                                                        check_inputs=False)
+                finally:
+                    launch.HOPPER_FWD_VARLEN_PERSISTENT, launch.HOPPER_FWD_VARLEN_SORT = saved
+
+            fns = [lambda name=name: varlen(name) for name in names]
+            fns.append(lambda causal=causal, qd=qd, kd=kd, vd=vd: flashkernels.flash_attn_func(qd, kd, vd,
+                                                                                                causal=causal))
+            with torch.no_grad(), torch.cuda.stream(stream):
+                before = launch.hopper_fwd_launches
+                graphs = capture_calls(fns, stream)
+                assert launch.hopper_fwd_launches > before, "the Gluon forward did not run"
+                times = paired_ms([g.replay for g in graphs], reps=args.paired)
+            torch.cuda.current_stream().wait_stream(stream)
+            ms = [statistics.median(t) for t in times]
+            print(f"D={D} H={H} causal={int(causal)}: " + "; ".join(
+                f"{name} {m:.3f} ms {f / m * 1e-9:.1f} TF/s"
+                for name, m, f in zip(names + ["dense"], ms, [fl_var] * len(names) + [fl_den])))
+            cells = []
+            for i, name in enumerate(names):
+                # (its TF/s over dense's, and over the first variant's, per repetition)
+                d = paired_ratio([t * fl_var / fl_den for t in times[-1]], times[i])
+                cells.append(f"{name}: to dense {d[0]:.3f} [{d[1]:.3f}, {d[2]:.3f}]")
+                if i:
+                    r = paired_ratio(times[0], times[i])
+                    cells[-1] += f", over {names[0]} {r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]"
+            print("   " + "; ".join(cells), flush=True)
+            del graphs
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
