@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--dry", action="store_true", help="no GPU: compile the variants for sm_90a and stop")
     ap.add_argument("--sass", action="store_true", help="with --dry: per-loop SASS counts")
     args = ap.parse_args()
+    # (this script changes switch dicts in place, which the forward's launch plans do not see: plans off)
+    launch.HOPPER_FWD_PLANS = False
     if args.dry:
         sys.exit(0 if dry(args) else 1)
 

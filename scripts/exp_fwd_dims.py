@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--rep", type=float, default=100)
     args = ap.parse_args()
+    # (this script changes switch dicts in place, which the forward's launch plans do not see: plans off)
+    launch.HOPPER_FWD_PLANS = False
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; fwd TF/s (do_bench median)", flush=True)
     saved = dict(launch.HOPPER_FWD_CONFIGS)
     for D in args.dims:

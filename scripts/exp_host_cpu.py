@@ -7,7 +7,8 @@ Best of seven rounds of ``--calls`` calls each, µs a call, at the FA3 grid's D 
 (B 16, S 1024, H 16, bf16, (B, S, H, D) storage):
   - check_qkv, its fast path and the full checks alone (``_validate._qkv_ok`` off);
   - hopper_fwd_layout_reason (shapes, strides, pointers) and _backend.resolve;
-  - launch.hopper_fwd (causal) and, of it, its launch-cache hit through ``_launch.cached_launch``
+  - launch.hopper_fwd (causal; its plans off, then a plan's hit: launch.HOPPER_FWD_PLANS) and, of the
+    first, its launch-cache hit through ``_launch.cached_launch``
     with the arguments it passes, tests/test_launch_cache.py's recorder kernel (over the Gluon
     kernel's own function) standing in for the GPU (so Triton's own C launcher, ~14% of a call on
     the H100 machine, is not in it); and the key's parts: the arguments' specialisations and the
@@ -82,16 +83,22 @@ def launch_cache_hit(qt, kt, vt, calls):
         launch.hopper_fwd(qt, kt, vt, out, lse, 0.088, True)
         (kern, grid, *args), kw = seen[0]
         launch.cached_launch = cached
+        launch.HOPPER_FWD_PLANS = False
         whole = best_us(lambda: launch.hopper_fwd(qt, kt, vt, out, lse, 0.088, True), calls)
         hit = best_us(lambda: cached(kern, grid, *args, **kw), calls)
+        launch.HOPPER_FWD_PLANS = True
+        hits = launch.hopper_fwd_plan_hits
+        planned = best_us(lambda: launch.hopper_fwd(qt, kt, vt, out, lse, 0.088, True), calls)
+        assert launch.hopper_fwd_plan_hits >= hits + 7 * calls - 1, "the plan was not used"
     assert kernel.slow_calls == 1, "every timed call should have been a hit"
     specs = best_us(lambda: tuple(map(_launch._spec, args)), calls)
     key = (0, tuple(map(_launch._spec, args)), tuple(kw.items()))
     table = {key: 1}
     lookup = best_us(lambda: table.get(key), calls)
     n = f"{len(args)} args + {len(kw)} keywords"
-    return [("launch.hopper_fwd, causal", whole), (f"  of it: cached_launch hit, {n}", hit),
-            ("    of that: the arguments' _spec", specs), ("    of that: the key's hash and lookup", lookup)]
+    return [("launch.hopper_fwd, causal (HOPPER_FWD_PLANS off)", whole), (f"  of it: cached_launch hit, {n}", hit),
+            ("    of that: the arguments' _spec", specs), ("    of that: the key's hash and lookup", lookup),
+            ("launch.hopper_fwd, causal, a plan's hit", planned)]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@
 #                                         varlen GPU suites (forward, ALiBi / sink, backward), bench varlen, then
 #                                         the Gluon kernels' memcheck / racecheck (the persistent varlen forward on
 #                                         3 SMs)
+#   bash scripts/exp_session25.sh plans   the Gluon forward's launch plans (launch.HOPPER_FWD_PLANS): the plan
+#                                         test and test_hopper_fwd.py's forward GPU tests with
+#                                         FLASHKERNELS_LAUNCH_CACHE=check (every plan hit compared with the full
+#                                         path), exp_host_1k.py, then bench varlen --paired
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-25 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -56,5 +60,13 @@ case "${1:-}" in
     timeout 120 python -m flashkernels bench varlen --csv "$OUT/varlen.csv" 2>&1 | tail -8 | tee -a "$OUT/varlen.txt"
     timeout "${TS:-180}" python -m pytest -q -p no:warnings -m gpu -n 2 --tb=short tests/test_hopper_bwd.py \
       -k "memcheck or racecheck" 2>&1 | tail -12 | tee -a "$OUT/final.txt" ;;
-  *) echo "usage: $0 varlen|sort|host|bench|final"; exit 2 ;;
+  plans)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 \
+      --tb=short tests/test_hopper_fwd.py tests/test_launch_cache.py \
+      -k "plans or cache or persistent or short or chain or softcap or alibi or window or sink" 2>&1 | tail -8 \
+      | tee -a "$OUT/tests-plans.txt"
+    timeout "${TH:-120}" python scripts/exp_host_1k.py 2>&1 | tail -8 | tee -a "$OUT/host-1k-plans.txt"
+    timeout 150 python -m flashkernels bench varlen --paired "${N:-12}" --csv "$OUT/varlen-paired.csv" 2>&1 \
+      | tail -12 | tee -a "$OUT/varlen-paired.txt" ;;
+  *) echo "usage: $0 varlen|sort|host|bench|final|plans"; exit 2 ;;
 esac

@@ -246,6 +246,118 @@ def _stubbed_hopper_fwd(monkeypatch, B=2, H=4):
     return run
 
 
+# (D, S, Sk, Hq, Hkv, causal, hopper_fwd keywords, storage): the plain builds (persistent, chained, D = 64's
+# short one, the grid past 8192 causal rows), Sq != Sk, a window, softcap on both sides of its static-max bound,
+# ALiBi (H,) and (B, H), a sink, GQA, (B, H, S, D) storage
+PLAN_CASES = [
+    (128, 1024, 1024, 4, 4, False, {}, "bshd"), (128, 1024, 1024, 4, 2, True, {}, "bshd"),
+    (64, 1024, 1024, 4, 4, True, {}, "bshd"), (256, 512, 512, 2, 2, False, {}, "bhsd"),
+    (128, 16384, 16384, 1, 1, True, {}, "bshd"), (128, 256, 640, 4, 2, True, dict(causal_offset=384), "bshd"),
+    (128, 512, 512, 4, 4, False, dict(window_left=100, window_right=20), "bshd"),
+    (128, 512, 512, 4, 4, True, dict(softcap=30.0), "bshd"), (128, 512, 512, 4, 4, True, dict(softcap=50.0), "bshd"),
+    (256, 4096, 4096, 1, 1, False, dict(alibi="h"), "bshd"), (64, 512, 512, 2, 2, True, dict(alibi="bh"), "bhsd"),
+    (128, 512, 512, 4, 2, False, dict(sink=True, softcap=5.0), "bshd"),
+]
+
+
+def _plan_call(D, S, Sk, H, Hkv, causal, kw, layout, B=2):
+    """(hopper_fwd's positional arguments, its keywords) of a PLAN_CASES case, fresh tensors."""
+    if layout == "bshd":
+        q, out = _bshd(B, S, H, D), _bshd(B, S, H, D)
+        k, v = _bshd(B, Sk, Hkv, D), _bshd(B, Sk, Hkv, D)
+    else:
+        q, out = torch.randn(B, H, S, D).to(bf16), torch.randn(B, H, S, D).to(bf16)
+        k, v = (torch.randn(B, Hkv, Sk, D).to(bf16) for _ in range(2))
+    kw = dict(kw)
+    if "alibi" in kw:
+        kw["alibi_slopes"] = torch.rand(B, H)[0] if kw.pop("alibi") == "h" else torch.rand(B, H)
+    if kw.pop("sink", False):
+        kw["sink"] = torch.randn(H)
+    return (q, k, v, out, torch.empty(B, H, S), 1 / math.sqrt(D), causal), kw
+
+
+@pytest.mark.parametrize("case", PLAN_CASES, ids=[f"d{c[0]}-s{c[1]}-k{c[2]}-{'causal' if c[5] else 'full'}-"
+                                                  + "-".join(c[6]) + f"-{c[7]}" for c in PLAN_CASES])
+def test_forward_plan_rebuilds_the_full_paths_launch(monkeypatch, case):
+    """launch.hopper_fwd's plans (HOPPER_FWD_PLANS): two calls of a case on fresh tensors share a plan
+    key, and the arguments the plan of the first rebuilds for the second (_fwd_plan_args) are the full
+    path's (_hopper_fwd_args: grid, keywords, every argument: the descriptors by base and fields, the
+    tensors by identity, the integers and floats by value), which _check_fwd_plan (the GPU tests'
+    check on every hit) confirms; a plan of another case fails that check."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    kernel = fwd_hopper.attn_fwd_hopper_kernel
+    pos1, kw1 = _plan_call(*case)
+    pos2, kw2 = _plan_call(*case)
+    feats = ("causal_offset", "window_left", "window_right", "softcap", "alibi_slopes", "sink")  # (defaults below)
+
+    def key(pos, kw):
+        q, k, v, out, lse, _, causal = pos
+        return launch._fwd_plan_key(kernel, q, k, v, out, lse, causal,
+                                    *(kw.get(f, d) for f, d in zip(feats, (0, -1, -1, 0.0, None, None))))
+
+    assert key(pos1, kw1) == key(pos2, kw2)
+    grid, args, kwargs = launch._hopper_fwd_args(*pos1, **kw1)
+    plan = launch._FwdPlan(None, grid, args[9:30], args[31], args[1].block_shape[0], kwargs)  # (as hopper_fwd keeps it)
+    assert not any(isinstance(x, torch.Tensor) for x in (*plan.ints, *plan.kwargs.values()))  # (no memory held)
+    q, k, v, out, lse, scale, _ = pos2
+    rebuilt = launch._fwd_plan_args(plan, q, k, v, out, lse, scale * 1.5, kw2.get("softcap", 0.0),
+                                    kw2.get("alibi_slopes"), kw2.get("sink"))
+    full = launch._hopper_fwd_args(*pos2[:5], scale * 1.5, pos2[6], **kw2)
+    launch._check_fwd_plan(plan, rebuilt, full)
+    assert rebuilt[0].base is q and rebuilt[3].base is out and rebuilt[7] == scale * 1.5
+    other = PLAN_CASES[(PLAN_CASES.index(case) + 1) % len(PLAN_CASES)]
+    pos3, kw3 = _plan_call(*other)
+    assert key(pos3, kw3) != key(pos1, kw1)
+    with pytest.raises(AssertionError, match="plan launches other arguments"):
+        launch._check_fwd_plan(plan, launch._fwd_plan_args(plan, *pos3[:6], kw3.get("softcap", 0.0),
+                                                           kw3.get("alibi_slopes"), kw3.get("sink")),
+                               launch._hopper_fwd_args(*pos3, **kw3))
+
+
+def test_forward_plan_key_tells_apart_what_the_launch_depends_on():
+    """_fwd_plan_key differs where the full path's launch may: storage (bshd / bhsd), a misaligned
+    tensor (16 bytes: the launch cache's specialisation and TMA's base), Sq / Sk, GQA, causal and its
+    offset, the window, softcap's sides of its static-max bound, ALiBi's (H,) / (B, H), a sink; and
+    not for fresh tensors of the same call, nor for another softcap below the bound."""
+    kernel = fwd_hopper.attn_fwd_hopper_kernel
+
+    def key(q, k, v, out, lse, causal=True, off=0, wl=-1, wr=-1, cap=0.0, alibi=None, sink=None):
+        return launch._fwd_plan_key(kernel, q, k, v, out, lse, causal, off, wl, wr, cap, alibi, sink)
+
+    def fresh(B=2, S=256, H=4, Hkv=2):
+        return _bshd(B, S, H), _bshd(B, S, Hkv), _bshd(B, S, Hkv), _bshd(B, S, H), torch.empty(B, H, S)
+
+    base = key(*fresh())
+    assert key(*fresh()) == base
+    q, k, v, out, lse = fresh()
+    flat = torch.empty(out.numel() + 4, dtype=bf16)
+    misaligned = flat[4:].view(2, 256, 4, 128).transpose(1, 2)  # (8 bytes off a 16-byte boundary)
+    assert misaligned.data_ptr() % 16
+    others = [key(q, k, v, misaligned, lse), key(q.contiguous(), k, v, out, lse),  # ((B, H, S, D) storage)
+              key(*fresh(Hkv=4)), key(*fresh(S=384)), key(q, k, v, out, lse, causal=False),
+              key(q, k, v, out, lse, off=128), key(q, k, v, out, lse, wl=64), key(q, k, v, out, lse, wr=0),
+              key(q, k, v, out, lse, cap=30.0), key(q, k, v, out, lse, cap=launch.HOPPER_FWD_SOFTCAP_STATIC_MAX + 1),
+              key(q, k, v, out, lse, alibi=torch.rand(4)), key(q, k, v, out, lse, alibi=torch.rand(2, 4)),
+              key(q, k, v, out, lse, sink=torch.zeros(4))]
+    assert base not in others and len(set(others)) == len(others)
+    assert key(q, k, v, out, lse, cap=20.0) == key(q, k, v, out, lse, cap=30.0)
+
+
+def test_forward_plans_dropped_when_the_launch_module_changes(monkeypatch):
+    """Setting any attribute of the launch module (a switch, a monkeypatch and its undo) drops every
+    plan; hopper_fwd's own counters (global statements) do not."""
+    launch._fwd_plans["x"] = "plan"
+    monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN", not launch.HOPPER_FWD_CHAIN)
+    assert not launch._fwd_plans
+    launch._fwd_plans["x"] = "plan"
+    monkeypatch.undo()
+    assert not launch._fwd_plans
+    launch._fwd_plans["x"] = "plan"
+    launch.__dict__["hopper_fwd_launches"] += 0  # (as hopper_fwd's `global` statement writes it)
+    assert launch._fwd_plans == {"x": "plan"}
+    launch._fwd_plans.clear()
+
+
 @pytest.mark.skipif(not fwd_hopper.AVAILABLE, reason=f"Gluon: {fwd_hopper.UNAVAILABLE_REASON}")
 def test_persistent_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed, 132 SMs): the plain non-causal forward at D = 128 runs
@@ -869,6 +981,34 @@ def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
     out, lse, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True)
     assert launch.hopper_fwd_launches == n + 2
     assert torch.equal(out, r.out) and torch.equal(lse, r.lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PLAN_CASES, ids=[f"d{c[0]}-s{c[1]}-k{c[2]}-{'causal' if c[5] else 'full'}-"
+                                                  + "-".join(c[6]) + f"-{c[7]}" for c in PLAN_CASES])
+def test_hopper_fwd_plans_cuda(monkeypatch, case):
+    """launch.HOPPER_FWD_PLANS: the second and third calls of a case (fresh tensors, same shapes) launch
+    from the first's plan, with FLASHKERNELS_LAUNCH_CACHE=check (each hit's arguments compared with
+    the full path's, and its kernel with Triton's own lookup), and write bitwise what the same calls
+    write with the plans off."""
+    _needs_hopper()
+    monkeypatch.setenv("FLASHKERNELS_LAUNCH_CACHE", "check")
+    calls = [_plan_call(*case) for _ in range(3)]
+    calls = [(tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in pos),
+              {n: (x.cuda() if isinstance(x, torch.Tensor) else x) for n, x in kw.items()}) for pos, kw in calls]
+    res = {}
+    for plans in (False, True):
+        monkeypatch.setattr(launch, "HOPPER_FWD_PLANS", plans)
+        hits, n = launch.hopper_fwd_plan_hits, launch.hopper_fwd_launches
+        res[plans] = []
+        for pos, kw in calls:
+            out, lse = torch.full_like(pos[3], float("nan")), torch.full_like(pos[4], float("nan"))
+            launch.hopper_fwd(*pos[:3], out, lse, *pos[5:], **kw)
+            res[plans].append((out, lse))
+        assert launch.hopper_fwd_launches == n + 3
+        assert launch.hopper_fwd_plan_hits == hits + (2 if plans else 0), "the plan was not used"
+    for (o1, l1), (o2, l2) in zip(res[False], res[True]):
+        assert torch.equal(o1, o2) and torch.equal(l1, l2)
 
 
 @pytest.mark.gpu

@@ -184,8 +184,7 @@ def cached_launch(kernel, grid: tuple, *args, fk_traceable: bool = True, **kwarg
     runtime, params = _params(kernel)
     cache = kernel.__dict__.setdefault("_flashkernels_launches", {})
     try:
-        key = (device, tuple(map(_spec, args)),
-               tuple((k, _spec(v)) if k in runtime else (k, v) for k, v in kwargs.items()))
+        key = _key(device, runtime, args, kwargs)
         entry = cache.get(key)
     except TypeError:  # an argument the key does not cover (or a constexpr that does not hash)
         return _slow(kernel, grid, args, kwargs)
@@ -200,6 +199,36 @@ def cached_launch(kernel, grid: tuple, *args, fk_traceable: bool = True, **kwarg
         return compiled
     if entry is _UNCACHEABLE:
         return _slow(kernel, grid, args, kwargs)
+    return launch_entry(kernel, entry, grid, args, kwargs, device)
+
+
+def _key(device, runtime, args, kwargs):
+    """:func:`cached_launch`'s key of a call (raises TypeError for an argument it does not cover)."""
+    return (device, tuple(map(_spec, args)),
+            tuple((k, _spec(v)) if k in runtime else (k, v) for k, v in kwargs.items()))
+
+
+def cached_entry(kernel, args, kwargs):
+    """The entry :func:`cached_launch` keeps for a call of ``kernel`` with these arguments (after a
+    launch of them: what a later call with the same specialisation hits), or None (none kept, a call
+    it cannot cache, or the fast path off)."""
+    if not enabled() or not isinstance(kernel, _JIT):
+        return None
+    try:
+        entry = kernel.__dict__.get("_flashkernels_launches", {}).get(
+            _key(torch.cuda.current_device(), _params(kernel)[0], args, kwargs))
+    except TypeError:
+        return None
+    return entry if isinstance(entry, _Entry) else None
+
+
+def launch_entry(kernel, entry, grid, args, kwargs, device=None):
+    """Launch ``entry`` (a :func:`cached_entry` of ``kernel``) on ``args`` and ``kwargs``, which must
+    have the specialisation it was kept for: straight through its compiled kernel's launcher; with
+    ``$FLASHKERNELS_LAUNCH_CACHE=check`` after asking Triton for the kernel of these arguments
+    (raises if it is another). Returns the compiled kernel."""
+    if device is None:
+        device = torch.cuda.current_device()
     compiled = entry.compiled
     if _CHECK:
         rargs, rkwargs = real_args(args, kwargs)
@@ -207,8 +236,8 @@ def cached_launch(kernel, grid: tuple, *args, fk_traceable: bool = True, **kwarg
         if hasattr(own, "result"):
             own = own.result()
         if own is not compiled:
-            raise AssertionError(f"flashkernels launch cache: the key {key} of {kernel} maps to another "
-                                 "specialisation than Triton's own lookup")
+            raise AssertionError(f"flashkernels launch cache: a kept entry of {kernel} maps these arguments to "
+                                 "another specialisation than Triton's own lookup")
     g = (tuple(grid) + (1, 1))[:3]
     compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(device), compiled.function,
                  compiled.packed_metadata, None, None, None, *args,

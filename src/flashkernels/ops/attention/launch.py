@@ -40,6 +40,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
+import types
 from typing import NamedTuple, Optional
 
 import torch
@@ -47,6 +49,7 @@ from torch.library import triton_op
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..._interpreter import kernels_interpreted
+from ... import _launch
 from ..._launch import TmaDesc, cached_launch
 
 from .kernels import bwd_hopper, bwd_hopper256, fwd_hopper
@@ -494,6 +497,7 @@ HOPPER_FWD_VARLEN_SORT_MAX = 64
 _INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535  # the Gluon grid is (S / BLOCK_M, B * H)
 hopper_fwd_launches = 0  # Gluon forward launches in this process (tests, `flashkernels check`)
+hopper_fwd_plan_hits = 0  # of them, launched from a plan (hopper_fwd, HOPPER_FWD_PLANS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -709,8 +713,46 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     total_q)): the kernel's VARLEN build, grid (total_q // BLOCK_M + n, H) over the packed query
     tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences; at the head
     dims of HOPPER_FWD_VARLEN_PERSISTENT those tiles by a dynamic scheduler in a persistent launch,
-    one CTA an SM, its counter a fresh zeroed int32), else (ceil(max_seqlen_q / BLOCK_M), n · H)."""
-    global hopper_fwd_launches
+    one CTA an SM, its counter a fresh zeroed int32), else (ceil(max_seqlen_q / BLOCK_M), n · H).
+
+    Calls without packed sequences keep a plan per shape (HOPPER_FWD_PLANS, :func:`_fwd_plan_key`): a
+    repeat launches the first call's specialisation with its decisions, rebuilding only what changes
+    from call to call (:func:`_fwd_plan_args`)."""
+    global hopper_fwd_launches, hopper_fwd_plan_hits
+    kernel = fwd_hopper.attn_fwd_hopper_kernel
+    key = None
+    if HOPPER_FWD_PLANS and cu_seqlens_q is None and HOPPER_FWD_PROBE is None:
+        key = _fwd_plan_key(kernel, q, k, v, out, lse, causal, causal_offset, window_left, window_right, softcap,
+                            alibi_slopes, sink)
+        plan = _fwd_plans.get(key)
+        if plan is not None and _launch.enabled():
+            args = _fwd_plan_args(plan, q, k, v, out, lse, scale, softcap, alibi_slopes, sink)
+            if _launch._CHECK:  # (the GPU tests: the plan's launch is the one the full path builds)
+                _check_fwd_plan(plan, args, _hopper_fwd_args(q, k, v, out, lse, scale, causal, causal_offset,
+                                                             window_left, window_right, softcap, alibi_slopes, sink))
+            _launch.launch_entry(kernel, plan.entry, plan.grid, args, plan.kwargs)
+            hopper_fwd_launches += 1
+            hopper_fwd_plan_hits += 1
+            return
+    grid, args, kwargs = _hopper_fwd_args(q, k, v, out, lse, scale, causal, causal_offset, window_left, window_right,
+                                          softcap, alibi_slopes, sink, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                          max_seqlen_k)
+    cached_launch(kernel, grid, *args, fk_traceable=False, **kwargs)
+    hopper_fwd_launches += 1
+    if key is not None:
+        entry = _launch.cached_entry(kernel, args, kwargs)
+        if entry is not None:
+            if len(_fwd_plans) >= _FWD_PLANS_MAX:
+                _fwd_plans.clear()
+            # (no tensor of this call in the plan: it would keep their memory alive)
+            _fwd_plans[key] = _FwdPlan(entry, grid, args[9:30], args[31], args[1].block_shape[0], kwargs)
+
+
+def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int = 0, window_left: int = -1,
+                     window_right: int = -1, softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None,
+                     sink: Optional[torch.Tensor] = None, cu_seqlens_q: Optional[torch.Tensor] = None,
+                     cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0):
+    """:func:`hopper_fwd`'s launch of the Gluon kernel: (grid, positional arguments, keywords)."""
     B, H, S, D = q.shape
     Sk = k.shape[2]
     short = D in HOPPER_FWD_SHORT and hopper_fwd_short(D, S, causal, _plain_call(
@@ -770,18 +812,83 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
         extra["ALIBI_MMA"] = True
     if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen or softcap > 0, block_m, D, rows):
         extra["ROT_N"] = True
-    cached_launch(
-        fwd_hopper.attn_fwd_hopper_kernel, grid,
-        dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H, H // k.shape[1],
-        causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
-        out, out.stride(2), *cu,  # (the row stride of out's 2-D view: its stride along S)
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
-        SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window, D,
-                                         causal, q.dtype),
-        ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-        num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), fk_traceable=False, **extra,
-    )
-    hopper_fwd_launches += 1
+    # (the positions _fwd_plan_args rebuilds: 0-8 and 30, 32, 33; the rest follow from the plan's key)
+    args = (dq, dk, dv, do, lse, alibi, lse if sink is None else sink, scale, float(softcap), S, Sk, H,
+            H // k.shape[1], causal_offset, wl, wr, alibi.stride(0), alibi.stride(1), *cq, *ck, *cv, *co,
+            out, out.stride(2), *cu)  # (the row stride of out's 2-D view: its stride along S)
+    kwargs = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
+                  SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window,
+                                                   D, causal, q.dtype),
+                  ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
+                  num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **extra)
+    return grid, args, kwargs
+
+
+# Plans of the Gluon forward's launches (hopper_fwd): the host work of an eager call's launch is
+# per call (its decisions, then the launch cache's key over 34 arguments: scripts/exp_host_cpu.py);
+# a plan keeps, per shape and features, the first call's grid, integer arguments and keywords and the
+# launch cache's entry (no tensor), so a repeat rebuilds only its TMA descriptors, tensors and floats.
+# Any attribute of this module set from outside (a switch, a test's monkeypatch) drops every plan
+# (_Switches); a switch's dict changed in place does not: assign it anew, or turn HOPPER_FWD_PLANS off.
+HOPPER_FWD_PLANS = True
+_FWD_PLANS_MAX = 256  # (shapes x features; past it the plans start over)
+_fwd_plans: dict = {}
+
+
+class _FwdPlan(NamedTuple):
+    entry: object  # the launch cache's entry (_launch.cached_entry) of the first call
+    grid: tuple
+    ints: tuple  # the first call's arguments 9-29 (shapes, offsets, the window, strides)
+    out_row_stride: int  # its argument 31
+    block_n: int  # K and V's TMA block rows
+    kwargs: dict  # (no tensor in them: packed sequences' counter and the probe keep the full path)
+
+
+def _fwd_plan_key(kernel, q, k, v, out, lse, causal, causal_offset, window_left, window_right, softcap,
+                  alibi_slopes, sink) -> tuple:
+    """What decides :func:`_hopper_fwd_args`'s grid, keywords and integer arguments, and the launch
+    cache's key of its other arguments (dtypes, 16-byte alignment), for a call without packed
+    sequences; the switches are not in it (setting one drops the plans)."""
+    ptrs = q.data_ptr() | k.data_ptr() | v.data_ptr() | out.data_ptr() | lse.data_ptr()
+    feats = (softcap > 0, softcap <= HOPPER_FWD_SOFTCAP_STATIC_MAX)
+    if alibi_slopes is not None:
+        ptrs |= alibi_slopes.data_ptr()
+        feats += (alibi_slopes.dtype, alibi_slopes.shape, alibi_slopes.stride())
+    if sink is not None:
+        ptrs |= sink.data_ptr()
+        feats += (sink.dtype,)
+    return (kernel, q.device, q.dtype, q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), out.shape,
+            out.stride(), lse.shape, lse.stride(), bool(causal), causal_offset, window_left, window_right,
+            alibi_slopes is None, sink is None, feats, ptrs % 16 == 0)
+
+
+def _fwd_plan_args(plan: _FwdPlan, q, k, v, out, lse, scale, softcap, alibi_slopes, sink) -> tuple:
+    """The arguments :func:`_hopper_fwd_args` builds for this call, from ``plan`` (its key's): the TMA
+    descriptors, lse, ALiBi's slopes (expanded), the sink, scale, softcap and out rebuilt, every
+    integer the plan's."""
+    alibi = lse if alibi_slopes is None else alibi_slopes.expand(q.shape[0], q.shape[1])
+    return ((_hopper_desc(q, 64)[0], _hopper_desc(k, plan.block_n)[0], _hopper_desc(v, plan.block_n)[0],
+             _hopper_desc(out, 64)[0], lse, alibi, lse if sink is None else sink, scale, float(softcap))
+            + plan.ints + (out, plan.out_row_stride, lse, lse))
+
+
+def _same_arg(a, b) -> bool:
+    if isinstance(a, TmaDesc) and isinstance(b, TmaDesc):
+        return a.base is b.base and a[1:] == b[1:]
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                          and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
+    return type(a) is type(b) and a == b
+
+
+def _check_fwd_plan(plan: _FwdPlan, args: tuple, full) -> None:
+    """Raise unless ``plan``'s launch (grid, keywords, ``args``) is the one the full path builds
+    (``full``: :func:`_hopper_fwd_args`' result for the same call)."""
+    grid, want, kwargs = full
+    if grid != plan.grid or kwargs != plan.kwargs or len(args) != len(want) or \
+            not all(_same_arg(a, b) for a, b in zip(args, want)):
+        raise AssertionError(f"flashkernels: a Gluon forward plan launches other arguments than the full path "
+                             f"(grid {plan.grid} / {grid}, keywords {plan.kwargs} / {kwargs})")
 
 
 def _hopper_fwd_features(causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q=None,
@@ -1289,3 +1396,17 @@ KERNELS_INTERPRETED = kernels_interpreted(attn_fwd_kernel)
 
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+class _Switches(types.ModuleType):
+    """This module's type: setting any of its attributes from outside (a switch such as
+    HOPPER_FWD_CHAIN, a test's monkeypatch, _sm_count) drops the Gluon forward's plans, which hold
+    decisions those attributes made (hopper_fwd). The module's own global statements (the launch
+    counters) do not pass here."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        _fwd_plans.clear()
+
+
+sys.modules[__name__].__class__ = _Switches
