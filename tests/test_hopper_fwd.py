@@ -344,13 +344,18 @@ def test_forward_plan_key_tells_apart_what_the_launch_depends_on():
 
 
 def test_forward_plans_dropped_when_the_launch_module_changes(monkeypatch):
-    """Setting any attribute of the launch module (a switch, a monkeypatch and its undo) drops every
-    plan; hopper_fwd's own counters (global statements) do not."""
+    """Setting or deleting any attribute of the launch module (a switch, a monkeypatch and its undo)
+    drops every plan; hopper_fwd's own counters (global statements) do not."""
     launch._fwd_plans["x"] = "plan"
     monkeypatch.setattr(launch, "HOPPER_FWD_CHAIN", not launch.HOPPER_FWD_CHAIN)
     assert not launch._fwd_plans
     launch._fwd_plans["x"] = "plan"
     monkeypatch.undo()
+    assert not launch._fwd_plans
+    launch._fwd_plans["x"] = "plan"
+    monkeypatch.setattr(launch, "_fk_test_attribute", 1, raising=False)
+    launch._fwd_plans["x"] = "plan"
+    monkeypatch.delattr(launch, "_fk_test_attribute")
     assert not launch._fwd_plans
     launch._fwd_plans["x"] = "plan"
     launch.__dict__["hopper_fwd_launches"] += 0  # (as hopper_fwd's `global` statement writes it)

@@ -828,7 +828,7 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
 # per call (its decisions, then the launch cache's key over 34 arguments: scripts/exp_host_cpu.py);
 # a plan keeps, per shape and features, the first call's grid, integer arguments and keywords and the
 # launch cache's entry (no tensor), so a repeat rebuilds only its TMA descriptors, tensors and floats.
-# Any attribute of this module set from outside (a switch, a test's monkeypatch) drops every plan
+# Any attribute of this module set (or deleted) from outside (a switch, a monkeypatch) drops every plan
 # (_Switches); a switch's dict changed in place does not: assign it anew, or turn HOPPER_FWD_PLANS off.
 HOPPER_FWD_PLANS = True
 _FWD_PLANS_MAX = 256  # (shapes x features; past it the plans start over)
@@ -1399,13 +1399,17 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 class _Switches(types.ModuleType):
-    """This module's type: setting any of its attributes from outside (a switch such as
+    """This module's type: setting or deleting any of its attributes from outside (a switch such as
     HOPPER_FWD_CHAIN, a test's monkeypatch, _sm_count) drops the Gluon forward's plans, which hold
     decisions those attributes made (hopper_fwd). The module's own global statements (the launch
     counters) do not pass here."""
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
+        _fwd_plans.clear()
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
         _fwd_plans.clear()
 
 
