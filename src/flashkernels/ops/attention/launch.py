@@ -721,11 +721,12 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     global hopper_fwd_launches, hopper_fwd_plan_hits
     kernel = fwd_hopper.attn_fwd_hopper_kernel
     key = None
-    if HOPPER_FWD_PLANS and cu_seqlens_q is None and HOPPER_FWD_PROBE is None:
+    # (no key while the launch cache's fast path is off: no plan is kept or used then)
+    if HOPPER_FWD_PLANS and cu_seqlens_q is None and HOPPER_FWD_PROBE is None and _launch.enabled():
         key = _fwd_plan_key(kernel, q, k, v, out, lse, causal, causal_offset, window_left, window_right, softcap,
                             alibi_slopes, sink)
         plan = _fwd_plans.get(key)
-        if plan is not None and _launch.enabled():
+        if plan is not None:
             args = _fwd_plan_args(plan, q, k, v, out, lse, scale, softcap, alibi_slopes, sink)
             if _launch._CHECK:  # (the GPU tests: the plan's launch is the one the full path builds)
                 _check_fwd_plan(plan, args, _hopper_fwd_args(q, k, v, out, lse, scale, causal, causal_offset,
