@@ -1,12 +1,14 @@
 """The varlen forward's launches side by side: `bench varlen`'s case (16 sequences of lengths 242-1977
-summing to 16384, bf16, forward), the packed-tile grid launch, the persistent one with the dynamic
-tile scheduler (launch.HOPPER_FWD_VARLEN_PERSISTENT) and that with its tiles longest first
-(HOPPER_FWD_VARLEN_SORT 1: the heads innermost, 2: head by head), and the dense forward at the
-mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs of all replayed in alternation
-(bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
+summing to 16384, bf16, forward), each variant of VARIANTS (the launch switches it sets): grid (the
+packed-tile grid launch), persistent (the dynamic tile scheduler, launch.HOPPER_FWD_VARLEN_PERSISTENT),
+qsets (+ two sets of Q buffers, HOPPER_FWD_VARLEN_QSETS), sorted / sorted-outer (qsets', the tiles
+longest first: HOPPER_FWD_VARLEN_SORT 1, the heads innermost, or 2, head by head); and the dense
+forward at the mean length (B = 16, S =
+1024) for issue 5's ratio; CUDA graphs of all replayed in alternation (bench.common.paired_ms, the L2
+flushed before each), so each ratio is read per repetition.
 
     PYTHONPATH=src python scripts/ab_varlen.py [--paired 24] [--head-dims 128,256] [--causal 0,1]
-        [--variants grid,persistent,sorted,sorted-outer]
+        [--variants grid,persistent,qsets,sorted,sorted-outer]
 
 H = 2048 / D heads (16 at D = 128: `bench varlen`'s), FLOPs counted on real tokens only (4 · D · H ·
 Σ L², half the pairs causal, bench.features._pairs). Prints each variant's median ms and TF/s and
@@ -24,17 +26,22 @@ from flashkernels.bench.features import _pairs, varlen_case
 from flashkernels.ops.attention import launch
 
 
+SWITCHES = ("HOPPER_FWD_VARLEN_PERSISTENT", "HOPPER_FWD_VARLEN_SORT", "HOPPER_FWD_VARLEN_QSETS")
+# variant -> the launch switches of SWITCHES (at the head dim, or off; the sort's value)
+VARIANTS = {"grid": (False, 0, False), "persistent": (True, 0, False), "qsets": (True, 0, True),
+            "sorted": (True, 1, True), "sorted-outer": (True, 2, True)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paired", type=int, default=24, help="repetitions of the alternating replays")
     ap.add_argument("--head-dims", default="128")
     ap.add_argument("--causal", default="0,1")
-    ap.add_argument("--variants", default="grid,persistent,sorted,sorted-outer",
-                    help="of grid (the packed-tile grid launch), persistent (HOPPER_FWD_VARLEN_PERSISTENT), "
-                         "sorted / sorted-outer (with HOPPER_FWD_VARLEN_SORT 1 / 2 too); ratios over the first")
+    ap.add_argument("--variants", default="grid,persistent,qsets",
+                    help=f"of {', '.join(VARIANTS)} (VARIANTS); ratios over the first")
     args = ap.parse_args()
     names = args.variants.split(",")
-    assert names and set(names) <= {"grid", "persistent", "sorted", "sorted-outer"}, names
+    assert names and set(names) <= set(VARIANTS), names
     dev, dt = "cuda", torch.bfloat16
     _, _, n, total, lens, mean, cu = varlen_case(dev)
     warm_gpu()
@@ -51,14 +58,15 @@ def main():
             fl_den = n * 4 * _pairs(mean, mean, causal) * H * D
 
             def varlen(name, causal=causal, D=D, q=q, k=k, v=v):
-                saved = launch.HOPPER_FWD_VARLEN_PERSISTENT, launch.HOPPER_FWD_VARLEN_SORT
-                launch.HOPPER_FWD_VARLEN_PERSISTENT = () if name == "grid" else (D,)
-                launch.HOPPER_FWD_VARLEN_SORT = {"sorted": 1, "sorted-outer": 2}.get(name, 0)
+                saved = {sw: getattr(launch, sw) for sw in SWITCHES}
+                for sw, on in zip(SWITCHES, VARIANTS[name]):
+                    setattr(launch, sw, on if sw == "HOPPER_FWD_VARLEN_SORT" else (D,) if on else ())
                 try:
                     flashkernels.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
                                                         check_inputs=False)
                 finally:
-                    launch.HOPPER_FWD_VARLEN_PERSISTENT, launch.HOPPER_FWD_VARLEN_SORT = saved
+                    for sw, value in saved.items():
+                        setattr(launch, sw, value)
 
             fns = [lambda name=name: varlen(name) for name in names]
             fns.append(lambda causal=causal, qd=qd, kd=kd, vd=vd: flashkernels.flash_attn_func(qd, kd, vd,

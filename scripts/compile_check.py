@@ -252,6 +252,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         types["Sched"] = "*i32"
         if launch.HOPPER_FWD_VARLEN_SORT:  # (as launched for 16 sequences)
             consts["VARLEN_SORT"] = int(launch.HOPPER_FWD_VARLEN_SORT)
+        if launch.hopper_fwd_varlen_qsets(D) == 2:  # (as launched)
+            consts["VARLEN_QSETS"] = 2
     elif persistent:
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)

@@ -166,7 +166,7 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     grid (min(tiles, SMs),) where tiles = (total_q // 128 + n) · H, PERSISTENT, VARLEN_NB and n_bh as
     the grid launch's, and Sched a fresh zeroed int32 counter (the dynamic scheduler's) each call;
     D = 64 (BLOCK_M 192), the other grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not
-    name keep the grid launch without them."""
+    name keep the grid launch without them. VARLEN_QSETS = 2 only where HOPPER_FWD_VARLEN_QSETS says."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
@@ -201,6 +201,16 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
         cap = launch.HOPPER_FWD_VARLEN_SORT_MAX
         assert "VARLEN_SORT" not in run(128, (3,) * (cap + 1))
         assert run(128, (3,) * cap).get("VARLEN_SORT", 0) == sort
+    # two sets of Q buffers (HOPPER_FWD_VARLEN_QSETS): at the head dims it names up to HOPPER_FWD_CHAIN_MAX_DIM
+    assert launch.HOPPER_FWD_VARLEN_QSETS == (128,)  # (default)
+    assert run(128, lens)["VARLEN_QSETS"] == 2
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
+    assert "VARLEN_QSETS" not in run(128, lens)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (128, 256))
+    assert run(128, lens)["VARLEN_QSETS"] == 2 and "CHAIN" not in run(128, lens)
+    assert run(128, lens, alibi_slopes=torch.rand(4), softcap=3.0)["VARLEN_QSETS"] == 2
+    assert "VARLEN_QSETS" not in run(256, lens)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
     for D, switch, packed in ((64, (64, 128, 256), True), (128, (256,), True), (128, (128,), False)):
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", switch)
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", packed)
@@ -498,12 +508,19 @@ PERSISTENT_CASES = {
 }
 
 
+# The launches test_hopper_fwd_varlen_persistent_cuda compares, the grid first: (HOPPER_FWD_VARLEN_PERSISTENT,
+# HOPPER_FWD_VARLEN_SORT, HOPPER_FWD_VARLEN_QSETS) at the case's head dim or not
+_PERSISTENT_VARIANTS = {"grid": (False, 0, False), "persistent": (True, 0, False), "qsets": (True, 0, True),
+                        "sorted-outer": (True, 2, True), "sorted": (True, 1, True)}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", sorted(PERSISTENT_CASES))
 def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
     """launch.HOPPER_FWD_VARLEN_PERSISTENT (the packed tiles by a dynamic scheduler, one CTA an SM),
-    with its tiles in the packed grid's order and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
+    with its tiles in the packed grid's order, with two sets of Q buffers (HOPPER_FWD_VARLEN_QSETS; at
+    D <= 128, else as "persistent") and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
     heads innermost or head by head; "many300"
     passes HOPPER_FWD_VARLEN_SORT_MAX, so runs unsorted), computes bitwise what the packed-tile grid
     launch does, in two calls in a row (each call's counter starts at zero) and in two replays of
@@ -522,9 +539,10 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
                                                        return_attn_probs=True, check_inputs=check_inputs, **kw)[:2]
 
     outs = {}
-    for variant in ("grid", "persistent", "sorted-outer", "sorted"):
-        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", () if variant == "grid" else (D,))
-        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", {"sorted": 1, "sorted-outer": 2}.get(variant, 0))
+    for variant, (persistent, sort, qsets) in _PERSISTENT_VARIANTS.items():
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (D,) if persistent else ())
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", sort)
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (D,) if qsets else ())
         n = launch.hopper_fwd_launches
         outs[variant] = [run(), run()]
         assert launch.hopper_fwd_launches == n + 2, "the Gluon forward did not run"
@@ -544,7 +562,7 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
             outs["sorted"].append(tuple(x.clone() for x in captured))
     grid_out, grid_lse = outs["grid"][0]
     assert torch.equal(outs["grid"][1][0], grid_out)
-    for variant in ("persistent", "sorted-outer", "sorted"):
+    for variant in list(_PERSISTENT_VARIANTS)[1:]:
         for i, (out, lse) in enumerate(outs[variant]):
             assert torch.equal(out, grid_out), f"{variant}: out differs from the grid launch's (call {i})"
             assert torch.equal(lse, grid_lse), f"{variant}: lse differs from the grid launch's (call {i})"

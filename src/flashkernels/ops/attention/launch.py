@@ -487,6 +487,22 @@ HOPPER_FWD_VARLEN_PACKED_MAX = 256
 # paired CUDA-graph replays, two calls): D = 128 +3.3-3.9% non-causal (0.85 -> 0.88x dense), +5.5-6.0%
 # causal (0.89 -> 0.94x); D = 256 (H 8) +0.1-0.2% / +0.8-1.2%: D = 128 only.
 HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
+# The persistent varlen launch with two sets of Q buffers (kernels/fwd_hopper._ws_producer_dyn's QSETS = 2): the
+# next tile's Q loads while this one runs, not after its output store, at these of
+# HOPPER_FWD_VARLEN_PERSISTENT's head dims (up to HOPPER_FWD_CHAIN_MAX_DIM: D = 256's ring fills the shared memory).
+# With one set, each tile's first S waits for its Q's load, issued once both warpgroups stored the last tile's
+# output. Measured (H200, session 26, scripts/ab_varlen.py --variants persistent,qsets,grid, `bench varlen`'s
+# case, ...-s26-ab-varlen-qsets.txt): D = 128 +4.8% non-causal (0.884 -> 0.927x dense), +6.2% causal
+# (0.940 -> 0.998x). (The tiles chained as the dense forward's, docs/patches/s26-varlen-chain.patch: -5.4% /
+# -10%, its loop's P operand copied into the wgmma's registers every step.)
+HOPPER_FWD_VARLEN_QSETS: tuple = (128,)
+
+
+def hopper_fwd_varlen_qsets(head_dim) -> int:
+    """The persistent varlen forward's sets of Q buffers at ``head_dim`` (HOPPER_FWD_VARLEN_QSETS): 2 or 1."""
+    return 2 if head_dim in HOPPER_FWD_VARLEN_QSETS and head_dim <= HOPPER_FWD_CHAIN_MAX_DIM else 1
+
+
 # The persistent varlen launch's tiles longest first (kernels/fwd_hopper._ws_sort_starts: the sequences by
 # their key counts, each one's query tiles from its last; 1: the heads innermost, 2: head by head) for up
 # to HOPPER_FWD_VARLEN_SORT_MAX sequences (the order costs each CTA's producer one pass over the offsets).
@@ -805,6 +821,8 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
             if D in HOPPER_FWD_VARLEN_PERSISTENT and block_m == HOPPER_BLOCK_M:  # (a dynamic scheduler's counter)
                 grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
                 extra.update(PERSISTENT=True, Sched=torch.zeros(1, dtype=torch.int32, device=q.device))
+                if hopper_fwd_varlen_qsets(D) == 2:
+                    extra["VARLEN_QSETS"] = 2
                 if HOPPER_FWD_VARLEN_SORT and n_seq <= HOPPER_FWD_VARLEN_SORT_MAX:
                     extra["VARLEN_SORT"] = int(HOPPER_FWD_VARLEN_SORT)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:

@@ -412,7 +412,7 @@ def _ws_sort_starts(CuQ, CuK, n, BLOCK_M: gl.constexpr, NB: gl.constexpr):
 def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                      q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch, k_rh, k_ch, v_rh,
                      v_ch, CuQ, CuK, n_bh, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, NB: gl.constexpr, SORT: gl.constexpr = 0):
+                     STAGES: gl.constexpr, NB: gl.constexpr, SORT: gl.constexpr = 0, QSETS: gl.constexpr = 1):
     """The producer of a PERSISTENT VARLEN launch (a dynamic tile scheduler): it takes the next of
     the T = (SQ // BLOCK_M + n) · H packed tiles (_ws_tile_varlen's grid, head by head) from the
     launch's counter Sched (int32, zero at the launch) until none is left, skips a tile without
@@ -427,7 +427,11 @@ def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_r
     their keys, most first; each one's query tiles from its last, a causal sequence's longest), the
     heads innermost (1) or head by head (2; so the CTAs running together share a head's K / V in
     L2), the order in which list scheduling leaves the shortest tail; the tile goes to the
-    consumers as its packed-grid index all the same."""
+    consumers as its packed-grid index all the same.
+
+    QSETS = 2: two sets of Q buffers and tile slots; tile c (the c-th published) goes to set c % 2
+    (t_smem[c % 2], Q buffers (c % 2) · NUM_WG + w, their barriers' phase c // 2) once the consumers
+    released tile c - 2's (q_empty[c % 2]), so that its Q loads while tile c - 1 runs."""
     BLOCK_M: gl.constexpr = NUM_WG * WG_M
     n_x = SQ // BLOCK_M + n_bh // H
     n_t = n_x * H
@@ -463,17 +467,28 @@ def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_r
             ph = (((it + j) // STAGES) & 1) ^ 1
             _ws_load(desc_k, k_smem, k_ready, k_empty, s, ph, row_k + j * BLOCK_N, hk * k_ch)
             if j == 0:
-                mbarrier.wait(q_empty, (tc & 1) ^ 1)
-                _ws_sched_put(t_smem, t)
-                _ws_load_q(desc_q, q_smem, q_bars, 0, row_q, h * q_ch, NUM_WG, WG_M)
+                if QSETS == 2:
+                    mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
+                    _ws_sched_put(t_smem.index(tc & 1), t)
+                    _ws_load_q(desc_q, q_smem, q_bars, (tc & 1) * NUM_WG, row_q, h * q_ch, NUM_WG, WG_M)
+                else:
+                    mbarrier.wait(q_empty, (tc & 1) ^ 1)
+                    _ws_sched_put(t_smem, t)
+                    _ws_load_q(desc_q, q_smem, q_bars, 0, row_q, h * q_ch, NUM_WG, WG_M)
             _ws_load(desc_v, v_smem, v_ready, v_empty, s, ph, row_v + j * BLOCK_N, hk * v_ch)
         it += n_blocks
         tc += (n_blocks > 0).to(gl.int32)
         t = gl.atomic_add(Sched, 1)
-    mbarrier.wait(q_empty, (tc & 1) ^ 1)
-    _ws_sched_put(t_smem, -1)
-    for w in gl.static_range(NUM_WG):
-        mbarrier.arrive(q_bars.index(w))
+    if QSETS == 2:
+        mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
+        _ws_sched_put(t_smem.index(tc & 1), -1)
+        for w in gl.static_range(NUM_WG):
+            mbarrier.arrive(q_bars.index((tc & 1) * NUM_WG + w))
+    else:
+        mbarrier.wait(q_empty, (tc & 1) ^ 1)
+        _ws_sched_put(t_smem, -1)
+        for w in gl.static_range(NUM_WG):
+            mbarrier.arrive(q_bars.index(w))
 
 
 @gluon.jit
@@ -481,16 +496,22 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right, alibi_sb,
                      alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr,
                      NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SOFTCAP: gl.constexpr,
-                     ALIBI: gl.constexpr, SINK: gl.constexpr, NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr):
+                     ALIBI: gl.constexpr, SINK: gl.constexpr, NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr,
+                     QSETS: gl.constexpr = 1):
     """Consumer warpgroup W of a PERSISTENT VARLEN launch: the tiles _ws_producer_dyn publishes, each
     read once its Q barrier completes, until -1; its rows of each (none when they start past the
     sequence: it only releases the tile's blocks), the ring's position carried over; after each
-    tile (its output stored) it releases its Q buffer (q_empty)."""
+    tile (its output stored) it releases its Q buffer (q_empty). QSETS = 2: tile c in set c % 2 (its
+    index in t_smem[c % 2], its Q in buffer (c % 2) · NUM_WG + W, released on q_empty[c % 2]), the
+    producer's (_ws_producer_dyn)."""
     n_x = SQ // (NUM_WG * WG_M) + n_bh // H
     it = 0  # K / V blocks consumed so far
     tc = 0  # tiles so far
     mbarrier.wait(q_bars.index(W), 0)
-    t = _ws_sched_get(t_smem, 4)
+    if QSETS == 2:
+        t = _ws_sched_get(t_smem.index(0), 4)
+    else:
+        t = _ws_sched_get(t_smem, 4)
     while t >= 0:
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, off = _ws_tile_varlen(
             CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, NB, 4, t % n_x, t // n_x)
@@ -499,21 +520,35 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
         if m0w >= rows:
             n_w = 0
         if n_w > 0:
-            _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
-                       k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
-                       alibi_sb, alibi_sh, 0, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
-                       STAGES, False, SOFTCAP, ALIBI, SINK, True, True, it, tc & 1, x_smem, ALIBI_MMA, False)
+            if QSETS == 2:  # (Q buffer (tc % 2) · NUM_WG + W, its barrier's phase tc // 2)
+                _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                           k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
+                           alibi_sb, alibi_sh, 0, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
+                           STAGES, False, SOFTCAP, ALIBI, SINK, True, True, it, (tc >> 1) & 1, x_smem, ALIBI_MMA,
+                           False, (tc & 1) * NUM_WG)
+            else:
+                _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                           k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
+                           alibi_sb, alibi_sh, 0, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
+                           STAGES, False, SOFTCAP, ALIBI, SINK, True, True, it, tc & 1, x_smem, ALIBI_MMA, False)
         for j in range(n_w, n_blocks):
             ph = ((it + j) // STAGES) & 1
             mbarrier.wait(k_ready.index((it + j) % STAGES), ph)
             mbarrier.arrive(k_empty.index((it + j) % STAGES))
             mbarrier.wait(v_ready.index((it + j) % STAGES), ph)
             mbarrier.arrive(v_empty.index((it + j) % STAGES))
-        mbarrier.arrive(q_empty)  # (after _ws_attend's output store read Q_W, and t was read)
-        it += n_blocks
-        tc += 1
-        mbarrier.wait(q_bars.index(W), tc & 1)
-        t = _ws_sched_get(t_smem, 4)
+        if QSETS == 2:
+            mbarrier.arrive(q_empty.index(tc & 1))
+            it += n_blocks
+            tc += 1
+            mbarrier.wait(q_bars.index((tc & 1) * NUM_WG + W), (tc >> 1) & 1)
+            t = _ws_sched_get(t_smem.index(tc & 1), 4)
+        else:
+            mbarrier.arrive(q_empty)  # (after _ws_attend's output store read Q_W, and t was read)
+            it += n_blocks
+            tc += 1
+            mbarrier.wait(q_bars.index(W), tc & 1)
+            t = _ws_sched_get(t_smem, 4)
 
 
 @gluon.jit
@@ -875,7 +910,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
-               ROT_N: gl.constexpr = False):
+               ROT_N: gl.constexpr = False, qb=0):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
     The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
@@ -885,14 +920,16 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
     from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
     tensor's end and would write the next sequence's rows).
-    ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's diagonal on."""
+    ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's diagonal on.
+    qb: Q_W is Q buffer qb + W, on barrier qb + W (a persistent varlen launch's second set of Q
+    buffers: _ws_consumer_dyn's QSETS)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    q_w = q_smem.index(W)
+    q_w = q_smem.index(qb + W)
 
     cap_scale, qk_scale = _ws_scales(sm_scale, softcap, SOFTCAP)
     slope, colbias = _ws_alibi(Alibi, b, h, alibi_sb, alibi_sh, qk_scale, BLOCK_N, ALIBI, s_layout)
@@ -918,7 +955,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     r0 = _ws_rot0(m0w - W * WG_M, causal_offset, n_blocks, BLOCK_N, ROT_N)  # (the tile's, as the producer's)
 
     # Block 0's scores, and its softmax.
-    mbarrier.wait(q_bars.index(W), q_phase)
+    mbarrier.wait(q_bars.index(qb + W), q_phase)
     st0 = it0 % STAGES
     mbarrier.wait(k_ready.index(st0), (it0 // STAGES) & 1)
     if ALIBI_MMA:
@@ -1158,7 +1195,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            PERSISTENT: gl.constexpr = False, n_bh=0, REVERSE_M: gl.constexpr = False,
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
                            ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
-                           PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0):
+                           PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0,
+                           VARLEN_QSETS: gl.constexpr = 1):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -1193,7 +1231,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     consumer's clocks at its tiles' ends into Probe (_probe). PERSISTENT with VARLEN (VARLEN_NB > 0,
     two warpgroups, no CHAIN): grid (programs,), the packed tiles by the dynamic scheduler
     (_ws_producer_dyn: Sched an int32 zero at the launch, one counter a launch), VARLEN_SORT 1 / 2
-    its order longest first (_ws_sort_starts). The pointers of the features off are not read."""
+    its order longest first (_ws_sort_starts), VARLEN_QSETS = 2 with two sets of Q buffers (the next
+    tile's Q loads while this one runs). The pointers of the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -1209,11 +1248,12 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(not (PERSISTENT and (TRIM or (WINDOW and not VARLEN))))
     gl.static_assert(not (PERSISTENT and VARLEN and (CHAIN or VARLEN_NB == 0 or ROT_N)))
     gl.static_assert(not VARLEN_SORT or (PERSISTENT and VARLEN))
+    gl.static_assert(VARLEN_QSETS == 1 or (PERSISTENT and VARLEN and VARLEN_QSETS == 2))
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     gl.static_assert(not ROT_N or (ALIBI and not (WINDOW or TRIM)))  # (lo = 0, the warpgroups' blocks alike)
     dtype: gl.constexpr = desc_q.dtype
     gl.static_assert(PERSISTENT or not CHAIN)
-    QSETS: gl.constexpr = 2 if CHAIN else 1  # (CHAIN: the next tile's Q loads while this one's runs)
+    QSETS: gl.constexpr = 2 if CHAIN else VARLEN_QSETS  # (2: the next tile's Q loads while this one's runs)
     q_smem = gl.allocate_shared_memory(dtype, [QSETS * NUM_WG, WG_M, HEAD_DIM], desc_q.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_k.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], desc_v.layout)
@@ -1222,7 +1262,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    if CHAIN:  # (PERSISTENT: one a set of Q buffers)
+    if QSETS == 2:  # (PERSISTENT: one a set of Q buffers)
         q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_empty.index(0), count=NUM_WG)
         mbarrier.init(q_empty.index(1), count=NUM_WG)
@@ -1245,7 +1285,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
         mbarrier.init(v_empty.index(i), count=NUM_WG)
     fence_async_shared()
 
-    if PERSISTENT and VARLEN:  # (two warpgroups) the packed tiles by a dynamic scheduler, one tile index
+    if PERSISTENT and VARLEN and QSETS == 2:  # (a tile index a set of Q buffers)
+        t_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    elif PERSISTENT and VARLEN:  # (two warpgroups) the packed tiles by a dynamic scheduler, one tile index
         # at a time from the producer to the consumers through t_smem
         t_smem = gl.allocate_shared_memory(gl.int32, [1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     else:
@@ -1259,15 +1301,15 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
             (_ws_consumer_dyn, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                                 k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
                                 alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
-                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA)),
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS)),
             (_ws_consumer_dyn, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                                 k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
                                 alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
-                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA)),
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS)),
             (_ws_producer_dyn, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
                                 v_empty, q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch,
                                 k_rh, k_ch, v_rh, v_ch, CuQ, CuK, n_bh, WG_M, NUM_WG, BLOCK_N, STAGES, VARLEN_NB,
-                                VARLEN_SORT)),
+                                VARLEN_SORT, VARLEN_QSETS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
