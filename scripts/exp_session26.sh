@@ -14,6 +14,9 @@
 #                                         kernels/fwd_hopper._ws_half_last; not kept): the bitwise test (grid,
 #                                         persistent, qsets, half, sorted), the varlen suites with it on,
 #                                         ab_varlen.py (qsets / half / sorted / sorted-outer / dense)
+#   bash scripts/exp_session26.sh final   the committed defaults: the launch cache's GPU test, the varlen GPU suites
+#                                         (forward, ALiBi / sink, backward), bench varlen and bench varlen --paired,
+#                                         then the Gluon kernels' memcheck / racecheck
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-26 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -32,5 +35,15 @@ case "${1:-}" in
       | tee -a "$OUT/tests-$V-switch.txt"
     timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-24}" --head-dims "${DIMS:-128}" \
       --variants "${VARIANTS:-persistent,$V,grid}" 2>&1 | tail -12 | tee -a "$OUT/ab-varlen-$V.txt" ;;
-  *) echo "usage: $0 chain|qsets|half"; exit 2 ;;
+  final)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout 100 python -m pytest -q -p no:warnings -m gpu --tb=short \
+      tests/test_launch_cache.py 2>&1 | tail -4 | tee -a "$OUT/final.txt"
+    timeout 200 python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
+      tests/test_alibi_sink_varlen.py tests/test_hopper_bwd_varlen.py 2>&1 | tail -6 | tee -a "$OUT/final.txt"
+    timeout 90 python -m flashkernels bench varlen --csv "$OUT/varlen.csv" 2>&1 | tail -8 | tee -a "$OUT/varlen.txt"
+    timeout 100 python -m flashkernels bench varlen --paired "${N:-12}" --csv "$OUT/varlen-paired.csv" 2>&1 \
+      | tail -12 | tee -a "$OUT/varlen-paired.txt"
+    timeout "${TS:-180}" python -m pytest -q -p no:warnings -m gpu -n 2 --tb=short tests/test_hopper_bwd.py \
+      -k "memcheck or racecheck" 2>&1 | tail -12 | tee -a "$OUT/final.txt" ;;
+  *) echo "usage: $0 chain|qsets|half|final"; exit 2 ;;
 esac
