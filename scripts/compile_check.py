@@ -230,6 +230,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     from flashkernels.ops.attention.kernels import fwd_hopper
 
     block_m, block_n, stages = config or launch.hopper_fwd_config(D, alibi)
+    if varlen and config is None and launch.hopper_fwd_varlen_two_wg(D):  # (as launched)
+        block_m = launch.HOPPER_BLOCK_M
     window = window or varlen
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     wg_m = 64  # rows of one consumer warpgroup

@@ -50,6 +50,18 @@ def _varlen_fwd_args(lens_q=(100, 1, 0, 257), **over):
 
 
 # --------------------------------------------------------------------------------- eligibility
+def test_varlen_d64_rows_floor(machine_ok, monkeypatch):
+    """D = 64's HOPPER_FWD_MIN_SEQLEN applies to packed sequences (against max_seqlen_q) unless
+    HOPPER_FWD_VARLEN_PERSISTENT names D = 64 (then two warpgroups, the dynamic scheduler's build)."""
+    fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
+    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64))
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest), D=64)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", False)  # (no dynamic scheduler without the packed grid)
+    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64))
+
+
 def test_varlen_switch(machine_ok, monkeypatch):
     """On by default (session 9: 0.88-0.93x dense, the Triton varlen forward 0.70-0.73x); off, the
     reason names the switch."""
@@ -165,8 +177,8 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     with two consumer warpgroups (BLOCK_M 128) and the packed-tile grid, the launch is persistent:
     grid (min(tiles, SMs),) where tiles = (total_q // 128 + n) · H, PERSISTENT, VARLEN_NB and n_bh as
     the grid launch's, and Sched a fresh zeroed int32 counter (the dynamic scheduler's) each call;
-    D = 64 (BLOCK_M 192), the other grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not
-    name keep the grid launch without them. VARLEN_QSETS = 2 only where HOPPER_FWD_VARLEN_QSETS says."""
+    D = 64 (BLOCK_M 192 in its config) when the switch names it runs so with two warpgroups; the other
+    grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not name keep the grid launch without them. VARLEN_QSETS = 2 only where HOPPER_FWD_VARLEN_QSETS says."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
@@ -211,7 +223,12 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     assert run(128, lens, alibi_slopes=torch.rand(4), softcap=3.0)["VARLEN_QSETS"] == 2
     assert "VARLEN_QSETS" not in run(256, lens)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
-    for D, switch, packed in ((64, (64, 128, 256), True), (128, (256,), True), (128, (128,), False)):
+    # D = 64 (three warpgroups in its config): named, its packed sequences take two and run persistent
+    assert run(64, lens)["BLOCK_M"] == 192 and "PERSISTENT" not in run(64, lens)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
+    s = run(64, lens)
+    assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and s["grid"] == (min((sum(lens) // 128 + 4) * 4, 132),)
+    for D, switch, packed in ((64, (128, 256), True), (128, (256,), True), (128, (128,), False)):
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", switch)
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", packed)
         s = run(D, lens)

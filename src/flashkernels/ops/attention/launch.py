@@ -486,6 +486,10 @@ HOPPER_FWD_VARLEN_PACKED_MAX = 256
 # blocks varies by ~30%). Measured (H200, session 25, scripts/ab_varlen.py, `bench varlen`'s case,
 # paired CUDA-graph replays, two calls): D = 128 +3.3-3.9% non-causal (0.85 -> 0.88x dense), +5.5-6.0%
 # causal (0.89 -> 0.94x); D = 256 (H 8) +0.1-0.2% / +0.8-1.2%: D = 128 only.
+# D = 64 named here takes two warpgroups for packed sequences (its config has three) at any max_seqlen_q
+# (hopper_fwd_varlen_two_wg): H200, session 26, with HOPPER_FWD_VARLEN_QSETS too, against the default (the
+# Triton kernel below 2048 rows; ...-s26-ab-varlen-d64.txt): +4.1% causal (0.908 -> 0.943x dense), -0.1%
+# non-causal (0.837x); not on: the three-warpgroup build it would replace from 2048 rows is unmeasured there.
 HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
 # The persistent varlen launch with two sets of Q buffers (kernels/fwd_hopper._ws_producer_dyn's QSETS = 2): the
 # next tile's Q loads while this one runs, not after its output store, at these of
@@ -496,6 +500,13 @@ HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
 # (0.940 -> 0.998x). (The tiles chained as the dense forward's, docs/patches/s26-varlen-chain.patch: -5.4% /
 # -10%, its loop's P operand copied into the wgmma's registers every step.)
 HOPPER_FWD_VARLEN_QSETS: tuple = (128,)
+
+
+def hopper_fwd_varlen_two_wg(head_dim) -> bool:
+    """Whether packed sequences at ``head_dim`` take two consumer warpgroups (BLOCK_M 128) whatever
+    HOPPER_FWD_CONFIGS says, and any max_seqlen_q (HOPPER_FWD_MIN_SEQLEN not applied): the head dims of
+    HOPPER_FWD_VARLEN_PERSISTENT, whose dynamic scheduler needs them (D = 64's config has three)."""
+    return HOPPER_FWD_VARLEN_PACKED and any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT)
 
 
 def hopper_fwd_varlen_qsets(head_dim) -> int:
@@ -671,7 +682,8 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        if rows < fewest and not hopper_fwd_short(q.shape[3], rows, causal, _plain_call(
+        if rows < fewest and not (cu_seqlens_q is not None and hopper_fwd_varlen_two_wg(q.shape[3])) and \
+                not hopper_fwd_short(q.shape[3], rows, causal, _plain_call(
                 q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
             return f"{what} {rows} at head dim {q.shape[3]}: the Triton kernel is faster below {fewest}"
@@ -779,6 +791,8 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
     else:
         block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
+    if varlen and hopper_fwd_varlen_two_wg(D):  # (the dynamic scheduler's build: two consumer warpgroups)
+        block_m = HOPPER_BLOCK_M
     if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
         n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
         big = rows + int(max_seqlen_k)  # (no row's bound reaches it)
