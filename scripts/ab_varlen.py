@@ -3,9 +3,8 @@ summing to 16384, bf16, forward), each variant of VARIANTS (the launch switches 
 packed-tile grid launch), persistent (the dynamic tile scheduler, launch.HOPPER_FWD_VARLEN_PERSISTENT),
 qsets (+ two sets of Q buffers, HOPPER_FWD_VARLEN_QSETS), sorted / sorted-outer (qsets', the tiles
 longest first: HOPPER_FWD_VARLEN_SORT 1, the heads innermost, or 2, head by head); and the dense
-forward at the mean length (B = 16, S =
-1024) for issue 5's ratio; CUDA graphs of all replayed in alternation (bench.common.paired_ms, the L2
-flushed before each), so each ratio is read per repetition.
+forward at the mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs of all replayed in
+alternation (bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
 
     PYTHONPATH=src python scripts/ab_varlen.py [--paired 24] [--head-dims 128,256] [--causal 0,1]
         [--variants grid,persistent,qsets,sorted,sorted-outer]

@@ -178,7 +178,8 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     grid (min(tiles, SMs),) where tiles = (total_q // 128 + n) · H, PERSISTENT, VARLEN_NB and n_bh as
     the grid launch's, and Sched a fresh zeroed int32 counter (the dynamic scheduler's) each call;
     D = 64 (BLOCK_M 192 in its config) when the switch names it runs so with two warpgroups; the other
-    grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not name keep the grid launch without them. VARLEN_QSETS = 2 only where HOPPER_FWD_VARLEN_QSETS says."""
+    grid (HOPPER_FWD_VARLEN_PACKED off) and head dims it does not name keep the grid launch without
+    them. VARLEN_QSETS = 2 only where HOPPER_FWD_VARLEN_QSETS says."""
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
