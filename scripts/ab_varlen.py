@@ -7,7 +7,10 @@ forward at the mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs o
 alternation (bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
 
     PYTHONPATH=src python scripts/ab_varlen.py [--paired 24] [--head-dims 128,256] [--causal 0,1]
-        [--variants grid,persistent,qsets,sorted,sorted-outer]
+        [--variants grid,persistent,qsets,sorted,sorted-outer] [--scale 4]
+
+--scale K multiplies every length by K (K = 4: 968-7908, summing to 65536; dense S = 4096), so that
+the longest sequence passes a head dim's row floor (launch.HOPPER_FWD_MIN_SEQLEN: D = 64's 2048).
 
 H = 2048 / D heads (16 at D = 128: `bench varlen`'s), FLOPs counted on real tokens only (4 · D · H ·
 Σ L², half the pairs causal, bench.features._pairs). Prints each variant's median ms and TF/s and
@@ -38,11 +41,16 @@ def main():
     ap.add_argument("--causal", default="0,1")
     ap.add_argument("--variants", default="grid,persistent,qsets",
                     help=f"of {', '.join(VARIANTS)} (VARIANTS); ratios over the first")
+    ap.add_argument("--scale", type=int, default=1, help="every sequence's length times this")
     args = ap.parse_args()
     names = args.variants.split(",")
     assert names and set(names) <= set(VARIANTS), names
     dev, dt = "cuda", torch.bfloat16
     _, _, n, total, lens, mean, cu = varlen_case(dev)
+    if args.scale != 1:
+        assert args.scale > 0, args.scale
+        lens, total, mean = [L * args.scale for L in lens], total * args.scale, mean * args.scale
+        cu = cu * args.scale
     warm_gpu()
     print(f"varlen: {n} sequences, lengths {min(lens)}..{max(lens)} (sum {total}); dense B={n} S={mean}; bf16, "
           f"forward, CUDA-graph replays paired {args.paired}x; {torch.cuda.get_device_name()}")

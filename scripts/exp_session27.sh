@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Session 27's device calls (docs/perf-notes.md, session 27). One section a call:
+#   bash scripts/exp_session27.sh d64     the varlen forward at D = 64: scripts/ab_varlen.py's grid (the default: the
+#                                         Triton kernel below 2048 rows, the three-warpgroup grid from there),
+#                                         persistent (two warpgroups, launch.HOPPER_FWD_VARLEN_PERSISTENT) and qsets
+#                                         (+ HOPPER_FWD_VARLEN_QSETS) on `bench varlen`'s lengths and on them x 4
+#                                         (968-7908, max past D = 64's 2048-row floor), then the varlen GPU suites with
+#                                         D = 64 persistent and two Q sets on (-p pytest_switch)
+# Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
+# commits docs/gpu-test-log.md's session-27 rows name.
+source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
+case "${1:-}" in
+  d64)
+    for SC in ${SCALES:-1 4}; do
+      timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-20}" --head-dims 64 --scale "$SC" \
+        --variants "${VARIANTS:-grid,persistent,qsets}" 2>&1 | tail -8 | tee -a "$OUT/ab-varlen-d64-x$SC.txt"
+    done
+    FK_SWITCHES="HOPPER_FWD_VARLEN_PERSISTENT=(64, 128);HOPPER_FWD_VARLEN_QSETS=(64, 128)" timeout "${T2:-200}" \
+      python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
+      tests/test_alibi_sink_varlen.py 2>&1 | tail -12 | tee -a "$OUT/tests-d64-switch.txt" ;;
+  *) echo "usage: $0 d64"; exit 2 ;;
+esac
