@@ -230,7 +230,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     from flashkernels.ops.attention.kernels import fwd_hopper
 
     block_m, block_n, stages = config or launch.hopper_fwd_config(D, alibi)
-    if varlen and config is None and launch.hopper_fwd_varlen_two_wg(D):  # (as launched)
+    if varlen and config is None and launch.hopper_fwd_varlen_two_wg(D, causal):  # (as launched)
         block_m = launch.HOPPER_BLOCK_M
     window = window or varlen
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
@@ -247,8 +247,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     if persistent is None:  # (as the launcher builds it)
         persistent = launch.hopper_fwd_persistent(D, block_m, window or varlen, causal, softcap or alibi or sink)
         if varlen:  # (the packed tiles by the dynamic scheduler)
-            persistent = (launch.HOPPER_FWD_VARLEN_PACKED and D in launch.HOPPER_FWD_VARLEN_PERSISTENT
-                          and block_m == launch.HOPPER_BLOCK_M)
+            persistent = launch.hopper_fwd_varlen_two_wg(D, causal) and block_m == launch.HOPPER_BLOCK_M
     if persistent and varlen:
         consts["PERSISTENT"] = True
         types["Sched"] = "*i32"

@@ -833,12 +833,14 @@ def test_kernel_builds_for_sm90a_without_spills():
 
 # The forward's feature flags (kernels/fwd_hopper.py), as launch.hopper_fwd passes them: each one
 # alone, with causal where it combines with it (WINDOW replaces CAUSAL), and all together; VARLEN
-# (packed sequences: a WINDOW build, causal or not) plain and with the score features.
+# (packed sequences: a WINDOW build, causal or not) plain and with the score features; causal too, where the
+# call's causal picks the launch (launch.HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: D = 64's persistent build).
 FEATURE_BUILDS = [
     (False, dict(softcap=True)), (True, dict(softcap=True)), (False, dict(alibi=True)), (True, dict(alibi=True)),
     (False, dict(sink=True)), (True, dict(sink=True)), (False, dict(window=True)),
     (True, dict(softcap=True, alibi=True, sink=True)), (False, dict(softcap=True, alibi=True, sink=True, window=True)),
     (False, dict(varlen=True)), (False, dict(softcap=True, alibi=True, sink=True, varlen=True)),
+    (True, dict(varlen=True)), (True, dict(softcap=True, alibi=True, sink=True, varlen=True)),
 ]
 # Builds not (yet) in launch.HOPPER_FWD_CONFIGS, head dim -> ((BLOCK_M, BLOCK_N, STAGES), builds):
 # three consumer warpgroups at D = 64 (scripts/ab_fwd64.py), plain and with the features it takes

@@ -51,15 +51,24 @@ def _varlen_fwd_args(lens_q=(100, 1, 0, 257), **over):
 
 # --------------------------------------------------------------------------------- eligibility
 def test_varlen_d64_rows_floor(machine_ok, monkeypatch):
-    """D = 64's HOPPER_FWD_MIN_SEQLEN applies to packed sequences (against max_seqlen_q) unless
-    HOPPER_FWD_VARLEN_PERSISTENT names D = 64 (then two warpgroups, the dynamic scheduler's build)."""
+    """D = 64's HOPPER_FWD_MIN_SEQLEN applies to packed sequences (against max_seqlen_q) unless the call
+    takes two warpgroups (the dynamic scheduler's build): HOPPER_FWD_VARLEN_PERSISTENT names D = 64, or
+    the call is causal and HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL names it (the default)."""
     fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
-    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64))
-    assert launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest), D=64)) is None
+    short, long = (100, fewest - 1), (100, fewest)
+    assert launch.HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL == (64,)  # (default)
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64)) is None  # (causal)
+    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=False))
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(long, D=64, causal=False)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
+    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64))
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
-    assert launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64)) is None
+    for causal in (True, False):
+        assert launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=causal)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", (64,))
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", False)  # (no dynamic scheduler without the packed grid)
-    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args((100, fewest - 1), D=64))
+    for causal in (True, False):
+        assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=causal))
 
 
 def test_varlen_switch(machine_ok, monkeypatch):
@@ -96,11 +105,11 @@ def test_fwd_reason_varlen(machine_ok, over, expected):
 
 def test_d64_floor_is_max_seqlen_q(machine_ok):
     """D = 64's HOPPER_FWD_MIN_SEQLEN compares the longest sequence (max_seqlen_q, the grid's rows),
-    not the packed total."""
+    not the packed total (non-causal: causal calls take the persistent launch at any length)."""
     fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
-    short = _varlen_fwd_args(lens_q=(fewest - 1, fewest - 1), D=64, H=2, Hkv=2)  # total past the floor
+    short = _varlen_fwd_args(lens_q=(fewest - 1, fewest - 1), D=64, H=2, Hkv=2, causal=False)  # total past the floor
     assert f"max_seqlen_q {fewest - 1}" in launch.hopper_fwd_reason(**short)
-    assert launch.hopper_fwd_reason(**_varlen_fwd_args(lens_q=(fewest, 5), D=64, H=2, Hkv=2)) is None
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(lens_q=(fewest, 5), D=64, H=2, Hkv=2, causal=False)) is None
 
 
 # ------------------------------------------------------------------------------ launch
@@ -135,6 +144,7 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     stub = _KernelStub()
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", ())  # (the grid launches; the persistent one below)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
     lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
     n, H, Hkv = len(lens_q), 4, 2
     a = _varlen_fwd_args(lens_q, lens_k=lens_k, H=H, Hkv=Hkv, D=D)
@@ -184,13 +194,13 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
 
-    def run(D, lens, H=4, **kw):
+    def run(D, lens, H=4, causal=True, **kw):
         a = _varlen_fwd_args(lens, H=H, Hkv=2, D=D)
         cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
         total = sum(lens)
         stub.seen.clear()
         launch.hopper_fwd(a["q"], a["k"], a["v"], launch._empty_like_layout(1, H, total, D, True, a["q"]),
-                          torch.empty(1, H, total), 0.125, True, cu_seqlens_q=cu, cu_seqlens_k=cu,
+                          torch.empty(1, H, total), 0.125, causal, cu_seqlens_q=cu, cu_seqlens_k=cu,
                           max_seqlen_q=max(lens), max_seqlen_k=max(lens), **kw)
         return dict(stub.seen)
 
@@ -215,7 +225,7 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
         assert "VARLEN_SORT" not in run(128, (3,) * (cap + 1))
         assert run(128, (3,) * cap).get("VARLEN_SORT", 0) == sort
     # two sets of Q buffers (HOPPER_FWD_VARLEN_QSETS): at the head dims it names up to HOPPER_FWD_CHAIN_MAX_DIM
-    assert launch.HOPPER_FWD_VARLEN_QSETS == (128,)  # (default)
+    assert launch.HOPPER_FWD_VARLEN_QSETS == (64, 128)  # (default)
     assert run(128, lens)["VARLEN_QSETS"] == 2
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
     assert "VARLEN_QSETS" not in run(128, lens)
@@ -224,11 +234,21 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     assert run(128, lens, alibi_slopes=torch.rand(4), softcap=3.0)["VARLEN_QSETS"] == 2
     assert "VARLEN_QSETS" not in run(256, lens)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
-    # D = 64 (three warpgroups in its config): named, its packed sequences take two and run persistent
-    assert run(64, lens)["BLOCK_M"] == 192 and "PERSISTENT" not in run(64, lens)
-    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
+    # D = 64 (three warpgroups in its config): named, its packed sequences take two and run persistent; by
+    # default (HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL) its causal calls, with two sets of Q buffers
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (64, 128))
     s = run(64, lens)
     assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and s["grid"] == (min((sum(lens) // 128 + 4) * 4, 132),)
+    assert s["VARLEN_QSETS"] == 2
+    s = run(64, lens, causal=False)
+    assert s["BLOCK_M"] == 192 and "PERSISTENT" not in s and "VARLEN_QSETS" not in s
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
+    assert run(64, lens)["BLOCK_M"] == 192 and "PERSISTENT" not in run(64, lens)
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
+    for causal in (True, False):
+        s = run(64, lens, causal=causal)
+        assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and "VARLEN_QSETS" not in s
     for D, switch, packed in ((64, (128, 256), True), (128, (256,), True), (128, (128,), False)):
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", switch)
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", packed)

@@ -491,6 +491,12 @@ HOPPER_FWD_VARLEN_PACKED_MAX = 256
 # Triton kernel below 2048 rows; ...-s26-ab-varlen-d64.txt): +4.1% causal (0.908 -> 0.943x dense), -0.1%
 # non-causal (0.837x); not on: the three-warpgroup build it would replace from 2048 rows is unmeasured there.
 HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
+# ... and these head dims for causal calls only (two sets of Q buffers too, HOPPER_FWD_VARLEN_QSETS below). D = 64,
+# H200, session 27 (scripts/ab_varlen.py --head-dims 64 --variants grid,persistent,qsets [--scale 4], paired
+# CUDA-graph replays, ...-s27-ab-varlen-d64.txt): with two Q sets over the default, causal +3.4% on `bench varlen`'s
+# lengths (the Triton kernel: 0.913 -> 0.948x dense) and +2.8% on them x 4 (968-7908, the three-warpgroup grid from
+# 2048 rows: 0.903 -> 0.929x); non-causal +0.0% and -2.0%, so not for those.
+HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: tuple = (64,)
 # The persistent varlen launch with two sets of Q buffers (kernels/fwd_hopper._ws_producer_dyn's QSETS = 2): the
 # next tile's Q loads while this one runs, not after its output store, at these of
 # HOPPER_FWD_VARLEN_PERSISTENT's head dims (up to HOPPER_FWD_CHAIN_MAX_DIM: D = 256's ring fills the shared memory).
@@ -499,14 +505,16 @@ HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
 # case, ...-s26-ab-varlen-qsets.txt): D = 128 +4.8% non-causal (0.884 -> 0.927x dense), +6.2% causal
 # (0.940 -> 0.998x). (The tiles chained as the dense forward's, docs/patches/s26-varlen-chain.patch: -5.4% /
 # -10%, its loop's P operand copied into the wgmma's registers every step.)
-HOPPER_FWD_VARLEN_QSETS: tuple = (128,)
+HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 
 
-def hopper_fwd_varlen_two_wg(head_dim) -> bool:
+def hopper_fwd_varlen_two_wg(head_dim, causal: bool) -> bool:
     """Whether packed sequences at ``head_dim`` take two consumer warpgroups (BLOCK_M 128) whatever
     HOPPER_FWD_CONFIGS says, and any max_seqlen_q (HOPPER_FWD_MIN_SEQLEN not applied): the head dims of
-    HOPPER_FWD_VARLEN_PERSISTENT, whose dynamic scheduler needs them (D = 64's config has three)."""
-    return HOPPER_FWD_VARLEN_PACKED and any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT)
+    HOPPER_FWD_VARLEN_PERSISTENT, and for a ``causal`` call HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL's, whose
+    dynamic scheduler needs them (D = 64's config has three)."""
+    return HOPPER_FWD_VARLEN_PACKED and (any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT) or (
+        causal and any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL)))
 
 
 def hopper_fwd_varlen_qsets(head_dim) -> int:
@@ -682,7 +690,7 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        if rows < fewest and not (cu_seqlens_q is not None and hopper_fwd_varlen_two_wg(q.shape[3])) and \
+        if rows < fewest and not (cu_seqlens_q is not None and hopper_fwd_varlen_two_wg(q.shape[3], causal)) and \
                 not hopper_fwd_short(q.shape[3], rows, causal, _plain_call(
                 q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
@@ -791,7 +799,8 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
     else:
         block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
-    if varlen and hopper_fwd_varlen_two_wg(D):  # (the dynamic scheduler's build: two consumer warpgroups)
+    two_wg = varlen and hopper_fwd_varlen_two_wg(D, causal)  # (the call's causal, before the window's rewrite)
+    if two_wg:  # (the dynamic scheduler's build: two consumer warpgroups)
         block_m = HOPPER_BLOCK_M
     if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
         n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
@@ -832,7 +841,7 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
         if HOPPER_FWD_VARLEN_PACKED and nb <= HOPPER_FWD_VARLEN_PACKED_MAX:  # (kernels/fwd_hopper._ws_tile_varlen)
             grid = (S // block_m + n_seq, H)
             extra.update(VARLEN_NB=nb, n_bh=n_seq * H)
-            if D in HOPPER_FWD_VARLEN_PERSISTENT and block_m == HOPPER_BLOCK_M:  # (a dynamic scheduler's counter)
+            if two_wg:  # (a dynamic scheduler's counter)
                 grid = (min(grid[0] * grid[1], _sm_count(q.device.index or 0)),)
                 extra.update(PERSISTENT=True, Sched=torch.zeros(1, dtype=torch.int32, device=q.device))
                 if hopper_fwd_varlen_qsets(D) == 2:
