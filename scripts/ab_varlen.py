@@ -2,7 +2,8 @@
 summing to 16384, bf16, forward), each variant of VARIANTS (the launch switches it sets): grid (the
 packed-tile grid launch), persistent (the dynamic tile scheduler, launch.HOPPER_FWD_VARLEN_PERSISTENT),
 qsets (+ two sets of Q buffers, HOPPER_FWD_VARLEN_QSETS), sorted / sorted-outer (qsets', the tiles
-longest first: HOPPER_FWD_VARLEN_SORT 1, the heads innermost, or 2, head by head); and the dense
+longest first: HOPPER_FWD_VARLEN_SORT 1, the heads innermost, or 2, head by head), pub / defer /
+pub-defer (qsets' with HOPPER_FWD_VARLEN_PUB, _DEFER or both); and the dense
 forward at the mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs of all replayed in
 alternation (bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
 
@@ -28,10 +29,13 @@ from flashkernels.bench.features import _pairs, varlen_case
 from flashkernels.ops.attention import launch
 
 
-SWITCHES = ("HOPPER_FWD_VARLEN_PERSISTENT", "HOPPER_FWD_VARLEN_SORT", "HOPPER_FWD_VARLEN_QSETS")
+SWITCHES = ("HOPPER_FWD_VARLEN_PERSISTENT", "HOPPER_FWD_VARLEN_SORT", "HOPPER_FWD_VARLEN_QSETS",
+            "HOPPER_FWD_VARLEN_PUB", "HOPPER_FWD_VARLEN_DEFER", "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL")
 # variant -> the launch switches of SWITCHES (at the head dim, or off; the sort's value)
-VARIANTS = {"grid": (False, 0, False), "persistent": (True, 0, False), "qsets": (True, 0, True),
-            "sorted": (True, 1, True), "sorted-outer": (True, 2, True)}
+VARIANTS = {"grid": (False, 0, False, False, False, False), "persistent": (True, 0, False, False, False, False),
+            "qsets": (True, 0, True, False, False, False), "sorted": (True, 1, True, False, False, False),
+            "sorted-outer": (True, 2, True, False, False, False), "pub": (True, 0, True, True, False, False),
+            "defer": (True, 0, True, False, True, False), "pub-defer": (True, 0, True, True, True, False)}
 
 
 def main():

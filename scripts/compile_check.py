@@ -255,6 +255,10 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
             consts["VARLEN_SORT"] = int(launch.HOPPER_FWD_VARLEN_SORT)
         if launch.hopper_fwd_varlen_qsets(D) == 2:  # (as launched)
             consts["VARLEN_QSETS"] = 2
+            if D in launch.HOPPER_FWD_VARLEN_PUB:
+                consts["VARLEN_PUB"] = True
+            if D in launch.HOPPER_FWD_VARLEN_DEFER:
+                consts["VARLEN_DEFER"] = True
     elif persistent:
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)

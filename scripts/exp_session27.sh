@@ -6,6 +6,12 @@
 #                                         (+ HOPPER_FWD_VARLEN_QSETS) on `bench varlen`'s lengths and on them x 4
 #                                         (968-7908, max past D = 64's 2048-row floor), then the varlen GPU suites with
 #                                         D = 64 persistent and two Q sets on (-p pytest_switch)
+#   bash scripts/exp_session27.sh late    the persistent varlen forward's tile start: each tile's sequence published
+#                                         by the producer (launch.HOPPER_FWD_VARLEN_PUB) and the output store waited
+#                                         for after the next tile's decode (HOPPER_FWD_VARLEN_DEFER): the bitwise test
+#                                         (grid, persistent, qsets, pub-defer, sorted), the varlen GPU suites with both
+#                                         on at D = 64 and 128, then scripts/ab_varlen.py (qsets / pub / defer /
+#                                         pub-defer / dense) at D = 128, and at D = 64 causal
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-27 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -18,5 +24,15 @@ case "${1:-}" in
     FK_SWITCHES="HOPPER_FWD_VARLEN_PERSISTENT=(64, 128);HOPPER_FWD_VARLEN_QSETS=(64, 128)" timeout "${T2:-200}" \
       python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
       tests/test_alibi_sink_varlen.py 2>&1 | tail -12 | tee -a "$OUT/tests-d64-switch.txt" ;;
-  *) echo "usage: $0 d64"; exit 2 ;;
+  late)
+    timeout "${T1:-150}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
+      -k persistent 2>&1 | tail -12 | tee -a "$OUT/tests-late.txt"
+    FK_SWITCHES="HOPPER_FWD_VARLEN_PUB=(64, 128);HOPPER_FWD_VARLEN_DEFER=(64, 128)" timeout "${T2:-200}" \
+      python -m pytest -q -p no:warnings -p pytest_switch -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
+      tests/test_alibi_sink_varlen.py 2>&1 | tail -12 | tee -a "$OUT/tests-late-switch.txt"
+    timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-24}" --head-dims 128 \
+      --variants "${VARIANTS:-qsets,pub,defer,pub-defer}" 2>&1 | tail -12 | tee -a "$OUT/ab-varlen-late.txt"
+    timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-24}" --head-dims 64 --causal 1 \
+      --variants qsets,pub-defer 2>&1 | tail -12 | tee -a "$OUT/ab-varlen-late-d64.txt" ;;
+  *) echo "usage: $0 d64|late"; exit 2 ;;
 esac

@@ -547,9 +547,10 @@ PERSISTENT_CASES = {
 
 
 # The launches test_hopper_fwd_varlen_persistent_cuda compares, the grid first: (HOPPER_FWD_VARLEN_PERSISTENT,
-# HOPPER_FWD_VARLEN_SORT, HOPPER_FWD_VARLEN_QSETS) at the case's head dim or not
-_PERSISTENT_VARIANTS = {"grid": (False, 0, False), "persistent": (True, 0, False), "qsets": (True, 0, True),
-                        "sorted-outer": (True, 2, True), "sorted": (True, 1, True)}
+# HOPPER_FWD_VARLEN_SORT, HOPPER_FWD_VARLEN_QSETS, HOPPER_FWD_VARLEN_PUB and _DEFER) at the case's head dim or not
+_PERSISTENT_VARIANTS = {"grid": (False, 0, False, False), "persistent": (True, 0, False, False),
+                        "qsets": (True, 0, True, False), "pub-defer": (True, 0, True, True),
+                        "sorted-outer": (True, 2, True, False), "sorted": (True, 1, True, False)}
 
 
 @pytest.mark.gpu
@@ -558,7 +559,8 @@ _PERSISTENT_VARIANTS = {"grid": (False, 0, False), "persistent": (True, 0, False
 def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
     """launch.HOPPER_FWD_VARLEN_PERSISTENT (the packed tiles by a dynamic scheduler, one CTA an SM),
     with its tiles in the packed grid's order, with two sets of Q buffers (HOPPER_FWD_VARLEN_QSETS; at
-    D <= 128, else as "persistent") and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
+    D <= 128, else as "persistent"), with them and each tile's sequence published, its output store waited
+    for late (HOPPER_FWD_VARLEN_PUB, HOPPER_FWD_VARLEN_DEFER), and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
     heads innermost or head by head; "many300"
     passes HOPPER_FWD_VARLEN_SORT_MAX, so runs unsorted), computes bitwise what the packed-tile grid
     launch does, in two calls in a row (each call's counter starts at zero) and in two replays of
@@ -577,10 +579,13 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
                                                        return_attn_probs=True, check_inputs=check_inputs, **kw)[:2]
 
     outs = {}
-    for variant, (persistent, sort, qsets) in _PERSISTENT_VARIANTS.items():
+    for variant, (persistent, sort, qsets, late) in _PERSISTENT_VARIANTS.items():
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (D,) if persistent else ())
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", sort)
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (D,) if qsets else ())
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PUB", (D,) if late else ())
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_DEFER", (D,) if late else ())
         n = launch.hopper_fwd_launches
         outs[variant] = [run(), run()]
         assert launch.hopper_fwd_launches == n + 2, "the Gluon forward did not run"

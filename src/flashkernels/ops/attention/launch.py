@@ -508,6 +508,14 @@ HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: tuple = (64,)
 HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 
 
+# With two Q sets, at these head dims (session 27, experiments; off): VARLEN_PUB, the producer publishes each tile's
+# sequence with its index, so that the consumers' tile decode skips its search (a 128-wide load of the offsets and
+# a reduction across the warpgroup, before the sequence's four offsets' loads); VARLEN_DEFER, a consumer waits for
+# a tile's output store (its read of the Q buffer) only once it has decoded the next tile, then releases the buffer.
+HOPPER_FWD_VARLEN_PUB: tuple = ()
+HOPPER_FWD_VARLEN_DEFER: tuple = ()
+
+
 def hopper_fwd_varlen_two_wg(head_dim, causal: bool) -> bool:
     """Whether packed sequences at ``head_dim`` take two consumer warpgroups (BLOCK_M 128) whatever
     HOPPER_FWD_CONFIGS says, and any max_seqlen_q (HOPPER_FWD_MIN_SEQLEN not applied): the head dims of
@@ -846,6 +854,10 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
                 extra.update(PERSISTENT=True, Sched=torch.zeros(1, dtype=torch.int32, device=q.device))
                 if hopper_fwd_varlen_qsets(D) == 2:
                     extra["VARLEN_QSETS"] = 2
+                    if D in HOPPER_FWD_VARLEN_PUB:
+                        extra["VARLEN_PUB"] = True
+                    if D in HOPPER_FWD_VARLEN_DEFER:
+                        extra["VARLEN_DEFER"] = True
                 if HOPPER_FWD_VARLEN_SORT and n_seq <= HOPPER_FWD_VARLEN_SORT_MAX:
                     extra["VARLEN_SORT"] = int(HOPPER_FWD_VARLEN_SORT)
     elif causal and not persistent and HOPPER_FWD_CAUSAL_REVERSE:

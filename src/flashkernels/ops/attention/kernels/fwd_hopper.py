@@ -307,7 +307,7 @@ def _ws_tile_c(c, n_m, n_bh, CAUSAL: gl.constexpr):
 
 @gluon.jit
 def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, n_bh,
-                    NB: gl.constexpr, NUM_WARPS: gl.constexpr, px, py):
+                    NB: gl.constexpr, NUM_WARPS: gl.constexpr, px, py, PUB: gl.constexpr = False, b_pub=0):
     """_ws_tile of a VARLEN build (always a WINDOW one): (pid_bh, b, h, m0, lo, n_blocks, q0, k0,
     seqlen_q, seqlen_k, off), b the packed sequence, q0 / k0 its first query / key row, off its
     causal offset seqlen_k - seqlen_q (bottom-right). The rows end at seqlen_q, the keys at
@@ -322,14 +322,18 @@ def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexp
     starting at x = P_b = cu_seqlens_q[b] // BLOCK_M + b (P_{b+1} - P_b >= its tiles, by at most
     one: at most one empty CTA a sequence); a CTA finds its b by counting the P_j <= x in one load
     of the offsets. (px, py): the tile's place in that grid, the CTA's program ids in a grid launch
-    (PERSISTENT: _ws_sched_tile's)."""
+    (PERSISTENT: _ws_sched_tile's). PUB: the tile's sequence is b_pub (the persistent producer's, published
+    with the tile: _ws_producer_dyn's PUB), no search."""
     if NB:  # (None where compile_check leaves it out)
         x = px
         h = py
-        gl.static_assert(NB >= 32 * NUM_WARPS)  # (a layout without replicas: each offset counted once)
-        j = gl.arange(0, NB, layout=gl.BlockedLayout([NB // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0]))
-        cu_j = gl.load(CuQ + j, mask=(j >= 1) & (j < n_bh // H), other=1 << 30)  # (sequence 0 starts at 0)
-        b = gl.sum(((cu_j // BLOCK_M + j) <= x).to(gl.int32), axis=0)
+        if PUB:
+            b = b_pub
+        else:
+            gl.static_assert(NB >= 32 * NUM_WARPS)  # (a layout without replicas: each offset counted once)
+            j = gl.arange(0, NB, layout=gl.BlockedLayout([NB // (32 * NUM_WARPS)], [32], [NUM_WARPS], [0]))
+            cu_j = gl.load(CuQ + j, mask=(j >= 1) & (j < n_bh // H), other=1 << 30)  # (sequence 0 starts at 0)
+            b = gl.sum(((cu_j // BLOCK_M + j) <= x).to(gl.int32), axis=0)
         pid_bh = b * H + h
         q0, k0, seqlen_q, seqlen_k = _varlen_seq(CuQ, CuK, b)
         m0 = (x - (q0 // BLOCK_M + b)) * BLOCK_M
@@ -412,7 +416,8 @@ def _ws_sort_starts(CuQ, CuK, n, BLOCK_M: gl.constexpr, NB: gl.constexpr):
 def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                      q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch, k_rh, k_ch, v_rh,
                      v_ch, CuQ, CuK, n_bh, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, NB: gl.constexpr, SORT: gl.constexpr = 0, QSETS: gl.constexpr = 1):
+                     STAGES: gl.constexpr, NB: gl.constexpr, SORT: gl.constexpr = 0, QSETS: gl.constexpr = 1,
+                     PUB: gl.constexpr = False):
     """The producer of a PERSISTENT VARLEN launch (a dynamic tile scheduler): it takes the next of
     the T = (SQ // BLOCK_M + n) · H packed tiles (_ws_tile_varlen's grid, head by head) from the
     launch's counter Sched (int32, zero at the launch) until none is left, skips a tile without
@@ -431,7 +436,8 @@ def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_r
 
     QSETS = 2: two sets of Q buffers and tile slots; tile c (the c-th published) goes to set c % 2
     (t_smem[c % 2], Q buffers (c % 2) · NUM_WG + w, their barriers' phase c // 2) once the consumers
-    released tile c - 2's (q_empty[c % 2]), so that its Q loads while tile c - 1 runs."""
+    released tile c - 2's (q_empty[c % 2]), so that its Q loads while tile c - 1 runs. PUB (QSETS = 2): the
+    tile's sequence published with it (t_smem[2 + c % 2]), so that the consumers need not search for it."""
     BLOCK_M: gl.constexpr = NUM_WG * WG_M
     n_x = SQ // BLOCK_M + n_bh // H
     n_t = n_x * H
@@ -469,6 +475,8 @@ def _ws_producer_dyn(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_r
             if j == 0:
                 if QSETS == 2:
                     mbarrier.wait(q_empty.index(tc & 1), ((tc >> 1) & 1) ^ 1)
+                    if PUB:
+                        _ws_sched_put(t_smem.index(2 + (tc & 1)), b)
                     _ws_sched_put(t_smem.index(tc & 1), t)
                     _ws_load_q(desc_q, q_smem, q_bars, (tc & 1) * NUM_WG, row_q, h * q_ch, NUM_WG, WG_M)
                 else:
@@ -497,13 +505,15 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr,
                      NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SOFTCAP: gl.constexpr,
                      ALIBI: gl.constexpr, SINK: gl.constexpr, NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr,
-                     QSETS: gl.constexpr = 1):
+                     QSETS: gl.constexpr = 1, PUB: gl.constexpr = False, DEFER: gl.constexpr = False):
     """Consumer warpgroup W of a PERSISTENT VARLEN launch: the tiles _ws_producer_dyn publishes, each
     read once its Q barrier completes, until -1; its rows of each (none when they start past the
     sequence: it only releases the tile's blocks), the ring's position carried over; after each
     tile (its output stored) it releases its Q buffer (q_empty). QSETS = 2: tile c in set c % 2 (its
     index in t_smem[c % 2], its Q in buffer (c % 2) · NUM_WG + W, released on q_empty[c % 2]), the
-    producer's (_ws_producer_dyn)."""
+    producer's (_ws_producer_dyn); PUB: its sequence read from t_smem[2 + c % 2] (the producer's PUB);
+    DEFER: tile c's output store is not waited for at its end but once tile c + 1 is decoded, and
+    its Q buffer released then (so the store's read of it overlaps the decode's loads)."""
     n_x = SQ // (NUM_WG * WG_M) + n_bh // H
     it = 0  # K / V blocks consumed so far
     tc = 0  # tiles so far
@@ -513,8 +523,17 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     else:
         t = _ws_sched_get(t_smem, 4)
     while t >= 0:
-        pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, off = _ws_tile_varlen(
-            CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, NB, 4, t % n_x, t // n_x)
+        if PUB:
+            pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, off = _ws_tile_varlen(
+                CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, NB, 4, t % n_x, t // n_x, True,
+                _ws_sched_get(t_smem.index(2 + (tc & 1)), 4))
+        else:
+            pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, off = _ws_tile_varlen(
+                CuQ, CuK, H, window_left, window_right, NUM_WG * WG_M, BLOCK_N, n_bh, NB, 4, t % n_x, t // n_x)
+        if DEFER:  # (QSETS = 2) the last tile's output store has read its Q buffer: release it
+            if tc > 0:
+                tma.store_wait(pendings=0)
+                mbarrier.arrive(q_empty.index((tc - 1) & 1))
         m0w = m0 + W * WG_M
         n_w = n_blocks
         if m0w >= rows:
@@ -525,7 +544,7 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                            k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
                            alibi_sb, alibi_sh, 0, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
                            STAGES, False, SOFTCAP, ALIBI, SINK, True, True, it, (tc >> 1) & 1, x_smem, ALIBI_MMA,
-                           False, (tc & 1) * NUM_WG)
+                           False, (tc & 1) * NUM_WG, not DEFER)
             else:
                 _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                            k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, off, window_left, window_right,
@@ -538,7 +557,8 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             mbarrier.wait(v_ready.index((it + j) % STAGES), ph)
             mbarrier.arrive(v_empty.index((it + j) % STAGES))
         if QSETS == 2:
-            mbarrier.arrive(q_empty.index(tc & 1))
+            if not DEFER:
+                mbarrier.arrive(q_empty.index(tc & 1))
             it += n_blocks
             tc += 1
             mbarrier.wait(q_bars.index((tc & 1) * NUM_WG + W), (tc >> 1) & 1)
@@ -549,6 +569,8 @@ def _ws_consumer_dyn(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             tc += 1
             mbarrier.wait(q_bars.index(W), tc & 1)
             t = _ws_sched_get(t_smem, 4)
+    if DEFER:  # (the last tile's output store, before the CTA ends)
+        tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -910,7 +932,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
-               ROT_N: gl.constexpr = False, qb=0):
+               ROT_N: gl.constexpr = False, qb=0, STORE_WAIT: gl.constexpr = True):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
     The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
@@ -922,7 +944,8 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     tensor's end and would write the next sequence's rows).
     ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's diagonal on.
     qb: Q_W is Q buffer qb + W, on barrier qb + W (a persistent varlen launch's second set of Q
-    buffers: _ws_consumer_dyn's QSETS)."""
+    buffers: _ws_consumer_dyn's QSETS). STORE_WAIT (VARLEN): wait until the output's TMA store has read
+    Q_W (else the caller does, before Q_W is loaded again: _ws_consumer_dyn's DEFER)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -991,7 +1014,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     if VARLEN:  # (a masked store, not a 1-D TMA copy: the rows start anywhere, not 16-byte aligned)
         gl.store(Lse + h * SQ + q0 + offs_m, lse, mask=offs_m < seqlen_q)
         if m0w + WG_M <= seqlen_q:
-            _ws_store_out(out, q_w, desc_o, h * o_rh + q0 + m0w, h * o_ch)
+            _ws_store_out(out, q_w, desc_o, h * o_rh + q0 + m0w, h * o_ch, STORE_WAIT)
         else:  # the sequence's last rows only
             rows = m0w + gl.arange(0, WG_M, layout=row_o)
             cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
@@ -1196,7 +1219,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            VARLEN_NB: gl.constexpr = 0, CHAIN: gl.constexpr = False,
                            ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
                            PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0,
-                           VARLEN_QSETS: gl.constexpr = 1):
+                           VARLEN_QSETS: gl.constexpr = 1, VARLEN_PUB: gl.constexpr = False,
+                           VARLEN_DEFER: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -1249,6 +1273,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(not (PERSISTENT and VARLEN and (CHAIN or VARLEN_NB == 0 or ROT_N)))
     gl.static_assert(not VARLEN_SORT or (PERSISTENT and VARLEN))
     gl.static_assert(VARLEN_QSETS == 1 or (PERSISTENT and VARLEN and VARLEN_QSETS == 2))
+    gl.static_assert(not (VARLEN_PUB or VARLEN_DEFER) or VARLEN_QSETS == 2)
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     gl.static_assert(not ROT_N or (ALIBI and not (WINDOW or TRIM)))  # (lo = 0, the warpgroups' blocks alike)
     dtype: gl.constexpr = desc_q.dtype
@@ -1285,8 +1310,9 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
         mbarrier.init(v_empty.index(i), count=NUM_WG)
     fence_async_shared()
 
-    if PERSISTENT and VARLEN and QSETS == 2:  # (a tile index a set of Q buffers)
-        t_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    if PERSISTENT and VARLEN and QSETS == 2:  # (a tile index a set of Q buffers; VARLEN_PUB: and its sequence)
+        t_smem = gl.allocate_shared_memory(gl.int32, [4 if VARLEN_PUB else 2, 1],
+                                           gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     elif PERSISTENT and VARLEN:  # (two warpgroups) the packed tiles by a dynamic scheduler, one tile index
         # at a time from the producer to the consumers through t_smem
         t_smem = gl.allocate_shared_memory(gl.int32, [1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
@@ -1301,15 +1327,17 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
             (_ws_consumer_dyn, (0, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                                 k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
                                 alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
-                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS)),
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS,
+                                VARLEN_PUB, VARLEN_DEFER)),
             (_ws_consumer_dyn, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
                                 k_ready, k_empty, v_ready, v_empty, q_empty, t_smem, SQ, H, window_left, window_right,
                                 alibi_sb, alibi_sh, o_rh, o_ch, Out, o_rs, CuQ, CuK, n_bh, HEAD_DIM, WG_M, NUM_WG,
-                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS)),
+                                BLOCK_N, STAGES, SOFTCAP, ALIBI, SINK, VARLEN_NB, x_smem, ALIBI_MMA, VARLEN_QSETS,
+                                VARLEN_PUB, VARLEN_DEFER)),
             (_ws_producer_dyn, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready,
                                 v_empty, q_empty, t_smem, Sched, SQ, H, GROUP, window_left, window_right, q_rh, q_ch,
                                 k_rh, k_ch, v_rh, v_ch, CuQ, CuK, n_bh, WG_M, NUM_WG, BLOCK_N, STAGES, VARLEN_NB,
-                                VARLEN_SORT, VARLEN_QSETS)),
+                                VARLEN_SORT, VARLEN_QSETS, VARLEN_PUB)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
