@@ -227,8 +227,21 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     # two sets of Q buffers (HOPPER_FWD_VARLEN_QSETS): at the head dims it names up to HOPPER_FWD_CHAIN_MAX_DIM
     assert launch.HOPPER_FWD_VARLEN_QSETS == (64, 128)  # (default)
     assert run(128, lens)["VARLEN_QSETS"] == 2
+    # with them the tile's sequence published and the output store waited for late (HOPPER_FWD_VARLEN_PUB, _DEFER)
+    assert launch.HOPPER_FWD_VARLEN_PUB == launch.HOPPER_FWD_VARLEN_DEFER == (64, 128)  # (defaults)
+    s = run(128, lens)
+    assert s["VARLEN_PUB"] is True and s["VARLEN_DEFER"] is True
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_DEFER", ())
+    s = run(128, lens)
+    assert s["VARLEN_PUB"] is True and "VARLEN_DEFER" not in s
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PUB", ())
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_DEFER", (128, 256))
+    s = run(128, lens)
+    assert "VARLEN_PUB" not in s and s["VARLEN_DEFER"] is True
+    assert "VARLEN_DEFER" not in run(256, lens)  # (one Q set there: HOPPER_FWD_CHAIN_MAX_DIM)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
-    assert "VARLEN_QSETS" not in run(128, lens)
+    s = run(128, lens)
+    assert "VARLEN_QSETS" not in s and "VARLEN_PUB" not in s and "VARLEN_DEFER" not in s  # (two Q sets only)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (128, 256))
     assert run(128, lens)["VARLEN_QSETS"] == 2 and "CHAIN" not in run(128, lens)
     assert run(128, lens, alibi_slopes=torch.rand(4), softcap=3.0)["VARLEN_QSETS"] == 2

@@ -508,12 +508,15 @@ HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: tuple = (64,)
 HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 
 
-# With two Q sets, at these head dims (session 27, experiments; off): VARLEN_PUB, the producer publishes each tile's
-# sequence with its index, so that the consumers' tile decode skips its search (a 128-wide load of the offsets and
-# a reduction across the warpgroup, before the sequence's four offsets' loads); VARLEN_DEFER, a consumer waits for
-# a tile's output store (its read of the Q buffer) only once it has decoded the next tile, then releases the buffer.
-HOPPER_FWD_VARLEN_PUB: tuple = ()
-HOPPER_FWD_VARLEN_DEFER: tuple = ()
+# With two Q sets, at these head dims: VARLEN_PUB, the producer publishes each tile's sequence with its index, so
+# that the consumers' tile decode skips its search (a 128-wide load of the offsets and a reduction across the
+# warpgroup, before the sequence's four offsets' loads); VARLEN_DEFER, a consumer waits for a tile's output store
+# (its read of the Q buffer) only once it has decoded the next tile, then releases the buffer. H200, session 27
+# (scripts/ab_varlen.py --variants qsets,pub,defer,pub-defer, paired CUDA-graph replays, `bench varlen`'s case,
+# ...-s27-ab-varlen-late.txt), over two Q sets alone: D = 128 both +0.7% non-causal (0.930 -> 0.936x dense), +1.6%
+# causal; PUB alone -0.1 / +0.7%, DEFER alone -0.3 / -0.1%; D = 64 causal both +1.6% (0.943 -> 0.961x).
+HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
+HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
 
 
 def hopper_fwd_varlen_two_wg(head_dim, causal: bool) -> bool:
