@@ -12,6 +12,10 @@
 #                                         (grid, persistent, qsets, pub-defer, sorted), the varlen GPU suites with both
 #                                         on at D = 64 and 128, then scripts/ab_varlen.py (qsets / pub / defer /
 #                                         pub-defer / dense) at D = 128, and at D = 64 causal
+#   bash scripts/exp_session27.sh rowsum  the forward's row sums of P by the tensor cores (launch.HOPPER_FWD_ROWSUM, the
+#                                         grid launches only; experiment): the D = 128 forward GPU tests with it on and
+#                                         the persistent launch off, then scripts/ab_attention.py --paired (on / off, both
+#                                         grid launches) at D = 128, 1k / 4k / 16k, and with softcap 30 at 4k
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-27 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -34,5 +38,15 @@ case "${1:-}" in
       --variants "${VARIANTS:-qsets,pub,defer,pub-defer}" 2>&1 | tail -12 | tee -a "$OUT/ab-varlen-late.txt"
     timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-24}" --head-dims 64 --causal 1 \
       --variants qsets,pub-defer 2>&1 | tail -12 | tee -a "$OUT/ab-varlen-late-d64.txt" ;;
-  *) echo "usage: $0 d64|late"; exit 2 ;;
+  rowsum)
+    FK_SWITCHES="HOPPER_FWD_ROWSUM=(128,);HOPPER_FWD_PERSISTENT=False" timeout "${T2:-200}" python -m pytest -q \
+      -p no:warnings -p pytest_switch -m gpu -n 8 --tb=line tests/test_hopper_fwd.py \
+      -k "128 and not memcheck and not racecheck" 2>&1 | tail -25 | tee -a "$OUT/tests-rowsum.txt"
+    timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_ROWSUM \
+      --on "(128,)" --off "()" --also "HOPPER_FWD_PERSISTENT=False" --modes fwd --seqlens 1024,4096,16384 \
+      --head-dims 128 2>&1 | tail -14 | tee -a "$OUT/ab-rowsum.txt"
+    timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_ROWSUM \
+      --on "(128,)" --off "()" --also "HOPPER_FWD_PERSISTENT=False" --modes fwd --seqlens 4096 --softcap 30 \
+      --head-dims 128 2>&1 | tail -8 | tee -a "$OUT/ab-rowsum-softcap.txt" ;;
+  *) echo "usage: $0 d64|late|rowsum"; exit 2 ;;
 esac
