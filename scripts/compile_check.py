@@ -267,8 +267,6 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         consts["REVERSE_M"] = True
     if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched at 4k rows)
         consts["ALIBI_MMA"] = True
-    elif D in launch.HOPPER_FWD_ROWSUM and not consts.get("PERSISTENT"):  # (as launched)
-        consts["ROWSUM"] = True
     if launch.hopper_fwd_alibi_rotate(alibi, window or softcap, block_m, D):  # (as launched at 4k rows)
         consts["ROT_N"] = True
     if varlen:  # (total_q / total_k and the window's bounds, from the max lengths: any integers)

@@ -515,9 +515,6 @@ HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 # (scripts/ab_varlen.py --variants qsets,pub,defer,pub-defer, paired CUDA-graph replays, `bench varlen`'s case,
 # ...-s27-ab-varlen-late.txt), over two Q sets alone: D = 128 both +0.7% non-causal (0.930 -> 0.936x dense), +1.6%
 # causal; PUB alone -0.1 / +0.7%, DEFER alone -0.3 / -0.1%; D = 64 causal both +1.6% (0.943 -> 0.961x).
-# Experiment (session 27, off): the grid launches' row sums of P by the tensor cores (kernel ROWSUM: P times a
-# 16-column tile of ones after each P V), at these head dims.
-HOPPER_FWD_ROWSUM: tuple = ()
 HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
 HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
 
@@ -870,8 +867,6 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
         extra["REVERSE_M"] = True
     if hopper_fwd_alibi_mma(D, alibi_slopes is not None, softcap > 0 or has_window, rows):
         extra["ALIBI_MMA"] = True
-    elif D in HOPPER_FWD_ROWSUM and not extra.get("PERSISTENT"):
-        extra["ROWSUM"] = True
     if hopper_fwd_alibi_rotate(alibi_slopes is not None, has_window or varlen or softcap > 0, block_m, D, rows):
         extra["ROT_N"] = True
     # (the positions _fwd_plan_args rebuilds: 0-8 and 30, 32, 33; the rest follow from the plan's key)

@@ -156,7 +156,7 @@ Without a triton whose Gluon has these Hopper modules the definitions below are 
 """
 from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
                          _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
-from .gluon_base import _fence_all_asm, _fence_all_constraints, _mul_rn, _rescale_lazy
+from .gluon_base import _mul_rn, _rescale_lazy
 from .hopper_softmax import _softmax_step
 
 if AVAILABLE:
@@ -676,7 +676,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
                  CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr, Probe=None,
-                 PROBE: gl.constexpr = False, ROWSUM: gl.constexpr = False):
+                 PROBE: gl.constexpr = False):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -689,8 +689,6 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
     (_ws_qk; the keys' tiles written once here)."""
     if ALIBI_MMA:
         _ws_alibi_keys(x_smem, W)
-    if ROWSUM:
-        _ws_ones(x_smem, W)
     if CHAIN:  # (PERSISTENT)
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
@@ -717,7 +715,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                           k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                           alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES,
                           CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, n_bh, REVERSE_M, VARLEN_NB, x_smem,
-                          ALIBI_MMA, ROT_N, ROWSUM)
+                          ALIBI_MMA, ROT_N)
 
 
 @gluon.jit
@@ -727,8 +725,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
                       WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                       CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                       WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr, n_bh, REVERSE_M: gl.constexpr,
-                      VARLEN_NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr,
-                      ROWSUM: gl.constexpr = False):
+                      VARLEN_NB: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr):
     """_ws_consumer of a grid launch: the CTA's one tile."""
     if VARLEN:  # (causal_offset: the sequence's own, bottom-right)
         pid_bh, b, h, m0, lo, n_blocks, q0, _, rows, seqlen_k, causal_offset = _ws_tile_varlen(
@@ -753,7 +750,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
                        k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_w, causal_offset, window_left,
                        window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM,
                        WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA,
-                       False, 0, True, ROWSUM)
+                       False)
         for j in range(n_w, n_blocks):
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(j % STAGES), ph)
@@ -764,8 +761,7 @@ def _ws_consumer_tile(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softc
         _ws_attend(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty,
                    v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
                    alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, rows, seqlen_k, HEAD_DIM, WG_M, BLOCK_N,
-                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA, ROT_N, 0, True,
-                   ROWSUM)
+                   STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, VARLEN, 0, 0, x_smem, ALIBI_MMA, ROT_N)
 
 
 @gluon.constexpr_function
@@ -805,17 +801,6 @@ def _ws_alibi_keys(x_smem, W: gl.constexpr):
 
 
 @gluon.jit
-def _ws_ones(x_smem, W: gl.constexpr):
-    """ROWSUM: warpgroup W's tile of ones (BLOCK_N x 16, x_smem[W]), the B operand whose product with P is
-    P's row sums in every column; stores fenced for the wgmma and the warpgroup synced."""
-    R: gl.constexpr = x_smem.shape[1]
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
-    x_smem.index(W).store(gl.full([R, 16], 1.0, x_smem.dtype, layout=layout))
-    fence_async_shared()
-    gl.thread_barrier()
-
-
-@gluon.jit
 def _ws_alibi_q(slope, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, dtype: gl.constexpr):
     """The rows' operand of _ws_qk (registers, k = 16): in every row, the slope split in three 16-bit
     parts hi + mid + lo in columns 0-2, their negatives in 3-5, so that its product with the keys'
@@ -838,8 +823,7 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
              cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi, start_n,
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
              ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, x_smem=None, qx=None,
-             W: gl.constexpr = 0, ALIBI_MMA: gl.constexpr = False, ROWSUM: gl.constexpr = False, r_w=None,
-             l_acc=None):
+             W: gl.constexpr = 0, ALIBI_MMA: gl.constexpr = False):
     """One step of a consumer's loop: S = q · K^T of the ring's block i + 1 and O = acc + P V of its
     block i (P: p_op) both issued; S's online softmax (_softmax_step, key block start_n) while the P V
     wgmma runs; both blocks released. Returns (p, alpha, m, l, O): O not yet rescaled by alpha."""
@@ -853,41 +837,29 @@ def _ws_pair(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i, p_op, acc
         s_tok = warpgroup_mma(q, k_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(stage), (i // STAGES) & 1)
     o_tok = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
-    if ROWSUM:  # (P's row sums: P times a tile of ones)
-        l_tok = warpgroup_mma(p_op, r_w, l_acc, is_async=True)
-        s, _, _ = warpgroup_mma_wait(2, deps=(s_tok, q, k_smem.index(nxt)))
-    else:
-        # S retires first (in order); its softmax overlaps the P V wgmma.
-        s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q, k_smem.index(nxt)))
+    # S retires first (in order); its softmax overlaps the P V wgmma.
+    s, _, _ = warpgroup_mma_wait(1, deps=(s_tok, q, k_smem.index(nxt)))
     mbarrier.arrive(k_empty.index(nxt))  # S retired: K_{i+1} released by this warpgroup
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
                                        win_lo, win_hi, mask_lo, mask_hi, start_n, BLOCK_N, CAUSAL, SOFTCAP, ALIBI,
-                                       WINDOW, s_layout, ALIBI_MMA, ROWSUM)
-    if ROWSUM:  # (the fence below on every p: no sum depends on them all)
-        N: gl.constexpr = BLOCK_N // 2  # (a thread's values of p: 64 rows x BLOCK_N over 128 threads)
-        p = gl.inline_asm_elementwise(_fence_all_asm(N), _fence_all_constraints(N), [p], dtype=gl.float32,
-                                      is_pure=False, pack=N)
-        acc, l_acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, l_tok, p_op, v_smem.index(stage)))
-        mbarrier.arrive(v_empty.index(stage))
-        return p, alpha, m_i, l_i, acc, l_acc
-    else:
-        # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
-        # inside a basic block: without a fence it issues the wait_group 0 below right after the
-        # first SHFL of the softmax, so the softmax does not overlap the P V wgmma. A basic-block
-        # boundary after the softmax pins it there (ptxas does not move it across a branch). l_i
-        # passes through unchanged: it is a sum of exp2 values, never < 0 (NaN compares false), so
-        # the loop body never runs. The loop (ptxas can neither if-convert nor drop it: the body
-        # writes the outputs) ends the basic block after the whole softmax (l_i depends on every
-        # exp2). Two rows per thread (pack=2): one loop per thread.
-        l_i = gl.inline_asm_elementwise(
-            "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
-            "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
-            "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
-            "bra fence_loop; fence_done: }",
-            "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
-        acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
-        mbarrier.arrive(v_empty.index(stage))  # P V retired: V_i released
-        return p, alpha, m_i, l_i, acc
+                                       WINDOW, s_layout, ALIBI_MMA)
+    # Scheduling fence. ptxas schedules wgmma.wait_group like an instruction without operands
+    # inside a basic block: without a fence it issues the wait_group 0 below right after the
+    # first SHFL of the softmax, so the softmax does not overlap the P V wgmma. A basic-block
+    # boundary after the softmax pins it there (ptxas does not move it across a branch). l_i
+    # passes through unchanged: it is a sum of exp2 values, never < 0 (NaN compares false), so
+    # the loop body never runs. The loop (ptxas can neither if-convert nor drop it: the body
+    # writes the outputs) ends the basic block after the whole softmax (l_i depends on every
+    # exp2). Two rows per thread (pack=2): one loop per thread.
+    l_i = gl.inline_asm_elementwise(
+        "{ .reg .pred p; mov.b32 $0, $2; mov.b32 $1, $3; fence_loop: "
+        "setp.lt.f32 p, $0, 0f00000000; setp.lt.or.f32 p, $1, 0f00000000, p; "
+        "@!p bra fence_done; add.f32 $0, $0, 0f3F800000; add.f32 $1, $1, 0f3F800000; "
+        "bra fence_loop; fence_done: }",
+        "=r,=r,r,r", [l_i], dtype=gl.float32, is_pure=False, pack=2)
+    acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(stage)))
+    mbarrier.arrive(v_empty.index(stage))  # P V retired: V_i released
+    return p, alpha, m_i, l_i, acc
 
 
 @gluon.jit
@@ -960,7 +932,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
                HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
                WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
-               ROT_N: gl.constexpr = False, qb=0, STORE_WAIT: gl.constexpr = True, ROWSUM: gl.constexpr = False):
+               ROT_N: gl.constexpr = False, qb=0, STORE_WAIT: gl.constexpr = True):
     """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
     lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
     The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
@@ -1002,11 +974,6 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     qx = None
     if ALIBI_MMA:  # (the tile's slope)
         qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
-    l_acc = None
-    r_w = None
-    if ROWSUM:  # (the row sums by the tensor cores: P times warpgroup W's tile of ones, any column)
-        l_acc = gl.zeros([WG_M, 16], gl.float32, layout=_acc_layout(16))
-        r_w = x_smem.index(W)
 
     r0 = _ws_rot0(m0w - W * WG_M, causal_offset, n_blocks, BLOCK_N, ROT_N)  # (the tile's, as the producer's)
 
@@ -1022,24 +989,16 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     mbarrier.arrive(k_empty.index(st0))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w, diag, diag0,
                                        win_lo, win_hi, mask_lo, mask_hi, (lo + r0) * BLOCK_N, BLOCK_N, CAUSAL,
-                                       SOFTCAP, ALIBI, WINDOW, s_layout, ALIBI_MMA, ROWSUM)
+                                       SOFTCAP, ALIBI, WINDOW, s_layout, ALIBI_MMA)
     p_op = gl.convert_layout(p.to(dtype), p_layout)
 
     for j in range(0, n_blocks - 1):
-        if ROWSUM:
-            p, alpha, m_i, l_i, acc, l_acc = _ws_pair(
-                q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op, acc, s_zero, m_i, l_i, qk_scale,
-                cap_scale, slope, colbias, offs_m, m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi,
-                (lo + _ws_blk(j + 1, r0, n_blocks, ROT_N)) * BLOCK_N, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW,
-                s_layout, x_smem, qx, W, ALIBI_MMA, True, r_w, l_acc)
-            l_acc = l_acc * gl.convert_layout(alpha, gl.SliceLayout(1, _acc_layout(16)))[:, None]
-        else:
-            p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
-                                               acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m,
-                                               m0w, diag, diag0, win_lo, win_hi, mask_lo, mask_hi,
-                                               (lo + _ws_blk(j + 1, r0, n_blocks, ROT_N)) * BLOCK_N,
-                                               BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, qx,
-                                               W, ALIBI_MMA)
+        p, alpha, m_i, l_i, acc = _ws_pair(q_w, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, it0 + j, p_op,
+                                           acc, s_zero, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0w,
+                                           diag, diag0, win_lo, win_hi, mask_lo, mask_hi,
+                                           (lo + _ws_blk(j + 1, r0, n_blocks, ROT_N)) * BLOCK_N,
+                                           BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, WINDOW, s_layout, x_smem, qx,
+                                           W, ALIBI_MMA)
         acc = _rescale_lazy(acc, gl.convert_layout(alpha, row_o)[:, None], HEAD_DIM // 2)  # (O *= alpha)
         # P_{j+1} into the operand registers only now: until _ws_pair's last wait, the P_j V_j wgmma
         # still reads them (writing them earlier makes ptxas retire that wgmma before the softmax).
@@ -1048,12 +1007,7 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     last = it0 + n_blocks - 1
     mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
     o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
-    if ROWSUM:
-        l_tok = warpgroup_mma(p_op, r_w, l_acc, is_async=True)
-        acc, l_acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, l_tok, p_op, v_smem.index(last % STAGES)))
-        l_i = l_i + gl.convert_layout(gl.max(l_acc, axis=1), row_s)  # (every column the row's sum)
-    else:
-        acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
+    acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
     mbarrier.arrive(v_empty.index(last % STAGES))
 
     out, lse = _ws_finish(acc, m_i, l_i, sink, WINDOW, SINK, row_o)
@@ -1266,7 +1220,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
                            PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0,
                            VARLEN_QSETS: gl.constexpr = 1, VARLEN_PUB: gl.constexpr = False,
-                           VARLEN_DEFER: gl.constexpr = False, ROWSUM: gl.constexpr = False):
+                           VARLEN_DEFER: gl.constexpr = False):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -1342,12 +1296,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
         mbarrier.init(q_empty, count=NUM_WG)
     # ALIBI_MMA (ALiBi without softcap or window): a consumer's two keys' tiles of the ALiBi bias (_ws_alibi_keys)
     gl.static_assert(not ALIBI_MMA or (ALIBI and not (SOFTCAP or WINDOW) and BLOCK_N >= WG_M))
-    gl.static_assert(not ROWSUM or not (ALIBI_MMA or PERSISTENT))  # (experiment: the grid launches only)
     if ALIBI_MMA:
         x_smem = gl.allocate_shared_memory(dtype, [2 * NUM_WG, BLOCK_N, 16],
-                                           gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2))
-    elif ROWSUM:  # (a consumer's tile of ones, the row sums' B operand: _ws_ones)
-        x_smem = gl.allocate_shared_memory(dtype, [NUM_WG, BLOCK_N, 16],
                                            gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2))
     else:
         x_smem = q_smem  # (unread)
@@ -1395,12 +1345,12 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, ROWSUM)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, ROWSUM)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
@@ -1412,17 +1362,17 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, ROWSUM)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, ROWSUM)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_consumer, (2, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, ROWSUM)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,

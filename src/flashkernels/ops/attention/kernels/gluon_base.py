@@ -91,21 +91,6 @@ def _rescale_asm(n):
 
 
 @gluon.constexpr_function
-def _fence_all_asm(n):
-    """PTX of a scheduling fence over a thread's n values ($0.. tied to the inputs, all >= 0): a loop that
-    never runs (the first value is never < 0; NaN compares false) ends the basic block after every value
-    was computed, as fwd_hopper._ws_pair's fence on l does (ROWSUM: no row sum there depends on them all)."""
-    return "\n".join(["{", ".reg .pred p;", "FENCE_LOOP_${:uid}:", "setp.lt.f32 p, $0, 0f00000000;",
-                      "@!p bra FENCE_DONE_${:uid};", "add.f32 $0, $0, 0f3F800000;", "bra FENCE_LOOP_${:uid};",
-                      "FENCE_DONE_${:uid}:", "}"])
-
-
-@gluon.constexpr_function
-def _fence_all_constraints(n):
-    return ",".join(["=f"] * n + [str(i) for i in range(n)])
-
-
-@gluon.constexpr_function
 def _rescale_constraints(n):
     return ",".join(["=f"] * n + [str(i) for i in range(n)] + ["f"] * n)
 

@@ -14,8 +14,7 @@ def _softcap_static(softcap):
 @gluon.jit
 def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, diag, diag0, win_lo, win_hi,
                   mask_lo, mask_hi, start_n, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr,
-                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, ALIBI_MMA: gl.constexpr = False,
-                  ROWSUM: gl.constexpr = False):
+                  ALIBI: gl.constexpr, WINDOW: gl.constexpr, s_layout: gl.constexpr, ALIBI_MMA: gl.constexpr = False):
     """Online-softmax update with scores s (raw q·kᵀ) of key block start_n: (p, alpha, m, l),
     m in log2 units. offs_m: the rows, m0 the first; diag = offs_m + causal_offset (for ALiBi), diag0
     the first row's.
@@ -91,8 +90,6 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
                          float("-inf"))
     if _softcap_static(SOFTCAP):  # (no row max: the bound, p = 2^((t - 1)·softcap·log2 e))
         p = gl.exp2(s * qk_scale - qk_scale)
-        if ROWSUM:  # (the caller sums p by the tensor cores)
-            return p, gl.zeros_like(l_i) + 1.0, gl.zeros_like(l_i) + qk_scale, l_i
         return p, gl.zeros_like(l_i) + 1.0, gl.zeros_like(l_i) + qk_scale, l_i + gl.sum(p, axis=1)
     if ALIBI_SPLIT:
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) + row_bias) * qk_scale)
@@ -108,8 +105,5 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     else:
         p = gl.exp2(s * qk_scale - m_ref[:, None])
     alpha = gl.exp2(m_i - m_ref)
-    if ROWSUM:  # (the caller sums p by the tensor cores: l holds the sink's term only)
-        l_i = l_i * alpha
-    else:
-        l_i = l_i * alpha + gl.sum(p, axis=1)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
