@@ -46,6 +46,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--switch", required=True)
     ap.add_argument("--modes", default="fwd")
+    ap.add_argument("--causal", default="0,1", help="the mask settings to time: 0 (none), 1 (causal) or both")
     ap.add_argument("--seqlens", default="1024,4096,16384")
     ap.add_argument("--head-dims", default="128")
     ap.add_argument("--rounds", type=int, default=3)
@@ -112,7 +113,7 @@ def run(args, value, original, bench, stream):
                 feats["alibi_slopes"] = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device="cuda")
             if args.sink:
                 feats["learnable_sink"] = torch.randn(H, device="cuda")
-            for causal in (False, True):
+            for causal in (bool(int(x)) for x in args.causal.split(",")):
                 flops = 4 * B * H * S * S * D / (2 if causal else 1)
                 qt, kt, vt = (x.detach().transpose(1, 2) for x in (q, k, v))
                 for mode in args.modes.split(","):

@@ -16,6 +16,10 @@
 #                                         grid launches only; experiment): the D = 128 forward GPU tests with it on and
 #                                         the persistent launch off, then scripts/ab_attention.py --paired (on / off, both
 #                                         grid launches) at D = 128, 1k / 4k / 16k, and with softcap 30 at 4k
+#   bash scripts/exp_session27.sh alibi   the causal forward's ALiBi with the split's "before" form on the diagonal's
+#                                         blocks too (launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT; experiment): the ALiBi GPU
+#                                         tests with it on, then scripts/ab_attention.py --alibi --paired (on / off) at
+#                                         D = 64 / 128 / 256, 1k / 4k / 16k, causal
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-27 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -48,5 +52,13 @@ case "${1:-}" in
     timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_ROWSUM \
       --on "(128,)" --off "()" --also "HOPPER_FWD_PERSISTENT=False" --modes fwd --seqlens 4096 --softcap 30 \
       --head-dims 128 2>&1 | tail -8 | tee -a "$OUT/ab-rowsum-softcap.txt" ;;
-  *) echo "usage: $0 d64|late|rowsum"; exit 2 ;;
+  alibi)
+    FK_SWITCHES="HOPPER_FWD_ALIBI_CAUSAL_SPLIT=True" timeout "${T2:-220}" python -m pytest -q -p no:warnings \
+      -p pytest_switch -m gpu -n 8 --tb=short tests/test_hopper_fwd.py tests/test_attention_features.py \
+      tests/test_alibi_sink_varlen.py tests/test_hopper_bwd.py -k "alibi and not memcheck and not racecheck" 2>&1 | tail -15 \
+      | tee -a "$OUT/tests-alibi.txt"
+    timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" \
+      --switch HOPPER_FWD_ALIBI_CAUSAL_SPLIT --alibi --modes fwd --seqlens 1024,4096,16384 \
+      --head-dims "${DIMS:-128,64,256}" --causal 1 2>&1 | tail -14 | tee -a "$OUT/ab-alibi-csplit.txt" ;;
+  *) echo "usage: $0 d64|late|rowsum|alibi"; exit 2 ;;
 esac

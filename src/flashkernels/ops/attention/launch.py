@@ -515,6 +515,9 @@ HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 # (scripts/ab_varlen.py --variants qsets,pub,defer,pub-defer, paired CUDA-graph replays, `bench varlen`'s case,
 # ...-s27-ab-varlen-late.txt), over two Q sets alone: D = 128 both +0.7% non-causal (0.930 -> 0.936x dense), +1.6%
 # causal; PUB alone -0.1 / +0.7%, DEFER alone -0.3 / -0.1%; D = 64 causal both +1.6% (0.943 -> 0.961x).
+# Experiment (session 27, off): the causal forward's ALiBi takes the split's "before" form on the blocks the diagonal
+# crosses too (kernel ALIBI = 2; hopper_softmax._softmax_step): the keys after a row's diagonal are masked anyway.
+HOPPER_FWD_ALIBI_CAUSAL_SPLIT = False
 HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
 HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
 
@@ -876,8 +879,8 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
     kwargs = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
                   SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window,
                                                    D, causal, q.dtype),
-                  ALIBI=alibi_slopes is not None, SINK=sink is not None, WINDOW=has_window,
-                  num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **extra)
+                  ALIBI=(2 if HOPPER_FWD_ALIBI_CAUSAL_SPLIT else True) if alibi_slopes is not None else False,
+                  SINK=sink is not None, WINDOW=has_window, num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **extra)
     return grid, args, kwargs
 
 

@@ -63,7 +63,14 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         d = (diag - start_n).to(gl.float32)[:, None] - \
             gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
         s = gl.fma(-slope, gl.abs(d), s)  # (written as the fma LLVM makes of s - slope · |d|: see below)
-    if ALIBI_SPLIT:
+    if ALIBI_SPLIT and CAUSAL and ALIBI == 2:  # (experiment: launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT)
+        # causal: every key a row sees lies at or before its diagonal, and those after it are masked below, so the
+        # "before" split holds on the blocks the diagonal crosses too: no per-score |diag - j| there
+        dn = (diag - start_n).to(gl.float32)
+        if not ALIBI_MMA:
+            s = s + colbias[None, :]
+        row_bias = -slope * dn
+    elif ALIBI_SPLIT:
         dn = (diag - start_n).to(gl.float32)  # row i's diagonal from the block's first key
         if start_n + BLOCK_N - 1 <= diag0:  # every key at or before every row's diagonal
             if not ALIBI_MMA:
