@@ -487,6 +487,29 @@ def test_alibi_rotate_launch_arguments(monkeypatch):
     assert "ROT_N" not in run(128, 1024, False, **alibi)
 
 
+def test_alibi_causal_split_launch_arguments(monkeypatch):
+    """launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT (the kernel stubbed): ALIBI = 2 for the kernel's CAUSAL builds
+    with ALiBi and without softcap at the head dims it names, persistent or a grid launch, with a sink too;
+    True otherwise (not causal; causal with an offset: the kernel's WINDOW build; softcap; other head dims;
+    the switch empty), False without slopes."""
+    run = _stubbed_hopper_fwd(monkeypatch)
+    alibi = dict(alibi_slopes=torch.rand(4))
+    assert launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT == (128, 256)  # (default)
+    for D in (64, 128, 256):
+        s = run(D, 1024, True, **alibi)
+        assert s["CAUSAL"] is True and s["ALIBI"] == (True if D == 64 else 2), (D, s["ALIBI"])
+        assert run(D, 1024, False, **alibi)["ALIBI"] is True, D
+        assert run(D, 1024, True)["ALIBI"] is False, D
+    s = run(128, 16384, True, B=1, **alibi)  # (the grid launch)
+    assert s["ALIBI"] == 2 and "PERSISTENT" not in s
+    assert run(128, 1024, True, sink=torch.zeros(4), **alibi)["ALIBI"] == 2
+    s = run(128, 1024, True, causal_offset=128, **alibi)
+    assert s["WINDOW"] is True and s["CAUSAL"] is False and s["ALIBI"] is True
+    assert run(128, 1024, True, softcap=2.0, **alibi)["ALIBI"] is True
+    monkeypatch.setattr(launch, "HOPPER_FWD_ALIBI_CAUSAL_SPLIT", ())
+    assert run(128, 1024, True, **alibi)["ALIBI"] is True
+
+
 def test_config_entries_and_key_blocks(machine_ok, monkeypatch):
     """HOPPER_FWD_CONFIGS: (BLOCK_N, STAGES) means BLOCK_M 128, a third element is BLOCK_M (192:
     three consumer warpgroups); Sk must be a multiple of BLOCK_N (no key tail), Sq only of 128."""

@@ -515,9 +515,24 @@ HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 # (scripts/ab_varlen.py --variants qsets,pub,defer,pub-defer, paired CUDA-graph replays, `bench varlen`'s case,
 # ...-s27-ab-varlen-late.txt), over two Q sets alone: D = 128 both +0.7% non-causal (0.930 -> 0.936x dense), +1.6%
 # causal; PUB alone -0.1 / +0.7%, DEFER alone -0.3 / -0.1%; D = 64 causal both +1.6% (0.943 -> 0.961x).
-# Experiment (session 27, off): the causal forward's ALiBi takes the split's "before" form on the blocks the diagonal
-# crosses too (kernel ALIBI = 2; hopper_softmax._softmax_step): the keys after a row's diagonal are masked anyway.
-HOPPER_FWD_ALIBI_CAUSAL_SPLIT = False
+# At these head dims the causal forward's ALiBi (the kernel's CAUSAL, without softcap or a window) takes the split's
+# "before" form on the blocks the diagonal crosses too (kernel ALIBI = 2, hopper_softmax._softmax_step): a row's keys
+# after its diagonal are masked anyway, so no score there needs |diag - j| (the crossing block's step: D = 128
+# persistent, its longest loop 872 -> 668-702 instructions, spill 40 -> 0 B). H200, session 27 (scripts/ab_attention.py
+# --gluon --paired 20 --switch HOPPER_FWD_ALIBI_CAUSAL_SPLIT --alibi --causal 1, FA3-paper shapes,
+# ...-s27-ab-alibi-csplit.txt), on / off at 1k / 4k / 16k: D = 128 +8.6 / +1.2 / +1.8%, D = 256 +0.8 / +2.2 / +2.6%,
+# D = 64 +0.4 / -0.1 / -2.8% (not taken there).
+HOPPER_FWD_ALIBI_CAUSAL_SPLIT: tuple = (128, 256)
+
+
+def hopper_fwd_alibi_mode(head_dim, alibi: bool, causal: bool, softcap: bool):
+    """The forward kernel's ALIBI: False without slopes; 2 for the kernel's CAUSAL builds without softcap (the
+    split's builds) at the head dims of HOPPER_FWD_ALIBI_CAUSAL_SPLIT (the split's form on the diagonal's blocks
+    too); else True."""
+    if not alibi:
+        return False
+    return 2 if causal and not softcap and head_dim in HOPPER_FWD_ALIBI_CAUSAL_SPLIT else True
+
 HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
 HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
 
@@ -879,8 +894,8 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
     kwargs = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal,
                   SOFTCAP=_hopper_fwd_softcap_mode(softcap, alibi_slopes is not None or sink is not None or has_window,
                                                    D, causal, q.dtype),
-                  ALIBI=(2 if HOPPER_FWD_ALIBI_CAUSAL_SPLIT else True) if alibi_slopes is not None else False,
-                  SINK=sink is not None, WINDOW=has_window, num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **extra)
+                  ALIBI=hopper_fwd_alibi_mode(D, alibi_slopes is not None, causal, softcap > 0), SINK=sink is not None,
+                  WINDOW=has_window, num_warps=4, maxnreg=fwd_hopper.maxnreg(block_m), **extra)
     return grid, args, kwargs
 
 

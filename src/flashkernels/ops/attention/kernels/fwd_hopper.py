@@ -34,7 +34,8 @@ a GPU; the row max is then taken over the tanh, times softcap·log2 e; SOFTCAP =
 choice for bf16 with a cap <= 40 and no other score feature: the row max fixed at its bound
 softcap·log2 e, see hopper_softmax._softmax_step), ALIBI (-slope·|i + off - j|
 with |i + off - j| exact in fp32, in the raw scores' units before the max; slopes (H,) or (B, H)
-through a pointer and batch/head strides), SINK (one more logit a row, no value: the running max
+through a pointer and batch/head strides; ALIBI = 2 with CAUSAL: no block takes |i - j| per score,
+launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT), SINK (one more logit a row, no value: the running max
 and sum start at it), WINDOW (keys i + off - left .. i + off + right, off = causal_offset; both
 the producer and the consumers walk the CTA's key blocks [lo, lo + n), the union of its rows'
 windows; masks only on the blocks some row of the warpgroup does not see whole; a row that sees

@@ -34,6 +34,9 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
     the exponent's per-row offset (one op a row, not a score); only the blocks a diagonal crosses
     take |diag - j| per score. Not with SOFTCAP or WINDOW (VARLEN builds are WINDOW's): their
     registers spilled with it (12-36 B), and there every score takes |diag - j|.
+    ALIBI = 2 with CAUSAL (launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT): every key a row sees lies at or before
+    its diagonal and the rest are masked below, so the blocks the diagonal crosses take the "before"
+    form too, and no block takes |diag - j| per score.
     ALIBI_MMA (the split's builds): s came with the column part from the tensor cores already
     (fwd_hopper._ws_qk: + slope·c on the blocks not after the diagonal, - after), so the split's
     blocks add nothing a score, and a block the diagonal crosses takes s - slope·max(dn, 2c - dn)
@@ -63,9 +66,7 @@ def _softmax_step(s, m_i, l_i, qk_scale, cap_scale, slope, colbias, offs_m, m0, 
         d = (diag - start_n).to(gl.float32)[:, None] - \
             gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)).to(gl.float32)[None, :]
         s = gl.fma(-slope, gl.abs(d), s)  # (written as the fma LLVM makes of s - slope · |d|: see below)
-    if ALIBI_SPLIT and CAUSAL and ALIBI == 2:  # (experiment: launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT)
-        # causal: every key a row sees lies at or before its diagonal, and those after it are masked below, so the
-        # "before" split holds on the blocks the diagonal crosses too: no per-score |diag - j| there
+    if ALIBI_SPLIT and CAUSAL and ALIBI == 2:  # (causal, ALIBI = 2: the "before" form on every block)
         dn = (diag - start_n).to(gl.float32)
         if not ALIBI_MMA:
             s = s + colbias[None, :]
