@@ -20,6 +20,10 @@
 #                                         blocks too (launch.HOPPER_FWD_ALIBI_CAUSAL_SPLIT; experiment): the ALiBi GPU
 #                                         tests with it on, then scripts/ab_attention.py --alibi --paired (on / off) at
 #                                         D = 64 / 128 / 256, 1k / 4k / 16k, causal
+#   bash scripts/exp_session27.sh final   the committed defaults: the launch cache's GPU test, the varlen GPU suites
+#                                         (forward, ALiBi / sink, backward), the ALiBi forward / backward tests, bench
+#                                         varlen (and --paired), bench features --paired, the Gluon kernels' memcheck /
+#                                         racecheck
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet). The sections ran on the
 # commits docs/gpu-test-log.md's session-27 rows name.
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -60,5 +64,19 @@ case "${1:-}" in
     timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" \
       --switch HOPPER_FWD_ALIBI_CAUSAL_SPLIT --alibi --modes fwd --seqlens 1024,4096,16384 \
       --head-dims "${DIMS:-128,64,256}" --causal 1 2>&1 | tail -14 | tee -a "$OUT/ab-alibi-csplit.txt" ;;
-  *) echo "usage: $0 d64|late|rowsum|alibi"; exit 2 ;;
+  final)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout 60 python -m pytest -q -p no:warnings -m gpu --tb=short \
+      tests/test_launch_cache.py 2>&1 | tail -4 | tee -a "$OUT/final.txt"
+    timeout 120 python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short tests/test_hopper_fwd_varlen.py \
+      tests/test_alibi_sink_varlen.py tests/test_hopper_bwd_varlen.py 2>&1 | tail -6 | tee -a "$OUT/final.txt"
+    timeout 130 python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short tests/test_hopper_fwd.py \
+      tests/test_hopper_bwd.py -k "alibi and not memcheck and not racecheck" 2>&1 | tail -6 | tee -a "$OUT/final.txt"
+    timeout 50 python -m flashkernels bench varlen --csv "$OUT/varlen.csv" 2>&1 | tail -8 | tee -a "$OUT/varlen.txt"
+    timeout 70 python -m flashkernels bench varlen --paired "${N:-12}" --csv "$OUT/varlen-paired.csv" 2>&1 \
+      | tail -12 | tee -a "$OUT/varlen-paired.txt"
+    timeout 90 python -m flashkernels bench features --paired "${NF:-16}" --csv "$OUT/features-paired.csv" 2>&1 \
+      | tail -16 | tee -a "$OUT/features-paired.txt"
+    timeout "${TS:-110}" python -m pytest -q -p no:warnings -m gpu -n 2 --tb=short tests/test_hopper_bwd.py \
+      -k "memcheck or racecheck" 2>&1 | tail -12 | tee -a "$OUT/final.txt" ;;
+  *) echo "usage: $0 d64|late|rowsum|alibi|final"; exit 2 ;;
 esac
