@@ -267,7 +267,8 @@ HOPPER_FWD_CONFIGS: dict[int, tuple[int, ...]] = {64: (128, 2, 192), HOPPER_HEAD
                                                   256: (64, 2)}
 HOPPER_FWD_MIN_SEQLEN: dict[int, int] = {64: 2048}  # head dim -> fewest query rows the Gluon forward takes
 # (packed sequences: compared with max_seqlen_q, the longest sequence's rows, which sets the grid
-# as Sq does; a batch of short sequences with one long one passes. Not measured for varlen.)
+# as Sq does; a batch of short sequences with one long one passes. Not applied where packed sequences
+# take two warpgroups: hopper_fwd_varlen_two_wg, D = 64's causal calls.)
 # The plain forward (no feature flag) with two warpgroups as a persistent kernel (kernels/fwd_hopper.py
 # PERSISTENT): one CTA an SM walks the tiles, and the next tile's first K / V blocks load during a
 # tile's output store. Measured on the H100 (scripts/ab_attention.py --gluon --switch
@@ -489,7 +490,8 @@ HOPPER_FWD_VARLEN_PACKED_MAX = 256
 # D = 64 named here takes two warpgroups for packed sequences (its config has three) at any max_seqlen_q
 # (hopper_fwd_varlen_two_wg): H200, session 26, with HOPPER_FWD_VARLEN_QSETS too, against the default (the
 # Triton kernel below 2048 rows; ...-s26-ab-varlen-d64.txt): +4.1% causal (0.908 -> 0.943x dense), -0.1%
-# non-causal (0.837x); not on: the three-warpgroup build it would replace from 2048 rows is unmeasured there.
+# non-causal (0.837x); for causal calls only since session 27 (HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL below: from
+# 2048 rows non-causal lost 2% against the three-warpgroup build it replaces).
 HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
 # ... and these head dims for causal calls only (two sets of Q buffers too, HOPPER_FWD_VARLEN_QSETS below). D = 64,
 # H200, session 27 (scripts/ab_varlen.py --head-dims 64 --variants grid,persistent,qsets [--scale 4], paired
