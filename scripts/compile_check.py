@@ -239,7 +239,8 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
                                                               ("desc_v", block_n), ("desc_o", wg_m))}
     consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
                   CAUSAL=causal and not window, num_warps=4, SOFTCAP=softcap,
-                  ALIBI=launch.hopper_fwd_alibi_mode(D, alibi, causal and not window, bool(softcap)), SINK=sink, WINDOW=window)
+                  ALIBI=launch.hopper_fwd_alibi_mode(D, alibi, causal and not window, bool(softcap)), SINK=sink,
+                  WINDOW=window)
     if softcap:  # (as launched, for a cap of 30)
         consts["SOFTCAP"] = launch._hopper_fwd_softcap_mode(30.0, bool(alibi or sink or window), D, causal, dtype)
     types = {"Lse": "*fp32", "Alibi": "*fp32", "Sink": "*fp32", "softcap": "fp32", "Out": f"*{TORCH_TO_TT[dtype]}",

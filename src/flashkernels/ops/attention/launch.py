@@ -495,9 +495,9 @@ HOPPER_FWD_VARLEN_PACKED_MAX = 256
 HOPPER_FWD_VARLEN_PERSISTENT: tuple = (128,)
 # ... and these head dims for causal calls only (two sets of Q buffers too, HOPPER_FWD_VARLEN_QSETS below). D = 64,
 # H200, session 27 (scripts/ab_varlen.py --head-dims 64 --variants grid,persistent,qsets [--scale 4], paired
-# CUDA-graph replays, ...-s27-ab-varlen-d64.txt): with two Q sets over the default, causal +3.4% on `bench varlen`'s
-# lengths (the Triton kernel: 0.913 -> 0.948x dense) and +2.8% on them x 4 (968-7908, the three-warpgroup grid from
-# 2048 rows: 0.903 -> 0.929x); non-causal +0.0% and -2.0%, so not for those.
+# CUDA-graph replays, ...-s27-ab-varlen-d64-x{1,4}.txt): with two Q sets over the default, causal +3.4% on
+# `bench varlen`'s lengths (the Triton kernel: 0.913 -> 0.948x dense) and +2.8% on them x 4 (968-7908, the
+# three-warpgroup grid from 2048 rows: 0.903 -> 0.929x); non-causal +0.0% and -2.0%, so not for those.
 HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: tuple = (64,)
 # The persistent varlen launch with two sets of Q buffers (kernels/fwd_hopper._ws_producer_dyn's QSETS = 2): the
 # next tile's Q loads while this one runs, not after its output store, at these of
@@ -517,6 +517,10 @@ HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
 # (scripts/ab_varlen.py --variants qsets,pub,defer,pub-defer, paired CUDA-graph replays, `bench varlen`'s case,
 # ...-s27-ab-varlen-late.txt), over two Q sets alone: D = 128 both +0.7% non-causal (0.930 -> 0.936x dense), +1.6%
 # causal; PUB alone -0.1 / +0.7%, DEFER alone -0.3 / -0.1%; D = 64 causal both +1.6% (0.943 -> 0.961x).
+HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
+HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
+
+
 # At these head dims the causal forward's ALiBi (the kernel's CAUSAL, without softcap or a window) takes the split's
 # "before" form on the blocks the diagonal crosses too (kernel ALIBI = 2, hopper_softmax._softmax_step): a row's keys
 # after its diagonal are masked anyway, so no score there needs |diag - j| (the crossing block's step: D = 128
@@ -534,9 +538,6 @@ def hopper_fwd_alibi_mode(head_dim, alibi: bool, causal: bool, softcap: bool):
     if not alibi:
         return False
     return 2 if causal and not softcap and head_dim in HOPPER_FWD_ALIBI_CAUSAL_SPLIT else True
-
-HOPPER_FWD_VARLEN_PUB: tuple = (64, 128)
-HOPPER_FWD_VARLEN_DEFER: tuple = (64, 128)
 
 
 def hopper_fwd_varlen_two_wg(head_dim, causal: bool) -> bool:
