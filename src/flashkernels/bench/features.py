@@ -146,18 +146,21 @@ def run_varlen(args) -> int:
     return 0
 
 
-def _paired_varlen(f_var, f_den, wrt_var, wrt_den, flop_ratio: float, reps: int, backward: bool) -> None:
-    """Print varlen's TF/s over dense's from ``reps`` alternating CUDA-graph replays of the two calls
-    (common.paired_ms), forward and (``backward``) backward: median [p10, p90] over repetitions."""
+def _paired_modes(calls, reps: int, backward: bool) -> list:
+    """[(mode, times)] for the forward ("fwd") and (``backward``) the backward ("bwd") of ``calls``, (f, wrt)
+    pairs: the CUDA graphs of each f() (or of the gradient of its output with respect to wrt, for a random
+    dO), captured on a side stream and replayed in alternation ``reps`` times (common.paired_ms); times holds
+    one list of ms a call."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
+    result = []
     with torch.cuda.stream(stream), warnings.catch_warnings():
         # (the inputs' AccumulateGrad nodes, made by the table's backward on the default stream, meet this
         # side stream: torch warns of a possible sync; the graphs capture and replay all the same)
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
         for mode in ("fwd", "bwd") if backward else ("fwd",):
             fns = []
-            for f, wrt in ((f_var, wrt_var), (f_den, wrt_den)):
+            for f, wrt in calls:
                 if mode == "fwd":
                     fns.append(f)
                 else:
@@ -167,49 +170,38 @@ def _paired_varlen(f_var, f_den, wrt_var, wrt_den, flop_ratio: float, reps: int,
                         torch.autograd.grad(out, wrt, do, retain_graph=True)
                     fns.append(fn)  # (alive, with its out and dO, until the replays end)
             graphs = capture_calls(fns, stream)
-            times = paired_ms([g.replay for g in graphs], reps=reps)
-            # (varlen's TF/s over dense's in each repetition: dense's time scaled by the FLOP ratio over varlen's)
-            med, lo, hi = paired_ratio([t * flop_ratio for t in times[1]], times[0])
-            print(f"    paired {mode} ({reps} repetitions): varlen {statistics.median(times[0]):.3f} ms, dense "
-                  f"{statistics.median(times[1]):.3f} ms, varlen / dense TF/s {med:.3f} [{lo:.3f}, {hi:.3f}]")
-            del graphs
+            result.append((mode, paired_ms([g.replay for g in graphs], reps=reps)))
+            del graphs, fns
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
+    return result
+
+
+def _paired_varlen(f_var, f_den, wrt_var, wrt_den, flop_ratio: float, reps: int, backward: bool) -> None:
+    """Print varlen's TF/s over dense's from ``reps`` alternating CUDA-graph replays of the two calls
+    (_paired_modes), forward and (``backward``) backward: median [p10, p90] over repetitions."""
+    for mode, times in _paired_modes(((f_var, wrt_var), (f_den, wrt_den)), reps, backward):
+        # (varlen's TF/s over dense's in each repetition: dense's time scaled by the FLOP ratio over varlen's)
+        med, lo, hi = paired_ratio([t * flop_ratio for t in times[1]], times[0])
+        print(f"    paired {mode} ({reps} repetitions): varlen {statistics.median(times[0]):.3f} ms, dense "
+              f"{statistics.median(times[1]):.3f} ms, varlen / dense TF/s {med:.3f} [{lo:.3f}, {hi:.3f}]")
 
 
 def _paired_features(q, k, v, sink, variants: dict, reps: int, backward: bool) -> None:
     """Print each variant's time over the first's (plain) from ``reps`` alternating CUDA-graph
-    replays of all of them, forward and (``backward``) backward: median [p10, p90]."""
+    replays of all of them (_paired_modes), forward and (``backward``) backward: median [p10, p90]."""
     import flashkernels
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     print(f"paired ({reps} repetitions: each variant's median time, and its time over plain's in the same "
           "repetition: median [p10, p90])")
-    with torch.cuda.stream(stream):
-        for mode in ("fwd", "bwd") if backward else ("fwd",):
-            fns = []
-            for kw in variants.values():
-                if mode == "fwd":  # (with the inputs' grad on, as the table above times it)
-                    def fn(kw=kw):
-                        flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
-                else:
-                    wrt = (q, k, v) + ((sink,) if "learnable_sink" in kw else ())
-                    out = flashkernels.flash_attn_func(q, k, v, causal=True, **kw)
-
-                    def fn(out=out, do=torch.randn_like(out), wrt=wrt):
-                        torch.autograd.grad(out, wrt, do, retain_graph=True)
-                fns.append(fn)  # (alive, with its out and dO, until the replays end)
-            graphs = capture_calls(fns, stream)
-            times = paired_ms([g.replay for g in graphs], reps=reps)
-            cells = [f"plain {statistics.median(times[0]):.3f} ms"]
-            for name, t in zip(list(variants)[1:], times[1:]):
-                med, lo, hi = paired_ratio(t, times[0])
-                cells.append(f"{name} {statistics.median(t):.3f} ms, {med:.3f} [{lo:.3f}, {hi:.3f}]")
-            print(f"  {mode}: " + "; ".join(cells))
-            del graphs
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
+    calls = [(lambda kw=kw: flashkernels.flash_attn_func(q, k, v, causal=True, **kw),  # (grads on, as the table's)
+              (q, k, v) + ((sink,) if "learnable_sink" in kw else ())) for kw in variants.values()]
+    for mode, times in _paired_modes(calls, reps, backward):
+        cells = [f"plain {statistics.median(times[0]):.3f} ms"]
+        for name, t in zip(list(variants)[1:], times[1:]):
+            med, lo, hi = paired_ratio(t, times[0])
+            cells.append(f"{name} {statistics.median(t):.3f} ms, {med:.3f} [{lo:.3f}, {hi:.3f}]")
+        print(f"  {mode}: " + "; ".join(cells))
 
 
 def run_features(args) -> int:
