@@ -67,6 +67,11 @@ VARIANTS = {
     # default's 2.79 / 2.68, 2.63 / 2.54 against 2.75 / 2.67 at B = 1: lost
     "tma-bn16-st8-s1": (C(16, 16, 4, 8, tma=True), 1, 33),
     "tma-bn16-st8": (C(16, 16, 4, 8, tma=True), 0, 0),
+    # session 28: 7 stages, the paged cache's pipelined ring three deep (the page-table entry's load feeds the K / V
+    # loads' addresses: Triton's pipeliner spaces the two ceil((stages - 2) / 2) apart; 4 stages: one deep)
+    "fast-bn64-st7": (C(16, 64, 4, 7, fast=True), 0, 0),
+    "fast-bn64-st7-s1": (C(16, 64, 4, 7, fast=True), 1, 33),
+    "fast-bn64-st7-s4": (C(16, 64, 4, 7, fast=True), 4, 66),
 }
 EAGER_TOO = ("old", "fast-st3", "sdpa-cudnn", "sdpa-flash")
 CASES = ((16, 8192), (1, 131072))

@@ -3,7 +3,8 @@ summing to 16384, bf16, forward), each variant of VARIANTS (the launch switches 
 packed-tile grid launch), persistent (the dynamic tile scheduler, launch.HOPPER_FWD_VARLEN_PERSISTENT),
 qsets (+ two sets of Q buffers, HOPPER_FWD_VARLEN_QSETS), sorted / sorted-outer (qsets', the tiles
 longest first: HOPPER_FWD_VARLEN_SORT 1, the heads innermost, or 2, head by head), pub / defer /
-pub-defer (qsets' with HOPPER_FWD_VARLEN_PUB, _DEFER or both); and the dense
+pub-defer (qsets' with HOPPER_FWD_VARLEN_PUB, _DEFER or both), pub-defer-st3 (pub-defer's with a
+three-stage K / V ring at any length, HOPPER_FWD_VARLEN_SHORT); and the dense
 forward at the mean length (B = 16, S = 1024) for issue 5's ratio; CUDA graphs of all replayed in
 alternation (bench.common.paired_ms, the L2 flushed before each), so each ratio is read per repetition.
 
@@ -30,12 +31,15 @@ from flashkernels.ops.attention import launch
 
 
 SWITCHES = ("HOPPER_FWD_VARLEN_PERSISTENT", "HOPPER_FWD_VARLEN_SORT", "HOPPER_FWD_VARLEN_QSETS",
-            "HOPPER_FWD_VARLEN_PUB", "HOPPER_FWD_VARLEN_DEFER", "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL")
-# variant -> the launch switches of SWITCHES (at the head dim, or off; the sort's value)
-VARIANTS = {"grid": (False, 0, False, False, False, False), "persistent": (True, 0, False, False, False, False),
-            "qsets": (True, 0, True, False, False, False), "sorted": (True, 1, True, False, False, False),
-            "sorted-outer": (True, 2, True, False, False, False), "pub": (True, 0, True, True, False, False),
-            "defer": (True, 0, True, False, True, False), "pub-defer": (True, 0, True, True, True, False)}
+            "HOPPER_FWD_VARLEN_PUB", "HOPPER_FWD_VARLEN_DEFER", "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL",
+            "HOPPER_FWD_VARLEN_SHORT")
+# variant -> the launch switches of SWITCHES (at the head dim, or off; the sort's value; the ring's stages at any
+# length, HOPPER_FWD_VARLEN_SHORT, 0: none, the config's)
+VARIANTS = {"grid": (False, 0, False, False, False, False, 0), "persistent": (True, 0, False, False, False, False, 0),
+            "qsets": (True, 0, True, False, False, False, 0), "sorted": (True, 1, True, False, False, False, 0),
+            "sorted-outer": (True, 2, True, False, False, False, 0), "pub": (True, 0, True, True, False, False, 0),
+            "defer": (True, 0, True, False, True, False, 0), "pub-defer": (True, 0, True, True, True, False, 0),
+            "pub-defer-st3": (True, 0, True, True, True, False, 3)}
 
 
 def main():
@@ -71,7 +75,8 @@ def main():
             def varlen(name, causal=causal, D=D, q=q, k=k, v=v):
                 saved = {sw: getattr(launch, sw) for sw in SWITCHES}
                 for sw, on in zip(SWITCHES, VARIANTS[name]):
-                    setattr(launch, sw, on if sw == "HOPPER_FWD_VARLEN_SORT" else (D,) if on else ())
+                    setattr(launch, sw, on if sw == "HOPPER_FWD_VARLEN_SORT" else ({D: (1 << 30, on)} if on else {})
+                            if sw == "HOPPER_FWD_VARLEN_SHORT" else (D,) if on else ())
                 try:
                     flashkernels.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal,
                                                         check_inputs=False)

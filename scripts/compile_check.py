@@ -221,17 +221,18 @@ def _compile_gluon(fn, descs: dict, ptrs: dict, consts: dict, maxnreg: int, sass
 
 
 def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM, softcap=False, alibi=False,
-                       sink=False, window=False, config=None, varlen=False, persistent=None):
+                       sink=False, window=False, config=None, varlen=False, persistent=None, rows=None):
     """(smem, report) of the Gluon forward built as launch.hopper_fwd launches it at head dim D
     (its launch.HOPPER_FWD_CONFIGS entry, or ``config`` = (BLOCK_M, BLOCK_N, STAGES)), with its
     feature flags (kernels/fwd_hopper.py: SOFTCAP, ALIBI, SINK, WINDOW; WINDOW replaces CAUSAL, as
     the launcher passes them; VARLEN: packed sequences, always with WINDOW, causal or not, as the
-    launcher passes them: one build for both)."""
+    launcher passes them: one build for both; ``rows``: their max_seqlen_q, None: past every row floor)."""
     from flashkernels.ops.attention.kernels import fwd_hopper
 
     block_m, block_n, stages = config or launch.hopper_fwd_config(D, alibi)
-    if varlen and config is None and launch.hopper_fwd_varlen_two_wg(D, causal):  # (as launched)
+    if varlen and config is None and launch.hopper_fwd_varlen_two_wg(D, causal, rows):  # (as launched)
         block_m = launch.HOPPER_BLOCK_M
+        stages = launch.hopper_fwd_varlen_short_stages(D, rows) or stages
     window = window or varlen
     x = torch.empty(1, 1024, 2, D, dtype=dtype).transpose(1, 2)  # (B, H, S, D) view of (B, S, H, D)
     wg_m = 64  # rows of one consumer warpgroup
@@ -249,7 +250,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
     if persistent is None:  # (as the launcher builds it)
         persistent = launch.hopper_fwd_persistent(D, block_m, window or varlen, causal, softcap or alibi or sink)
         if varlen:  # (the packed tiles by the dynamic scheduler)
-            persistent = launch.hopper_fwd_varlen_two_wg(D, causal) and block_m == launch.HOPPER_BLOCK_M
+            persistent = launch.hopper_fwd_varlen_two_wg(D, causal, rows) and block_m == launch.HOPPER_BLOCK_M
     if persistent and varlen:
         consts["PERSISTENT"] = True
         types["Sched"] = "*i32"

@@ -94,10 +94,10 @@ def main():
         for d in map(int, args.dims.split(",")):
             bd = block_d(d)
             for rows in map(int, args.rows.split(",")):
-                cfgs = ([launch.Config(*map(int, c.split(":"))) for c in args.configs.split(",")] if args.configs
-                        else [launch.attn_config(rows, d, dtype, dev)])
-                for cfg in cfgs:
+                for i_cfg in range(len(args.configs.split(",")) if args.configs else 1):
                     for page in map(int, args.pages.split(",")):
+                        cfg = (launch.Config(*map(int, args.configs.split(",")[i_cfg].split(":"))) if args.configs
+                               else launch.attn_config(rows, d, dtype, dev, page > 0))  # (as launched)
                         for split, feats, path in itertools.product(
                                 (False, True), [()] + ([tuple(extra)] if extra else []), args.paths.split(",")):
                             if path == "tma" and page % cfg.block_n:

@@ -119,8 +119,9 @@ def test_varlen_backward_takes_the_hopper_path(machine_ok, monkeypatch, case, de
     lq, lk, causal, window, with_feats = case
     calls = []
     monkeypatch.setattr(launch, "attn_bwd_hopper_impl", _emulated_varlen_bwd(calls))
-    # (D = 64 below its row floor: the Triton forward, also for causal calls, which would take the Gluon one)
+    # (D = 64 below its row floor: the Triton forward, for the calls that would take the Gluon one too)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {})
     Hq, Hkv, D, n = 4, 2, 64, len(lq)
     q, k, v, cu_q, cu_k = _packed(lq, lk, Hq, Hkv, D, f16)
     kw = dict(softcap=2.0, alibi_slopes=torch.rand(n, Hq) * 0.1) if with_feats else {}

@@ -53,19 +53,27 @@ def _varlen_fwd_args(lens_q=(100, 1, 0, 257), **over):
 def test_varlen_d64_rows_floor(machine_ok, monkeypatch):
     """D = 64's HOPPER_FWD_MIN_SEQLEN applies to packed sequences (against max_seqlen_q) unless the call
     takes two warpgroups (the dynamic scheduler's build): HOPPER_FWD_VARLEN_PERSISTENT names D = 64, or
-    the call is causal and HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL names it (the default)."""
+    the call is causal and HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL names it (the default), or
+    HOPPER_FWD_VARLEN_SHORT names it with more rows than max_seqlen_q (the default: the floor's 2048)."""
     fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
     short, long = (100, fewest - 1), (100, fewest)
     assert launch.HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL == (64,)  # (default)
+    assert launch.HOPPER_FWD_VARLEN_SHORT == {64: (fewest, 3)}  # (default)
+    for causal in (True, False):
+        assert launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=causal)) is None
+    assert launch.hopper_fwd_reason(**_varlen_fwd_args(long, D=64, causal=False)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {64: (fewest - 1, 3)})
     assert launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64)) is None  # (causal)
     assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=False))
-    assert launch.hopper_fwd_reason(**_varlen_fwd_args(long, D=64, causal=False)) is None
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {})
+    assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=False))
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
     assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64))
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (64, 128))
     for causal in (True, False):
         assert launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=causal)) is None
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", (64,))
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {64: (fewest, 3)})
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PACKED", False)  # (no dynamic scheduler without the packed grid)
     for causal in (True, False):
         assert "faster below" in launch.hopper_fwd_reason(**_varlen_fwd_args(short, D=64, causal=causal))
@@ -103,9 +111,11 @@ def test_fwd_reason_varlen(machine_ok, over, expected):
     assert why is None if expected is None else (why is not None and expected in why), why
 
 
-def test_d64_floor_is_max_seqlen_q(machine_ok):
+def test_d64_floor_is_max_seqlen_q(machine_ok, monkeypatch):
     """D = 64's HOPPER_FWD_MIN_SEQLEN compares the longest sequence (max_seqlen_q, the grid's rows),
-    not the packed total (non-causal: causal calls take the persistent launch at any length)."""
+    not the packed total (non-causal, HOPPER_FWD_VARLEN_SHORT off: causal calls take the persistent launch at
+    any length)."""
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {})
     fewest = launch.HOPPER_FWD_MIN_SEQLEN[64]
     short = _varlen_fwd_args(lens_q=(fewest - 1, fewest - 1), D=64, H=2, Hkv=2, causal=False)  # total past the floor
     assert f"max_seqlen_q {fewest - 1}" in launch.hopper_fwd_reason(**short)
@@ -145,6 +155,7 @@ def test_varlen_launch_arguments(monkeypatch, D, causal, window, bounds):
     monkeypatch.setattr(fwd_hopper, "attn_fwd_hopper_kernel", stub)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", ())  # (the grid launches; the persistent one below)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {})
     lens_q, lens_k = (100, 1, 0, 257), (64, 3, 9, 200)
     n, H, Hkv = len(lens_q), 4, 2
     a = _varlen_fwd_args(lens_q, lens_k=lens_k, H=H, Hkv=Hkv, D=D)
@@ -248,11 +259,23 @@ def test_varlen_persistent_launch_arguments(monkeypatch):
     assert "VARLEN_QSETS" not in run(256, lens)
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", ())
     # D = 64 (three warpgroups in its config): named, its packed sequences take two and run persistent; by
-    # default (HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL) its causal calls, with two sets of Q buffers
+    # default (HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL) its causal calls, with two sets of Q buffers, and below
+    # HOPPER_FWD_VARLEN_SHORT's rows (max_seqlen_q) every call, with its K / V stages
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_QSETS", (64, 128))
-    s = run(64, lens)
-    assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and s["grid"] == (min((sum(lens) // 128 + 4) * 4, 132),)
-    assert s["VARLEN_QSETS"] == 2
+    fewest, st = launch.HOPPER_FWD_VARLEN_SHORT[64]
+    stages = launch.HOPPER_FWD_CONFIGS[64][1]
+    assert st != stages
+    long = (100, fewest)
+    for causal in (True, False):
+        s = run(64, lens, causal=causal)
+        assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and s["STAGES"] == st and s["VARLEN_QSETS"] == 2
+        assert s["grid"] == (min((sum(lens) // 128 + 4) * 4, 132),)
+    s = run(64, long)
+    assert s["BLOCK_M"] == 128 and s["PERSISTENT"] is True and s["STAGES"] == stages and s["VARLEN_QSETS"] == 2
+    s = run(64, long, causal=False)
+    assert s["BLOCK_M"] == 192 and "PERSISTENT" not in s and "VARLEN_QSETS" not in s and s["STAGES"] == stages
+    monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {})
+    assert run(64, lens)["STAGES"] == stages
     s = run(64, lens, causal=False)
     assert s["BLOCK_M"] == 192 and "PERSISTENT" not in s and "VARLEN_QSETS" not in s
     monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
@@ -549,6 +572,7 @@ _BENCH_LENS = (1183, 1723, 374, 460, 808, 1456, 1171, 1977, 1102, 1453, 890, 995
 PERSISTENT_CASES = {
     "odd-d128": (VARLEN_LENS["odd"][0], 8, 2, 128, None, (-1, -1), {}),
     "odd-d256": (VARLEN_LENS["odd"][0], 8, 2, 256, None, (-1, -1), {}),
+    "odd-d64": (VARLEN_LENS["odd"][0], 8, 2, 64, None, (-1, -1), {}),
     "aligned": ((128, 256, 0, 128, 1, 127, 129), 8, 8, 128, None, (-1, -1), {}),
     "bench-h16": (_BENCH_LENS, 16, 16, 128, None, (-1, -1), {}),
     "one-tile": ((0, 37, 0), 1, 1, 128, None, (-1, -1), {}),
@@ -560,10 +584,13 @@ PERSISTENT_CASES = {
 
 
 # The launches test_hopper_fwd_varlen_persistent_cuda compares, the grid first: (HOPPER_FWD_VARLEN_PERSISTENT,
-# HOPPER_FWD_VARLEN_SORT, HOPPER_FWD_VARLEN_QSETS, HOPPER_FWD_VARLEN_PUB and _DEFER) at the case's head dim or not
-_PERSISTENT_VARIANTS = {"grid": (False, 0, False, False), "persistent": (True, 0, False, False),
-                        "qsets": (True, 0, True, False), "pub-defer": (True, 0, True, True),
-                        "sorted-outer": (True, 2, True, False), "sorted": (True, 1, True, False)}
+# HOPPER_FWD_VARLEN_SORT, HOPPER_FWD_VARLEN_QSETS, HOPPER_FWD_VARLEN_PUB and _DEFER) at the case's head dim or not,
+# and the K / V stages HOPPER_FWD_VARLEN_SHORT gives at any length (0: off; D = 64 only: D = 128's two Q sets and
+# three stages would pass the shared memory)
+_PERSISTENT_VARIANTS = {"grid": (False, 0, False, False, 0), "persistent": (True, 0, False, False, 0),
+                        "qsets": (True, 0, True, False, 0), "pub-defer": (True, 0, True, True, 0),
+                        "pub-defer-st3": (True, 0, True, True, 3),
+                        "sorted-outer": (True, 2, True, False, 0), "sorted": (True, 1, True, False, 0)}
 
 
 @pytest.mark.gpu
@@ -575,7 +602,8 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
     D <= 128, else as "persistent"), with them and each tile's sequence published, its output store waited
     for late (HOPPER_FWD_VARLEN_PUB, HOPPER_FWD_VARLEN_DEFER), and longest first (HOPPER_FWD_VARLEN_SORT 1 and 2: the
     heads innermost or head by head; "many300"
-    passes HOPPER_FWD_VARLEN_SORT_MAX, so runs unsorted), computes bitwise what the packed-tile grid
+    passes HOPPER_FWD_VARLEN_SORT_MAX, so runs unsorted), at D = 64 with a three-stage K / V ring too
+    (HOPPER_FWD_VARLEN_SHORT; its grid launch has three warpgroups), computes bitwise what the packed-tile grid
     launch does, in two calls in a row (each call's counter starts at zero) and in two replays of
     one CUDA graph; every tile once, the empty ones writing nothing."""
     _needs_hopper()
@@ -592,7 +620,10 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
                                                        return_attn_probs=True, check_inputs=check_inputs, **kw)[:2]
 
     outs = {}
-    for variant, (persistent, sort, qsets, late) in _PERSISTENT_VARIANTS.items():
+    for variant, (persistent, sort, qsets, late, stages) in _PERSISTENT_VARIANTS.items():
+        if stages and D != 64:
+            continue
+        monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SHORT", {D: (1 << 30, stages)} if stages else {})
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT", (D,) if persistent else ())
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL", ())
         monkeypatch.setattr(launch, "HOPPER_FWD_VARLEN_SORT", sort)
@@ -618,7 +649,7 @@ def test_hopper_fwd_varlen_persistent_cuda(monkeypatch, case, causal):
             outs["sorted"].append(tuple(x.clone() for x in captured))
     grid_out, grid_lse = outs["grid"][0]
     assert torch.equal(outs["grid"][1][0], grid_out)
-    for variant in list(_PERSISTENT_VARIANTS)[1:]:
+    for variant in list(outs)[1:]:
         for i, (out, lse) in enumerate(outs[variant]):
             assert torch.equal(out, grid_out), f"{variant}: out differs from the grid launch's (call {i})"
             assert torch.equal(lse, grid_lse), f"{variant}: lse differs from the grid launch's (call {i})"

@@ -96,3 +96,40 @@ def test_fast_path_nan_beyond_the_row_stays_out(monkeypatch):
                 cache[args["block_table"][b][keys // c.page].long(), keys % c.page] = float("nan")
         out = flash_attn_with_kvcache(**args, backend="triton")
         assert torch.isfinite(out).all()
+
+
+def test_paged_decode_ring_as_deep_as_contiguous():
+    """A paged cache's decode build holds as many K / V tiles in flight as the contiguous cache's:
+    compiled for sm_90a as the launcher configures them (scripts/compile_check_kvcache.py, in its
+    own process, no GPU), each paged build's shared memory is within 1 KB of the contiguous one's.
+    (Triton 3.6's pipeliner spaces the page-table entry's load and the tile's loads it addresses
+    ceil((stages - 2) / 2) stages apart: at the contiguous cache's 4 stages the paged ring was one
+    tile deep, 39 KB against 102 KB; launch.PAGED_STAGES.)"""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("triton ships no ptxas here")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, str(root / "scripts" / "compile_check_kvcache.py"), "--dims", "128",
+                          "--dtypes", "bf16", "--rows", "4", "--pages", "0,16,256", "--flags", "none",
+                          "--paths", "fast"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    smem = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"attn bf16 D=128 rows=4\s+\(.*\) (\w+) split=(\d) fast\s+smem\s+(\d+)", line)
+        if m:
+            smem[m.group(1), m.group(2)] = int(m.group(3))
+    assert len(smem) == 6, res.stdout[-3000:]
+    for split in "01":
+        contig = smem["contig", split]
+        assert contig > 90_000, smem  # (three 64-key K and V tiles, 96 KB, and the rest)
+        for layout in ("paged16", "paged256"):
+            assert abs(smem[layout, split] - contig) <= 1024, smem

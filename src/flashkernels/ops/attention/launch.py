@@ -508,6 +508,14 @@ HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL: tuple = (64,)
 # (0.940 -> 0.998x). (The tiles chained as the dense forward's, docs/patches/s26-varlen-chain.patch: -5.4% /
 # -10%, its loop's P operand copied into the wgmma's registers every step.)
 HOPPER_FWD_VARLEN_QSETS: tuple = (64, 128)
+# Head dim -> (rows, stages): packed sequences whose longest has fewer query rows (max_seqlen_q) take the
+# two-warpgroup persistent launch (hopper_fwd_varlen_two_wg), causal or not, with a K / V ring of that many stages.
+# D = 64, H200, session 28 (scripts/ab_varlen.py --head-dims 64 --variants grid,pub-defer,pub-defer-st3 [--scale 4],
+# paired CUDA-graph replays, ...-s28-ab-varlen-d64-x{1,4}.txt), on `bench varlen`'s lengths (242-1977): non-causal
+# +2.3% over the Triton kernel (0.846 -> 0.867x dense; two stages +1.6%), causal +1.8% over two stages (0.957 ->
+# 0.979x). On those lengths x 4 (968-7908, past the 2048-row floor) three stages lost 0.5% causal and 2.2%
+# non-causal against the three-warpgroup grid, so the floor stays there.
+HOPPER_FWD_VARLEN_SHORT: dict[int, tuple[int, int]] = {64: (2048, 3)}
 
 
 # With two Q sets, at these head dims: VARLEN_PUB, the producer publishes each tile's sequence with its index, so
@@ -540,13 +548,22 @@ def hopper_fwd_alibi_mode(head_dim, alibi: bool, causal: bool, softcap: bool):
     return 2 if causal and not softcap and head_dim in HOPPER_FWD_ALIBI_CAUSAL_SPLIT else True
 
 
-def hopper_fwd_varlen_two_wg(head_dim, causal: bool) -> bool:
+def hopper_fwd_varlen_short_stages(head_dim, rows: Optional[int]) -> int:
+    """The K / V stages HOPPER_FWD_VARLEN_SHORT gives packed sequences of at most ``rows`` query rows each (their
+    max_seqlen_q; None: not known) at ``head_dim``; 0: none (the head dim's config)."""
+    cfg = next((c for d, c in HOPPER_FWD_VARLEN_SHORT.items() if d == head_dim), None)  # (SymInt: by ==)
+    return cfg[1] if cfg is not None and rows is not None and rows < cfg[0] else 0
+
+
+def hopper_fwd_varlen_two_wg(head_dim, causal: bool, rows: Optional[int] = None) -> bool:
     """Whether packed sequences at ``head_dim`` take two consumer warpgroups (BLOCK_M 128) whatever
     HOPPER_FWD_CONFIGS says, and any max_seqlen_q (HOPPER_FWD_MIN_SEQLEN not applied): the head dims of
-    HOPPER_FWD_VARLEN_PERSISTENT, and for a ``causal`` call HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL's, whose
-    dynamic scheduler needs them (D = 64's config has three)."""
+    HOPPER_FWD_VARLEN_PERSISTENT, for a ``causal`` call HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL's, and below
+    HOPPER_FWD_VARLEN_SHORT's rows (``rows``: max_seqlen_q) its head dims, whose dynamic scheduler needs them
+    (D = 64's config has three)."""
     return HOPPER_FWD_VARLEN_PACKED and (any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT) or (
-        causal and any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL)))
+        causal and any(d == head_dim for d in HOPPER_FWD_VARLEN_PERSISTENT_CAUSAL))
+        or hopper_fwd_varlen_short_stages(head_dim, rows) > 0)
 
 
 def hopper_fwd_varlen_qsets(head_dim) -> int:
@@ -722,7 +739,7 @@ def hopper_fwd_reason(q, k, v, mask, scale, causal, causal_offset, bshd, window_
     if why is None:
         fewest = next((n for d, n in HOPPER_FWD_MIN_SEQLEN.items() if d == q.shape[3]), 0)  # (SymInt: by ==)
         rows = q.shape[2] if cu_seqlens_q is None else int(max_seqlen_q)
-        if rows < fewest and not (cu_seqlens_q is not None and hopper_fwd_varlen_two_wg(q.shape[3], causal)) and \
+        if rows < fewest and not (cu_seqlens_q is not None and hopper_fwd_varlen_two_wg(q.shape[3], causal, rows)) and \
                 not hopper_fwd_short(q.shape[3], rows, causal, _plain_call(
                 q, k, causal, causal_offset, window_left, window_right, softcap, alibi_slopes, sink, cu_seqlens_q)):
             what = "seqlen" if cu_seqlens_q is None else "max_seqlen_q"
@@ -831,9 +848,11 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
     else:
         block_m, block_n, stages = hopper_fwd_config(D, alibi_slopes is not None)
     varlen = cu_seqlens_q is not None
-    two_wg = varlen and hopper_fwd_varlen_two_wg(D, causal)  # (the call's causal, before the window's rewrite)
+    # (the call's causal, before the window's rewrite)
+    two_wg = varlen and hopper_fwd_varlen_two_wg(D, causal, int(max_seqlen_q))
     if two_wg:  # (the dynamic scheduler's build: two consumer warpgroups)
         block_m = HOPPER_BLOCK_M
+        stages = hopper_fwd_varlen_short_stages(D, int(max_seqlen_q)) or stages
     if varlen:  # always the kernel's WINDOW (each sequence's offset is its own, in the kernel)
         n_seq, rows = cu_seqlens_q.numel() - 1, int(max_seqlen_q)
         big = rows + int(max_seqlen_k)  # (no row's bound reaches it)

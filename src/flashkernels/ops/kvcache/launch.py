@@ -53,7 +53,15 @@ def _next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> Config:
+# Triton's software pipeliner (3.6) spaces a load that feeds another load's address (the page table's entry, then
+# the K / V tile it locates) ceil((num_stages - 2) / 2) stages apart, so a paged cache at the contiguous cache's 4
+# stages got a one-deep K / V ring (ptxas: 39 KB of shared memory, every step waiting for its own tile; contiguous:
+# 102 KB, three tiles in flight). PAGED_STAGES gives paged caches at the fast decode tile the contiguous one's
+# three-deep ring (104 KB, still two programs an SM).
+PAGED_STAGES = 7
+
+
+def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.device, paged: bool = False) -> Config:
     """BLOCK_M packed query rows (Sq x group) resident, BLOCK_N keys streamed a step.
 
     Decode (rows = group <= 16) uses BLOCK_M = 16, tl.dot's minimum; chunked prefill up to 64.
@@ -73,8 +81,11 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     if dtype == torch.float32:  # twice the bytes a tile: (64, 32) spilled ~1 KB at D=128, 11 KB at 256
         return Config(min(32 if bd >= 128 else 64, max(16, _next_pow2(rows))), 32 if bd <= 64 else 16, 8, 2)
     bm = min(64, max(16, _next_pow2(rows)))
-    cfg = Config(16, 64, 4, 4, fast=True) if bm == 16 and bd <= 128 else Config(bm, 64 if bd <= 128 else 32, 8, 2)
-    fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * st), _smem_limit(device.index or 0), True)
+    cfg = (Config(16, 64, 4, PAGED_STAGES if paged else 4, fast=True) if bm == 16 and bd <= 128
+           else Config(bm, 64 if bd <= 128 else 32, 8, 2))
+    # (K / V buffers: at most the stages; for a paged cache's ring at most its depth, ceil((stages - 2) / 2), + 1)
+    fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * (-(-(st - 2) // 2) + 1 if paged else st)),
+               _smem_limit(device.index or 0), True)
     return Config(*fit, *cfg[4:])
 
 
@@ -90,22 +101,23 @@ def _num_sms(device_index: int) -> int:
     return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
 
 
-def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device, paged: bool = False) -> int:
+def auto_num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
     """Splits so that programs x splits fills at most two programs an SM (132 SMs on an H100; the
     decode tiles fit two an SM), rounded down so no partial wave trails, with at least
     MIN_TILES_PER_SPLIT tiles of the cache's capacity a split: flash decoding's rule.
     ``capacity`` (not the live lengths, which would need a host sync) bounds the keys; a split
-    past a row's length exits at once. 1 when the grid already fills the GPU, and for a
-    contiguous cache already when it holds one program on 7/8 of the SMs.
+    past a row's length exits at once. 1 when the grid already holds one program on 7/8 of the SMs.
 
     H100, bf16, D=128, Hq/Hkv 32/8 (scripts/ab_decode.py, session 12, graph time, K+V TB/s):
     B=16 cache 8192 (128 programs) contiguous 2.79-2.80 with 1 split against 2.73-2.74 with 2
     (the combine kernel and a second launch), but paged 2.23 (page 16) / 2.33 (page 256) with 1
     against 2.67 / 2.74 with 2: the page lookups need a second program an SM to hide them.
     B=1 cache 128k (8 programs): 33 splits 2.75 contiguous, 2.66 / 2.74 paged; 3 splits at B=16
-    read 2.56 where 2 read 2.73 (session 7: a trailing partial wave)."""
+    read 2.56 where 2 read 2.73 (session 7: a trailing partial wave). Those paged caches ran a one-deep K / V ring
+    (see PAGED_STAGES); with it three deep, one split at B=16 (H200, session 28, ...-s28-ab-decode-st7.txt) reads 3.83
+    / 3.92 (page 16 / 256) against 3.68 / 3.71 with 2, so paged caches take the contiguous rule since."""
     n_sm = _num_sms(device.index or 0) if device.type == "cuda" else 4
-    if programs >= n_sm or (not paged and 8 * programs >= 7 * n_sm):
+    if 8 * programs >= 7 * n_sm:
         return 1
     tiles = triton_cdiv(capacity, block_n)
     return max(1, min(2 * n_sm // programs, tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
@@ -203,10 +215,10 @@ def kvcache_attn_impl(
         return out, lse.fill_(float("-inf"))
     capacity, num_rows, page = _capacity(k_cache, block_table)
     rows = Sq * group
-    cfg = attn_config(rows, D, q.dtype, q.device)
+    cfg = attn_config(rows, D, q.dtype, q.device, block_table is not None)
     programs = triton_cdiv(rows, cfg.block_m) * B * Hkv
     if num_splits <= 0:
-        num_splits = auto_num_splits(programs, capacity, cfg.block_n, q.device, block_table is not None)
+        num_splits = auto_num_splits(programs, capacity, cfg.block_n, q.device)
     num_splits = max(1, min(num_splits, triton_cdiv(max(capacity, 1), cfg.block_n), MAX_SPLITS))
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, capacity, Sq)
     split = num_splits > 1
