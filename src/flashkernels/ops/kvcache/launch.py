@@ -57,7 +57,10 @@ def _next_pow2(n: int) -> int:
 # the K / V tile it locates) ceil((num_stages - 2) / 2) stages apart, so a paged cache at the contiguous cache's 4
 # stages got a one-deep K / V ring (ptxas: 39 KB of shared memory, every step waiting for its own tile; contiguous:
 # 102 KB, three tiles in flight). PAGED_STAGES gives paged caches at the fast decode tile the contiguous one's
-# three-deep ring (104 KB, still two programs an SM).
+# three-deep ring (104 KB, still two programs an SM). H200, session 28 (scripts/ab_decode.py --repeats 3,
+# ...-s28-ab-decode-st7.txt, K+V TB/s, graph time), page 16 / 256 with 4 stages and 7: B=16 cache 8k 3.43 / 3.63
+# -> 3.83 / 3.92 (one split, auto_num_splits' rule since), B=1 cache 128k 3.45 / 3.64 -> 3.70 / 3.74; contiguous
+# 3.95 / 3.79.
 PAGED_STAGES = 7
 
 
@@ -65,9 +68,10 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     """BLOCK_M packed query rows (Sq x group) resident, BLOCK_N keys streamed a step.
 
     Decode (rows = group <= 16) uses BLOCK_M = 16, tl.dot's minimum; chunked prefill up to 64.
-    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 64, 4 warps, 4 stages) with
-    the ``fast`` path (unmasked full tiles, per-tile / per-page addresses): three 64-key K and V
-    buffers in flight (102 KB, two programs an SM) where (16, 128, 8, 2) had one. H100, bf16,
+    On the GPU: decode at head dim <= 128 in 16-bit types takes (16, 64, 4 warps, 4 stages; a paged
+    cache PAGED_STAGES) with the ``fast`` path (unmasked full tiles, per-tile / per-page addresses):
+    three 64-key K and V buffers in flight (102 KB, two programs an SM) where (16, 128, 8, 2) had one
+    (and, until session 28, the paged caches' 4 stages had one too). H100, bf16,
     D=128, Hq/Hkv 32/8, one process, CUDA-graph GPU time (scripts/ab_decode.py, 2026-11-26),
     K+V TB/s contiguous / paged 16 / paged 256: B=16 cache 8192 2.73 / 2.67 / 2.74 (two splits;
     was 2.64 / 2.47 / 2.52), B=1 cache 128k 2.57 / 2.53 / 2.59 (was 2.58 / 2.53 / 2.56); SDPA
