@@ -9,8 +9,15 @@ loads (contiguous, or pages of a multiple of BLOCK_N stored back to back). Inter
 mode, and splits put tile runs of every kind (masked head, unmasked body, masked tail) in one
 program.
 """
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import triton
 
 import flashkernels.ops.kvcache.launch as kv_launch
 from flashkernels.ops.kvcache.api import flash_attn_with_kvcache
@@ -105,14 +112,6 @@ def test_paged_decode_ring_as_deep_as_contiguous():
     (Triton 3.6's pipeliner spaces the page-table entry's load and the tile's loads it addresses
     ceil((stages - 2) / 2) stages apart: at the contiguous cache's 4 stages the paged ring was one
     tile deep, 39 KB against 102 KB; launch.PAGED_STAGES.)"""
-    import os
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("triton ships no ptxas here")
     root = Path(__file__).resolve().parents[1]

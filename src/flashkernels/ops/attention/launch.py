@@ -796,8 +796,8 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
     float32) with the Gluon kernel; the arguments (attn_fwd_impl's) must pass
     :func:`hopper_fwd_reason`. Packed sequences (``cu_seqlens_q``: B = 1, S = total_q; lse (1, H,
     total_q)): the kernel's VARLEN build, grid (total_q // BLOCK_M + n, H) over the packed query
-    tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences; at the head
-    dims of HOPPER_FWD_VARLEN_PERSISTENT those tiles by a dynamic scheduler in a persistent launch,
+    tiles (HOPPER_FWD_VARLEN_PACKED, fewer than HOPPER_FWD_VARLEN_PACKED_MAX sequences; where
+    :func:`hopper_fwd_varlen_two_wg` says, those tiles by a dynamic scheduler in a persistent launch,
     one CTA an SM, its counter a fresh zeroed int32), else (ceil(max_seqlen_q / BLOCK_M), n · H).
 
     Calls without packed sequences keep a plan per shape (HOPPER_FWD_PLANS, :func:`_fwd_plan_key`): a

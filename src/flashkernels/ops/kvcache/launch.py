@@ -87,9 +87,10 @@ def attn_config(rows: int, head_dim: int, dtype: torch.dtype, device: torch.devi
     bm = min(64, max(16, _next_pow2(rows)))
     cfg = (Config(16, 64, 4, PAGED_STAGES if paged else 4, fast=True) if bm == 16 and bd <= 128
            else Config(bm, 64 if bd <= 128 else 32, 8, 2))
-    # (K / V buffers: at most the stages; for a paged cache's ring at most its depth, ceil((stages - 2) / 2), + 1)
-    fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (m + 2 * n * (-(-(st - 2) // 2) + 1 if paged else st)),
-               _smem_limit(device.index or 0), True)
+    # (K / V buffers: at most the stages; for a paged cache's ring at most its depth, ceil((stages - 2) / 2), + 1,
+    # and 2 at least: a wgmma's operand ring holds one more)
+    fit = _fit(cfg[:4], lambda m, n, st: dtype.itemsize * bd * (
+        m + 2 * n * (max(-(-(st - 2) // 2) + 1, 2) if paged else st)), _smem_limit(device.index or 0), True)
     return Config(*fit, *cfg[4:])
 
 
