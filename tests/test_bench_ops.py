@@ -201,6 +201,29 @@ def test_bench_decode_refuses_a_bad_repeat_count(capsys):
     assert "--repeat: expected a count >= 1, got 0" in capsys.readouterr().err
 
 
+def test_bench_decode_table_reads_rows_against_the_copy_ceiling():
+    """format_table's ``of copy`` column: each row's K+V TB/s over the copy ceiling's (read + written)
+    TB/s, blank without a ceiling; ``vs fk``: time over flashkernels' contiguous time; the ceiling's
+    line names its TB/s and buffer."""
+    from flashkernels.bench import decode
+
+    base = dict(op="decode", dtype="bf16", batch=16, heads_q=32, heads_kv=8, seqlen_q=1, seqlen_k=8192,
+                head_dim=128, causal=False, gqa="", tflops=0.0)
+    rows = [dict(base, provider="flashkernels", mode="contig", ms=0.10, gbps=4000.0),
+            dict(base, provider="flashkernels", mode="paged16", ms=0.125, gbps=3200.0),
+            dict(base, provider="sdpa-cudnn", mode="contig", ms=0.08, gbps=5000.0)]
+    ceiling = dict(op="copy", provider="torch", seqlen_k=1 << 30, gbps=5000.0, ms=0.43)
+    lines = decode.format_table(rows, ceiling).splitlines()
+    assert lines[0] == "copy ceiling: 5.00 TB/s (device-to-device copy of 1024 MiB, bytes read + written)"
+    assert "of copy" in lines[1]
+    body = lines[3:]
+    assert body[0].split()[-3:] == ["4.00", "80.0%", "x1.00"], body[0]
+    assert body[1].split()[-3:] == ["3.20", "64.0%", "x1.25"], body[1]
+    assert body[2].split()[-3:] == ["5.00", "100.0%", "x0.80"], body[2]
+    plain = decode.format_table(rows).splitlines()
+    assert "copy ceiling" not in plain[0] and plain[2].split()[-2:] == ["4.00", "x1.00"]
+
+
 class _FakeClock:
     """A clock whose time the fake calls advance: paired_ms's marks read it."""
 

@@ -19,10 +19,16 @@ are < 0.1% here); TB/s = bytes / time. FLOPs = 4 * B * Hq * S * D. Timing with
 ``triton.testing.do_bench`` (median, L2 flushed between repetitions), all providers in one
 process; ``--graph`` times CUDA-graph replays of each call instead (GPU time, no host time: how a
 server that captures its decode step runs it).
+
+The card's copy ceiling (issue 5's yardstick: a decode step at 95% of it): a device-to-device copy
+of COPY_BYTES (or a quarter of the free memory, if less), (bytes read + written) / time, do_bench
+median, measured once a run; the table's ``of copy`` column is each row's TB/s over it
+(``--no-ceiling`` skips it).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -36,6 +42,7 @@ PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn")
 LAYOUTS = ("contig", "paged16", "paged256")
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
 CASES = ((16, 8192), (1, 131072))  # (batch, cache length)
+COPY_BYTES = 1 << 30  # the copy ceiling's buffer (bytes read, as many written)
 
 
 @dataclass(frozen=True)
@@ -140,11 +147,31 @@ def measure(provider: str, layout: str, s: DecodeShape, dtype: torch.dtype, num_
     return row
 
 
-def format_table(rows: list[dict]) -> str:
-    """One line per (shape, provider, layout): ms, TB/s of K+V read, and ``vs fk``: its time over
-    flashkernels' contiguous time (above 1: flashkernels is faster)."""
-    head = f"{'shape':28s} {'provider':13s} {'layout':9s} {'gqa':9s} {'ms':>9s} {'TB/s':>7s} {'vs fk':>8s}"
+def copy_ceiling(warmup_ms: float = 25, rep_ms: float = 100) -> dict:
+    """The copy ceiling's row: a device-to-device copy of COPY_BYTES (a quarter of the free memory
+    if less) on the current CUDA device, ``gbps`` = (bytes read + written) / time, as ANCHORS.md
+    counts it."""
+    free, _ = torch.cuda.mem_get_info()
+    n = min(COPY_BYTES, free // 4) // 16 * 16
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = do_bench_median(functools.partial(dst.copy_, src), warmup_ms, rep_ms)
+    del src, dst
+    torch.cuda.empty_cache()
+    return dict(op="copy", provider="torch", dtype="uint8", batch=1, heads_q=0, heads_kv=0, seqlen_q=0,
+                seqlen_k=n, head_dim=0, causal=False, mode="d2d", gqa="", ms=ms, tflops=0.0, gbps=2 * n / ms / 1e6)
+
+
+def format_table(rows: list[dict], ceiling: dict | None = None) -> str:
+    """One line per (shape, provider, layout): ms, TB/s of K+V read, ``of copy``: that over the
+    copy ceiling's TB/s (``ceiling``: :func:`copy_ceiling`'s row; none: blank), and ``vs fk``: its
+    time over flashkernels' contiguous time (above 1: flashkernels is faster)."""
+    head = (f"{'shape':28s} {'provider':13s} {'layout':9s} {'gqa':9s} {'ms':>9s} {'TB/s':>7s} {'of copy':>8s} "
+            f"{'vs fk':>8s}")
     lines = [head, "-" * len(head)]
+    if ceiling is not None:
+        lines.insert(0, f"copy ceiling: {ceiling['gbps'] / 1e3:.2f} TB/s (device-to-device copy of "
+                        f"{ceiling['seqlen_k'] >> 20} MiB, bytes read + written)")
     ours = {(r["batch"], r["seqlen_k"]): r for r in rows
             if r["provider"] == OURS and r["mode"] == "contig" and "error" not in r}
     for r in rows:
@@ -154,8 +181,9 @@ def format_table(rows: list[dict]) -> str:
             continue
         o = ours.get((r["batch"], r["seqlen_k"]))
         ratio = f"x{r['ms'] / o['ms']:.2f}" if o else ""
+        of_copy = f"{r['gbps'] / ceiling['gbps']:.1%}" if ceiling is not None else ""
         lines.append(f"{s.label():28s} {r['provider']:13s} {r['mode']:9s} {r['gqa']:9s} {r['ms']:9.4f} "
-                     f"{r['gbps'] / 1e3:7.2f} {ratio:>8s}")
+                     f"{r['gbps'] / 1e3:7.2f} {of_copy:>8s} {ratio:>8s}")
     return "\n".join(lines)
 
 
@@ -208,6 +236,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run every measurement N times in this process, on fresh inputs (default 1)")
     p.add_argument("--graph", action="store_true",
                    help="time CUDA-graph replays of each call (GPU time without the host's; default: eager calls)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the device-to-device copy that the 'of copy' column compares with")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,9 +268,16 @@ def run(args: argparse.Namespace) -> int:
               f"{'CUDA-graph replays' if args.graph else 'eager calls'}", flush=True)
         rows = run_decode_bench(cases, providers, layouts, DTYPES[args.dtype], args.num_splits, args.warmup,
                                 args.rep, args.csv, repeat=args.repeat, graph=args.graph)
+        ceiling = None
+        if not args.no_ceiling:
+            ceiling = dict(copy_ceiling(args.warmup, args.rep), **env)
+            if args.csv:
+                sink = CsvSink(args.csv)
+                sink.write(ceiling)
+                sink.close()
     except RuntimeError as exc:
         print(f"flashkernels bench decode: {exc}", file=sys.stderr)
         return 2
     print()
-    print(format_table(rows))
+    print(format_table(rows, ceiling))
     return 1 if any("error" in r and r["provider"] == OURS for r in rows) else 0
