@@ -266,6 +266,9 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
         consts["PERSISTENT"] = True
         if launch.hopper_fwd_chained(D):  # (as launched)
             consts["CHAIN"] = launch.hopper_fwd_chain_flag(D)
+            if config is None and launch.hopper_fwd_split_tail(D, causal, bool(softcap or alibi or sink or window)):
+                consts["SPLIT_TAIL"] = True  # (as launched where the tiles leave a last round)
+                types.update(Part="*fp32", Flags="*i32")
     elif causal and not (window or varlen) and launch.HOPPER_FWD_CAUSAL_REVERSE:  # (as launched)
         consts["REVERSE_M"] = True
     if launch.hopper_fwd_alibi_mma(D, alibi, softcap or window):  # (as launched at 4k rows)

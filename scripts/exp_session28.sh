@@ -10,8 +10,15 @@
 #   bash scripts/exp_session28.sh decode  the decode step on this card: the device-to-device copy ceiling (bytes read
 #                                         + written a second, as ANCHORS.md's), then `flashkernels bench decode
 #                                         --graph` (SDPA flash / cuDNN in the same process), twice
+#   bash scripts/exp_session28.sh final   the landed defaults: the varlen GPU suites (forward, ALiBi / sink,
+#                                         backward), the KV-cache GPU tests, bench decode --graph, bench varlen (and
+#                                         --paired)
 #   bash scripts/exp_session28.sh grid    `flashkernels bench attention` over the README's grid with SDPA cuDNN and
 #                                         SDPA flash in the same process (issue 3's ratios on this card)
+#   bash scripts/exp_session28.sh split   the non-causal forward's last round split by key blocks
+#                                         (launch.HOPPER_FWD_SPLIT_TAIL, D = 128): its GPU tests with the persistent /
+#                                         plan / chain ones (the launch cache in check mode), then scripts/ab_attention.py
+#                                         --paired (on / off) at 1k / 4k / 16k
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -49,8 +56,15 @@ PY
     timeout 50 python -m flashkernels bench varlen --csv "$OUT/varlen.csv" 2>&1 | tail -8 | tee -a "$OUT/varlen.txt"
     timeout 70 python -m flashkernels bench varlen --paired "${N:-12}" --csv "$OUT/varlen-paired.csv" 2>&1 \
       | tail -12 | tee -a "$OUT/varlen-paired.txt" ;;
+  split)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-200}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
+      tests/test_hopper_fwd.py -k "split_tail or persistent_cuda or plans_cuda or chain_defer" 2>&1 | tail -8 \
+      | tee -a "$OUT/tests-split-tail.txt"
+    timeout "${TA:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_SPLIT_TAIL \
+      --on "(128,)" --off "()" --modes fwd --head-dims 128 --seqlens 1024,4096,16384 --causal 0 2>&1 | tail -8 \
+      | tee -a "$OUT/ab-split-tail.txt" ;;
   grid)
     timeout "${TG:-560}" python -m flashkernels bench attention --providers flashkernels,sdpa-cudnn,sdpa-flash \
       --csv "$OUT/attention.csv" --plot "$OUT/attention.png" 2>&1 | tail -70 | tee -a "$OUT/attention.txt" ;;
-  *) echo "usage: $0 d64|decode|final|grid"; exit 2 ;;
+  *) echo "usage: $0 d64|decode|final|grid|split"; exit 2 ;;
 esac

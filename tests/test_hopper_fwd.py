@@ -433,6 +433,72 @@ def test_chain_defer_and_probe_launch_arguments(monkeypatch):
     assert "CHAIN" not in s and "PROBE" not in s
 
 
+def test_split_tail_launch_arguments(monkeypatch):
+    """launch.HOPPER_FWD_SPLIT_TAIL (the kernel stubbed, 132 SMs): a plain non-causal chained launch at a head dim
+    it names, from HOPPER_FWD_SPLIT_TAIL_MIN_KEYS keys, passes SPLIT_TAIL with a fresh workspace (Part: fp32, 2
+    slots of 64 x (D + 2) a CTA; Flags: int32 zeros, one a slot) when its last round is at least half full (2 ·
+    (tiles mod 132) >= 132), else nothing; not causal calls, features, a probe, nor the switch off."""
+    run = _stubbed_hopper_fwd(monkeypatch)
+    assert launch.HOPPER_FWD_SPLIT_TAIL == (128,) and launch.HOPPER_FWD_SPLIT_TAIL_MIN_KEYS == 4096  # (defaults)
+    assert "SPLIT_TAIL" not in run(128, 1024, False, B=1, H=25)  # (fewer keys than the floor)
+    assert run(128, 4096, False, B=1, H=7)["SPLIT_TAIL"] is True  # (224 tiles: 92 in the last round)
+    assert "SPLIT_TAIL" not in run(128, 4096, False, B=1, H=6)  # (192: 60, under half)
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL", ())
+    assert "SPLIT_TAIL" not in run(128, 4096, False, B=1, H=7)
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL", (128,))
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL_MIN_KEYS", 0)
+    # (tiles: 200, 68 in the last round; 64 and 128: one round; 264: none left; 256: 124; 160: 28, under half)
+    for B, H, split in ((1, 25, True), (2, 4, False), (1, 16, False), (3, 11, False), (4, 8, True), (1, 20, False)):
+        tiles = B * H * 1024 // 128
+        s = run(128, 1024, False, B=B, H=H)
+        assert ("SPLIT_TAIL" in s) is split, (B, H, tiles)
+        if split:
+            assert s["SPLIT_TAIL"] is True and s["grid"] == (132,) and s["CHAIN"] is True
+            assert s["Part"].dtype == torch.float32 and s["Part"].numel() == 132 * 2 * 64 * 130
+            assert s["Flags"].dtype == torch.int32 and s["Flags"].shape == (264,) and not s["Flags"].any()
+            again = run(128, 1024, False, B=B, H=H)
+            assert again["Flags"] is not s["Flags"] and again["Part"] is not s["Part"]  # (fresh a call)
+    for kw in (dict(causal=True), dict(causal=False, softcap=5.0), dict(causal=False, sink=torch.zeros(25)),
+               dict(causal=False, window_left=256)):
+        causal = kw.pop("causal")
+        assert "SPLIT_TAIL" not in run(128, 1024, causal, B=1, H=25, **kw), kw
+    assert "SPLIT_TAIL" not in run(64, 1024, False, B=1, H=25)  # (not named; D = 64's short build defers)
+    monkeypatch.setattr(launch, "HOPPER_FWD_PROBE", torch.zeros(8, dtype=torch.int64))
+    assert "SPLIT_TAIL" not in run(128, 1024, False, B=1, H=25)
+
+
+def test_split_tail_segments_cover_every_unit_once():
+    """The SPLIT_TAIL map (kernels/fwd_hopper._ws_tail, _ws_n_segs, _ws_seg, written out here): over every CTA,
+    the whole rounds' tiles and the last round's segments cover each (tile, key block) exactly once; a CTA's
+    segments are at most two, the first-part (k0 = 0, k1 < NB) one only ever its last, a later part only ever its
+    first; and a tile's first part has at most two later parts to merge when the launcher's condition holds."""
+    for g, tiles, nb in ((132, 200, 8), (132, 256, 32), (132, 2048, 128), (132, 2112, 132), (7, 12, 3), (5, 9, 1)):
+        rounds, r = tiles // g, tiles % g
+        if 2 * r < g:
+            continue
+        u = r * nb
+        seen = {}
+        for i in range(g):
+            u0, u1 = i * u // g, (i + 1) * u // g
+            segs = [(i + c * g, 0, nb) for c in range(rounds)]
+            if u1 > u0:
+                for c in range(1 + ((u1 - 1) // nb > u0 // nb)):
+                    ta = u0 // nb + c
+                    segs.append((rounds * g + ta, max(u0 - ta * nb, 0), min(u1 - ta * nb, nb)))
+            for k, (t, k0, k1) in enumerate(segs):
+                assert 0 <= k0 < k1 <= nb
+                if k0 > 0:
+                    assert k == rounds, (i, segs)
+                if k0 == 0 and k1 < nb:
+                    assert k == len(segs) - 1, (i, segs)
+                    later = [j for j in range(i + 1, g) if j * u // g < (t - rounds * g + 1) * nb]
+                    assert len(later) <= 2, (i, later)
+                for blk in range(k0, k1):
+                    assert (t, blk) not in seen
+                    seen[t, blk] = i
+        assert len(seen) == tiles * nb
+
+
 def test_alibi_mma_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed): ALiBi's column bias goes to the tensor cores (ALIBI_MMA)
     at every head dim (D = 256 from HOPPER_FWD_ALIBI_MMA_MIN_ROWS' 4096 query rows), causal or not,
@@ -1011,6 +1077,50 @@ def test_hopper_fwd_persistent_cuda(monkeypatch, causal, heads, D, chain):
     out, lse, _ = flashkernels.flash_attn_func(r.q, r.k, r.v, causal=causal, return_attn_probs=True)
     assert launch.hopper_fwd_launches == n + 2
     assert torch.equal(out, r.out) and torch.equal(lse, r.lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(1, 25, 25, 1024), (2, 32, 8, 2048), (1, 26, 13, 4096)],
+                         ids=["b1-h25-1k", "b2-gqa-2k", "b1-gqa-4k"])
+def test_hopper_fwd_split_tail_cuda(monkeypatch, shape, dtype):
+    """launch.HOPPER_FWD_SPLIT_TAIL at D = 128 (from any key count here): the last round's tiles split by key blocks
+    over every CTA and
+    merged (kernels/fwd_hopper._ws_seg_out): within the policy of float64 and near the Triton kernel
+    (_check_gluon_fwd), near the unsplit persistent launch, the same bits on a second call (its plan, a fresh
+    workspace) and in two replays of one CUDA graph. Shapes whose last round is at least half full on 132 SMs
+    (200, 256 x 2 and 416 tiles of 128 rows: 68, 124 and 20 ... left)."""
+    _needs_hopper()
+    B, Hq, Hkv, S = shape
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = B * Hq * S // 128
+    if 2 * (tiles % min(tiles, sms)) < min(tiles, sms):
+        pytest.skip(f"{tiles} tiles leave no half-full last round on {sms} SMs")
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL", (128,))
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL_MIN_KEYS", 0)  # (the short ones too: more tiles split)
+    torch.manual_seed(0)
+    q = randn(B, S, Hq, 128, dtype=dtype, device="cuda")
+    k, v = (randn(B, S, Hkv, 128, dtype=dtype, device="cuda") for _ in range(2))
+    out, lse = _check_gluon_fwd(monkeypatch, q, k, v, causal=False)
+    again, lse2, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert torch.equal(again, out) and torch.equal(lse2, lse)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        flashkernels.flash_attn_func(q, k, v)
+        with torch.cuda.graph(graph, stream=stream):
+            captured = flashkernels.flash_attn_func(q, k, v)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):
+        captured.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, out)
+    monkeypatch.setattr(launch, "HOPPER_FWD_SPLIT_TAIL", ())
+    whole, lse3, _ = flashkernels.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert (whole.double() - out.double()).abs().max().item() <= 2 ** -7 * max(1.0, whole.abs().max().item())
+    assert (lse3 - lse).abs().max().item() <= 1e-5 * max(1.0, lse3.abs().max().item())
 
 
 @pytest.mark.gpu

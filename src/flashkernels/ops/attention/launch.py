@@ -433,6 +433,37 @@ def hopper_fwd_chain_flag(head_dim: int):
     return 2 if head_dim in HOPPER_FWD_CHAIN_DEFER else True
 
 
+# The non-causal persistent forward's last round split by key blocks (kernels/fwd_hopper.py SPLIT_TAIL), at these
+# head dims (chained builds, CHAIN True, without a feature), when that round is at least half full: the tiles left
+# after the whole rounds (tiles mod programs; the FA3-paper grid's 2048 tiles at D = 128 leave 68 of 132 CTAs a
+# 16th round) cut into key-block units spread evenly over every CTA, the parts merged through a workspace
+# (:func:`_split_tail_buffers`). H200, session 28 (scripts/exp_tile_rounds.py, ...-s28-exp-tile-rounds.txt): at
+# S = 16896, where the tiles fill the rounds, the forward reads 1.032x the TF/s of S = 16384 at D = 128 (cuDNN
+# 1.028x): the most the split can give. Measured (H200, session 28, scripts/ab_attention.py --gluon --paired 20
+# --switch HOPPER_FWD_SPLIT_TAIL --causal 0, FA3-paper shapes, ...-s28-ab-split-tail2.txt), on / off: 1k -5.9%
+# (8 key blocks a tile: the tail's segments, unchained, and their merges cost more than the round they save),
+# 4k +0.6% [+0.0, +1.3], 16k +2.3% [+1.6, +2.6]; so from HOPPER_FWD_SPLIT_TAIL_MIN_KEYS keys.
+HOPPER_FWD_SPLIT_TAIL: tuple = (128,)
+HOPPER_FWD_SPLIT_TAIL_MIN_KEYS = 4096
+
+
+def hopper_fwd_split_tail(head_dim, causal: bool, features: bool, keys: Optional[int] = None) -> bool:
+    """Whether a persistent forward at ``head_dim`` over ``keys`` keys (None: enough) splits its last round
+    (HOPPER_FWD_SPLIT_TAIL, from HOPPER_FWD_SPLIT_TAIL_MIN_KEYS keys): not causal, no feature (window, softcap,
+    ALiBi, sink, packed sequences), chained without DEFER. (The launcher splits only a last round at least half
+    full.)"""
+    return (any(d == head_dim for d in HOPPER_FWD_SPLIT_TAIL) and not causal and not features
+            and (keys is None or keys >= HOPPER_FWD_SPLIT_TAIL_MIN_KEYS) and hopper_fwd_chained(head_dim)
+            and hopper_fwd_chain_flag(head_dim) is True)
+
+
+def _split_tail_buffers(programs: int, head_dim: int, device) -> dict:
+    """SPLIT_TAIL's workspace, fresh a call: Part (fp32, two slots of 64 rows x (head_dim + 2) a CTA) and Flags
+    (int32 zeros, one a slot)."""
+    return dict(Part=torch.empty(programs * 2 * 64 * (head_dim + 2), dtype=torch.float32, device=device),
+                Flags=torch.zeros(programs * 2, dtype=torch.int32, device=device))
+
+
 def hopper_fwd_short(head_dim: int, rows: int, causal: bool, plain: bool) -> bool:
     """Whether a forward of ``rows`` query rows runs HOPPER_FWD_SHORT's build: a plain call (``plain``:
     no feature, not packed; causal with its diagonal top-left) below its row limit (causal: rows a
@@ -816,7 +847,10 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
             if _launch._CHECK:  # (the GPU tests: the plan's launch is the one the full path builds)
                 _check_fwd_plan(plan, args, _hopper_fwd_args(q, k, v, out, lse, scale, causal, causal_offset,
                                                              window_left, window_right, softcap, alibi_slopes, sink))
-            _launch.launch_entry(kernel, plan.entry, plan.grid, args, plan.kwargs)
+            kwargs = plan.kwargs
+            if kwargs.get("SPLIT_TAIL"):  # (its workspace fresh a call)
+                kwargs = dict(kwargs, **_split_tail_buffers(plan.grid[0], q.shape[3], q.device))
+            _launch.launch_entry(kernel, plan.entry, plan.grid, args, kwargs)
             hopper_fwd_launches += 1
             hopper_fwd_plan_hits += 1
             return
@@ -831,7 +865,7 @@ def hopper_fwd(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int
             if len(_fwd_plans) >= _FWD_PLANS_MAX:
                 _fwd_plans.clear()
             # (no tensor of this call in the plan: it would keep their memory alive)
-            _fwd_plans[key] = _FwdPlan(entry, grid, args[9:30], args[31], args[1].block_shape[0], kwargs)
+            _fwd_plans[key] = _FwdPlan(entry, grid, args[9:30], args[31], args[1].block_shape[0], _plan_kwargs(kwargs))
 
 
 def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offset: int = 0, window_left: int = -1,
@@ -886,6 +920,12 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
             extra["CHAIN"] = hopper_fwd_chain_flag(D)
             if HOPPER_FWD_PROBE is not None:
                 extra.update(Probe=HOPPER_FWD_PROBE, PROBE=True)
+            elif (not short and hopper_fwd_split_tail(D, causal, has_window or varlen or softcap > 0
+                                                      or alibi_slopes is not None or sink is not None, Sk)
+                  and 2 * ((-(-rows // block_m) * n_seq * H) % grid[0]) >= grid[0]):
+                # (a last round at least half full: each CTA's share of it >= half a tile, so a tile's first part
+                # merges at most two others; kernels/fwd_hopper._ws_seg_out)
+                extra.update(SPLIT_TAIL=True, **_split_tail_buffers(grid[0], D, q.device))
     if varlen:
         extra["VARLEN"] = True
         nb = max(1 << n_seq.bit_length(), 128)  # (a power of two > n_seq, one offset a consumer thread at least)
@@ -978,10 +1018,16 @@ def _same_arg(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _plan_kwargs(kwargs: dict) -> dict:
+    """A launch's keywords as a plan keeps them: without SPLIT_TAIL's workspace, which each call gets fresh."""
+    return {n: x for n, x in kwargs.items() if n not in ("Part", "Flags")}
+
+
 def _check_fwd_plan(plan: _FwdPlan, args: tuple, full) -> None:
     """Raise unless ``plan``'s launch (grid, keywords, ``args``) is the one the full path builds
     (``full``: :func:`_hopper_fwd_args`' result for the same call)."""
     grid, want, kwargs = full
+    kwargs = _plan_kwargs(kwargs)
     if grid != plan.grid or kwargs != plan.kwargs or len(args) != len(want) or \
             not all(_same_arg(a, b) for a, b in zip(args, want)):
         raise AssertionError(f"flashkernels: a Gluon forward plan launches other arguments than the full path "

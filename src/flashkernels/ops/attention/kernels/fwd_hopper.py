@@ -307,6 +307,56 @@ def _ws_tile_c(c, n_m, n_bh, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
+def _ws_tail(n_m, n_bh, NB):
+    """SPLIT_TAIL (non-causal PERSISTENT, every tile NB key blocks): (rounds, u0, u1, U). The first
+    rounds · programs tiles run whole, _ws_tile_c's c < rounds; the r = tiles mod programs left (the
+    last round, which would leave programs - r CTAs idle) are cut into U = r · NB units of one key
+    block, and this CTA takes units u0 .. u1 - 1 (an even share, fewer than NB: parts of at most two
+    tiles)."""
+    i = gl.program_id(0)
+    g = gl.num_programs(0)
+    t = n_m * n_bh
+    rounds = t // g
+    u = (t - rounds * g) * NB
+    return rounds, (i * u) // g, ((i + 1) * u) // g, u
+
+
+@gluon.jit
+def _ws_n_segs(n_m, n_bh, NB, SPLIT_TAIL: gl.constexpr):
+    """The segments (a tile, or SPLIT_TAIL a run of one tile's key blocks) this CTA of a non-causal
+    PERSISTENT launch runs: _ws_n_tiles, or the whole rounds' tiles and the 0-2 segments of its
+    units (_ws_tail)."""
+    if SPLIT_TAIL:
+        rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
+        n = rounds
+        if u1 > u0:
+            n += 1 + ((u1 - 1) // NB > u0 // NB).to(gl.int32)
+        return n
+    return _ws_n_tiles(n_m, n_bh, False)
+
+
+@gluon.jit
+def _ws_seg(c, n_m, n_bh, NB, SPLIT_TAIL: gl.constexpr):
+    """(pid_m, pid_bh, k0, k1) of this CTA's c-th segment of a non-causal PERSISTENT launch: tile
+    (pid_m, pid_bh)'s key blocks k0 .. k1 - 1; whole tiles (0, NB) but SPLIT_TAIL's last ones: c >=
+    rounds is the (c - rounds)-th tile its units [u0, u1) touch (_ws_tail), tile rounds · programs +
+    u // NB of unit u, in _ws_tile_c's order."""
+    pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, False)
+    k0 = c * 0
+    k1 = k0 + NB
+    if SPLIT_TAIL:
+        rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
+        if c >= rounds:
+            ta = u0 // NB + (c - rounds)  # (the tail's tile this segment is in)
+            t = rounds * gl.num_programs(0) + ta
+            pid_m = t % n_m
+            pid_bh = t // n_m
+            k0 = gl.maximum(u0 - ta * NB, 0)
+            k1 = gl.minimum(u1 - ta * NB, NB)
+    return pid_m, pid_bh, k0, k1
+
+
+@gluon.jit
 def _ws_tile_varlen(CuQ, CuK, H, window_left, window_right, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, n_bh,
                     NB: gl.constexpr, NUM_WARPS: gl.constexpr, px, py, PUB: gl.constexpr = False, b_pub=0):
     """_ws_tile of a VARLEN build (always a WINDOW one): (pid_bh, b, h, m0, lo, n_blocks, q0, k0,
@@ -581,19 +631,30 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
                  WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
-                 CHAIN: gl.constexpr, ROT_N: gl.constexpr):
+                 CHAIN: gl.constexpr, ROT_N: gl.constexpr, SPLIT_TAIL: gl.constexpr = False):
     if PERSISTENT:  # (the CTA's tiles, one after another; the ring's position carries over)
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks loaded so far
         tc = 0  # tiles so far
-        for c in range(_ws_n_tiles(n_m, n_bh, CAUSAL)):
-            pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, CAUSAL)
+        if SPLIT_TAIL:  # (segments: _ws_seg)
+            n_t = _ws_n_segs(n_m, n_bh, SK // BLOCK_N, True)
+        else:
+            n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
+        for c in range(n_t):
+            if SPLIT_TAIL:
+                pid_m, pid_bh, k0, k1 = _ws_seg(c, n_m, n_bh, SK // BLOCK_N, True)
+            else:
+                pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, CAUSAL)
             _, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
                                                  window_right, NUM_WG * WG_M, BLOCK_N, CAUSAL, WINDOW, TRIM)
             hk = h // GROUP
             row_q = b * q_rb + h * q_rh + m0
             row_k = b * k_rb + hk * k_rh
             row_v = b * v_rb + hk * v_rh
+            if SPLIT_TAIL:  # (the segment's key blocks k0 .. k1 - 1)
+                n_blocks = k1 - k0
+                row_k += k0 * BLOCK_N
+                row_v += k0 * BLOCK_N
             r0 = _ws_rot0(m0, causal_offset, n_blocks, BLOCK_N, ROT_N)
             for j in range(n_blocks):
                 s = (it + j) % STAGES
@@ -677,7 +738,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
                  SINK: gl.constexpr, WINDOW: gl.constexpr, TRIM: gl.constexpr, VARLEN: gl.constexpr,
                  PERSISTENT: gl.constexpr, q_empty, n_bh, REVERSE_M: gl.constexpr, VARLEN_NB: gl.constexpr,
                  CHAIN: gl.constexpr, x_smem, ALIBI_MMA: gl.constexpr, ROT_N: gl.constexpr, Probe=None,
-                 PROBE: gl.constexpr = False):
+                 PROBE: gl.constexpr = False, SPLIT_TAIL: gl.constexpr = False, Part=None, Flags=None):
     """Consumer warpgroup W: query rows m0 + W*WG_M .. + WG_M of the CTA's tile, over the CTA's key
     blocks; with TRIM over its own: causal, those up to its last row's diagonal (the tile's later
     warpgroups need up to one block more), none when its rows start past SQ (the tile's tail);
@@ -694,7 +755,7 @@ def _ws_consumer(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q
         _ws_attend_chain(W, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                          k_empty, v_ready, v_empty, q_empty, SQ, SK, H, n_bh, alibi_sb, alibi_sh, o_rb, o_rh, o_ch,
                          HEAD_DIM, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, x_smem, ALIBI_MMA,
-                         causal_offset, ROT_N, CHAIN == 2, Probe, PROBE)
+                         causal_offset, ROT_N, CHAIN == 2, Probe, PROBE, SPLIT_TAIL, Part, Flags)
     elif PERSISTENT:
         n_m = SQ // (NUM_WG * WG_M)
         it = 0  # K / V blocks consumed so far
@@ -927,26 +988,20 @@ def _ws_finish(acc, m_i, l_i, sink, WINDOW: gl.constexpr, SINK: gl.constexpr, ro
 
 
 @gluon.jit
-def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
-               k_ready, k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left,
-               window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
-               HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-               CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
-               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
-               ROT_N: gl.constexpr = False, qb=0, STORE_WAIT: gl.constexpr = True):
-    """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
-    lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use; out and lse stored.
-    The ring's blocks are its (it0 + j)-th (it0: the blocks earlier tiles of a PERSISTENT CTA used,
-    else 0), Q_W's barrier in phase q_phase.
-    VARLEN: of packed sequence b, whose rows start at q0 (SQ: total_q, lse (1, H, total_q)); keys
-    from seqlen_k on masked as outside the window (the next sequence's rows, or TMA's zeros), out
-    and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
-    from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
-    tensor's end and would write the next sequence's rows).
-    ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's diagonal on.
-    qb: Q_W is Q buffer qb + W, on barrier qb + W (a persistent varlen launch's second set of Q
-    buffers: _ws_consumer_dyn's QSETS). STORE_WAIT (VARLEN): wait until the output's TMA store has read
-    Q_W (else the caller does, before Q_W is loaded again: _ws_consumer_dyn's DEFER)."""
+def _ws_attend_acc(W: gl.constexpr, desc_o, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
+                   k_empty, v_ready, v_empty, b, h, m0w, lo, n_blocks, causal_offset, window_left, window_right,
+                   alibi_sb, alibi_sh, seqlen_k, HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
+                   SINK: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None,
+                   ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, qb=0):
+    """Warpgroup W's online softmax (acc, m, l, the sink) over rows m0w .. m0w + WG_M of (b, h) and
+    key blocks lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring, each released after use (the
+    output's end: _ws_attend's). The ring's blocks are its (it0 + j)-th (it0: the blocks earlier
+    tiles of a PERSISTENT CTA used, else 0), Q_W's barrier in phase q_phase.
+    VARLEN: keys from seqlen_k on masked as outside the window (the next sequence's rows, or TMA's
+    zeros). ROT_N (ALiBi; no WINDOW, lo = 0): the blocks in _ws_blk's order, from the tile's
+    diagonal on. qb: Q_W is Q buffer qb + W, on barrier qb + W (a persistent launch's second set of
+    Q buffers: _ws_consumer_dyn's QSETS, SPLIT_TAIL's _ws_tail_segs)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -1010,7 +1065,34 @@ def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_s
     o_tok = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
     acc, _, _ = warpgroup_mma_wait(0, deps=(o_tok, p_op, v_smem.index(last % STAGES)))
     mbarrier.arrive(v_empty.index(last % STAGES))
+    return acc, m_i, l_i, sink, offs_m
 
+
+@gluon.jit
+def _ws_attend(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars,
+               k_ready, k_empty, v_ready, v_empty, SQ, pid_bh, b, h, m0w, lo, n_blocks, causal_offset, window_left,
+               window_right, alibi_sb, alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, q0, seqlen_q, seqlen_k,
+               HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+               CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr, SINK: gl.constexpr,
+               WINDOW: gl.constexpr, VARLEN: gl.constexpr, it0, q_phase, x_smem=None, ALIBI_MMA: gl.constexpr = False,
+               ROT_N: gl.constexpr = False, qb=0, STORE_WAIT: gl.constexpr = True):
+    """Warpgroup W's attention: rows m0w .. m0w + WG_M of (b, h) (pid_bh = b * H + h) over key blocks
+    lo .. lo + n_blocks - 1 (n_blocks >= 1) of the ring (_ws_attend_acc), out and lse stored.
+    VARLEN: of packed sequence b, whose rows start at q0 (SQ: total_q, lse (1, H, total_q)); out
+    and lse stored for the rows below seqlen_q only (a tile that passes it: gl.store with a mask,
+    from the registers, to Out, whose 2-D view has row stride o_rs; a TMA store clips only at the
+    tensor's end and would write the next sequence's rows). STORE_WAIT (VARLEN): wait until the
+    output's TMA store has read Q_W (else the caller does, before Q_W is loaded again:
+    _ws_consumer_dyn's DEFER)."""
+    dtype: gl.constexpr = desc_o.dtype
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    q_w = q_smem.index(qb + W)
+    acc, m_i, l_i, sink, offs_m = _ws_attend_acc(W, desc_o, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem,
+                                                 q_bars, k_ready, k_empty, v_ready, v_empty, b, h, m0w, lo, n_blocks,
+                                                 causal_offset, window_left, window_right, alibi_sb, alibi_sh,
+                                                 seqlen_k, HEAD_DIM, WG_M, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
+                                                 SINK, WINDOW, VARLEN, it0, q_phase, x_smem, ALIBI_MMA, ROT_N, qb)
     out, lse = _ws_finish(acc, m_i, l_i, sink, WINDOW, SINK, row_o)
     if VARLEN:  # (a masked store, not a 1-D TMA copy: the rows start anywhere, not 16-byte aligned)
         gl.store(Lse + h * SQ + q0 + offs_m, lse, mask=offs_m < seqlen_q)
@@ -1033,7 +1115,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                      SINK: gl.constexpr, x_smem=None, ALIBI_MMA: gl.constexpr = False, causal_offset=0,
                      ROT_N: gl.constexpr = False, DEFER: gl.constexpr = False, Probe=None,
-                     PROBE: gl.constexpr = False):
+                     PROBE: gl.constexpr = False, SPLIT_TAIL: gl.constexpr = False, Part=None, Flags=None):
     """PERSISTENT with CHAIN: warpgroup W's rows of every tile of this CTA (tiles t = its id + k ·
     programs, _ws_tile_c's order) as one stream of key blocks. Inside a tile the loop is
     _ws_attend's; between two tiles one step issues the next tile's first S = Q K_0^T with this
@@ -1046,7 +1128,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     blocks in _ws_blk's order. DEFER: a tile's output store is only issued at the boundary; its
     wait and the Q buffer's release come after the next tile's first loop step (at the boundary
     itself when the next tile has one block: no step to wait in). PROBE: the warpgroup's clock at
-    four points of each tile's end into Probe (_probe)."""
+    four points of each tile's end into Probe (_probe). SPLIT_TAIL (non-causal, no feature, not
+    DEFER): the CTA's segments (_ws_seg) in place of its tiles, each ending in _ws_seg_out."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -1056,6 +1139,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     BLOCK_M: gl.constexpr = NUM_WG * WG_M
     cap_scale, qk_scale = _ws_scales(sm_scale, softcap, SOFTCAP)
     n_m = SQ // BLOCK_M
+    if SPLIT_TAIL:
+        gl.static_assert(not (CAUSAL or SOFTCAP or ALIBI or SINK or DEFER or ROT_N or PROBE))
     pid_m, pid_bh = _ws_tile_c(0, n_m, n_bh, CAUSAL)
     pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, BLOCK_M, BLOCK_N, CAUSAL, False,
                                               False)
@@ -1090,7 +1175,10 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
 
     it = 0  # the ring's block of the tile's block 0
     tc = 0  # the tile's number in this CTA
-    n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
+    if SPLIT_TAIL:  # (the whole rounds' tiles chained; the last round's segments after them)
+        n_t, _u0, _u1, _u = _ws_tail(n_m, n_bh, SK // BLOCK_N)
+    else:
+        n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
     for c in range(n_t):
         colbias = _ws_colbias(slope, BLOCK_N, ALIBI, s_layout)  # (not carried from tile to tile: registers)
         for j in range(0, n_blocks - 1):  # (_ws_attend's loop)
@@ -1168,6 +1256,99 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             mbarrier.arrive(v_empty.index(last % STAGES))
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o)
+    if SPLIT_TAIL:  # the last round's 0-2 segments (_ws_seg), one after another, not chained
+        _ws_tail_segs(W, desc_o, Lse, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, q_empty,
+                      sm_scale, SQ, SK, H, n_m, n_bh, o_rb, o_rh, o_ch, it + n_blocks, tc + 1, Part, Flags, HEAD_DIM,
+                      WG_M, NUM_WG, BLOCK_N, STAGES)
+
+
+# SPLIT_TAIL's hand-over of a segment's partial rows: each thread's own acquire / release, so that no
+# barrier of the whole CTA is needed inside a partition. Labels inside { } are local to the block.
+_SPIN_ASM = gl.constexpr("{ .reg .pred p; .reg .b32 v; spin: ld.acquire.gpu.global.b32 v, [$1]; "
+                         "setp.eq.s32 p, v, 0; @p bra spin; mov.b32 $0, 0; }")
+_RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0, 0;")
+
+
+@gluon.jit
+def _ws_seg_out(acc, m_i, l_i, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch,
+                WG_M: gl.constexpr, HEAD_DIM: gl.constexpr, row_s: gl.constexpr, row_o: gl.constexpr,
+                W: gl.constexpr, Part, Flags, k0, k1, NB, n_m, n_bh):
+    """SPLIT_TAIL's end of a segment of key blocks k0 .. k1 - 1 (of NB) for warpgroup W's rows. A
+    whole tile: _ws_chain_out. A later part (k0 > 0: the first segment of this CTA's units, run
+    first): the unnormalised (O, m, l) into this CTA's slot of Part, then its flag in Flags
+    released, and the Q buffer freed (no store stages in it). A tile's first part (k0 = 0, k1 <
+    NB: only ever the CTA's last segment): the later parts' partials merged, each once its CTA's
+    flag is set (those CTAs wrote them in their first segment), then stored as a whole tile's."""
+    slot = gl.program_id(0) * 2 + W
+    rows_s = gl.arange(0, WG_M, layout=row_s)
+    rows_o = gl.arange(0, WG_M, layout=row_o)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc.type.layout))
+    span: gl.constexpr = WG_M * (HEAD_DIM + 2)  # a slot: O (WG_M x HEAD_DIM), m, l (fp32)
+    if k0 > 0:
+        base = Part + slot.to(gl.int64) * span
+        gl.store(base + rows_o[:, None] * HEAD_DIM + cols[None, :], acc)
+        gl.store(base + WG_M * HEAD_DIM + rows_s, m_i)
+        gl.store(base + WG_M * (HEAD_DIM + 1) + rows_s, l_i)
+        gl.thread_barrier()  # (the warpgroup's named barrier) every thread's stores before the releases
+        gl.inline_asm_elementwise(_RELEASE_ASM, "=r,l", [Flags + slot + rows_s * 0], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+        mbarrier.arrive(q_free)
+    else:
+        if k1 < NB:  # the later parts: the CTAs whose units start inside this tile (at most 2: the launcher's
+            # condition, 2 · (tiles mod programs) >= programs, keeps each CTA's units >= NB / 2)
+            _, u0, u1, u = _ws_tail(n_m, n_bh, NB)
+            end = ((u1 - 1) // NB + 1) * NB  # (this tile's last unit + 1)
+            g = gl.num_programs(0)
+            for d in gl.static_range(1, 3):
+                j = gl.program_id(0) + d
+                if (j < g) & ((j * u) // g < end):
+                    zero = gl.inline_asm_elementwise(_SPIN_ASM, "=r,l", [Flags + j * 2 + W + rows_s * 0],
+                                                     dtype=gl.int32, is_pure=False, pack=1)  # (0, after the flag)
+                    base = Part + (j * 2 + W).to(gl.int64) * span
+                    zero_o = gl.convert_layout(zero, row_o)
+                    acc_j = gl.load(base + (rows_o + zero_o)[:, None] * HEAD_DIM + cols[None, :])
+                    m_j = gl.load(base + WG_M * HEAD_DIM + rows_s + zero)
+                    l_j = gl.load(base + WG_M * (HEAD_DIM + 1) + rows_s + zero)
+                    m_new = gl.maximum(m_i, m_j)
+                    a_i = gl.exp2(m_i - m_new)
+                    a_j = gl.exp2(m_j - m_new)
+                    acc = (acc * gl.convert_layout(a_i, row_o)[:, None]
+                           + acc_j * gl.convert_layout(a_j, row_o)[:, None])
+                    l_i = l_i * a_i + l_j * a_j
+                    m_i = m_new
+        _ws_chain_out(acc, m_i, l_i, m_i, Lse, desc_o, q_w, q_free, SQ, pid_bh, b, h, m0w, o_rb, o_rh, o_ch, WG_M,
+                      False, row_s, row_o)
+
+
+@gluon.jit
+def _ws_tail_segs(W: gl.constexpr, desc_o, Lse, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
+                  q_empty, sm_scale, SQ, SK, H, n_m, n_bh, o_rb, o_rh, o_ch, it, tc, Part, Flags,
+                  HEAD_DIM: gl.constexpr, WG_M: gl.constexpr, NUM_WG: gl.constexpr, BLOCK_N: gl.constexpr,
+                  STAGES: gl.constexpr):
+    """SPLIT_TAIL: warpgroup W's share of the last round, after its chained tiles: the 0-2 segments
+    of its units (_ws_seg's c = rounds ..), each a tile of its own (_ws_attend_acc) from the ring's
+    it-th block on, numbered from tc (Q set tc % 2, as the chain's), ended by _ws_seg_out."""
+    NB = SK // BLOCK_N
+    rounds, u0, u1, u = _ws_tail(n_m, n_bh, NB)
+    row_s: gl.constexpr = gl.SliceLayout(1, _acc_layout(BLOCK_N))
+    row_o: gl.constexpr = gl.SliceLayout(1, _acc_layout(HEAD_DIM))
+    n_seg = _ws_n_segs(n_m, n_bh, NB, True) - rounds
+    for k in gl.static_range(2):  # (two copies, not a loop: a loop here made ptxas copy the chain loop's P operand)
+        if k < n_seg:
+            pid_m, pid_bh, k0, k1 = _ws_seg(rounds + k, n_m, n_bh, NB, True)
+            pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, NUM_WG * WG_M, BLOCK_N,
+                                                      False, False, False)
+            m0w = m0 + W * WG_M
+            qb = (tc & 1) * NUM_WG
+            acc, m_i, l_i, sink, offs_m = _ws_attend_acc(W, desc_o, Lse, Lse, sm_scale, sm_scale, q_smem, k_smem,
+                                                         v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, b, h,
+                                                         m0w, k0, k1 - k0, 0, 0, 0, 0, 0, SK, HEAD_DIM, WG_M,
+                                                         BLOCK_N, STAGES, False, False, False, False, False, False,
+                                                         it, (tc >> 1) & 1, None, False, False, qb)
+            _ws_seg_out(acc, m_i, l_i, Lse, desc_o, q_smem.index(qb + W), q_empty.index(tc & 1), SQ, pid_bh, b, h,
+                        m0w, o_rb, o_rh, o_ch, WG_M, HEAD_DIM, row_s, row_o, W, Part, Flags, k0, k1, NB, n_m, n_bh)
+            it += k1 - k0
+            tc += 1
 
 
 @gluon.jit
@@ -1221,7 +1402,8 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                            ALIBI_MMA: gl.constexpr = False, ROT_N: gl.constexpr = False, Probe=None,
                            PROBE: gl.constexpr = False, Sched=None, VARLEN_SORT: gl.constexpr = 0,
                            VARLEN_QSETS: gl.constexpr = 1, VARLEN_PUB: gl.constexpr = False,
-                           VARLEN_DEFER: gl.constexpr = False):
+                           VARLEN_DEFER: gl.constexpr = False, SPLIT_TAIL: gl.constexpr = False, Part=None,
+                           Flags=None):
     """Grid (ceil(SQ / BLOCK_M), B * H); PERSISTENT (no window, not packed, two warpgroups):
     grid (programs,), each CTA taking its tiles of the SQ / BLOCK_M · n_bh (n_bh = B * H) in
     _ws_tile_c's order (CAUSAL: pairs of tiles, SQ / BLOCK_M even, programs <= the pairs; else
@@ -1257,7 +1439,10 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     two warpgroups, no CHAIN): grid (programs,), the packed tiles by the dynamic scheduler
     (_ws_producer_dyn: Sched an int32 zero at the launch, one counter a launch), VARLEN_SORT 1 / 2
     its order longest first (_ws_sort_starts), VARLEN_QSETS = 2 with two sets of Q buffers (the next
-    tile's Q loads while this one runs). The pointers of the features off are not read."""
+    tile's Q loads while this one runs). SPLIT_TAIL (PERSISTENT with CHAIN, not CAUSAL, no feature,
+    CHAIN True): the tiles left after the whole rounds split by key blocks over every CTA (_ws_tail),
+    the parts merged through Part (fp32, programs · 2 slots of 64 · (HEAD_DIM + 2)) and Flags
+    (int32, programs · 2, zero at the launch). The pointers of the features off are not read."""
     WG_M: gl.constexpr = 64
     NUM_WG: gl.constexpr = BLOCK_M // WG_M
     gl.static_assert((NUM_WG == 2 or NUM_WG == 3) and BLOCK_M == NUM_WG * WG_M)
@@ -1277,6 +1462,7 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
     gl.static_assert(not (VARLEN_PUB or VARLEN_DEFER) or VARLEN_QSETS == 2)
     gl.static_assert(not (REVERSE_M and (PERSISTENT or VARLEN)))
     gl.static_assert(not ROT_N or (ALIBI and not (WINDOW or TRIM)))  # (lo = 0, the warpgroups' blocks alike)
+    gl.static_assert(not SPLIT_TAIL or (PERSISTENT and CHAIN == 1 and not (CAUSAL or WINDOW or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
     gl.static_assert(PERSISTENT or not CHAIN)
     QSETS: gl.constexpr = 2 if CHAIN else VARLEN_QSETS  # (2: the next tile's Q loads while this one's runs)
@@ -1346,16 +1532,18 @@ def attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, Lse, Alibi, Sink, sm_
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, SPLIT_TAIL,
+                            Part, Flags)),
             (_ws_consumer, (1, desc_o, Lse, Alibi, Sink, sm_scale, softcap, q_smem, k_smem, v_smem, q_bars, k_ready,
                             k_empty, v_ready, v_empty, SQ, SK, H, causal_offset, window_left, window_right, alibi_sb,
                             alibi_sh, o_rb, o_rh, o_ch, Out, o_rs, CuQ, CuK, HEAD_DIM, WG_M, NUM_WG, BLOCK_N,
                             STAGES, CAUSAL, SOFTCAP, ALIBI, SINK, WINDOW, TRIM, VARLEN, PERSISTENT, q_empty,
-                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE)),
+                            n_bh, REVERSE_M, VARLEN_NB, CHAIN, x_smem, ALIBI_MMA, ROT_N, Probe, PROBE, SPLIT_TAIL,
+                            Part, Flags)),
             (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
                             SQ, SK, H, GROUP, causal_offset, window_left, window_right, q_rb, q_rh, q_ch, k_rb, k_rh,
                             k_ch, v_rb, v_rh, v_ch, CuQ, CuK, WG_M, NUM_WG, BLOCK_N, STAGES, CAUSAL, WINDOW, TRIM,
-                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN, ROT_N)),
+                            VARLEN, PERSISTENT, q_empty, n_bh, REVERSE_M, VARLEN_NB, CHAIN, ROT_N, SPLIT_TAIL)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
