@@ -1129,7 +1129,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     wait and the Q buffer's release come after the next tile's first loop step (at the boundary
     itself when the next tile has one block: no step to wait in). PROBE: the warpgroup's clock at
     four points of each tile's end into Probe (_probe). SPLIT_TAIL (non-causal, no feature, not
-    DEFER): the CTA's segments (_ws_seg) in place of its tiles, each ending in _ws_seg_out."""
+    DEFER): the whole rounds' tiles chained, then the last round's segments (_ws_tail_segs)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
