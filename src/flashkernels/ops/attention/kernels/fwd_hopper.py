@@ -322,37 +322,33 @@ def _ws_tail(n_m, n_bh, NB):
 
 
 @gluon.jit
-def _ws_n_segs(n_m, n_bh, NB, SPLIT_TAIL: gl.constexpr):
-    """The segments (a tile, or SPLIT_TAIL a run of one tile's key blocks) this CTA of a non-causal
-    PERSISTENT launch runs: _ws_n_tiles, or the whole rounds' tiles and the 0-2 segments of its
-    units (_ws_tail)."""
-    if SPLIT_TAIL:
-        rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
-        n = rounds
-        if u1 > u0:
-            n += 1 + ((u1 - 1) // NB > u0 // NB).to(gl.int32)
-        return n
-    return _ws_n_tiles(n_m, n_bh, False)
+def _ws_n_segs(n_m, n_bh, NB):
+    """SPLIT_TAIL: the segments (a whole tile, or a run of one tile's key blocks) this CTA runs: the
+    whole rounds' tiles and the 0-2 segments of its units (_ws_tail)."""
+    rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
+    n = rounds
+    if u1 > u0:
+        n += 1 + ((u1 - 1) // NB > u0 // NB).to(gl.int32)
+    return n
 
 
 @gluon.jit
-def _ws_seg(c, n_m, n_bh, NB, SPLIT_TAIL: gl.constexpr):
-    """(pid_m, pid_bh, k0, k1) of this CTA's c-th segment of a non-causal PERSISTENT launch: tile
-    (pid_m, pid_bh)'s key blocks k0 .. k1 - 1; whole tiles (0, NB) but SPLIT_TAIL's last ones: c >=
-    rounds is the (c - rounds)-th tile its units [u0, u1) touch (_ws_tail), tile rounds · programs +
-    u // NB of unit u, in _ws_tile_c's order."""
+def _ws_seg(c, n_m, n_bh, NB):
+    """SPLIT_TAIL: (pid_m, pid_bh, k0, k1) of this CTA's c-th segment, tile (pid_m, pid_bh)'s key
+    blocks k0 .. k1 - 1: whole tiles (0, NB) in _ws_tile_c's order for c < rounds; from there the
+    (c - rounds)-th tile its units [u0, u1) touch (_ws_tail), tile rounds · programs + u // NB of
+    unit u."""
     pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, False)
     k0 = c * 0
     k1 = k0 + NB
-    if SPLIT_TAIL:
-        rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
-        if c >= rounds:
-            ta = u0 // NB + (c - rounds)  # (the tail's tile this segment is in)
-            t = rounds * gl.num_programs(0) + ta
-            pid_m = t % n_m
-            pid_bh = t // n_m
-            k0 = gl.maximum(u0 - ta * NB, 0)
-            k1 = gl.minimum(u1 - ta * NB, NB)
+    rounds, u0, u1, _ = _ws_tail(n_m, n_bh, NB)
+    if c >= rounds:
+        ta = u0 // NB + (c - rounds)  # (the tail's tile this segment is in)
+        t = rounds * gl.num_programs(0) + ta
+        pid_m = t % n_m
+        pid_bh = t // n_m
+        k0 = gl.maximum(u0 - ta * NB, 0)
+        k1 = gl.minimum(u1 - ta * NB, NB)
     return pid_m, pid_bh, k0, k1
 
 
@@ -637,12 +633,12 @@ def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_ready
         it = 0  # K / V blocks loaded so far
         tc = 0  # tiles so far
         if SPLIT_TAIL:  # (segments: _ws_seg)
-            n_t = _ws_n_segs(n_m, n_bh, SK // BLOCK_N, True)
+            n_t = _ws_n_segs(n_m, n_bh, SK // BLOCK_N)
         else:
             n_t = _ws_n_tiles(n_m, n_bh, CAUSAL)
         for c in range(n_t):
             if SPLIT_TAIL:
-                pid_m, pid_bh, k0, k1 = _ws_seg(c, n_m, n_bh, SK // BLOCK_N, True)
+                pid_m, pid_bh, k0, k1 = _ws_seg(c, n_m, n_bh, SK // BLOCK_N)
             else:
                 pid_m, pid_bh = _ws_tile_c(c, n_m, n_bh, CAUSAL)
             _, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, causal_offset, window_left,
@@ -1332,10 +1328,10 @@ def _ws_tail_segs(W: gl.constexpr, desc_o, Lse, q_smem, k_smem, v_smem, q_bars, 
     rounds, u0, u1, u = _ws_tail(n_m, n_bh, NB)
     row_s: gl.constexpr = gl.SliceLayout(1, _acc_layout(BLOCK_N))
     row_o: gl.constexpr = gl.SliceLayout(1, _acc_layout(HEAD_DIM))
-    n_seg = _ws_n_segs(n_m, n_bh, NB, True) - rounds
+    n_seg = _ws_n_segs(n_m, n_bh, NB) - rounds
     for k in gl.static_range(2):  # (two copies, not a loop: a loop here made ptxas copy the chain loop's P operand)
         if k < n_seg:
-            pid_m, pid_bh, k0, k1 = _ws_seg(rounds + k, n_m, n_bh, NB, True)
+            pid_m, pid_bh, k0, k1 = _ws_seg(rounds + k, n_m, n_bh, NB)
             pid_bh, b, h, m0, lo, n_blocks = _ws_tile(pid_m, pid_bh, SQ, SK, H, 0, 0, 0, NUM_WG * WG_M, BLOCK_N,
                                                       False, False, False)
             m0w = m0 + W * WG_M
