@@ -208,3 +208,20 @@ def test_eager_in_place_rotation_bumps_the_version():
         assert x._version > version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_traced_entry_imports_from_no_switch_module():
+    """api._triton_entry, which torch.compile traces, imports from ops/attention/autograd.py, not from launch.py:
+    launch's module type is a subclass (launch._Switches, which drops the forward's plans when a switch changes),
+    and torch 2.11's dynamo stops at an import of it ("Bad import result: Import result is not a Python module";
+    every compiled attention call with fullgraph=True failed on the GPU until session 29)."""
+    import dis
+    import types
+
+    from flashkernels.ops.attention import api, launch
+
+    assert type(launch) is not types.ModuleType  # (why it matters)
+    imported = [(i.opname, i.argval) for i in dis.get_instructions(api._triton_entry)
+                if i.opname in ("IMPORT_NAME", "IMPORT_FROM")]
+    assert ("IMPORT_NAME", "autograd") in imported and ("IMPORT_FROM", "KERNELS_INTERPRETED") in imported
+    assert not any("launch" in str(name) for _, name in imported), imported

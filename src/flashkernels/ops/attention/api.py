@@ -101,8 +101,7 @@ def _attention(q, k, v, *, mask, causal, causal_align, scale, backend, bshd, win
 
 def _triton_entry(q):
     """The autograd entry of the kernels, after checking that they can run on q's device."""
-    from .autograd import flash_attention  # imports triton: only once the Triton backend is chosen
-    from .launch import KERNELS_INTERPRETED
+    from .autograd import KERNELS_INTERPRETED, flash_attention  # imports triton: only once the Triton backend is chosen
 
     require_kernels_can_run(q.device, KERNELS_INTERPRETED)
     return flash_attention

@@ -17,6 +17,10 @@ import torch
 from ..._eager import eager_call
 from . import launch  # registers torch.ops.flashkernels.attn_fwd / attn_bwd
 
+# (for api._triton_entry, which torch.compile traces: importing it from launch there made torch 2.11's dynamo stop
+# with "Bad import result", launch's module type being a subclass (launch._Switches), session 29)
+KERNELS_INTERPRETED = launch.KERNELS_INTERPRETED
+
 
 _N_INPUTS = 19  # attn_fwd's arguments
 
@@ -69,4 +73,4 @@ def flash_attention(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf3
     return _attn_fwd(*args)
 
 
-__all__ = ["flash_attention", "launch"]
+__all__ = ["KERNELS_INTERPRETED", "flash_attention", "launch"]
