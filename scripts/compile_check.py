@@ -285,13 +285,14 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
-                       varlen=False, dq_tma=None):
+                       varlen=False, dq_tma=None, tail_parts=0, pdl_trigger=False):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
     launcher passes them); a sink needs no flag; VARLEN: packed sequences; DQ_TMA: dQ by a TMA
     reduce-add, launch.HOPPER_BWD_DQ_TMA's (D = 256: HOPPER_BWD256_DQ_TMA's) value unless ``dq_tma``
-    says)."""
+    says); ``tail_parts``: the tail launch's build (TAIL_PARTS, launch.hopper_bwd_tail_plan's parts);
+    ``pdl_trigger``: the main grid's before a tail launch (PDL_TRIGGER)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -329,10 +330,16 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
             consts["PROD_WRITER"] = True
     if consts["CAUSAL"] in launch.HOPPER_BWD_SPLIT_BAR:  # (as launched)
         consts["SPLIT_BAR"] = True
+    if tail_parts:  # (the plain non-causal build only)
+        consts["TAIL_PARTS"] = tail_parts
+        ptrs.update(Part="*fp32", Flags="*i32")
+    if pdl_trigger:
+        consts["PDL_TRIGGER"] = True
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,
-                          plain=("H", "GROUP", "alibi_sb", "alibi_sh", "causal_offset", "window_left", "window_right"))
+                          plain=("H", "GROUP", "alibi_sb", "alibi_sh", "causal_offset", "window_left", "window_right",
+                                 "tile_base"))
 
 
 def report(tag: str, build) -> bool:

@@ -430,7 +430,9 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
     [("fp16", 128, causal, dict(softcap=True, alibi=True)) for causal in (False, True)] + \
     [("bf16", D, causal, dict(varlen=True)) for D in (64, 128) for causal in (False, True)] + \
     [("bf16", 128, False, dict(varlen=True, window=True)), ("bf16", 128, True, dict(varlen=True, softcap=True)),
-     ("bf16", 128, True, dict(varlen=True, alibi=True))]
+     ("bf16", 128, True, dict(varlen=True, alibi=True))] + \
+    [(dt, 128, False, dict(tail_parts=parts)) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
+    [("bf16", 128, False, dict(pdl_trigger=True))]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -452,7 +454,8 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     softcap, from 36), and no more than the plain causal
     build's 52 B with any (at D = 128 the window's builds spill 8-12 B, VARLEN's 12-36 B: a few loads
     an iteration, see scripts/compile_check.py --sass; VARLEN with softcap and ALiBi together, not
-    built here, 96-124 B)."""
+    built here, 96-124 B). The backward's tail launch (TAIL_PARTS, two or three parts a tile) and the main grid
+    before it (PDL_TRIGGER), plain non-causal builds, up to the plain build's 8 B (its three stages)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -470,7 +473,7 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     for ln in built:
         spill = re.search(r"spill\s+(\d+)B", ln)
         bound = (68 if "varlen+" in ln else 52 if "causal=1" in ln or "window" in ln or "varlen" in ln
-                 else 8 if "softcap" in ln else 0)
+                 else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln else 0)
         assert spill and int(spill.group(1)) <= bound, ln
 
 
@@ -515,6 +518,126 @@ def test_causal_switch_launch_arguments(monkeypatch, flag, switch):
         monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", False)
         seen = run(128, True)
         assert "DQ_TMA" not in seen and flag not in seen
+
+
+def test_bwd_tail_plan():
+    """launch.hopper_bwd_tail_plan: of the last rows of tiles as a tail of 2-3 parts a tile, the one whose modelled
+    finish (launch._bwd_finish: whole tiles in rounds, then the parts on the first free SM) is earliest; none unless
+    a tenth of a round under the whole grid's rounds (tiles that fill their rounds, one row, fewer tiles than SMs a
+    row short)."""
+    assert launch._bwd_finish(264, 0, 2, 132, 0.0) == 2.0 and launch._bwd_finish(0, 132, 2, 132, 0.0) == 1.0
+    assert launch._bwd_finish(132 + 66, 0, 2, 132, 0.0) == 2.0 and launch._bwd_finish(132, 66, 2, 132, 0.0) == 1.5
+    # the FA3-paper grid at D = 128 (2048 tiles, 15.5 rounds on 132 SMs) at 16k / 4k / 1k: three parts, 15.73 rounds
+    for rows, kb, plan in ((16, 128, (1, 3)), (64, 32, (3, 3)), (256, 8, (9, 3))):
+        assert launch.hopper_bwd_tail_plan(rows, kb, 132) == plan
+        assert launch._bwd_finish(rows * kb - plan[0] * kb, plan[0] * kb, plan[1], 132, 0.03) < 15.75
+    assert launch.hopper_bwd_tail_plan(6, 32, 132) == (2, 2)  # (192 tiles: 2 rows of halves, 1.53 rounds)
+    for rows, kb in ((2, 132), (1, 200), (8, 64), (16, 33 * 8)):  # (rounds filled; one row; none gains 0.1 round)
+        assert launch.hopper_bwd_tail_plan(rows, kb, 132) is None, (rows, kb)
+
+
+def _part_tile(pid, S, HKV, tile_base, BLOCK_M, BLOCK_N, TAIL_PARTS):
+    """kernels/bwd_hopper_tiles._bwd_part_tile's map, from its docstring: (b, kv head, n0, first query block, query
+    blocks) of tail CTA pid."""
+    tile, p = divmod(pid, TAIL_PARTS)
+    bh, key_block = divmod(tile_base + tile, S // BLOCK_N)
+    bounds = [q * (S // BLOCK_M) // TAIL_PARTS for q in range(TAIL_PARTS + 1)]
+    return bh // HKV, bh % HKV, key_block * BLOCK_N, bounds[p], bounds[p + 1] - bounds[p]
+
+
+def test_bwd_tail_covers_every_block_once():
+    """The main grid (S / 128, B·Hkv - tail rows: _bwd_tile's whole tiles) and the tail launch
+    (kernels/bwd_hopper_tiles._bwd_part_tile, written out here; TAIL_PARTS CTAs a tile of the last rows) cover
+    every (b, kv head, key block, query block) exactly once; a tile's parts are consecutive CTAs in part order (its
+    last, which merges the others, starts last) and differ in length by at most one block."""
+    for B, HKV, S, BLOCK_M in ((1, 25, 1024, 64), (1, 10, 2048, 64), (1, 6, 4096, 64), (4, 16, 4096, 64),
+                               (1, 16, 16384, 64), (16, 32, 1024, 128)):
+        kb = S // 128
+        plan = launch.hopper_bwd_tail_plan(B * HKV, kb, 132)
+        assert plan is not None, (B, HKV, S)
+        tail_rows, parts = plan
+        main_rows = B * HKV - tail_rows
+        nb = S // BLOCK_M
+        seen = {}
+        for pid_bh in range(main_rows):
+            for pid_n in range(kb):
+                for i in range(nb):
+                    seen[pid_bh // HKV, pid_bh % HKV, pid_n * 128, i] = "main"
+        for pid in range(tail_rows * kb * parts):
+            b, hk, n0, i0, n = _part_tile(pid, S, HKV, main_rows * kb, BLOCK_M, 128, parts)
+            assert (b * HKV + hk) >= main_rows and abs(n - nb / parts) < 1
+            assert (b * HKV + hk) * kb + n0 // 128 == main_rows * kb + pid // parts
+            for i in range(i0, i0 + n):
+                assert (b, hk, n0, i) not in seen
+                seen[b, hk, n0, i] = pid
+        assert len(seen) == B * HKV * kb * nb
+
+
+def test_bwd_tail_launch_arguments(monkeypatch):
+    """launch.HOPPER_BWD_TAIL (the kernels stubbed, 132 SMs): a plain non-causal backward at a head dim it names,
+    from HOPPER_BWD_TAIL_MIN_KEYS keys, with a tail plan (hopper_bwd_tail_plan), launches the main grid over the
+    rows before the tail (PDL_TRIGGER), then the tail (a 1-D grid of TAIL_PARTS CTAs a tile from tile_base, by
+    programmatic dependent launch) with a fresh workspace (Part: fp32, (parts - 1) · 2 slots of 64 x D a tile;
+    Flags: int32 zeros, one a slot and the counter), D = 64 too; causal calls, features (softcap, ALiBi, a window,
+    Sq != Sk), D = 256, fewer keys, no plan and the switch off launch one grid without either; memory's
+    hopper_bwd_tail_bytes counts what the workspace adds (Part lies in dQ's output storage where it fits)."""
+    from flashkernels.ops.attention.kernels import bwd_hopper256
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: self.calls.append(dict(grid=grid, **kw))
+
+    rec = Recorder()
+    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", rec)
+    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", rec)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, causal, S, H, Hkv=None, Sk=None, B=1, **kw):
+        Hkv = H if Hkv is None else Hkv
+        Sk = S if Sk is None else Sk
+        q, do = _bshd(B, S, H, D), _bshd(B, S, H, D)
+        k, v = _bshd(B, Sk, Hkv, D), _bshd(B, Sk, Hkv, D)
+        lse, delta = torch.zeros(B, H, S), torch.zeros(B, H, S)
+        rec.calls.clear()
+        launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, 1 / math.sqrt(D), causal, True, **kw)
+        return list(rec.calls)
+
+    assert launch.HOPPER_BWD_TAIL == (64, 128) and launch.HOPPER_BWD_TAIL_MIN_KEYS == 4096  # (defaults)
+    for H, Hkv, (tail_rows, parts) in ((6, 6, (2, 2)), (5, 5, (1, 3)), (20, 5, (1, 3))):
+        main, tail = run(128, False, 4096, H, Hkv)
+        assert main["grid"] == (32, Hkv - tail_rows) and main["PDL_TRIGGER"] is True and "TAIL_PARTS" not in main
+        assert tail["grid"] == (tail_rows * 32 * parts,) and tail["TAIL_PARTS"] == parts
+        assert tail["tile_base"] == (Hkv - tail_rows) * 32 and tail["launch_pdl"] is True
+        assert not (main["CAUSAL"] or main["LONG_FIRST"] or tail["CAUSAL"] or tail["LONG_FIRST"])
+        slots = tail_rows * 32 * (parts - 1) * 2
+        assert tail["Part"].dtype == torch.float32 and tail["Part"].numel() == slots * 2 * 64 * 128
+        assert tail["Flags"].dtype == torch.int32 and tail["Flags"].shape == (slots + 1,) and not tail["Flags"].any()
+        again = run(128, False, 4096, H, Hkv)[1]
+        assert again["Flags"] is not tail["Flags"]  # (fresh a call)
+        # Part in dQ's output storage (B·S·H·D bf16) where it fits: here only the GQA case's (5 MB of 10)
+        fits = slots * 2 * 64 * 128 * 4 <= 4096 * H * 128 * 2
+        assert (tail["Part"].untyped_storage().nbytes() == 4096 * H * 128 * 2) is fits, (H, Hkv)
+        assert launch.hopper_bwd_tail_bytes(1, H, Hkv, 4096, 128, False, 132) == \
+            (slots + 1) * 4 + (0 if fits else slots * 2 * 64 * 128 * 4)
+    (one,) = run(128, False, 4096, 7)  # (224 tiles: no plan)
+    assert "PDL_TRIGGER" not in one and "TAIL_PARTS" not in one and one["grid"] == (32, 7)
+    assert launch.hopper_bwd_tail_bytes(1, 7, 7, 4096, 128, False, 132) == 0
+    assert len(run(128, False, 2048, 10)) == 1  # (fewer keys than the floor)
+    for kw in (dict(causal=True), dict(causal=False, softcap=5.0), dict(causal=False, alibi_slopes=torch.rand(5)),
+               dict(causal=False, window_left=256), dict(causal=False, Sk=4096 + 128)):
+        causal = kw.pop("causal")
+        (one,) = run(128, causal, 4096, 5, **kw)
+        assert "PDL_TRIGGER" not in one and "TAIL_PARTS" not in one, kw
+    assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, True, 132) == 0
+    main, tail = run(64, False, 4096, 5)  # (D = 64: its 128-row build)
+    assert main["PDL_TRIGGER"] is True and tail["TAIL_PARTS"] == 3 and tail["BLOCK_M"] == 128
+    assert len(run(256, False, 4096, 5)) == 1  # (its own kernel)
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
+    assert len(run(128, False, 4096, 5)) == 1
+    assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, False, 132) == 0
 
 
 # ================================================================================== GPU
@@ -982,3 +1105,66 @@ def test_hopper_bwd_causal_switch_cuda(monkeypatch, causal, heads, D, switch):
     (dq, dk, dv), (dq0, dk0, dv0) = grads[(False, True)], grads[()]
     assert torch.equal(dk, dk0) and torch.equal(dv, dv0)
     torch.testing.assert_close(dq, dq0, rtol=2 ** -7, atol=2 ** -7 * dq0.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(1, 25, 25, 1024), (1, 40, 10, 2048), (1, 6, 6, 4096)],
+                         ids=["b1-h25-1k", "b1-gqa-2k", "b1-h6-4k"])
+@pytest.mark.parametrize("D", [64, 128], ids=["d64", "d128"])
+def test_hopper_bwd_tail_cuda(monkeypatch, D, shape, dtype):
+    """launch.HOPPER_BWD_TAIL at D = 64 (128 query rows an iteration) and 128 (from any key count here): the main
+    grid, then the last rows' tiles as a tail launch of parts by programmatic dependent launch, the parts' dK / dV
+    merged (kernels/bwd_hopper.py TAIL_PARTS). Gradients within the policy of float64 (check_case); dK / dV the
+    same bits on a second call (a fresh workspace) and in two replays of one CUDA graph; dQ / dK / dV near the
+    launch without a tail. Shapes with a tail plan on 132 SMs (200 tiles: 9 rows of 8 in three parts; 160: GQA, 2
+    rows of 16 in three; 192: 2 rows of 32 in halves)."""
+    _needs_hopper()
+    B, Hq, Hkv, S = shape
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if launch.hopper_bwd_tail_plan(B * Hkv, S // 128, sms) is None:
+        pytest.skip(f"{B * Hkv} rows of {S // 128} tiles on {sms} SMs: no tail plan")
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", (D,))
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL_MIN_KEYS", 0)
+    made = []
+    buffers = launch._bwd_tail_buffers
+    monkeypatch.setattr(launch, "_bwd_tail_buffers", lambda *a: made.append(a) or buffers(*a))
+    n = launch.hopper_bwd_launches
+    torch.manual_seed(0)
+    check_case(Case("fa", dtype, B, Hq, Hkv, S, S, D, causal=False), device="cuda")
+    assert launch.hopper_bwd_launches == n + 1 and len(made) == 1, "the backward's tail did not run"
+
+    torch.manual_seed(1)
+    q, do = (randn(B, S, Hq, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
+    k, v = (randn(B, S, Hkv, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
+    scale = 1 / math.sqrt(D)
+    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, True)[:2]
+    delta = launch.attn_bwd_delta(out, do, lse, None)
+
+    def bwd():
+        return launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, True)
+
+    dq, dk, dv = bwd()
+    _, dk2, dv2 = bwd()
+    assert torch.equal(dk2, dk) and torch.equal(dv2, dv)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        bwd()
+        with torch.cuda.graph(graph, stream=stream):
+            gq, gk, gv = bwd()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):
+        for x in (gq, gk, gv):
+            x.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(gk, dk) and torch.equal(gv, dv)
+        torch.testing.assert_close(gq, dq, rtol=2 ** -7, atol=2 ** -7 * dq.abs().max().item())
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
+    made.clear()
+    wq, wk, wv = bwd()
+    assert not made
+    for a, b in ((dq, wq), (dk, wk), (dv, wv)):
+        torch.testing.assert_close(a, b, rtol=2 ** -7, atol=2 ** -7 * b.abs().max().item())

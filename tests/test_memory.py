@@ -24,6 +24,17 @@ def test_flashkernels_formula_by_hand():
     assert hop.flash_forward == plain.flash_forward
     assert attention_memory(1, 2, 256, 128, kv_heads=1, dtype="fp32", hopper=True) == \
         attention_memory(1, 2, 256, 128, kv_heads=1, dtype="fp32")
+    # and, where the backward runs a tail launch (plain non-causal D = 128 from 4096 keys; 160 tiles on 132 SMs: the
+    # last row of 32 in three parts), its flags, and its partial dK / dV where dq's storage cannot hold them
+    slots = 32 * 2 * 2
+    for heads, kv, part in ((5, 5, slots * 2 * 64 * 128 * 4), (20, 5, 0)):  # (8 MB of partials; dq 5 / 21 MB)
+        plain = attention_memory(1, heads, 4096, 128, kv_heads=kv)
+        hop = attention_memory(1, heads, 4096, 128, kv_heads=kv, hopper=True)
+        assert hop.flash_backward - plain.flash_backward == 4 * heads * 4096 * 128 + (slots + 1) * 4 + part
+    assert attention_memory(1, 5, 4096, 128, hopper=True, causal=True).flash_backward - \
+        attention_memory(1, 5, 4096, 128, causal=True).flash_backward == 4 * 5 * 4096 * 128
+    assert attention_memory(1, 5, 4096, 128, hopper=True, sms=160).flash_backward == \
+        attention_memory(1, 5, 4096, 128).flash_backward + 4 * 5 * 4096 * 128  # (the tiles fill the rounds)
 
 
 def test_naive_formula_by_hand():
@@ -140,7 +151,8 @@ def test_estimate_within_10_percent_of_measured(shape):
 
     hopper = launch.hopper_bwd_reason(go, q, k, v, None, 1 / D ** 0.5, causal, 0, False, -1, -1, 0.0, None, None,
                                       None) is None
-    est = attention_memory(B, Hq, S, D, kv_heads=Hkv, causal=causal, hopper=hopper)
+    est = attention_memory(B, Hq, S, D, kv_heads=Hkv, causal=causal, hopper=hopper,
+                           sms=torch.cuda.get_device_properties(0).multi_processor_count)
     for fn, want in ((naive, (est.naive_forward, est.naive_backward)),
                      (ours, (est.flash_forward, est.flash_backward))):
         _peaks(fn, q, k, v, go)  # warm-up: compiles kernels, allocates cuBLAS workspaces

@@ -203,6 +203,13 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
+def _sm_count_here() -> int:
+    """This machine's default GPU's SM count (132, an H100's or H200's, without one)."""
+    if not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
 def _hopper_here() -> bool:
     """Whether this machine's default GPU runs the Gluon Hopper kernels."""
     if not torch.cuda.is_available():
@@ -218,7 +225,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     try:
         m = attention_memory(args.batch, args.heads, args.seqlen, args.head_dim, kv_heads=args.kv_heads,
                              seqlen_k=args.seqlen_k, dtype=args.dtype, causal=args.causal, device=args.device,
-                             hopper=_hopper_here() if args.hopper == "auto" else args.hopper == "yes")
+                             hopper=_hopper_here() if args.hopper == "auto" else args.hopper == "yes",
+                             sms=_sm_count_here())
     except ValueError as exc:
         print(f"flashkernels memory: {exc}", file=sys.stderr)
         return 2

@@ -1137,7 +1137,93 @@ HOPPER_BWD_STAGES: dict[tuple[int, bool], int] = {(128, True): 3}
 # +5-20% (scripts/ab_attention.py --gluon --switch HOPPER_BWD_M128 --modes bwd --head-dims 64
 # --seqlens 1024,2048,4096,8192,16384, benchmarks/results/h100-2026-11-27-ab-bwd-m128.txt).
 HOPPER_BWD_M128 = True
+# The plain non-causal backward's last round filled (kernels/bwd_hopper.py PDL_TRIGGER, TAIL_PARTS), at these head
+# dims, from HOPPER_BWD_TAIL_MIN_KEYS keys. Its CTAs (a 128-key tile each, one an SM) run in rounds: the FA3-paper
+# grid's 2048 tiles at D = 128 are 15.5 rounds on 132 SMs, the last on half of them (3.1% of the time; the forward's
+# count, session 28). Here the last rows of tiles (whole (batch, kv head) rows, hopper_bwd_tail_plan) are a second
+# launch of TAIL_PARTS CTAs a tile, each over a part of its query blocks, their dK / dV merged through a workspace;
+# made with programmatic dependent launch after a main grid whose CTAs let it start at once, its parts fill the SMs
+# the main grid's last round leaves idle. The main grid is the build without the tail (its code unchanged: a split
+# inside one kernel changed ptxas's schedule of the block loop and cost 0.5-5%, session 29).
+HOPPER_BWD_TAIL: tuple = (64, 128)
+HOPPER_BWD_TAIL_MIN_KEYS = 4096
+HOPPER_BWD_TAIL_MAX_PARTS = 3
+# A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
+# hand-over or the merge): hopper_bwd_tail_plan's model.
+HOPPER_BWD_TAIL_PART_COST = 0.03
 hopper_bwd_launches = 0  # Gluon backward launches in this process
+
+
+def hopper_bwd_tail(head_dim: int, causal: bool, features: bool, keys: int) -> bool:
+    """Whether the Gluon backward at ``head_dim`` over ``keys`` keys may fill its last round with a tail launch
+    (HOPPER_BWD_TAIL, from HOPPER_BWD_TAIL_MIN_KEYS keys): the plain geometry, not causal, no feature (a window or
+    Sq != Sk, softcap, ALiBi, packed sequences). hopper_bwd_tail_plan then says how."""
+    return (any(d == head_dim for d in HOPPER_BWD_TAIL) and not causal and not features
+            and keys >= HOPPER_BWD_TAIL_MIN_KEYS)
+
+
+def _bwd_finish(main: int, tail: int, parts: int, sms: int, cost: float) -> float:
+    """When the last SM finishes (in tiles' times): ``main`` whole tiles, started in order on ``sms`` SMs, each
+    taking the next when free, then ``tail`` tiles as ``parts`` parts each (1 / parts + cost a part)."""
+    import heapq
+
+    rounds, left = divmod(main, sms)
+    free = [float(rounds + 1)] * left + [float(rounds)] * (sms - left)
+    heapq.heapify(free)
+    for _ in range(tail * parts):
+        heapq.heappush(free, heapq.heappop(free) + 1.0 / parts + cost)
+    return max(free)
+
+
+def hopper_bwd_tail_plan(rows: int, key_blocks: int, sms: int) -> Optional[tuple[int, int]]:
+    """(tail rows, parts) for a backward of ``rows`` (batch, kv head) rows of ``key_blocks`` tiles on ``sms`` SMs,
+    or None: of the last 1 .. rows - 1 rows (at most two rounds of tiles) as a tail of 2 .. HOPPER_BWD_TAIL_MAX_PARTS
+    parts a tile, the one whose modelled finish (_bwd_finish, HOPPER_BWD_TAIL_PART_COST a part) is earliest, fewer
+    rows and parts first at a tie; None unless it beats the whole grid's ceil(tiles / sms) rounds by a tenth of a
+    round."""
+    return _bwd_tail_plan(rows, key_blocks, sms, HOPPER_BWD_TAIL_MAX_PARTS, HOPPER_BWD_TAIL_PART_COST)
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_tail_plan(rows: int, key_blocks: int, sms: int, max_parts: int, cost: float) -> Optional[tuple[int, int]]:
+    tiles = rows * key_blocks
+    best, best_time = None, -(-tiles // sms) - 0.1
+    for tail_rows in range(1, rows):
+        if tail_rows * key_blocks > 2 * sms:
+            break
+        for parts in range(2, max_parts + 1):
+            t = _bwd_finish(tiles - tail_rows * key_blocks, tail_rows * key_blocks, parts, sms, cost)
+            if t < best_time - 1e-9:
+                best, best_time = (tail_rows, parts), t
+    return best
+
+
+def _bwd_tail_buffers(tiles: int, parts: int, head_dim: int, scratch: torch.Tensor) -> dict:
+    """The tail launch's workspace, fresh a call: Part (fp32, dK_w and dV_w of 64 keys x head_dim for each earlier
+    part's warpgroup) in the storage of ``scratch`` (dQ's output, which only the copy after the kernels writes)
+    where it fits, else its own; Flags (int32 zeros, one a Part slot, then the launch's counter)."""
+    slots = tiles * (parts - 1) * 2
+    need = slots * 2 * 64 * head_dim
+    if scratch.untyped_storage().nbytes() >= 4 * need:
+        part = torch.empty(0, dtype=torch.float32, device=scratch.device).set_(scratch.untyped_storage(), 0, (need,))
+    else:
+        part = torch.empty(need, dtype=torch.float32, device=scratch.device)
+    return dict(Part=part, Flags=torch.zeros(slots + 1, dtype=torch.int32, device=scratch.device))
+
+
+def hopper_bwd_tail_bytes(B: int, H: int, Hkv: int, S: int, D: int, causal: bool, sms: int,
+                          element_size: int = 2) -> int:
+    """The bytes the tail launch's workspace adds (0 where the backward has none) for the plain geometry Sq = Sk = S,
+    no feature: its flags, and its Part where dQ's output (B·S·H·D elements) cannot hold it (_bwd_tail_buffers):
+    memory.attention_memory's term."""
+    if D == 256 or not hopper_bwd_tail(D, causal, False, S) or S % HOPPER_BLOCK_N:
+        return 0
+    plan = hopper_bwd_tail_plan(B * Hkv, S // HOPPER_BLOCK_N, sms)
+    if plan is None:
+        return 0
+    slots = plan[0] * (S // HOPPER_BLOCK_N) * (plan[1] - 1) * 2
+    part = slots * 2 * 64 * D * 4
+    return (slots + 1) * 4 + (part if part > B * S * H * D * element_size else 0)
 
 
 def hopper_bwd_block_m(head_dim: int, features: bool) -> int:
@@ -1265,8 +1351,13 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
     dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
-    rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
     featured = has_window or softcap > 0 or alibi_slopes is not None or varlen
+    tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan); its flags zeroed before the main one
+    if D != 256 and Sk_max > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
+        tail = hopper_bwd_tail_plan(n_seq * Hkv, triton_cdiv(Sk_max, HOPPER_BLOCK_N), _sm_count(q.device.index or 0))
+        if tail is not None:
+            tail_bufs = _bwd_tail_buffers(tail[0] * triton_cdiv(Sk_max, HOPPER_BLOCK_N), tail[1], D, dq)
+    rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
     block_m = hopper_bwd_block_m(D, featured) if D != 256 else rows  # the Q / dO / lse / Delta tiles
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, block_m), _hopper_desc(k, rows),
                                                     _hopper_desc(v, rows), _hopper_desc(do, block_m))
@@ -1306,14 +1397,21 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     # and a TMA copy's start must be 16-byte aligned (kernels/bwd_hopper._bwd_producer)
     lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if varlen else
                           (_rows_desc(lse.contiguous(), block_m), _rows_desc(delta, block_m)))
-    cached_launch(
-        kernel, grid, dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv,
-        scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo, *extra,
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal_,
-        STAGES=hopper_bwd_stages(D, not (causal_ or featured)),
-        OUT_BSHD=bshd, LONG_FIRST=long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, fk_traceable=False,
-        **features,
-    )
+    args = (dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv, scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
+            *extra)
+    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal_,
+                  STAGES=hopper_bwd_stages(D, not (causal_ or featured)), OUT_BSHD=bshd, LONG_FIRST=long_first,
+                  num_warps=4, maxnreg=bwd_hopper.MAXNREG, fk_traceable=False, **features)
+    if tail is None:
+        cached_launch(kernel, grid, *args, **consts)
+    else:  # the main grid without the tail's rows, its CTAs letting the tail launch start at once; the tail launch
+        # by programmatic dependent launch, TAIL_PARTS CTAs a tile of its rows
+        tail_rows, parts = tail
+        main_rows = grid[1] - tail_rows
+        if main_rows > 0:
+            cached_launch(kernel, (grid[0], main_rows), *args, PDL_TRIGGER=True, **consts)
+        cached_launch(kernel, (tail_rows * grid[0] * parts,), *args, TAIL_PARTS=parts, tile_base=main_rows * grid[0],
+                      launch_pdl=True, **tail_bufs, **consts)
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
     return dq, dk, dv

@@ -37,6 +37,11 @@ Flashkernels (exactly what launch.py allocates, with autograd.py around it):
              + hopper * 4Q                           the Gluon backward's fp32 dQ accumulator
                                                      (kernels/bwd_hopper*.py: sm_90, bf16/fp16,
                                                      D = 64, 128 or 256, Sq = Sk a multiple of 128)
+             + hopper * tail                         its tail launch's flags, and its partial dK / dV
+                                                     where dq's storage cannot hold them
+                                                     (launch.hopper_bwd_tail_bytes: plain non-causal,
+                                                     from 4096 keys; at the FA3-paper shapes only the
+                                                     flags, about 1 KB)
 
 For tiny Sk (below ~D) other moments of the naive path can be higher; both formulas take the
 max over the moments listed in ``_naive``. Reduction = 100 * (1 - flashkernels / naive).
@@ -106,15 +111,15 @@ def _naive(B, Hq, Hkv, Sq, Sk, D, e, causal, cuda) -> tuple[int, int]:
 
 def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv_heads: int | None = None,
                      seqlen_k: int | None = None, dtype=torch.bfloat16, causal: bool = False,
-                     device: str = "cuda", hopper: bool = False) -> AttentionMemory:
+                     device: str = "cuda", hopper: bool = False, sms: int = 132) -> AttentionMemory:
     """Peak extra bytes of attention forward and backward, naive vs flashkernels.
 
     q is (batch, heads, seqlen_q, head_dim), k and v (batch, kv_heads, seqlen_k, head_dim);
     kv_heads defaults to heads, seqlen_k to seqlen_q; dtype is a torch dtype or one of
     'fp16', 'bf16', 'fp32', 'fp64'; device 'cuda' (default) or 'cpu' is where the naive path
     would run (their softmax backwards allocate differently). ``hopper``: flashkernels runs on an
-    sm_90 GPU, where the shapes the Gluon backward covers add its fp32 dQ accumulator. The
-    formulas are in this module's docstring.
+    sm_90 GPU, where the shapes the Gluon backward covers add its fp32 dQ accumulator (and, on a card of
+    ``sms`` SMs, its tail launch's workspace). The formulas are in this module's docstring.
     """
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device: expected 'cuda' or 'cpu', got {device!r}")
@@ -135,6 +140,8 @@ def attention_memory(batch: int, heads: int, seqlen_q: int, head_dim: int, *, kv
     flash_fwd = e * Q + 4 * R
     flash_bwd = flash_fwd + 4 * R + e * (Q + 2 * K)
     if hopper and dt in (torch.float16, torch.bfloat16) and D in (64, 128, 256) and Sq == Sk and Sq % 128 == 0:
-        flash_bwd += 4 * Q
+        from .launch import hopper_bwd_tail_bytes
+
+        flash_bwd += 4 * Q + hopper_bwd_tail_bytes(B, Hq, Hkv, Sq, D, bool(causal), sms, e)
     name = next(k for k, v in DTYPES.items() if v == dt)
     return AttentionMemory(B, Hq, Hkv, Sq, Sk, D, name, bool(causal), naive_fwd, naive_bwd, flash_fwd, flash_bwd)

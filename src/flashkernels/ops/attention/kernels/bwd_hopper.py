@@ -57,6 +57,13 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
 At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
 
+The plain non-causal backward's last round (launch.HOPPER_BWD_TAIL): the grid without its last rows of tiles
+(PDL_TRIGGER: each CTA lets the next launch start first thing), then those rows' tiles as a second launch of
+TAIL_PARTS CTAs a tile (each a part of the tile's query blocks, the parts' dK / dV merged through a workspace), by
+programmatic dependent launch: its parts fill the SMs the main grid's last round leaves idle (+1.5-1.7% at 16k on
+an H200, docs/perf-notes.md session 29). The main grid's code is the plain build's: a split decided inside one
+kernel moved ptxas's schedule of the block loop and cost 0.5-5% (docs/patches/s29-bwd-split-tail.patch).
+
 Features (constexpr flags, each off in the plain build, whose SASS they leave as it was; the
 forward's semantics, hopper_softmax._softmax_step, in its order and rounding, so that P^T matches the
 forward's lse; the gradients as kernels/bwd.py's):
@@ -105,8 +112,8 @@ fewer than MHA's.
 
 Without a Gluon that imports (see gluon_base.AVAILABLE) the definitions below are inert.
 """
-from .bwd_hopper_tiles import (_bwd_tile, _bwd_tile_again, _diag_cuts, _opaque, _varlen_cuts,  # noqa: F401
-                               _varlen_keep, _window_cuts, _window_keep)
+from .bwd_hopper_tiles import (_bwd_part_tile, _bwd_tile, _bwd_tile_again, _ctaid, _diag_cuts,  # noqa: F401
+                               _opaque, _varlen_cuts, _varlen_keep, _window_cuts, _window_keep)
 from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _bar_arrive, _bar_sync, _pair_barrier,  # noqa: F401
                          _tanh_approx, _tma_reduce_add, _varlen_seq, gl, gluon)  # (UNAVAILABLE_REASON: re-exported)
 
@@ -212,7 +219,8 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
                   causal_offset, window_left, window_right, CuQ, CuK,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   LONG_FIRST: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, PROD_WRITER: gl.constexpr,
-                  desc_dq, dq_smem, dq_free, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr):
+                  desc_dq, dq_smem, dq_free, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr,
+                  TAIL_PARTS: gl.constexpr, tile_base, Flags):
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view);
     # VARLEN (one batch of S = total_q rows): row h*rh + q0 + m of sequence b, whose rows start at q0 (keys: k0)
     if VARLEN:
@@ -226,8 +234,12 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
         row_v = hk * v_rh + k0 + n0
         kv_pred = n_blocks > 0  # a key block past the sequence's keys loads no K / V (the consumers wait for none)
     else:
-        b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
-                                            window_left, window_right, WINDOW)
+        if TAIL_PARTS:  # (a part of a tile: some of its query blocks)
+            b, hk, n0, i0, n_blocks = _bwd_part_tile(gl.program_id(0), S, H // GROUP, tile_base, BLOCK_M, BLOCK_N,
+                                                     TAIL_PARTS)
+        else:
+            b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
+                                                window_left, window_right, WINDOW)
         row_k = b * k_rb + hk * k_rh + n0
         row_v = b * v_rb + hk * v_rh + n0
         kv_pred = True
@@ -289,6 +301,60 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
             _dq_reduce(desc_dq, dq_smem, t, i0, n_blocks, row0, col0, q0, S, HEAD_DIM, BLOCK_M, OUT_BSHD, VARLEN)
             tma.store_wait(0)
             mbarrier.arrive(dq_free)
+    if TAIL_PARTS:  # a tail launch ends after the launch before it (the main grid, which it may overlap under
+        # programmatic dependent launch): the last of its producer threads to count itself in waits for that grid
+        # (griddepcontrol.wait), so the stream's next work, which reads both (the dQ accumulator), finds both done
+        n_flags = gl.num_programs(0) // TAIL_PARTS * (TAIL_PARTS - 1) * 2  # (the counter after the parts' flags)
+        lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))  # (one a thread of the warp)
+        old = gl.inline_asm_elementwise("atom.global.add.u32 $0, [$1], 1;", "=r,l", [Flags + n_flags + lane * 0],
+                                        dtype=gl.int32, is_pure=False, pack=1)
+        gl.inline_asm_elementwise("{ .reg .pred p; setp.eq.u32 p, $1, $2; @p griddepcontrol.wait; mov.b32 $0, 0; }",
+                                  "=r,r,r", [old, lane * 0 + (gl.num_programs(0) * 32 - 1)], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+
+# TAIL_PARTS' hand-over of a part's partial sums (as fwd_hopper's SPLIT_TAIL): each thread's own acquire /
+# release, so that no barrier of the whole CTA is needed inside a partition. Labels inside { } are local to the block.
+_SPIN_ASM = gl.constexpr("{ .reg .pred p; .reg .b32 v; spin: ld.acquire.gpu.global.b32 v, [$1]; "
+                         "setp.eq.s32 p, v, 0; @p bra spin; mov.b32 $0, 0; }")
+_RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0, 0;")
+
+
+@gluon.jit
+def _bwd_tail_merge(acc, out_ptrs, offs, o_rows, Part, Flags, first, half: gl.constexpr, W: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, TAIL_PARTS: gl.constexpr):
+    """acc (dK_w: half 0, dV_w: half 1) plus the tile's earlier parts' (each once its flag is set), in part
+    order after this part's own, stored."""
+    span: gl.constexpr = 2 * 64 * HEAD_DIM  # a slot: dK_w, dV_w (64 x D fp32 each)
+    for q in gl.static_range(TAIL_PARTS - 1):
+        slot = (first + q) * 2 + W
+        zero = gl.inline_asm_elementwise(_SPIN_ASM, "=r,l", [Flags + slot + o_rows * 0], dtype=gl.int32,
+                                         is_pure=False, pack=1)  # (0, once the flag is set)
+        acc += gl.load(Part + slot * span + half * (64 * HEAD_DIM) + offs + zero[:, None])
+    gl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty))
+
+
+@gluon.jit
+def _bwd_tail_out(dk, dv, dk_ptrs, dv_ptrs, o_rows, o_cols, pid, Part, Flags, W: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, TAIL_PARTS: gl.constexpr):
+    """TAIL_PARTS' end of warpgroup W's dK_w, dV_w in part p = pid % TAIL_PARTS of its tile. p < TAIL_PARTS - 1:
+    written (fp32) to its slot of Part, then its flag in Flags released. The last part, the tile's CTA started
+    last: the earlier parts' partials added to its own in part order (the same order at every call: dK and dV
+    stay bitwise reproducible), dK_w then dV_w (one partial in registers at a time), and stored."""
+    offs = o_rows[:, None] * HEAD_DIM + o_cols[None, :]
+    first = (pid // TAIL_PARTS) * (TAIL_PARTS - 1)  # the tile's first slot pair
+    p = pid % TAIL_PARTS
+    if p < TAIL_PARTS - 1:
+        span: gl.constexpr = 2 * 64 * HEAD_DIM
+        slot = (first + p) * 2 + W
+        gl.store(Part + slot * span + offs, dk)
+        gl.store(Part + slot * span + 64 * HEAD_DIM + offs, dv)
+        gl.thread_barrier()  # (the warpgroup's named barrier) every thread's stores before the releases
+        gl.inline_asm_elementwise(_RELEASE_ASM, "=r,l", [Flags + slot + o_rows * 0], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+    else:
+        _bwd_tail_merge(dk, dk_ptrs, offs, o_rows, Part, Flags, first, 0, W, HEAD_DIM, TAIL_PARTS)
+        _bwd_tail_merge(dv, dv_ptrs, offs, o_rows, Part, Flags, first, 1, W, HEAD_DIM, TAIL_PARTS)
 
 
 @gluon.jit
@@ -298,7 +364,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                   WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq,
-                  SPLIT_BAR: gl.constexpr, PROD_WRITER: gl.constexpr, dq_free):
+                  SPLIT_BAR: gl.constexpr, PROD_WRITER: gl.constexpr, dq_free, TAIL_PARTS: gl.constexpr, tile_base,
+                  Part, Flags):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -312,6 +379,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         b, hk, n0, i0, n_blocks, q0, k0, seqlen_q, seqlen_k, causal_offset = _bwd_tile(
             S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset, window_left, window_right, WINDOW, CuQ, CuK,
             VARLEN)
+    elif TAIL_PARTS:  # (a part of a tile: some of its query blocks)
+        b, hk, n0, i0, n_blocks = _bwd_part_tile(gl.program_id(0), S, HKV, tile_base, BLOCK_M, BLOCK_N, TAIL_PARTS)
     else:
         b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST, causal_offset,
                                             window_left, window_right, WINDOW)
@@ -591,7 +660,15 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
             k_sh = S * HEAD_DIM
     o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, kv_layout))
     o_cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, kv_layout))
-    if VARLEN:  # sequence b's keys only (B = 1, OUT_BSHD)
+    if TAIL_PARTS:  # a part: handed over, or the tile's parts merged and stored (its place read again from fresh
+        # reads of the CTA's id and the sizes: values the loop need not keep)
+        pid = _ctaid(0)
+        b, hk, n0, _, _ = _bwd_part_tile(pid, _opaque(S), _opaque(H) // _opaque(GROUP), _opaque(tile_base),
+                                         BLOCK_M, BLOCK_N, TAIL_PARTS)
+        n0w = n0 + W * 64
+        o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
+        _bwd_tail_out(dk, dv, DK + o_offs, DV + o_offs, o_rows, o_cols, pid, Part, Flags, W, HEAD_DIM, TAIL_PARTS)
+    elif VARLEN:  # sequence b's keys only (B = 1, OUT_BSHD)
         _, k0, _, seqlen_k = _varlen_seq(CuQ, CuK, b)  # (q0, k0, seqlen_q, seqlen_k)
         o_offs = hk * k_sh + (k0 + n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
         o_mask = (o_rows < seqlen_k - n0w)[:, None]
@@ -612,7 +689,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, SOFTCAP: gl.constexpr = False,
                            ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False,
-                           PROD_WRITER: gl.constexpr = False):
+                           PROD_WRITER: gl.constexpr = False, PDL_TRIGGER: gl.constexpr = False,
+                           TAIL_PARTS: gl.constexpr = 0, tile_base=0, Part=None, Flags=None):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -633,8 +711,19 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     (launch.HOPPER_BWD_SPLIT_BAR: the causal builds).
     PROD_WRITER (with DQ_TMA): the producer warp issues the dQ reduces, the consumers only store the
     tiles (launch.HOPPER_BWD_PROD_WRITER: the causal builds).
+    PDL_TRIGGER: each CTA lets the next launch of the stream start first thing (griddepcontrol.launch_dependents):
+    a tail launch (below) made with programmatic dependent launch then fills the SMs this grid's last round
+    leaves idle. TAIL_PARTS (the plain non-causal geometry, no feature): a tail launch, a 1-D grid of TAIL_PARTS
+    CTAs a tile, for the tiles from tile_base in _bwd_tile's launch order, each CTA a part of its tile's query
+    blocks (_bwd_part_tile); Part (fp32, (TAIL_PARTS - 1) · 2 · 2 · 64 · D a tile) holds the earlier parts'
+    dK_w / dV_w and Flags (int32 zeros, one per Part slot of 64 keys) their hand-over (_bwd_tail_out).
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
+    gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST or SOFTCAP or ALIBI or WINDOW
+                                                                   or VARLEN or PROD_WRITER or SPLIT_BAR)))
+    if PDL_TRIGGER:  # (the tail launch after this grid may start now: it reads nothing this grid writes)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
     gl.static_assert(BLOCK_N == 2 * 64)
     # BLOCK_M 128: D = 64 without the feature flags (register room: S^T and dP^T are 64 x 128 fp32)
     gl.static_assert(BLOCK_M == 64 or (BLOCK_M == 128 and HEAD_DIM == 64 and not (SOFTCAP or ALIBI or WINDOW
@@ -697,15 +786,18 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
+                         Flags)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
-                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free)),
+                         DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
+                         Flags)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
                          causal_offset, window_left, window_right, CuQ, CuK, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
-                         LONG_FIRST, WINDOW, VARLEN, PROD_WRITER, desc_dq, dq_smem, dq_free, HEAD_DIM, OUT_BSHD)),
+                         LONG_FIRST, WINDOW, VARLEN, PROD_WRITER, desc_dq, dq_smem, dq_free, HEAD_DIM, OUT_BSHD,
+                         TAIL_PARTS, tile_base, Flags)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

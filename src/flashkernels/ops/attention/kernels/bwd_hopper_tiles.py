@@ -69,6 +69,22 @@ def _bwd_tile(S, HKV, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.c
 
 
 @gluon.jit
+def _bwd_part_tile(pid, S, HKV, tile_base, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, TAIL_PARTS: gl.constexpr):
+    """TAIL_PARTS' (b, kv head, n0, first query block, query blocks per query head) of CTA pid of the tail
+    launch (a 1-D grid, TAIL_PARTS CTAs a tile): part pid % TAIL_PARTS of tile tile_base + pid // TAIL_PARTS
+    (numbered as _bwd_tile's grid (S / BLOCK_N, B·Hkv) launches them; the plain non-causal geometry, Sq = Sk =
+    S), its query blocks p · n / TAIL_PARTS .. (p + 1) · n / TAIL_PARTS - 1 of every query head of the group
+    (n = S / BLOCK_M). A tile's parts are consecutive CTAs: its last part, which merges, starts last."""
+    tile = tile_base + pid // TAIL_PARTS
+    p = pid % TAIL_PARTS
+    nkb = S // BLOCK_N
+    bh = tile // nkb
+    nb = S // BLOCK_M
+    i0 = p * nb // TAIL_PARTS
+    return bh // HKV, bh % HKV, (tile - bh * nkb) * BLOCK_N, i0, (p + 1) * nb // TAIL_PARTS - i0
+
+
+@gluon.jit
 def _ctaid(AXIS: gl.constexpr):
     """gl.program_id(AXIS) read again (not common-subexpression-eliminated with an earlier read)."""
     return gl.inline_asm_elementwise("mov.u32 $0, %ctaid." + "xy"[AXIS] + ";", "=r", [], dtype=gl.int32,
