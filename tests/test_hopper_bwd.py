@@ -617,7 +617,7 @@ def test_bwd_tail_launch_arguments(monkeypatch):
         assert tail["Flags"].dtype == torch.int32 and tail["Flags"].shape == (slots + 1,) and not tail["Flags"].any()
         again = run(128, False, 4096, H, Hkv)[1]
         assert again["Flags"] is not tail["Flags"]  # (fresh a call)
-        # Part in dQ's output storage (B·S·H·D bf16) where it fits: here only the GQA case's (5 MB of 10)
+        # Part in dQ's output storage (B·S·H·D bf16) where it fits: here only the GQA case's (8.4 MB in 21)
         fits = slots * 2 * 64 * 128 * 4 <= 4096 * H * 128 * 2
         assert (tail["Part"].untyped_storage().nbytes() == 4096 * H * 128 * 2) is fits, (H, Hkv)
         assert launch.hopper_bwd_tail_bytes(1, H, Hkv, 4096, 128, False, 132) == \
