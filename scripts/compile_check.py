@@ -320,7 +320,12 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
                 consts["EPI_TMA"] = True
                 for n in ("desc_dk", "desc_dv"):
                     descs[n] = launch._grad_desc(torch.empty(1, 2, 1024, D, dtype=dtype), True, 64, 128)
-        return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass)
+        if tail_parts:
+            consts["TAIL_PARTS"] = tail_parts
+            ptrs.update(Part="*fp32", Flags="*i32")
+        if pdl_trigger:
+            consts["PDL_TRIGGER"] = True
+        return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass, plain=("H", "GROUP", "tile_base"))
     ptrs.update(Alibi="*fp32", softcap="fp32", CuQ="*i32", CuK="*i32")
     consts.update(SOFTCAP=softcap, ALIBI=alibi, WINDOW=window, VARLEN=varlen)
     if launch.HOPPER_BWD_DQ_TMA if dq_tma is None else dq_tma:  # (dQ by a TMA reduce-add, as launched)

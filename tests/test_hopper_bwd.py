@@ -431,8 +431,8 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
     [("bf16", D, causal, dict(varlen=True)) for D in (64, 128) for causal in (False, True)] + \
     [("bf16", 128, False, dict(varlen=True, window=True)), ("bf16", 128, True, dict(varlen=True, softcap=True)),
      ("bf16", 128, True, dict(varlen=True, alibi=True))] + \
-    [(dt, 128, False, dict(tail_parts=parts)) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
-    [("bf16", 128, False, dict(pdl_trigger=True))]
+    [(dt, D, False, dict(tail_parts=parts)) for D in (128, 256) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
+    [("bf16", D, False, dict(pdl_trigger=True)) for D in (128, 256)]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -455,7 +455,8 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     build's 52 B with any (at D = 128 the window's builds spill 8-12 B, VARLEN's 12-36 B: a few loads
     an iteration, see scripts/compile_check.py --sass; VARLEN with softcap and ALiBi together, not
     built here, 96-124 B). The backward's tail launch (TAIL_PARTS, two or three parts a tile) and the main grid
-    before it (PDL_TRIGGER), plain non-causal builds, up to the plain build's 8 B (its three stages)."""
+    before it (PDL_TRIGGER), plain non-causal builds, up to the plain build's 8 B (its three stages) at D = 128
+    (at D = 256, kernels/bwd_hopper256.py, 0 B)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -550,9 +551,10 @@ def test_bwd_tail_covers_every_block_once():
     (kernels/bwd_hopper_tiles._bwd_part_tile, written out here; TAIL_PARTS CTAs a tile of the last rows) cover
     every (b, kv head, key block, query block) exactly once; a tile's parts are consecutive CTAs in part order (its
     last, which merges the others, starts last) and differ in length by at most one block."""
-    for B, HKV, S, BLOCK_M in ((1, 25, 1024, 64), (1, 10, 2048, 64), (1, 6, 4096, 64), (4, 16, 4096, 64),
-                               (1, 16, 16384, 64), (16, 32, 1024, 128)):
-        kb = S // 128
+    for B, HKV, S, BLOCK_M, BLOCK_N in ((1, 25, 1024, 64, 128), (1, 10, 2048, 64, 128), (1, 6, 4096, 64, 128),
+                                        (4, 16, 4096, 64, 128), (1, 16, 16384, 64, 128), (16, 32, 1024, 128, 128),
+                                        (4, 8, 4096, 64, 64), (1, 25, 1024, 64, 64)):  # (BLOCK_N 64: D = 256)
+        kb = S // BLOCK_N
         plan = launch.hopper_bwd_tail_plan(B * HKV, kb, 132)
         assert plan is not None, (B, HKV, S)
         tail_rows, parts = plan
@@ -562,11 +564,11 @@ def test_bwd_tail_covers_every_block_once():
         for pid_bh in range(main_rows):
             for pid_n in range(kb):
                 for i in range(nb):
-                    seen[pid_bh // HKV, pid_bh % HKV, pid_n * 128, i] = "main"
+                    seen[pid_bh // HKV, pid_bh % HKV, pid_n * BLOCK_N, i] = "main"
         for pid in range(tail_rows * kb * parts):
-            b, hk, n0, i0, n = _part_tile(pid, S, HKV, main_rows * kb, BLOCK_M, 128, parts)
+            b, hk, n0, i0, n = _part_tile(pid, S, HKV, main_rows * kb, BLOCK_M, BLOCK_N, parts)
             assert (b * HKV + hk) >= main_rows and abs(n - nb / parts) < 1
-            assert (b * HKV + hk) * kb + n0 // 128 == main_rows * kb + pid // parts
+            assert (b * HKV + hk) * kb + n0 // BLOCK_N == main_rows * kb + pid // parts
             for i in range(i0, i0 + n):
                 assert (b, hk, n0, i) not in seen
                 seen[b, hk, n0, i] = pid
@@ -578,8 +580,9 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     from HOPPER_BWD_TAIL_MIN_KEYS keys, with a tail plan (hopper_bwd_tail_plan), launches the main grid over the
     rows before the tail (PDL_TRIGGER), then the tail (a 1-D grid of TAIL_PARTS CTAs a tile from tile_base, by
     programmatic dependent launch) with a fresh workspace (Part: fp32, (parts - 1) · 2 slots of 64 x D a tile;
-    Flags: int32 zeros, one a slot and the counter), D = 64 too; causal calls, features (softcap, ALiBi, a window,
-    Sq != Sk), D = 256, fewer keys, no plan and the switch off launch one grid without either; memory's
+    Flags: int32 zeros, one a slot and the counter), D = 64 too, and D = 256 (its own kernel, 64-key tiles) once
+    named; causal calls, features (softcap, ALiBi, a window, Sq != Sk), fewer keys, no plan and the switch off
+    launch one grid without either; memory's
     hopper_bwd_tail_bytes counts what the workspace adds (Part lies in dQ's output storage where it fits)."""
     from flashkernels.ops.attention.kernels import bwd_hopper256
 
@@ -634,7 +637,15 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, True, 132) == 0
     main, tail = run(64, False, 4096, 5)  # (D = 64: its 128-row build)
     assert main["PDL_TRIGGER"] is True and tail["TAIL_PARTS"] == 3 and tail["BLOCK_M"] == 128
-    assert len(run(256, False, 4096, 5)) == 1  # (its own kernel)
+    assert len(run(256, False, 4096, 3)) == 1  # (not named by default: not yet run on a GPU)
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", (64, 128, 256))
+    main, tail = run(256, False, 4096, 3)  # (D = 256's kernel: 64-key tiles, 3 rows of 64, the last in halves)
+    assert main["grid"] == (64, 2) and main["PDL_TRIGGER"] is True and "EPI_TMA" in main
+    assert tail["grid"] == (64 * 2,) and tail["TAIL_PARTS"] == 2 and tail["tile_base"] == 128
+    assert tail["Part"].numel() == 64 * 2 * 2 * 64 * 128 and tail["Flags"].shape == (64 * 2 + 1,)
+    # (8.4 MB of partials, more than dq's 6.3 MB: a buffer of their own)
+    assert launch.hopper_bwd_tail_bytes(1, 3, 3, 4096, 256, False, 132) == (64 * 2 + 1) * 4 + 64 * 2 * 2 * 64 * 128 * 4
+    assert tail["Part"].untyped_storage().nbytes() == 64 * 2 * 2 * 64 * 128 * 4
     monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
     assert len(run(128, False, 4096, 5)) == 1
     assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, False, 132) == 0
@@ -1111,19 +1122,22 @@ def test_hopper_bwd_causal_switch_cuda(monkeypatch, causal, heads, D, switch):
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", [(1, 25, 25, 1024), (1, 40, 10, 2048), (1, 6, 6, 4096)],
                          ids=["b1-h25-1k", "b1-gqa-2k", "b1-h6-4k"])
-@pytest.mark.parametrize("D", [64, 128], ids=["d64", "d128"])
+@pytest.mark.parametrize("D", [64, 128, 256], ids=["d64", "d128", "d256"])
 def test_hopper_bwd_tail_cuda(monkeypatch, D, shape, dtype):
-    """launch.HOPPER_BWD_TAIL at D = 64 (128 query rows an iteration) and 128 (from any key count here): the main
-    grid, then the last rows' tiles as a tail launch of parts by programmatic dependent launch, the parts' dK / dV
-    merged (kernels/bwd_hopper.py TAIL_PARTS). Gradients within the policy of float64 (check_case); dK / dV the
-    same bits on a second call (a fresh workspace) and in two replays of one CUDA graph; dQ / dK / dV near the
-    launch without a tail. Shapes with a tail plan on 132 SMs (200 tiles: 9 rows of 8 in three parts; 160: GQA, 2
-    rows of 16 in three; 192: 2 rows of 32 in halves)."""
+    """launch.HOPPER_BWD_TAIL at D = 64 (128 query rows an iteration), 128 and 256 (kernels/bwd_hopper256.py:
+    64-key tiles; not on by default) from any key count here: the main grid, then the last rows' tiles as a tail
+    launch of parts by programmatic dependent launch, the parts' dK / dV merged (kernels/bwd_hopper.py TAIL_PARTS).
+    Gradients within the policy of float64 (check_case); dK / dV the same bits on a second call (a fresh
+    workspace) and in two replays of one CUDA graph; dQ / dK / dV near the launch without a tail. Shapes with a
+    tail plan on 132 SMs (128-key tiles: 200, 9 rows of 8 in three parts; 160, GQA, 2 rows of 16 in three; 192, 2
+    rows of 32 in halves; 64-key tiles: 400, 1 row of 16 in three; 320, GQA, 2 rows of 32 in halves; the third
+    has no plan)."""
     _needs_hopper()
     B, Hq, Hkv, S = shape
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    if launch.hopper_bwd_tail_plan(B * Hkv, S // 128, sms) is None:
-        pytest.skip(f"{B * Hkv} rows of {S // 128} tiles on {sms} SMs: no tail plan")
+    kb = S // (64 if D == 256 else 128)
+    if launch.hopper_bwd_tail_plan(B * Hkv, kb, sms) is None:
+        pytest.skip(f"{B * Hkv} rows of {kb} tiles on {sms} SMs: no tail plan")
     monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", (D,))
     monkeypatch.setattr(launch, "HOPPER_BWD_TAIL_MIN_KEYS", 0)
     made = []

@@ -1144,7 +1144,11 @@ HOPPER_BWD_M128 = True
 # launch of TAIL_PARTS CTAs a tile, each over a part of its query blocks, their dK / dV merged through a workspace;
 # made with programmatic dependent launch after a main grid whose CTAs let it start at once, its parts fill the SMs
 # the main grid's last round leaves idle. The main grid is the build without the tail (its code unchanged: a split
-# inside one kernel changed ptxas's schedule of the block loop and cost 0.5-5%, session 29).
+# inside one kernel changed ptxas's schedule of the block loop and cost 0.5-5%, session 29). H200, session 29
+# (scripts/ab_attention.py --gluon --paired 20 --switch HOPPER_BWD_TAIL, FA3-paper shapes, ...-s29-ab-bwd-tail*.txt),
+# on / off: D = 128 +0.9% / +1.7% at 4k / 16k (-0.8% at 1k, hence the key floor), D = 64 +1.3% / +1.5%. D = 256
+# (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid) builds and is CPU-tested but has not run
+# on a GPU: add it here once its GPU test passed and it was measured.
 HOPPER_BWD_TAIL: tuple = (64, 128)
 HOPPER_BWD_TAIL_MIN_KEYS = 4096
 HOPPER_BWD_TAIL_MAX_PARTS = 3
@@ -1198,12 +1202,18 @@ def _bwd_tail_plan(rows: int, key_blocks: int, sms: int, max_parts: int, cost: f
     return best
 
 
+def _bwd_tail_slot(head_dim: int) -> int:
+    """fp32 elements of a tail part's warpgroup's dK_w (or dV_w): 64 keys x D (kernels/bwd_hopper.py), 64 keys x
+    D / 2 at D = 256 (bwd_hopper256.py's warpgroups split D)."""
+    return 64 * (head_dim // 2 if head_dim == 256 else head_dim)
+
+
 def _bwd_tail_buffers(tiles: int, parts: int, head_dim: int, scratch: torch.Tensor) -> dict:
-    """The tail launch's workspace, fresh a call: Part (fp32, dK_w and dV_w of 64 keys x head_dim for each earlier
+    """The tail launch's workspace, fresh a call: Part (fp32, dK_w and dV_w (_bwd_tail_slot) for each earlier
     part's warpgroup) in the storage of ``scratch`` (dQ's output, which only the copy after the kernels writes)
     where it fits, else its own; Flags (int32 zeros, one a Part slot, then the launch's counter)."""
     slots = tiles * (parts - 1) * 2
-    need = slots * 2 * 64 * head_dim
+    need = slots * 2 * _bwd_tail_slot(head_dim)
     if scratch.untyped_storage().nbytes() >= 4 * need:
         part = torch.empty(0, dtype=torch.float32, device=scratch.device).set_(scratch.untyped_storage(), 0, (need,))
     else:
@@ -1216,13 +1226,14 @@ def hopper_bwd_tail_bytes(B: int, H: int, Hkv: int, S: int, D: int, causal: bool
     """The bytes the tail launch's workspace adds (0 where the backward has none) for the plain geometry Sq = Sk = S,
     no feature: its flags, and its Part where dQ's output (B·S·H·D elements) cannot hold it (_bwd_tail_buffers):
     memory.attention_memory's term."""
-    if D == 256 or not hopper_bwd_tail(D, causal, False, S) or S % HOPPER_BLOCK_N:
+    block_n = 64 if D == 256 else HOPPER_BLOCK_N  # (keys a tile)
+    if not hopper_bwd_tail(D, causal, False, S) or S % block_n:
         return 0
-    plan = hopper_bwd_tail_plan(B * Hkv, S // HOPPER_BLOCK_N, sms)
+    plan = hopper_bwd_tail_plan(B * Hkv, S // block_n, sms)
     if plan is None:
         return 0
-    slots = plan[0] * (S // HOPPER_BLOCK_N) * (plan[1] - 1) * 2
-    part = slots * 2 * 64 * D * 4
+    slots = plan[0] * (S // block_n) * (plan[1] - 1) * 2
+    part = slots * 2 * _bwd_tail_slot(D) * 4
     return (slots + 1) * 4 + (part if part > B * S * H * D * element_size else 0)
 
 
@@ -1353,10 +1364,11 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
     featured = has_window or softcap > 0 or alibi_slopes is not None or varlen
     tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan); its flags zeroed before the main one
-    if D != 256 and Sk_max > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
-        tail = hopper_bwd_tail_plan(n_seq * Hkv, triton_cdiv(Sk_max, HOPPER_BLOCK_N), _sm_count(q.device.index or 0))
+    if Sk_max > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
+        tile_keys = 64 if D == 256 else HOPPER_BLOCK_N
+        tail = hopper_bwd_tail_plan(n_seq * Hkv, triton_cdiv(Sk_max, tile_keys), _sm_count(q.device.index or 0))
         if tail is not None:
-            tail_bufs = _bwd_tail_buffers(tail[0] * triton_cdiv(Sk_max, HOPPER_BLOCK_N), tail[1], D, dq)
+            tail_bufs = _bwd_tail_buffers(tail[0] * triton_cdiv(Sk_max, tile_keys), tail[1], D, dq)
     rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
     block_m = hopper_bwd_block_m(D, featured) if D != 256 else rows  # the Q / dO / lse / Delta tiles
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, block_m), _hopper_desc(k, rows),

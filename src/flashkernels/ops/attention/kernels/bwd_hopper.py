@@ -301,16 +301,23 @@ def _bwd_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem,
             _dq_reduce(desc_dq, dq_smem, t, i0, n_blocks, row0, col0, q0, S, HEAD_DIM, BLOCK_M, OUT_BSHD, VARLEN)
             tma.store_wait(0)
             mbarrier.arrive(dq_free)
-    if TAIL_PARTS:  # a tail launch ends after the launch before it (the main grid, which it may overlap under
-        # programmatic dependent launch): the last of its producer threads to count itself in waits for that grid
-        # (griddepcontrol.wait), so the stream's next work, which reads both (the dQ accumulator), finds both done
-        n_flags = gl.num_programs(0) // TAIL_PARTS * (TAIL_PARTS - 1) * 2  # (the counter after the parts' flags)
-        lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))  # (one a thread of the warp)
-        old = gl.inline_asm_elementwise("atom.global.add.u32 $0, [$1], 1;", "=r,l", [Flags + n_flags + lane * 0],
-                                        dtype=gl.int32, is_pure=False, pack=1)
-        gl.inline_asm_elementwise("{ .reg .pred p; setp.eq.u32 p, $1, $2; @p griddepcontrol.wait; mov.b32 $0, 0; }",
-                                  "=r,r,r", [old, lane * 0 + (gl.num_programs(0) * 32 - 1)], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+    if TAIL_PARTS:
+        _bwd_tail_done(Flags, TAIL_PARTS)
+
+
+@gluon.jit
+def _bwd_tail_done(Flags, TAIL_PARTS: gl.constexpr):
+    """The end of a tail launch's producer warp. The launch must end after the launch before it (the main grid,
+    which it may overlap under programmatic dependent launch): the last of its producer threads to count itself in
+    (an atomic counter after the parts' flags) waits for that grid (griddepcontrol.wait), so the stream's next work,
+    which reads both (the dQ accumulator), finds both done."""
+    n_flags = gl.num_programs(0) // TAIL_PARTS * (TAIL_PARTS - 1) * 2  # (the counter after the parts' flags)
+    lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))  # (one a thread of the warp)
+    old = gl.inline_asm_elementwise("atom.global.add.u32 $0, [$1], 1;", "=r,l", [Flags + n_flags + lane * 0],
+                                    dtype=gl.int32, is_pure=False, pack=1)
+    gl.inline_asm_elementwise("{ .reg .pred p; setp.eq.u32 p, $1, $2; @p griddepcontrol.wait; mov.b32 $0, 0; }",
+                              "=r,r,r", [old, lane * 0 + (gl.num_programs(0) * 32 - 1)], dtype=gl.int32,
+                              is_pure=False, pack=1)
 
 
 # TAIL_PARTS' hand-over of a part's partial sums (as fwd_hopper's SPLIT_TAIL): each thread's own acquire /
@@ -321,17 +328,27 @@ _RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0,
 
 
 @gluon.jit
-def _bwd_tail_merge(acc, out_ptrs, offs, o_rows, Part, Flags, first, half: gl.constexpr, W: gl.constexpr,
-                    HEAD_DIM: gl.constexpr, TAIL_PARTS: gl.constexpr):
+def _bwd_tail_handover(dk, dv, offs, o_rows, Part, Flags, slot, SPAN: gl.constexpr):
+    """A tail part's dK / dV partial sums (this warpgroup's, SPAN fp32 each at offsets ``offs``) into its slot of
+    Part, then the slot's flag released (each thread, after the warpgroup's barrier)."""
+    gl.store(Part + slot * (2 * SPAN) + offs, dk)
+    gl.store(Part + slot * (2 * SPAN) + SPAN + offs, dv)
+    gl.thread_barrier()  # (the warpgroup's named barrier) every thread's stores before the releases
+    gl.inline_asm_elementwise(_RELEASE_ASM, "=r,l", [Flags + slot + o_rows * 0], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@gluon.jit
+def _bwd_tail_add(acc, offs, o_rows, Part, Flags, first, half: gl.constexpr, W: gl.constexpr, SPAN: gl.constexpr,
+                  TAIL_PARTS: gl.constexpr):
     """acc (dK_w: half 0, dV_w: half 1) plus the tile's earlier parts' (each once its flag is set), in part
-    order after this part's own, stored."""
-    span: gl.constexpr = 2 * 64 * HEAD_DIM  # a slot: dK_w, dV_w (64 x D fp32 each)
+    order after this part's own."""
     for q in gl.static_range(TAIL_PARTS - 1):
         slot = (first + q) * 2 + W
         zero = gl.inline_asm_elementwise(_SPIN_ASM, "=r,l", [Flags + slot + o_rows * 0], dtype=gl.int32,
                                          is_pure=False, pack=1)  # (0, once the flag is set)
-        acc += gl.load(Part + slot * span + half * (64 * HEAD_DIM) + offs + zero[:, None])
-    gl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty))
+        acc += gl.load(Part + slot * (2 * SPAN) + half * SPAN + offs + zero[:, None])
+    return acc
 
 
 @gluon.jit
@@ -341,20 +358,17 @@ def _bwd_tail_out(dk, dv, dk_ptrs, dv_ptrs, o_rows, o_cols, pid, Part, Flags, W:
     written (fp32) to its slot of Part, then its flag in Flags released. The last part, the tile's CTA started
     last: the earlier parts' partials added to its own in part order (the same order at every call: dK and dV
     stay bitwise reproducible), dK_w then dV_w (one partial in registers at a time), and stored."""
+    SPAN: gl.constexpr = 64 * HEAD_DIM  # (dK_w or dV_w: 64 keys x D fp32)
     offs = o_rows[:, None] * HEAD_DIM + o_cols[None, :]
     first = (pid // TAIL_PARTS) * (TAIL_PARTS - 1)  # the tile's first slot pair
     p = pid % TAIL_PARTS
     if p < TAIL_PARTS - 1:
-        span: gl.constexpr = 2 * 64 * HEAD_DIM
-        slot = (first + p) * 2 + W
-        gl.store(Part + slot * span + offs, dk)
-        gl.store(Part + slot * span + 64 * HEAD_DIM + offs, dv)
-        gl.thread_barrier()  # (the warpgroup's named barrier) every thread's stores before the releases
-        gl.inline_asm_elementwise(_RELEASE_ASM, "=r,l", [Flags + slot + o_rows * 0], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+        _bwd_tail_handover(dk, dv, offs, o_rows, Part, Flags, (first + p) * 2 + W, SPAN)
     else:
-        _bwd_tail_merge(dk, dk_ptrs, offs, o_rows, Part, Flags, first, 0, W, HEAD_DIM, TAIL_PARTS)
-        _bwd_tail_merge(dv, dv_ptrs, offs, o_rows, Part, Flags, first, 1, W, HEAD_DIM, TAIL_PARTS)
+        dk = _bwd_tail_add(dk, offs, o_rows, Part, Flags, first, 0, W, SPAN, TAIL_PARTS)
+        gl.store(dk_ptrs, dk.to(dk_ptrs.dtype.element_ty))
+        dv = _bwd_tail_add(dv, offs, o_rows, Part, Flags, first, 1, W, SPAN, TAIL_PARTS)
+        gl.store(dv_ptrs, dv.to(dv_ptrs.dtype.element_ty))
 
 
 @gluon.jit

@@ -45,8 +45,9 @@ or not, and GQA B=2 S=8k 16/4): 0.76-0.86x cuDNN, 1.56-1.73x the Triton backward
 
 Restrictions (launch.hopper_bwd_reason): those of bwd_hopper at D = 256.
 """
-from .bwd_hopper import CONSUMER_REGS, MAXNREG, PRODUCER_REGS  # noqa: F401
-from .bwd_hopper_tiles import _bwd_tile
+from .bwd_hopper import (CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tail_add, _bwd_tail_done,  # noqa: F401
+                         _bwd_tail_handover)
+from .bwd_hopper_tiles import _bwd_part_tile, _bwd_tile, _ctaid
 from .gluon_base import _pair_barrier, _tma_reduce_add
 from .gluon_base import AVAILABLE, gl, gluon
 
@@ -73,8 +74,12 @@ def _bwd256_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_sm
               lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
               q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-              LONG_FIRST: gl.constexpr):
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
+              LONG_FIRST: gl.constexpr, TAIL_PARTS: gl.constexpr, tile_base, Flags):
+    if TAIL_PARTS:  # (a part of a tile: some of its query blocks; kernels/bwd_hopper.py's tail launch)
+        b, hk, n0, i0, n_blocks = _bwd_part_tile(gl.program_id(0), S, H // GROUP, tile_base, BLOCK_M, BLOCK_N,
+                                                 TAIL_PARTS)
+    else:
+        b, hk, n0, i0, n_blocks = _bwd_tile(S, H // GROUP, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
     # row m of head h of batch b: row b*rb + h*rh + m, column h*ch of each 2-D view (launch._hopper_view);
     # a 64 x 256 block is 4 TMA messages of 64 x 64 (128-byte swizzle), one expect for all
     mbarrier.expect(k_bar, desc_k.block_type.nbytes)
@@ -95,6 +100,8 @@ def _bwd256_producer(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_sm
         tma.async_copy_global_to_shared(desc_do, [b * do_rb + h * do_rh + m0, h * do_ch], do_ready.index(s),
                                         do_smem.index(s))
         tma.async_copy_global_to_shared(desc_delta, [row_l], do_ready.index(s), delta_smem.index(s))
+    if TAIL_PARTS:
+        _bwd_tail_done(Flags, TAIL_PARTS)
 
 
 @gluon.jit
@@ -162,7 +169,7 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
               p_smem, ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, DQ_TMA: gl.constexpr,
-              desc_dq, EPI_TMA: gl.constexpr, desc_dk, desc_dv):
+              desc_dq, EPI_TMA: gl.constexpr, desc_dk, desc_dv, TAIL_PARTS: gl.constexpr, tile_base, Part, Flags):
     """Consumer warpgroup W: scores of keys n0 + 32W .. + 31; dK, dV, dQ columns 128W .. + 127.
     DQ (fp32, H heads) and DK / DV (H / GROUP heads) contiguous (B, S, heads, D) when OUT_BSHD,
     else (B, heads, S, D) (strides from S and the head counts, as bwd_hopper). DQ_TMA: dQ by TMA
@@ -176,7 +183,10 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
     nothing more into it."""
     dtype: gl.constexpr = k_smem.dtype
     HKV = H // GROUP
-    b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
+    if TAIL_PARTS:  # (a part of a tile: some of its query blocks; kernels/bwd_hopper.py's tail launch)
+        b, hk, n0, i0, n_blocks = _bwd_part_tile(gl.program_id(0), S, HKV, tile_base, BLOCK_M, BLOCK_N, TAIL_PARTS)
+    else:
+        b, hk, n0, i0, n_blocks = _bwd_tile(S, HKV, BLOCK_M, BLOCK_N, CAUSAL, LONG_FIRST)
     HALF: gl.constexpr = HEAD_DIM // 2  # this warpgroup's columns of dK, dV, dQ
     DQ_N: gl.constexpr = HALF // 2      # columns of one dQ wgmma (two a block)
     KW: gl.constexpr = BLOCK_N // 2     # this warpgroup's keys of S, dP
@@ -278,10 +288,38 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
         tma.store_wait(0)  # (the shared memory must outlive the last reduces' reads)
 
     # dK_w (already scaled), dV_w, summed over the group's query heads: columns 128W.. of 64 keys.
+    if TAIL_PARTS:  # a part: handed over, or the tile's parts merged and stored (as kernels/bwd_hopper.py's)
+        pid = _ctaid(0)
+        first = (pid // TAIL_PARTS) * (TAIL_PARTS - 1)  # the tile's first slot pair
+        p = pid % TAIL_PARTS
+        t_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
+        t_offs = t_rows[:, None] * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, kv_layout))[None, :]
+        if p < TAIL_PARTS - 1:
+            _bwd_tail_handover(dk, dv, t_offs, t_rows, Part, Flags, (first + p) * 2 + W, BLOCK_N * HALF)
+        else:  # (stored from the registers, dK_w then dV_w: one partial in registers at a time)
+            o_offs = b * k_sb + hk * k_sh + (n0 + t_rows)[:, None] * k_ss + W * HALF + \
+                gl.arange(0, HALF, layout=gl.SliceLayout(0, kv_layout))[None, :]
+            dk = _bwd_tail_add(dk, t_offs, t_rows, Part, Flags, first, 0, W, BLOCK_N * HALF, TAIL_PARTS)
+            gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
+            dv = _bwd_tail_add(dv, t_offs, t_rows, Part, Flags, first, 1, W, BLOCK_N * HALF, TAIL_PARTS)
+            gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
+    else:
+        _bwd256_out(W, dk, dv, DK, DV, q_smem, do_smem, S, b, hk, n0, HKV, k_sb, k_sh, k_ss, HEAD_DIM, HALF,
+                    BLOCK_N, STAGES, OUT_BSHD, GROUP * n_blocks, EPI_TMA, DQ_TMA, desc_dk, desc_dv, kv_layout)
+
+
+@gluon.jit
+def _bwd256_out(W: gl.constexpr, dk, dv, DK, DV, q_smem, do_smem, S, b, hk, n0, HKV, k_sb, k_sh, k_ss,
+                HEAD_DIM: gl.constexpr, HALF: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                OUT_BSHD: gl.constexpr, n_iter, EPI_TMA: gl.constexpr, DQ_TMA: gl.constexpr, desc_dk, desc_dv,
+                kv_layout: gl.constexpr):
+    """Warpgroup W's dK_w, dV_w (64 keys from n0 x columns 128W..) stored: by TMA from the ring stage the last of
+    the n_iter iterations did not use (EPI_TMA), else from the registers."""
+    dtype: gl.constexpr = q_smem.dtype
     if EPI_TMA:
         gl.static_assert(DQ_TMA)  # (the stage's release argument above is DQ_TMA's)
         gl.static_assert(STAGES == 2)
-        free = (GROUP * n_blocks) % STAGES  # the stage the last iteration did not use
+        free = n_iter % STAGES  # the stage the last iteration did not use
         ep_k = q_smem.index(free).slice(W * HALF, HALF, dim=1)
         ep_v = do_smem.index(free).slice(W * HALF, HALF, dim=1)
         ep_k.store(dk.to(dtype))
@@ -311,7 +349,9 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
                               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, OUT_BSHD: gl.constexpr,
                               LONG_FIRST: gl.constexpr, num_warps: gl.constexpr, DQ_TMA: gl.constexpr = False,
-                              desc_dq=None, EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None):
+                              desc_dq=None, EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None,
+                              PDL_TRIGGER: gl.constexpr = False, TAIL_PARTS: gl.constexpr = 0, tile_base=0, Part=None,
+                              Flags=None):
     """Grid (S // BLOCK_N, B * H // GROUP), or (B * H // GROUP, S // BLOCK_N) if LONG_FIRST; launch
     with num_warps=4 (the default partition = consumer warpgroup 0) and maxnreg=MAXNREG.
     desc_q/k/v/do: 2-D views ((rb, rh, ch) placement, launch._hopper_view), blocks of 64 x 256;
@@ -319,8 +359,13 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
     the input dtype, (B, S, heads, D) contiguous when OUT_BSHD, else (B, heads, S, D). DQ_TMA: dQ
     added by TMA reduce-adds (desc_dq: launch._grad_desc with 64-column tiles) instead of atomics.
     EPI_TMA (with DQ_TMA): dK / dV stored by TMA (desc_dk / desc_dv: their 2-D views in 64 x 128
-    tiles, launch._grad_desc's placement) instead of from the registers."""
+    tiles, launch._grad_desc's placement) instead of from the registers. PDL_TRIGGER, TAIL_PARTS, tile_base, Part,
+    Flags: kernels/bwd_hopper.py's tail launch (the plain non-causal geometry), a part's dK_w / dV_w 64 x 128."""
     gl.static_assert(num_warps == 4)
+    gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST)))
+    if PDL_TRIGGER:  # (the tail launch after this grid may start now: it reads nothing this grid writes)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
     gl.static_assert(BLOCK_N == 64)
     gl.static_assert(BLOCK_M == 64)
     gl.static_assert(HEAD_DIM == 256)
@@ -355,13 +400,13 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
         (_bwd256_consumer, (0, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq,
-                            EPI_TMA, desc_dk, desc_dv)),
+                            EPI_TMA, desc_dk, desc_dv, TAIL_PARTS, tile_base, Part, Flags)),
         (_bwd256_consumer, (1, DQ, DK, DV, sm_scale, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem,
                             ds_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, DQ_TMA, desc_dq,
-                            EPI_TMA, desc_dk, desc_dv)),
+                            EPI_TMA, desc_dk, desc_dv, TAIL_PARTS, tile_base, Part, Flags)),
         (_bwd256_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                             lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                             q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
-                            BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST)),
+                            BLOCK_M, BLOCK_N, STAGES, CAUSAL, LONG_FIRST, TAIL_PARTS, tile_base, Flags)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
