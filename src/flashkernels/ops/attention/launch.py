@@ -38,6 +38,7 @@ HOPPER_BWD256_DQ_TMA are off), in no fixed order: bitwise reproducible only with
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import os
 import sys
@@ -1169,8 +1170,6 @@ def hopper_bwd_tail(head_dim: int, causal: bool, features: bool, keys: int) -> b
 def _bwd_finish(main: int, tail: int, parts: int, sms: int, cost: float) -> float:
     """When the last SM finishes (in tiles' times): ``main`` whole tiles, started in order on ``sms`` SMs, each
     taking the next when free, then ``tail`` tiles as ``parts`` parts each (1 / parts + cost a part)."""
-    import heapq
-
     rounds, left = divmod(main, sms)
     free = [float(rounds + 1)] * left + [float(rounds)] * (sms - left)
     heapq.heapify(free)
