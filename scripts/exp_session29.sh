@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 29's device calls (docs/perf-notes.md, session 29). One section a call:
-# (bwdsplit and abonly need docs/patches/s29-bwd-split-tail.patch applied: the split inside one kernel, not kept)
+# (bwdsplit and abonly need docs/patches/s29-bwd-split-tail.patch applied to 577fe08: the split inside one kernel, not kept)
 #   bash scripts/exp_session29.sh bwdsplit   the plain non-causal backward's last round split (launch.HOPPER_BWD_SPLIT_TAIL,
 #                                            D = 128): its GPU test with the backward's plain / dQ-path / CTA-order ones and
 #                                            the forward's split-tail test (its 4k case's first GPU run; the launch cache
