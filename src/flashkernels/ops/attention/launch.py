@@ -1201,6 +1201,12 @@ def _bwd_tail_plan(rows: int, key_blocks: int, sms: int, max_parts: int, cost: f
     return best
 
 
+def _bwd_tile_keys(head_dim: int) -> int:
+    """Keys a CTA of the Gluon backward: 128 (two warpgroups of 64) at D = 64 / 128 (kernels/bwd_hopper.py), 64 at
+    D = 256 (bwd_hopper256.py: the warpgroups split D)."""
+    return 64 if head_dim == 256 else HOPPER_BLOCK_N
+
+
 def _bwd_tail_slot(head_dim: int) -> int:
     """fp32 elements of a tail part's warpgroup's dK_w (or dV_w): 64 keys x D (kernels/bwd_hopper.py), 64 keys x
     D / 2 at D = 256 (bwd_hopper256.py's warpgroups split D)."""
@@ -1225,7 +1231,7 @@ def hopper_bwd_tail_bytes(B: int, H: int, Hkv: int, S: int, D: int, causal: bool
     """The bytes the tail launch's workspace adds (0 where the backward has none) for the plain geometry Sq = Sk = S,
     no feature: its flags, and its Part where dQ's output (B·S·H·D elements) cannot hold it (_bwd_tail_buffers):
     memory.attention_memory's term."""
-    block_n = 64 if D == 256 else HOPPER_BLOCK_N  # (keys a tile)
+    block_n = _bwd_tile_keys(D)
     if not hopper_bwd_tail(D, causal, False, S) or S % block_n:
         return 0
     plan = hopper_bwd_tail_plan(B * Hkv, S // block_n, sms)
@@ -1362,25 +1368,24 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
         torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
     featured = has_window or softcap > 0 or alibi_slopes is not None or varlen
-    tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan); its flags zeroed before the main one
-    if Sk_max > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
-        tile_keys = 64 if D == 256 else HOPPER_BLOCK_N
-        tail = hopper_bwd_tail_plan(n_seq * Hkv, triton_cdiv(Sk_max, tile_keys), _sm_count(q.device.index or 0))
-        if tail is not None:
-            tail_bufs = _bwd_tail_buffers(tail[0] * triton_cdiv(Sk_max, tile_keys), tail[1], D, dq)
     rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
     block_m = hopper_bwd_block_m(D, featured) if D != 256 else rows  # the Q / dO / lse / Delta tiles
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, block_m), _hopper_desc(k, rows),
                                                     _hopper_desc(v, rows), _hopper_desc(do, block_m))
-    # keys a CTA: 128 (two warpgroups of 64) at D = 64 / 128; 64 at D = 256 (the warpgroups split D)
-    kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
-                       (bwd_hopper.attn_bwd_hopper_kernel, HOPPER_BLOCK_N))
+    # keys a CTA (_bwd_tile_keys): 128 at D = 64 / 128, 64 at D = 256
+    kernel = bwd_hopper256.attn_bwd_hopper256_kernel if D == 256 else bwd_hopper.attn_bwd_hopper_kernel
+    block_n = _bwd_tile_keys(D)
     # causal with few CTAs (up to HOPPER_BWD_LONG_FIRST_WAVES waves of one a SM): longest first
     # (kernels/bwd_hopper_tiles._bwd_tile)
     key_blocks = triton_cdiv(Sk_max, block_n)  # (varlen: CTAs past a sequence's keys visit no query block)
     ctas = n_seq * Hkv * key_blocks
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
     grid = (n_seq * Hkv, key_blocks) if long_first else (key_blocks, n_seq * Hkv)
+    tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan); its flags zeroed before the main one
+    if ctas > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
+        tail = hopper_bwd_tail_plan(n_seq * Hkv, key_blocks, _sm_count(q.device.index or 0))
+        if tail is not None:
+            tail_bufs = _bwd_tail_buffers(tail[0] * key_blocks, tail[1], D, dq)
     if D == 256:  # (hopper_bwd_reason refused softcap, ALiBi, windows and Sq != Sk there)
         features = {}
         extra = ()

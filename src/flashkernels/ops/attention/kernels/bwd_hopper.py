@@ -114,8 +114,9 @@ Without a Gluon that imports (see gluon_base.AVAILABLE) the definitions below ar
 """
 from .bwd_hopper_tiles import (_bwd_part_tile, _bwd_tile, _bwd_tile_again, _ctaid, _diag_cuts,  # noqa: F401
                                _opaque, _varlen_cuts, _varlen_keep, _window_cuts, _window_keep)
-from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _bar_arrive, _bar_sync, _pair_barrier,  # noqa: F401
-                         _tanh_approx, _tma_reduce_add, _varlen_seq, gl, gluon)  # (UNAVAILABLE_REASON: re-exported)
+from .gluon_base import (AVAILABLE, LOG2E, UNAVAILABLE_REASON, _RELEASE_ASM, _SPIN_ASM, _bar_arrive,  # noqa: F401
+                         _bar_sync, _pair_barrier, _pdl_launch_dependents, _tanh_approx, _tma_reduce_add, _varlen_seq,
+                         gl, gluon)  # (UNAVAILABLE_REASON: re-exported)
 
 if AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
@@ -318,13 +319,6 @@ def _bwd_tail_done(Flags, TAIL_PARTS: gl.constexpr):
     gl.inline_asm_elementwise("{ .reg .pred p; setp.eq.u32 p, $1, $2; @p griddepcontrol.wait; mov.b32 $0, 0; }",
                               "=r,r,r", [old, lane * 0 + (gl.num_programs(0) * 32 - 1)], dtype=gl.int32,
                               is_pure=False, pack=1)
-
-
-# TAIL_PARTS' hand-over of a part's partial sums (as fwd_hopper's SPLIT_TAIL): each thread's own acquire /
-# release, so that no barrier of the whole CTA is needed inside a partition. Labels inside { } are local to the block.
-_SPIN_ASM = gl.constexpr("{ .reg .pred p; .reg .b32 v; spin: ld.acquire.gpu.global.b32 v, [$1]; "
-                         "setp.eq.s32 p, v, 0; @p bra spin; mov.b32 $0, 0; }")
-_RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0, 0;")
 
 
 @gluon.jit
@@ -736,8 +730,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST or SOFTCAP or ALIBI or WINDOW
                                                                    or VARLEN or PROD_WRITER or SPLIT_BAR)))
     if PDL_TRIGGER:  # (the tail launch after this grid may start now: it reads nothing this grid writes)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+        _pdl_launch_dependents()
     gl.static_assert(BLOCK_N == 2 * 64)
     # BLOCK_M 128: D = 64 without the feature flags (register room: S^T and dP^T are 64 x 128 fp32)
     gl.static_assert(BLOCK_M == 64 or (BLOCK_M == 128 and HEAD_DIM == 64 and not (SOFTCAP or ALIBI or WINDOW

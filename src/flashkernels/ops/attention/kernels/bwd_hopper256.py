@@ -48,7 +48,7 @@ Restrictions (launch.hopper_bwd_reason): those of bwd_hopper at D = 256.
 from .bwd_hopper import (CONSUMER_REGS, MAXNREG, PRODUCER_REGS, _bwd_tail_add, _bwd_tail_done,  # noqa: F401
                          _bwd_tail_handover)
 from .bwd_hopper_tiles import _bwd_part_tile, _bwd_tile, _ctaid
-from .gluon_base import _pair_barrier, _tma_reduce_add
+from .gluon_base import _pair_barrier, _pdl_launch_dependents, _tma_reduce_add
 from .gluon_base import AVAILABLE, gl, gluon
 
 if AVAILABLE:
@@ -364,8 +364,7 @@ def attn_bwd_hopper256_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_de
     gl.static_assert(num_warps == 4)
     gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST)))
     if PDL_TRIGGER:  # (the tail launch after this grid may start now: it reads nothing this grid writes)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+        _pdl_launch_dependents()
     gl.static_assert(BLOCK_N == 64)
     gl.static_assert(BLOCK_M == 64)
     gl.static_assert(HEAD_DIM == 256)

@@ -157,7 +157,7 @@ Without a triton whose Gluon has these Hopper modules the definitions below are 
 """
 from .gluon_base import (AVAILABLE, LN2, LOG2E, TESTED_TRITON, UNAVAILABLE_REASON, TensorDescriptor,  # noqa: F401
                          _varlen_seq, gl, gluon)  # (re-exported: launch.py reads them here)
-from .gluon_base import _mul_rn, _rescale_lazy
+from .gluon_base import _RELEASE_ASM, _SPIN_ASM, _mul_rn, _rescale_lazy  # (SPLIT_TAIL's hand-over: gluon_base)
 from .hopper_softmax import _softmax_step
 
 if AVAILABLE:
@@ -1257,12 +1257,6 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                       sm_scale, SQ, SK, H, n_m, n_bh, o_rb, o_rh, o_ch, it + n_blocks, tc + 1, Part, Flags, HEAD_DIM,
                       WG_M, NUM_WG, BLOCK_N, STAGES)
 
-
-# SPLIT_TAIL's hand-over of a segment's partial rows: each thread's own acquire / release, so that no
-# barrier of the whole CTA is needed inside a partition. Labels inside { } are local to the block.
-_SPIN_ASM = gl.constexpr("{ .reg .pred p; .reg .b32 v; spin: ld.acquire.gpu.global.b32 v, [$1]; "
-                         "setp.eq.s32 p, v, 0; @p bra spin; mov.b32 $0, 0; }")
-_RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0, 0;")
 
 
 @gluon.jit

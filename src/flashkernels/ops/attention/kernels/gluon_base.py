@@ -160,3 +160,20 @@ def _bar_arrive(x, bar_id, COUNT: gl.constexpr):
     threads that wait for it sync there); returns x."""
     return gl.inline_asm_elementwise(_bar_asm("arrive", COUNT), "=r,r,r", [x, bar_id], dtype=gl.int32,
                                      is_pure=False, pack=1)
+
+
+# The hand-over of partial results between CTAs (fwd_hopper's SPLIT_TAIL, bwd_hopper's tail launch): each thread's
+# own acquire (spin until the flag at $1 is set; returns 0, to put into the loads' addresses so that none moves
+# above it) and release (after the partition's barrier), so that no barrier of the whole CTA is needed inside a
+# partition. Labels inside { } are local to the block.
+_SPIN_ASM = gl.constexpr("{ .reg .pred p; .reg .b32 v; spin: ld.acquire.gpu.global.b32 v, [$1]; "
+                         "setp.eq.s32 p, v, 0; @p bra spin; mov.b32 $0, 0; }")
+_RELEASE_ASM = gl.constexpr("red.release.gpu.global.add.s32 [$1], 1; mov.b32 $0, 0;")
+
+
+@gluon.jit
+def _pdl_launch_dependents():
+    """griddepcontrol.launch_dependents: the next launch of the stream, made with programmatic dependent launch,
+    may start once every CTA of this one executed it (or exited)."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
