@@ -608,7 +608,7 @@ def test_bwd_tail_launch_arguments(monkeypatch):
         launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, 1 / math.sqrt(D), causal, True, **kw)
         return list(rec.calls)
 
-    assert launch.HOPPER_BWD_TAIL == (64, 128) and launch.HOPPER_BWD_TAIL_MIN_KEYS == 4096  # (defaults)
+    assert launch.HOPPER_BWD_TAIL == (64, 128, 256) and launch.HOPPER_BWD_TAIL_MIN_KEYS == 4096  # (defaults)
     for H, Hkv, (tail_rows, parts) in ((6, 6, (2, 2)), (5, 5, (1, 3)), (20, 5, (1, 3))):
         main, tail = run(128, False, 4096, H, Hkv)
         assert main["grid"] == (32, Hkv - tail_rows) and main["PDL_TRIGGER"] is True and "TAIL_PARTS" not in main
@@ -637,8 +637,6 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, True, 132) == 0
     main, tail = run(64, False, 4096, 5)  # (D = 64: its 128-row build)
     assert main["PDL_TRIGGER"] is True and tail["TAIL_PARTS"] == 3 and tail["BLOCK_M"] == 128
-    assert len(run(256, False, 4096, 3)) == 1  # (not named by default: not yet run on a GPU)
-    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", (64, 128, 256))
     main, tail = run(256, False, 4096, 3)  # (D = 256's kernel: 64-key tiles, 3 rows of 64, the last in halves)
     assert main["grid"] == (64, 2) and main["PDL_TRIGGER"] is True and "EPI_TMA" in main
     assert tail["grid"] == (64 * 2,) and tail["TAIL_PARTS"] == 2 and tail["tile_base"] == 128
@@ -1125,7 +1123,7 @@ def test_hopper_bwd_causal_switch_cuda(monkeypatch, causal, heads, D, switch):
 @pytest.mark.parametrize("D", [64, 128, 256], ids=["d64", "d128", "d256"])
 def test_hopper_bwd_tail_cuda(monkeypatch, D, shape, dtype):
     """launch.HOPPER_BWD_TAIL at D = 64 (128 query rows an iteration), 128 and 256 (kernels/bwd_hopper256.py:
-    64-key tiles; not on by default) from any key count here: the main grid, then the last rows' tiles as a tail
+    64-key tiles) from any key count here: the main grid, then the last rows' tiles as a tail
     launch of parts by programmatic dependent launch, the parts' dK / dV merged (kernels/bwd_hopper.py TAIL_PARTS).
     Gradients within the policy of float64 (check_case); dK / dV the same bits on a second call (a fresh
     workspace) and in two replays of one CUDA graph; dQ / dK / dV near the launch without a tail. Shapes with a

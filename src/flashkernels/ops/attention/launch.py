@@ -1148,9 +1148,9 @@ HOPPER_BWD_M128 = True
 # inside one kernel changed ptxas's schedule of the block loop and cost 0.5-5%, session 29). H200, session 29
 # (scripts/ab_attention.py --gluon --paired 20 --switch HOPPER_BWD_TAIL, FA3-paper shapes, ...-s29-ab-bwd-tail*.txt),
 # on / off: D = 128 +0.9% / +1.7% at 4k / 16k (-0.8% at 1k, hence the key floor), D = 64 +1.3% / +1.5%. D = 256
-# (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid) builds and is CPU-tested but has not run
-# on a GPU: add it here once its GPU test passed and it was measured.
-HOPPER_BWD_TAIL: tuple = (64, 128)
+# (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid), session 30 (...-s30-ab-bwd-tail256.txt):
+# +1.0% / +1.7% at 4k / 16k, -0.3% at 1k.
+HOPPER_BWD_TAIL: tuple = (64, 128, 256)
 HOPPER_BWD_TAIL_MIN_KEYS = 4096
 HOPPER_BWD_TAIL_MAX_PARTS = 3
 # A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
