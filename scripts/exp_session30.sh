@@ -4,6 +4,8 @@
 #                                            tests at D = 64 / 128 / 256 (launch cache in check mode), then
 #                                            scripts/ab_attention.py --paired with HOPPER_BWD_TAIL naming 256 or not, at
 #                                            1k / 4k / 16k (key floor off)
+#   bash scripts/exp_session30.sh final      the landed default (HOPPER_BWD_TAIL = (64, 128, 256)): test_hopper_bwd.py's and
+#                                            test_memory.py's GPU tests (launch cache in check mode)
 #   bash scripts/exp_session30.sh bwdbench   `bench attention --graph`'s non-causal backward at D = 128 (8k) and 256 (4k / 16k),
 #                                            with SDPA cuDNN / flash, after D = 256 took the tail launch
 # (decode needs docs/patches/s30-decode-combine-pdl.patch applied to 8b63fba: not kept)
@@ -32,6 +34,9 @@ case "${1:-}" in
     timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_HALF_DIAG \
       --on "(64, 128)" --off "()" --modes fwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,2048,4096,8192}" \
       --causal 1 2>&1 | tail -14 | tee -a "$OUT/ab-half-diag.txt" ;;
+  final)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
+      tests/test_hopper_bwd.py tests/test_memory.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
   bwdbench)
     for dims_s in "256:4096,16384" "128:8192"; do
       timeout "${TB:-200}" python -m flashkernels bench attention --graph --modes bwd --head-dims "${dims_s%%:*}" \
@@ -42,5 +47,5 @@ case "${1:-}" in
     FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
       tests/test_kvcache.py tests/test_kvcache_paths.py 2>&1 | tail -8 | tee -a "$OUT/tests-decode-pdl.txt"
     timeout "${TA:-240}" python scripts/ab_decode_pdl.py --reps "${N:-40}" 2>&1 | tail -8 | tee -a "$OUT/ab-decode-pdl.txt" ;;
-  *) echo "usage: $0 tail256|bwdbench|decode|half"; exit 2 ;;
+  *) echo "usage: $0 tail256|final|bwdbench|decode|half"; exit 2 ;;
 esac
