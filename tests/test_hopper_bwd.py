@@ -644,6 +644,8 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     # (8.4 MB of partials, more than dq's 6.3 MB: a buffer of their own)
     assert launch.hopper_bwd_tail_bytes(1, 3, 3, 4096, 256, False, 132) == (64 * 2 + 1) * 4 + 64 * 2 * 2 * 64 * 128 * 4
     assert tail["Part"].untyped_storage().nbytes() == 64 * 2 * 2 * 64 * 128 * 4
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", (64, 128))  # (a head dim the switch does not name: one launch)
+    assert len(run(256, False, 4096, 3)) == 1 and launch.hopper_bwd_tail_bytes(1, 3, 3, 4096, 256, False, 132) == 0
     monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
     assert len(run(128, False, 4096, 5)) == 1
     assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, False, 132) == 0
