@@ -1213,12 +1213,18 @@ def _bwd_tail_slot(head_dim: int) -> int:
     return 64 * (head_dim // 2 if head_dim == 256 else head_dim)
 
 
+def _bwd_tail_sizes(tiles: int, parts: int, head_dim: int) -> tuple[int, int]:
+    """(Part slots, Part fp32 elements) of a tail launch over ``tiles`` tiles in ``parts`` parts: dK_w and dV_w
+    (_bwd_tail_slot) for each earlier part's two warpgroups."""
+    slots = tiles * (parts - 1) * 2
+    return slots, slots * 2 * _bwd_tail_slot(head_dim)
+
+
 def _bwd_tail_buffers(tiles: int, parts: int, head_dim: int, scratch: torch.Tensor) -> dict:
     """The tail launch's workspace, fresh a call: Part (fp32, dK_w and dV_w (_bwd_tail_slot) for each earlier
     part's warpgroup) in the storage of ``scratch`` (dQ's output, which only the copy after the kernels writes)
     where it fits, else its own; Flags (int32 zeros, one a Part slot, then the launch's counter)."""
-    slots = tiles * (parts - 1) * 2
-    need = slots * 2 * _bwd_tail_slot(head_dim)
+    slots, need = _bwd_tail_sizes(tiles, parts, head_dim)
     if scratch.untyped_storage().nbytes() >= 4 * need:
         part = torch.empty(0, dtype=torch.float32, device=scratch.device).set_(scratch.untyped_storage(), 0, (need,))
     else:
@@ -1237,8 +1243,8 @@ def hopper_bwd_tail_bytes(B: int, H: int, Hkv: int, S: int, D: int, causal: bool
     plan = hopper_bwd_tail_plan(B * Hkv, S // block_n, sms)
     if plan is None:
         return 0
-    slots = plan[0] * (S // block_n) * (plan[1] - 1) * 2
-    part = slots * 2 * _bwd_tail_slot(D) * 4
+    slots, elems = _bwd_tail_sizes(plan[0] * (S // block_n), plan[1], D)
+    part = elems * 4
     return (slots + 1) * 4 + (part if part > B * S * H * D * element_size else 0)
 
 
@@ -1423,9 +1429,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     else:  # the main grid without the tail's rows, its CTAs letting the tail launch start at once; the tail launch
         # by programmatic dependent launch, TAIL_PARTS CTAs a tile of its rows
         tail_rows, parts = tail
-        main_rows = grid[1] - tail_rows
-        if main_rows > 0:
-            cached_launch(kernel, (grid[0], main_rows), *args, PDL_TRIGGER=True, **consts)
+        main_rows = grid[1] - tail_rows  # (>= 1: the plan leaves the main grid a row at least)
+        cached_launch(kernel, (grid[0], main_rows), *args, PDL_TRIGGER=True, **consts)
         cached_launch(kernel, (tail_rows * grid[0] * parts,), *args, TAIL_PARTS=parts, tile_base=main_rows * grid[0],
                       launch_pdl=True, **tail_bufs, **consts)
     hopper_bwd_launches += 1
