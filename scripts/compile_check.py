@@ -285,14 +285,15 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
-                       varlen=False, dq_tma=None, tail_parts=0, pdl_trigger=False):
+                       varlen=False, dq_tma=None, tail_parts=0, pdl_trigger=False, keys=4096):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
     launcher passes them); a sink needs no flag; VARLEN: packed sequences; DQ_TMA: dQ by a TMA
     reduce-add, launch.HOPPER_BWD_DQ_TMA's (D = 256: HOPPER_BWD256_DQ_TMA's) value unless ``dq_tma``
     says); ``tail_parts``: the tail launch's build (TAIL_PARTS, launch.hopper_bwd_tail_plan's parts);
-    ``pdl_trigger``: the main grid's before a tail launch (PDL_TRIGGER)."""
+    ``pdl_trigger``: the main grid's before a tail launch (PDL_TRIGGER); ``keys``: the launch's key count (the
+    TMA epilogue's bound, launch.HOPPER_BWD_EPI_TMA)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -335,6 +336,10 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
             consts["PROD_WRITER"] = True
     if consts["CAUSAL"] in launch.HOPPER_BWD_SPLIT_BAR:  # (as launched)
         consts["SPLIT_BAR"] = True
+    if not tail_parts and launch.hopper_bwd_epi_tma(D, keys, consts["CAUSAL"], consts, block_m, stages):  # (as launched)
+        consts["EPI_TMA"] = True
+        for n in ("desc_dk", "desc_dv"):
+            descs[n] = launch._grad_desc(torch.empty(1, 2, 1024, D, dtype=dtype), True, 64, D)
     if tail_parts:  # (the plain non-causal build only)
         consts["TAIL_PARTS"] = tail_parts
         ptrs.update(Part="*fp32", Flags="*i32")

@@ -432,7 +432,8 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
     [("bf16", 128, False, dict(varlen=True, window=True)), ("bf16", 128, True, dict(varlen=True, softcap=True)),
      ("bf16", 128, True, dict(varlen=True, alibi=True))] + \
     [(dt, D, False, dict(tail_parts=parts)) for D in (128, 256) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
-    [("bf16", D, False, dict(pdl_trigger=True)) for D in (128, 256)]
+    [("bf16", D, False, dict(pdl_trigger=True)) for D in (64, 128, 256)] + \
+    [(dt, D, False, dict(keys=1024)) for D in (64, 128) for dt in ("bf16", "fp16")]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -456,7 +457,9 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     an iteration, see scripts/compile_check.py --sass; VARLEN with softcap and ALiBi together, not
     built here, 96-124 B). The backward's tail launch (TAIL_PARTS, two or three parts a tile) and the main grid
     before it (PDL_TRIGGER), plain non-causal builds, up to the plain build's 8 B (its three stages) at D = 128
-    (at D = 256, kernels/bwd_hopper256.py, 0 B)."""
+    (at D = 256, kernels/bwd_hopper256.py, 0 B); with the TMA epilogue (launch.HOPPER_BWD_EPI_TMA: D = 64 at any key
+    count, so its main grid too, D = 128 at 1024 keys) D = 128 the same 8 B, D = 64 76 B (44 B with the register
+    stores; warpgroup 1's loop loads 4 spilled values an iteration with those, 6 with the epilogue)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -474,7 +477,8 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     for ln in built:
         spill = re.search(r"spill\s+(\d+)B", ln)
         bound = (68 if "varlen+" in ln else 52 if "causal=1" in ln or "window" in ln or "varlen" in ln
-                 else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln else 0)
+                 else 76 if "D=64" in ln else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln
+                 or "keys" in ln else 0)
         assert spill and int(spill.group(1)) <= bound, ln
 
 
@@ -649,6 +653,68 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
     assert len(run(128, False, 4096, 5)) == 1
     assert launch.hopper_bwd_tail_bytes(1, 5, 5, 4096, 128, False, 132) == 0
+
+
+def test_bwd_epi_tma_launch_arguments(monkeypatch):
+    """launch.HOPPER_BWD_EPI_TMA (the kernels stubbed, 132 SMs): the plain non-causal backward at a head dim it names,
+    with fewer keys than its bound (the defaults: D = 64 any, D = 128 below 2048), launches kernels/bwd_hopper.py with
+    EPI_TMA and 64 x D descriptors of dK / dV (D = 128: its 3-stage ring; D = 64: 128-row query blocks); with a tail
+    plan only the main grid has it (the tail's parts merge from the registers); more keys, causal calls (SPLIT_BAR,
+    PROD_WRITER), features, a 2-stage D = 128 ring, the dQ atomics and a head dim the switch does not name launch
+    without it."""
+    from flashkernels.ops.attention.kernels import bwd_hopper256
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: self.calls.append(dict(grid=grid, **kw))
+
+    rec = Recorder()
+    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", rec)
+    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", rec)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def run(D, causal, S, H, bshd=True, **kw):
+        q, do, k, v = (_bshd(1, S, H, D) for _ in range(4))
+        if not bshd:
+            q, do, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, do, k, v))
+        lse, delta = torch.zeros(1, H, S), torch.zeros(1, H, S)
+        rec.calls.clear()
+        launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, 1 / math.sqrt(D), causal, bshd, **kw)
+        return list(rec.calls)
+
+    assert launch.HOPPER_BWD_EPI_TMA == {64: None, 128: 2048}  # (the defaults)
+    assert run(64, False, 4096, 4)[0]["EPI_TMA"] is True and run(128, False, 1024, 4)[0]["EPI_TMA"] is True
+    assert all("EPI_TMA" not in run(128, False, S, 4)[0] for S in (2048, 4096))
+    assert all("EPI_TMA" not in c for c in run(128, False, 4096, 6))  # (with a tail plan, the main grid too)
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: None, 128: None})
+    for D, bshd in ((128, True), (128, False), (64, True)):
+        (one,) = run(D, False, 1024, 4, bshd)
+        assert one["EPI_TMA"] is True and one["STAGES"] == (3 if D == 128 else 2)
+        assert one["BLOCK_M"] == (64 if D == 128 else 128)
+        for n in ("desc_dk", "desc_dv"):
+            assert list(one[n].block_shape) == [64, D] and one[n].base.dtype == torch.bfloat16
+            assert list(one[n].shape) == ([1024, 4 * D] if bshd else [4 * 1024, D])
+    main, tail = run(128, False, 4096, 6)  # (a tail plan: rows 4-5 in halves)
+    assert main["EPI_TMA"] is True and main["PDL_TRIGGER"] is True
+    assert tail["TAIL_PARTS"] == 2 and not any(n in tail for n in ("EPI_TMA", "desc_dk", "desc_dv"))
+    for D in (64, 128):
+        for causal, kw in ((True, {}), (False, dict(softcap=5.0)), (False, dict(alibi_slopes=torch.rand(4))),
+                           (False, dict(window_left=256))):
+            (one,) = run(D, causal, 1024, 4, **kw)
+            assert "EPI_TMA" not in one, (D, causal, kw)
+    monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {})  # (D = 128 with 2 stages: one free tile a warpgroup)
+    assert "EPI_TMA" not in run(128, False, 1024, 4)[0] and run(64, False, 1024, 4)[0]["EPI_TMA"] is True
+    monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {(128, True): 3})
+    monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", False)
+    assert all("EPI_TMA" not in run(D, False, 1024, 4)[0] for D in (64, 128))
+    monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", True)
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: None})
+    assert "EPI_TMA" not in run(128, False, 1024, 4)[0] and run(64, False, 1024, 4)[0]["EPI_TMA"] is True
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: 4096})
+    assert run(64, False, 2048, 4)[0]["EPI_TMA"] is True and "EPI_TMA" not in run(64, False, 4096, 4)[0]
 
 
 # ================================================================================== GPU
@@ -1182,3 +1248,46 @@ def test_hopper_bwd_tail_cuda(monkeypatch, D, shape, dtype):
     assert not made
     for a, b in ((dq, wq), (dk, wk), (dv, wv)):
         torch.testing.assert_close(a, b, rtol=2 ** -7, atol=2 ** -7 * b.abs().max().item())
+
+
+EPI_SHAPES = [(2, 4, 4, 128), (1, 4, 4, 256), (1, 6, 2, 384), (1, 8, 2, 1024), (1, 6, 6, 4096)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("api", ["fa", "sdpa"])
+@pytest.mark.parametrize("shape", EPI_SHAPES, ids=[f"b{b}-h{h}-{hk}-s{s}" for b, h, hk, s in EPI_SHAPES])
+@pytest.mark.parametrize("D", [64, 128], ids=["d64", "d128"])
+def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, shape, api):
+    """launch.HOPPER_BWD_EPI_TMA (dK / dV by TMA stores staged in ring tiles no iteration reads again,
+    kernels/bwd_hopper.py _bwd_epi_tma) at D = 64 and 128 from any key count, both output layouts (flash_attn_func's (B, S, H, D),
+    SDPA's (B, H, S, D)), 1 to 64 iterations a CTA (the staging stages' every case: a stage never loaded, one loaded
+    once, one loaded again), GQA, and the 4k shape's main grid before its tail launch: gradients within the policy
+    of float64 (check_case: unwritten elements are poisoned), and dK / dV the same bits as the register stores'."""
+    _needs_hopper()
+    B, Hq, Hkv, S = shape
+    if api == "sdpa" and Hq != Hkv:
+        pytest.skip("SDPA's layout: MHA shapes")
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {D: None})
+    seen = []
+    epi = launch.hopper_bwd_epi_tma
+    monkeypatch.setattr(launch, "hopper_bwd_epi_tma", lambda *a: seen.append(epi(*a)) or seen[-1])
+    torch.manual_seed(0)
+    check_case(Case(api, bf16, B, Hq, Hkv, S, S, D, causal=False), device="cuda")
+    assert seen == [True], "the backward's TMA epilogue did not run"
+
+    torch.manual_seed(1)
+    bshd = api == "fa"
+    q, do = (randn(B, S, Hq, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
+    k, v = (randn(B, S, Hkv, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
+    if not bshd:
+        q, do, k, v = (x.contiguous() for x in (q, do, k, v))
+    scale = 1 / math.sqrt(D)
+    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, bshd)[:2]
+    delta = launch.attn_bwd_delta(out, do, lse, None)
+    dq, dk, dv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, bshd)
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {})
+    seen.clear()
+    wq, wk, wv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, bshd)
+    assert seen == [False]
+    assert torch.equal(dk, wk) and torch.equal(dv, wv)
+    torch.testing.assert_close(dq, wq, rtol=2 ** -7, atol=2 ** -7 * wq.abs().max().item())

@@ -1151,6 +1151,15 @@ HOPPER_BWD_M128 = True
 # (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid), session 30 (...-s30-ab-bwd-tail256.txt):
 # +1.0% / +1.7% at 4k / 16k, -0.3% at 1k.
 HOPPER_BWD_TAIL: tuple = (64, 128, 256)
+# Head dim (64, 128) -> the fewest keys (Sk) at which its plain non-causal backward stops storing dK / dV by TMA stores
+# staged in ring tiles no iteration reads again (kernels/bwd_hopper.py EPI_TMA), None: no bound; D = 128 needs the
+# 3-stage ring (hopper_bwd_stages). H200, session 31 (scripts/ab_attention.py --gluon --paired 20 --switch
+# HOPPER_BWD_EPI_TMA, FA3-paper shapes, ...-s31-ab-bwd-epi*.txt), on / off at 1k / 2k / 4k / 8k / 16k: D = 64 +5.8 /
+# +3.5 / +2.5 / +1.7 / +1.0%; D = 128 +3.6 / -0.5 / -2.8 / -4.3 / -5.1%: its block loop compiles to another schedule
+# with the epilogue changed (ptxas; the same instruction count, as session 29 saw), which costs more than the
+# epilogue saves once the loop is long. Causal builds keep the register stores (session 9's first form: -7 to -8% at
+# 1k causal, H100).
+HOPPER_BWD_EPI_TMA: dict = {64: None, 128: 2048}
 HOPPER_BWD_TAIL_MIN_KEYS = 4096
 HOPPER_BWD_TAIL_MAX_PARTS = 3
 # A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
@@ -1317,6 +1326,19 @@ def _rows_smem_layout(rows: int):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
 
 
+def hopper_bwd_epi_tma(D: int, keys: int, causal: bool, features: dict, block_m: int, stages: int) -> bool:
+    """Whether kernels/bwd_hopper.py's launch with these ``features`` (its flags) over ``keys`` keys stores dK / dV
+    by TMA (EPI_TMA): D in HOPPER_BWD_EPI_TMA with fewer keys than its bound, the dQ reduce by TMA, the plain
+    non-causal geometry (no feature flag, no SPLIT_BAR or PROD_WRITER), and with 64-row query blocks a ring of 3
+    stages (two free tiles a warpgroup)."""
+    bound = next((m for d, m in HOPPER_BWD_EPI_TMA.items() if d == D), 0)  # (SymInt: by ==)
+    if bound == 0 or (bound is not None and keys >= bound) or causal or not features.get("DQ_TMA"):
+        return False
+    if any(features.get(n) for n in ("SOFTCAP", "ALIBI", "WINDOW", "VARLEN", "SPLIT_BAR", "PROD_WRITER")):
+        return False
+    return block_m == 128 or stages >= 3
+
+
 def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
     """TMA descriptor of a backward output (the fp32 dQ accumulator, dK, dV: a (B, H, S, D) view of
     contiguous (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernels'
@@ -1413,6 +1435,8 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                 features["PROD_WRITER"] = True
         if causal_ in HOPPER_BWD_SPLIT_BAR:
             features["SPLIT_BAR"] = True
+        if hopper_bwd_epi_tma(D, Sk, causal_, features, block_m, hopper_bwd_stages(D, not (causal_ or featured))):
+            features.update(EPI_TMA=True, desc_dk=_grad_desc(dk, bshd, 64, D), desc_dv=_grad_desc(dv, bshd, 64, D))
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,
@@ -1431,8 +1455,9 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         tail_rows, parts = tail
         main_rows = grid[1] - tail_rows  # (>= 1: the plan leaves the main grid a row at least)
         cached_launch(kernel, (grid[0], main_rows), *args, PDL_TRIGGER=True, **consts)
+        tail_consts = {n: c for n, c in consts.items() if n not in ("EPI_TMA", "desc_dk", "desc_dv")}  # (registers)
         cached_launch(kernel, (tail_rows * grid[0] * parts,), *args, TAIL_PARTS=parts, tile_base=main_rows * grid[0],
-                      launch_pdl=True, **tail_bufs, **consts)
+                      launch_pdl=True, **tail_bufs, **tail_consts)
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
     return dq, dk, dv

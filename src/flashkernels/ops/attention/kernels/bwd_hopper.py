@@ -54,7 +54,8 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     D = 128, +1% at D = 64; non-causal -3% at D = 128 (H100, bf16, FA3 grid at S 4k / 16k,
     scripts/ab_attention.py --gluon --paired 30, perf-notes session 21).
 
-At the end dK_w and dV_w are stored with gl.store (once per CTA). Causal: the CTA with keys from
+At the end dK_w and dV_w are stored with gl.store (once per CTA), or with EPI_TMA (launch.HOPPER_BWD_EPI_TMA) by TMA
+stores staged in ring tiles no iteration reads again. Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
 
 The plain non-causal backward's last round (launch.HOPPER_BWD_TAIL): the grid without its last rows of tiles
@@ -373,7 +374,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                   WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq,
                   SPLIT_BAR: gl.constexpr, PROD_WRITER: gl.constexpr, dq_free, TAIL_PARTS: gl.constexpr, tile_base,
-                  Part, Flags):
+                  Part, Flags, EPI_TMA: gl.constexpr, desc_dk, desc_dv):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -682,10 +683,54 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         o_mask = (o_rows < seqlen_k - n0w)[:, None]
         gl.store(DK + o_offs, dk.to(DK.dtype.element_ty), mask=o_mask)
         gl.store(DV + o_offs, dv.to(DV.dtype.element_ty), mask=o_mask)
+    elif EPI_TMA:
+        _bwd_epi_tma(W, dk, dv, q_smem, do_smem, desc_dk, desc_dv, S, b, hk, n0w, HKV, GROUP * n_blocks, HEAD_DIM,
+                     BLOCK_M, STAGES, OUT_BSHD)
     else:
         o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
         gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
         gl.store(DV + o_offs, dv.to(DV.dtype.element_ty))
+
+
+@gluon.jit
+def _bwd_epi_tma(W: gl.constexpr, dk, dv, q_smem, do_smem, desc_dk, desc_dv, S, b, hk, n0w, HKV, n_iter,
+                 HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, OUT_BSHD: gl.constexpr):
+    """EPI_TMA: warpgroup W's dK_w, dV_w (64 keys from n0w, all D columns) out by two TMA stores (desc_dk /
+    desc_dv: launch._grad_desc's 64 x D tiles), staged in Q / dO ring tiles that no iteration reads again.
+    The last of the n_iter >= 1 iterations used stage (n_iter - 1) % STAGES. Stage (n_iter - 2) % STAGES
+    held iteration n_iter - 2 (or no iteration at all), which both warpgroups finished before either
+    passed the pair barrier of iteration n_iter - 1 (each arrives there after its dK wgmma of n_iter - 2
+    retired); likewise stage (n_iter - 3) % STAGES with three stages. The producer loads nothing after
+    iteration n_iter - 1, so those tiles are free. BLOCK_M 128 (D = 64): Q / dO tiles of 128 x 64, rows
+    64W .. of stage n_iter - 2's for dK_w / dV_w. BLOCK_M 64 (D = 128; STAGES >= 3): warpgroup 0 takes the
+    Q tiles and warpgroup 1 the dO tiles of stages n_iter - 2 (dV_w) and n_iter - 3 (dK_w)."""
+    dtype: gl.constexpr = q_smem.dtype
+    free = (n_iter + STAGES - 2) % STAGES
+    if BLOCK_M == 128:
+        ep_k = q_smem.index(free).slice(W * 64, 64)
+        ep_v = do_smem.index(free).slice(W * 64, 64)
+    else:
+        gl.static_assert(STAGES >= 3)
+        free2 = (n_iter + STAGES - 3) % STAGES
+        if W == 0:
+            ep_k = q_smem.index(free2)
+            ep_v = q_smem.index(free)
+        else:
+            ep_k = do_smem.index(free2)
+            ep_v = do_smem.index(free)
+    ep_k.store(dk.to(dtype))
+    ep_v.store(dv.to(dtype))
+    fence_async_shared()
+    gl.thread_barrier()  # (the warpgroup's named barrier) every thread's stores before the one thread's TMA
+    if OUT_BSHD:  # DK / DV (B, S, Hkv, D) as (B·S, Hkv·D), else (B, Hkv, S, D) as (B·Hkv·S, D)
+        row = b * S + n0w
+        col = hk * HEAD_DIM
+    else:
+        row = (b * HKV + hk) * S + n0w
+        col = 0
+    tma.async_copy_shared_to_global(desc_dk, [row, col], ep_k)
+    tma.async_copy_shared_to_global(desc_dv, [row, col], ep_v)
+    tma.store_wait(0)  # (the shared memory must outlive the stores' reads)
 
 
 @gluon.jit
@@ -698,7 +743,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            ALIBI: gl.constexpr = False, WINDOW: gl.constexpr = False, VARLEN: gl.constexpr = False,
                            DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False,
                            PROD_WRITER: gl.constexpr = False, PDL_TRIGGER: gl.constexpr = False,
-                           TAIL_PARTS: gl.constexpr = 0, tile_base=0, Part=None, Flags=None):
+                           TAIL_PARTS: gl.constexpr = 0, tile_base=0, Part=None, Flags=None,
+                           EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -725,6 +771,9 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     CTAs a tile, for the tiles from tile_base in _bwd_tile's launch order, each CTA a part of its tile's query
     blocks (_bwd_part_tile); Part (fp32, (TAIL_PARTS - 1) · 2 · 2 · 64 · D a tile) holds the earlier parts'
     dK_w / dV_w and Flags (int32 zeros, one per Part slot of 64 keys) their hand-over (_bwd_tail_out).
+    EPI_TMA (DQ_TMA, the plain geometry: no feature, SPLIT_BAR, PROD_WRITER or TAIL_PARTS; BLOCK_M 64 needs STAGES
+    >= 3): dK / dV out by TMA stores of 64 x D tiles (desc_dk / desc_dv: launch._grad_desc) staged in ring tiles
+    no iteration reads again (_bwd_epi_tma), instead of from the registers.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST or SOFTCAP or ALIBI or WINDOW
@@ -739,6 +788,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(OUT_BSHD or not VARLEN)
     gl.static_assert(DQ_TMA or not PROD_WRITER)
+    gl.static_assert(not EPI_TMA or (DQ_TMA and TAIL_PARTS == 0 and not (SOFTCAP or ALIBI or WINDOW or VARLEN
+                                                                        or SPLIT_BAR or PROD_WRITER)))
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
@@ -794,13 +845,13 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
                          DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
-                         Flags)),
+                         Flags, EPI_TMA, desc_dk, desc_dv)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
                          DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
-                         Flags)),
+                         Flags, EPI_TMA, desc_dk, desc_dv)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,

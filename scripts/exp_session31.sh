@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Session 31's device calls (docs/perf-notes.md, session 31). One section a call:
+#   bash scripts/exp_session31.sh epi     the plain non-causal backward's TMA epilogue (launch.HOPPER_BWD_EPI_TMA; run
+#                                         with the tuple (64, 128) it was then, any key count): its GPU test and the
+#                                         tail's (launch cache in check mode), then scripts/ab_attention.py --paired on / off at D = 64 / 128, 1k-16k, non-causal
+#   bash scripts/exp_session31.sh epi2    the same A/B at the lengths epi's printout cut: D = 64 1k / 2k / 4k, D = 128 1k / 2k
+#   bash scripts/exp_session31.sh cfg     two ring depths never timed on this card's current builds: D = 64's short
+#                                         forward (HOPPER_FWD_SHORT) with 4 stages against 3 (1k non-causal and causal,
+#                                         2k causal); the D = 128 causal backward with 3 stages against 2 (4k, 16k)
+#   bash scripts/exp_session31.sh bench   `bench attention --graph`'s non-causal backward at D = 64 (1k-16k) and 128 (1k), with
+#                                         SDPA cuDNN / flash, after the epilogue landed
+#   bash scripts/exp_session31.sh final   test_hopper_bwd.py's and test_memory.py's GPU tests with the defaults
+# Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
+source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
+case "${1:-}" in
+  epi)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
+      tests/test_hopper_bwd.py -k "epi_tma_cuda or (tail_cuda and not d256)" 2>&1 | tail -12 \
+      | tee -a "$OUT/tests-bwd-epi.txt"
+    timeout "${TA:-330}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
+      --on "{64: None, 128: None}" --off "{}" --modes bwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,4096,8192,16384}" \
+      --causal 0 2>&1 | tail -20 | tee -a "$OUT/ab-bwd-epi.txt" ;;
+  epi2)
+    for dims_s in "64:1024,2048,4096" "128:1024,2048"; do
+      timeout "${TA:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
+        --on "{64: None, 128: None}" --off "{}" --modes bwd --head-dims "${dims_s%%:*}" --seqlens "${dims_s##*:}" --causal 0 2>&1 \
+        | tail -14 | tee -a "$OUT/ab-bwd-epi2.txt"
+    done ;;
+  cfg)
+    timeout "${TA:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_FWD_SHORT \
+      --on "{64: (128, 4, 2048, 4096)}" --off "{64: (128, 3, 2048, 4096)}" --modes fwd --head-dims 64 \
+      --seqlens 1024,2048 --causal 0,1 2>&1 | tail -10 | tee -a "$OUT/ab-fwd64-short-st4.txt"
+    timeout "${TB:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_STAGES \
+      --on "{(128, True): 3, (128, False): 3}" --off "{(128, True): 3}" --modes bwd --head-dims 128 \
+      --seqlens 4096,16384 --causal 1 2>&1 | tail -10 | tee -a "$OUT/ab-bwd128-causal-st3.txt" ;;
+  bench)
+    for dims_s in "64:1024,2048,4096,8192,16384" "128:1024"; do
+      timeout "${TB:-200}" python -m flashkernels bench attention --graph --modes bwd --head-dims "${dims_s%%:*}" \
+        --seqlens "${dims_s##*:}" --causal no --no-gqa --providers flashkernels,sdpa-cudnn,sdpa-flash \
+        --csv "$OUT/attention-bwd-graph.csv" 2>&1 | tail -9 | tee -a "$OUT/attention-bwd-graph.txt"
+    done ;;
+  final)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
+      tests/test_hopper_bwd.py tests/test_memory.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
+  *) echo "usage: $0 epi|epi2|cfg|bench|final"; exit 2 ;;
+esac
