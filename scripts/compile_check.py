@@ -336,7 +336,7 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
             consts["PROD_WRITER"] = True
     if consts["CAUSAL"] in launch.HOPPER_BWD_SPLIT_BAR:  # (as launched)
         consts["SPLIT_BAR"] = True
-    if not tail_parts and launch.hopper_bwd_epi_tma(D, keys, consts["CAUSAL"], consts, block_m, stages):  # (as launched)
+    if not tail_parts and launch.hopper_bwd_epi_tma(D, keys, consts["CAUSAL"], consts):  # (as launched)
         consts["EPI_TMA"] = True
         for n in ("desc_dk", "desc_dv"):
             descs[n] = launch._grad_desc(torch.empty(1, 2, 1024, D, dtype=dtype), True, 64, D)

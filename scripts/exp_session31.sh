@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Session 31's device calls (docs/perf-notes.md, session 31). One section a call:
 #   bash scripts/exp_session31.sh epi     the plain non-causal backward's TMA epilogue (launch.HOPPER_BWD_EPI_TMA; run
-#                                         with the tuple (64, 128) it was then, any key count): its GPU test and the
+#                                         with the tuple (64, 128) it was then: any key count): its GPU test and the
 #                                         tail's (launch cache in check mode), then scripts/ab_attention.py --paired on / off at D = 64 / 128, 1k-16k, non-causal
 #   bash scripts/exp_session31.sh epi2    the same A/B at the lengths epi's printout cut: D = 64 1k / 2k / 4k, D = 128 1k / 2k
 #   bash scripts/exp_session31.sh cfg     two ring depths never timed on this card's current builds: D = 64's short
 #                                         forward (HOPPER_FWD_SHORT) with 4 stages against 3 (1k non-causal and causal,
 #                                         2k causal); the D = 128 causal backward with 3 stages against 2 (4k, 16k)
+#   bash scripts/exp_session31.sh ecausal the same epilogue for the causal builds (run as a switch of their own, then
+#                                         HOPPER_BWD_EPI_TMA_CAUSAL = (); D = 128's two stages stage dK_w in its dQ tile):
+#                                         the epilogue's GPU tests, then the A/B at D = 64 / 128, 1k / 4k / 16k, causal
 #   bash scripts/exp_session31.sh bench   `bench attention --graph`'s non-causal backward at D = 64 (1k-16k) and 128 (1k), with
 #                                         SDPA cuDNN / flash, after the epilogue landed
+#   bash scripts/exp_session31.sh bench2  `bench attention --graph`'s backward at D = 64 / 128, every FA3-paper shape and GQA, with
+#                                         the causal epilogue too
 #   bash scripts/exp_session31.sh final   test_hopper_bwd.py's and test_memory.py's GPU tests with the defaults
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -18,12 +23,12 @@ case "${1:-}" in
       tests/test_hopper_bwd.py -k "epi_tma_cuda or (tail_cuda and not d256)" 2>&1 | tail -12 \
       | tee -a "$OUT/tests-bwd-epi.txt"
     timeout "${TA:-330}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
-      --on "{64: None, 128: None}" --off "{}" --modes bwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,4096,8192,16384}" \
+      --on "{(64, False): None, (128, False): None}" --off "{}" --modes bwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,4096,8192,16384}" \
       --causal 0 2>&1 | tail -20 | tee -a "$OUT/ab-bwd-epi.txt" ;;
   epi2)
     for dims_s in "64:1024,2048,4096" "128:1024,2048"; do
       timeout "${TA:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
-        --on "{64: None, 128: None}" --off "{}" --modes bwd --head-dims "${dims_s%%:*}" --seqlens "${dims_s##*:}" --causal 0 2>&1 \
+        --on "{(64, False): None, (128, False): None}" --off "{}" --modes bwd --head-dims "${dims_s%%:*}" --seqlens "${dims_s##*:}" --causal 0 2>&1 \
         | tail -14 | tee -a "$OUT/ab-bwd-epi2.txt"
     done ;;
   cfg)
@@ -33,14 +38,24 @@ case "${1:-}" in
     timeout "${TB:-200}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_STAGES \
       --on "{(128, True): 3, (128, False): 3}" --off "{(128, True): 3}" --modes bwd --head-dims 128 \
       --seqlens 4096,16384 --causal 1 2>&1 | tail -10 | tee -a "$OUT/ab-bwd128-causal-st3.txt" ;;
+  ecausal)
+    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-300}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
+      tests/test_hopper_bwd.py -k "epi_tma_cuda" 2>&1 | tail -12 | tee -a "$OUT/tests-bwd-epi-causal.txt"
+    timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
+      --on "{(64, True): None, (128, True): None}" --off "{}" --modes bwd --head-dims 64,128 --seqlens "${SEQLENS:-1024,4096,16384}" --causal 1 \
+      2>&1 | tail -20 | tee -a "$OUT/ab-bwd-epi-causal.txt" ;;
   bench)
     for dims_s in "64:1024,2048,4096,8192,16384" "128:1024"; do
       timeout "${TB:-200}" python -m flashkernels bench attention --graph --modes bwd --head-dims "${dims_s%%:*}" \
         --seqlens "${dims_s##*:}" --causal no --no-gqa --providers flashkernels,sdpa-cudnn,sdpa-flash \
         --csv "$OUT/attention-bwd-graph.csv" 2>&1 | tail -9 | tee -a "$OUT/attention-bwd-graph.txt"
     done ;;
+  bench2)
+    timeout "${TB:-420}" python -m flashkernels bench attention --graph --modes bwd --head-dims 64,128 \
+      --providers flashkernels,sdpa-cudnn,sdpa-flash --csv "$OUT/attention-bwd-graph2.csv" 2>&1 | tail -26 \
+      | tee -a "$OUT/attention-bwd-graph2.txt" ;;
   final)
     FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_memory.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
-  *) echo "usage: $0 epi|epi2|cfg|bench|final"; exit 2 ;;
+      tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
+  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|final"; exit 2 ;;
 esac

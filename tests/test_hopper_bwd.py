@@ -433,7 +433,7 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
      ("bf16", 128, True, dict(varlen=True, alibi=True))] + \
     [(dt, D, False, dict(tail_parts=parts)) for D in (128, 256) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
     [("bf16", D, False, dict(pdl_trigger=True)) for D in (64, 128, 256)] + \
-    [(dt, D, False, dict(keys=1024)) for D in (64, 128) for dt in ("bf16", "fp16")]
+    [(dt, D, causal, dict(keys=1024)) for D in (64, 128) for dt in ("bf16", "fp16") for causal in (False, True)]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -457,9 +457,11 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     an iteration, see scripts/compile_check.py --sass; VARLEN with softcap and ALiBi together, not
     built here, 96-124 B). The backward's tail launch (TAIL_PARTS, two or three parts a tile) and the main grid
     before it (PDL_TRIGGER), plain non-causal builds, up to the plain build's 8 B (its three stages) at D = 128
-    (at D = 256, kernels/bwd_hopper256.py, 0 B); with the TMA epilogue (launch.HOPPER_BWD_EPI_TMA: D = 64 at any key
-    count, so its main grid too, D = 128 at 1024 keys) D = 128 the same 8 B, D = 64 76 B (44 B with the register
-    stores; warpgroup 1's loop loads 4 spilled values an iteration with those, 6 with the epilogue)."""
+    (at D = 256, kernels/bwd_hopper256.py, 0 B); with the TMA epilogue (launch.HOPPER_BWD_EPI_TMA at 1024 keys, and
+    D = 64's main grid) non-causal D = 128 the same 8 B, D = 64 76 B (44 B with the register stores; warpgroup 1's
+    loop loads 4 spilled values an iteration with those, 6 with the epilogue), causal D = 128 4 B (20 B with the
+    register stores), D = 64 104 B (68 B, though its two loops load fewer spilled values an iteration: 4 / 5 against
+    7 / 4)."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -476,7 +478,8 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     assert "serialized" not in log, log
     for ln in built:
         spill = re.search(r"spill\s+(\d+)B", ln)
-        bound = (68 if "varlen+" in ln else 52 if "causal=1" in ln or "window" in ln or "varlen" in ln
+        bound = (104 if "D=64 causal=1 keys" in ln else 68 if "varlen+" in ln
+                 else 52 if "causal=1" in ln or "window" in ln or "varlen" in ln
                  else 76 if "D=64" in ln else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln
                  or "keys" in ln else 0)
         assert spill and int(spill.group(1)) <= bound, ln
@@ -656,12 +659,12 @@ def test_bwd_tail_launch_arguments(monkeypatch):
 
 
 def test_bwd_epi_tma_launch_arguments(monkeypatch):
-    """launch.HOPPER_BWD_EPI_TMA (the kernels stubbed, 132 SMs): the plain non-causal backward at a head dim it names,
-    with fewer keys than its bound (the defaults: D = 64 any, D = 128 below 2048), launches kernels/bwd_hopper.py with
-    EPI_TMA and 64 x D descriptors of dK / dV (D = 128: its 3-stage ring; D = 64: 128-row query blocks); with a tail
-    plan only the main grid has it (the tail's parts merge from the registers); more keys, causal calls (SPLIT_BAR,
-    PROD_WRITER), features, a 2-stage D = 128 ring, the dQ atomics and a head dim the switch does not name launch
-    without it."""
+    """launch.HOPPER_BWD_EPI_TMA (the kernels stubbed, 132 SMs): the plain backward at a (head dim, causal) it names,
+    with fewer keys than its bound (the defaults: non-causal D = 64 any, D = 128 below 2048; causal D = 64 below
+    4096, D = 128 any), launches kernels/bwd_hopper.py with EPI_TMA and 64 x D descriptors of dK / dV (D = 128: its
+    3-stage ring, or 2 stages; D = 64: 128-row query blocks; causal: with SPLIT_BAR and PROD_WRITER); with a tail
+    plan only the main grid has it (the tail's parts merge from the registers); more keys, features, the dQ atomics
+    and a pair the switch does not name launch without it."""
     from flashkernels.ops.attention.kernels import bwd_hopper256
 
     class Recorder:
@@ -685,11 +688,15 @@ def test_bwd_epi_tma_launch_arguments(monkeypatch):
         launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, 1 / math.sqrt(D), causal, bshd, **kw)
         return list(rec.calls)
 
-    assert launch.HOPPER_BWD_EPI_TMA == {64: None, 128: 2048}  # (the defaults)
+    assert launch.HOPPER_BWD_EPI_TMA == {(64, False): None, (128, False): 2048, (64, True): 4096,
+                                         (128, True): None}  # (the defaults)
     assert run(64, False, 4096, 4)[0]["EPI_TMA"] is True and run(128, False, 1024, 4)[0]["EPI_TMA"] is True
     assert all("EPI_TMA" not in run(128, False, S, 4)[0] for S in (2048, 4096))
     assert all("EPI_TMA" not in c for c in run(128, False, 4096, 6))  # (with a tail plan, the main grid too)
-    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: None, 128: None})
+    assert run(64, True, 2048, 4)[0]["EPI_TMA"] is True and "EPI_TMA" not in run(64, True, 4096, 4)[0]
+    (one,) = run(128, True, 16384, 2)
+    assert one["EPI_TMA"] is True and one["CAUSAL"] and one["SPLIT_BAR"] and one["PROD_WRITER"] and one["STAGES"] == 2
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(64, False): None, (128, False): None})
     for D, bshd in ((128, True), (128, False), (64, True)):
         (one,) = run(D, False, 1024, 4, bshd)
         assert one["EPI_TMA"] is True and one["STAGES"] == (3 if D == 128 else 2)
@@ -705,15 +712,19 @@ def test_bwd_epi_tma_launch_arguments(monkeypatch):
                            (False, dict(window_left=256))):
             (one,) = run(D, causal, 1024, 4, **kw)
             assert "EPI_TMA" not in one, (D, causal, kw)
-    monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {})  # (D = 128 with 2 stages: one free tile a warpgroup)
-    assert "EPI_TMA" not in run(128, False, 1024, 4)[0] and run(64, False, 1024, 4)[0]["EPI_TMA"] is True
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(128, True): None})
+    assert run(128, True, 1024, 4)[0]["EPI_TMA"] is True and "EPI_TMA" not in run(64, True, 1024, 4)[0]
+    assert "EPI_TMA" not in run(128, True, 1024, 4, softcap=5.0)[0] and "EPI_TMA" not in run(128, False, 1024, 4)[0]
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(64, False): None, (128, False): None})
+    monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {})  # (D = 128 with 2 stages: dK_w staged in its dQ tile)
+    assert run(128, False, 1024, 4)[0]["STAGES"] == 2 and run(128, False, 1024, 4)[0]["EPI_TMA"] is True
     monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {(128, True): 3})
     monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", False)
     assert all("EPI_TMA" not in run(D, False, 1024, 4)[0] for D in (64, 128))
     monkeypatch.setattr(launch, "HOPPER_BWD_DQ_TMA", True)
-    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: None})
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(64, False): None})
     assert "EPI_TMA" not in run(128, False, 1024, 4)[0] and run(64, False, 1024, 4)[0]["EPI_TMA"] is True
-    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {64: 4096})
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(64, False): 4096})
     assert run(64, False, 2048, 4)[0]["EPI_TMA"] is True and "EPI_TMA" not in run(64, False, 4096, 4)[0]
 
 
@@ -1256,23 +1267,31 @@ EPI_SHAPES = [(2, 4, 4, 128), (1, 4, 4, 256), (1, 6, 2, 384), (1, 8, 2, 1024), (
 @pytest.mark.gpu
 @pytest.mark.parametrize("api", ["fa", "sdpa"])
 @pytest.mark.parametrize("shape", EPI_SHAPES, ids=[f"b{b}-h{h}-{hk}-s{s}" for b, h, hk, s in EPI_SHAPES])
+@pytest.mark.parametrize("variant", ["full", "full-2stages", "causal"])
 @pytest.mark.parametrize("D", [64, 128], ids=["d64", "d128"])
-def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, shape, api):
-    """launch.HOPPER_BWD_EPI_TMA (dK / dV by TMA stores staged in ring tiles no iteration reads again,
-    kernels/bwd_hopper.py _bwd_epi_tma) at D = 64 and 128 from any key count, both output layouts (flash_attn_func's (B, S, H, D),
-    SDPA's (B, H, S, D)), 1 to 64 iterations a CTA (the staging stages' every case: a stage never loaded, one loaded
-    once, one loaded again), GQA, and the 4k shape's main grid before its tail launch: gradients within the policy
-    of float64 (check_case: unwritten elements are poisoned), and dK / dV the same bits as the register stores'."""
+def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, variant, shape, api):
+    """launch.HOPPER_BWD_EPI_TMA (dK / dV by TMA stores staged in shared memory no
+    iteration reads again, kernels/bwd_hopper.py _bwd_epi_tma) at D = 64 and 128 from any key count, non-causal
+    (D = 128: the 3-stage ring, and with 2 stages, dK_w in the dQ tile) and causal (SPLIT_BAR, PROD_WRITER; D = 128's
+    2 stages), both output layouts (flash_attn_func's (B, S, H, D), SDPA's (B, H, S, D)), 1 to 64 iterations a CTA
+    (the staging stages' every case: a stage never loaded, one loaded once, one loaded again), GQA, and the 4k
+    shape's main grid before its tail launch: gradients within the policy of float64 (check_case: unwritten
+    elements are poisoned), and dK / dV the same bits as the register stores'."""
     _needs_hopper()
     B, Hq, Hkv, S = shape
     if api == "sdpa" and Hq != Hkv:
         pytest.skip("SDPA's layout: MHA shapes")
-    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {D: None})
+    if variant == "full-2stages" and D == 64:
+        pytest.skip("D = 64 has 2 stages in the plain build")
+    causal = variant == "causal"
+    monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {(D, causal): None})
+    if variant == "full-2stages":
+        monkeypatch.setattr(launch, "HOPPER_BWD_STAGES", {})
     seen = []
     epi = launch.hopper_bwd_epi_tma
     monkeypatch.setattr(launch, "hopper_bwd_epi_tma", lambda *a: seen.append(epi(*a)) or seen[-1])
     torch.manual_seed(0)
-    check_case(Case(api, bf16, B, Hq, Hkv, S, S, D, causal=False), device="cuda")
+    check_case(Case(api, bf16, B, Hq, Hkv, S, S, D, causal=causal), device="cuda")
     assert seen == [True], "the backward's TMA epilogue did not run"
 
     torch.manual_seed(1)
@@ -1282,12 +1301,12 @@ def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, shape, api):
     if not bshd:
         q, do, k, v = (x.contiguous() for x in (q, do, k, v))
     scale = 1 / math.sqrt(D)
-    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, bshd)[:2]
+    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, causal, bshd)[:2]
     delta = launch.attn_bwd_delta(out, do, lse, None)
-    dq, dk, dv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, bshd)
+    dq, dk, dv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd)
     monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {})
     seen.clear()
-    wq, wk, wv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, bshd)
+    wq, wk, wv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd)
     assert seen == [False]
     assert torch.equal(dk, wk) and torch.equal(dv, wv)
     torch.testing.assert_close(dq, wq, rtol=2 ** -7, atol=2 ** -7 * wq.abs().max().item())

@@ -1151,15 +1151,17 @@ HOPPER_BWD_M128 = True
 # (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid), session 30 (...-s30-ab-bwd-tail256.txt):
 # +1.0% / +1.7% at 4k / 16k, -0.3% at 1k.
 HOPPER_BWD_TAIL: tuple = (64, 128, 256)
-# Head dim (64, 128) -> the fewest keys (Sk) at which its plain non-causal backward stops storing dK / dV by TMA stores
-# staged in ring tiles no iteration reads again (kernels/bwd_hopper.py EPI_TMA), None: no bound; D = 128 needs the
-# 3-stage ring (hopper_bwd_stages). H200, session 31 (scripts/ab_attention.py --gluon --paired 20 --switch
-# HOPPER_BWD_EPI_TMA, FA3-paper shapes, ...-s31-ab-bwd-epi*.txt), on / off at 1k / 2k / 4k / 8k / 16k: D = 64 +5.8 /
-# +3.5 / +2.5 / +1.7 / +1.0%; D = 128 +3.6 / -0.5 / -2.8 / -4.3 / -5.1%: its block loop compiles to another schedule
-# with the epilogue changed (ptxas; the same instruction count, as session 29 saw), which costs more than the
-# epilogue saves once the loop is long. Causal builds keep the register stores (session 9's first form: -7 to -8% at
-# 1k causal, H100).
-HOPPER_BWD_EPI_TMA: dict = {64: None, 128: 2048}
+# (head dim, causal) -> the fewest keys (Sk) at which the plain backward (no feature) stops storing dK / dV by TMA
+# stores staged in shared memory no iteration reads again (kernels/bwd_hopper.py EPI_TMA), None: no bound; absent:
+# the register stores. Where the loop is short, the epilogue weighs; where it is long, what counts is that with the
+# epilogue changed ptxas schedules the block loop differently (the same instruction count, as session 29 saw), which
+# may gain or lose a few %. H200, session 31 (scripts/ab_attention.py --gluon --paired 20 --switch HOPPER_BWD_EPI_TMA,
+# FA3-paper shapes, ...-s31-ab-bwd-epi*.txt), on / off:
+#   non-causal at 1k / 2k / 4k / 8k / 16k: D = 64 +5.8 / +3.5 / +2.5 / +1.7 / +1.0%; D = 128 +3.6 / -0.5 / -2.8 /
+#   -4.3 / -5.1%;
+#   causal at 1k / 4k / 16k: D = 64 +4.9 / -0.2 / -3.7%; D = 128 (its 2-stage ring: dK_w staged in the warpgroup's dQ
+#   tile after the last reduce) +7.5 / +2.6 / +0.3%.
+HOPPER_BWD_EPI_TMA: dict = {(64, False): None, (128, False): 2048, (64, True): 4096, (128, True): None}
 HOPPER_BWD_TAIL_MIN_KEYS = 4096
 HOPPER_BWD_TAIL_MAX_PARTS = 3
 # A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
@@ -1326,17 +1328,16 @@ def _rows_smem_layout(rows: int):
     return fwd_hopper.gl.NVMMASharedLayout.get_default_for([rows], fwd_hopper.gl.float32)
 
 
-def hopper_bwd_epi_tma(D: int, keys: int, causal: bool, features: dict, block_m: int, stages: int) -> bool:
+def hopper_bwd_epi_tma(D: int, keys: int, causal: bool, features: dict) -> bool:
     """Whether kernels/bwd_hopper.py's launch with these ``features`` (its flags) over ``keys`` keys stores dK / dV
-    by TMA (EPI_TMA): D in HOPPER_BWD_EPI_TMA with fewer keys than its bound, the dQ reduce by TMA, the plain
-    non-causal geometry (no feature flag, no SPLIT_BAR or PROD_WRITER), and with 64-row query blocks a ring of 3
-    stages (two free tiles a warpgroup)."""
-    bound = next((m for d, m in HOPPER_BWD_EPI_TMA.items() if d == D), 0)  # (SymInt: by ==)
-    if bound == 0 or (bound is not None and keys >= bound) or causal or not features.get("DQ_TMA"):
+    by TMA (EPI_TMA): the dQ reduce by TMA, the plain geometry (no feature flag), and (D, causal) in
+    HOPPER_BWD_EPI_TMA with fewer keys than its bound."""
+    if not features.get("DQ_TMA") or any(features.get(n) for n in ("SOFTCAP", "ALIBI", "WINDOW", "VARLEN")):
         return False
-    if any(features.get(n) for n in ("SOFTCAP", "ALIBI", "WINDOW", "VARLEN", "SPLIT_BAR", "PROD_WRITER")):
-        return False
-    return block_m == 128 or stages >= 3
+    for (d, c), bound in HOPPER_BWD_EPI_TMA.items():
+        if d == D and c == causal:  # (SymInt: by ==)
+            return bound is None or keys < bound
+    return False
 
 
 def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
@@ -1435,7 +1436,7 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                 features["PROD_WRITER"] = True
         if causal_ in HOPPER_BWD_SPLIT_BAR:
             features["SPLIT_BAR"] = True
-        if hopper_bwd_epi_tma(D, Sk, causal_, features, block_m, hopper_bwd_stages(D, not (causal_ or featured))):
+        if hopper_bwd_epi_tma(D, Sk, causal_, features):
             features.update(EPI_TMA=True, desc_dk=_grad_desc(dk, bshd, 64, D), desc_dv=_grad_desc(dv, bshd, 64, D))
     if ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()

@@ -55,7 +55,7 @@ accumulator in the register layout of the A operand of the dV / dK wgmmas):
     scripts/ab_attention.py --gluon --paired 30, perf-notes session 21).
 
 At the end dK_w and dV_w are stored with gl.store (once per CTA), or with EPI_TMA (launch.HOPPER_BWD_EPI_TMA) by TMA
-stores staged in ring tiles no iteration reads again. Causal: the CTA with keys from
+stores staged in shared memory no iteration reads again (_bwd_epi_tma). Causal: the CTA with keys from
 n0 visits only the query blocks with rows >= n0 (WINDOW: see below).
 
 The plain non-causal backward's last round (launch.HOPPER_BWD_TAIL): the grid without its last rows of tiles
@@ -685,7 +685,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
         gl.store(DV + o_offs, dv.to(DV.dtype.element_ty), mask=o_mask)
     elif EPI_TMA:
         _bwd_epi_tma(W, dk, dv, q_smem, do_smem, desc_dk, desc_dv, S, b, hk, n0w, HKV, GROUP * n_blocks, HEAD_DIM,
-                     BLOCK_M, STAGES, OUT_BSHD)
+                     BLOCK_M, STAGES, OUT_BSHD, dq_smem, dq_free, PROD_WRITER)
     else:
         o_offs = b * k_sb + hk * k_sh + (n0w + o_rows)[:, None] * k_ss + o_cols[None, :]
         gl.store(DK + o_offs, dk.to(DK.dtype.element_ty))
@@ -694,21 +694,34 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
 
 @gluon.jit
 def _bwd_epi_tma(W: gl.constexpr, dk, dv, q_smem, do_smem, desc_dk, desc_dv, S, b, hk, n0w, HKV, n_iter,
-                 HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, OUT_BSHD: gl.constexpr):
+                 HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, OUT_BSHD: gl.constexpr,
+                 dq_smem=None, dq_free=None, PROD_WRITER: gl.constexpr = False):
     """EPI_TMA: warpgroup W's dK_w, dV_w (64 keys from n0w, all D columns) out by two TMA stores (desc_dk /
     desc_dv: launch._grad_desc's 64 x D tiles), staged in Q / dO ring tiles that no iteration reads again.
     The last of the n_iter >= 1 iterations used stage (n_iter - 1) % STAGES. Stage (n_iter - 2) % STAGES
     held iteration n_iter - 2 (or no iteration at all), which both warpgroups finished before either
-    passed the pair barrier of iteration n_iter - 1 (each arrives there after its dK wgmma of n_iter - 2
-    retired); likewise stage (n_iter - 3) % STAGES with three stages. The producer loads nothing after
-    iteration n_iter - 1, so those tiles are free. BLOCK_M 128 (D = 64): Q / dO tiles of 128 x 64, rows
-    64W .. of stage n_iter - 2's for dK_w / dV_w. BLOCK_M 64 (D = 128; STAGES >= 3): warpgroup 0 takes the
-    Q tiles and warpgroup 1 the dO tiles of stages n_iter - 2 (dV_w) and n_iter - 3 (dK_w)."""
+    passed the pair barrier of iteration n_iter - 1 (each arrives there after its wgmmas of n_iter - 2
+    retired; with SPLIT_BAR, at its arrive); likewise stage (n_iter - 3) % STAGES with three stages. The
+    producer loads nothing after iteration n_iter - 1, so those tiles are free. BLOCK_M 128 (D = 64): Q / dO
+    tiles of 128 x 64, rows 64W .. of stage n_iter - 2's for dK_w / dV_w. BLOCK_M 64 (D = 128): warpgroup 0
+    takes the Q tiles and warpgroup 1 the dO tiles, stage n_iter - 2's for dV_w and, with three stages, stage
+    n_iter - 3's for dK_w; with two, dK_w goes to the warpgroup's own dQ tile (fp32 64 x D / 2: the bytes of
+    a 16-bit 64 x D tile) once the last dQ reduce has read it (PROD_WRITER: dq_free)."""
     dtype: gl.constexpr = q_smem.dtype
     free = (n_iter + STAGES - 2) % STAGES
     if BLOCK_M == 128:
         ep_k = q_smem.index(free).slice(W * 64, 64)
         ep_v = do_smem.index(free).slice(W * 64, 64)
+    elif STAGES == 2:  # dK_w in this warpgroup's dQ tile, once the last reduce has read it
+        if PROD_WRITER:  # (the producer's reduce of iteration n_iter - 1: dq_free's n_iter-th completion)
+            mbarrier.wait(dq_free, (n_iter & 1) ^ 1)
+        else:  # (the issuing thread waited after the loop; every thread waits for it)
+            gl.thread_barrier()
+        ep_k = dq_smem._reinterpret(dtype, [2, 64, HEAD_DIM], desc_dk.layout).index(W)
+        if W == 0:
+            ep_v = q_smem.index(free)
+        else:
+            ep_v = do_smem.index(free)
     else:
         gl.static_assert(STAGES >= 3)
         free2 = (n_iter + STAGES - 3) % STAGES
@@ -771,9 +784,9 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     CTAs a tile, for the tiles from tile_base in _bwd_tile's launch order, each CTA a part of its tile's query
     blocks (_bwd_part_tile); Part (fp32, (TAIL_PARTS - 1) · 2 · 2 · 64 · D a tile) holds the earlier parts'
     dK_w / dV_w and Flags (int32 zeros, one per Part slot of 64 keys) their hand-over (_bwd_tail_out).
-    EPI_TMA (DQ_TMA, the plain geometry: no feature, SPLIT_BAR, PROD_WRITER or TAIL_PARTS; BLOCK_M 64 needs STAGES
-    >= 3): dK / dV out by TMA stores of 64 x D tiles (desc_dk / desc_dv: launch._grad_desc) staged in ring tiles
-    no iteration reads again (_bwd_epi_tma), instead of from the registers.
+    EPI_TMA (DQ_TMA, the plain geometry, causal or not: no feature or TAIL_PARTS): dK / dV out by TMA stores of
+    64 x D tiles (desc_dk / desc_dv: launch._grad_desc) staged in shared memory no iteration reads again
+    (_bwd_epi_tma), instead of from the registers.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
     gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST or SOFTCAP or ALIBI or WINDOW
@@ -788,8 +801,7 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     gl.static_assert(not (CAUSAL and WINDOW))
     gl.static_assert(OUT_BSHD or not VARLEN)
     gl.static_assert(DQ_TMA or not PROD_WRITER)
-    gl.static_assert(not EPI_TMA or (DQ_TMA and TAIL_PARTS == 0 and not (SOFTCAP or ALIBI or WINDOW or VARLEN
-                                                                        or SPLIT_BAR or PROD_WRITER)))
+    gl.static_assert(not EPI_TMA or (DQ_TMA and TAIL_PARTS == 0 and not (SOFTCAP or ALIBI or WINDOW or VARLEN)))
     dtype: gl.constexpr = desc_q.dtype
     # K as one 128-row tile (the dQ wgmma reads all of it), loaded in the two 64-row halves the
     # warpgroups use (same NVMMA layout: 128-byte swizzle, rows of 256 bytes).
