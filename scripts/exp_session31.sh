@@ -14,6 +14,9 @@
 #                                         SDPA cuDNN / flash, after the epilogue landed
 #   bash scripts/exp_session31.sh bench2  `bench attention --graph`'s backward at D = 64 / 128, every FA3-paper shape and GQA, with
 #                                         the causal epilogue too
+#   bash scripts/exp_session31.sh peer    scripts/paired_peer.py: ours against SDPA cuDNN (backward at D = 128 / 256 on the
+#                                         issue's 1.0x lines, forward at D = 128 16k) and SDPA flash (D = 64's 1k / 2k
+#                                         forward, the 1.5x line), in alternating CUDA-graph replays
 #   bash scripts/exp_session31.sh final   test_hopper_bwd.py's and test_memory.py's GPU tests with the defaults
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -54,8 +57,16 @@ case "${1:-}" in
     timeout "${TB:-420}" python -m flashkernels bench attention --graph --modes bwd --head-dims 64,128 \
       --providers flashkernels,sdpa-cudnn,sdpa-flash --csv "$OUT/attention-bwd-graph2.csv" 2>&1 | tail -26 \
       | tee -a "$OUT/attention-bwd-graph2.txt" ;;
+  peer)
+    timeout "${TA:-200}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd \
+      --shapes "128:4096:1,128:4096:0,128:8192:0,128:16384:0,128:16384:1,256:4096:1,256:4096:0" 2>&1 \
+      | tee -a "$OUT/paired-peer.txt"
+    timeout "${TB:-120}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd \
+      --shapes "128:16384:0,128:16384:1" 2>&1 | tee -a "$OUT/paired-peer.txt"
+    timeout "${TC:-120}" python scripts/paired_peer.py --peer sdpa-flash --modes fwd \
+      --shapes "64:1024:0,64:1024:1,64:2048:1" 2>&1 | tee -a "$OUT/paired-peer.txt" ;;
   final)
     FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
       tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
-  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|final"; exit 2 ;;
+  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|final"; exit 2 ;;
 esac
