@@ -57,6 +57,10 @@ case "${1:-}" in
     timeout "${TB:-420}" python -m flashkernels bench attention --graph --modes bwd --head-dims 64,128 \
       --providers flashkernels,sdpa-cudnn,sdpa-flash --csv "$OUT/attention-bwd-graph2.csv" 2>&1 | tail -26 \
       | tee -a "$OUT/attention-bwd-graph2.txt" ;;
+  peer2)  # (peer's backward line again, after paired_peer.py ran the forwards of its calls on the capture stream)
+    timeout "${TA:-200}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd \
+      --shapes "128:4096:1,128:4096:0,128:8192:0,128:16384:0,128:16384:1,256:4096:1,256:4096:0" 2>&1 \
+      | tee -a "$OUT/paired-peer-bwd.txt" ;;
   peer)
     timeout "${TA:-200}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd \
       --shapes "128:4096:1,128:4096:0,128:8192:0,128:16384:0,128:16384:1,256:4096:1,256:4096:0" 2>&1 \
@@ -68,5 +72,5 @@ case "${1:-}" in
   final)
     FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
       tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
-  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|final"; exit 2 ;;
+  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|peer2|final"; exit 2 ;;
 esac

@@ -53,11 +53,11 @@ def main(argv=None) -> int:
         for mode in args.modes.split(","):
             inputs = make_inputs(s, torch.bfloat16, requires_grad=mode == "bwd")
             calls, keep = [], []
-            for provider in (OURS, args.peer):
-                c, k = _call(provider, s, mode, inputs)
-                calls.append(c)
-                keep.append(k)
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream):  # (the forward too: autograd runs a backward on its forward's stream)
+                for provider in (OURS, args.peer):
+                    c, k = _call(provider, s, mode, inputs)
+                    calls.append(c)
+                    keep.append(k)
                 graphs = capture_calls(calls, stream)
             torch.cuda.synchronize()
             ours, peer = paired_ms([g.replay for g in graphs], reps=args.reps)
