@@ -17,6 +17,10 @@
 #   bash scripts/exp_session31.sh peer    scripts/paired_peer.py: ours against SDPA cuDNN (backward at D = 128 / 256 on the
 #                                         issue's 1.0x lines, forward at D = 128 16k) and SDPA flash (D = 64's 1k / 2k
 #                                         forward, the 1.5x line), in alternating CUDA-graph replays
+# (pp needs docs/patches/s31-fwd-pingpong.patch applied to 1ba4a3e: not kept)
+#   bash scripts/exp_session31.sh pp      the chained forward's two warpgroups issuing their wgmma groups in turn
+#                                         (launch.HOPPER_FWD_PINGPONG, off): the persistent / chained / short forward
+#                                         tests with it on, then the A/B at D = 128 4k / 16k and D = 64 1k
 #   bash scripts/exp_session31.sh final   test_hopper_bwd.py's and test_memory.py's GPU tests with the defaults
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
@@ -69,8 +73,18 @@ case "${1:-}" in
       --shapes "128:16384:0,128:16384:1" 2>&1 | tee -a "$OUT/paired-peer.txt"
     timeout "${TC:-120}" python scripts/paired_peer.py --peer sdpa-flash --modes fwd \
       --shapes "64:1024:0,64:1024:1,64:2048:1" 2>&1 | tee -a "$OUT/paired-peer.txt" ;;
+  pp)
+    FK_SWITCHES="HOPPER_FWD_PINGPONG=((64, False), (64, True), (128, False), (128, True))" timeout "${T1:-150}" \
+      python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short -p pytest_switch tests/test_hopper_fwd.py \
+      -k "persistent or chain or short or split_tail" 2>&1 | tail -6 | tee -a "$OUT/tests-fwd-pingpong.txt"
+    timeout "${TA:-200}" python scripts/ab_attention.py --gluon --paired "${N:-16}" --switch HOPPER_FWD_PINGPONG \
+      --on "((64, False), (64, True), (128, False), (128, True))" --off "()" --modes fwd --head-dims 128 \
+      --seqlens 4096,16384 --causal 0,1 2>&1 | tail -8 | tee -a "$OUT/ab-fwd-pingpong.txt"
+    timeout "${TB:-100}" python scripts/ab_attention.py --gluon --paired "${N:-16}" --switch HOPPER_FWD_PINGPONG \
+      --on "((64, False), (64, True), (128, False), (128, True))" --off "()" --modes fwd --head-dims 64 \
+      --seqlens 1024 --causal 0,1 2>&1 | tail -4 | tee -a "$OUT/ab-fwd-pingpong.txt" ;;
   final)
     FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
       tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
-  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|peer2|final"; exit 2 ;;
+  *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|peer2|pp|final"; exit 2 ;;
 esac
