@@ -1151,6 +1151,11 @@ HOPPER_BWD_M128 = True
 # (kernels/bwd_hopper256.py, 64-key tiles, 2048 of them on the FA3 grid), session 30 (...-s30-ab-bwd-tail256.txt):
 # +1.0% / +1.7% at 4k / 16k, -0.3% at 1k.
 HOPPER_BWD_TAIL: tuple = (64, 128, 256)
+HOPPER_BWD_TAIL_MIN_KEYS = 4096
+HOPPER_BWD_TAIL_MAX_PARTS = 3
+# A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
+# hand-over or the merge): hopper_bwd_tail_plan's model.
+HOPPER_BWD_TAIL_PART_COST = 0.03
 # (head dim, causal) -> the fewest keys (Sk) at which the plain backward (no feature) stops storing dK / dV by TMA
 # stores staged in shared memory no iteration reads again (kernels/bwd_hopper.py EPI_TMA), None: no bound; absent:
 # the register stores. Where the loop is short, the epilogue weighs; where it is long, what counts is that with the
@@ -1162,11 +1167,6 @@ HOPPER_BWD_TAIL: tuple = (64, 128, 256)
 #   causal at 1k / 4k / 16k: D = 64 +4.9 / -0.2 / -3.7%; D = 128 (its 2-stage ring: dK_w staged in the warpgroup's dQ
 #   tile after the last reduce) +7.5 / +2.6 / +0.3%.
 HOPPER_BWD_EPI_TMA: dict = {(64, False): None, (128, False): 2048, (64, True): 4096, (128, True): None}
-HOPPER_BWD_TAIL_MIN_KEYS = 4096
-HOPPER_BWD_TAIL_MAX_PARTS = 3
-# A tail part's cost beyond its share of the tile's blocks, in tiles (its K / V loads and pipeline start, the
-# hand-over or the merge): hopper_bwd_tail_plan's model.
-HOPPER_BWD_TAIL_PART_COST = 0.03
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 

@@ -697,7 +697,7 @@ def _bwd_epi_tma(W: gl.constexpr, dk, dv, q_smem, do_smem, desc_dk, desc_dv, S, 
                  HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, OUT_BSHD: gl.constexpr,
                  dq_smem=None, dq_free=None, PROD_WRITER: gl.constexpr = False):
     """EPI_TMA: warpgroup W's dK_w, dV_w (64 keys from n0w, all D columns) out by two TMA stores (desc_dk /
-    desc_dv: launch._grad_desc's 64 x D tiles), staged in Q / dO ring tiles that no iteration reads again.
+    desc_dv: launch._grad_desc's 64 x D tiles), staged in shared memory that no iteration reads again.
     The last of the n_iter >= 1 iterations used stage (n_iter - 1) % STAGES. Stage (n_iter - 2) % STAGES
     held iteration n_iter - 2 (or no iteration at all), which both warpgroups finished before either
     passed the pair barrier of iteration n_iter - 1 (each arrives there after its wgmmas of n_iter - 2
