@@ -104,21 +104,27 @@ def sass_loops(cubin: bytes, keys=LOOP_KEYS, min_instr=None) -> str:
     whose body issues HGMMA, or, with ``min_instr``, whose body has at least that many
     instructions (loops without tensor-core work too, e.g. a Gluon kernel's dQ-writer warp)."""
     lines = disassemble(cubin).splitlines()
-    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
     out = []
+    for seg in loop_segments(lines):
+        body = [x.split(";")[0].split("*/", 1)[1].split() for x in seg if re.search(r"/\*[0-9a-f]{4,6}\*/", x)]
+        ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
+        if (len(body) >= min_instr) if min_instr is not None else ops["HGMMA"]:
+            out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys)
+                       + f"  shortest {loop_shortest_path(seg)}")
+    return "\n".join(out)
+
+
+def loop_segments(lines: list[str]) -> list[list[str]]:
+    """The SASS lines (``disassemble``'s) of each loop's body, from its label to its backward branch."""
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
+    segs = []
     for i, ln in enumerate(lines):
         # A loop ends in a predicated backward branch; an unpredicated one is the return jump of
         # an out-of-line block (e.g. an mbarrier wait's retry loop), not a loop.
         m = re.search(r"@!?U?P\w+\s+BRA `\((\.L_x_\d+)\)", ln)
-        if not (m and labels.get(m.group(1), i) < i):
-            continue
-        body = [x.split(";")[0].split("*/", 1)[1].split() for x in lines[labels[m.group(1)]:i]
-                if re.search(r"/\*[0-9a-f]{4,6}\*/", x)]
-        ops = collections.Counter((b[1] if b[0].startswith("@") else b[0]).split(".")[0] for b in body if b)
-        if (len(body) >= min_instr) if min_instr is not None else ops["HGMMA"]:
-            out.append(f"loop {len(body)} instr: " + " ".join(f"{k} {ops[k]}" for k in keys)
-                       + f"  shortest {loop_shortest_path(lines[labels[m.group(1)]:i])}")
-    return "\n".join(out)
+        if m and labels.get(m.group(1), i) < i:
+            segs.append(lines[labels[m.group(1)]:i])
+    return segs
 
 
 _BRANCH = re.compile(r"/\*[0-9a-f]{4,6}\*/\s+(@!?U?P\w+\s+)?BRA(?:\.\w+)*\s+(?:!?U?P\w+,\s*)?`\((\.L_x_\d+)\)")

@@ -24,15 +24,9 @@ from flashkernels.ops.attention import launch
 
 def loops(cubin: bytes) -> list[list[str]]:
     """The instructions of each loop (a backward branch's body) that issues HGMMA, in order."""
-    lines = cc.disassemble(cubin).splitlines()
-    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.L_x_\d+:", ln)}
     out = []
-    for i, ln in enumerate(lines):
-        m = re.search(r"@!?U?P\w+\s+BRA `\((\.L_x_\d+)\)", ln)
-        if not (m and labels.get(m.group(1), i) < i):
-            continue
-        body = [x.split(";")[0].split("*/", 1)[1].strip() for x in lines[labels[m.group(1)]:i]
-                if re.search(r"/\*[0-9a-f]{4,6}\*/", x)]
+    for seg in cc.loop_segments(cc.disassemble(cubin).splitlines()):
+        body = [x.split(";")[0].split("*/", 1)[1].strip() for x in seg if re.search(r"/\*[0-9a-f]{4,6}\*/", x)]
         if any("HGMMA" in b for b in body):
             out.append(body)
     return out

@@ -582,6 +582,27 @@ def test_bwd_tail_covers_every_block_once():
         assert len(seen) == B * HKV * kb * nb
 
 
+class _LaunchRecorder:
+    """Stands for a kernel: ``kernel[grid](*args, **kw)`` records dict(grid=grid, **kw) in ``calls``."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.calls.append(dict(grid=grid, **kw))
+
+
+def _record_bwd_launches(monkeypatch) -> _LaunchRecorder:
+    """Both Gluon backward kernels stubbed by one recorder, on 132 SMs (an H100's count)."""
+    from flashkernels.ops.attention.kernels import bwd_hopper256
+
+    rec = _LaunchRecorder()
+    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", rec)
+    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", rec)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    return rec
+
+
 def test_bwd_tail_launch_arguments(monkeypatch):
     """launch.HOPPER_BWD_TAIL (the kernels stubbed, 132 SMs): a plain non-causal backward at a head dim it names,
     from HOPPER_BWD_TAIL_MIN_KEYS keys, with a tail plan (hopper_bwd_tail_plan), launches the main grid over the
@@ -591,19 +612,7 @@ def test_bwd_tail_launch_arguments(monkeypatch):
     named; causal calls, features (softcap, ALiBi, a window, Sq != Sk), fewer keys, no plan and the switch off
     launch one grid without either; memory's
     hopper_bwd_tail_bytes counts what the workspace adds (Part lies in dQ's output storage where it fits)."""
-    from flashkernels.ops.attention.kernels import bwd_hopper256
-
-    class Recorder:
-        def __init__(self):
-            self.calls = []
-
-        def __getitem__(self, grid):
-            return lambda *a, **kw: self.calls.append(dict(grid=grid, **kw))
-
-    rec = Recorder()
-    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", rec)
-    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", rec)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    rec = _record_bwd_launches(monkeypatch)
 
     def run(D, causal, S, H, Hkv=None, Sk=None, B=1, **kw):
         Hkv = H if Hkv is None else Hkv
@@ -665,19 +674,7 @@ def test_bwd_epi_tma_launch_arguments(monkeypatch):
     3-stage ring, or 2 stages; D = 64: 128-row query blocks; causal: with SPLIT_BAR and PROD_WRITER); with a tail
     plan only the main grid has it (the tail's parts merge from the registers); more keys, features, the dQ atomics
     and a pair the switch does not name launch without it."""
-    from flashkernels.ops.attention.kernels import bwd_hopper256
-
-    class Recorder:
-        def __init__(self):
-            self.calls = []
-
-        def __getitem__(self, grid):
-            return lambda *a, **kw: self.calls.append(dict(grid=grid, **kw))
-
-    rec = Recorder()
-    monkeypatch.setattr(bwd_hopper, "attn_bwd_hopper_kernel", rec)
-    monkeypatch.setattr(bwd_hopper256, "attn_bwd_hopper256_kernel", rec)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    rec = _record_bwd_launches(monkeypatch)
 
     def run(D, causal, S, H, bshd=True, **kw):
         q, do, k, v = (_bshd(1, S, H, D) for _ in range(4))
