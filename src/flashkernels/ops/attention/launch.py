@@ -384,7 +384,8 @@ HOPPER_FWD_PROBE = None
 # HOPPER_FWD_PERSISTENT and HOPPER_FWD_CHAIN; causal, in pairs of query tiles: Sq a multiple of 256).
 # H100, session 15 (scripts/ab_fwd64.py, FA3 grid, ...-ab-fwd64-chain*.txt): non-causal 1k 413-417
 # TF/s against the Triton kernel's 381-388 (2k: 423-430 against three warpgroups' 445); causal 1k /
-# 2k / 4k 288 / 372 / 419 against the Triton kernel's 264 and three warpgroups' 355 at 2k, 421 at 4k.
+# 2k / 4k 288 / 372 / 419 against the Triton kernel's 264 and three warpgroups' 355 at 2k, 421 at 4k. 4 stages
+# instead of 3 (H200, session 31, paired, ...-s31-ab-fwd64-short-st4.txt): 0.974-1.001 at 1k / 2k.
 HOPPER_FWD_SHORT: dict[int, tuple[int, int, int, int]] = {64: (128, 3, 2048, 4096)}
 # Causal grid launches of the Gluon forward take their query tiles last first (kernels/fwd_hopper.py
 # REVERSE_M): each head's longest tiles start first, so the last wave is short ones. H100, session
@@ -1128,7 +1129,8 @@ HOPPER_BWD256_EPI_TMA = True
 # shared memory, 8 B of spill), +3.4-5.9% over 2 at S = 1k-16k (H100, session 9,
 # scripts/ab_attention.py --gluon --switch HOPPER_BWD_STAGES --on "{(128, True): 3}" --off "{}",
 # benchmarks/results/h100-2026-11-26-ab-bwd-stages-r3.txt, run with the dict then keyed by head
-# dim); its causal build lost 0.4-10% with 3 (48 B of spill), D = 64 with 3 or 4 read -1-+4%
+# dim); its causal build lost 0.4-10% with 3 (48 B of spill; H200, session 31, with SPLIT_BAR and PROD_WRITER, paired:
+# -0.9% / -1.1% at 4k / 16k, 44 B, ...-s31-ab-bwd128-causal-st3.txt), D = 64 with 3 or 4 read -1-+4%
 # (noise-level) and D = 256 has no room for a third.
 HOPPER_BWD_STAGES: dict[tuple[int, bool], int] = {(128, True): 3}
 # D = 64 without features: 128 query rows an iteration (kernels/bwd_hopper.py BLOCK_M = 128, the
