@@ -4,6 +4,8 @@ drift lands on both and the ratio is read per repetition (median, 10th and 90th 
 
     PYTHONPATH=src python scripts/paired_peer.py [--peer sdpa-cudnn] [--reps 30] [--modes bwd]
         [--shapes "128:4096:1,128:8192:0"]     (head dim : seqlen : causal; FA3-paper batch and heads)
+        [--clocks]     (also each call's replays alone, as separate medians time them, and the SM clock (NVML)
+                        while each runs alone and while both alternate)
 
 Why: `bench attention` times each provider on its own (do_bench medians a few seconds apart), and the peers'
 readings there move by several % between calls (SDPA cuDNN's causal 4k backward read 453-483 TF/s on one H200 in
@@ -12,6 +14,9 @@ session 31); the issue's "at least 1.0x cuDNN" lines sit within that spread. Nee
 from __future__ import annotations
 
 import argparse
+import statistics
+import threading
+import time
 
 import torch
 
@@ -34,12 +39,33 @@ def _call(provider: str, s: Shape, mode: str, inputs):
     return (lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)), (o, do)
 
 
+def _clock_mhz(run) -> float:
+    """Median SM clock (MHz, torch.cuda.clock_rate: NVML's, sampled every 5 ms on a thread) while ``run()`` runs and
+    the GPU finishes it."""
+    samples, done = [], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            samples.append(torch.cuda.clock_rate())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    run()
+    torch.cuda.synchronize()
+    done.set()
+    t.join()
+    return statistics.median(samples) if samples else float("nan")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer", default="sdpa-cudnn")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--modes", default="bwd")
     ap.add_argument("--shapes", default="128:4096:1,128:4096:0,128:8192:0,128:16384:0,128:16384:1")
+    ap.add_argument("--clocks", action="store_true", help="also the SM clock (MHz) while each call's graph replays "
+                    "alone and while both replay in alternation: whether the two methods see the card at one clock")
     args = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; ours / {args.peer}: the peer's time over ours "
           f"per repetition (> 1: ours faster), {args.reps} paired repetitions of CUDA-graph replays")
@@ -66,6 +92,17 @@ def main(argv=None) -> int:
             ours_ms, peer_ms = sorted(ours)[len(ours) // 2], sorted(peer)[len(peer) // 2]
             print(f"{d:>4} {seqlen:>6} {causal:>6} {mode:>4} {tf / ours_ms:>10.1f} {tf / peer_ms:>10.1f} "
                   f"{med:>7.3f} {p10:>6.3f} {p90:>6.3f}", flush=True)
+            if args.clocks:  # each call's replays alone (as separate medians time them), then both in alternation
+                alone, clocks = [], []
+                for g in graphs:
+                    times = []
+                    run = (lambda g=g, times=times: times.extend(paired_ms([g.replay], reps=args.reps)[0]))
+                    clocks.append(_clock_mhz(run))
+                    alone.append(statistics.median(times))
+                both = _clock_mhz(lambda gs=graphs: paired_ms([g.replay for g in gs], reps=args.reps))
+                print(f"{'':>23} alone: ours {tf / alone[0]:.1f}, peer {tf / alone[1]:.1f} TF/s (ratio "
+                      f"{alone[1] / alone[0]:.3f}); SM clock, MHz: ours alone {clocks[0]:.0f}, peer alone "
+                      f"{clocks[1]:.0f}, in alternation {both:.0f}", flush=True)
             del graphs, calls, keep, inputs
     return 0
 
