@@ -24,10 +24,8 @@
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
   bwdsplit)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_hopper_fwd.py \
-      -k "split_tail or test_hopper_bwd_cuda or dq_paths or cta_orders or block_m_cuda" 2>&1 | tail -12 \
-      | tee -a "$OUT/tests-bwd-split.txt"
+    gpu_pytest "${T1:-240}" 12 tests-bwd-split.txt tests/test_hopper_bwd.py tests/test_hopper_fwd.py \
+      -k "split_tail or test_hopper_bwd_cuda or dq_paths or cta_orders or block_m_cuda"
     timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_SPLIT_TAIL \
       --on "(128,)" --off "()" --also "HOPPER_BWD_SPLIT_TAIL_MIN_KEYS=0" --modes bwd --head-dims 128 \
       --seqlens "${SEQLENS:-1024,4096,16384}" --causal 0 2>&1 | tail -10 | tee -a "$OUT/ab-bwd-split.txt" ;;
@@ -38,16 +36,13 @@ case "${1:-}" in
         --seqlens "${SEQLENS:-4096,16384}" --causal 0 2>&1 | tail -7 | tee -a "$OUT/ab-bwd-split-only.txt"
     done ;;
   tail)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_memory.py \
-      -k "tail_cuda or test_hopper_bwd_cuda or dq_paths or cta_orders or block_m_cuda or layouts_cuda or estimate" \
-      2>&1 | tail -12 | tee -a "$OUT/tests-bwd-tail.txt"
+    gpu_pytest "${T1:-240}" 12 tests-bwd-tail.txt tests/test_hopper_bwd.py tests/test_memory.py \
+      -k "tail_cuda or test_hopper_bwd_cuda or dq_paths or cta_orders or block_m_cuda or layouts_cuda or estimate"
     timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_TAIL \
       --on "(128,)" --off "()" --also "HOPPER_BWD_TAIL_MIN_KEYS=0" --modes bwd --head-dims 128 \
       --seqlens "${SEQLENS:-1024,4096,16384}" --causal 0 2>&1 | tail -10 | tee -a "$OUT/ab-bwd-tail.txt" ;;
   tail64)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-200}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py -k "tail_cuda" 2>&1 | tail -6 | tee -a "$OUT/tests-bwd-tail64.txt"
+    gpu_pytest "${T1:-200}" 6 tests-bwd-tail64.txt tests/test_hopper_bwd.py -k "tail_cuda"
     timeout "${TA:-240}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_TAIL \
       --on "(64, 128)" --off "(128,)" --also "HOPPER_BWD_TAIL_MIN_KEYS=0" --modes bwd --head-dims 64 \
       --seqlens "${SEQLENS:-1024,4096,16384}" --causal 0 2>&1 | tail -10 | tee -a "$OUT/ab-bwd-tail64.txt" ;;
@@ -55,8 +50,7 @@ case "${1:-}" in
     timeout "${TB:-200}" python -m flashkernels bench attention --graph --modes bwd --head-dims 64,128 \
       --seqlens 4096,16384 --causal no --no-gqa --providers flashkernels,sdpa-cudnn,sdpa-flash \
       --csv "$OUT/attention-bwd-graph.csv" 2>&1 | tail -12 | tee -a "$OUT/attention-bwd-graph.txt"
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-300}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_memory.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
+    gpu_pytest "${T1:-300}" 8 tests-final.txt tests/test_hopper_bwd.py tests/test_memory.py ;;
   grid)
     timeout "${TG:-560}" python -m flashkernels bench attention --graph --providers flashkernels,sdpa-cudnn,sdpa-flash \
       --csv "$OUT/attention-graph.csv" --plot "$OUT/attention-graph.png" 2>&1 | tail -70 \

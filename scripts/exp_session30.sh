@@ -20,14 +20,12 @@
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
   tail256)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py -k "tail_cuda" 2>&1 | tail -12 | tee -a "$OUT/tests-bwd-tail256.txt"
+    gpu_pytest "${T1:-240}" 12 tests-bwd-tail256.txt tests/test_hopper_bwd.py -k "tail_cuda"
     timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_TAIL \
       --on "(64, 128, 256)" --off "(64, 128)" --also "HOPPER_BWD_TAIL_MIN_KEYS=0" --modes bwd --head-dims 256 \
       --seqlens "${SEQLENS:-1024,4096,16384}" --causal 0 2>&1 | tail -10 | tee -a "$OUT/ab-bwd-tail256.txt" ;;
   half)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-200}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_fwd.py -k "half_diag" 2>&1 | tail -12 | tee -a "$OUT/tests-half-diag.txt"
+    gpu_pytest "${T1:-200}" 12 tests-half-diag.txt tests/test_hopper_fwd.py -k "half_diag"
     FK_SWITCHES="HOPPER_FWD_HALF_DIAG=(64, 128)" timeout "${T2:-200}" python -m pytest -q -p no:warnings -m gpu -n 8 \
       --tb=short -p pytest_switch tests/test_hopper_fwd.py -k "causal and (short or persistent or chain or pairs)" \
       2>&1 | tail -12 | tee -a "$OUT/tests-half-diag-switch.txt"
@@ -35,8 +33,7 @@ case "${1:-}" in
       --on "(64, 128)" --off "()" --modes fwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,2048,4096,8192}" \
       --causal 1 2>&1 | tail -14 | tee -a "$OUT/ab-half-diag.txt" ;;
   final)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_memory.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
+    gpu_pytest "${T1:-400}" 8 tests-final.txt tests/test_hopper_bwd.py tests/test_memory.py ;;
   bwdbench)
     for dims_s in "256:4096,16384" "128:8192"; do
       timeout "${TB:-200}" python -m flashkernels bench attention --graph --modes bwd --head-dims "${dims_s%%:*}" \
@@ -44,8 +41,7 @@ case "${1:-}" in
         --csv "$OUT/attention-bwd-graph.csv" 2>&1 | tail -6 | tee -a "$OUT/attention-bwd-graph.txt"
     done ;;
   decode)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_kvcache.py tests/test_kvcache_paths.py 2>&1 | tail -8 | tee -a "$OUT/tests-decode-pdl.txt"
+    gpu_pytest "${T1:-240}" 8 tests-decode-pdl.txt tests/test_kvcache.py tests/test_kvcache_paths.py
     timeout "${TA:-240}" python scripts/ab_decode_pdl.py --reps "${N:-40}" 2>&1 | tail -8 | tee -a "$OUT/ab-decode-pdl.txt" ;;
   *) echo "usage: $0 tail256|final|bwdbench|decode|half"; exit 2 ;;
 esac

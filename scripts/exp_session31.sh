@@ -26,9 +26,7 @@
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
   epi)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-240}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py -k "epi_tma_cuda or (tail_cuda and not d256)" 2>&1 | tail -12 \
-      | tee -a "$OUT/tests-bwd-epi.txt"
+    gpu_pytest "${T1:-240}" 12 tests-bwd-epi.txt tests/test_hopper_bwd.py -k "epi_tma_cuda or (tail_cuda and not d256)"
     timeout "${TA:-330}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
       --on "{(64, False): None, (128, False): None}" --off "{}" --modes bwd --head-dims "${DIMS:-64,128}" --seqlens "${SEQLENS:-1024,4096,8192,16384}" \
       --causal 0 2>&1 | tail -20 | tee -a "$OUT/ab-bwd-epi.txt" ;;
@@ -46,8 +44,7 @@ case "${1:-}" in
       --on "{(128, True): 3, (128, False): 3}" --off "{(128, True): 3}" --modes bwd --head-dims 128 \
       --seqlens 4096,16384 --causal 1 2>&1 | tail -10 | tee -a "$OUT/ab-bwd128-causal-st3.txt" ;;
   ecausal)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-300}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py -k "epi_tma_cuda" 2>&1 | tail -12 | tee -a "$OUT/tests-bwd-epi-causal.txt"
+    gpu_pytest "${T1:-300}" 12 tests-bwd-epi-causal.txt tests/test_hopper_bwd.py -k "epi_tma_cuda"
     timeout "${TA:-300}" python scripts/ab_attention.py --gluon --paired "${N:-20}" --switch HOPPER_BWD_EPI_TMA \
       --on "{(64, True): None, (128, True): None}" --off "{}" --modes bwd --head-dims 64,128 --seqlens "${SEQLENS:-1024,4096,16384}" --causal 1 \
       2>&1 | tail -20 | tee -a "$OUT/ab-bwd-epi-causal.txt" ;;
@@ -84,7 +81,6 @@ case "${1:-}" in
       --on "((64, False), (64, True), (128, False), (128, True))" --off "()" --modes fwd --head-dims 64 \
       --seqlens 1024 --causal 0,1 2>&1 | tail -4 | tee -a "$OUT/ab-fwd-pingpong.txt" ;;
   final)
-    FLASHKERNELS_LAUNCH_CACHE=check timeout "${T1:-400}" python -m pytest -q -p no:warnings -m gpu -n 8 --tb=short \
-      tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py 2>&1 | tail -8 | tee -a "$OUT/tests-final.txt" ;;
+    gpu_pytest "${T1:-400}" 8 tests-final.txt tests/test_hopper_bwd.py tests/test_memory.py tests/test_cuda_graphs.py ;;
   *) echo "usage: $0 epi|epi2|cfg|ecausal|bench|bench2|peer|peer2|pp|final"; exit 2 ;;
 esac
