@@ -288,7 +288,9 @@ def _bwd256_consumer(W: gl.constexpr, DQ, DK, DV, sm_scale, k_smem, v_smem, q_sm
         tma.store_wait(0)  # (the shared memory must outlive the last reduces' reads)
 
     # dK_w (already scaled), dV_w, summed over the group's query heads: columns 128W.. of 64 keys.
-    if TAIL_PARTS:  # a part: handed over, or the tile's parts merged and stored (as kernels/bwd_hopper.py's)
+    if TAIL_PARTS:  # a part: handed over, or the tile's parts merged and stored (as kernels/bwd_hopper.py's
+        # _bwd_tail_out, written out here: through it, with the output pointers made before the branch, this build
+        # spilled 332-832 B; session 31, compile_check)
         pid = _ctaid(0)
         first = (pid // TAIL_PARTS) * (TAIL_PARTS - 1)  # the tile's first slot pair
         p = pid % TAIL_PARTS
