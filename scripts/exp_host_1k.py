@@ -21,6 +21,7 @@ from exp_launch_overhead import per_call  # (scripts/ is on sys.path: this scrip
 
 import flashkernels
 from flashkernels.bench.common import graph_ms
+from flashkernels.ops.attention import launch
 
 
 def main():
@@ -34,7 +35,9 @@ def main():
         for causal in (False, True):
             def f():
                 return flashkernels.flash_attn_func(q, k, v, causal=causal)
+            hits = launch.hopper_fwd_plan_hits
             hs = [per_call(f, 100) for _ in range(5)]
+            hits = (launch.hopper_fwd_plan_hits - hits) / (5 * 120)  # (per_call: 20 warm-up calls + 100)
             eager = triton.testing.do_bench(f, return_mode="median") * 1e3
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
@@ -43,7 +46,7 @@ def main():
                 graph = graph_ms(f, s) * 1e3
             torch.cuda.current_stream().wait_stream(s)
             print(f"D={D} causal={int(causal)}: host {min(hs):.1f}-{max(hs):.1f} us a call; do_bench eager "
-                  f"{eager:.1f} us, graph {graph:.1f} us", flush=True)
+                  f"{eager:.1f} us, graph {graph:.1f} us; plan hits a call {hits:.2f}", flush=True)
             if a.profile and D == 128 and causal:
                 pr = cProfile.Profile()
                 pr.enable()
@@ -51,7 +54,9 @@ def main():
                     f()
                 pr.disable()
                 torch.cuda.synchronize()
-                pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+                st = pstats.Stats(pr)
+                st.sort_stats("cumulative").print_stats(30)
+                st.sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

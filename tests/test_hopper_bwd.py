@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import flashkernels
+from flashkernels._eager import direct
 from flashkernels.ops.attention import launch
 from flashkernels.ops.attention.kernels import bwd_hopper
 from cases import Case, check_case, make_inputs
@@ -1307,3 +1308,167 @@ def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, variant, shape, api):
     assert seen == [False]
     assert torch.equal(dk, wk) and torch.equal(dv, wv)
     torch.testing.assert_close(dq, wq, rtol=2 ** -7, atol=2 ** -7 * wq.abs().max().item())
+
+
+def _bwd_key(q, k, v, do, out, lse, causal=True, off=0, bshd=True, wl=-1, wr=-1, cap=0.0, alibi=None, sink=None,
+             scale=0.125):
+    return launch._bwd_plan_key(do, q, k, v, out, lse, scale, causal, off, bshd, wl, wr, cap, alibi, sink)
+
+
+def _bwd_fresh(B=2, S=256, H=4, Hkv=2, Sk=None, D=128):
+    """(q, k, v, do, out, lse) of a backward call, (B, H, S, D) views of (B, S, H, D) storage, fresh tensors."""
+    Sk = S if Sk is None else Sk
+    return (_bshd(B, S, H, D), _bshd(B, Sk, Hkv, D), _bshd(B, Sk, Hkv, D), _bshd(B, S, H, D), _bshd(B, S, H, D),
+            torch.empty(B, H, S))
+
+
+def test_backward_plan_key_tells_apart_what_the_launch_depends_on(monkeypatch):
+    """launch._bwd_plan_key (HOPPER_BWD_PLANS) differs where hopper_bwd_reason's answer, the launch's decisions
+    (_hopper_bwd_geom) or the launch cache's keys may: a misaligned tensor (16 bytes), storage, Sq / Sk, GQA, the
+    head dim, causal and its offset, the output layout, the window, softcap on or off, ALiBi's (H,) / (B, H), a sink,
+    the scale's sign, dO's strides, the switch in the environment; and not for fresh tensors of the same call, nor
+    for another softcap or scale."""
+    monkeypatch.delenv(launch.HOPPER_BWD_ENV, raising=False)
+    base = _bwd_key(*_bwd_fresh())
+    assert _bwd_key(*_bwd_fresh()) == base
+    q, k, v, do, out, lse = _bwd_fresh()
+    flat = torch.empty(do.numel() + 4, dtype=bf16)
+    misaligned = flat[4:].view(2, 256, 4, 128).transpose(1, 2)  # (8 bytes off a 16-byte boundary)
+    assert misaligned.data_ptr() % 16
+    assert _bwd_key(q, k, v, do, misaligned, lse) != base  # (out: as dO below)
+    others = [_bwd_key(q, k, v, misaligned, out, lse),
+              _bwd_key(q.contiguous(), k, v, do, out, lse), _bwd_key(q, k, v, do.contiguous(), out, lse),
+              _bwd_key(*_bwd_fresh(Hkv=4)), _bwd_key(*_bwd_fresh(S=384)), _bwd_key(*_bwd_fresh(Sk=384)),
+              _bwd_key(*_bwd_fresh(D=64)), _bwd_key(q, k, v, do, out, lse, causal=False),
+              _bwd_key(q, k, v, do, out, lse, off=128), _bwd_key(q, k, v, do, out, lse, bshd=False),
+              _bwd_key(q, k, v, do, out, lse, wl=64), _bwd_key(q, k, v, do, out, lse, wr=0),
+              _bwd_key(q, k, v, do, out, lse, cap=30.0), _bwd_key(q, k, v, do, out, lse, alibi=torch.rand(4)),
+              _bwd_key(q, k, v, do, out, lse, alibi=torch.rand(2, 4)), _bwd_key(q, k, v, do, out, lse, sink=torch.zeros(4)),
+              _bwd_key(q, k, v, do, out, lse, scale=-1.0)]
+    monkeypatch.setenv(launch.HOPPER_BWD_ENV, "0")
+    others.append(_bwd_key(q, k, v, do, out, lse))
+    assert base not in others and len(set(others)) == len(others)
+    monkeypatch.delenv(launch.HOPPER_BWD_ENV)
+    assert _bwd_key(q, k, v, do, out, lse, cap=20.0) == _bwd_key(q, k, v, do, out, lse, cap=30.0)
+    assert _bwd_key(q, k, v, do, out, lse, scale=0.2) == base
+
+
+# (D, B, S, Sk, Hq, Hkv, causal, attn_bwd_impl keywords, storage): the plain builds at each head dim, GQA, both
+# storages, the tail launch (D = 128 4k on 132 SMs), Sq != Sk causal, a window, softcap, ALiBi (B, H), a sink
+BWD_PLAN_CASES = [
+    (128, 2, 1024, 1024, 4, 4, False, {}, "bshd"), (128, 2, 1024, 1024, 4, 2, True, {}, "bshd"),
+    (64, 2, 1024, 1024, 4, 4, True, {}, "bshd"), (64, 2, 512, 512, 4, 4, False, {}, "bhsd"),
+    (256, 2, 512, 512, 2, 2, False, {}, "bshd"), (256, 2, 512, 512, 2, 2, True, dict(sink=True), "bhsd"),
+    (128, 4, 4096, 4096, 16, 16, False, {}, "bshd"), (128, 2, 256, 640, 4, 2, True, dict(causal_offset=384), "bshd"),
+    (128, 2, 512, 512, 4, 4, False, dict(window_left=100, window_right=20), "bshd"),
+    (128, 2, 512, 512, 4, 4, True, dict(softcap=30.0), "bshd"), (64, 2, 512, 512, 2, 2, True, dict(alibi=True), "bhsd"),
+    (128, 2, 512, 512, 4, 2, False, dict(sink=True, softcap=5.0), "bshd"),
+]
+_BWD_PLAN_IDS = [f"d{c[0]}-b{c[1]}-s{c[2]}-k{c[3]}-h{c[4]}-{c[5]}-{'causal' if c[6] else 'full'}-" + "-".join(c[7])
+                 + f"-{c[8]}" for c in BWD_PLAN_CASES]
+
+
+def _bwd_plan_call(D, B, S, Sk, H, Hkv, causal, kw, layout, device="cpu"):
+    """attn_bwd_impl's arguments of a BWD_PLAN_CASES case (fresh tensors; out and lse stand-ins) as a dict."""
+    def t(b, s, h, dtype=bf16):
+        x = torch.randn(b, s, h, D, device=device).to(dtype)
+        return x.transpose(1, 2) if layout == "bshd" else x.transpose(1, 2).contiguous()
+    kw = dict(kw)
+    if kw.pop("alibi", False):
+        kw["alibi_slopes"] = torch.rand(B, H, device=device)
+    if kw.pop("sink", False):
+        kw["sink"] = torch.randn(H, device=device)
+    return dict(do=t(B, S, H), q=t(B, S, H), k=t(B, Sk, Hkv), v=t(B, Sk, Hkv), out=t(B, S, H),
+                lse=torch.randn(B, H, S, device=device), dlse=None, mask=None, scale=1 / math.sqrt(D), causal=causal,
+                causal_offset=kw.pop("causal_offset", 0), bshd=layout == "bshd", allow_tf32=False, **kw)
+
+
+@pytest.mark.parametrize("case", BWD_PLAN_CASES, ids=_BWD_PLAN_IDS)
+def test_backward_plan_geometry_follows_its_key(monkeypatch, case):
+    """Two calls of a case on fresh tensors share a plan key and the full path's decisions (_hopper_bwd_geom, what a
+    plan keeps in place of them), which hold no tensor; the launches built from them for the second call
+    (_hopper_bwd_launches, the one builder of both paths) take the second call's tensors. The next case's key and
+    decisions differ."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+
+    def key_geom(a):
+        key = launch._bwd_plan_key(a["do"], a["q"], a["k"], a["v"], a["out"], a["lse"], a["scale"], a["causal"],
+                                   a["causal_offset"], a["bshd"], a.get("window_left", -1), a.get("window_right", -1),
+                                   a.get("softcap", 0.0), a.get("alibi_slopes"), a.get("sink"))
+        geom = launch._hopper_bwd_geom(a["q"], a["k"], a["causal"], a["bshd"], a.get("softcap", 0.0),
+                                       a.get("alibi_slopes") is not None, a["causal_offset"], a.get("window_left", -1),
+                                       a.get("window_right", -1), None, 0, 0)
+        return key, geom
+
+    first, second = _bwd_plan_call(*case), _bwd_plan_call(*case)
+    (k1, g1), (k2, g2) = key_geom(first), key_geom(second)
+    assert k1 == k2 and g1 == g2
+
+    def leaves(x):
+        return [y for z in x for y in leaves(z)] if isinstance(x, (tuple, list)) else [x]
+    assert not any(isinstance(x, torch.Tensor) for x in leaves(tuple(g1)))
+    assert (g1.tail is not None) == (case[2] == 4096)  # (the tail case is the one at 4k keys)
+    a = second
+    B, H, S, D, Hkv, Sk = g1.dims
+    dq_acc = torch.zeros(B, H, S, D)
+    dq, dk, dv = (torch.empty_like(x) for x in (a["q"], a["k"], a["v"]))
+    launches = launch._hopper_bwd_launches(g1, a["do"], a["q"], a["k"], a["v"], a["lse"], torch.empty(B, H, S), dq, dk,
+                                           dv, dq_acc, a["scale"], a.get("softcap", 0.0), a.get("alibi_slopes"),
+                                           a["causal_offset"], None, None)
+    assert len(launches) == (2 if g1.tail else 1)
+    for grid, args, kwargs in launches:
+        assert args[0].base is a["q"] and args[3].base is a["do"] and args[6] is dq_acc and args[7] is dk
+        assert kwargs["HEAD_DIM"] == D and kwargs["CAUSAL"] == g1.causal
+    other = BWD_PLAN_CASES[(BWD_PLAN_CASES.index(case) + 1) % len(BWD_PLAN_CASES)]
+    k3, g3 = key_geom(_bwd_plan_call(*other))
+    assert k3 != k1 and g3 != g1
+
+
+def test_backward_plans_dropped_when_the_launch_module_changes(monkeypatch):
+    """Setting or deleting any attribute of the launch module (a switch, a monkeypatch and its undo) drops every
+    backward plan, as the forward's."""
+    launch._bwd_plans["x"] = "plan"
+    monkeypatch.setattr(launch, "HOPPER_BWD_TAIL", ())
+    assert not launch._bwd_plans
+    launch._bwd_plans["x"] = "plan"
+    monkeypatch.undo()
+    assert not launch._bwd_plans
+    launch._bwd_plans["x"] = "plan"
+    launch.__dict__["hopper_bwd_plan_hits"] += 0  # (as _bwd_plan_run's `global` statement writes it)
+    assert launch._bwd_plans == {"x": "plan"}
+    launch._bwd_plans.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", BWD_PLAN_CASES, ids=_BWD_PLAN_IDS)
+def test_hopper_bwd_plans_cuda(monkeypatch, case):
+    """launch.HOPPER_BWD_PLANS: of three eager backwards of a case (attn_bwd_impl as autograd calls it, wrap_triton
+    off; fresh tensors, the same shapes)
+    the second and third launch from the first's plan, with FLASHKERNELS_LAUNCH_CACHE=check (each hit's reason and
+    decisions compared with the full path's, and each kernel with Triton's own lookup); dK, dV and dsink are bitwise
+    what the same calls give with the plans off, dQ (its fp32 reduces land in any order) within a bf16 step; a fourth
+    call with an incoming dlse goes through the same plan and matches too."""
+    _needs_hopper()
+    monkeypatch.setattr(launch, "HOPPER_BWD_PLANS", True)
+    monkeypatch.setenv("FLASHKERNELS_LAUNCH_CACHE", "check")
+    torch.manual_seed(0)
+    calls = [_bwd_plan_call(*case, device="cuda") for _ in range(4)]
+    calls[3]["dlse"] = torch.randn_like(calls[3]["lse"])
+    for a in calls:  # (a real forward's out and lse: the backward's inputs)
+        fwd = {n: a[n] for n in ("window_left", "window_right", "softcap", "alibi_slopes", "sink") if n in a}
+        a["out"], a["lse"] = launch.attn_fwd_impl(a["q"], a["k"], a["v"], None, a["scale"], a["causal"],
+                                                  a["causal_offset"], a["bshd"], False, **fwd)[:2]
+        assert launch.hopper_bwd_reason(a["do"], a["q"], a["k"], a["v"], None, a["scale"], a["causal"],
+                                        a["causal_offset"], a["bshd"], a.get("window_left", -1),
+                                        a.get("window_right", -1), a.get("softcap", 0.0), a.get("alibi_slopes"),
+                                        a.get("sink"), None) is None
+    res = {}
+    for plans in (False, True):
+        monkeypatch.setattr(launch, "HOPPER_BWD_PLANS", plans)
+        hits, n = launch.hopper_bwd_plan_hits, launch.hopper_bwd_launches
+        res[plans] = [direct(launch.attn_bwd_impl)(**a) for a in calls]  # (as the eager path: wrap_triton off)
+        assert launch.hopper_bwd_launches == n + 4, "the Gluon backward did not run"
+        assert launch.hopper_bwd_plan_hits == hits + (3 if plans else 0), "the plan was not used"
+    for (q1, k1, v1, s1), (q2, k2, v2, s2) in zip(res[False], res[True]):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2) and torch.equal(s1, s2)
+        torch.testing.assert_close(q2, q1, rtol=2 ** -7, atol=2 ** -7 * q1.abs().max().item())

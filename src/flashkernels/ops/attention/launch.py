@@ -1351,10 +1351,14 @@ def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
     B, H, S, D = t.shape
     cols = cols or D // 2
     shape = [B * S, H * D] if bshd else [B * H * S, D]
+    return TmaDesc(t, shape, [shape[1], 1], [rows, cols], _grad_smem_layout(rows, cols, t.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_smem_layout(rows: int, cols: int, dtype: torch.dtype):
     gl = fwd_hopper.gl
-    gdt = {torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
-    layout = gl.NVMMASharedLayout.get_default_for([rows, cols], gdt)
-    return TmaDesc(t, shape, [shape[1], 1], [rows, cols], layout)
+    gdt = {torch.float32: gl.float32, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], gdt)
 
 
 def _rows_desc(t: torch.Tensor, rows: int):
@@ -1363,18 +1367,31 @@ def _rows_desc(t: torch.Tensor, rows: int):
     return TmaDesc(flat, [flat.numel()], [1], [rows], _rows_smem_layout(rows))
 
 
-def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
-                         delta: torch.Tensor, scale: float, causal: bool, bshd: bool, softcap: float = 0.0,
-                         alibi_slopes: Optional[torch.Tensor] = None, causal_offset: int = 0, window_left: int = -1,
-                         window_right: int = -1, cu_seqlens_q: Optional[torch.Tensor] = None,
-                         cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
-                         max_seqlen_k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
-    :func:`attn_bwd_delta`; the features (attn_fwd_impl's of the same names: softcap, ALiBi slopes,
-    Sq != Sk, a causal_offset, a sliding window, packed sequences) as the forward had them (a sink
-    needs nothing here: the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls
-    come straight here, traced ones through the opaque op ``flashkernels::attn_bwd_hopper``."""
-    global hopper_bwd_launches
+class _BwdGeom(NamedTuple):
+    """The Gluon backward's launch decisions for one call (:func:`_hopper_bwd_geom`), from shapes and features only,
+    no tensor: what a backward plan keeps (HOPPER_BWD_PLANS)."""
+    kernel: object  # bwd_hopper's or bwd_hopper256's
+    dims: tuple  # (B, H, S, D, Hkv, Sk) of q and k
+    n_seq: int  # B, or the packed sequences' count
+    varlen: bool
+    bshd: bool
+    causal: bool  # the kernel's CAUSAL (a causal call off the plain diagonal is its WINDOW)
+    window: tuple  # (WINDOW, wl, wr)
+    block_m: int  # the Q / dO / lse / Delta tiles' rows
+    block_n: int  # keys a CTA
+    grid: tuple
+    long_first: bool
+    ctas: int
+    tail: Optional[tuple]  # (tail rows, parts) of the tail launch (hopper_bwd_tail_plan), or None
+    feats: tuple  # the kernel's feature keywords in launch order: (name, flag) or (name, (buffer, rows, cols)), a
+    # TMA descriptor of the dQ accumulator / dK / dV (_grad_desc)
+    stages: int
+
+
+def _hopper_bwd_geom(q, k, causal: bool, bshd: bool, softcap: float, alibi: bool, causal_offset: int,
+                     window_left: int, window_right: int, cu_seqlens_q, max_seqlen_q: int,
+                     max_seqlen_k: int) -> _BwdGeom:
+    """:func:`attn_bwd_hopper_impl`'s decisions for these shapes and features (``alibi``: whether slopes are given)."""
     B, H, S, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     varlen = cu_seqlens_q is not None
@@ -1390,19 +1407,9 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         has_window, causal_, wl, wr = True, False, S + Sk, 0
     elif not varlen and not has_window and (causal_offset != 0 or S != Sk):  # (ALiBi's distance holds the offset)
         has_window, wl, wr = True, S + Sk, S + Sk
-    # (traced, the pointers were not known when the op was chosen: a rare misaligned view gets
-    # an aligned copy, in the same layout)
-    q, k, v, do = (t.clone() if t.data_ptr() % 16 else t for t in (q, k, v, do))
-    dq = _empty_like_layout(B, H, S, D, bshd, q)
-    dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
-    dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
-    dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not bshd else \
-        torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
-    featured = has_window or softcap > 0 or alibi_slopes is not None or varlen
+    featured = has_window or softcap > 0 or alibi or varlen
     rows = HOPPER_BWD_BLOCK_M  # the K / V tiles: 64 rows (a consumer warpgroup's keys)
     block_m = hopper_bwd_block_m(D, featured) if D != 256 else rows  # the Q / dO / lse / Delta tiles
-    (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, block_m), _hopper_desc(k, rows),
-                                                    _hopper_desc(v, rows), _hopper_desc(do, block_m))
     # keys a CTA (_bwd_tile_keys): 128 at D = 64 / 128, 64 at D = 256
     kernel = bwd_hopper256.attn_bwd_hopper256_kernel if D == 256 else bwd_hopper.attn_bwd_hopper_kernel
     block_n = _bwd_tile_keys(D)
@@ -1412,58 +1419,157 @@ def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     ctas = n_seq * Hkv * key_blocks
     long_first = causal and ctas <= HOPPER_BWD_LONG_FIRST_WAVES * _sm_count(q.device.index or 0)
     grid = (n_seq * Hkv, key_blocks) if long_first else (key_blocks, n_seq * Hkv)
-    tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan); its flags zeroed before the main one
+    tail = None  # the last rows' tiles as a tail launch (hopper_bwd_tail_plan)
     if ctas > 0 and hopper_bwd_tail(D, causal_, featured, Sk):
         tail = hopper_bwd_tail_plan(n_seq * Hkv, key_blocks, _sm_count(q.device.index or 0))
-        if tail is not None:
-            tail_bufs = _bwd_tail_buffers(tail[0] * key_blocks, tail[1], D, dq)
     if D == 256:  # (hopper_bwd_reason refused softcap, ALiBi, windows and Sq != Sk there)
-        features = {}
-        extra = ()
+        feats = {}
         if HOPPER_BWD256_DQ_TMA:
-            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, rows, 64))
+            feats.update(DQ_TMA=True, desc_dq=("dq", rows, 64))
             if HOPPER_BWD256_EPI_TMA:
-                features.update(EPI_TMA=True, desc_dk=_grad_desc(dk, bshd, 64, 128),
-                                desc_dv=_grad_desc(dv, bshd, 64, 128))
+                feats.update(EPI_TMA=True, desc_dk=("dk", 64, 128), desc_dv=("dv", 64, 128))
     else:
-        alibi = lse if alibi_slopes is None else alibi_slopes.expand(n_seq, H)  # (lse: an unread stand-in)
-        cu = (cu_seqlens_q, cu_seqlens_k) if varlen else (q, q)  # (unread stand-ins)
-        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1), Sk, causal_offset, wl, wr, *cu)
-        features = dict(SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, WINDOW=has_window)
+        feats = dict(SOFTCAP=softcap > 0, ALIBI=bool(alibi), WINDOW=has_window)
         if varlen:
-            features["VARLEN"] = True
+            feats["VARLEN"] = True
         if HOPPER_BWD_DQ_TMA:  # (a warpgroup's part of dQ_i: 64 rows x D / 2, or with 128 rows 64 x D)
-            features.update(DQ_TMA=True, desc_dq=_grad_desc(dq_acc, bshd, 64, D if block_m == 128 else 0))
+            feats.update(DQ_TMA=True, desc_dq=("dq", 64, D if block_m == 128 else 0))
             if causal_ in HOPPER_BWD_PROD_WRITER:
-                features["PROD_WRITER"] = True
+                feats["PROD_WRITER"] = True
         if causal_ in HOPPER_BWD_SPLIT_BAR:
-            features["SPLIT_BAR"] = True
-        if hopper_bwd_epi_tma(D, Sk, causal_, features):
-            features.update(EPI_TMA=True, desc_dk=_grad_desc(dk, bshd, 64, D), desc_dv=_grad_desc(dv, bshd, 64, D))
-    if ctas == 0:  # (varlen, no keys: every gradient zero)
-        return dq.zero_(), dk.zero_(), dv.zero_()
+            feats["SPLIT_BAR"] = True
+        if hopper_bwd_epi_tma(D, Sk, causal_, feats):
+            feats.update(EPI_TMA=True, desc_dk=("dk", 64, D), desc_dv=("dv", 64, D))
+    return _BwdGeom(kernel, (B, H, S, D, Hkv, Sk), n_seq, varlen, bool(bshd), causal_, (has_window, wl, wr), block_m,
+                    block_n, grid, long_first, ctas, tail, tuple(feats.items()),
+                    hopper_bwd_stages(D, not (causal_ or featured)))
+
+
+def _hopper_bwd_launches(g: _BwdGeom, do, q, k, v, lse, delta, dq, dk, dv, dq_acc, scale, softcap, alibi_slopes,
+                         causal_offset, cu_seqlens_q, cu_seqlens_k) -> list:
+    """[(grid, positional arguments, keywords)] of the Gluon backward's launches for geometry ``g`` and these
+    tensors: the whole grid, or the main grid and the tail launch (``g.tail``; its workspace fresh, in dq's
+    storage where it fits). ``dq_acc`` the zeroed fp32 accumulator, ``dk`` / ``dv`` the outputs."""
+    B, H, S, D, Hkv, Sk = g.dims
+    rows = HOPPER_BWD_BLOCK_M
+    (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, g.block_m), _hopper_desc(k, rows),
+                                                    _hopper_desc(v, rows), _hopper_desc(do, g.block_m))
+    bufs = dict(dq=dq_acc, dk=dk, dv=dv)
+    features = {n: (_grad_desc(bufs[x[0]], g.bshd, x[1], x[2]) if type(x) is tuple else x) for n, x in g.feats}
+    if D == 256:
+        extra = ()
+    else:
+        _, wl, wr = g.window
+        alibi = lse if alibi_slopes is None else alibi_slopes.expand(g.n_seq, H)  # (lse: an unread stand-in)
+        cu = (cu_seqlens_q, cu_seqlens_k) if g.varlen else (q, q)  # (unread stand-ins)
+        extra = (alibi, float(softcap), alibi.stride(0), alibi.stride(1), Sk, causal_offset, wl, wr, *cu)
     # lse / Delta: 1-D TMA descriptors, or (VARLEN) the tensors: a sequence's rows start anywhere,
     # and a TMA copy's start must be 16-byte aligned (kernels/bwd_hopper._bwd_producer)
-    lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if varlen else
-                          (_rows_desc(lse.contiguous(), block_m), _rows_desc(delta, block_m)))
+    lse_arg, delta_arg = ((lse.contiguous(), delta.contiguous()) if g.varlen else
+                          (_rows_desc(lse.contiguous(), g.block_m), _rows_desc(delta, g.block_m)))
     args = (dsq, dsk, dsv, dsdo, lse_arg, delta_arg, dq_acc, dk, dv, scale, S, H, H // Hkv, *cq, *ck, *cv, *cdo,
             *extra)
-    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal_,
-                  STAGES=hopper_bwd_stages(D, not (causal_ or featured)), OUT_BSHD=bshd, LONG_FIRST=long_first,
-                  num_warps=4, maxnreg=bwd_hopper.MAXNREG, fk_traceable=False, **features)
-    if tail is None:
-        cached_launch(kernel, grid, *args, **consts)
-    else:  # the main grid without the tail's rows, its CTAs letting the tail launch start at once; the tail launch
-        # by programmatic dependent launch, TAIL_PARTS CTAs a tile of its rows
-        tail_rows, parts = tail
-        main_rows = grid[1] - tail_rows  # (>= 1: the plan leaves the main grid a row at least)
-        cached_launch(kernel, (grid[0], main_rows), *args, PDL_TRIGGER=True, **consts)
-        tail_consts = {n: c for n, c in consts.items() if n not in ("EPI_TMA", "desc_dk", "desc_dv")}  # (registers)
-        cached_launch(kernel, (tail_rows * grid[0] * parts,), *args, TAIL_PARTS=parts, tile_base=main_rows * grid[0],
-                      launch_pdl=True, **tail_bufs, **tail_consts)
+    consts = dict(HEAD_DIM=D, BLOCK_M=g.block_m, BLOCK_N=g.block_n, CAUSAL=g.causal, STAGES=g.stages,
+                  OUT_BSHD=g.bshd, LONG_FIRST=g.long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features)
+    if g.tail is None:
+        return [(g.grid, args, consts)]
+    # the main grid without the tail's rows, its CTAs letting the tail launch start at once; the tail launch by
+    # programmatic dependent launch, TAIL_PARTS CTAs a tile of its rows
+    tail_rows, parts = g.tail
+    main_rows = g.grid[1] - tail_rows  # (>= 1: the plan leaves the main grid a row at least)
+    tail_bufs = _bwd_tail_buffers(tail_rows * g.grid[0], parts, D, dq)
+    tail_consts = {n: c for n, c in consts.items() if n not in ("EPI_TMA", "desc_dk", "desc_dv")}  # (registers)
+    return [((g.grid[0], main_rows), args, dict(PDL_TRIGGER=True, **consts)),
+            ((tail_rows * g.grid[0] * parts,), args, dict(TAIL_PARTS=parts, tile_base=main_rows * g.grid[0],
+                                                          launch_pdl=True, **tail_bufs, **tail_consts))]
+
+
+def _hopper_bwd_run(g: _BwdGeom, entries, do, q, k, v, lse, delta, scale, softcap, alibi_slopes, causal_offset,
+                    cu_seqlens_q, cu_seqlens_k):
+    """The Gluon backward of geometry ``g``: (dq, dk, dv) laid out as attn_bwd_impl's. ``entries``: the launch
+    cache's entries of its launches (a plan's), launched straight; None: through cached_launch."""
+    global hopper_bwd_launches, _bwd_last
+    B, H, S, D, Hkv, Sk = g.dims
+    dq = _empty_like_layout(B, H, S, D, g.bshd, q)
+    dk = _empty_like_layout(B, Hkv, Sk, D, g.bshd, k)
+    dv = _empty_like_layout(B, Hkv, Sk, D, g.bshd, v)
+    dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not g.bshd else \
+        torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
+    if g.ctas == 0:  # (varlen, no keys: every gradient zero)
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    launches = _hopper_bwd_launches(g, do, q, k, v, lse, delta, dq, dk, dv, dq_acc, scale, softcap, alibi_slopes,
+                                    causal_offset, cu_seqlens_q, cu_seqlens_k)
+    if entries is None:
+        for grid, args, kwargs in launches:
+            cached_launch(g.kernel, grid, *args, fk_traceable=False, **kwargs)
+        if _bwd_last is _RECORD:  # (attn_bwd_impl asks for the plan: the geometry and the launch cache's entries)
+            _bwd_last = (g, tuple(_launch.cached_entry(g.kernel, args, kwargs) for _, args, kwargs in launches))
+    else:
+        for (grid, args, kwargs), entry in zip(launches, entries):
+            _launch.launch_entry(g.kernel, entry, grid, args, kwargs)
     hopper_bwd_launches += 1
     dq.copy_(dq_acc)
     return dq, dk, dv
+
+
+def attn_bwd_hopper_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+                         delta: torch.Tensor, scale: float, causal: bool, bshd: bool, softcap: float = 0.0,
+                         alibi_slopes: Optional[torch.Tensor] = None, causal_offset: int = 0, window_left: int = -1,
+                         window_right: int = -1, cu_seqlens_q: Optional[torch.Tensor] = None,
+                         cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0,
+                         max_seqlen_k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) laid out as attn_bwd_impl's, from the Gluon kernel; ``delta`` from
+    :func:`attn_bwd_delta`; the features (attn_fwd_impl's of the same names: softcap, ALiBi slopes,
+    Sq != Sk, a causal_offset, a sliding window, packed sequences) as the forward had them (a sink
+    needs nothing here: the forward's lse includes it; attn_bwd_impl computes dsink). Eager calls
+    come here (or, repeats of a shape, launch its plan: attn_bwd_impl), traced ones through the opaque op
+    ``flashkernels::attn_bwd_hopper``."""
+    # (traced, the pointers were not known when the op was chosen: a rare misaligned view gets
+    # an aligned copy, in the same layout)
+    q, k, v, do = (t.clone() if t.data_ptr() % 16 else t for t in (q, k, v, do))
+    g = _hopper_bwd_geom(q, k, causal, bshd, softcap, alibi_slopes is not None, causal_offset, window_left,
+                         window_right, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    return _hopper_bwd_run(g, None, do, q, k, v, lse, delta, scale, softcap, alibi_slopes, causal_offset,
+                           cu_seqlens_q, cu_seqlens_k)
+
+
+# Plans of the eager Gluon backward (attn_bwd_impl), as the forward's (hopper_fwd): per shape and features, the first
+# call's decisions (_BwdGeom) and the launch cache's entries of its launches (Delta's, then the kernel's), so a repeat
+# skips hopper_bwd_reason, the decisions and the launch cache's keys, and rebuilds only its tensors, TMA descriptors
+# and floats (_hopper_bwd_launches, shared with the full path). The key (_bwd_plan_key) holds what hopper_bwd_reason
+# and the decisions read; setting any attribute of this module drops every plan (_Switches). With
+# FLASHKERNELS_LAUNCH_CACHE=check (the GPU tests) a hit also asks hopper_bwd_reason and rebuilds the decisions, and
+# raises unless they are the plan's (launch_entry then compares each kernel with Triton's own lookup).
+HOPPER_BWD_PLANS = True
+_BWD_PLANS_MAX = 256
+_bwd_plans: dict = {}
+_RECORD = object()
+_bwd_last = None  # _RECORD: attn_bwd_impl asks _hopper_bwd_run for (geometry, the launch cache's entries) here
+hopper_bwd_plan_hits = 0  # Gluon backward launches from a plan in this process
+
+
+class _BwdPlan(NamedTuple):
+    geom: _BwdGeom
+    entries: tuple  # the launch cache's entries of _hopper_bwd_launches' launches
+    delta_entry: object  # ... and of Delta's (_delta_launch)
+
+
+def _bwd_plan_key(do, q, k, v, out, lse, scale, causal, causal_offset, bshd, window_left, window_right, softcap,
+                  alibi_slopes, sink) -> tuple:
+    """What decides whether attn_bwd_impl runs the Gluon backward (hopper_bwd_reason, for an untraced call without a
+    mask or packed sequences), its :func:`_hopper_bwd_geom` and the launch cache's keys of its launches and Delta's:
+    the device, dtypes, shapes and strides, the features, whether every pointer is 16-byte aligned, the two switches
+    in the environment; not the switches of this module (setting one drops the plans)."""
+    ptrs = q.data_ptr() | k.data_ptr() | v.data_ptr() | do.data_ptr() | out.data_ptr() | lse.data_ptr()
+    feats = (softcap > 0,)
+    if alibi_slopes is not None:
+        ptrs |= alibi_slopes.data_ptr()
+        feats += (alibi_slopes.dtype, alibi_slopes.shape, alibi_slopes.stride())
+    env = os.environ
+    return (q.device, q.dtype, k.dtype, v.dtype, do.dtype, out.dtype, lse.dtype, q.shape, q.stride(), k.shape,
+            k.stride(), v.shape, v.stride(), do.shape, do.stride(), out.shape, out.stride(), lse.shape, lse.stride(),
+            bool(causal), causal_offset, bool(bshd), window_left, window_right, feats, sink is None, scale > 0,
+            ptrs % 16 == 0, env.get(HOPPER_BWD_ENV), env.get(HOPPER_FWD_ENV))
 
 
 def attn_fwd_impl(
@@ -1542,22 +1648,68 @@ def _attn_fwd_triton(q, k, v, mask, scale, causal, causal_offset, bshd, allow_tf
     return out, lse
 
 
+def _delta_launch(out: torch.Tensor, do: torch.Tensor, delta: torch.Tensor):
+    """(grid, positional arguments, keywords) of :func:`attn_bwd_delta`'s kernel for these tensors."""
+    B, H, Sq, D = out.shape
+    pre_m = 64 if out.device.type == "cuda" else 32
+    return ((triton_cdiv(Sq, pre_m) * B * H,),
+            (out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
+             H, Sq),
+            dict(HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=pre_m))
+
+
 def attn_bwd_delta(out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor]) -> torch.Tensor:
     """The backward's row term Delta = rowsum(dO * out) - dlse, (B, H, Sq) float32 (dlse None: 0)."""
     B, H, Sq, D = out.shape
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=out.device)
     if Sq > 0 and B * H > 0:
-        pre_m = 64 if out.device.type == "cuda" else 32
-        cached_launch(
-            attn_bwd_preprocess_kernel, (triton_cdiv(Sq, pre_m) * B * H,),
-            out, do, delta,
-            out.stride(0), out.stride(1), out.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            H, Sq, HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=pre_m,
-        )
+        grid, args, kwargs = _delta_launch(out, do, delta)
+        cached_launch(attn_bwd_preprocess_kernel, grid, *args, **kwargs)
     if dlse is not None:  # d lse / d scores = P: fold it into the row term (in place: no copy)
         delta.sub_(dlse)
     return delta
+
+
+def _keep_bwd_plan(key, last, out, do, delta) -> None:
+    """Keep the plan of a backward the full path just launched (``last``: _hopper_bwd_run's record, its geometry and
+    its launches' entries), when the launch cache holds an entry for each of them and Delta's (no tensor kept)."""
+    g, entries = last
+    _, args, kwargs = _delta_launch(out, do, delta)
+    delta_entry = _launch.cached_entry(attn_bwd_preprocess_kernel, args, kwargs)
+    if delta_entry is None or any(e is None for e in entries):
+        return
+    if len(_bwd_plans) >= _BWD_PLANS_MAX:
+        _bwd_plans.clear()
+    _bwd_plans[key] = _BwdPlan(g, entries, delta_entry)
+
+
+def _bwd_plan_run(plan: _BwdPlan, do, q, k, v, out, lse, dlse, mask, scale, causal, causal_offset, bshd, window_left,
+                  window_right, softcap, alibi_slopes, sink, dsink):
+    """attn_bwd_impl's Gluon backward from ``plan`` (its key's): Delta and the kernel's launches from their kept
+    entries, the tensors and floats this call's. With FLASHKERNELS_LAUNCH_CACHE=check, first the full path's
+    decisions: hopper_bwd_reason must accept the call and the geometry be the plan's."""
+    global hopper_bwd_plan_hits
+    g = plan.geom
+    if _launch._CHECK:
+        why = hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left, window_right,
+                                softcap, alibi_slopes, sink, None)
+        full = _hopper_bwd_geom(q, k, causal, bshd, softcap, alibi_slopes is not None, causal_offset, window_left,
+                                window_right, None, 0, 0)
+        if why is not None or full != g:
+            raise AssertionError(f"flashkernels: a Gluon backward plan launches other than the full path ({why}; "
+                                 f"geometry {g} / {full})")
+    B, H, Sq, D = out.shape
+    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=out.device)
+    grid, args, kwargs = _delta_launch(out, do, delta)
+    _launch.launch_entry(attn_bwd_preprocess_kernel, plan.delta_entry, grid, args, kwargs)
+    if dlse is not None:
+        delta.sub_(dlse)
+    if sink is not None:  # (attn_bwd_impl's)
+        dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+    dq, dk, dv = _hopper_bwd_run(g, plan.entries, do, q, k, v, lse, delta, scale, softcap, alibi_slopes,
+                                 causal_offset, None, None)
+    hopper_bwd_plan_hits += 1
+    return dq, dk, dv, dsink
 
 
 def attn_bwd_impl(
@@ -1574,9 +1726,19 @@ def attn_bwd_impl(
     gradient arriving at lse. The other arguments are attn_fwd's. On an H100 the cases
     :func:`hopper_bwd_reason` accepts run the Gluon backward, whose dQ atomics make it run-to-run
     nondeterministic in the last bits: ``deterministic=True`` keeps the Triton kernels."""
+    global _bwd_last
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     dsink = torch.zeros((H if sink is not None else 0,), dtype=torch.float32, device=q.device)
+    key = plan = None
+    if HOPPER_BWD_PLANS and not deterministic and q.is_cuda and q.numel() and mask is None and cu_seqlens_q is None \
+            and _launch.enabled() and not _traced(q):  # (an eager call: its plan, if a first call made one)
+        key = _bwd_plan_key(do, q, k, v, out, lse, scale, causal, causal_offset, bshd, window_left, window_right,
+                            softcap, alibi_slopes, sink)
+        plan = _bwd_plans.get(key)
+        if plan is not None:
+            return _bwd_plan_run(plan, do, q, k, v, out, lse, dlse, mask, scale, causal, causal_offset, bshd,
+                                 window_left, window_right, softcap, alibi_slopes, sink, dsink)
     if not deterministic and q.numel() and hopper_bwd_reason(do, q, k, v, mask, scale, causal, causal_offset, bshd, window_left,
                                        window_right, softcap, alibi_slopes, sink, cu_seqlens_q) is None:
         delta = attn_bwd_delta(out, do, lse, dlse)
@@ -1597,7 +1759,16 @@ def attn_bwd_impl(
         if _traced(q):  # an opaque op in the graph, which runs the Gluon kernel when the graph runs
             return (*torch.ops.flashkernels.attn_bwd_hopper(do, q, k, v, lse, delta, scale, causal, bshd, **feats),
                     dsink)
-        return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats), dsink)
+        if key is None:
+            return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats), dsink)
+        _bwd_last = _RECORD
+        try:
+            dq, dk, dv = attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats)
+            if _bwd_last is not _RECORD:  # (launched by _hopper_bwd_run's full path: keep its plan)
+                _keep_bwd_plan(key, _bwd_last, out, do, delta)
+        finally:
+            _bwd_last = None
+        return dq, dk, dv, dsink
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
     dv = _empty_like_layout(B, Hkv, Sk, D, bshd, v)
@@ -1690,17 +1861,19 @@ def triton_cdiv(a: int, b: int) -> int:
 
 class _Switches(types.ModuleType):
     """This module's type: setting or deleting any of its attributes from outside (a switch such as
-    HOPPER_FWD_CHAIN, a test's monkeypatch, _sm_count) drops the Gluon forward's plans, which hold
-    decisions those attributes made (hopper_fwd). The module's own global statements (the launch
+    HOPPER_FWD_CHAIN, a test's monkeypatch, _sm_count) drops the Gluon forward's and backward's plans,
+    which hold decisions those attributes made (hopper_fwd, attn_bwd_impl). The module's own global statements (the launch
     counters) do not pass here."""
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         _fwd_plans.clear()
+        _bwd_plans.clear()
 
     def __delattr__(self, name):
         super().__delattr__(name)
         _fwd_plans.clear()
+        _bwd_plans.clear()
 
 
 sys.modules[__name__].__class__ = _Switches

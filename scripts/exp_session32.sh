@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Session 32's device calls (docs/perf-notes.md, session 32). One section a call:
+#   bash scripts/exp_session32.sh host    scripts/exp_host_bwd.py: an eager backward's host time at the 1k shapes against
+#                                         its GPU time, with a cProfile of D = 128 causal; then exp_host_1k.py (forward, the same)
+#   bash scripts/exp_session32.sh pieces  scripts/exp_bwd_pieces.py: the eager backward at the 1k shapes, host time inside each
+#                                         launch function and the GPU's kernel times (torch.profiler)
+#   bash scripts/exp_session32.sh plans   the eager backward's launch plans (launch.HOPPER_BWD_PLANS): exp_host_bwd.py with them
+#                                         off and on, then the backward's GPU tests (launch cache in check mode; TK: their -k),
+#                                         and with BENCH=1 `bench attention`'s eager backward at 1k / 2k
+# (delta needs docs/patches/s32-delta-zero.patch applied: not kept)
+#   bash scripts/exp_session32.sh delta   scripts/exp_delta_zero.py: the dQ accumulator's memset and the Delta kernel, apart
+#                                         and fused (attn_bwd_preprocess_kernel ZERO_ACC), timed alone in alternating replays
+#   bash scripts/exp_session32.sh after   exp_host_bwd.py (plans off / on) and exp_bwd_pieces.py with the plans landed
+#   bash scripts/exp_session32.sh peer    scripts/paired_peer.py --clocks: ours against SDPA cuDNN where the two timing
+#                                         methods disagreed in session 31 (backward D = 128 non-causal 4k / 16k, D = 256
+#                                         4k; forward D = 128 16k), each call alone too, and the SM clock
+# Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
+source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
+case "${1:-}" in
+  host)
+    lscpu | grep -a "Model name" | tee -a "$OUT/host-cpu.txt"
+    timeout 60 python scripts/exp_launch_overhead.py 2>&1 | tail -8 | tee -a "$OUT/host-cpu.txt"
+    timeout "${TA:-240}" python scripts/exp_host_bwd.py --profile "${NPROF:-200}" > "$OUT/host-bwd.txt" 2>&1
+    grep -a "^D=\|Error" "$OUT/host-bwd.txt"
+    timeout "${TB:-120}" python scripts/exp_host_1k.py --profile "${NPROF:-200}" > "$OUT/host-fwd.txt" 2>&1
+    grep -a "^D=\|Error" "$OUT/host-fwd.txt" ;;
+  pieces)
+    timeout "${TA:-300}" python scripts/exp_bwd_pieces.py 2>&1 | tee -a "$OUT/bwd-pieces.txt" ;;
+  plans)
+    for p in --no-plans ""; do
+      echo "## exp_host_bwd.py $p" | tee -a "$OUT/host-bwd-plans.txt"
+      timeout "${TA:-150}" python scripts/exp_host_bwd.py $p 2>&1 | grep -a "^D=\|Error" | tee -a "$OUT/host-bwd-plans.txt"
+    done
+    gpu_pytest "${T1:-330}" 12 tests-bwd-plans.txt tests/test_hopper_bwd.py tests/test_hopper_bwd_varlen.py \
+      tests/test_memory.py ${TK:+-k "$TK"}
+    if [ -n "${BENCH:-}" ]; then  # (the eager backward at 1k / 2k against SDPA's, plans on)
+      timeout "${TB:-200}" python -m flashkernels bench attention --modes bwd --seqlens 1024,2048 --no-gqa \
+        --providers flashkernels,sdpa-cudnn,sdpa-flash --csv "$OUT/attention-bwd-eager.csv" 2>&1 | tail -16 \
+        | tee -a "$OUT/attention-bwd-eager.txt"
+    fi ;;
+  delta)
+    timeout "${TA:-200}" python scripts/exp_delta_zero.py 2>&1 | tee -a "$OUT/delta-zero.txt" ;;
+  after)
+    for p in --no-plans ""; do
+      echo "## exp_host_bwd.py $p" | tee -a "$OUT/host-bwd-after.txt"
+      timeout "${TA:-150}" python scripts/exp_host_bwd.py $p 2>&1 | grep -a "^D=\|Error" | tee -a "$OUT/host-bwd-after.txt"
+    done
+    timeout "${TB:-200}" python scripts/exp_bwd_pieces.py 2>&1 | grep -av "Warning\|warn" | tee -a "$OUT/bwd-pieces-after.txt" ;;
+  peer)
+    timeout "${TA:-240}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd --clocks \
+      --shapes "128:4096:0,128:16384:0,256:4096:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt"
+    timeout "${TB:-120}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd --clocks \
+      --shapes "128:16384:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt" ;;
+  *)
+    echo "usage: $0 host|pieces|plans|delta|after|peer" >&2
+    exit 2 ;;
+esac
