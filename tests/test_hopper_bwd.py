@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -1472,3 +1473,36 @@ def test_hopper_bwd_plans_cuda(monkeypatch, case):
     for (q1, k1, v1, s1), (q2, k2, v2, s2) in zip(res[False], res[True]):
         assert torch.equal(k1, k2) and torch.equal(v1, v2) and torch.equal(s1, s2)
         torch.testing.assert_close(q2, q1, rtol=2 ** -7, atol=2 ** -7 * q1.abs().max().item())
+
+
+def test_backward_plan_record_is_per_thread(monkeypatch):
+    """_hopper_bwd_run's full path records (geometry, the launch cache's entries) for attn_bwd_impl's plan only where
+    that thread asked (launch._bwd_record, thread-local: autograd runs each device's backward on a thread of its
+    own, and a record from another thread's call would make a plan launch other shapes); a plan's run (entries
+    given) records nothing. The kernels stubbed: the launches' arguments are built, nothing runs."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    launched = []
+    monkeypatch.setattr(launch, "cached_launch", lambda kernel, grid, *a, **kw: launched.append(grid))
+    monkeypatch.setattr(launch._launch, "cached_entry", lambda kernel, args, kwargs: ("entry", tuple(kwargs)))
+    monkeypatch.setattr(launch._launch, "launch_entry", lambda kernel, entry, grid, args, kwargs: launched.append(entry))
+    a = _bwd_plan_call(*BWD_PLAN_CASES[0])
+    g = launch._hopper_bwd_geom(a["q"], a["k"], a["causal"], a["bshd"], 0.0, False, 0, -1, -1, None, 0, 0)
+
+    def run(entries=None):
+        return launch._hopper_bwd_run(g, entries, a["do"], a["q"], a["k"], a["v"], a["lse"],
+                                      torch.zeros(a["lse"].shape), a["scale"], 0.0, None, 0, None, None)
+    launch._bwd_record.last = launch._RECORD
+    try:
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        assert len(launched) == 1 and launch._bwd_record.last is launch._RECORD  # (the other thread's call)
+        dq, dk, dv = run()
+        assert dq.shape == a["q"].shape and dk.shape == a["k"].shape
+        geom, entries = launch._bwd_record.last
+        assert geom is g and len(entries) == 1 and entries[0][0] == "entry"
+        launch._bwd_record.last = launch._RECORD
+        run(entries)
+        assert launched[-1] == entries[0] and launch._bwd_record.last is launch._RECORD
+    finally:
+        launch._bwd_record.last = None

@@ -42,6 +42,7 @@ import heapq
 import math
 import os
 import sys
+import threading
 import types
 from typing import NamedTuple, Optional
 
@@ -1488,7 +1489,7 @@ def _hopper_bwd_run(g: _BwdGeom, entries, do, q, k, v, lse, delta, scale, softca
                     cu_seqlens_q, cu_seqlens_k):
     """The Gluon backward of geometry ``g``: (dq, dk, dv) laid out as attn_bwd_impl's. ``entries``: the launch
     cache's entries of its launches (a plan's), launched straight; None: through cached_launch."""
-    global hopper_bwd_launches, _bwd_last
+    global hopper_bwd_launches
     B, H, S, D, Hkv, Sk = g.dims
     dq = _empty_like_layout(B, H, S, D, g.bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, g.bshd, k)
@@ -1502,8 +1503,9 @@ def _hopper_bwd_run(g: _BwdGeom, entries, do, q, k, v, lse, delta, scale, softca
     if entries is None:
         for grid, args, kwargs in launches:
             cached_launch(g.kernel, grid, *args, fk_traceable=False, **kwargs)
-        if _bwd_last is _RECORD:  # (attn_bwd_impl asks for the plan: the geometry and the launch cache's entries)
-            _bwd_last = (g, tuple(_launch.cached_entry(g.kernel, args, kwargs) for _, args, kwargs in launches))
+        if getattr(_bwd_record, "last", None) is _RECORD:  # (attn_bwd_impl asks for the plan: the geometry and the
+            # launch cache's entries)
+            _bwd_record.last = (g, tuple(_launch.cached_entry(g.kernel, args, kwargs) for _, args, kwargs in launches))
     else:
         for (grid, args, kwargs), entry in zip(launches, entries):
             _launch.launch_entry(g.kernel, entry, grid, args, kwargs)
@@ -1544,7 +1546,9 @@ HOPPER_BWD_PLANS = True
 _BWD_PLANS_MAX = 256
 _bwd_plans: dict = {}
 _RECORD = object()
-_bwd_last = None  # _RECORD: attn_bwd_impl asks _hopper_bwd_run for (geometry, the launch cache's entries) here
+# .last = _RECORD: attn_bwd_impl asks _hopper_bwd_run for (geometry, the launch cache's entries) there; per thread
+# (autograd runs each device's backward on a thread of its own)
+_bwd_record = threading.local()
 hopper_bwd_plan_hits = 0  # Gluon backward launches from a plan in this process
 
 
@@ -1726,7 +1730,6 @@ def attn_bwd_impl(
     gradient arriving at lse. The other arguments are attn_fwd's. On an H100 the cases
     :func:`hopper_bwd_reason` accepts run the Gluon backward, whose dQ atomics make it run-to-run
     nondeterministic in the last bits: ``deterministic=True`` keeps the Triton kernels."""
-    global _bwd_last
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     dsink = torch.zeros((H if sink is not None else 0,), dtype=torch.float32, device=q.device)
@@ -1761,13 +1764,14 @@ def attn_bwd_impl(
                     dsink)
         if key is None:
             return (*attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats), dsink)
-        _bwd_last = _RECORD
+        _bwd_record.last = _RECORD
         try:
             dq, dk, dv = attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd, **feats)
-            if _bwd_last is not _RECORD:  # (launched by _hopper_bwd_run's full path: keep its plan)
-                _keep_bwd_plan(key, _bwd_last, out, do, delta)
+            last = _bwd_record.last
+            if last is not _RECORD:  # (launched by _hopper_bwd_run's full path: keep its plan)
+                _keep_bwd_plan(key, last, out, do, delta)
         finally:
-            _bwd_last = None
+            _bwd_record.last = None
         return dq, dk, dv, dsink
     dq = _empty_like_layout(B, H, Sq, D, bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, bshd, k)
