@@ -12,12 +12,10 @@ the most cumulative time. (Session 23's two runs had these loops written out in 
 measurements.)
 """
 import argparse
-import cProfile
-import pstats
 
 import torch
 import triton
-from exp_launch_overhead import per_call  # (scripts/ is on sys.path: this script's folder)
+from exp_launch_overhead import per_call, print_profile  # (scripts/: this script's folder)
 
 import flashkernels
 from flashkernels.bench.common import graph_ms
@@ -48,15 +46,7 @@ def main():
             print(f"D={D} causal={int(causal)}: host {min(hs):.1f}-{max(hs):.1f} us a call; do_bench eager "
                   f"{eager:.1f} us, graph {graph:.1f} us; plan hits a call {hits:.2f}", flush=True)
             if a.profile and D == 128 and causal:
-                pr = cProfile.Profile()
-                pr.enable()
-                for _ in range(a.profile):
-                    f()
-                pr.disable()
-                torch.cuda.synchronize()
-                st = pstats.Stats(pr)
-                st.sort_stats("cumulative").print_stats(30)
-                st.sort_stats("tottime").print_stats(25)
+                print_profile(f, a.profile)
 
 
 if __name__ == "__main__":

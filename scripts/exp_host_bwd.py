@@ -11,14 +11,10 @@ time exceeds the GPU's (scripts/exp_bwd_pieces.py's kernel times), the eager tim
 backward calls at D = 128 causal, the 30 entries with the most cumulative time and the 25 with the most own time.
 """
 import argparse
-import cProfile
-import pstats
 
-import torch
 import triton
-from exp_launch_overhead import per_call  # (scripts/ is on sys.path: this script's folder)
+from exp_launch_overhead import fa3_1k_backward, per_call, print_profile  # (scripts/: this script's folder)
 
-import flashkernels
 from flashkernels.ops.attention import launch
 
 
@@ -29,17 +25,9 @@ def main():
     ap.add_argument("--no-plans", action="store_true")
     a = ap.parse_args()
     launch.HOPPER_BWD_PLANS = not a.no_plans
-    torch.manual_seed(0)
     for D in (int(d) for d in a.dims.split(",")):
-        B, S, H = 16, 1024, 2048 // D
-        q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                   for _ in range(3))
-        do = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16)
         for causal in (False, True):
-            o = flashkernels.flash_attn_func(q, k, v, causal=causal)
-
-            def f():
-                return torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+            f, _ = fa3_1k_backward(D, causal)
             hits = launch.hopper_bwd_plan_hits
             hs = [per_call(f, 100) for _ in range(5)]
             hits = (launch.hopper_bwd_plan_hits - hits) / (5 * 120)  # (per_call: 20 warm-up calls + 100)
@@ -47,15 +35,7 @@ def main():
             print(f"D={D} causal={int(causal)}: host {min(hs):.1f}-{max(hs):.1f} us a call; do_bench eager "
                   f"{eager:.1f} us; plan hits a call {hits:.2f}", flush=True)
             if a.profile and D == 128 and causal:
-                pr = cProfile.Profile()
-                pr.enable()
-                for _ in range(a.profile):
-                    f()
-                pr.disable()
-                torch.cuda.synchronize()
-                st = pstats.Stats(pr)
-                st.sort_stats("cumulative").print_stats(30)
-                st.sort_stats("tottime").print_stats(25)
+                print_profile(f, a.profile)
 
 
 if __name__ == "__main__":

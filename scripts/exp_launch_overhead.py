@@ -34,6 +34,28 @@ def _add_one(X, N, BLOCK: tl.constexpr):
     tl.store(X + offs, tl.load(X + offs, mask=m) + 1.0, mask=m)
 
 
+def fa3_1k_backward(D, causal, seed=0):
+    """(the backward as `bench attention` times it: torch.autograd.grad over one retained graph, a callable; its
+    q, k, v) at the FA3 grid's 1k shape (B 16, Hq·D 2048, bf16, (B, S, H, D) storage), on the current stream
+    (scripts/exp_host_bwd.py, exp_bwd_pieces.py)."""
+    import flashkernels
+
+    torch.manual_seed(seed)
+    B, S, H = 16, 1024, 2048 // D
+    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16)
+    o = flashkernels.flash_attn_func(q, k, v, causal=causal)
+    return (lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)), (q, k, v)
+
+
+def print_profile(fn, calls):
+    """cProfile of ``calls`` calls of ``fn``: the 30 entries with the most cumulative time, then with the most own
+    time (scripts/exp_host_1k.py, exp_host_bwd.py)."""
+    from profile_host import profiled
+
+    print(profiled(fn, calls, 30, ("cumulative", "tottime")), flush=True)
+
+
 def per_call(fn, calls):
     for _ in range(20):
         fn()

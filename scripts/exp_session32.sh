@@ -18,6 +18,13 @@
 #                                         4k; forward D = 128 16k), each call alone too, and the SM clock
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
+# host_plans FILE: exp_host_bwd.py with the backward plans off, then on, its rows appended to $OUT/FILE
+host_plans() {
+  for p in --no-plans ""; do
+    echo "## exp_host_bwd.py $p" | tee -a "$OUT/$1"
+    timeout "${TA:-150}" python scripts/exp_host_bwd.py $p 2>&1 | grep -a "^D=\|Error" | tee -a "$OUT/$1"
+  done
+}
 case "${1:-}" in
   host)
     lscpu | grep -a "Model name" | tee -a "$OUT/host-cpu.txt"
@@ -29,10 +36,7 @@ case "${1:-}" in
   pieces)
     timeout "${TA:-300}" python scripts/exp_bwd_pieces.py 2>&1 | tee -a "$OUT/bwd-pieces.txt" ;;
   plans)
-    for p in --no-plans ""; do
-      echo "## exp_host_bwd.py $p" | tee -a "$OUT/host-bwd-plans.txt"
-      timeout "${TA:-150}" python scripts/exp_host_bwd.py $p 2>&1 | grep -a "^D=\|Error" | tee -a "$OUT/host-bwd-plans.txt"
-    done
+    host_plans host-bwd-plans.txt
     gpu_pytest "${T1:-330}" 12 tests-bwd-plans.txt tests/test_hopper_bwd.py tests/test_hopper_bwd_varlen.py \
       tests/test_memory.py ${TK:+-k "$TK"}
     if [ -n "${BENCH:-}" ]; then  # (the eager backward at 1k / 2k against SDPA's, plans on)
@@ -43,10 +47,7 @@ case "${1:-}" in
   delta)
     timeout "${TA:-200}" python scripts/exp_delta_zero.py 2>&1 | tee -a "$OUT/delta-zero.txt" ;;
   after)
-    for p in --no-plans ""; do
-      echo "## exp_host_bwd.py $p" | tee -a "$OUT/host-bwd-after.txt"
-      timeout "${TA:-150}" python scripts/exp_host_bwd.py $p 2>&1 | grep -a "^D=\|Error" | tee -a "$OUT/host-bwd-after.txt"
-    done
+    host_plans host-bwd-after.txt
     timeout "${TB:-200}" python scripts/exp_bwd_pieces.py 2>&1 | grep -av "Warning\|warn" | tee -a "$OUT/bwd-pieces-after.txt" ;;
   broad)
     gpu_pytest "${T1:-480}" 14 tests-broad.txt tests/test_cuda_graphs.py tests/test_eager_path.py \

@@ -1344,7 +1344,8 @@ def test_backward_plan_key_tells_apart_what_the_launch_depends_on(monkeypatch):
               _bwd_key(q, k, v, do, out, lse, off=128), _bwd_key(q, k, v, do, out, lse, bshd=False),
               _bwd_key(q, k, v, do, out, lse, wl=64), _bwd_key(q, k, v, do, out, lse, wr=0),
               _bwd_key(q, k, v, do, out, lse, cap=30.0), _bwd_key(q, k, v, do, out, lse, alibi=torch.rand(4)),
-              _bwd_key(q, k, v, do, out, lse, alibi=torch.rand(2, 4)), _bwd_key(q, k, v, do, out, lse, sink=torch.zeros(4)),
+              _bwd_key(q, k, v, do, out, lse, alibi=torch.rand(2, 4)),
+              _bwd_key(q, k, v, do, out, lse, sink=torch.zeros(4)),
               _bwd_key(q, k, v, do, out, lse, scale=-1.0)]
     monkeypatch.setenv(launch.HOPPER_BWD_ENV, "0")
     others.append(_bwd_key(q, k, v, do, out, lse))
@@ -1484,7 +1485,8 @@ def test_backward_plan_record_is_per_thread(monkeypatch):
     launched = []
     monkeypatch.setattr(launch, "cached_launch", lambda kernel, grid, *a, **kw: launched.append(grid))
     monkeypatch.setattr(launch._launch, "cached_entry", lambda kernel, args, kwargs: ("entry", tuple(kwargs)))
-    monkeypatch.setattr(launch._launch, "launch_entry", lambda kernel, entry, grid, args, kwargs: launched.append(entry))
+    monkeypatch.setattr(launch._launch, "launch_entry",
+                        lambda kernel, entry, grid, args, kwargs: launched.append(entry))
     a = _bwd_plan_call(*BWD_PLAN_CASES[0])
     g = launch._hopper_bwd_geom(a["q"], a["k"], a["causal"], a["bshd"], 0.0, False, 0, -1, -1, None, 0, 0)
 

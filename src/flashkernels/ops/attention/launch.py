@@ -1866,8 +1866,8 @@ def triton_cdiv(a: int, b: int) -> int:
 class _Switches(types.ModuleType):
     """This module's type: setting or deleting any of its attributes from outside (a switch such as
     HOPPER_FWD_CHAIN, a test's monkeypatch, _sm_count) drops the Gluon forward's and backward's plans,
-    which hold decisions those attributes made (hopper_fwd, attn_bwd_impl). The module's own global statements (the launch
-    counters) do not pass here."""
+    which hold decisions those attributes made (hopper_fwd, attn_bwd_impl). The module's own global
+    statements (the launch counters) do not pass here."""
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
