@@ -13,6 +13,7 @@
 #   bash scripts/exp_session32.sh after   exp_host_bwd.py (plans off / on) and exp_bwd_pieces.py with the plans landed
 #   bash scripts/exp_session32.sh broad   the other GPU test files that run the backward (CUDA graphs, the eager path, features,
 #                                         test_gpu.py, the launch cache), with the plans landed
+#   bash scripts/exp_session32.sh scripts short runs of exp_host_bwd.py, exp_bwd_pieces.py, exp_host_1k.py after the review
 #   bash scripts/exp_session32.sh peer    scripts/paired_peer.py --clocks: ours against SDPA cuDNN where the two timing
 #                                         methods disagreed in session 31 (backward D = 128 non-causal 4k / 16k, D = 256
 #                                         4k; forward D = 128 16k), each call alone too, and the SM clock
@@ -52,12 +53,19 @@ case "${1:-}" in
   broad)
     gpu_pytest "${T1:-480}" 14 tests-broad.txt tests/test_cuda_graphs.py tests/test_eager_path.py \
       tests/test_alibi_sink_varlen.py tests/test_attention_features.py tests/test_gpu.py tests/test_launch_cache.py ;;
+  scripts)  # (the scripts after the review's refactor, short runs)
+    timeout "${TA:-120}" python scripts/exp_host_bwd.py --dims 128 --profile 20 2>&1 | grep -a "^D=\|Error\|function calls" \
+      | tee -a "$OUT/scripts-check.txt"
+    timeout "${TB:-120}" python scripts/exp_bwd_pieces.py --dims 128 --calls 30 2>&1 | grep -av "Warning\|warn" \
+      | tee -a "$OUT/scripts-check.txt"
+    timeout "${TC:-120}" python scripts/exp_host_1k.py --profile 20 2>&1 | grep -a "^D=\|Error\|function calls" \
+      | tee -a "$OUT/scripts-check.txt" ;;
   peer)
     timeout "${TA:-240}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd --clocks \
       --shapes "128:4096:0,128:16384:0,256:4096:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt"
     timeout "${TB:-120}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd --clocks \
       --shapes "128:16384:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt" ;;
   *)
-    echo "usage: $0 host|pieces|plans|delta|after|broad|peer" >&2
+    echo "usage: $0 host|pieces|plans|delta|after|broad|scripts|peer" >&2
     exit 2 ;;
 esac
