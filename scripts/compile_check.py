@@ -291,7 +291,7 @@ def compile_hopper_fwd(dtype, causal: bool, sass=False, D=launch.HOPPER_HEAD_DIM
 
 
 def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, alibi=False, window=False,
-                       varlen=False, dq_tma=None, tail_parts=0, pdl_trigger=False, keys=4096):
+                       varlen=False, dq_tma=None, tail_parts=0, pdl_trigger=False, keys=4096, dq_convert=False):
     """(smem, report) of the Gluon backward built as launch.attn_bwd_hopper_impl launches it:
     kernels/bwd_hopper256.py at D = 256 (64 keys a CTA, no feature flags), else kernels/bwd_hopper.py
     (128 keys a CTA) with its feature flags (SOFTCAP, ALIBI, WINDOW (replaces CAUSAL, as the
@@ -299,7 +299,8 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
     reduce-add, launch.HOPPER_BWD_DQ_TMA's (D = 256: HOPPER_BWD256_DQ_TMA's) value unless ``dq_tma``
     says); ``tail_parts``: the tail launch's build (TAIL_PARTS, launch.hopper_bwd_tail_plan's parts);
     ``pdl_trigger``: the main grid's before a tail launch (PDL_TRIGGER); ``keys``: the launch's key count (the
-    TMA epilogue's bound, launch.HOPPER_BWD_EPI_TMA)."""
+    TMA epilogue's bound, launch.HOPPER_BWD_EPI_TMA); ``dq_convert``: the kernel writes dQ itself (DQ_CONVERT, the
+    plain non-causal build: launch.HOPPER_BWD_DQ_CONVERT)."""
     from flashkernels.ops.attention.kernels import bwd_hopper, bwd_hopper256
 
     kernel, block_n = ((bwd_hopper256.attn_bwd_hopper256_kernel, 64) if D == 256 else
@@ -351,6 +352,9 @@ def compile_hopper_bwd(dtype, causal: bool, sass=False, D=128, softcap=False, al
         ptrs.update(Part="*fp32", Flags="*i32")
     if pdl_trigger:
         consts["PDL_TRIGGER"] = True
+    if dq_convert:
+        consts["DQ_CONVERT"] = True
+        ptrs.update(DQO=f"*{TORCH_TO_TT[dtype]}", Cnt="*i32")
     # (the slopes' strides: (H,) slopes expanded to (B, H) have (0, 1); the offset and the window's
     # bounds any integers)
     return _compile_gluon(kernel, descs, ptrs, consts, bwd_hopper.MAXNREG, sass,

@@ -14,6 +14,9 @@
 #   bash scripts/exp_session32.sh broad   the other GPU test files that run the backward (CUDA graphs, the eager path, features,
 #                                         test_gpu.py, the launch cache), with the plans landed
 #   bash scripts/exp_session32.sh scripts short runs of exp_host_bwd.py, exp_bwd_pieces.py, exp_host_1k.py after the review
+#   bash scripts/exp_session32.sh convert the backward writing dQ itself (launch.HOPPER_BWD_DQ_CONVERT, off): its GPU test and the
+#                                         plan tests, then the paired A/B at D = 64 / 128, 1k / 2k, non-causal (run with the
+#                                         switch a tuple of head dims then, "(64, 128)" / "()")
 #   bash scripts/exp_session32.sh peer    scripts/paired_peer.py --clocks: ours against SDPA cuDNN where the two timing
 #                                         methods disagreed in session 31 (backward D = 128 non-causal 4k / 16k, D = 256
 #                                         4k; forward D = 128 16k), each call alone too, and the SM clock
@@ -60,12 +63,17 @@ case "${1:-}" in
       | tee -a "$OUT/scripts-check.txt"
     timeout "${TC:-120}" python scripts/exp_host_1k.py --profile 20 2>&1 | grep -a "^D=\|Error\|function calls" \
       | tee -a "$OUT/scripts-check.txt" ;;
+  convert)  # (kernels/bwd_hopper.py DQ_CONVERT, launch.HOPPER_BWD_DQ_CONVERT: its GPU test, then the A/B)
+    gpu_pytest "${T1:-150}" 8 tests-dq-convert.txt tests/test_hopper_bwd.py -k "dq_convert or plans_cuda"
+    timeout "${TA:-150}" python scripts/ab_attention.py --gluon --paired "${N:-16}" --switch HOPPER_BWD_DQ_CONVERT \
+      --on "{64: None, 128: None}" --off "{}" --modes bwd --head-dims 64,128 --seqlens 1024,2048 --causal 0 2>&1 | tail -10 \
+      | tee -a "$OUT/ab-dq-convert.txt" ;;
   peer)
     timeout "${TA:-240}" python scripts/paired_peer.py --peer sdpa-cudnn --modes bwd --clocks \
       --shapes "128:4096:0,128:16384:0,256:4096:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt"
     timeout "${TB:-120}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd --clocks \
       --shapes "128:16384:0" 2>&1 | tee -a "$OUT/paired-peer-clocks.txt" ;;
   *)
-    echo "usage: $0 host|pieces|plans|delta|after|broad|scripts|peer" >&2
+    echo "usage: $0 host|pieces|plans|delta|after|broad|scripts|convert|peer" >&2
     exit 2 ;;
 esac

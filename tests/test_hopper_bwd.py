@@ -435,7 +435,8 @@ BWD_FEATURE_BUILDS = [("bf16", D, causal, flags) for D in (64, 128) for causal i
      ("bf16", 128, True, dict(varlen=True, alibi=True))] + \
     [(dt, D, False, dict(tail_parts=parts)) for D in (128, 256) for dt in ("bf16", "fp16") for parts in (2, 3)] + \
     [("bf16", D, False, dict(pdl_trigger=True)) for D in (64, 128, 256)] + \
-    [(dt, D, causal, dict(keys=1024)) for D in (64, 128) for dt in ("bf16", "fp16") for causal in (False, True)]
+    [(dt, D, causal, dict(keys=1024)) for D in (64, 128) for dt in ("bf16", "fp16") for causal in (False, True)] + \
+    [(dt, D, False, dict(keys=1024, dq_convert=True)) for D in (64, 128) for dt in ("bf16", "fp16")]
 _BWD_FEATURE_BUILD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -463,7 +464,9 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
     D = 64's main grid) non-causal D = 128 the same 8 B, D = 64 76 B (44 B with the register stores; warpgroup 1's
     loop loads 4 spilled values an iteration with those, 6 with the epilogue), causal D = 128 4 B (20 B with the
     register stores), D = 64 104 B (68 B, though its two loops load fewer spilled values an iteration: 4 / 5 against
-    7 / 4)."""
+    7 / 4). The backward writing dQ itself (DQ_CONVERT, launch.HOPPER_BWD_DQ_CONVERT: its conversion in a function
+    of its own; inline, 96 B at D = 64 and 152 B at D = 128 with 13 loads of spilled values in a loop, compile_check
+    --sass) within the same bounds: D = 128 12 B, D = 64 24 B."""
     import triton
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -482,8 +485,8 @@ def test_bwd_feature_builds_for_sm90a_without_spills():
         spill = re.search(r"spill\s+(\d+)B", ln)
         bound = (104 if "D=64 causal=1 keys" in ln else 68 if "varlen+" in ln
                  else 52 if "causal=1" in ln or "window" in ln or "varlen" in ln
-                 else 76 if "D=64" in ln else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln
-                 or "keys" in ln else 0)
+                 else 76 if "D=64" in ln else 12 if "dq_convert" in ln
+                 else 8 if "softcap" in ln or "tail_parts" in ln or "pdl_trigger" in ln or "keys" in ln else 0)
         assert spill and int(spill.group(1)) <= bound, ln
 
 
@@ -1508,3 +1511,69 @@ def test_backward_plan_record_is_per_thread(monkeypatch):
         assert launched[-1] == entries[0] and launch._bwd_record.last is launch._RECORD
     finally:
         launch._bwd_record.last = None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("B, S, Hq, Hkv, bshd", [(2, 1024, 4, 4, True), (1, 2048, 8, 2, True), (3, 256, 2, 2, False),
+                                                  (2, 512, 6, 1, True)], ids=["1k", "2k-gqa", "256-bhsd", "512-mqa"])
+def test_hopper_bwd_dq_convert_cuda(monkeypatch, D, B, S, Hq, Hkv, bshd):
+    """launch.HOPPER_BWD_DQ_CONVERT (kernels/bwd_hopper.py DQ_CONVERT: the last warpgroup of each (batch, kv head)
+    row writes the row's dQ from the accumulator): the plain non-causal build takes it (below the tail's key
+    floor), dK / dV bitwise and dQ within a bf16 step of the same call without it (dQ's reduces land in any order;
+    that path is the one tested against float64); with MQA / GQA every query head of the row converted."""
+    _needs_hopper()
+    monkeypatch.setenv("FLASHKERNELS_LAUNCH_CACHE", "check")
+    torch.manual_seed(0)
+    q, do = (randn(B, S, Hq, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
+    k, v = (randn(B, S, Hkv, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
+    if not bshd:
+        q, do, k, v = (x.contiguous() for x in (q, do, k, v))
+    scale = 1 / math.sqrt(D)
+    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, bshd)[:2]
+    delta = launch.attn_bwd_delta(out, do, lse, None)
+    res = {}
+    for on in (False, True):
+        monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {64: None, 128: None} if on else {})
+        g = launch._hopper_bwd_geom(q, k, False, bshd, 0.0, False, 0, -1, -1, None, 0, 0)
+        assert (("DQ_CONVERT", True) in g.feats) == on
+        res[on] = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, bshd)
+    (q0, k0, v0), (q1, k1, v1) = res[False], res[True]
+    assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    torch.testing.assert_close(q1, q0, rtol=2 ** -7, atol=2 ** -7 * q0.abs().max().item())
+
+
+def test_bwd_dq_convert_launch_arguments(monkeypatch):
+    """launch.HOPPER_BWD_DQ_CONVERT (the kernels stubbed, 132 SMs; off by default): the plain non-causal backward at a
+    head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py with
+    DQ_CONVERT, dQ's output (DQO: q's dtype and shape) and the rows' counters (Cnt: B · Hkv int32 zeros in the
+    accumulator's allocation, right after it, so its memset zeroes them); causal calls, features, more keys, a tail
+    plan and a head dim it does not name launch without them."""
+    rec = _record_bwd_launches(monkeypatch)
+
+    def run(D, causal, S, H, Hkv=None, B=1, bshd=True, **kw):
+        Hkv = H if Hkv is None else Hkv
+        q, do = _bshd(B, S, H, D), _bshd(B, S, H, D)
+        k, v = _bshd(B, S, Hkv, D), _bshd(B, S, Hkv, D)
+        if not bshd:
+            q, do, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, do, k, v))
+        rec.calls.clear()
+        launch.attn_bwd_hopper_impl(do, q, k, v, torch.zeros(B, H, S), torch.zeros(B, H, S), 1 / math.sqrt(D),
+                                    causal, bshd, **kw)
+        return list(rec.calls)
+
+    assert launch.HOPPER_BWD_DQ_CONVERT == {}  # (the default: off)
+    assert all("DQ_CONVERT" not in c and "DQO" not in c for c in run(128, False, 1024, 4))
+    monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {128: 4096})
+    for B, S, H, Hkv, bshd in ((1, 1024, 4, 4, True), (2, 2048, 8, 2, True), (3, 256, 2, 2, False)):
+        (one,) = run(128, False, S, H, Hkv, B, bshd)
+        assert one["DQ_CONVERT"] is True and one["DQ_TMA"] is True
+        assert one["DQO"].dtype == bf16 and one["DQO"].shape == (B, H, S, 128)
+        cnt, acc = one["Cnt"], one["desc_dq"].base
+        assert cnt.dtype == torch.int32 and cnt.numel() == B * Hkv and not cnt.any()
+        assert cnt.data_ptr() == acc.data_ptr() + acc.numel() * 4  # (after the accumulator, zeroed with it)
+    for D, causal, S, H, kw in ((64, False, 1024, 4, {}), (128, True, 1024, 4, {}), (128, False, 4096, 4, {}),
+                                (128, False, 1024, 4, dict(softcap=5.0)), (128, False, 1024, 4, dict(window_left=256)),
+                                (128, False, 4096, 6, {})):
+        monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {128: None} if S == 4096 and H == 6 else {128: 4096})
+        assert all("DQ_CONVERT" not in c and "DQO" not in c for c in run(D, causal, S, H, **kw)), (D, causal, S, kw)

@@ -1170,6 +1170,15 @@ HOPPER_BWD_TAIL_PART_COST = 0.03
 #   causal at 1k / 4k / 16k: D = 64 +4.9 / -0.2 / -3.7%; D = 128 (its 2-stage ring: dK_w staged in the warpgroup's dQ
 #   tile after the last reduce) +7.5 / +2.6 / +0.3%.
 HOPPER_BWD_EPI_TMA: dict = {(64, False): None, (128, False): 2048, (64, True): 4096, (128, True): None}
+# head dim -> the fewest keys (Sk) at which the plain non-causal backward (no feature, no tail launch) stops writing
+# dQ itself (kernels/bwd_hopper.py DQ_CONVERT: the last warpgroup of each (batch, kv head) row converts the row's fp32
+# accumulator, out of line so the block loops keep their registers), None: no bound; absent: `dq.copy_(dq_acc)`
+# after the kernel (48 µs on the FA3-paper grid at any S, H200, session 32). H200, session 32 (scripts/ab_attention.py
+# --gluon --paired 12 --switch HOPPER_BWD_DQ_CONVERT, FA3-paper shapes, MHA, ...-s32-ab-dq-convert.txt), on / off:
+# D = 128 +1.3% / +1.7% at 1k / 2k, D = 64 -1.9% / -0.2% (its loop 25 instructions longer). Off until the whole
+# backward suite and a repeated comparison run with it on ({128: 4096} would take the measured cases); GQA (a row
+# of GROUP heads for one warpgroup to convert) tested, not timed.
+HOPPER_BWD_DQ_CONVERT: dict = {}
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
@@ -1343,6 +1352,18 @@ def hopper_bwd_epi_tma(D: int, keys: int, causal: bool, features: dict) -> bool:
     return False
 
 
+def hopper_bwd_dq_convert(D: int, keys: int, other: bool, features: dict) -> bool:
+    """Whether kernels/bwd_hopper.py's launch with these ``features`` (its flags) over ``keys`` keys writes dQ itself
+    (DQ_CONVERT): the dQ reduce by TMA, not ``other`` (causal, a feature flag or a tail launch), and D in
+    HOPPER_BWD_DQ_CONVERT with fewer keys than its bound."""
+    if not features.get("DQ_TMA") or other:
+        return False
+    for d, bound in HOPPER_BWD_DQ_CONVERT.items():
+        if d == D:  # (SymInt: by ==)
+            return bound is None or keys < bound
+    return False
+
+
 def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
     """TMA descriptor of a backward output (the fp32 dQ accumulator, dK, dV: a (B, H, S, D) view of
     contiguous (B, S, H, D) storage when ``bshd``, else of contiguous (B, H, S, D)) as the kernels'
@@ -1441,16 +1462,19 @@ def _hopper_bwd_geom(q, k, causal: bool, bshd: bool, softcap: float, alibi: bool
             feats["SPLIT_BAR"] = True
         if hopper_bwd_epi_tma(D, Sk, causal_, feats):
             feats.update(EPI_TMA=True, desc_dk=("dk", 64, D), desc_dv=("dv", 64, D))
+        if hopper_bwd_dq_convert(D, Sk, causal_ or featured or tail is not None, feats):
+            feats["DQ_CONVERT"] = True
     return _BwdGeom(kernel, (B, H, S, D, Hkv, Sk), n_seq, varlen, bool(bshd), causal_, (has_window, wl, wr), block_m,
                     block_n, grid, long_first, ctas, tail, tuple(feats.items()),
                     hopper_bwd_stages(D, not (causal_ or featured)))
 
 
 def _hopper_bwd_launches(g: _BwdGeom, do, q, k, v, lse, delta, dq, dk, dv, dq_acc, scale, softcap, alibi_slopes,
-                         causal_offset, cu_seqlens_q, cu_seqlens_k) -> list:
+                         causal_offset, cu_seqlens_q, cu_seqlens_k, cnt=None) -> list:
     """[(grid, positional arguments, keywords)] of the Gluon backward's launches for geometry ``g`` and these
     tensors: the whole grid, or the main grid and the tail launch (``g.tail``; its workspace fresh, in dq's
-    storage where it fits). ``dq_acc`` the zeroed fp32 accumulator, ``dk`` / ``dv`` the outputs."""
+    storage where it fits). ``dq_acc`` the zeroed fp32 accumulator, ``dk`` / ``dv`` the outputs; with DQ_CONVERT
+    the kernel writes ``dq`` too, ``cnt`` its rows' counters (int32 zeros)."""
     B, H, S, D, Hkv, Sk = g.dims
     rows = HOPPER_BWD_BLOCK_M
     (dsq, cq), (dsk, ck), (dsv, cv), (dsdo, cdo) = (_hopper_desc(q, g.block_m), _hopper_desc(k, rows),
@@ -1472,6 +1496,8 @@ def _hopper_bwd_launches(g: _BwdGeom, do, q, k, v, lse, delta, dq, dk, dv, dq_ac
             *extra)
     consts = dict(HEAD_DIM=D, BLOCK_M=g.block_m, BLOCK_N=g.block_n, CAUSAL=g.causal, STAGES=g.stages,
                   OUT_BSHD=g.bshd, LONG_FIRST=g.long_first, num_warps=4, maxnreg=bwd_hopper.MAXNREG, **features)
+    if features.get("DQ_CONVERT"):
+        consts.update(DQO=dq, Cnt=cnt)
     if g.tail is None:
         return [(g.grid, args, consts)]
     # the main grid without the tail's rows, its CTAs letting the tail launch start at once; the tail launch by
@@ -1494,12 +1520,16 @@ def _hopper_bwd_run(g: _BwdGeom, entries, do, q, k, v, lse, delta, scale, softca
     dq = _empty_like_layout(B, H, S, D, g.bshd, q)
     dk = _empty_like_layout(B, Hkv, Sk, D, g.bshd, k)
     dv = _empty_like_layout(B, Hkv, Sk, D, g.bshd, v)
-    dq_acc = torch.zeros((B, H, S, D), dtype=torch.float32, device=q.device) if not g.bshd else \
-        torch.zeros((B, S, H, D), dtype=torch.float32, device=q.device).transpose(1, 2)
+    convert = ("DQ_CONVERT", True) in g.feats  # (the kernel writes dq: its rows' counters after the accumulator,
+    # zeroed with it)
+    n = B * H * S * D
+    acc = torch.zeros(n + (B * Hkv if convert else 0), dtype=torch.float32, device=q.device)
+    dq_acc = acc[:n].view(B, H, S, D) if not g.bshd else acc[:n].view(B, S, H, D).transpose(1, 2)
+    cnt = acc[n:].view(torch.int32) if convert else None
     if g.ctas == 0:  # (varlen, no keys: every gradient zero)
         return dq.zero_(), dk.zero_(), dv.zero_()
     launches = _hopper_bwd_launches(g, do, q, k, v, lse, delta, dq, dk, dv, dq_acc, scale, softcap, alibi_slopes,
-                                    causal_offset, cu_seqlens_q, cu_seqlens_k)
+                                    causal_offset, cu_seqlens_q, cu_seqlens_k, cnt)
     if entries is None:
         for grid, args, kwargs in launches:
             cached_launch(g.kernel, grid, *args, fk_traceable=False, **kwargs)
@@ -1510,7 +1540,8 @@ def _hopper_bwd_run(g: _BwdGeom, entries, do, q, k, v, lse, delta, scale, softca
         for (grid, args, kwargs), entry in zip(launches, entries):
             _launch.launch_entry(g.kernel, entry, grid, args, kwargs)
     hopper_bwd_launches += 1
-    dq.copy_(dq_acc)
+    if not convert:
+        dq.copy_(dq_acc)
     return dq, dk, dv
 
 

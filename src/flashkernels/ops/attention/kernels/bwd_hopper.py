@@ -367,6 +367,49 @@ def _bwd_tail_out(dk, dv, dk_ptrs, dv_ptrs, o_rows, o_cols, pid, Part, Flags, W:
 
 
 @gluon.jit
+def _dq_convert(DQ, DQO, Cnt, S, H, GROUP, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, OUT_BSHD: gl.constexpr,
+                LONG_FIRST: gl.constexpr):
+    """DQ_CONVERT's end of a consumer warpgroup: once this warpgroup's dQ reduces are complete in global memory, each
+    of its threads counts itself in its (batch, kv head) row's counter (Cnt, int32 zeros, one a row); the warpgroup
+    that counts last (every CTA of the row, two warpgroups of 128 threads each, is in) converts the row's dQ: GROUP
+    query heads x S rows x HEAD_DIM of DQ (fp32, the accumulator) into DQO (its dtype, the same layout)."""
+    b, hk, _, HKV = _bwd_tile_again(H, GROUP, BLOCK_N, LONG_FIRST)
+    lane = gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))
+    # (the thread that issued the warpgroup's reduces) their writes done, not only their reads of shared memory
+    # (tma.store_wait's .read form), and ordered before this thread's generic-proxy release below
+    gl.inline_asm_elementwise("cp.async.bulk.wait_group 0; fence.proxy.async.global; mov.b32 $0, 0;", "=r", [],
+                              dtype=gl.int32, is_pure=False, pack=1)
+    gl.thread_barrier()  # (the warpgroup's named barrier) every thread after the issuing thread's wait
+    old = gl.inline_asm_elementwise("atom.acq_rel.gpu.global.add.u32 $0, [$1], 1;", "=r,l",
+                                    [Cnt + (b * HKV + hk) + lane * 0], dtype=gl.int32, is_pure=False, pack=1)
+    last = gl.max((old == (S // BLOCK_N) * 256 - 1).to(gl.int32), axis=0)  # (the row's CTAs x 256 threads)
+    if last > 0:
+        _dq_convert_row(DQ, DQO, b, hk, S, H, GROUP, HEAD_DIM, OUT_BSHD)
+
+
+@gluon.jit(noinline=True)
+def _dq_convert_row(DQ, DQO, b, hk, S, H, GROUP, HEAD_DIM: gl.constexpr, OUT_BSHD: gl.constexpr):
+    if True:
+        gl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
+        cvt: gl.constexpr = gl.BlockedLayout([1, 4], [128 // HEAD_DIM, HEAD_DIM // 4], [4, 1], [1, 0])
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, cvt))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cvt))
+        if OUT_BSHD:
+            base = (b * S * H + hk * GROUP).to(gl.int64) * HEAD_DIM
+            sh = HEAD_DIM
+            ss = H * HEAD_DIM
+        else:
+            base = (b * H + hk * GROUP).to(gl.int64) * S * HEAD_DIM
+            sh = S * HEAD_DIM
+            ss = HEAD_DIM
+        for g in range(GROUP):
+            for r0 in range(0, S, 64):
+                offs = base + g * sh + (r0 + rows)[:, None] * ss + cols[None, :]
+                gl.store(DQO + offs, gl.load(DQ + offs).to(DQO.dtype.element_ty))
+
+
+@gluon.jit
 def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                   delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP, alibi_sb,
                   alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM: gl.constexpr,
@@ -374,7 +417,7 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
                   OUT_BSHD: gl.constexpr, LONG_FIRST: gl.constexpr, SOFTCAP: gl.constexpr, ALIBI: gl.constexpr,
                   WINDOW: gl.constexpr, VARLEN: gl.constexpr, DQ_TMA: gl.constexpr, dq_smem, desc_dq,
                   SPLIT_BAR: gl.constexpr, PROD_WRITER: gl.constexpr, dq_free, TAIL_PARTS: gl.constexpr, tile_base,
-                  Part, Flags, EPI_TMA: gl.constexpr, desc_dk, desc_dv):
+                  Part, Flags, EPI_TMA: gl.constexpr, desc_dk, desc_dv, DQ_CONVERT: gl.constexpr, DQO, Cnt):
     """Consumer warpgroup W: keys n0 + 64W .. n0 + 64W + 63 of the CTA's tile, for every query
     head of their kv head's group. DQ (fp32, H heads) and DK / DV (H / GROUP heads) are
     contiguous (B, S, heads, D) when OUT_BSHD, else (B, heads, S, D) (strides from S and the
@@ -655,6 +698,8 @@ def _bwd_consumer(W: gl.constexpr, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem,
 
     if DQ_TMA and not PROD_WRITER:
         tma.store_wait(0)  # (the shared memory must outlive the last reduce's reads)
+    if DQ_CONVERT:  # (the row's last warpgroup converts its dQ)
+        _dq_convert(DQ, DQO, Cnt, S, H, GROUP, HEAD_DIM, BLOCK_N, OUT_BSHD, LONG_FIRST)
     # dK_w (already scaled), dV_w, summed over the group's query heads.
     if FEATURES:  # the tile's place read again, not kept across the loop (it spilled)
         b, hk, n0, HKV = _bwd_tile_again(H, GROUP, BLOCK_N, LONG_FIRST)
@@ -757,7 +802,8 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                            DQ_TMA: gl.constexpr = False, desc_dq=None, SPLIT_BAR: gl.constexpr = False,
                            PROD_WRITER: gl.constexpr = False, PDL_TRIGGER: gl.constexpr = False,
                            TAIL_PARTS: gl.constexpr = 0, tile_base=0, Part=None, Flags=None,
-                           EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None):
+                           EPI_TMA: gl.constexpr = False, desc_dk=None, desc_dv=None,
+                           DQ_CONVERT: gl.constexpr = False, DQO=None, Cnt=None):
     """Grid (B * H // GROUP, S // BLOCK_N) if LONG_FIRST else (S // BLOCK_N, B * H // GROUP) (see
     _bwd_tile); launch with num_warps=4 (the default partition = consumer
     warpgroup 0) and maxnreg=MAXNREG. desc_q/k/v/do: 2-D views (fwd_hopper's (rb, rh, ch)
@@ -787,8 +833,13 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
     EPI_TMA (DQ_TMA, the plain geometry, causal or not: no feature or TAIL_PARTS): dK / dV out by TMA stores of
     64 x D tiles (desc_dk / desc_dv: launch._grad_desc) staged in shared memory no iteration reads again
     (_bwd_epi_tma), instead of from the registers.
+    DQ_CONVERT (DQ_TMA, the plain non-causal geometry without TAIL_PARTS or PDL_TRIGGER): the last warpgroup of
+    each (batch, kv head) row writes the row's dQ into DQO (q's dtype, DQ's layout) from DQ (_dq_convert), Cnt
+    (int32 zeros, B · H / GROUP) counting the row's warpgroups' threads in.
     The pointers of the features off are not read."""
     gl.static_assert(num_warps == 4)
+    gl.static_assert(not DQ_CONVERT or (DQ_TMA and not (CAUSAL or SOFTCAP or ALIBI or WINDOW or VARLEN or PROD_WRITER
+                                                        or PDL_TRIGGER) and TAIL_PARTS == 0))
     gl.static_assert(TAIL_PARTS == 0 or (TAIL_PARTS >= 2 and not (CAUSAL or LONG_FIRST or SOFTCAP or ALIBI or WINDOW
                                                                    or VARLEN or PROD_WRITER or SPLIT_BAR)))
     if PDL_TRIGGER:  # (the tail launch after this grid may start now: it reads nothing this grid writes)
@@ -857,13 +908,13 @@ def attn_bwd_hopper_kernel(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
                          DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
-                         Flags, EPI_TMA, desc_dk, desc_dv)),
+                         Flags, EPI_TMA, desc_dk, desc_dv, DQ_CONVERT, DQO, Cnt)),
         (_bwd_consumer, (1, DQ, DK, DV, Alibi, sm_scale, softcap, k_smem, v_smem, q_smem, do_smem, lse_smem,
                          delta_smem, ds_smem, slope_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          alibi_sb, alibi_sh, SK, causal_offset, window_left, window_right, CuQ, CuK, HEAD_DIM,
                          BLOCK_M, BLOCK_N, STAGES, CAUSAL, OUT_BSHD, LONG_FIRST, SOFTCAP, ALIBI, WINDOW, VARLEN,
                          DQ_TMA, dq_smem, desc_dq, SPLIT_BAR, PROD_WRITER, dq_free, TAIL_PARTS, tile_base, Part,
-                         Flags, EPI_TMA, desc_dk, desc_dv)),
+                         Flags, EPI_TMA, desc_dk, desc_dv, DQ_CONVERT, DQO, Cnt)),
         (_bwd_producer, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_smem, do_smem,
                          lse_smem, delta_smem, k_bar, v_bar, q_ready, do_ready, empty, S, H, GROUP,
                          q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, do_rb, do_rh, do_ch,
