@@ -1197,6 +1197,18 @@ def test_hopper_bwd_causal_switch_cuda(monkeypatch, causal, heads, D, switch):
     torch.testing.assert_close(dq, dq0, rtol=2 ** -7, atol=2 ** -7 * dq0.abs().max().item())
 
 
+def _hopper_bwd_inputs(B, S, Hq, Hkv, D, causal, bshd=True, dtype=bf16):
+    """(do, q, k, v, lse, delta, scale): attn_bwd_hopper_impl's arguments on CUDA from the current seed, (B, H, S, D)
+    views of (B, S, H, D) storage (bshd) or contiguous (B, H, S, D), out and lse from the Gluon forward."""
+    q, do = (randn(B, S, Hq, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
+    k, v = (randn(B, S, Hkv, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
+    if not bshd:
+        q, do, k, v = (x.contiguous() for x in (q, do, k, v))
+    scale = 1 / math.sqrt(D)
+    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, causal, bshd)[:2]
+    return do, q, k, v, lse, launch.attn_bwd_delta(out, do, lse, None), scale
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", [(1, 25, 25, 1024), (1, 40, 10, 2048), (1, 6, 6, 4096)],
@@ -1228,11 +1240,7 @@ def test_hopper_bwd_tail_cuda(monkeypatch, D, shape, dtype):
     assert launch.hopper_bwd_launches == n + 1 and len(made) == 1, "the backward's tail did not run"
 
     torch.manual_seed(1)
-    q, do = (randn(B, S, Hq, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
-    k, v = (randn(B, S, Hkv, D, dtype=dtype, device="cuda").transpose(1, 2) for _ in range(2))
-    scale = 1 / math.sqrt(D)
-    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, True)[:2]
-    delta = launch.attn_bwd_delta(out, do, lse, None)
+    do, q, k, v, lse, delta, scale = _hopper_bwd_inputs(B, S, Hq, Hkv, D, False, dtype=dtype)
 
     def bwd():
         return launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, False, True)
@@ -1298,13 +1306,7 @@ def test_hopper_bwd_epi_tma_cuda(monkeypatch, D, variant, shape, api):
 
     torch.manual_seed(1)
     bshd = api == "fa"
-    q, do = (randn(B, S, Hq, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
-    k, v = (randn(B, S, Hkv, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
-    if not bshd:
-        q, do, k, v = (x.contiguous() for x in (q, do, k, v))
-    scale = 1 / math.sqrt(D)
-    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, causal, bshd)[:2]
-    delta = launch.attn_bwd_delta(out, do, lse, None)
+    do, q, k, v, lse, delta, scale = _hopper_bwd_inputs(B, S, Hq, Hkv, D, causal, bshd)
     dq, dk, dv = launch.attn_bwd_hopper_impl(do, q, k, v, lse, delta, scale, causal, bshd)
     monkeypatch.setattr(launch, "HOPPER_BWD_EPI_TMA", {})
     seen.clear()
@@ -1525,13 +1527,7 @@ def test_hopper_bwd_dq_convert_cuda(monkeypatch, D, B, S, Hq, Hkv, bshd):
     _needs_hopper()
     monkeypatch.setenv("FLASHKERNELS_LAUNCH_CACHE", "check")
     torch.manual_seed(0)
-    q, do = (randn(B, S, Hq, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
-    k, v = (randn(B, S, Hkv, D, dtype=bf16, device="cuda").transpose(1, 2) for _ in range(2))
-    if not bshd:
-        q, do, k, v = (x.contiguous() for x in (q, do, k, v))
-    scale = 1 / math.sqrt(D)
-    out, lse = launch.attn_fwd_hopper_impl(q, k, v, scale, False, bshd)[:2]
-    delta = launch.attn_bwd_delta(out, do, lse, None)
+    do, q, k, v, lse, delta, scale = _hopper_bwd_inputs(B, S, Hq, Hkv, D, False, bshd)
     res = {}
     for on in (False, True):
         monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {64: None, 128: None} if on else {})

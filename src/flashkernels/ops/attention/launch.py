@@ -1346,8 +1346,14 @@ def hopper_bwd_epi_tma(D: int, keys: int, causal: bool, features: dict) -> bool:
     HOPPER_BWD_EPI_TMA with fewer keys than its bound."""
     if not features.get("DQ_TMA") or any(features.get(n) for n in ("SOFTCAP", "ALIBI", "WINDOW", "VARLEN")):
         return False
-    for (d, c), bound in HOPPER_BWD_EPI_TMA.items():
-        if d == D and c == causal:  # (SymInt: by ==)
+    return _keys_below(HOPPER_BWD_EPI_TMA, lambda d_c: d_c[0] == D and d_c[1] == causal, keys)
+
+
+def _keys_below(bounds: dict, match, keys: int) -> bool:
+    """Whether ``bounds`` (a switch: key -> the fewest keys at which it stops, None: no bound) has a key ``match``
+    accepts (a test by ==: traced sizes are SymInts, which do not hash) with ``keys`` below its bound."""
+    for k, bound in bounds.items():
+        if match(k):
             return bound is None or keys < bound
     return False
 
@@ -1358,10 +1364,7 @@ def hopper_bwd_dq_convert(D: int, keys: int, other: bool, features: dict) -> boo
     HOPPER_BWD_DQ_CONVERT with fewer keys than its bound."""
     if not features.get("DQ_TMA") or other:
         return False
-    for d, bound in HOPPER_BWD_DQ_CONVERT.items():
-        if d == D:  # (SymInt: by ==)
-            return bound is None or keys < bound
-    return False
+    return _keys_below(HOPPER_BWD_DQ_CONVERT, lambda d: d == D, keys)
 
 
 def _grad_desc(t: torch.Tensor, bshd: bool, rows: int, cols: int = 0):
