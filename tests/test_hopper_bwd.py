@@ -1544,7 +1544,7 @@ def test_bwd_dq_convert_launch_arguments(monkeypatch):
     head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py with
     DQ_CONVERT, dQ's output (DQO: q's dtype and shape) and the rows' counters (Cnt: B · Hkv int32 zeros in the
     accumulator's allocation, right after it, so its memset zeroes them); causal calls, features, more keys, a tail
-    plan and a head dim it does not name launch without them."""
+    plan, a head dim it does not name and a producer issuing the reduces (PROD_WRITER) launch without them."""
     rec = _record_bwd_launches(monkeypatch)
 
     def run(D, causal, S, H, Hkv=None, B=1, bshd=True, **kw):
@@ -1573,3 +1573,9 @@ def test_bwd_dq_convert_launch_arguments(monkeypatch):
                                 (128, False, 4096, 6, {})):
         monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {128: None} if S == 4096 and H == 6 else {128: 4096})
         assert all("DQ_CONVERT" not in c and "DQO" not in c for c in run(D, causal, S, H, **kw)), (D, causal, S, kw)
+    # (the producer issuing dQ's reduces, forced on a non-causal build: the consumers then never wait for them, so
+    # nothing could tell them the row's dQ is complete; the kernel's static_assert refuses the pair)
+    monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {128: None})
+    monkeypatch.setattr(launch, "HOPPER_BWD_PROD_WRITER", (False, True))
+    (one,) = run(128, False, 1024, 4)
+    assert one.get("PROD_WRITER") is True and "DQ_CONVERT" not in one and "DQO" not in one

@@ -1360,9 +1360,10 @@ def _keys_below(bounds: dict, match, keys: int) -> bool:
 
 def hopper_bwd_dq_convert(D: int, keys: int, other: bool, features: dict) -> bool:
     """Whether kernels/bwd_hopper.py's launch with these ``features`` (its flags) over ``keys`` keys writes dQ itself
-    (DQ_CONVERT): the dQ reduce by TMA, not ``other`` (causal, a feature flag or a tail launch), and D in
+    (DQ_CONVERT): the dQ reduce by TMA from the consumers (not PROD_WRITER's producer), not ``other`` (causal, a
+    feature flag or a tail launch), and D in
     HOPPER_BWD_DQ_CONVERT with fewer keys than its bound."""
-    if not features.get("DQ_TMA") or other:
+    if not features.get("DQ_TMA") or features.get("PROD_WRITER") or other:
         return False
     return _keys_below(HOPPER_BWD_DQ_CONVERT, lambda d: d == D, keys)
 
