@@ -1540,8 +1540,8 @@ def test_hopper_bwd_dq_convert_cuda(monkeypatch, D, B, S, Hq, Hkv, bshd):
 
 
 def test_bwd_dq_convert_launch_arguments(monkeypatch):
-    """launch.HOPPER_BWD_DQ_CONVERT (the kernels stubbed, 132 SMs; off by default): the plain non-causal backward at a
-    head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py with
+    """launch.HOPPER_BWD_DQ_CONVERT (the kernels stubbed, 132 SMs; {128: 4096} by default): the plain non-causal
+    backward at a head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py with
     DQ_CONVERT, dQ's output (DQO: q's dtype and shape) and the rows' counters (Cnt: B · Hkv int32 zeros in the
     accumulator's allocation, right after it, so its memset zeroes them); causal calls, features, more keys, a tail
     plan, a head dim it does not name and a producer issuing the reduces (PROD_WRITER) launch without them."""
@@ -1558,7 +1558,8 @@ def test_bwd_dq_convert_launch_arguments(monkeypatch):
                                     causal, bshd, **kw)
         return list(rec.calls)
 
-    assert launch.HOPPER_BWD_DQ_CONVERT == {}  # (the default: off)
+    assert launch.HOPPER_BWD_DQ_CONVERT == {128: 4096}  # (the default)
+    monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {})
     assert all("DQ_CONVERT" not in c and "DQO" not in c for c in run(128, False, 1024, 4))
     monkeypatch.setattr(launch, "HOPPER_BWD_DQ_CONVERT", {128: 4096})
     for B, S, H, Hkv, bshd in ((1, 1024, 4, 4, True), (2, 2048, 8, 2, True), (3, 256, 2, 2, False)):

@@ -1175,10 +1175,12 @@ HOPPER_BWD_EPI_TMA: dict = {(64, False): None, (128, False): 2048, (64, True): 4
 # accumulator, out of line so the block loops keep their registers), None: no bound; absent: `dq.copy_(dq_acc)`
 # after the kernel (48 µs on the FA3-paper grid at any S, H200, session 32). H200, session 32 (scripts/ab_attention.py
 # --gluon --paired 12 --switch HOPPER_BWD_DQ_CONVERT, FA3-paper shapes, MHA, ...-s32-ab-dq-convert.txt), on / off:
-# D = 128 +1.3% / +1.7% at 1k / 2k, D = 64 -1.9% / -0.2% (its loop 25 instructions longer). Off until the whole
-# backward suite and a repeated comparison run with it on ({128: 4096} would take the measured cases); GQA (a row
-# of GROUP heads for one warpgroup to convert) tested, not timed.
-HOPPER_BWD_DQ_CONVERT: dict = {}
+# D = 128 +1.3% / +1.7% at 1k / 2k, D = 64 -1.9% / -0.2% (its loop 25 instructions longer). Session 33 (H200,
+# the same A/B at D = 128 with {128: None}, two rounds, ...-s33-ab-dq-convert.txt): +1.2 / +1.2% at 1k, +2.0 / +2.1% at
+# 2k, 1.000 / 0.999 at 4k, 1.000 / 1.000 at 8k (from 4k a row's conversion by one warpgroup is as long as the copy it
+# saves); the backward's GPU test files with it forced on at D = 64 / 128 and any length 440 / 0
+# (...-s33-tests-dq-convert-*.txt). GQA (a row of GROUP heads for one warpgroup to convert) tested, not timed.
+HOPPER_BWD_DQ_CONVERT: dict = {128: 4096}
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
 
