@@ -3,8 +3,12 @@
 #   bash scripts/exp_session33.sh tests   the backward writing dQ itself (launch.HOPPER_BWD_DQ_CONVERT) forced on at
 #                                         D = 64 and 128 at any length: the GPU test files that run the Gluon backward
 #                                         (launch cache in check mode)
-#   bash scripts/exp_session33.sh ab      its paired A/B at D = 128, 1k-8k, non-causal, MHA and the GQA shape's
-#                                         grouping, on ({128: None}) / off ({})
+#   bash scripts/exp_session33.sh ab      its paired A/B at D = 128, 1k-8k, non-causal, on ({128: None}) / off ({}),
+#                                         two rounds
+# (half needs docs/patches/s33-varlen-half.patch applied: not kept)
+#   bash scripts/exp_session33.sh half    a packed tile's half-used last key block first (launch.HOPPER_FWD_VARLEN_HALF)
+#                                         at D = 64 and 128: the varlen GPU test files with it on, then scripts/ab_varlen.py
+#                                         pub-defer (the default) against half, `bench varlen`'s case, both mask settings
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -19,7 +23,12 @@ case "${1:-}" in
         --on "{128: None}" --off "{}" --modes bwd --head-dims 128 --seqlens "${SEQ:-1024,2048,4096,8192}" --causal 0 \
         2>&1 | tail -8 | tee -a "$OUT/ab-dq-convert.txt"
     done ;;
+  half)
+    FK_SWITCHES="HOPPER_FWD_VARLEN_HALF=(64, 128)" gpu_pytest "${T1:-300}" 14 tests-varlen-half.txt -p pytest_switch \
+      tests/test_hopper_fwd_varlen.py tests/test_hopper_bwd_varlen.py tests/test_alibi_sink_varlen.py ${TK:+-k "$TK"}
+    timeout "${TA:-200}" python scripts/ab_varlen.py --paired "${N:-24}" --head-dims "${DIMS:-128,64}" \
+      --variants pub-defer,half 2>&1 | tee -a "$OUT/ab-varlen-half.txt" ;;
   *)
-    echo "usage: $0 tests|ab" >&2
+    echo "usage: $0 tests|ab|half" >&2
     exit 2 ;;
 esac
