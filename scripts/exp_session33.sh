@@ -10,7 +10,8 @@
 #                                         at D = 64 and 128: the varlen GPU test files with it on, then scripts/ab_varlen.py
 #                                         pub-defer (the default) against half, `bench varlen`'s case, both mask settings
 #   bash scripts/exp_session33.sh bench   `bench attention --graph` at D = 64 / 128, 1k / 2k (where DQ_CONVERT acts and the
-#                                         D = 64 forward's 1.5x-FA2 line is missed), with FlexAttention compiled
+#                                         D = 64 forward's 1.5x-FA2 line is missed), with FlexAttention compiled (the whole
+#                                         grid: DIMS=64,128,256 SEQ=1024,...,16384 GQA=" " PLOT=1)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -32,8 +33,8 @@ case "${1:-}" in
       --variants pub-defer,half 2>&1 | tee -a "$OUT/ab-varlen-half.txt" ;;
   bench)
     timeout "${TA:-540}" python -m flashkernels bench attention --graph --head-dims "${DIMS:-64,128}" \
-      --seqlens "${SEQ:-1024,2048}" --no-gqa --providers flashkernels,sdpa-cudnn,sdpa-flash,flex \
-      --csv "$OUT/attention-graph-flex.csv" 2>&1 | grep -av "Warning\|warn" | tail -40 | tee -a "$OUT/attention-graph-flex.txt" ;;
+      --seqlens "${SEQ:-1024,2048}" --providers flashkernels,sdpa-cudnn,sdpa-flash,flex \
+      ${GQA:---no-gqa} --csv "$OUT/attention-graph-flex.csv" ${PLOT:+--plot "$OUT/attention-graph-flex.png"} 2>&1 | grep -av "Warning\|warn" | tail -40 | tee -a "$OUT/attention-graph-flex.txt" ;;
   *)
     echo "usage: $0 tests|ab|half|bench" >&2
     exit 2 ;;
