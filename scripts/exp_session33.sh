@@ -34,7 +34,7 @@ case "${1:-}" in
   bench)
     timeout "${TA:-540}" python -m flashkernels bench attention --graph --head-dims "${DIMS:-64,128}" \
       --seqlens "${SEQ:-1024,2048}" --providers flashkernels,sdpa-cudnn,sdpa-flash,flex \
-      ${GQA:---no-gqa} --csv "$OUT/attention-graph-flex.csv" ${PLOT:+--plot "$OUT/attention-graph-flex.png"} 2>&1 | grep -av "Warning\|warn" | tail -40 | tee -a "$OUT/attention-graph-flex.txt" ;;
+      ${GQA:---no-gqa} --csv "$OUT/attention-graph-flex.csv" ${PLOT:+--plot "$OUT/attention-graph-flex.png"} 2>&1 | grep -av "Warning\|warn" | tail -110 | tee -a "$OUT/attention-graph-flex.txt" ;;
   *)
     echo "usage: $0 tests|ab|half|bench" >&2
     exit 2 ;;
