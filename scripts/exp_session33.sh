@@ -12,6 +12,8 @@
 #   bash scripts/exp_session33.sh bench   `bench attention --graph` at D = 64 / 128, 1k / 2k (where DQ_CONVERT acts and the
 #                                         D = 64 forward's 1.5x-FA2 line is missed), with FlexAttention compiled (the whole
 #                                         grid: DIMS=64,128,256 SEQ=1024,...,16384 GQA=" " PLOT=1)
+#   bash scripts/exp_session33.sh peer    scripts/paired_peer.py --clocks: the D = 128 non-causal forward against SDPA cuDNN
+#                                         at 2k / 4k / 16k (4k read 709 TF/s in `bench`, 640 in session 28, same kernels)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -35,7 +37,10 @@ case "${1:-}" in
     timeout "${TA:-540}" python -m flashkernels bench attention --graph --head-dims "${DIMS:-64,128}" \
       --seqlens "${SEQ:-1024,2048}" --providers flashkernels,sdpa-cudnn,sdpa-flash,flex \
       ${GQA:---no-gqa} --csv "$OUT/attention-graph-flex.csv" ${PLOT:+--plot "$OUT/attention-graph-flex.png"} 2>&1 | grep -av "Warning\|warn" | tail -110 | tee -a "$OUT/attention-graph-flex.txt" ;;
+  peer)
+    timeout "${TA:-200}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd --clocks \
+      --shapes "128:4096:0,128:16384:0,128:2048:0" 2>&1 | tee -a "$OUT/paired-peer-fwd128.txt" ;;
   *)
-    echo "usage: $0 tests|ab|half|bench" >&2
+    echo "usage: $0 tests|ab|half|bench|peer" >&2
     exit 2 ;;
 esac
