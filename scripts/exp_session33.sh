@@ -14,6 +14,8 @@
 #                                         grid: DIMS=64,128,256 SEQ=1024,...,16384 GQA=" " PLOT=1)
 #   bash scripts/exp_session33.sh peer    scripts/paired_peer.py --clocks: the D = 128 non-causal forward against SDPA cuDNN
 #                                         at 2k / 4k / 16k (4k read 709 TF/s in `bench`, 640 in session 28, same kernels)
+#   bash scripts/exp_session33.sh sanitize  the backward's memcheck and racecheck tests with DQ_CONVERT on by default
+#                                         (their D = 128 non-causal cases now write dQ in the kernel)
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -40,7 +42,9 @@ case "${1:-}" in
   peer)
     timeout "${TA:-200}" python scripts/paired_peer.py --peer sdpa-cudnn --modes fwd --clocks \
       --shapes "128:4096:0,128:16384:0,128:2048:0" 2>&1 | tee -a "$OUT/paired-peer-fwd128.txt" ;;
+  sanitize)
+    gpu_pytest "${T1:-320}" 8 tests-sanitize.txt tests/test_hopper_bwd.py -k "memcheck or racecheck" ;;
   *)
-    echo "usage: $0 tests|ab|half|bench|peer" >&2
+    echo "usage: $0 tests|ab|half|bench|peer|sanitize" >&2
     exit 2 ;;
 esac
