@@ -1541,8 +1541,8 @@ def test_hopper_bwd_dq_convert_cuda(monkeypatch, D, B, S, Hq, Hkv, bshd):
 
 def test_bwd_dq_convert_launch_arguments(monkeypatch):
     """launch.HOPPER_BWD_DQ_CONVERT (the kernels stubbed, 132 SMs; {128: 4096} by default): the plain non-causal
-    backward at a head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py with
-    DQ_CONVERT, dQ's output (DQO: q's dtype and shape) and the rows' counters (Cnt: B · Hkv int32 zeros in the
+    backward at a head dim it names, with fewer keys than its bound and no tail plan, launches kernels/bwd_hopper.py
+    with DQ_CONVERT, dQ's output (DQO: q's dtype and shape) and the rows' counters (Cnt: B · Hkv int32 zeros in the
     accumulator's allocation, right after it, so its memset zeroes them); causal calls, features, more keys, a tail
     plan, a head dim it does not name and a producer issuing the reduces (PROD_WRITER) launch without them."""
     rec = _record_bwd_launches(monkeypatch)

@@ -1178,8 +1178,9 @@ HOPPER_BWD_EPI_TMA: dict = {(64, False): None, (128, False): 2048, (64, True): 4
 # D = 128 +1.3% / +1.7% at 1k / 2k, D = 64 -1.9% / -0.2% (its loop 25 instructions longer). Session 33 (H200,
 # the same A/B at D = 128 with {128: None}, two rounds, ...-s33-ab-dq-convert.txt): +1.2 / +1.2% at 1k, +2.0 / +2.1% at
 # 2k, 1.000 / 0.999 at 4k, 1.000 / 1.000 at 8k (from 4k a row's conversion by one warpgroup is as long as the copy it
-# saves); the backward's GPU test files with it forced on at D = 64 / 128 and any length 440 / 0
-# (...-s33-tests-dq-convert-*.txt). GQA (a row of GROUP heads for one warpgroup to convert) tested, not timed.
+# saves). The backward's GPU test files with it forced on at D = 64 / 128 and any length: 424 / 4, the 4 a build
+# forced to PROD_WRITER (now kept off here), 16 / 0 after (...-s33-tests-dq-convert-*.txt); the sanitizers clean.
+# GQA (a row of GROUP heads for one warpgroup to convert) tested, not timed.
 HOPPER_BWD_DQ_CONVERT: dict = {128: 4096}
 hopper_bwd_launches = 0  # Gluon backward launches in this process
 
@@ -1363,8 +1364,7 @@ def _keys_below(bounds: dict, match, keys: int) -> bool:
 def hopper_bwd_dq_convert(D: int, keys: int, other: bool, features: dict) -> bool:
     """Whether kernels/bwd_hopper.py's launch with these ``features`` (its flags) over ``keys`` keys writes dQ itself
     (DQ_CONVERT): the dQ reduce by TMA from the consumers (not PROD_WRITER's producer), not ``other`` (causal, a
-    feature flag or a tail launch), and D in
-    HOPPER_BWD_DQ_CONVERT with fewer keys than its bound."""
+    feature flag or a tail launch), and D in HOPPER_BWD_DQ_CONVERT with fewer keys than its bound."""
     if not features.get("DQ_TMA") or features.get("PROD_WRITER") or other:
         return False
     return _keys_below(HOPPER_BWD_DQ_CONVERT, lambda d: d == D, keys)
