@@ -16,6 +16,7 @@
 #                                         at 2k / 4k / 16k (4k read 709 TF/s in `bench`, 640 in session 28, same kernels)
 #   bash scripts/exp_session33.sh sanitize  the backward's memcheck and racecheck tests with DQ_CONVERT on by default
 #                                         (their D = 128 non-causal cases now write dQ in the kernel)
+#   bash scripts/exp_session33.sh paired  `bench attention --paired` (new): its GPU tests, then one shape against cuDNN
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -44,7 +45,13 @@ case "${1:-}" in
       --shapes "128:4096:0,128:16384:0,128:2048:0" 2>&1 | tee -a "$OUT/paired-peer-fwd128.txt" ;;
   sanitize)
     gpu_pytest "${T1:-320}" 8 tests-sanitize.txt tests/test_hopper_bwd.py -k "memcheck or racecheck" ;;
+  paired)
+    timeout "${T1:-80}" python -m pytest -q -p no:warnings -m gpu tests/test_bench_ops.py -k bench_attention 2>&1 \
+      | tail -4 | tee -a "$OUT/tests-bench-paired.txt"
+    timeout "${TA:-90}" python -m flashkernels bench attention --paired "${N:-10}" --head-dims 128 --seqlens 4096 \
+      --causal no --providers flashkernels,sdpa-cudnn 2>&1 | grep -av "Warning\|warn" | tail -8 \
+      | tee -a "$OUT/bench-paired.txt" ;;
   *)
-    echo "usage: $0 tests|ab|half|bench|peer|sanitize" >&2
+    echo "usage: $0 tests|ab|half|bench|peer|sanitize|paired" >&2
     exit 2 ;;
 esac

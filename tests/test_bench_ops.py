@@ -324,6 +324,123 @@ def test_bench_attention_measures_cuda_graph_replays():
         assert graph["tflops"] == pytest.approx(attention.flops(s, mode) / graph["ms"] / 1e9)
 
 
+def test_bench_attention_paired_flag_checks_its_count_then_needs_a_gpu(monkeypatch, capsys):
+    """``flashkernels bench attention --paired N`` (every provider's graph replayed in alternation) refuses a
+    negative N before it looks for a GPU; without a GPU it says so and exits 2."""
+    from flashkernels.bench import attention
+    from flashkernels.cli import main
+
+    assert main(["bench", "attention", "--paired", "-2"]) == 2
+    assert "--paired must be 0 or more, got -2" in capsys.readouterr().err
+    monkeypatch.setattr(attention, "gpu_missing", lambda what: f"{what}: no CUDA GPU")
+    assert main(["bench", "attention", "--paired", "5", "--quick"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_bench_attention_paired_rows_are_each_providers_median(monkeypatch):
+    """measure_paired (CUDA stubbed): each provider's call prepared and captured, the captured graphs handed to
+    paired_ms in provider order, each row's ms the median of its provider's times there (TFLOP/s from it); a
+    provider whose call fails, or that cannot be captured, gets an error row and stays out of the replays."""
+    import contextlib
+
+    from flashkernels.bench import attention
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    def prepare(provider, s, mode, inputs):
+        if provider == "sdpa-efficient":
+            raise RuntimeError("no kernel for this shape\nsecond line")
+        return (lambda: provider), {"flashkernels": 2 ** 20, "sdpa-flash": 3 * 2 ** 20, "flex": 0}[provider]
+
+    class Graph:
+        def __init__(self, name):
+            self.replay = name
+
+    monkeypatch.setattr(attention, "_prepare", prepare)
+    monkeypatch.setattr(attention, "capture_graph", lambda call, stream: None if call() == "flex" else Graph(call()))
+    seen = {}
+    times = {"flashkernels": [1.0, 6.0, 2.0], "sdpa-flash": [4.0, 9.0, 5.0]}  # (medians 2 and 5, means 3 and 6)
+
+    def paired(calls, reps):
+        seen["calls"], seen["reps"] = list(calls), reps
+        return [times[c] for c in calls]
+
+    monkeypatch.setattr(attention, "paired_ms", paired)
+    s = attention.Shape(2, 4, 4, 256, 256, 64, False)
+    inputs = (torch.zeros(1, dtype=torch.bfloat16),) * 3
+    rows = attention.measure_paired(["flashkernels", "sdpa-efficient", "sdpa-flash", "flex"], s, "fwd",
+                                    torch.bfloat16, inputs, 3)
+    assert seen == {"calls": ["flashkernels", "sdpa-flash"], "reps": 3}
+    by = {r["provider"]: r for r in rows}
+    assert [r["provider"] for r in rows] == ["flashkernels", "sdpa-efficient", "sdpa-flash", "flex"]
+    assert by["flashkernels"]["ms"] == 2.0 and by["sdpa-flash"]["ms"] == 5.0
+    assert by["flashkernels"]["tflops"] == pytest.approx(attention.flops(s, "fwd") / 2.0 / 1e9)
+    assert by["flashkernels"]["peak_mem_mb"] == 1.0 and by["sdpa-flash"]["peak_mem_mb"] == 3.0
+    assert by["sdpa-efficient"]["error"] == "RuntimeError: no kernel for this shape" and "ms" not in by["sdpa-efficient"]
+    assert "could not be captured" in by["flex"]["error"] and "ms" not in by["flex"]
+    assert all("peak" not in r for r in rows)
+
+
+def test_bench_attention_measure_prepares_each_mode(monkeypatch):
+    """measure (CUDA's memory counters and the timer stubbed, SDPA's math on CPU tensors as the provider): the
+    forward's call runs under no_grad, the backward's is autograd.grad over a retained graph (repeatable, the
+    three gradients), each run before its peak memory is read; a provider that raises gets an error row."""
+    from flashkernels.bench import attention
+
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 5 * 2 ** 20)
+    monkeypatch.setattr(attention, "make_fn", lambda provider, q, k, v, s: (
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=s.causal)))
+    outs = {}
+
+    def timed(call, warmup_ms, rep_ms, stream):
+        outs[mode] = (call(), call())
+        return 2.0
+
+    monkeypatch.setattr(attention, "_timed", timed)
+    s = attention.Shape(1, 2, 2, 16, 16, 8, True)
+    for mode in ("fwd", "bwd"):
+        q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))  # (the forward: no graph kept)
+        row = attention.measure("flashkernels", s, mode, torch.float32, 1, 1, (q, k, v))
+        assert "error" not in row and row["ms"] == 2.0 and row["peak_mem_mb"] == 5.0, row
+        assert row["tflops"] == pytest.approx(attention.flops(s, mode) / 2.0 / 1e9)
+        first, second = outs[mode]
+        if mode == "fwd":
+            assert first.shape == q.shape and not first.requires_grad
+        else:
+            assert [g.shape for g in second] == [q.shape, k.shape, v.shape]
+            assert all(torch.equal(a, b) for a, b in zip(first, second))
+    monkeypatch.setattr(attention, "make_fn", lambda *a: (_ for _ in ()).throw(ValueError("unsupported")))
+    assert attention.measure("flex", s, "fwd", torch.float32, 1, 1, (q, k, v))["error"] == "ValueError: unsupported"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_attention_paired_times_every_provider():
+    """measure_paired on a small shape, forward and backward: flashkernels and SDPA flash timed in alternating
+    replays, each row with a positive median and TF/s, within 2x of its own --graph timing."""
+    from flashkernels.bench import attention
+
+    s = attention.Shape(4, 8, 8, 512, 512, 64, True)
+    for mode in ("fwd", "bwd"):
+        inputs = attention.make_inputs(s, torch.bfloat16, requires_grad=mode == "bwd")
+        rows = attention.measure_paired(["flashkernels", "sdpa-flash"], s, mode, torch.bfloat16, inputs, 6)
+        for r in rows:
+            assert "error" not in r, r
+            alone = attention.measure(r["provider"], s, mode, torch.bfloat16, 25, 100, inputs, graph=True)
+            assert 0.5 * alone["ms"] < r["ms"] < 2 * alone["ms"], (mode, r, alone["ms"])
+            assert r["tflops"] == pytest.approx(attention.flops(s, mode) / r["ms"] / 1e9)
+
+
 # ------------------------------------------------------------------------------- bench varlen
 def test_bench_varlen_paired_flag_checks_its_count_then_needs_a_gpu(monkeypatch, capsys):
     """``flashkernels bench varlen --paired N`` (varlen's TF/s over dense's from alternating graph

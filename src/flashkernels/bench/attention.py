@@ -21,10 +21,17 @@ with e the element size. ``bwd`` times the backward alone (autograd.grad over a 
 the L2 before each call, and only that flush's GPU time hides the next call's host time, so where an
 eager call's Python and launch take longer than flush + kernel (our 1k causal forwards on the H100's
 host, docs/perf-notes.md session 23) the eager timing reads the host.
+``--paired N`` (implies ``--graph``) captures every provider's call of a shape and mode and replays the
+graphs in alternation, N repetitions (common.paired_ms: each repetition runs all of them, the order
+rotated, the L2 flushed before each): each provider's time is its median there, so the ratios compare
+kernels run at one clock. Timed alone, one after the other, two kernels can meet the card at different
+SM clocks (its power limit: up to 8% apart on an H200, docs/perf-notes.md session 32), and separate
+medians then compare two clocks.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import DTYPES, CsvSink, do_bench_median, dtype_name, environment, gpu_missing, graph_ms
+from .common import (DTYPES, CsvSink, capture_graph, do_bench_median, dtype_name, environment, gpu_missing, graph_ms,
+                     paired_ms)
 
 PROVIDERS = ("flashkernels", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex")
 OPTIONAL_PROVIDERS = ("sdpa-math",)
@@ -173,44 +181,99 @@ def _timed(fn, warmup_ms: float, rep_ms: float, stream) -> float:
     return ms
 
 
+def _row(provider: str, s: Shape, mode: str, dtype: torch.dtype) -> dict:
+    return dict(op="attention", provider=provider, dtype=dtype_name(dtype), batch=s.batch, heads_q=s.heads_q,
+                heads_kv=s.heads_kv, seqlen_q=s.seqlen_q, seqlen_k=s.seqlen_k, head_dim=s.head_dim, causal=s.causal,
+                mode=mode)
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+
+def _prepare(provider: str, s: Shape, mode: str, inputs):
+    """(call, peak bytes): ``provider``'s call to time for ``mode`` on ``inputs`` (the forward under no_grad, or
+    the backward alone: autograd.grad over a retained graph, whose output the call keeps), run twice first
+    (compiles, autotuning and first-launch costs stay out of memory and time), and its peak memory beyond what
+    was allocated before the second run."""
+    q, k, v = inputs
+    fn = make_fn(provider, q, k, v, s)
+    if mode == "fwd":
+        def call():
+            with torch.no_grad():
+                return fn()
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        call()
+    else:
+        leaves = (q, k, v)
+        o = fn()
+        do = torch.randn_like(o)
+        torch.autograd.grad(o, leaves, do)  # first backward: compiles
+        del o
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        o = fn()
+
+        def call():
+            return torch.autograd.grad(o, leaves, do, retain_graph=True)
+        call()
+    torch.cuda.synchronize()
+    return call, torch.cuda.max_memory_allocated() - base
+
+
+def _done(row: dict, s: Shape, mode: str, ms: float, peak: int, element_size: int) -> dict:
+    row.update(ms=ms, tflops=flops(s, mode) / ms / 1e9, gbps=bytes_moved(s, mode, element_size) / ms / 1e6,
+               peak_mem_mb=peak / 2**20)
+    return row
+
+
 def _measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: float, rep_ms: float, inputs,
              stream) -> dict:
-    row = dict(op="attention", provider=provider, dtype=dtype_name(dtype), batch=s.batch,
-               heads_q=s.heads_q, heads_kv=s.heads_kv, seqlen_q=s.seqlen_q, seqlen_k=s.seqlen_k,
-               head_dim=s.head_dim, causal=s.causal, mode=mode)
-    q, k, v = inputs
+    row = _row(provider, s, mode, dtype)
     try:
-        fn = make_fn(provider, q, k, v, s)
-        if mode == "fwd":
-            with torch.no_grad():
-                fn()  # compile / autotune / first-launch costs stay out of memory and time
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                fn()
-                torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() - base
-                ms = _timed(fn, warmup_ms, rep_ms, stream)
-        else:
-            leaves = (q, k, v)
-            o = fn()
-            do = torch.randn_like(o)
-            torch.autograd.grad(o, leaves, do)  # first backward: compiles
-            del o
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            o = fn()
-            torch.autograd.grad(o, leaves, do, retain_graph=True)
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-            ms = _timed(lambda: torch.autograd.grad(o, leaves, do, retain_graph=True), warmup_ms, rep_ms, stream)
-            del o
-        row.update(ms=ms, tflops=flops(s, mode) / ms / 1e9,
-                   gbps=bytes_moved(s, mode, q.element_size()) / ms / 1e6, peak_mem_mb=peak / 2**20)
+        call, peak = _prepare(provider, s, mode, inputs)
+        _done(row, s, mode, _timed(call, warmup_ms, rep_ms, stream), peak, inputs[0].element_size())
     except Exception as exc:  # a peer that does not support a shape is a result, not a crash
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        row["error"] = _error(exc)
     return row
+
+
+def measure_paired(providers, s: Shape, mode: str, dtype: torch.dtype, inputs, reps: int) -> list[dict]:
+    """``--paired``: every provider's call (:func:`_prepare`) captured in a CUDA graph on a side stream, then all
+    the graphs replayed in alternation ``reps`` times (common.paired_ms); each row's ms is its provider's median
+    there. A provider whose call fails or cannot be captured gets a row with ``error`` and is left out of the
+    replays. The calls (and what their graphs read) stay alive until the replays end."""
+    rows, calls, graphs = [], [], []
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(stream):
+            for prov in providers:
+                row = _row(prov, s, mode, dtype)
+                rows.append(row)
+                try:
+                    call, peak = _prepare(prov, s, mode, inputs)
+                    graph = capture_graph(call, stream)
+                    if graph is None:
+                        raise RuntimeError("the call could not be captured in a CUDA graph")
+                except Exception as exc:  # (as _measure: a result, not a crash)
+                    row["error"] = _error(exc)
+                    continue
+                row["peak"] = peak
+                calls.append(call)
+                graphs.append((row, graph))
+            times = paired_ms([g.replay for _, g in graphs], reps=reps) if graphs else []
+    finally:
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+    for (row, _), t in zip(graphs, times):
+        _done(row, s, mode, statistics.median(t), row.pop("peak"), inputs[0].element_size())
+    del graphs, calls
+    return rows
 
 
 def make_inputs(s: Shape, dtype: torch.dtype, requires_grad: bool):
@@ -348,6 +411,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time each call's CUDA-graph replays (GPU time) instead of eager calls: at 1k an eager "
                         "call's host time can exceed its kernel's and do_bench then reads the host (a call that "
                         "cannot be captured is reported as an error; --warmup / --rep then unused)")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="replay every provider's CUDA graph of a shape and mode in alternation, N repetitions, and "
+                        "report each one's median (implies --graph): the ratios then compare kernels run at one "
+                        "clock, where separate timings can meet the card at SM clocks up to 8%% apart")
 
 
 def _ints(text: str | None, default) -> tuple[int, ...]:
@@ -395,6 +462,9 @@ def report_csv(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "from_csv", None):
         return report_csv(args)
+    if getattr(args, "paired", 0) < 0:
+        print(f"flashkernels bench attention: --paired must be 0 or more, got {args.paired}", file=sys.stderr)
+        return 2
     why = gpu_missing("flashkernels bench")
     if why:
         print(f"{why}. Use `flashkernels check` on a CPU.", file=sys.stderr)
@@ -419,7 +489,8 @@ def run(args: argparse.Namespace) -> int:
     env = environment()
     print(f"flashkernels bench attention: {env['gpu']}, torch {env['torch']}, triton {env['triton']}, "
           f"code {env['git_sha']}, {args.dtype}, "
-          + ("do_bench median of CUDA-graph replays (GPU time)" if args.graph
+          + (f"median of {args.paired} alternating CUDA-graph replays of all providers (GPU time)" if args.paired
+             else "do_bench median of CUDA-graph replays (GPU time)" if args.graph
              else f"do_bench median (warmup {args.warmup:g} ms, rep {args.rep:g} ms)"), flush=True)
     print(f"{len(shapes)} shapes x {len(modes)} modes x providers {', '.join(providers)}", flush=True)
     sink = CsvSink(args.csv)
@@ -432,13 +503,18 @@ def run(args: argparse.Namespace) -> int:
             for mode in modes:
                 i += 1
                 inputs = make_inputs(s, dtype, requires_grad=mode == "bwd")
-                rows = []
-                for prov in providers:
-                    r = measure(prov, s, mode, dtype, args.warmup, args.rep, inputs, graph=args.graph)
+                if getattr(args, "paired", 0):
+                    rows = measure_paired(providers, s, mode, dtype, inputs, args.paired)
+                else:  # (each row written as soon as it is measured)
+                    rows = (measure(prov, s, mode, dtype, args.warmup, args.rep, inputs, graph=args.graph)
+                            for prov in providers)
+                kept = []
+                for r in rows:
                     r.update(env)
-                    rows.append(r)
+                    kept.append(r)
                     if "error" not in r:
                         sink.write(r)
+                rows = kept
                 del inputs
                 torch.cuda.empty_cache()
                 results.append((s, mode, rows))
