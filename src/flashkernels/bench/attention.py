@@ -31,6 +31,7 @@ medians then compare two clocks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -191,22 +192,26 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
 
 
+def _grad_mode(mode: str):
+    """The autograd mode a ``mode``'s call runs and is timed in: no_grad for the forward."""
+    return torch.no_grad() if mode == "fwd" else contextlib.nullcontext()
+
+
 def _prepare(provider: str, s: Shape, mode: str, inputs):
-    """(call, peak bytes): ``provider``'s call to time for ``mode`` on ``inputs`` (the forward under no_grad, or
-    the backward alone: autograd.grad over a retained graph, whose output the call keeps), run twice first
-    (compiles, autotuning and first-launch costs stay out of memory and time), and its peak memory beyond what
-    was allocated before the second run."""
+    """(call, peak bytes): ``provider``'s call to time for ``mode`` on ``inputs`` (the forward, to run under
+    _grad_mode's no_grad, or the backward alone: autograd.grad over a retained graph, whose output the call
+    keeps), run twice first (compiles, autotuning and first-launch costs stay out of memory and time), and its
+    peak memory beyond what was allocated before the second run."""
     q, k, v = inputs
     fn = make_fn(provider, q, k, v, s)
     if mode == "fwd":
-        def call():
-            with torch.no_grad():
-                return fn()
-        call()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        call()
+        call = fn
+        with torch.no_grad():
+            call()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            call()
     else:
         leaves = (q, k, v)
         o = fn()
@@ -236,7 +241,9 @@ def _measure(provider: str, s: Shape, mode: str, dtype: torch.dtype, warmup_ms: 
     row = _row(provider, s, mode, dtype)
     try:
         call, peak = _prepare(provider, s, mode, inputs)
-        _done(row, s, mode, _timed(call, warmup_ms, rep_ms, stream), peak, inputs[0].element_size())
+        with _grad_mode(mode):
+            ms = _timed(call, warmup_ms, rep_ms, stream)
+        _done(row, s, mode, ms, peak, inputs[0].element_size())
     except Exception as exc:  # a peer that does not support a shape is a result, not a crash
         row["error"] = _error(exc)
     return row
@@ -257,7 +264,8 @@ def measure_paired(providers, s: Shape, mode: str, dtype: torch.dtype, inputs, r
                 rows.append(row)
                 try:
                     call, peak = _prepare(prov, s, mode, inputs)
-                    graph = capture_graph(call, stream)
+                    with _grad_mode(mode):
+                        graph = capture_graph(call, stream)
                     if graph is None:
                         raise RuntimeError("the call could not be captured in a CUDA graph")
                 except Exception as exc:  # (as _measure: a result, not a crash)
