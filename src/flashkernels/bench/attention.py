@@ -271,15 +271,14 @@ def measure_paired(providers, s: Shape, mode: str, dtype: torch.dtype, inputs, r
                 except Exception as exc:  # (as _measure: a result, not a crash)
                     row["error"] = _error(exc)
                     continue
-                row["peak"] = peak
                 calls.append(call)
-                graphs.append((row, graph))
-            times = paired_ms([g.replay for _, g in graphs], reps=reps) if graphs else []
+                graphs.append((row, graph, peak))
+            times = paired_ms([g.replay for _, g, _ in graphs], reps=reps) if graphs else []
     finally:
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
-    for (row, _), t in zip(graphs, times):
-        _done(row, s, mode, statistics.median(t), row.pop("peak"), inputs[0].element_size())
+    for (row, _, peak), t in zip(graphs, times):
+        _done(row, s, mode, statistics.median(t), peak, inputs[0].element_size())
     del graphs, calls
     return rows
 
