@@ -412,7 +412,8 @@ def test_chain_defer_and_probe_launch_arguments(monkeypatch):
     """launch.hopper_fwd (the kernel stubbed): chained launches (D = 128, and D = 64's short build, causal
     or not, with a score feature too) pass CHAIN = 2 at the head dims HOPPER_FWD_CHAIN_DEFER names (the
     store's wait deferred; by default D = 64) and CHAIN = True at the others; grid launches pass no
-    CHAIN. HOPPER_FWD_PROBE reaches chained launches only (Probe, PROBE), and none while it is None."""
+    CHAIN. HOPPER_FWD_PROBE reaches chained launches only (Probe, PROBE: 2 with HOPPER_FWD_PROBE_GLOBAL), and none
+    while it is None."""
     run = _stubbed_hopper_fwd(monkeypatch)
 
     assert launch.HOPPER_FWD_CHAIN_DEFER == (64,)
@@ -429,6 +430,9 @@ def test_chain_defer_and_probe_launch_arguments(monkeypatch):
     monkeypatch.setattr(launch, "HOPPER_FWD_PROBE", probe)
     s = run(128, 1024, False)
     assert s["PROBE"] is True and s["Probe"] is probe
+    monkeypatch.setattr(launch, "HOPPER_FWD_PROBE_GLOBAL", True)  # (the global timer: PROBE = 2)
+    s = run(64, 1024, True)
+    assert s["PROBE"] == 2 and s["Probe"] is probe
     s = run(256, 1024, False)  # (D = 256: not chained)
     assert "CHAIN" not in s and "PROBE" not in s
 

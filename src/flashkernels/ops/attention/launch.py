@@ -377,8 +377,10 @@ HOPPER_FWD_CHAIN_MAX_DIM = 128
 # defer (at D = 128 ALiBi's non-causal build would spill 104 B, not measured).
 HOPPER_FWD_CHAIN_DEFER: tuple = (64,)
 # An int64 tensor: chained forwards record their warpgroups' clocks there (kernels/fwd_hopper._probe;
-# scripts/exp_chain_probe.py). None: off.
+# scripts/exp_chain_probe.py). None: off. HOPPER_FWD_PROBE_GLOBAL: %globaltimer (ns, one clock for all SMs)
+# instead of each SM's %clock64 (the tensor then needs programs * 4 more entries: the warpgroups' starts and ends).
 HOPPER_FWD_PROBE = None
+HOPPER_FWD_PROBE_GLOBAL = False
 # Head dim -> (BLOCK_N, STAGES, rows, causal rows): the build that runs a plain forward (no feature;
 # causal with its diagonal at the top-left corner, Sq <= Sk) below that many query rows (non-causal,
 # causal), where the head dim's own config loses: two warpgroups, persistent and chained (needs
@@ -922,7 +924,7 @@ def _hopper_fwd_args(q, k, v, out, lse, scale: float, causal: bool, causal_offse
         if hopper_fwd_chained(D):
             extra["CHAIN"] = hopper_fwd_chain_flag(D)
             if HOPPER_FWD_PROBE is not None:
-                extra.update(Probe=HOPPER_FWD_PROBE, PROBE=True)
+                extra.update(Probe=HOPPER_FWD_PROBE, PROBE=2 if HOPPER_FWD_PROBE_GLOBAL else True)
             elif (not short and hopper_fwd_split_tail(D, causal, has_window or varlen or softcap > 0
                                                       or alibi_slopes is not None or sink is not None, Sk)
                   and 2 * ((-(-rows // block_m) * n_seq * H) % grid[0]) >= grid[0]):

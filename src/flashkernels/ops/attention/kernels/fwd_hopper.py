@@ -1124,8 +1124,9 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
     blocks in _ws_blk's order. DEFER: a tile's output store is only issued at the boundary; its
     wait and the Q buffer's release come after the next tile's first loop step (at the boundary
     itself when the next tile has one block: no step to wait in). PROBE: the warpgroup's clock at
-    four points of each tile's end into Probe (_probe). SPLIT_TAIL (non-causal, no feature, not
-    DEFER): the whole rounds' tiles chained, then the last round's segments (_ws_tail_segs)."""
+    four points of each tile's end into Probe (_probe; PROBE = 2: the global timer, and the warpgroup's start and
+    end too). SPLIT_TAIL (non-causal, no feature, not DEFER): the whole rounds' tiles chained, then the last round's
+    segments (_ws_tail_segs)."""
     dtype: gl.constexpr = desc_o.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK_N)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
@@ -1155,6 +1156,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
         qx = _ws_alibi_q(slope, WG_M, BLOCK_N, dtype)
 
     # Block 0 of the first tile: its scores and softmax.
+    if PROBE == 2:  # (the warpgroup's start / end: the global timer's probe only)
+        _probe(Probe, gl.program_id(0) * 0 - 1, W, 0, PROBE)
     q_w = q_smem.index(W)
     mbarrier.wait(q_bars.index(W), 0)
     mbarrier.wait(k_ready.index(0), 0)
@@ -1192,7 +1195,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                         mbarrier.arrive(q_empty.index((tc + 1) & 1))
         last = it + n_blocks - 1
         if PROBE:
-            _probe(Probe, c, W, 0)
+            _probe(Probe, c, W, 0, PROBE)
         if c + 1 < n_t:  # the next tile's block 0 with this tile's last P V
             pid_m_n, pid_bh_n = _ws_tile_c(c + 1, n_m, n_bh, CAUSAL)
             pid_bh_n, b_n, h_n, m0_n, lo_n, n_blocks_n = _ws_tile(pid_m_n, pid_bh_n, SQ, SK, H, 0, 0, 0, BLOCK_M,
@@ -1200,7 +1203,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             qb = ((tc + 1) & 1) * NUM_WG + W
             q_n = q_smem.index(qb)
             if PROBE:
-                _probe(Probe, c, W, 3)
+                _probe(Probe, c, W, 3, PROBE)
             mbarrier.wait(q_bars.index(qb), ((tc + 1) >> 1) & 1)
             m0w_n = m0_n + W * WG_M
             offs_n = m0w_n + gl.arange(0, WG_M, layout=row_s)
@@ -1216,7 +1219,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                                                offs_n, 0, 0, r0_n * BLOCK_N, BLOCK_N, STAGES, CAUSAL, SOFTCAP, ALIBI,
                                                False, s_layout, x_smem, qx_n, W, ALIBI_MMA)
             if PROBE:
-                _probe(Probe, c, W, 1)
+                _probe(Probe, c, W, 1, PROBE)
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o, not DEFER)
             if DEFER:  # (a one-block tile has no loop step to wait in: wait here)
@@ -1224,7 +1227,7 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
                     tma.store_wait(pendings=0)
                     mbarrier.arrive(q_empty.index(tc & 1))
             if PROBE:
-                _probe(Probe, c, W, 2)
+                _probe(Probe, c, W, 2, PROBE)
             if ALIBI:
                 slope = slope_n
             if SINK:
@@ -1252,6 +1255,8 @@ def _ws_attend_chain(W: gl.constexpr, desc_o, Lse, Alibi, Sink, sm_scale, softca
             mbarrier.arrive(v_empty.index(last % STAGES))
             _ws_chain_out(acc, m_i, l_i, sink, Lse, desc_o, q_w, q_empty.index(tc & 1), SQ, pid_bh, b, h, m0w, o_rb,
                           o_rh, o_ch, WG_M, SINK, row_s, row_o)
+            if PROBE == 2:
+                _probe(Probe, gl.program_id(0) * 0 - 1, W, 1, PROBE)
     if SPLIT_TAIL:  # the last round's 0-2 segments (_ws_seg), one after another, not chained
         _ws_tail_segs(W, desc_o, Lse, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, q_empty,
                       sm_scale, SQ, SK, H, n_m, n_bh, o_rb, o_rh, o_ch, it + n_blocks, tc + 1, Part, Flags, HEAD_DIM,
@@ -1342,13 +1347,21 @@ def _ws_tail_segs(W: gl.constexpr, desc_o, Lse, q_smem, k_smem, v_smem, q_bars, 
 
 
 @gluon.jit
-def _probe(Probe, c, W: gl.constexpr, k: gl.constexpr):
-    """PROBE: warpgroup W's %clock64 into Probe[((CTA * 64 + c) * 2 + W) * 4 + k] (int64) at point k of the
-    CTA's tile c, for its first 64 tiles: 0 after the tile's loop, 3 before the wait for the next tile's
-    Q (its place computed), 1 after the boundary step, 2 after the tile's end (scripts/exp_chain_probe.py
+def _probe(Probe, c, W: gl.constexpr, k: gl.constexpr, PROBE: gl.constexpr = 1):
+    """PROBE: warpgroup W's %clock64 (PROBE = 2: %globaltimer, ns, one clock for every SM) into
+    Probe[((CTA * 64 + c) * 2 + W) * 4 + k] (int64) at point k of the CTA's tile c, for its first 64 tiles: 0 after
+    the tile's loop, 3 before the wait for the next tile's Q (its place computed), 1 after the boundary step, 2
+    after the tile's end; c = -1 (PROBE = 2 only): the warpgroup's start (k = 0, before its first wait) and end (k =
+    1, after its last tile's output) into Probe[programs * 512 + (CTA * 2 + W) * 2 + k] (scripts/exp_chain_probe.py
     reads them)."""
-    t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [c], dtype=gl.int64, is_pure=False, pack=1)
-    if c < 64:
+    if PROBE == 2:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [c], dtype=gl.int64, is_pure=False,
+                                      pack=1)
+    else:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [c], dtype=gl.int64, is_pure=False, pack=1)
+    if c < 0:
+        gl.store(Probe + gl.num_programs(0) * 512 + (gl.program_id(0) * 2 + W) * 2 + k, t)
+    elif c < 64:
         gl.store(Probe + ((gl.program_id(0) * 64 + c) * 2 + W) * 4 + k, t)
 
 
