@@ -20,6 +20,8 @@
 #   bash scripts/exp_session34.sh rot     the causal chained forward's pairs in a rotated order
 #                                         (launch.HOPPER_FWD_CAUSAL_ROT): its GPU test, the paired A/B (causal,
 #                                         1k-8k), and the D = 64 1k causal probe (--global-timer) without and with it
+#   bash scripts/exp_session34.sh final   the final tree's GPU tests: every file but test_hopper_bwd.py (its 424 ran in
+#                                         session 33 and no backward code changed since), then test_hopper_fwd.py
 # Writes under $OUT (default ./out). Carry .gpu-wheels (pytest-xdist, execnet).
 source "$(dirname "$0")/device_env.sh"  # (strict mode, the root, $OUT, the card; exits without the root)
 case "${1:-}" in
@@ -64,7 +66,13 @@ case "${1:-}" in
       timeout 100 python scripts/exp_chain_probe.py --cases "64:1024:1" --defer 1 --global-timer --set "$set" 2>&1 \
         | grep -a "globaltimer\|^launch" | tee -a "$OUT/chain-probe-rot.txt"
     done ;;
+  final)
+    gpu_pytest "${T1:-210}" 8 tests-final-others.txt tests/test_gpu.py tests/test_hopper_fwd_varlen.py \
+      tests/test_hopper_bwd_varlen.py tests/test_rms_norm.py tests/test_swiglu.py tests/test_kvcache.py \
+      tests/test_transformers_integration.py tests/test_rope.py tests/test_memory.py tests/test_alibi_sink_varlen.py \
+      tests/test_bench_ops.py tests/test_attention_features.py tests/test_cuda_graphs.py tests/test_launch_cache.py
+    gpu_pytest "${T2:-270}" 8 tests-final-fwd.txt tests/test_hopper_fwd.py ;;
   *)
-    echo "usage: $0 first|global|dyn|dyn2|dynprobe|rot" >&2
+    echo "usage: $0 first|global|dyn|dyn2|dynprobe|rot|final" >&2
     exit 2 ;;
 esac
