@@ -24,7 +24,8 @@ of pid_m + 1 blocks, its loop pid_m steps), its boundary steps and its tile ends
 SM; the kernel's PROBE = 2, which also records each warpgroup's start and end): when the warpgroups start and end
 against the kernel's do_bench time, the spread of their ends (a last round's imbalance), the loop step in ns (so
 the SM clock the kernel ran at, against the %clock64 step) and the tiles a warpgroup ran. --set: launch attributes
-(Python literals) for the whole run, e.g. a switch under test.
+(Python literals) for the whole run, e.g. a switch under test. --dump CSV: each warpgroup's start, end and tiles of the
+global-timer runs, appended.
 """
 import argparse
 import ast
@@ -37,10 +38,14 @@ import flashkernels
 from flashkernels.ops.attention import launch
 from paired_peer import _clock_mhz
 
+DUMP = None  # --dump: a CSV (D, S, causal, defer, cta, warpgroup, start_us, end_us, tiles) of the global-timer runs
+
 
 def run_global(D, S, causal, defer):
     """The same launch with %globaltimer (ns, one clock for all SMs): when each warpgroup starts and ends against the
-    kernel's time, and a loop step in ns (against the %clock64 run's clocks: the SM clock the kernel ran at)."""
+    kernel's time, and a loop step in ns (against the %clock64 run's clocks: the SM clock the kernel ran at); causal,
+    the ends grouped by the static order's pairs a CTA and j (its id mod n_m / 2). The FA3-paper shapes make at least
+    as many tiles (pairs) as SMs, so the grid is one CTA an SM, as the probe's layout here assumes."""
     B, H = 16384 // S, 2048 // D
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
@@ -89,6 +94,23 @@ def run_global(D, S, causal, defer):
           f" {min(ends):7.1f}, max {max(ends):7.1f}); kernel - last end {ms * 1e3 - max(ends):6.1f} us; a loop step"
           f" {step_ns:6.1f} ns; tiles a warpgroup {min(counts)}-{max(counts)}"
           f" (n = {len(starts)} warpgroups)", flush=True)
+    if causal:  # (the ends by the static order's pairs a CTA and its pairs' j: CTA i runs j = i mod n_m / 2 when the
+        # programs are a multiple of it; rotated or dynamic orders mix them)
+        half, n_p = n_m // 2, B * H * (n_m // 2)
+        groups = {}
+        for p in range(sms):
+            for w in range(2):
+                if ok[p * 2 + w]:
+                    key = (-(-(n_p - p) // sms), p % half)
+                    groups.setdefault(key, []).append((int(t_end[p * 2 + w]) - t0) / 1e3)
+        print("    ends by (static pairs, CTA id mod n_m / 2): " + ", ".join(
+            f"{k}: {med(v):6.1f} [{min(v):6.1f}, {max(v):6.1f}]" for k, v in sorted(groups.items())), flush=True)
+    if DUMP:  # (one row a warpgroup)
+        with open(DUMP, "a") as f:
+            for p in range(sms):
+                for w in range(2):
+                    f.write(f"{D},{S},{int(causal)},{defer},{p},{w},{(int(t_start[p * 2 + w]) - t0) / 1e3:.3f},"
+                            f"{(int(t_end[p * 2 + w]) - t0) / 1e3:.3f},{counts[p * 2 + w]}\n")
 
 
 def run(D, S, causal, defer):
@@ -155,8 +177,9 @@ def run(D, S, causal, defer):
     print(line, flush=True)
     if causal and steps_of:
         long = [dt / s for s, dt in steps_of if s >= 2]
-        print(f"    causal loop: {sum(dt for _, dt in steps_of) / max(1, sum(s for s, _ in steps_of)):6.0f} clocks a step"
-              f" over all tiles, median {med(long):6.0f} over tiles of >= 3 blocks", flush=True)
+        per = sum(dt for _, dt in steps_of) / max(1, sum(s for s, _ in steps_of))
+        print(f"    causal loop: {per:6.0f} clocks a step over all tiles, median {med(long):6.0f} over tiles of >= 3"
+              " blocks", flush=True)
     step = med(per_step) if per_step else sum(dt for _, dt in steps_of) / max(1, sum(s for s, _ in steps_of))
     clocks = ms * 1e3 * mhz if mhz else float("nan")
     n_t = med(n_tiles) if n_tiles else 0
@@ -174,10 +197,14 @@ def main():
     ap.add_argument("--cases", default="64:1024:0,64:1024:1,128:1024:0,128:4096:0")
     ap.add_argument("--defer", default="0,1")
     ap.add_argument("--set", default="", help="'NAME=VALUE;...': launch attributes (Python literals) set for the whole"
-                    " run, e.g. 'HOPPER_FWD_CAUSAL_ROT=(64, 128)'")
+                    " run, e.g. 'HOPPER_FWD_SHORT={64: (128, 4, 2048, 4096)}'")
     ap.add_argument("--global-timer", action="store_true", help="also a run with %%globaltimer (launch."
                     "HOPPER_FWD_PROBE_GLOBAL): each warpgroup's start and end against the kernel's time")
+    ap.add_argument("--dump", default=None, help="with --global-timer: append each warpgroup's start, end (us after the"
+                    " first start) and tile count to this CSV")
     a = ap.parse_args()
+    global DUMP
+    DUMP = a.dump
     for pair in filter(None, (x.strip() for x in a.set.split(";"))):
         name, _, value = pair.partition("=")
         if not hasattr(launch, name.strip()):
