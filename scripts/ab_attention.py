@@ -39,6 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flashkernels
 from flashkernels.bench.common import capture_graph, do_bench_median, graph_ms, paired_ms, paired_ratio, warm_gpu
 from flashkernels.ops.attention import launch
+from pytest_switch import set_switches
 
 
 
@@ -76,12 +77,10 @@ def main():
             raise SystemExit("--graph: the call could not be captured in a CUDA graph")
         return ms
 
-    for item in filter(None, args.also.split(";")):
-        name, _, literal = item.partition("=")
-        if not hasattr(launch, name.strip()):
-            raise SystemExit(f"--also: launch has no {name.strip()}")
-        setattr(launch, name.strip(), ast.literal_eval(literal.strip()))
-        print(f"launch.{name.strip()} = {getattr(launch, name.strip())!r} (whole run)")
+    try:
+        set_switches(args.also, "--also (whole run)")
+    except ValueError as e:
+        raise SystemExit(str(e))
     if not args.gluon:  # the Triton kernels: on an H100 the library would otherwise run its Gluon ones
         os.environ["FLASHKERNELS_HOPPER_FWD"] = "0"
         os.environ["FLASHKERNELS_HOPPER_BWD"] = "0"

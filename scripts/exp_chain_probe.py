@@ -28,7 +28,6 @@ the SM clock the kernel ran at, against the %clock64 step) and the tiles a warpg
 global-timer runs, appended.
 """
 import argparse
-import ast
 import statistics
 
 import torch
@@ -37,8 +36,20 @@ import triton.testing
 import flashkernels
 from flashkernels.ops.attention import launch
 from paired_peer import _clock_mhz
+from pytest_switch import set_switches
 
 DUMP = None  # --dump: a CSV (D, S, causal, defer, cta, warpgroup, start_us, end_us, tiles) of the global-timer runs
+
+
+def _next_steps(p, c, sms, n_m, causal):
+    """The loop steps of CTA p's tile c + 1 in the static order (_ws_tile_c): non-causal n_m - 1; causal, pair p + (c +
+    1) // 2 · programs of (n_m - 1 - j, j), a tile of pid_m + 1 blocks running pid_m loop steps (its first block is
+    the boundary's). Returns (steps, pair index)."""
+    if not causal:
+        return n_m - 1, None
+    pn = p + ((c + 1) // 2) * sms
+    jn = pn % (n_m // 2)
+    return (n_m - 1 - jn if (c + 1) % 2 == 0 else jn), pn
 
 
 def run_global(D, S, causal, defer):
@@ -79,12 +90,7 @@ def run_global(D, S, causal, defer):
                 t2, t0n = int(t[p, c, w, 2]), int(t[p, c + 1, w, 0])
                 if not (t2 and t0n):
                     continue
-                if causal:
-                    pn = p + ((c + 1) // 2) * sms
-                    jn = pn % (n_m // 2)
-                    steps = n_m - 1 - jn if (c + 1) % 2 == 0 else jn
-                else:
-                    steps = n_m - 1
+                steps, _ = _next_steps(p, c, sms, n_m, causal)
                 if steps:
                     loops.append((steps, t0n - t2))
     step_ns = sum(dt for _, dt in loops) / max(1, sum(s for s, _ in loops))
@@ -156,10 +162,8 @@ def run(D, S, causal, defer):
                 loop.append(t0n - t2)
                 if not causal:
                     per_step.append((t0n - t2) / (n_blk - 1))
-                else:  # tile c + 1's loop: pid_m steps (pid_m + 1 blocks, the first one issued in the boundary)
-                    pn = p + ((c + 1) // 2) * sms
-                    jn = pn % (n_m // 2)
-                    steps = n_m - 1 - jn if (c + 1) % 2 == 0 else jn
+                else:
+                    steps, pn = _next_steps(p, c, sms, n_m, causal)
                     if pn < n_bh * (n_m // 2):
                         steps_of.append((steps, t0n - t2))
             last = max((c for c in range(64) if int(t[p, c, w, 2])), default=None)
@@ -205,12 +209,10 @@ def main():
     a = ap.parse_args()
     global DUMP
     DUMP = a.dump
-    for pair in filter(None, (x.strip() for x in a.set.split(";"))):
-        name, _, value = pair.partition("=")
-        if not hasattr(launch, name.strip()):
-            raise SystemExit(f"--set: launch has no attribute {name.strip()!r}")
-        setattr(launch, name.strip(), ast.literal_eval(value.strip()))
-        print(f"launch.{name.strip()} = {getattr(launch, name.strip())!r}")
+    try:
+        set_switches(a.set, "--set")
+    except ValueError as e:
+        raise SystemExit(str(e))
     print(torch.cuda.get_device_name(0), "SM clocks (%clock64)")
     for case in a.cases.split(","):
         D, S, causal = (int(x) for x in case.split(":"))

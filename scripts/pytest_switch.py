@@ -13,11 +13,18 @@ import os
 from flashkernels.ops.attention import launch
 
 
-def pytest_configure(config):
-    for pair in filter(None, (p.strip() for p in os.environ.get("FK_SWITCHES", "").split(";"))):
+def set_switches(text: str, label: str) -> None:
+    """Set the ``NAME=VALUE;...`` pairs of ``text`` on flashkernels.ops.attention.launch (each NAME an attribute it
+    already has, each VALUE a Python literal), printing each; ValueError, led by ``label``, for an unknown NAME.
+    Shared by this plugin, scripts/ab_attention.py --also and scripts/exp_chain_probe.py --set."""
+    for pair in filter(None, (p.strip() for p in text.split(";"))):
         name, _, value = pair.partition("=")
         name = name.strip()
         if not hasattr(launch, name):
-            raise ValueError(f"FK_SWITCHES: launch has no attribute {name!r}")
+            raise ValueError(f"{label}: launch has no attribute {name!r}")
         setattr(launch, name, ast.literal_eval(value.strip()))
-        print(f"pytest_switch: launch.{name} = {getattr(launch, name)!r}")
+        print(f"{label}: launch.{name} = {getattr(launch, name)!r}")
+
+
+def pytest_configure(config):
+    set_switches(os.environ.get("FK_SWITCHES", ""), "FK_SWITCHES")
