@@ -52,19 +52,18 @@ def _next_steps(p, c, sms, n_m, causal):
     return (n_m - 1 - jn if (c + 1) % 2 == 0 else jn), pn
 
 
-def run_global(D, S, causal, defer):
-    """The same launch with %globaltimer (ns, one clock for all SMs): when each warpgroup starts and ends against the
-    kernel's time, and a loop step in ns (against the %clock64 run's clocks: the SM clock the kernel ran at); causal,
-    the ends grouped by the static order's pairs a CTA and j (its id mod n_m / 2). The FA3-paper shapes make at least
-    as many tiles (pairs) as SMs, so the grid is one CTA an SM, as the probe's layout here assumes."""
+def _probed(D, S, causal, defer, glob):
+    """The case's inputs (FA3-paper shape, bf16) and three probed forwards (launch.HOPPER_FWD_PROBE; ``glob``:
+    HOPPER_FWD_PROBE_GLOBAL, whose probe holds each warpgroup's start and end after the tiles' slots); returns (B, H,
+    q, k, v, SMs, the probe of the last)."""
     B, H = 16384 // S, 2048 // D
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    probe = torch.zeros(sms * 512 + sms * 4, dtype=torch.int64, device="cuda")
+    probe = torch.zeros(sms * 64 * 2 * 4 + (sms * 4 if glob else 0), dtype=torch.int64, device="cuda")
     saved = launch.HOPPER_FWD_CHAIN_DEFER
     launch.HOPPER_FWD_CHAIN_DEFER = (64, 128) if defer else ()
-    launch.HOPPER_FWD_PROBE, launch.HOPPER_FWD_PROBE_GLOBAL = probe, True
+    launch.HOPPER_FWD_PROBE, launch.HOPPER_FWD_PROBE_GLOBAL = probe, glob
     try:
         for _ in range(3):
             probe.zero_()
@@ -73,6 +72,15 @@ def run_global(D, S, causal, defer):
     finally:
         launch.HOPPER_FWD_PROBE, launch.HOPPER_FWD_PROBE_GLOBAL = None, False
         launch.HOPPER_FWD_CHAIN_DEFER = saved
+    return B, H, q, k, v, sms, probe
+
+
+def run_global(D, S, causal, defer):
+    """The same launch with %globaltimer (ns, one clock for all SMs): when each warpgroup starts and ends against the
+    kernel's time, and a loop step in ns (against the %clock64 run's clocks: the SM clock the kernel ran at); causal,
+    the ends grouped by the static order's pairs a CTA and j (its id mod n_m / 2). The FA3-paper shapes make at least
+    as many tiles (pairs) as SMs, so the grid is one CTA an SM, as the probe's layout here assumes."""
+    B, H, q, k, v, sms, probe = _probed(D, S, causal, defer, True)
     ms = triton.testing.do_bench(lambda: flashkernels.flash_attn_func(q, k, v, causal=causal))
     t = probe[: sms * 512].view(sms, 64, 2, 4).cpu()
     se = probe[sms * 512:].view(sms, 2, 2).cpu()
@@ -120,22 +128,7 @@ def run_global(D, S, causal, defer):
 
 
 def run(D, S, causal, defer):
-    B, H = 16384 // S, 2048 // D
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    probe = torch.zeros(sms * 64 * 2 * 4, dtype=torch.int64, device="cuda")
-    saved = launch.HOPPER_FWD_CHAIN_DEFER
-    launch.HOPPER_FWD_CHAIN_DEFER = (64, 128) if defer else ()
-    launch.HOPPER_FWD_PROBE = probe
-    try:
-        for _ in range(3):
-            probe.zero_()
-            flashkernels.flash_attn_func(q, k, v, causal=causal)
-        torch.cuda.synchronize()
-    finally:
-        launch.HOPPER_FWD_PROBE = None
-        launch.HOPPER_FWD_CHAIN_DEFER = saved
+    B, H, q, k, v, sms, probe = _probed(D, S, causal, defer, False)
     box = []
     try:
         mhz = _clock_mhz(lambda: box.append(triton.testing.do_bench(
