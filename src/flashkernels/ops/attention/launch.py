@@ -1713,6 +1713,12 @@ def attn_bwd_delta(out: torch.Tensor, do: torch.Tensor, lse: torch.Tensor, dlse:
     return delta
 
 
+def _sink_grad(sink: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """d loss / d sink, (H,) float32: -sum over batch and rows of P_sink · Delta, P_sink = exp(sink - lse) (the
+    sink's probability, which the forward's lse includes; Delta = rowsum(dO · out) - dlse, attn_bwd_delta's)."""
+    return -(torch.exp(sink.view(1, -1, 1) - lse) * delta).sum(dim=(0, 2))
+
+
 def _keep_bwd_plan(key, last, out, do, delta) -> None:
     """Keep the plan of a backward the full path just launched (``last``: _hopper_bwd_run's record, its geometry and
     its launches' entries), when the launch cache holds an entry for each of them and Delta's (no tensor kept)."""
@@ -1748,7 +1754,7 @@ def _bwd_plan_run(plan: _BwdPlan, do, q, k, v, out, lse, dlse, mask, scale, caus
     if dlse is not None:
         delta.sub_(dlse)
     if sink is not None:  # (attn_bwd_impl's)
-        dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+        dsink = _sink_grad(sink, lse, delta)
     dq, dk, dv = _hopper_bwd_run(g, plan.entries, do, q, k, v, lse, delta, scale, softcap, alibi_slopes,
                                  causal_offset, None, None)
     hopper_bwd_plan_hits += 1
@@ -1785,7 +1791,7 @@ def attn_bwd_impl(
                                        window_right, softcap, alibi_slopes, sink, cu_seqlens_q) is None:
         delta = attn_bwd_delta(out, do, lse, dlse)
         if sink is not None:  # as below (the kernel's P^T = exp(S - lse) already has the sink's share)
-            dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+            dsink = _sink_grad(sink, lse, delta)
         feats = {}  # (keywords, only those used: a plain call is the op's plain call)
         if softcap > 0:
             feats["softcap"] = softcap
@@ -1825,7 +1831,7 @@ def attn_bwd_impl(
     has_window, causal, wl, wr = _window_args(window_left, window_right, causal, f.seqlen_q, f.seqlen_k)
     delta = attn_bwd_delta(out, do, lse, dlse)
     if sink is not None:  # d lse / d sink = P_sink, d out / d sink = -P_sink * out
-        dsink = -(torch.exp(sink.view(1, H, 1) - lse) * delta).sum(dim=(0, 2))
+        dsink = _sink_grad(sink, lse, delta)
     if Sq == 0 or Sk == 0 or f.batch == 0:  # nothing attends: every other gradient is zero
         return dq.zero_(), dk.zero_(), dv.zero_(), dsink
     flags = dict(IS_CAUSAL=causal, MASK_KIND=kind, DOT_PRECISION=prec, HAS_WINDOW=has_window,
